@@ -1,0 +1,575 @@
+"""A tiled, vectorised, multi-threaded SGEMM emitted as LLVM IR.
+
+:func:`emit_gemm` adds to an ``llvmlite.ir.Module``::
+
+    void kc_sgemm(i32 trans_a, i32 trans_b, i64 M, i64 N, i64 K, float alpha,
+                  float* A, i64 lda, float* B, i64 ldb, float beta,
+                  float* C, i64 ldc)
+
+with BLAS row-major semantics ``C = alpha * op(A) @ op(B) + beta * C`` where
+``op(X)`` is ``X`` (``trans_x == 0``) or ``X^T`` (``trans_x != 0``): ``op(A)`` is
+M x K (``A`` is stored M x K, or K x M when ``trans_a``, rows ``lda`` floats
+apart), ``op(B)`` is K x N (stored K x N, or N x K when ``trans_b``, rows ``ldb``
+apart), ``C`` is M x N with rows ``ldc`` apart. ``beta == 0`` never reads C
+(so C may hold NaN). ``M <= 0`` or ``N <= 0``: nothing happens. ``K <= 0`` or
+``alpha == 0``: ``C = beta * C`` (zeros when ``beta == 0``).
+
+Structure (the Goto/BLIS loop nest, see docs/codegen-llvm.md)::
+
+    for jc in 0..N step NC:                 B panel  KC x NC   (L2/L3)
+      for pc in 0..K step KC:
+        pack B[pc:pc+kc, jc:jc+nc] -> Bp    (NR-wide micro-panels, zero padded)
+        for ic in 0..M step MC:             A block  MC x KC   (L2)
+          pack A[ic:ic+mc, pc:pc+kc] -> Ap  (MR-tall micro-panels, zero padded)
+          for jr in 0..nc step NR:          B micro-panel KC x NR (L1)
+            for ir in 0..mc step MR:
+              micro-kernel: MR x NR tile of C += Ap_ir . Bp_jr
+
+Packing handles the transposition, so the micro-kernel sees one layout: for
+each k, MR consecutive floats of A and NR consecutive floats of B. The
+micro-kernel keeps the MR x NR tile in MR * NR/16 ``<16 x float>`` registers
+(12 x 32 -> 24 zmm accumulators), broadcasts one A value per row and issues
+``llvm.fma.v16f32`` (declared by hand). Edge tiles are computed on the
+zero-padded panels and written back with scalar code for the valid
+``mr x nr`` part only: nothing outside the matrices is ever read or written.
+
+Packing buffers are allocated per call (per thread) with ``malloc``/``free``
+declared in the IR, sized for the actual problem (``min(M, MC) x min(K, KC)``
+and ``min(K, KC) x min(N, NC)``, rounded up to whole micro-panels) and aligned
+to 64 bytes by hand.
+
+Threads: when ``M*N*K >= parallel_min_mnk`` the work is split into
+``nthreads`` slices of whole NR column blocks (or MR row blocks when M is the
+larger dimension); each slice is an independent GEMM with its own packing
+buffers, run by :mod:`.threads` (pthreads created inside the generated code).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import llvmlite.ir as ir
+
+from . import threads as _threads
+
+__all__ = ["GEMM_ARG_TYPES", "GEMM_FN_TYPE", "emit_gemm", "gemm_ctypes_argtypes"]
+
+i1 = ir.IntType(1)
+i8 = ir.IntType(8)
+i32 = ir.IntType(32)
+i64 = ir.IntType(64)
+f32 = ir.FloatType()
+fptr = f32.as_pointer()
+i8p = i8.as_pointer()
+void = ir.VoidType()
+VW = 16  # floats per <16 x float> (one zmm register)
+v16 = ir.VectorType(f32, VW)
+
+#: (trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+GEMM_ARG_TYPES = (i32, i32, i64, i64, i64, f32, fptr, i64, fptr, i64, f32, fptr, i64)
+GEMM_FN_TYPE = ir.FunctionType(void, list(GEMM_ARG_TYPES))
+_ARG_NAMES = ("trans_a", "trans_b", "M", "N", "K", "alpha", "A", "lda", "B", "ldb", "beta", "C", "ldc")
+
+# Default blocking for the 2-core AVX-512 machine (48 KiB L1d, 1 MiB L2 / core):
+# B micro-panel KC*NR*4 = 32 KiB in L1, A block MC*KC*4 = 144 KiB in L2,
+# B panel KC*NC*4 = 512 KiB in L2.
+DEFAULT_MR = 12
+DEFAULT_NR = 32
+DEFAULT_KC = 256
+DEFAULT_MC = 144
+DEFAULT_NC = 512
+# Below this M*N*K the call stays on one thread (thread start + join ~20 us,
+# measured ~16-45 us here, plus one extra packing of the shared operand):
+# 2 threads win from about 256 x 256 x 128 (see docs/codegen-llvm.md).
+DEFAULT_PARALLEL_MIN_MNK = 1 << 23
+
+
+def gemm_ctypes_argtypes():
+    """ctypes argtypes matching ``kc_sgemm`` (pointers as c_void_p integers)."""
+    import ctypes
+
+    c = ctypes
+    return (c.c_int32, c.c_int32, c.c_int64, c.c_int64, c.c_int64, c.c_float,
+            c.c_void_p, c.c_int64, c.c_void_p, c.c_int64, c.c_float, c.c_void_p, c.c_int64)
+
+
+# ----------------------------------------------------------------- IR helpers
+def _c64(v):
+    return ir.Constant(i64, v)
+
+
+def _cf(v):
+    return ir.Constant(f32, v)
+
+
+@contextmanager
+def _for_range(b: ir.IRBuilder, start, stop, step=1, name="i"):
+    """``for (iv = start; iv < stop; iv += step)`` (signed i64); yields iv."""
+    if isinstance(start, int):
+        start = _c64(start)
+    if isinstance(stop, int):
+        stop = _c64(stop)
+    if isinstance(step, int):
+        step = _c64(step)
+    pre = b.block
+    fn = pre.parent
+    hdr = fn.append_basic_block(f"{name}.hdr")
+    body = fn.append_basic_block(f"{name}.body")
+    exit_ = fn.append_basic_block(f"{name}.end")
+    b.branch(hdr)
+    b.position_at_end(hdr)
+    iv = b.phi(i64, name=name)
+    iv.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", iv, stop), body, exit_)
+    b.position_at_end(body)
+    yield iv
+    nxt = b.add(iv, step, name=f"{name}.next")
+    iv.add_incoming(nxt, b.block)
+    b.branch(hdr)
+    b.position_at_end(exit_)
+
+
+def _min(b, x, y):
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _gep(b, p, idx):
+    if isinstance(idx, int):
+        idx = _c64(idx)
+    return b.gep(p, [idx], inbounds=True)
+
+
+def _vload(b, p, align):
+    return b.load(b.bitcast(p, v16.as_pointer()), align=align)
+
+
+def _vstore(b, v, p, align):
+    b.store(v, b.bitcast(p, v16.as_pointer()), align=align)
+
+
+def _splat(b, x):
+    undef = ir.Constant(v16, ir.Undefined)
+    ins = b.insert_element(undef, x, ir.Constant(i32, 0))
+    return b.shuffle_vector(ins, undef, ir.Constant(ir.VectorType(i32, VW), [0] * VW))
+
+
+def _get_fn(module, name, fnty):
+    fn = module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(module, fnty, name=name)
+    return fn
+
+
+def _fma_v16(module):
+    # declare_intrinsic() fails for the vector FMA in llvmlite 0.50: declare by hand.
+    return _get_fn(module, "llvm.fma.v16f32", ir.FunctionType(v16, [v16, v16, v16]))
+
+
+def _malloc(module):
+    return _get_fn(module, "malloc", ir.FunctionType(i8p, [i64]))
+
+
+def _free(module):
+    return _get_fn(module, "free", ir.FunctionType(void, [i8p]))
+
+
+def _internal(module, name, fnty, argnames):
+    fn = ir.Function(module, fnty, name=name)
+    fn.linkage = "internal"
+    for a, n in zip(fn.args, argnames):
+        a.name = n
+    return fn
+
+
+# ----------------------------------------------------------------- pieces
+def _emit_pack(module, name, R):
+    """``void pack(i1 contig, i64 nrows, i64 kc, float* X, i64 ldx, float* dst)``.
+
+    Packs the nrows x kc sub-matrix ``S(r, k) = contig ? X[k*ldx + r] : X[r*ldx + k]``
+    into micro-panels of R rows: panel p holds ``dst[p*R*kc + k*R + i] = S(p*R+i, k)``,
+    zero for ``p*R+i >= nrows``.
+    """
+    fn = _internal(module, name, ir.FunctionType(void, [i1, i64, i64, fptr, i64, fptr]),
+                   ("contig", "nrows", "kc", "X", "ldx", "dst"))
+    contig, nrows, kc, X, ldx, dst = fn.args
+    for a in (X, dst):
+        a.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    zero = _cf(0.0)
+    Rc = _c64(R)
+    npanels = b.sdiv(b.add(nrows, _c64(R - 1)), Rc, name="npanels")
+    with _for_range(b, 0, npanels, name="p") as p:
+        r0 = b.mul(p, Rc, name="r0")
+        rows = _min(b, Rc, b.sub(nrows, r0), )
+        d = _gep(b, dst, b.mul(r0, kc))
+        with b.if_else(contig) as (then, otherwise):
+            with then:
+                # S(r0+i, k) = X[k*ldx + r0 + i]: R contiguous floats per k.
+                full = b.icmp_signed("==", rows, Rc)
+                with b.if_else(full) as (t2, o2):
+                    with t2:
+                        with _for_range(b, 0, kc, name="k") as k:
+                            s = _gep(b, X, b.add(b.mul(k, ldx), r0))
+                            dk = _gep(b, d, b.mul(k, Rc))
+                            if R % VW == 0:
+                                for v in range(R // VW):
+                                    _vstore(b, _vload(b, _gep(b, s, v * VW), 4), _gep(b, dk, v * VW), 4)
+                            else:
+                                for i in range(R):
+                                    b.store(b.load(_gep(b, s, i)), _gep(b, dk, i))
+                    with o2:
+                        with _for_range(b, 0, kc, name="k") as k:
+                            s = _gep(b, X, b.add(b.mul(k, ldx), r0))
+                            dk = _gep(b, d, b.mul(k, Rc))
+                            with _for_range(b, 0, rows, name="i") as i:
+                                b.store(b.load(_gep(b, s, i)), _gep(b, dk, i))
+                            with _for_range(b, rows, Rc, name="iz") as i:
+                                b.store(zero, _gep(b, dk, i))
+            with otherwise:
+                # S(r0+i, k) = X[(r0+i)*ldx + k]: row i is contiguous in k.
+                full = b.icmp_signed("==", rows, Rc)
+                with b.if_else(full) as (t2, o2):
+                    with t2:
+                        # R source rows streamed side by side; contiguous R-float stores.
+                        base = _gep(b, X, b.mul(r0, ldx))
+                        srcs = [_gep(b, base, b.mul(_c64(i), ldx)) for i in range(R)]
+                        with _for_range(b, 0, kc, name="k") as k:
+                            dk = _gep(b, d, b.mul(k, Rc))
+                            for i in range(R):
+                                b.store(b.load(_gep(b, srcs[i], k)), _gep(b, dk, i))
+                    with o2:
+                        with _for_range(b, 0, rows, name="i") as i:
+                            s = _gep(b, X, b.mul(b.add(r0, i), ldx))
+                            with _for_range(b, 0, kc, name="k") as k:
+                                b.store(b.load(_gep(b, s, k)), _gep(b, d, b.add(b.mul(k, Rc), i)))
+                        with _for_range(b, rows, Rc, name="iz") as i:
+                            with _for_range(b, 0, kc, name="kz") as k:
+                                b.store(zero, _gep(b, d, b.add(b.mul(k, Rc), i)))
+    b.ret_void()
+    return fn
+
+
+def _emit_microkernel(module, name, MR, NR):
+    """``void ukr(i64 kc, float* Ap, float* Bp, float* C, i64 ldc, i64 mr, i64 nr,
+    float alpha, float beta, i1 load_c)``.
+
+    acc = sum_k Ap[k*MR + i] * Bp[k*NR + j] over the MR x NR tile (the panels are
+    zero padded), then for the valid mr x nr part:
+    ``C = alpha*acc + beta*C`` if load_c else ``C = alpha*acc`` (C not read).
+    Tiles with ``nr <= 16`` (narrow N edges, e.g. 10 output classes) run a
+    half-width loop that skips the FMAs on the padding columns.
+    """
+    NV = NR // VW
+    fma = _fma_v16(module)
+    fn = _internal(module, name,
+                   ir.FunctionType(void, [i64, fptr, fptr, fptr, i64, i64, i64, f32, f32, i1]),
+                   ("kc", "Ap", "Bp", "C", "ldc", "mr", "nr", "alpha", "beta", "load_c"))
+    kc, Ap, Bp, C, ldc, mr, nr, alpha, beta, load_c = fn.args
+    for a in (Ap, Bp, C):
+        a.add_attribute("noalias")
+    entry = fn.append_basic_block("entry")
+    b = ir.IRBuilder(entry)
+    zero_v = ir.Constant(v16, [0.0] * VW)
+    tile = b.alloca(ir.ArrayType(f32, MR * NR), name="tile")
+    tile.align = 64
+    tp = b.bitcast(tile, fptr)
+    alpha_v = _splat(b, alpha)
+    beta_v = _splat(b, beta)
+
+    def kloop(nv, tag):
+        """The k loop over nv vectors per row; returns the final accumulators
+        (the builder is left in the loop's exit block)."""
+        pre = b.block
+        loop = fn.append_basic_block(f"kloop{tag}")
+        after = fn.append_basic_block(f"store{tag}")
+        b.branch(loop)
+        b.position_at_end(loop)
+        k = b.phi(i64, name="k")
+        pa = b.phi(fptr, name="pa")
+        pb = b.phi(fptr, name="pb")
+        accs = [[b.phi(v16, name=f"acc{i}_{j}") for j in range(nv)] for i in range(MR)]
+        k.add_incoming(_c64(0), pre)
+        pa.add_incoming(Ap, pre)
+        pb.add_incoming(Bp, pre)
+        for row in accs:
+            for acc in row:
+                acc.add_incoming(zero_v, pre)
+        bv = [_vload(b, _gep(b, pb, j * VW), 64) for j in range(nv)]
+        new = []
+        for i in range(MR):
+            av = _splat(b, b.load(_gep(b, pa, i), name=f"a{i}"))
+            new.append([b.call(fma, [av, bv[j], accs[i][j]]) for j in range(nv)])
+        k1 = b.add(k, _c64(1))
+        k.add_incoming(k1, loop)
+        pa.add_incoming(_gep(b, pa, MR), loop)
+        pb.add_incoming(_gep(b, pb, NR), loop)
+        for i in range(MR):
+            for j in range(nv):
+                accs[i][j].add_incoming(new[i][j], loop)
+        b.cbranch(b.icmp_signed("<", k1, kc), loop, after)
+        b.position_at_end(after)
+        return new
+
+    def spill_writeback(res, nv):
+        # partial tile: spill the accumulators, then scalar updates of the valid part
+        for i in range(MR):
+            for j in range(nv):
+                _vstore(b, res[i][j], _gep(b, tp, i * NR + j * VW), 64)
+        with _for_range(b, 0, mr, name="ei") as ii:
+            crow = _gep(b, C, b.mul(ii, ldc))
+            trow = _gep(b, tp, b.mul(ii, _c64(NR)))
+            with _for_range(b, 0, nr, name="ej") as jj:
+                t = b.fmul(b.load(_gep(b, trow, jj)), alpha)
+                pc = _gep(b, crow, jj)
+                with b.if_else(load_c) as (ld, nold):
+                    with ld:
+                        b.store(b.fadd(t, b.fmul(b.load(pc), beta)), pc)
+                    with nold:
+                        b.store(t, pc)
+
+    def vector_writeback(res):
+        # whole NR-wide rows: vector loads/stores, rows guarded by i < mr
+        for i in range(MR):
+            row_ctx = b.if_then(b.icmp_signed(">", mr, _c64(i)), likely=True) if i else None
+            if row_ctx is not None:
+                row_ctx.__enter__()
+            crow = _gep(b, C, b.mul(_c64(i), ldc))
+            with b.if_else(load_c) as (ld, nold):
+                with ld:
+                    for j in range(NV):
+                        p = _gep(b, crow, j * VW)
+                        cv = _vload(b, p, 4)
+                        _vstore(b, b.call(fma, [res[i][j], alpha_v, b.fmul(cv, beta_v)]), p, 4)
+                with nold:
+                    for j in range(NV):
+                        _vstore(b, b.fmul(res[i][j], alpha_v), _gep(b, crow, j * VW), 4)
+            if row_ctx is not None:
+                row_ctx.__exit__(None, None, None)
+
+    if NV > 1:
+        narrow = b.icmp_signed("<=", nr, _c64(VW))
+        with b.if_then(narrow, likely=False):
+            res = kloop(1, ".narrow")
+            spill_writeback(res, 1)
+            b.ret_void()
+    res = kloop(NV, "")
+    with b.if_else(b.icmp_signed("==", nr, _c64(NR))) as (vec_path, edge_path):
+        with vec_path:
+            vector_writeback(res)
+        with edge_path:
+            spill_writeback(res, NV)
+    b.ret_void()
+    return fn
+
+
+def _emit_scale(module, name):
+    """``void scale(i64 M, i64 N, float beta, float* C, i64 ldc)``: C = beta*C,
+    or C = 0 without reading C when beta == 0."""
+    fn = _internal(module, name, ir.FunctionType(void, [i64, i64, f32, fptr, i64]),
+                   ("M", "N", "beta", "C", "ldc"))
+    M, N, beta, C, ldc = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    bz = b.fcmp_ordered("==", beta, _cf(0.0))
+    with _for_range(b, 0, M, name="i") as i:
+        row = _gep(b, C, b.mul(i, ldc))
+        with _for_range(b, 0, N, name="j") as j:
+            p = _gep(b, row, j)
+            with b.if_else(bz) as (z, nz):
+                with z:
+                    b.store(_cf(0.0), p)
+                with nz:
+                    b.store(b.fmul(b.load(p), beta), p)
+    b.ret_void()
+    return fn
+
+
+def _ws_floats(b, M, N, K, MR, NR, KC, MC, NC):
+    """Floats of packing workspace one slice of an M x N x K problem needs
+    (A block + B panel, each rounded to whole 64-byte lines)."""
+    def roundup(x, m):
+        return b.mul(b.sdiv(b.add(x, _c64(m - 1)), _c64(m)), _c64(m))
+
+    kc_max = _min(b, K, _c64(KC))
+    a_sz = roundup(b.mul(_min(b, roundup(M, MR), _c64(MC)), kc_max), 16)
+    b_sz = roundup(b.mul(kc_max, _min(b, roundup(N, NR), _c64(NC))), 16)
+    return a_sz, b.add(a_sz, b_sz)
+
+
+def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC):
+    """``void serial(<gemm args>, float* ws)``: the single-threaded driver
+    (M, N, K >= 1, alpha != 0); ``ws`` is a 64-byte aligned workspace of at least
+    ``_ws_floats(M, N, K)`` floats."""
+    fn = _internal(module, name, ir.FunctionType(void, list(GEMM_ARG_TYPES) + [fptr]),
+                   _ARG_NAMES + ("ws",))
+    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws = fn.args
+    entry = fn.append_basic_block("entry")
+    b = ir.IRBuilder(entry)
+    transA = b.icmp_signed("!=", ta, ir.Constant(i32, 0))
+    transB = b.icmp_signed("!=", tb, ir.Constant(i32, 0))
+    contigA = transA              # op(A)(r, k) contiguous in r when A is stored K x M
+    contigB = b.not_(transB)      # op(B)(k, j) contiguous in j when B is stored K x N
+    a_sz, _ = _ws_floats(b, M, N, K, MR, NR, KC, MC, NC)
+    Ap = ws
+    Bp = _gep(b, ws, a_sz)
+
+    beta_is_zero = b.fcmp_ordered("==", beta, _cf(0.0))
+    with _for_range(b, 0, N, NC, name="jc") as jc:
+        nc = _min(b, _c64(NC), b.sub(N, jc))
+        with _for_range(b, 0, K, KC, name="pc") as pc:
+            kc = _min(b, _c64(KC), b.sub(K, pc))
+            # B sub-matrix at (pc, jc) of op(B)
+            boff = b.select(transB, b.add(b.mul(jc, ldb), pc), b.add(b.mul(pc, ldb), jc))
+            b.call(pack_b, [contigB, nc, kc, _gep(b, B, boff), ldb, Bp])
+            first = b.icmp_signed("==", pc, _c64(0))
+            beta_eff = b.select(first, beta, _cf(1.0))
+            load_c = b.not_(b.and_(first, beta_is_zero))
+            with _for_range(b, 0, M, MC, name="ic") as ic:
+                mc = _min(b, _c64(MC), b.sub(M, ic))
+                aoff = b.select(transA, b.add(b.mul(pc, lda), ic), b.add(b.mul(ic, lda), pc))
+                b.call(pack_a, [contigA, mc, kc, _gep(b, A, aoff), lda, Ap])
+                cblk = _gep(b, C, b.add(b.mul(ic, ldc), jc))
+                with _for_range(b, 0, nc, NR, name="jr") as jr:
+                    nr = _min(b, _c64(NR), b.sub(nc, jr))
+                    bp = _gep(b, Bp, b.mul(jr, kc))
+                    with _for_range(b, 0, mc, MR, name="ir") as ir_:
+                        mr = _min(b, _c64(MR), b.sub(mc, ir_))
+                        ap = _gep(b, Ap, b.mul(ir_, kc))
+                        cp = _gep(b, cblk, b.add(b.mul(ir_, ldc), jr))
+                        b.call(ukr, [kc, ap, bp, cp, ldc, mr, nr, alpha, beta_eff, load_c])
+    b.ret_void()
+    return fn
+
+
+# the parallel context: the GEMM arguments + split_n flag, workspace, floats per slice
+_CTX_T = ir.LiteralStructType(list(GEMM_ARG_TYPES) + [i32, fptr, i64])
+
+
+def _emit_part(module, name, serial, MR, NR):
+    """``void part(i8* ctx, i64 part, i64 nparts)``: slice ``part`` of the GEMM in ctx."""
+    fn = _internal(module, name, _threads.PART_FN_TYPE, ("ctx", "part", "nparts"))
+    ctx, part, nparts = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    rec = b.bitcast(ctx, _CTX_T.as_pointer())
+    z = ir.Constant(i32, 0)
+    vals = [b.load(b.gep(rec, [z, ir.Constant(i32, k)], inbounds=True)) for k in range(len(_CTX_T.elements))]
+    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, split_n, ws, ws_per = vals
+    my_ws = _gep(b, ws, b.mul(part, ws_per))
+
+    def bounds(total, unit):
+        nblk = b.sdiv(b.add(total, _c64(unit - 1)), _c64(unit))
+        b0 = b.sdiv(b.mul(part, nblk), nparts)
+        b1 = b.sdiv(b.mul(b.add(part, _c64(1)), nblk), nparts)
+        lo = b.mul(b0, _c64(unit))
+        hi = _min(b, b.mul(b1, _c64(unit)), total)
+        return lo, hi
+
+    transA = b.icmp_signed("!=", ta, z)
+    transB = b.icmp_signed("!=", tb, z)
+    with b.if_else(b.icmp_signed("!=", split_n, z)) as (sn, sm):
+        with sn:
+            n0, n1 = bounds(N, NR)
+            with b.if_then(b.icmp_signed("<", n0, n1)):
+                boff = b.select(transB, b.mul(n0, ldb), n0)
+                b.call(serial, [ta, tb, M, b.sub(n1, n0), K, alpha, A, lda,
+                                _gep(b, B, boff), ldb, beta, _gep(b, C, n0), ldc, my_ws])
+        with sm:
+            m0, m1 = bounds(M, MR)
+            with b.if_then(b.icmp_signed("<", m0, m1)):
+                aoff = b.select(transA, m0, b.mul(m0, lda))
+                b.call(serial, [ta, tb, b.sub(m1, m0), N, K, alpha, _gep(b, A, aoff), lda,
+                                B, ldb, beta, _gep(b, C, b.mul(m0, ldc)), ldc, my_ws])
+    b.ret_void()
+    return fn
+
+
+def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None = None,
+              parallel_min_mnk: int = DEFAULT_PARALLEL_MIN_MNK,
+              mr: int = DEFAULT_MR, nr: int = DEFAULT_NR, kc: int = DEFAULT_KC,
+              mc: int = DEFAULT_MC, nc: int = DEFAULT_NC) -> ir.Function:
+    """Add ``void <name>(i32 trans_a, i32 trans_b, i64 M, i64 N, i64 K, float alpha,
+    float* A, i64 lda, float* B, i64 ldb, float beta, float* C, i64 ldc)`` to ``module``.
+
+    ``nthreads`` (default: the CPUs available, 1 without pthreads) is the number
+    of slices a large call is split into; ``parallel_min_mnk`` the ``M*N*K`` below
+    which a call stays on the calling thread. ``mr``/``nr`` set the register tile
+    (``nr`` a multiple of 16; ``mr * nr/16`` accumulators must fit the 32 zmm
+    registers with room for ``nr/16 + 1`` more), ``kc``/``mc``/``nc`` the cache
+    blocking (``mc`` is rounded to a multiple of ``mr``, ``nc`` of ``nr``).
+    Internal helpers are named ``<name>.*`` with internal linkage, so several
+    variants can live in one module. Returns the new function.
+    """
+    if nr % VW or nr <= 0:
+        raise ValueError(f"nr must be a positive multiple of {VW}, got {nr}")
+    if mr <= 0 or kc <= 0 or mc <= 0 or nc <= 0:
+        raise ValueError("tile sizes must be positive")
+    if mr * (nr // VW) + nr // VW + 1 > 32:
+        raise ValueError(f"a {mr}x{nr} tile needs more than 32 vector registers")
+    if module.globals.get(name) is not None:
+        raise ValueError(f"module already has a global named {name!r}")
+    mc = max(mr, (mc // mr) * mr)
+    nc = max(nr, (nc // nr) * nr)
+    if nthreads is None:
+        nthreads = _threads.default_nthreads()
+    nthreads = max(1, min(int(nthreads), _threads.MAX_PARTS))
+
+    ukr = _emit_microkernel(module, f"{name}.ukr", mr, nr)
+    pack_a = _emit_pack(module, f"{name}.pack_a", mr)
+    pack_b = _emit_pack(module, f"{name}.pack_b", nr)
+    scale = _emit_scale(module, f"{name}.scale")
+    serial = _emit_serial(module, f"{name}.serial", ukr, pack_a, pack_b, mr, nr, kc, mc, nc)
+    part = _emit_part(module, f"{name}.part", serial, mr, nr) if nthreads > 1 else None
+    malloc, free = _malloc(module), _free(module)
+    trap = _get_fn(module, "llvm.trap", ir.FunctionType(void, []))
+
+    fn = ir.Function(module, GEMM_FN_TYPE, name=name)
+    for a, n in zip(fn.args, _ARG_NAMES):
+        a.name = n
+    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    ctx = b.alloca(_CTX_T, name="ctx") if part is not None else None
+    empty = b.or_(b.icmp_signed("<=", M, _c64(0)), b.icmp_signed("<=", N, _c64(0)))
+    with b.if_then(empty, likely=False):
+        b.ret_void()
+    # ordered compare: a NaN alpha takes the product path and propagates NaN
+    no_product = b.or_(b.icmp_signed("<=", K, _c64(0)), b.fcmp_ordered("==", alpha, _cf(0.0)))
+    with b.if_then(no_product, likely=False):
+        b.call(scale, [M, N, beta, C, ldc])
+        b.ret_void()
+    args = [ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc]
+
+    if part is not None:
+        # split the larger dimension in whole micro-tile blocks
+        nblk_n = b.sdiv(b.add(N, _c64(nr - 1)), _c64(nr))
+        nblk_m = b.sdiv(b.add(M, _c64(mr - 1)), _c64(mr))
+        T = _c64(nthreads)
+        mnk = b.mul(b.mul(M, N), K)
+        big = b.icmp_signed(">=", mnk, _c64(parallel_min_mnk))
+        # split N when N >= M or when M has too few blocks
+        split_n = b.or_(b.icmp_signed(">=", N, M), b.icmp_signed("<", nblk_m, T))
+        nblk = b.select(split_n, nblk_n, nblk_m)
+        nparts = b.select(big, _min(b, T, nblk), _c64(1))
+    else:
+        nparts = _c64(1)
+
+    # one workspace for all slices, allocated on the calling thread (a fresh
+    # thread's malloc arena would page-fault its buffers in on every call)
+    _, ws_per = _ws_floats(b, M, N, K, mr, nr, kc, mc, nc)
+    raw = b.call(malloc, [b.add(b.mul(b.mul(ws_per, nparts), _c64(4)), _c64(64))])
+    with b.if_then(b.icmp_unsigned("==", b.ptrtoint(raw, i64), _c64(0)), likely=False):
+        b.call(trap, [])  # out of memory for packing buffers
+        b.unreachable()
+    ws = b.inttoptr(b.and_(b.add(b.ptrtoint(raw, i64), _c64(63)), _c64(~63)), fptr)
+
+    if part is None:
+        b.call(serial, args + [ws])
+    else:
+        with b.if_else(b.icmp_signed(">", nparts, _c64(1))) as (par, ser):
+            with par:
+                z = ir.Constant(i32, 0)
+                for k, v in enumerate(args + [b.zext(split_n, i32), ws, ws_per]):
+                    b.store(v, b.gep(ctx, [z, ir.Constant(i32, k)], inbounds=True))
+                _threads.emit_parallel_call(b, part, ctx, nparts)
+            with ser:
+                b.call(serial, args + [ws])
+    b.call(free, [raw])
+    b.ret_void()
+    return fn

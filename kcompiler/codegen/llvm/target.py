@@ -1,0 +1,460 @@
+"""All LLVM plumbing of the CPU back end in one module (llvmlite >= 0.50).
+
+What lives here:
+
+* lazy, once-only native target initialisation (``llvm.initialize()`` raises in
+  llvmlite 0.50; only ``initialize_native_target`` / ``initialize_native_asmprinter``
+  are called);
+* :func:`host_target_info` -- ``(triple, cpu name, feature string)`` of the host;
+* :func:`compile_ir` -- parse, verify, optimise (new pass manager), emit object
+  code and load it into a fresh MCJIT engine, with an on-disk object cache;
+* :func:`vector_width_attrs` -- mark an ``llvmlite.ir.Function`` so that LLVM's
+  auto-vectorisers use 512-bit vectors.
+
+Environment variables
+---------------------
+``KCOMPILER_OPT_LEVEL``
+    Default optimisation level of :func:`compile_ir` (0-3, default 3). The test
+    suite sets it to 0 or 1 to keep compile times low (see docs/codegen-llvm.md).
+``KCOMPILER_CACHE_DIR``
+    Directory of the object cache (default ``~/.cache/kcompiler``).
+``KCOMPILER_NO_CACHE``
+    When set to a non-empty value other than ``0``, the disk cache is neither
+    read nor written.
+
+Cache entry format (one file ``<sha256 key>.kco`` per compiled module)::
+
+    offset  size  field
+    0       8     magic  b"KCOBJ\\x01\\n\\x00"
+    8       8     payload length, little-endian u64
+    16      32    sha256 of the payload
+    48      n     payload: the ELF object emitted by the target machine
+
+An entry whose magic, length or checksum does not match is deleted and the
+module is recompiled; it is never handed to the loader. Entries are written to a
+temporary file in the same directory and renamed into place with
+:func:`os.replace`, so concurrent processes (pytest-xdist workers) can share one
+cache directory.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import os
+import struct
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llvmlite
+import llvmlite.binding as llvm
+
+__all__ = [
+    "CompiledModule",
+    "cache_dir",
+    "cache_key",
+    "cache_stats",
+    "compile_ir",
+    "default_opt_level",
+    "emit_assembly",
+    "host_target_info",
+    "initialize",
+    "optimized_ir",
+    "reset_cache_stats",
+    "vector_width_attrs",
+]
+
+_LOCK = threading.RLock()
+_INITIALIZED = False
+_HOST_INFO: tuple[str, str, str] | None = None
+
+# Every engine ever created stays alive for the life of the process: ctypes
+# function pointers handed out by CompiledModule.function() do not keep their
+# engine alive, and freeing JIT memory under a running kernel would crash.
+_LIVE_MODULES: list["CompiledModule"] = []
+
+_MAGIC = b"KCOBJ\x01\n\x00"
+_HEADER = struct.Struct("<8sQ32s")  # magic, payload length, sha256(payload)
+_CACHE_FORMAT_VERSION = "1"
+
+
+# --------------------------------------------------------------------------- init
+def initialize() -> None:
+    """Initialise LLVM's native target and asm printer once (thread-safe)."""
+    global _INITIALIZED
+    if _INITIALIZED:
+        return
+    with _LOCK:
+        if _INITIALIZED:
+            return
+        # llvm.initialize() raises in llvmlite 0.50: the core is initialised
+        # on import; only the native target and asm printer are needed.
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        _ensure_pthread_symbols()
+        _INITIALIZED = True
+
+
+def _ensure_pthread_symbols() -> None:
+    """Make sure MCJIT can resolve pthread_create/pthread_join.
+
+    In a normal CPython process on glibc >= 2.34 they are already in the process
+    (libc); on older systems libpthread may have to be loaded explicitly.
+    """
+    if llvm.address_of_symbol("pthread_create"):
+        return
+    name = ctypes.util.find_library("pthread")
+    if name:
+        try:
+            llvm.load_library_permanently(name)
+        except RuntimeError:  # pragma: no cover - depends on the platform
+            pass
+
+
+def host_target_info() -> tuple[str, str, str]:
+    """Return ``(triple, cpu_name, features)`` of the host.
+
+    ``features`` is the host feature string; on AVX-512 hosts ``-prefer-256-bit``
+    is appended so that auto-vectorised loops use 512-bit vectors (see
+    :func:`vector_width_attrs`).
+    """
+    global _HOST_INFO
+    if _HOST_INFO is None:
+        initialize()
+        triple = llvm.get_process_triple()
+        cpu = llvm.get_host_cpu_name()
+        try:
+            features = llvm.get_host_cpu_features().flatten()
+        except RuntimeError:  # pragma: no cover - LLVM cannot tell on some hosts
+            features = ""
+        if "+avx512f" in features.split(","):
+            features += ",-prefer-256-bit"
+        _HOST_INFO = (triple, cpu, features)
+    return _HOST_INFO
+
+
+def host_has_avx512() -> bool:
+    return "+avx512f" in host_target_info()[2].split(",")
+
+
+def default_opt_level() -> int:
+    """The optimisation level used when ``compile_ir`` gets ``opt_level=None``:
+    ``$KCOMPILER_OPT_LEVEL`` (0-3), else 3."""
+    raw = os.environ.get("KCOMPILER_OPT_LEVEL", "").strip()
+    if not raw:
+        return 3
+    try:
+        level = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"KCOMPILER_OPT_LEVEL must be 0..3, got {raw!r}") from exc
+    if not 0 <= level <= 3:
+        raise ValueError(f"KCOMPILER_OPT_LEVEL must be 0..3, got {raw!r}")
+    return level
+
+
+def vector_width_attrs(fn, width: int = 512):
+    """Add ``"prefer-vector-width"="<width>"`` to an ``llvmlite.ir.Function``.
+
+    llvmlite's ``FunctionAttributes`` only accepts a fixed list of enum
+    attributes, so the string attribute is inserted into the underlying set
+    directly; llvmlite prints set members verbatim after the parameter list.
+    Measured with llvmlite 0.50 / LLVM 22: the attribute makes the loop
+    vectoriser use zmm registers even for CPUs tuned for 256 bits
+    (``skylake-avx512``); the host here (``znver5``) already prefers 512 bits,
+    and ``compile_ir`` additionally drops ``prefer-256-bit`` from the features.
+    Returns ``fn``.
+    """
+    set.add(fn.attributes, f'"prefer-vector-width"="{int(width)}"')
+    return fn
+
+
+# ------------------------------------------------------------------- the cache
+_STATS = {"hits": 0, "misses": 0, "corrupt": 0, "writes": 0, "write_errors": 0}
+
+
+def cache_stats() -> dict[str, int]:
+    """Counters of the object cache in this process (a copy).
+
+    ``hits``: modules loaded from disk; ``misses``: modules compiled (no usable
+    entry, or cache disabled); ``corrupt``: entries found damaged and deleted;
+    ``writes``: entries written.
+    """
+    with _LOCK:
+        return dict(_STATS)
+
+
+def reset_cache_stats() -> None:
+    with _LOCK:
+        for k in _STATS:
+            _STATS[k] = 0
+
+
+def cache_enabled() -> bool:
+    v = os.environ.get("KCOMPILER_NO_CACHE", "")
+    return v in ("", "0")
+
+
+def cache_dir() -> Path:
+    d = os.environ.get("KCOMPILER_CACHE_DIR")
+    if d:
+        return Path(d)
+    return Path.home() / ".cache" / "kcompiler"
+
+
+def cache_key(llvm_ir: str, opt_level: int) -> str:
+    """sha256 over the IR text, the target (triple, CPU, features), the
+    llvmlite/LLVM version, the optimisation level and the cache format."""
+    triple, cpu, features = host_target_info()
+    h = hashlib.sha256()
+    for part in (
+        _CACHE_FORMAT_VERSION,
+        triple,
+        cpu,
+        features,
+        llvmlite.__version__,
+        ".".join(map(str, llvm.llvm_version_info)),
+        str(int(opt_level)),
+    ):
+        h.update(part.encode())
+        h.update(b"\0")
+    h.update(llvm_ir.encode())
+    return h.hexdigest()
+
+
+def cache_path(key: str) -> Path:
+    return cache_dir() / f"{key}.kco"
+
+
+def _read_entry(path: Path) -> bytes | None:
+    """Return the payload of a valid entry; delete a damaged one; None if absent."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None
+    ok = False
+    payload = b""
+    if len(data) >= _HEADER.size:
+        magic, length, digest = _HEADER.unpack_from(data)
+        payload = data[_HEADER.size:]
+        ok = (
+            magic == _MAGIC
+            and length == len(payload)
+            and hashlib.sha256(payload).digest() == digest
+        )
+    if ok:
+        return payload
+    with _LOCK:
+        _STATS["corrupt"] += 1
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    return None
+
+
+def _write_entry(path: Path, payload: bytes) -> None:
+    header = _HEADER.pack(_MAGIC, len(payload), hashlib.sha256(payload).digest())
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".kco")
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+            f.write(payload)
+        os.replace(tmp, path)
+        tmp = None
+        with _LOCK:
+            _STATS["writes"] += 1
+    except OSError:
+        # A read-only or full disk must not break compilation.
+        with _LOCK:
+            _STATS["write_errors"] += 1
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+# ------------------------------------------------------------ compile and load
+def _target_machine(opt_level: int) -> llvm.TargetMachine:
+    """A fresh target machine for the host (one per engine: an engine owns its
+    target machine, and reusing an owned one crashed in llvmlite 0.50)."""
+    triple, cpu, features = host_target_info()
+    target = llvm.Target.from_triple(triple)
+    return target.create_target_machine(
+        cpu=cpu,
+        features=features,
+        opt=min(max(int(opt_level), 0), 3),
+        reloc="default",
+        codemodel="jitdefault",
+        jit=True,
+    )
+
+
+def _optimize(mod: llvm.ModuleRef, tm: llvm.TargetMachine, opt_level: int) -> None:
+    if opt_level <= 0:
+        return
+    pto = llvm.create_pipeline_tuning_options(speed_level=opt_level)
+    vec = opt_level >= 2
+    pto.loop_vectorization = vec
+    pto.slp_vectorization = vec
+    pto.loop_unrolling = vec
+    pb = llvm.create_pass_builder(tm, pto)
+    mpm = pb.getModulePassManager()
+    mpm.run(mod, pb)
+
+
+def _parse_and_verify(llvm_ir: str, name: str) -> llvm.ModuleRef:
+    try:
+        mod = llvm.parse_assembly(llvm_ir)
+    except RuntimeError as exc:
+        raise RuntimeError(f"kcompiler: LLVM IR of module {name!r} does not parse:\n{exc}") from None
+    try:
+        mod.verify()
+    except RuntimeError as exc:
+        raise RuntimeError(f"kcompiler: LLVM verifier rejected module {name!r}:\n{exc}") from None
+    return mod
+
+
+def _compile_to_object(llvm_ir: str, opt_level: int, name: str) -> bytes:
+    mod = _parse_and_verify(llvm_ir, name)
+    triple, _, _ = host_target_info()
+    mod.triple = triple
+    tm = _target_machine(opt_level)
+    mod.data_layout = str(tm.target_data)
+    _optimize(mod, tm, opt_level)
+    return tm.emit_object(mod)
+
+
+def emit_assembly(llvm_ir: str, *, opt_level: int | None = None, name: str = "module") -> str:
+    """The host assembly of ``llvm_ir`` after the same pipeline as :func:`compile_ir`
+    (for inspection and tests; not cached)."""
+    if opt_level is None:
+        opt_level = default_opt_level()
+    initialize()
+    with _LOCK:
+        mod = _parse_and_verify(llvm_ir, name)
+        mod.triple = host_target_info()[0]
+        tm = _target_machine(opt_level)
+        mod.data_layout = str(tm.target_data)
+        _optimize(mod, tm, opt_level)
+        return tm.emit_assembly(mod)
+
+
+def optimized_ir(llvm_ir: str, *, opt_level: int | None = None, name: str = "module") -> str:
+    """The LLVM IR of ``llvm_ir`` after the optimisation pipeline (not cached)."""
+    if opt_level is None:
+        opt_level = default_opt_level()
+    initialize()
+    with _LOCK:
+        mod = _parse_and_verify(llvm_ir, name)
+        mod.triple = host_target_info()[0]
+        tm = _target_machine(opt_level)
+        mod.data_layout = str(tm.target_data)
+        _optimize(mod, tm, opt_level)
+        return str(mod)
+
+
+def _load_object(obj: bytes, opt_level: int, name: str) -> tuple[llvm.ExecutionEngine, llvm.TargetMachine]:
+    tm = _target_machine(opt_level)
+    holder = llvm.parse_assembly("")
+    holder.triple = host_target_info()[0]
+    holder.name = f"{name}.holder"
+    engine = llvm.create_mcjit_compiler(holder, tm)
+    engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+    engine.finalize_object()
+    return engine, tm
+
+
+@dataclass(eq=False)
+class CompiledModule:
+    """A module loaded into its own MCJIT engine (kept alive for the process)."""
+
+    name: str
+    key: str
+    opt_level: int
+    from_cache: bool
+    object_code: bytes = field(repr=False)
+    compile_seconds: float = 0.0
+    _engine: object = field(default=None, repr=False)
+    _tm: object = field(default=None, repr=False)
+    _addresses: dict = field(default_factory=dict, repr=False)
+
+    def address(self, fn_name: str) -> int:
+        """Address of a function (or global) of the module; KeyError if absent."""
+        addr = self._addresses.get(fn_name)
+        if addr is None:
+            with _LOCK:
+                addr = self._engine.get_function_address(fn_name)
+                if not addr:
+                    addr = self._engine.get_global_value_address(fn_name)
+            if not addr:
+                raise KeyError(f"symbol {fn_name!r} not found in compiled module {self.name!r}")
+            self._addresses[fn_name] = addr
+        return addr
+
+    def function(self, fn_name: str, restype, *argtypes):
+        """A ctypes function for ``fn_name`` (``restype=None`` for void).
+
+        The returned object references this module, and the module is kept
+        alive for the rest of the process anyway.
+        """
+        proto = ctypes.CFUNCTYPE(restype, *argtypes)
+        f = proto(self.address(fn_name))
+        f._kc_module = self  # keep-alive
+        return f
+
+
+def compile_ir(llvm_ir: str, *, opt_level: int | None = None, name: str = "module") -> CompiledModule:
+    """Compile LLVM IR text for the host and load it.
+
+    Parses and verifies the IR (a failure raises ``RuntimeError`` naming the
+    module and carrying LLVM's message), optimises it with the new pass
+    manager at ``opt_level`` (default :func:`default_opt_level`; loop and SLP
+    vectorisation and unrolling on for ``opt_level >= 2``), emits an object
+    file and loads it into a fresh MCJIT engine. Object code is cached on disk
+    (see the module docstring); a cache hit skips parsing and optimisation and
+    only links the object (milliseconds).
+    """
+    if opt_level is None:
+        opt_level = default_opt_level()
+    opt_level = int(opt_level)
+    if not 0 <= opt_level <= 3:
+        raise ValueError(f"opt_level must be 0..3, got {opt_level}")
+    initialize()
+    t0 = time.perf_counter()
+    key = cache_key(llvm_ir, opt_level)
+    use_cache = cache_enabled()
+    path = cache_path(key) if use_cache else None
+
+    obj = _read_entry(path) if use_cache else None
+    from_cache = obj is not None
+    with _LOCK:
+        if not from_cache:
+            _STATS["misses"] += 1
+            obj = _compile_to_object(llvm_ir, opt_level, name)
+        else:
+            _STATS["hits"] += 1
+        engine, tm = _load_object(obj, opt_level, name)
+    if use_cache and not from_cache:
+        _write_entry(path, obj)
+    cm = CompiledModule(
+        name=name,
+        key=key,
+        opt_level=opt_level,
+        from_cache=from_cache,
+        object_code=obj,
+        compile_seconds=time.perf_counter() - t0,
+        _engine=engine,
+        _tm=tm,
+    )
+    with _LOCK:
+        _LIVE_MODULES.append(cm)
+    return cm

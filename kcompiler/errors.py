@@ -1,0 +1,17 @@
+"""Exceptions raised by kcompiler. Every message names the layer, the shape and what was expected."""
+
+
+class KCompilerError(Exception):
+    """Base class of kcompiler's own errors."""
+
+
+class ShapeError(KCompilerError, ValueError):
+    """An op or layer got an operand whose shape or dtype it cannot take."""
+
+
+class UnsupportedError(KCompilerError, NotImplementedError):
+    """The model uses something the compiler does not support (a layer, an op, an option)."""
+
+
+class ConfigError(KCompilerError, ValueError):
+    """A configuration (JSON/YAML/dict) cannot be turned back into a model."""

@@ -1,0 +1,142 @@
+"""The IR: a networkx MultiDiGraph with one node per primitive op.
+
+Node attributes: ``op`` (registry name), ``attrs`` (static parameters, plain data),
+``type`` (a TensorType, or a tuple of them for multi-output ops), ``shape`` and
+``dtype`` (copied from ``type`` for readers), ``layer`` (the Keras layer it came
+from, or None). An edge u -> v with key k means "u is operand k of v", so
+``mul(x, x)`` keeps both operands. Graph attributes: ``name``, ``inputs`` and
+``outputs`` (node ids in order), ``variables`` (node id -> Variable object,
+kept out of the dumps), ``constants`` (node id -> numpy array for array
+constants), ``updates`` (variable name -> node id of its new value; state updates
+such as BatchNormalization's moving statistics and, in training graphs, the
+optimizer's).
+"""
+import networkx as nx
+
+from ..errors import ShapeError
+from .registry import get_op
+from .types import TensorType
+
+
+def new_graph(name="graph"):
+    g = nx.MultiDiGraph(name=name)
+    g.graph.update(inputs=[], outputs=[], variables={}, constants={}, updates={}, next_id=0)
+    return g
+
+
+def operands(g, nid):
+    """The operand node ids of ``nid`` in operand order."""
+    edges = sorted(g.in_edges(nid, keys=True), key=lambda e: e[2])
+    return [u for u, _, _ in edges]
+
+
+def node_type(g, nid):
+    return g.nodes[nid]["type"]
+
+
+def topo_order(g):
+    """Node ids in a deterministic topological order (ties broken by id = creation order)."""
+    return list(nx.lexicographical_topological_sort(g))
+
+
+def set_type(g, nid, t):
+    node = g.nodes[nid]
+    node["type"] = t
+    if isinstance(t, tuple):
+        node["shape"] = [x.shape for x in t]
+        node["dtype"] = [x.dtype for x in t]
+    else:
+        node["shape"] = t.shape
+        node["dtype"] = t.dtype
+
+
+def infer_type(g, nid):
+    """Run the shape rule of node ``nid`` on its operands' current types."""
+    node = g.nodes[nid]
+    op = get_op(node["op"])
+    in_types = [node_type(g, u) for u in operands(g, nid)]
+    try:
+        return op.shape_rule(in_types, node["attrs"])
+    except ShapeError as e:
+        where = f"{node['layer']}: " if node.get("layer") else ""
+        raise ShapeError(f"{where}{e}") from None
+
+
+class GraphBuilder:
+    """Adds nodes to a graph, running each op's shape rule as it goes.
+
+    Tracing, the autodiff pass and the VJP rules all build graphs through this one
+    class, so every node has a checked type the moment it exists.
+    """
+
+    def __init__(self, g=None, name="graph"):
+        self.g = g if g is not None else new_graph(name)
+        self.layer = None  # the layer (as 'Class \'name\'') whose call is being traced
+
+    def _new_id(self):
+        nid = self.g.graph["next_id"]
+        self.g.graph["next_id"] = nid + 1
+        return nid
+
+    def add(self, op, inputs=(), attrs=None, type=None):
+        """Add a node for ``op`` with operand ids ``inputs``; return its id."""
+        nid = self._new_id()
+        self.g.add_node(nid, op=op, attrs=dict(attrs or {}), layer=self.layer)
+        for k, u in enumerate(inputs):
+            if u not in self.g:
+                raise ValueError(f"operand {u} of new {op} node is not in graph {self.g.graph['name']!r}")
+            self.g.add_edge(u, nid, key=k)
+        try:
+            set_type(self.g, nid, type if type is not None else infer_type(self.g, nid))
+        except Exception:
+            self.g.remove_node(nid)
+            raise
+        return nid
+
+    # Conveniences used by VJP rules and passes: b.op('mul', x, y) reads like the math.
+    def op(self, op, *inputs, **attrs):
+        return self.add(op, inputs, attrs)
+
+    def type(self, nid):
+        return node_type(self.g, nid)
+
+    def shape(self, nid):
+        return node_type(self.g, nid).shape
+
+    def dtype(self, nid):
+        return node_type(self.g, nid).dtype
+
+    def operands(self, nid):
+        return operands(self.g, nid)
+
+    def attrs(self, nid):
+        return self.g.nodes[nid]["attrs"]
+
+    def scalar(self, value, dtype="float32"):
+        return self.add("constant", (), {"value": float(value) if dtype.startswith("float") else int(value)},
+                        type=TensorType((), dtype))
+
+    def array_constant(self, array):
+        t = TensorType(array.shape, str(array.dtype))
+        nid = self.add("constant", (), {"array": True}, type=t)
+        self.g.graph["constants"][nid] = array
+        return nid
+
+    def input(self, name, t):
+        nid = self.add("input", (), {"name": name, "index": len(self.g.graph["inputs"])}, type=t)
+        self.g.graph["inputs"].append(nid)
+        return nid
+
+    def variable(self, var):
+        """The node of Keras variable ``var`` (one node per variable per graph)."""
+        memo = self.g.graph.setdefault("variable_nodes", {})  # Variable.uid -> node id
+        if var.uid in memo:
+            return memo[var.uid]
+        t = TensorType(var.shape, var.dtype)
+        nid = self.add("variable", (), {"name": var.path, "trainable": bool(var.trainable)}, type=t)
+        self.g.graph["variables"][nid] = var
+        memo[var.uid] = nid
+        return nid
+
+    def tuple_item(self, nid, index):
+        return self.add("tuple_item", (nid,), {"index": index})

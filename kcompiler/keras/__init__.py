@@ -1,0 +1,10 @@
+"""The tf.keras-compatible front end: ``from kcompiler import keras``."""
+from . import activations, backend, constraints, initializers, ops, regularizers
+from . import layers
+from .models import Input, InputLayer, Model, Sequential
+from .variables import Variable
+from . import models_api as models
+from . import utils
+
+__all__ = ["Sequential", "Model", "Input", "InputLayer", "Variable", "layers", "activations", "ops",
+           "initializers", "regularizers", "constraints", "backend", "models", "utils"]

@@ -1,0 +1,105 @@
+"""keras.activations: each a function of keras.ops, resolvable by name."""
+from . import ops
+
+
+def linear(x):
+    return x
+
+
+def relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
+    if negative_slope == 0.0 and max_value is None and threshold == 0.0:
+        return ops.relu(x)
+    if negative_slope == 0.0 and max_value == 6.0 and threshold == 0.0:
+        return ops.relu6(x)
+    y = ops.where(ops.greater_equal(x, threshold), x, ops.multiply(ops.subtract(x, threshold), negative_slope))
+    return y if max_value is None else ops.minimum(y, float(max_value))
+
+
+def elu(x, alpha=1.0):
+    return ops.elu(x, alpha)
+
+
+def selu(x):
+    return ops.selu(x)
+
+
+def exponential(x):
+    return ops.exp(x)
+
+
+def tanh(x):
+    return ops.tanh(x)
+
+
+def sigmoid(x):
+    return ops.sigmoid(x)
+
+
+def softmax(x, axis=-1):
+    return ops.softmax(x, axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    return ops.log_softmax(x, axis=axis)
+
+
+def softplus(x):
+    return ops.softplus(x)
+
+
+def softsign(x):
+    return ops.softsign(x)
+
+
+def swish(x):
+    return ops.silu(x)
+
+
+silu = swish
+
+
+def gelu(x, approximate=False):
+    return ops.gelu(x, approximate=approximate)
+
+
+def hard_sigmoid(x):
+    return ops.hard_sigmoid(x)
+
+
+def leaky_relu(x, negative_slope=0.2):
+    return ops.leaky_relu(x, negative_slope)
+
+
+def relu6(x):
+    return ops.relu6(x)
+
+
+ALL = {f.__name__: f for f in (linear, relu, elu, selu, exponential, tanh, sigmoid, softmax, log_softmax,
+                               softplus, softsign, swish, gelu, hard_sigmoid, leaky_relu, relu6)}
+ALL["silu"] = swish
+
+
+def get(identifier):
+    """An activation function from a name, a function or None (linear)."""
+    if identifier is None:
+        return linear
+    if isinstance(identifier, str):
+        if identifier not in ALL:
+            raise ValueError(f"unknown activation {identifier!r}; expected one of {', '.join(sorted(ALL))}")
+        return ALL[identifier]
+    if isinstance(identifier, dict):
+        return get(identifier.get("config", identifier.get("class_name")))
+    if callable(identifier):
+        return identifier
+    raise ValueError(f"cannot interpret {identifier!r} as an activation")
+
+
+def serialize(fn):
+    for name, f in ALL.items():
+        if f is fn and name != "silu":
+            return name
+    return getattr(fn, "__name__", str(fn))
+
+
+def deserialize(name):
+    return get(name)

@@ -1,0 +1,333 @@
+"""Model, Sequential, InputLayer and Input.
+
+Three ways to write a model, one way to compile it: every model traces by being
+called on symbolic inputs (``trace_model`` in passes/trace.py). Sequential calls its
+layers in order; a functional Model replays the layer calls recorded when it was
+built; a subclassed Model runs the user's ``call``.
+"""
+import numpy as np
+
+from ..errors import ShapeError
+from ..ir.types import TensorType, fmt_shape
+from . import backend
+from .functional import collect_records, replay
+from .layers.base import Layer, flatten, map_structure
+from .tensor import SymbolicTensor
+
+
+class InputLayer(Layer):
+    def __init__(self, input_shape=None, batch_size=None, dtype=None, name=None, batch_input_shape=None,
+                 shape=None, sparse=False, ragged=False, **kwargs):
+        name = name or backend.unique_name("input", zero_based=False)
+        if shape is not None:
+            input_shape = shape
+        if batch_input_shape is None:
+            if input_shape is None:
+                raise ValueError(f"InputLayer '{name}': an input shape is required")
+            batch_input_shape = (batch_size,) + tuple(input_shape)
+        super().__init__(name=name, dtype=dtype or "float32", **kwargs)
+        self._batch_input_shape = tuple(None if d is None else int(d) for d in batch_input_shape)
+        b = backend.construction_builder()
+        self.output = SymbolicTensor(b, b.input(self.name, TensorType(self._batch_input_shape, self.dtype)))
+        from .functional import record_layer_call
+        record_layer_call(self, [], (), {}, self.output)
+        self.built = True
+
+    def get_config(self):
+        return {"batch_input_shape": list(self._batch_input_shape), "dtype": self.dtype,
+                "sparse": False, "ragged": False, "name": self.name}
+
+
+def Input(shape=None, batch_size=None, dtype=None, name=None, batch_shape=None, **kwargs):
+    """A symbolic input tensor (keras.Input): the start of a functional model."""
+    if batch_shape is not None:
+        layer = InputLayer(batch_input_shape=batch_shape, dtype=dtype, name=name)
+    else:
+        layer = InputLayer(input_shape=shape, batch_size=batch_size, dtype=dtype, name=name)
+    return layer.output
+
+
+class Model(Layer):
+    """keras.Model: functional (``Model(inputs, outputs)``) or subclassed (``__init__`` + ``call``)."""
+
+    def __init__(self, *args, **kwargs):
+        inputs = kwargs.pop("inputs", args[0] if len(args) > 0 else None)
+        outputs = kwargs.pop("outputs", args[1] if len(args) > 1 else None)
+        self._is_functional = inputs is not None and outputs is not None
+        default = "model" if self._is_functional or type(self) is Model else backend.snake_case(type(self).__name__)
+        if kwargs.get("name") is None and type(self).__name__ != "Sequential":
+            kwargs["name"] = backend.unique_name(default)
+        super().__init__(**kwargs)
+        self._build_input_shape = None
+        self.optimizer = None
+        self.compiled = False
+        if self._is_functional:
+            self._init_functional(inputs, outputs)
+
+    # ---- functional -------------------------------------------------------------------
+
+    def _init_functional(self, inputs, outputs):
+        for t in flatten([inputs, outputs]):
+            if not isinstance(t, SymbolicTensor):
+                raise TypeError(f"Model '{self.name}': inputs and outputs must be symbolic tensors from "
+                                f"keras.Input and layer calls, got {type(t).__name__}")
+        self.inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        self.outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        self._single_input = not isinstance(inputs, (list, tuple))
+        self._single_output = not isinstance(outputs, (list, tuple))
+        records = collect_records(self.outputs)
+        layers = []
+        for rec in records:
+            if rec.layer is not None and all(rec.layer is not l for l in layers):
+                layers.append(rec.layer)
+        self._records = records
+        self._layers = layers
+        self.built = True
+
+    @property
+    def layers(self):
+        if getattr(self, "_is_functional", False):
+            return list(self._layers)
+        return super().layers
+
+    def _all_weights_in_order(self):
+        out = []
+        for layer in self.layers:
+            for w in layer._all_weights_in_order():
+                if all(w is not o for o in out):
+                    out.append(w)
+        return out
+
+    def _own_weights(self):
+        return []
+
+    @property
+    def trainable_weights(self):
+        if not self.trainable:
+            return []
+        out = []
+        for layer in self.layers:
+            out.extend(w for w in layer.trainable_weights if all(w is not o for o in out))
+        return out
+
+    @property
+    def non_trainable_weights(self):
+        out = []
+        for layer in self.layers:
+            ws = layer.non_trainable_weights if self.trainable else layer.weights
+            out.extend(w for w in ws if all(w is not o for o in out))
+        return out
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._is_functional:
+            raise NotImplementedError(f"Model '{self.name}': a subclassed model must define call()")
+        new = [inputs] if self._single_input else list(inputs)
+        if len(new) != len(self.inputs):
+            raise ShapeError(f"Model '{self.name}' expects {len(self.inputs)} inputs, got {len(new)}")
+        for old, t in zip(self.inputs, new):
+            _check_input_shape(self, old.shape, t.shape)
+        outs = replay(self.inputs, self.outputs, new)
+        return outs[0] if self._single_output else outs
+
+    def build(self, input_shape):
+        """Build a subclassed model by tracing its call on a symbolic input of this shape."""
+        if getattr(self, "_is_functional", False):
+            return
+        self._build_input_shape = input_shape
+        b = backend.new_trace_builder(name=f"{self.name}_build")
+        if isinstance(input_shape, list) and input_shape and isinstance(input_shape[0], (list, tuple)):
+            xs = [SymbolicTensor(b, b.input(f"x{i}", TensorType(tuple(s)))) for i, s in enumerate(input_shape)]
+        else:
+            xs = SymbolicTensor(b, b.input("x", TensorType(tuple(input_shape))))
+        self.built = True  # so __call__ does not build again
+        with backend.tracing(b):
+            prev, b.layer = b.layer, self._describe()
+            try:
+                self.call(xs)
+            finally:
+                b.layer = prev
+
+    def _maybe_build(self, inputs):
+        if not self.built:
+            shapes = map_structure(lambda t: (None,) + tuple(t.shape)[1:], inputs)
+            self._build_input_shape = shapes
+            self.built = True  # call() itself builds the sublayers as it runs
+        elif self._build_input_shape is None and not getattr(self, "_is_functional", False):
+            self._build_input_shape = map_structure(lambda t: (None,) + tuple(t.shape)[1:], inputs)
+
+    def input_types(self):
+        """The model's input types (batch dimension None), for tracing."""
+        if getattr(self, "_is_functional", False):
+            return [(t.builder.g.nodes[t.node]["attrs"].get("name", f"input_{i}"), t.type)
+                    for i, t in enumerate(self.inputs)]
+        shapes = self._build_input_shape
+        if shapes is None:
+            raise ValueError(f"Model '{self.name}' has not been built: call it on data or call "
+                             "build(input_shape) first, so its input shape is known")
+        if isinstance(shapes, list) and shapes and isinstance(shapes[0], (list, tuple)):
+            return [(f"input_{i}", TensorType(tuple(s))) for i, s in enumerate(shapes)]
+        return [("input", TensorType(tuple(shapes)))]
+
+    @property
+    def input_shape(self):
+        shapes = [t.shape for _, t in self.input_types()]
+        return shapes[0] if len(shapes) == 1 else shapes
+
+    @property
+    def output_shape(self):
+        if getattr(self, "_is_functional", False):
+            shapes = [t.shape for t in self.outputs]
+            return shapes[0] if self._single_output else shapes
+        from ..passes.trace import trace_model
+        g = trace_model(self)
+        shapes = [g.nodes[o]["type"].shape for o in g.graph["outputs"]]
+        return shapes[0] if len(shapes) == 1 else shapes
+
+    def summary(self, line_length=None, positions=None, print_fn=None):
+        from .summary import print_summary
+        print_summary(self, line_length=line_length, positions=positions, print_fn=print_fn)
+
+    def get_config(self):
+        from .saving import model_config
+        return model_config(self)["config"]
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        from .saving import model_from_config
+        return model_from_config({"class_name": cls.__name__, "config": config}, custom_objects)
+
+    def to_json(self, **kwargs):
+        from .saving import model_to_json
+        return model_to_json(self, **kwargs)
+
+    def to_yaml(self, **kwargs):
+        from .saving import model_to_yaml
+        return model_to_yaml(self, **kwargs)
+
+
+def _check_input_shape(model, expected, actual):
+    if len(expected) != len(actual) or any(e is not None and a is not None and e != a
+                                           for e, a in zip(expected, actual)):
+        raise ShapeError(f"Model '{model.name}' expects input shape {fmt_shape(expected)}, "
+                         f"got {fmt_shape(actual)}")
+
+
+class Sequential(Model):
+    """A linear stack of layers."""
+
+    def __init__(self, layers=None, name=None, trainable=True, **kwargs):
+        super().__init__(name=name or backend.unique_name("sequential"), trainable=trainable, **kwargs)
+        self._is_functional = False
+        self._stack = []
+        self._input = None          # the symbolic input in the construction graph, once known
+        self._outputs_per_layer = []
+        for layer in layers or []:
+            self.add(layer)
+
+    def add(self, layer):
+        if isinstance(layer, SymbolicTensor):
+            rec = layer._keras_history
+            if rec is None or not isinstance(rec.layer, InputLayer):
+                raise TypeError(f"Sequential '{self.name}': add() takes layers or a keras.Input tensor")
+            self._input = layer
+            self._rebuild()
+            return
+        if isinstance(layer, InputLayer):
+            self._input = layer.output
+            self._rebuild()
+            return
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential '{self.name}': add() takes Layer instances, got {type(layer).__name__}")
+        self._stack.append(layer)
+        self._tracking = False
+        self._sublayers = list(self._stack)
+        self._tracking = True
+        if self._input is None and len(self._stack) == 1 and layer._batch_input_shape is not None:
+            self._input = InputLayer(batch_input_shape=layer._batch_input_shape, dtype=layer.dtype
+                                     if layer.dtype != "float32" or not _takes_ints(layer) else "int32",
+                                     name=f"{layer.name}_input").output
+        if self._input is not None:
+            self._extend(layer)
+
+    def pop(self):
+        if not self._stack:
+            raise TypeError(f"Sequential '{self.name}' has no layers to pop")
+        self._stack.pop()
+        self._sublayers = list(self._stack)
+        self._rebuild()
+
+    def _rebuild(self):
+        self._outputs_per_layer = []
+        if self._input is not None:
+            for layer in self._stack:
+                self._extend(layer)
+
+    def _extend(self, layer):
+        x = self._outputs_per_layer[-1] if self._outputs_per_layer else self._input
+        out = layer(x)
+        self._outputs_per_layer.append(out)
+        self.built = True
+
+    @property
+    def layers(self):
+        return list(self._stack)
+
+    @property
+    def inputs(self):
+        return None if self._input is None else [self._input]
+
+    @property
+    def outputs(self):
+        return [self._outputs_per_layer[-1]] if self._outputs_per_layer else None
+
+    def build(self, input_shape=None):
+        if input_shape is None:
+            if self._input is None:
+                raise ValueError(f"Sequential '{self.name}': build() needs an input shape")
+            return
+        if self._input is not None:
+            return
+        self._input = InputLayer(batch_input_shape=tuple(input_shape),
+                                 name=f"{self._stack[0].name}_input" if self._stack else None).output
+        self._rebuild()
+
+    def _maybe_build(self, inputs):
+        if self._input is None:
+            t = inputs if not isinstance(inputs, (list, tuple)) else inputs[0]
+            self._input = InputLayer(batch_input_shape=(None,) + tuple(t.shape)[1:], dtype=t.dtype,
+                                     name=f"{self._stack[0].name}_input" if self._stack else None).output
+            self._rebuild()
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._stack:
+            raise ValueError(f"Sequential '{self.name}' has no layers")
+        x = inputs
+        if mask is not None and getattr(x, "_keras_mask", None) is None:
+            x._keras_mask = mask
+        for layer in self._stack:
+            kwargs = {"training": training} if layer._call_accepts("training") else {}
+            x = layer(x, **kwargs)
+        return x
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def input_types(self):
+        if self._input is None:
+            raise ValueError(f"Sequential '{self.name}' has not been built: give the first layer an "
+                             "input_shape, start with keras.Input, or call the model on data first")
+        name = self._input.builder.g.nodes[self._input.node]["attrs"]["name"]
+        return [(name, self._input.type)]
+
+    @property
+    def output_shape(self):
+        if not self._outputs_per_layer:
+            raise ValueError(f"Sequential '{self.name}' has not been built")
+        return self._outputs_per_layer[-1].shape
+
+
+def _takes_ints(layer):
+    return type(layer).__name__ == "Embedding"
+
+
+

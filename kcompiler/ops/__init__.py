@@ -1,0 +1,8 @@
+"""Op families. Importing this package fills the registry (kcompiler.ir.registry.OPS).
+
+Each family file declares its ops' shape rules, VJP rules and fusion kinds; the
+``*_reference.py`` file beside it attaches their numpy references.
+"""
+from . import params, elementwise, reduce, linalg, array, nn  # noqa: F401
+from . import params_reference, elementwise_reference, reduce_reference  # noqa: F401
+from . import linalg_reference, array_reference, nn_reference  # noqa: F401

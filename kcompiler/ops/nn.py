@@ -1,0 +1,84 @@
+"""Neural-network ops that are not plain element-wise math: softmax, log_softmax,
+embedding gather and its scatter-add gradient, and dropout.
+
+Dropout draws its mask from a counter-based generator (Philox4x32-10 keyed by
+attrs.seed, counter = (element index, step)), so the mask is a pure function of
+(seed, step, index): the backward pass recomputes it instead of storing it, and a
+generated kernel reproduces the reference bit for bit.
+"""
+from ..errors import ShapeError
+from ..ir.registry import register
+from ..ir.types import TensorType, fmt_shape
+from .common import expect_float, normalize_axis, same_type
+
+
+def _softmax_rule(name):
+    def rule(in_types, attrs):
+        expect_float(name, in_types[0])
+        normalize_axis(name, attrs.get("axis", -1), in_types[0].rank)
+        return same_type(in_types, attrs)
+    return rule
+
+
+def _softmax_vjp(grad_op):
+    def vjp(b, nid, dy):
+        return [b.op(grad_op, nid, dy, axis=b.attrs(nid).get("axis", -1))]
+    return vjp
+
+
+register("softmax", shape=_softmax_rule("softmax"), vjp=_softmax_vjp("softmax_grad"), kind="reduction",
+         doc="exp(x - max) / sum(exp(x - max)) along attrs.axis")
+register("softmax_grad", shape=lambda t, a: same_type(t, a), kind="reduction",
+         doc="(y, dy) -> y * (dy - sum(dy * y))")
+register("log_softmax", shape=_softmax_rule("log_softmax"), vjp=_softmax_vjp("log_softmax_grad"),
+         kind="reduction", doc="x - max - log(sum(exp(x - max))) along attrs.axis")
+register("log_softmax_grad", shape=lambda t, a: same_type(t, a), kind="reduction",
+         doc="(y, dy) -> dy - exp(y) * sum(dy)")
+
+
+def _gather_rule(in_types, attrs):
+    table, idx = in_types
+    if table.rank != 2:
+        raise ShapeError(f"gather: the table must have rank 2, got {fmt_shape(table.shape)}")
+    if not idx.dtype.startswith("int"):
+        raise ShapeError(f"gather: indices must be integers, got {idx.dtype}")
+    return TensorType(idx.shape + (table.shape[1],), table.dtype)
+
+
+def _gather_vjp(b, nid, dy):
+    table, idx = b.operands(nid)
+    return [b.op("scatter_add", idx, dy, rows=b.shape(table)[0]), None]
+
+
+register("gather", shape=_gather_rule, vjp=_gather_vjp, kind="opaque",
+         doc="rows of table (V, D) picked by integer indices; an index outside [0, V) is an error")
+
+
+def _scatter_add_rule(in_types, attrs):
+    idx, upd = in_types
+    return TensorType((attrs["rows"], upd.shape[-1]), upd.dtype)
+
+
+register("scatter_add", shape=_scatter_add_rule, kind="opaque",
+         doc="(indices, updates) -> zeros((rows, D)) with updates added at their rows")
+
+
+def _dropout_rule(in_types, attrs):
+    x, step = in_types
+    expect_float("dropout", x)
+    if not 0 <= attrs["rate"] < 1:
+        raise ShapeError(f"dropout: rate must be in [0, 1), got {attrs['rate']}")
+    if step.shape != () or not step.dtype.startswith("int"):
+        raise ShapeError(f"dropout: the step operand must be an integer scalar, got {step}")
+    return TensorType(x.shape, x.dtype)
+
+
+def _dropout_vjp(b, nid, dy):
+    # The mask depends only on (seed, step, index): applying the same op to dy
+    # reproduces it, so nothing is stored between forward and backward.
+    (_, step) = b.operands(nid)
+    return [b.add("dropout", (dy, step), b.attrs(nid)), None]
+
+
+register("dropout", shape=_dropout_rule, vjp=_dropout_vjp, kind="elementwise",
+         doc="(x, step) -> x * keep / (1 - rate), keep = philox(seed, index, step) >= rate")

@@ -1,0 +1,71 @@
+"""numpy references of the nn ops, and of the Philox4x32-10 generator behind dropout."""
+import numpy as np
+
+from ..errors import ShapeError
+from ..ir.registry import reference
+
+PHILOX_M0, PHILOX_M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+PHILOX_W0, PHILOX_W1 = np.uint32(0x9E3779B9), np.uint32(0xBB67AE85)
+
+
+def philox_uniform(seed, step, n):
+    """Uniform floats in [0, 1) for element indices 0..n-1: Philox4x32-10 with
+    counter (index, step, 0, 0) and key (seed, 0); output word 0, top 24 bits."""
+    c0 = np.arange(n, dtype=np.uint64).astype(np.uint32)
+    c1 = np.full(n, step & 0xFFFFFFFF, dtype=np.uint32)
+    c2 = np.zeros(n, dtype=np.uint32)
+    c3 = np.zeros(n, dtype=np.uint32)
+    k0, k1 = np.uint32(seed & 0xFFFFFFFF), np.uint32(0)
+    with np.errstate(over="ignore"):
+        for _ in range(10):
+            p0 = PHILOX_M0 * c0.astype(np.uint64)
+            p1 = PHILOX_M1 * c2.astype(np.uint64)
+            hi0, lo0 = (p0 >> np.uint64(32)).astype(np.uint32), p0.astype(np.uint32)
+            hi1, lo1 = (p1 >> np.uint64(32)).astype(np.uint32), p1.astype(np.uint32)
+            c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+            k0, k1 = k0 + PHILOX_W0, k1 + PHILOX_W1
+    return (c0 >> np.uint32(8)).astype(np.float32) * np.float32(1.0 / (1 << 24))
+
+
+@reference("softmax")
+def softmax(x, axis=-1):
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return (e / np.sum(e, axis=axis, keepdims=True)).astype(x.dtype)
+
+
+@reference("softmax_grad")
+def softmax_grad(y, dy, axis=-1):
+    return (y * (dy - np.sum(dy * y, axis=axis, keepdims=True))).astype(y.dtype)
+
+
+@reference("log_softmax")
+def log_softmax(x, axis=-1):
+    s = x - np.max(x, axis=axis, keepdims=True)
+    return (s - np.log(np.sum(np.exp(s), axis=axis, keepdims=True))).astype(x.dtype)
+
+
+@reference("log_softmax_grad")
+def log_softmax_grad(y, dy, axis=-1):
+    return (dy - np.exp(y) * np.sum(dy, axis=axis, keepdims=True)).astype(y.dtype)
+
+
+@reference("gather")
+def gather(table, idx):
+    bad = (idx < 0) | (idx >= table.shape[0])
+    if bad.any():
+        raise ShapeError(f"gather: index {int(idx[bad].flat[0])} is outside the table's "
+                         f"{table.shape[0]} rows")
+    return table[idx]
+
+
+@reference("scatter_add")
+def scatter_add(idx, upd, rows):
+    out = np.zeros((rows, upd.shape[-1]), dtype=upd.dtype)
+    np.add.at(out, idx.reshape(-1), upd.reshape(-1, upd.shape[-1]))
+    return out
+
+
+@reference("dropout")
+def dropout(x, step, rate, seed):
+    keep = philox_uniform(seed, int(step), x.size).reshape(x.shape) >= rate
+    return np.where(keep, x / np.float32(1 - rate), 0).astype(x.dtype)

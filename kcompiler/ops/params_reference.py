@@ -1,0 +1,1 @@
+"""numpy references of the parameter ops: the interpreter feeds these nodes itself."""
