@@ -132,6 +132,16 @@ def to_node(b, x, dtype_hint=None):
     return b.array_constant(a)
 
 
+def assign(variable, value):
+    """Record that ``variable`` takes ``value`` once the traced step has run (a state update:
+    BatchNormalization's moving statistics, optimizer slots and weights)."""
+    b = getattr(value, "builder", None) or active_builder()
+    if b is None:
+        raise RuntimeError(f"assign({variable.path!r}): state updates are only recorded while tracing")
+    node = value.node if isinstance(value, SymbolicTensor) and value.builder is b else to_node(b, value)
+    b.g.graph["updates"][b.variable(variable)] = node
+
+
 def _dtype_hint(inputs):
     """Python numbers follow the dtype of the tensors they meet (x * 2 stays float32)."""
     from .variables import Variable

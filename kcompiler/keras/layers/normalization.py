@@ -2,7 +2,7 @@
 output and the moving-variance update; a frozen layer (trainable=False) runs in
 inference mode."""
 from ...errors import ShapeError
-from .. import constraints, initializers, ops, regularizers
+from .. import backend, constraints, initializers, ops, regularizers
 from .base import InputSpec, Layer
 
 
@@ -58,9 +58,9 @@ class BatchNormalization(Layer):
             flat_mean = ops.reshape(mean, (bshape[axis],))
             flat_var = ops.reshape(variance, (bshape[axis],))
             m = self.momentum
-            backend_assign(self.moving_mean, ops.add(ops.multiply(self.moving_mean, m),
+            backend.assign(self.moving_mean, ops.add(ops.multiply(self.moving_mean, m),
                                                      ops.multiply(flat_mean, 1.0 - m)))
-            backend_assign(self.moving_variance, ops.add(ops.multiply(self.moving_variance, m),
+            backend.assign(self.moving_variance, ops.add(ops.multiply(self.moving_variance, m),
                                                          ops.multiply(flat_var, 1.0 - m)))
         else:
             mean, variance = as_broadcast(self.moving_mean), as_broadcast(self.moving_variance)
@@ -83,11 +83,5 @@ class BatchNormalization(Layer):
                 "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
                 "beta_constraint": constraints.serialize(self.beta_constraint),
                 "gamma_constraint": constraints.serialize(self.gamma_constraint)}
-
-
-def backend_assign(variable, value):
-    """Record that ``variable`` takes ``value`` after this step (a state update in the graph)."""
-    b = value.builder
-    b.g.graph["updates"][b.variable(variable)] = value.node
 
 

@@ -1,0 +1,2 @@
+"""Placeholder: these layers are being written."""
+__all__ = []

@@ -1,0 +1,1 @@
+"""Placeholder: this op family is being written."""
