@@ -1,2 +1,24 @@
-"""kcompiler: a graph compiler for Keras models."""
+"""kcompiler: a graph compiler for Keras models.
+
+    from kcompiler import keras      # the tf.keras-compatible front end
+    program = kcompiler.compile(model)
+    print(program.dump())            # the IR after the last pass
+"""
 __version__ = "0.1.0"
+
+TARGETS = ("cpu", "cuda")
+
+
+def compile(model, *, target="cpu", fuse=True, training=False, batch_size=None):
+    """Compile a Keras model: trace it into the IR and run the compiler's passes."""
+    from .passes.pipeline import run_pipeline
+    from .program import Program
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
+    stages = run_pipeline(model, training=training, batch_size=batch_size)
+    return Program(model, stages, target=target, fuse=fuse, training=training, batch_size=batch_size)
+
+
+def dump_ir(model, fmt="text", stage=None, **compile_kwargs):
+    """The IR of ``model`` at ``stage`` (None = the last stage that exists) as text, json or dot."""
+    return compile(model, **compile_kwargs).dump(fmt, stage)

@@ -90,6 +90,15 @@ class Model(Layer):
             return list(self._layers)
         return super().layers
 
+    def get_layer(self, name=None, index=None):
+        if index is not None:
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"Model '{self.name}' has no layer named {name!r}; its layers are "
+                         f"{[l.name for l in self.layers]}")
+
     def _all_weights_in_order(self):
         out = []
         for layer in self.layers:

@@ -1,0 +1,28 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Each creates .venv (if missing), installs kcompiler editable with its dev extra, and runs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+# Tests compile kernels at a low optimisation level (the few tests of the optimised
+# path ask for O3 themselves) and share compiled objects through one disk cache.
+test: $(STAMP)
+	KCOMPILER_OPT_LEVEL=$${KCOMPILER_OPT_LEVEL:-1} KCOMPILER_CACHE_DIR=$${KCOMPILER_CACHE_DIR:-$(CURDIR)/.kcache} \
+	  $(PY) -m pytest -q -n 2 tests
+
+clean:
+	rm -rf $(VENV) .kcache out .pytest_cache .hypothesis

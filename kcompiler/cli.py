@@ -1,0 +1,41 @@
+"""The kcompiler command line: `kcompiler ir MODEL [--format text|json|dot] [--stage NAME]`.
+
+MODEL is `module:function` returning a model (Keras files come with the saving issue)."""
+import argparse
+import importlib
+import sys
+
+
+def load_model(spec):
+    if ":" not in spec:
+        raise SystemExit(f"kcompiler: MODEL must be module:function, got {spec!r}")
+    module_name, func_name = spec.split(":", 1)
+    sys.path.insert(0, ".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise SystemExit(f"kcompiler: cannot import {module_name!r}: {e}")
+    fn = getattr(module, func_name, None)
+    if fn is None:
+        raise SystemExit(f"kcompiler: {module_name!r} has no {func_name!r}")
+    return fn()
+
+
+def main(argv=None):
+    import kcompiler
+    parser = argparse.ArgumentParser(prog="kcompiler", description="Compile Keras models to generated kernels.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ir = sub.add_parser("ir", help="print a model's IR")
+    ir.add_argument("model", help="module:function returning a model")
+    ir.add_argument("--format", default="text", choices=("text", "json", "dot"))
+    ir.add_argument("--stage", default=None, help="traced, shaped, ... (default: the last)")
+    ir.add_argument("--batch-size", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.command == "ir":
+        model = load_model(args.model)
+        sys.stdout.write(kcompiler.dump_ir(model, fmt=args.format, stage=args.stage, batch_size=args.batch_size))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
