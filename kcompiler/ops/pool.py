@@ -1,1 +1,91 @@
-"""Placeholder: this op family is being written."""
+"""2-D max and average pooling over NHWC data, and their gradients.
+
+Attributes: ``pool=(ph, pw)``, ``strides=(sh, sw)``, ``padding='valid'|'same'``;
+'same' padding is placed as for conv2d (odd row/column after). Max pooling pads
+with -inf, so padding is never the maximum; its gradient goes to the first maximum
+of each window in row-major order, as TensorFlow's MaxPoolGrad does, and windows
+that overlap add up. Average pooling divides each window by the number of input
+elements it covers (padding excluded), as Keras does. GlobalAveragePooling2D is
+``mean`` over axes (1, 2): no op here.
+"""
+from ..errors import ShapeError
+from ..ir.registry import register
+from ..ir.types import TensorType, fmt_shape
+from .common import expect_float, expect_rank
+from .conv import spatial_output, window_attrs
+
+
+def pool_attrs(op, attrs):
+    """(pool, strides, padding) from a pooling op's attrs, checked."""
+    if "dilation" in attrs:
+        raise ShapeError(f"{op}: pooling takes no dilation attribute")
+    strides, padding, _, pool = window_attrs(op, attrs, "pool")
+    return pool, strides, padding
+
+
+def _pooled_shape(op, x_shape, attrs):
+    pool, strides, padding = pool_attrs(op, attrs)
+    oh, ow = spatial_output(op, x_shape, pool, strides, (1, 1), padding, f"a {pool[0]}x{pool[1]} pool")
+    return (x_shape[0], oh, ow, x_shape[3])
+
+
+def _pool_rule(op):
+    def rule(in_types, attrs):
+        (x,) = in_types
+        expect_rank(op, x, 4)
+        expect_float(op, x)
+        return TensorType(_pooled_shape(op, x.shape, attrs), x.dtype)
+    return rule
+
+
+def _expect_dy(op, dy, expected):
+    if any(a is not None and e is not None and a != e for a, e in zip(dy.shape, expected)):
+        raise ShapeError(f"{op}: the output gradient has shape {fmt_shape(dy.shape)}, expected "
+                         f"{fmt_shape(expected)}")
+
+
+def _max_pool_grad_rule(in_types, attrs):
+    x, dy = in_types
+    op = "max_pool2d_grad"
+    expect_rank(op, x, 4)
+    expect_rank(op, dy, 4)
+    expect_float(op, x)
+    _expect_dy(op, dy, _pooled_shape(op, x.shape, attrs))
+    return TensorType(x.shape, x.dtype)
+
+
+def _max_pool_vjp(b, nid, dy):
+    (x,) = b.operands(nid)
+    return [b.op("max_pool2d_grad", x, dy, **b.attrs(nid))]
+
+
+def _avg_pool_grad_rule(in_types, attrs):
+    (dy,) = in_types
+    op = "avg_pool2d_grad"
+    expect_rank(op, dy, 4)
+    expect_float(op, dy)
+    h, w = attrs["input_hw"]
+    x_shape = (dy.shape[0], h, w, dy.shape[3])
+    _expect_dy(op, dy, _pooled_shape(op, x_shape, attrs))
+    return TensorType(x_shape, dy.dtype)
+
+
+def _avg_pool_vjp(b, nid, dy):
+    (x,) = b.operands(nid)
+    return [b.op("avg_pool2d_grad", dy, input_hw=tuple(b.shape(x)[1:3]), **b.attrs(nid))]
+
+
+def _avg_pool_grad_vjp(b, nid, g):
+    # avg_pool2d_grad is the transpose of avg_pool2d (same windows, same divisors).
+    attrs = {k: v for k, v in b.attrs(nid).items() if k != "input_hw"}
+    return [b.op("avg_pool2d", g, **attrs)]
+
+
+register("max_pool2d", shape=_pool_rule("max_pool2d"), vjp=_max_pool_vjp, kind="reduction",
+         doc="maximum over each window of NHWC x; attrs pool, strides, padding ('same' pads with -inf)")
+register("max_pool2d_grad", shape=_max_pool_grad_rule, kind="reduction",
+         doc="gradient of max_pool2d from (x, dy): each window's dy goes to its first maximum")
+register("avg_pool2d", shape=_pool_rule("avg_pool2d"), vjp=_avg_pool_vjp, kind="reduction",
+         doc="mean over each window of NHWC x, counting only the input elements it covers")
+register("avg_pool2d_grad", shape=_avg_pool_grad_rule, vjp=_avg_pool_grad_vjp, kind="reduction",
+         doc="gradient of avg_pool2d from dy; attrs as avg_pool2d plus input_hw=(h, w)")
