@@ -34,8 +34,19 @@ class InputLayer(Layer):
         self.built = True
 
     def get_config(self):
-        return {"batch_input_shape": list(self._batch_input_shape), "dtype": self.dtype,
-                "sparse": False, "ragged": False, "name": self.name}
+        # Keras 3's keys; from_config also takes tf.keras 2's batch_input_shape.
+        return {"batch_shape": list(self._batch_input_shape), "dtype": self.dtype,
+                "sparse": False, "ragged": False, "name": self.name, "optional": False}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "batch_shape" in config:
+            config["batch_input_shape"] = config.pop("batch_shape")
+        if config.pop("optional", False) or config.get("sparse") or config.get("ragged"):
+            raise NotImplementedError(f"InputLayer '{config.get('name')}': optional, sparse and ragged inputs "
+                                      "are not supported")
+        return cls(**config)
 
 
 def Input(shape=None, batch_size=None, dtype=None, name=None, batch_shape=None, **kwargs):
@@ -198,12 +209,14 @@ class Model(Layer):
 
     def get_config(self):
         from .saving import model_config
-        return model_config(self)["config"]
+        return model_config(self)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        from .saving import model_from_config
-        return model_from_config({"class_name": cls.__name__, "config": config}, custom_objects)
+        from .saving import model_from_layer_config
+        from .serialization import custom_object_scope
+        with custom_object_scope(custom_objects):
+            return model_from_layer_config(cls, config)
 
     def to_json(self, **kwargs):
         from .saving import model_to_json

@@ -285,3 +285,24 @@ def dropout(x, rate, seed):
         return apply_op("dropout", [x, step], rate=float(rate), seed=int(seed))
     step = SymbolicTensor(b, rng_step_node(b))
     return apply_op("dropout", [x, step], rate=float(rate), seed=int(seed))
+
+
+# ---- added for losses, metrics and optimizers ------------------------------------------
+
+def divide_no_nan(x1, x2):
+    """x1 / x2, and 0 where x2 == 0 (the denominator is made safe first, so no inf/nan is formed)."""
+    zero = equal(x2, 0)
+    safe = where(zero, 1.0, x2)
+    return where(zero, 0.0, divide(x1, safe))
+
+
+def all(x, axis=None, keepdims=False):
+    """True where every element along ``axis`` is non-zero."""
+    return equal(min(cast(not_equal(x, 0) if x.dtype != "bool" else x, "float32"), axis=axis,
+                     keepdims=keepdims), 1.0)
+
+
+def any(x, axis=None, keepdims=False):
+    """True where some element along ``axis`` is non-zero."""
+    return equal(max(cast(not_equal(x, 0) if x.dtype != "bool" else x, "float32"), axis=axis,
+                     keepdims=keepdims), 1.0)

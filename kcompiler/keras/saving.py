@@ -1,26 +1,323 @@
-"""Model configs and their JSON/YAML forms (being written; see the foundation issue)."""
-from ..errors import ConfigError
+"""Model configs and their JSON/YAML forms: get_config, to_json, to_yaml, model_from_*.
 
+Written in Keras 3's schema. Read: Keras 3's schema, tf.keras 2's (``batch_input_shape``,
+``keras_version``/``backend`` keys, functional ``inbound_nodes`` as nested lists) and the
+oldest Sequential form whose ``config`` is the list of layers. A model rebuilt from a
+config has the same architecture, fresh weights and is not compiled (the seed's
+``model_from_json``); a ``compile_config`` in the input is ignored.
+
+Allowed differences from Keras 3's output, on purpose:
+- ``dtype`` is the dtype name ("float32"), as tf.keras 2 wrote it; Keras 3 writes a
+  DTypePolicy object (and reads either).
+- Sequential models keep tf.keras 2's input naming (``<first layer>_input``) and an
+  Embedding-first Sequential has an input (tf.keras 2 semantics), so it is written
+  with an InputLayer and ``build_config`` where Keras 3 writes none.
+- ``build_config`` is written for every layer that was called; Keras 3 leaves it out
+  for layers built in their constructor (pooling).
+"""
+import json
+
+import numpy as np
+
+from ..errors import ConfigError, UnsupportedError
+from .layers.base import flatten
+from .serialization import (CustomObjectScope, check_known_classes, custom_object_scope,  # noqa: F401
+                            deserialize_layer, get_custom_objects, get_registered_name,
+                            get_registered_object, register_keras_serializable, serialize_keras_object,
+                            serialize_layer)
+
+__all__ = ["model_from_config", "model_from_json", "model_from_yaml", "register_keras_serializable",
+           "custom_object_scope", "CustomObjectScope", "get_custom_objects", "get_registered_name",
+           "get_registered_object", "serialize_keras_object", "deserialize_keras_object"]
+
+
+def _shape(t):
+    return list(t.shape)
+
+
+def _input_layer_of(tensor):
+    return tensor._keras_history.layer
+
+
+# ---- get_config -------------------------------------------------------------------------
 
 def model_config(model):
-    raise NotImplementedError("model configs are not implemented yet")
+    """The default ``model.get_config()``: Sequential and functional models; subclassed ones raise."""
+    from .models import Sequential
+    if isinstance(model, Sequential):
+        return _sequential_config(model)
+    if getattr(model, "_is_functional", False):
+        return _functional_config(model)
+    raise NotImplementedError(
+        f"Model '{model.name}' ({type(model).__name__}) is a subclassed model: Keras cannot write its "
+        "config automatically. Override get_config() to return the arguments of its __init__ (and "
+        "from_config() if they are not plain data)")
+
+
+def _strip_input_shape(entry):
+    # The InputLayer entries carry the input shapes (Keras 3 writes none in layer configs).
+    entry["config"] = {k: v for k, v in entry["config"].items() if k != "batch_input_shape"}
+    return entry
+
+
+def _sequential_config(model):
+    layers = []
+    if model._input is not None:
+        layers.append(serialize_layer(_input_layer_of(model._input)))
+    inputs = [model._input] + model._outputs_per_layer[:-1] if model._input is not None else []
+    for i, layer in enumerate(model.layers):
+        shape = _shape(inputs[i]) if i < len(inputs) else None
+        layers.append(_strip_input_shape(serialize_layer(layer, shape)) if model._input is not None
+                      else serialize_layer(layer))
+    config = {"name": model.name, "trainable": model.trainable, "dtype": model.dtype, "layers": layers}
+    if model._input is not None:
+        config["build_input_shape"] = _shape(model._input)
+    return config
+
+
+def _functional_config(model):
+    relevant = [r for r in model._records if r.layer is not None]
+    bare_ops = [r for r in model._records if r.layer is None]
+    if bare_ops:
+        raise UnsupportedError(f"Model '{model.name}': get_config cannot write the {len(bare_ops)} bare "
+                               "keras.ops call(s) between its layers; wrap them in a layer (a Layer subclass "
+                               "with get_config)")
+    # Node indices count only this model's calls of each layer (Keras re-indexes the same way).
+    node_index = {}
+    for rec in relevant:
+        node_index[id(rec)] = sum(1 for r in relevant if r.layer is rec.layer and r.order < rec.order)
+
+    def history(t):
+        rec = t._keras_history
+        tensor_index = next(k for k, o in enumerate(flatten(rec.outputs)) if o is t)
+        return [rec.layer.name, node_index[id(rec)], tensor_index]
+
+    def as_arg(x):
+        from .tensor import SymbolicTensor
+        if isinstance(x, SymbolicTensor):
+            return {"class_name": "__keras_tensor__",
+                    "config": {"shape": _shape(x), "dtype": x.dtype, "keras_history": history(x)}}
+        if isinstance(x, (list, tuple)):
+            return [as_arg(v) for v in x]
+        if isinstance(x, dict):
+            return {k: as_arg(v) for k, v in x.items()}
+        return x
+
+    from .models import InputLayer
+    layers = []
+    for layer in model.layers:
+        calls = [r for r in relevant if r.layer is layer]
+        build_shape = None
+        if calls and not isinstance(layer, InputLayer):
+            first = calls[0].inputs
+            build_shape = ([_shape(t) for t in first] if isinstance(first, (list, tuple)) else _shape(first))
+        entry = _strip_input_shape(serialize_layer(layer, build_shape))
+        entry["name"] = layer.name
+        entry["inbound_nodes"] = [] if isinstance(layer, InputLayer) else [
+            {"args": as_arg([r.inputs, *r.rest]), "kwargs": as_arg(dict(r.kwargs))} for r in calls]
+        layers.append(entry)
+    # Keras 3 writes a single (non-list) input or output as one [name, node, tensor] triple.
+    inputs = [history(t) for t in model.inputs]
+    outputs = [history(t) for t in model.outputs]
+    return {"name": model.name, "trainable": model.trainable, "layers": layers,
+            "input_layers": inputs[0] if model._single_input else inputs,
+            "output_layers": outputs[0] if model._single_output else outputs}
+
+
+# ---- the to_json / to_yaml document -------------------------------------------------------
+
+def serialize_model(model, include_compile=True):
+    """What ``to_json`` writes: ``{"module", "class_name", "config", "registered_name", "build_config",
+    "compile_config"}`` as Keras 3 does."""
+    from .models import Sequential
+    config = model.get_config()
+    if isinstance(model, Sequential) and type(model) is Sequential:
+        out = {"module": "keras", "class_name": "Sequential", "config": config, "registered_name": None}
+        if model._input is not None:
+            out["build_config"] = {"input_shape": _shape(model._input)}
+    elif getattr(model, "_is_functional", False) and type(model).__name__ == "Model":
+        out = {"module": "keras.src.models.functional", "class_name": "Functional", "config": config,
+               "registered_name": "Functional", "build_config": {"input_shape": None}}
+    else:
+        cls = type(model)
+        out = {"module": None if cls.__module__ == "__main__" else cls.__module__, "class_name": cls.__name__,
+               "config": config, "registered_name": get_registered_name(cls)}
+        if getattr(model, "_build_input_shape", None) is not None:
+            out["build_config"] = {"input_shape": _plain(model._build_input_shape)}
+    if include_compile:
+        get_compile_config = getattr(model, "get_compile_config", None)
+        out["compile_config"] = (get_compile_config() or {}) if get_compile_config is not None else {}
+    return out
+
+
+def _plain(value):
+    """JSON/YAML-safe data: tuples as lists, numpy scalars and arrays as Python values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
 
 
 def model_to_json(model, **kwargs):
-    raise NotImplementedError("to_json is not implemented yet")
+    return json.dumps(_plain(serialize_model(model)), **kwargs)
 
 
 def model_to_yaml(model, **kwargs):
-    raise NotImplementedError("to_yaml is not implemented yet")
+    import yaml
+    return yaml.safe_dump(_plain(serialize_model(model)), **kwargs)
 
+
+# ---- reading ------------------------------------------------------------------------------
 
 def model_from_config(config, custom_objects=None):
-    raise ConfigError("model_from_config is not implemented yet")
+    """A new, uncompiled model with fresh weights from a config dict (either Keras's schema)."""
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise ConfigError("model_from_config expects a dict with 'class_name' and 'config' (what "
+                          f"json.loads(model.to_json()) returns), got {type(config).__name__}"
+                          + (f" with keys {sorted(config)}" if isinstance(config, dict) else ""))
+    with custom_object_scope(custom_objects):
+        check_known_classes(config)
+        model = deserialize_layer(config)
+        build_shape = (config.get("build_config") or {}).get("input_shape")
+        if build_shape is not None and not model.built:
+            model.build(_as_shape(build_shape))
+    return model
 
 
-def model_from_json(text, custom_objects=None):
-    raise ConfigError("model_from_json is not implemented yet")
+def deserialize_keras_object(config, custom_objects=None):
+    """keras.saving.deserialize_keras_object for layers and models."""
+    return model_from_config(config, custom_objects)
 
 
-def model_from_yaml(text, custom_objects=None):
-    raise ConfigError("model_from_yaml is not implemented yet")
+def model_from_json(json_string, custom_objects=None):
+    try:
+        config = json.loads(json_string)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"model_from_json: the text is not valid JSON: {e}") from None
+    return model_from_config(config, custom_objects)
+
+
+def model_from_yaml(yaml_string, custom_objects=None):
+    import yaml
+    try:
+        config = yaml.safe_load(yaml_string)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"model_from_yaml: the text is not valid YAML: {e}") from None
+    return model_from_config(config, custom_objects)
+
+
+def _as_shape(shape):
+    if isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], (list, tuple)):
+        return [_as_shape(s) for s in shape]
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+def model_from_layer_config(cls, config):
+    """``cls.from_config(config)`` for Model classes: Sequential, functional or user subclasses."""
+    from .models import Model, Sequential
+    if issubclass(cls, Sequential):
+        return _sequential_from_config(cls, config)
+    if isinstance(config, dict) and {"layers", "input_layers", "output_layers"} <= set(config):
+        return _functional_from_config(cls, config)
+    if cls is Model:
+        raise ConfigError("a functional model config needs 'layers', 'input_layers' and 'output_layers'; got "
+                          f"keys {sorted(config) if isinstance(config, dict) else type(config).__name__}")
+    try:
+        return cls(**config)
+    except TypeError as e:
+        raise ConfigError(f"cannot rebuild model class {cls.__name__} from its config {config!r}: {e}. "
+                          "A subclassed model's get_config() must return the arguments of its __init__") from e
+
+
+def _sequential_from_config(cls, config):
+    if isinstance(config, list):   # Keras 1 / early tf.keras: the config is the layer list itself
+        config = {"layers": config}
+    model = cls(name=config.get("name"), trainable=config.get("trainable", True))
+    for entry in config.get("layers", []):
+        model.add(deserialize_layer(entry))
+    if model._input is None and config.get("build_input_shape") is not None and model.layers:
+        model.build(_as_shape(config["build_input_shape"]))
+    return model
+
+
+class _NotReady(Exception):
+    """A layer call needs a tensor that an earlier call has not made yet."""
+
+
+def _functional_from_config(cls, config):
+    from .models import InputLayer
+    layers, entries = {}, []
+    for entry in config["layers"]:
+        layer = deserialize_layer(entry)
+        name = entry.get("name", layer.name)
+        layers[name] = layer
+        entries.append((name, entry.get("inbound_nodes", [])))
+    # tf.keras 2 writes nodes as lists and its input/output lists always nested; a
+    # one-element list there means a plain single input, as tf.keras 2 treats it.
+    legacy = any(not isinstance(node, dict) for _, nodes in entries for node in nodes)
+    made = {}  # (layer name, node index) -> the call's outputs
+    for name, layer in layers.items():
+        if isinstance(layer, InputLayer):
+            made[(name, 0)] = layer.output
+
+    def tensor(layer_name, node, index):
+        if layer_name not in layers:
+            raise ConfigError(f"the functional config refers to layer {layer_name!r}, which it does not define")
+        if (layer_name, node) not in made:
+            raise _NotReady()
+        return flatten(made[(layer_name, node)])[index]
+
+    def resolve(value):
+        if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+            return tensor(*value["config"]["keras_history"])
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        return value
+
+    def call_args(node):
+        if isinstance(node, dict):   # Keras 3: {"args": [...], "kwargs": {...}}
+            return resolve(node.get("args", [])), resolve(node.get("kwargs", {}))
+        # tf.keras 2: [[layer name, node index, tensor index, call kwargs], ...], one per input
+        tensors = [tensor(*ref[:3]) for ref in node]
+        kwargs = node[0][3] if node and len(node[0]) > 3 else {}
+        return [tensors[0] if len(tensors) == 1 else tensors], dict(kwargs)
+
+    # Calls are replayed in dependency order; each layer's calls stay in their own order,
+    # so a shared layer's node indices come out as written.
+    next_node = {name: 0 for name, _ in entries}
+    pending = sum(len(nodes) for _, nodes in entries)
+    while pending:
+        progress = False
+        for name, nodes in entries:
+            while next_node[name] < len(nodes):
+                try:
+                    args, kwargs = call_args(nodes[next_node[name]])
+                except _NotReady:
+                    break
+                made[(name, next_node[name])] = layers[name](*args, **kwargs)
+                next_node[name] += 1
+                pending -= 1
+                progress = True
+        if not progress:
+            stuck = [f"'{name}' call {next_node[name]}" for name, nodes in entries if next_node[name] < len(nodes)]
+            raise ConfigError("the functional config cannot be replayed: these layer calls need tensors that no "
+                              "call makes: " + ", ".join(stuck))
+
+    def ends(refs):
+        single = bool(refs) and isinstance(refs[0], str)
+        refs = [refs] if single else refs
+        try:
+            tensors = [tensor(*ref[:3]) for ref in refs]
+        except _NotReady:
+            raise ConfigError(f"the functional config's inputs/outputs {refs} are not made by any call") from None
+        return tensors[0] if single or legacy and len(tensors) == 1 else tensors
+
+    return cls(inputs=ends(config["input_layers"]), outputs=ends(config["output_layers"]),
+               name=config.get("name"), trainable=config.get("trainable", True))

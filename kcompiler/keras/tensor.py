@@ -135,11 +135,11 @@ def to_array(x, dtype=None, what="value"):
     if a.dtype.kind in "USO":
         raise TypeError(f"{what}: cannot convert data of dtype {a.dtype} to a tensor; expected numbers")
     if dtype is not None:
-        return np.ascontiguousarray(a, dtype=dtype)
+        return np.asarray(a, dtype=dtype, order="C")  # keeps 0-d (ascontiguousarray makes it 1-d)
     if a.dtype.kind == "f":
         a = a.astype(np.float32)
     elif a.dtype == np.int64 or a.dtype.kind == "u":
         a = a.astype(np.int32)
     elif a.dtype.kind == "b":
         pass
-    return np.ascontiguousarray(a)
+    return np.asarray(a, order="C")

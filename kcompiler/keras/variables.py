@@ -22,7 +22,7 @@ class Variable(KerasTensor):
             value = initializers.get(initializer)(tuple(shape), dtype=dtype)
         else:
             value = to_array(initializer, dtype=dtype)
-        self._value = np.ascontiguousarray(value, dtype=dtype)
+        self._value = np.asarray(value, dtype=dtype, order="C")  # keeps 0-d shapes
         self.name = name
         self.path = path or name
         self.trainable = trainable

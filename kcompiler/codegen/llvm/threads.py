@@ -109,12 +109,46 @@ def _emit_trampoline(module: ir.Module) -> ir.Function:
     return fn
 
 
+def _declare_affinity(module: ir.Module):
+    """glibc functions used to place helper threads on other CPUs."""
+    return dict(
+        getcpu=_get_or_declare(module, "sched_getcpu", ir.FunctionType(i32, [])),
+        getaff=_get_or_declare(module, "sched_getaffinity",
+                               ir.FunctionType(i32, [i32, i64, i8p])),
+        attr_init=_get_or_declare(module, "pthread_attr_init", ir.FunctionType(i32, [i8p])),
+        attr_destroy=_get_or_declare(module, "pthread_attr_destroy", ir.FunctionType(i32, [i8p])),
+        attr_setaff=_get_or_declare(module, "pthread_attr_setaffinity_np",
+                                    ir.FunctionType(i32, [i8p, i64, i8p])),
+    )
+
+
+_CPUSET_WORDS = 16  # cpu_set_t: 1024 bits
+_CPUSET_BYTES = 8 * _CPUSET_WORDS
+_ATTR_BYTES = 128  # >= sizeof(pthread_attr_t) (56 on x86-64 glibc, 64 on aarch64)
+
+
+def pinning_enabled() -> bool:
+    """Whether runners emitted now pin helper threads (``KCOMPILER_PIN_THREADS=0``
+    turns it off; read when the IR is generated)."""
+    return os.environ.get("KCOMPILER_PIN_THREADS", "1") not in ("0", "false", "no")
+
+
 def get_parallel_runner(module: ir.Module) -> ir.Function:
-    """Return (adding it on first use) ``void kc_parallel_run(part_fn*, i8* ctx, i64 nparts)``."""
+    """Return (adding it on first use) ``void kc_parallel_run(part_fn*, i8* ctx, i64 nparts)``.
+
+    Helper thread ``p`` (1 <= p < nparts) is created pinned to the p-th CPU of the
+    caller's affinity mask counting cyclically after the CPU the caller runs on:
+    left to itself, Linux often queues a new thread on its creator's busy CPU, where
+    it only starts after part 0 is done (measured: the 2-thread GEMM then runs at
+    1-thread speed for ~0.5-1 ms calls). If any affinity call fails the thread is
+    created without a CPU, and if ``pthread_create`` fails the part runs inline.
+    """
     fn = module.globals.get(RUNNER_NAME)
     if fn is not None:
         return fn
+    pin = pinning_enabled()
     create, join = _declare_pthreads(module)
+    aff = _declare_affinity(module) if pin else None
     tramp = _emit_trampoline(module)
     fn = ir.Function(
         module, ir.FunctionType(void, [PART_FN_TYPE.as_pointer(), i8p, i64]), name=RUNNER_NAME
@@ -126,6 +160,68 @@ def get_parallel_runner(module: ir.Module) -> ir.Function:
     entry = fn.append_basic_block("entry")
     serial = fn.append_basic_block("serial")
     spawn_setup = fn.append_basic_block("spawn.setup")
+    b = ir.IRBuilder(entry)
+    one = ir.Constant(i64, 1)
+    zero64 = ir.Constant(i64, 0)
+    z32 = ir.Constant(i32, 0)
+    tids = b.alloca(ir.ArrayType(_PTHREAD_T, MAX_PARTS), name="tids")
+    args = b.alloca(ir.ArrayType(_ARG_T, MAX_PARTS), name="args")
+    ok = b.alloca(ir.ArrayType(i8, MAX_PARTS), name="created")
+    if pin:
+        mask = b.alloca(ir.ArrayType(i64, _CPUSET_WORDS), name="mask")
+        one_cpu = b.alloca(ir.ArrayType(i64, _CPUSET_WORDS), name="one_cpu")
+        attr = b.alloca(ir.ArrayType(i64, _ATTR_BYTES // 8), name="attr")
+        cpus = b.alloca(ir.ArrayType(i32, MAX_PARTS), name="cpus")
+        ncpus_slot = b.alloca(i64, name="ncpus")
+    too_many = b.icmp_signed(">", nparts_in, ir.Constant(i64, MAX_PARTS))
+    nparts = b.select(too_many, ir.Constant(i64, MAX_PARTS), nparts_in, name="np")
+    b.cbranch(b.icmp_signed("<=", nparts, one), serial, spawn_setup)
+
+    b.position_at_end(serial)
+    b.call(part_fn, [ctx, zero64, one])
+    b.ret_void()
+
+    b.position_at_end(spawn_setup)
+    if pin:
+        # cpus[0..ncpus) = allowed CPUs in cyclic order after the current one
+        # (the current CPU last); ncpus = 0 disables pinning
+        b.store(zero64, ncpus_slot)
+        cur = b.call(aff["getcpu"], [])
+        rc_aff = b.call(aff["getaff"], [z32, ir.Constant(i64, _CPUSET_BYTES), b.bitcast(mask, i8p)])
+        usable = b.and_(b.icmp_signed(">=", cur, z32),
+                        b.and_(b.icmp_signed("==", rc_aff, z32),
+                               b.icmp_signed("<", cur, ir.Constant(i32, 64 * _CPUSET_WORDS))))
+        with b.if_then(usable):
+            nbits = ir.Constant(i64, 64 * _CPUSET_WORDS)
+            cur64 = b.sext(cur, i64)
+            hdr = fn.append_basic_block("cpus.hdr")
+            body = fn.append_basic_block("cpus.body")
+            take = fn.append_basic_block("cpus.take")
+            nxt = fn.append_basic_block("cpus.next")
+            end = fn.append_basic_block("cpus.end")
+            pre = b.block
+            b.branch(hdr)
+            b.position_at_end(hdr)
+            step = b.phi(i64, name="step")
+            step.add_incoming(one, pre)
+            b.cbranch(b.icmp_signed("<=", step, nbits), body, end)
+            b.position_at_end(body)
+            c = b.urem(b.add(cur64, step), nbits, name="c")
+            word = b.load(b.gep(mask, [zero64, b.lshr(c, ir.Constant(i64, 6))], inbounds=True))
+            bit = b.and_(b.lshr(word, b.and_(c, ir.Constant(i64, 63))), one)
+            cnt = b.load(ncpus_slot)
+            room = b.icmp_signed("<", cnt, ir.Constant(i64, MAX_PARTS))
+            b.cbranch(b.and_(b.icmp_unsigned("!=", bit, zero64), room), take, nxt)
+            b.position_at_end(take)
+            b.store(b.trunc(c, i32), b.gep(cpus, [zero64, cnt], inbounds=True))
+            b.store(b.add(cnt, one), ncpus_slot)
+            b.branch(nxt)
+            b.position_at_end(nxt)
+            step.add_incoming(b.add(step, one), nxt)
+            b.branch(hdr)
+            b.position_at_end(end)
+        ncpus = b.load(ncpus_slot, name="ncpus")
+
     spawn_hdr = fn.append_basic_block("spawn.hdr")
     spawn_body = fn.append_basic_block("spawn.body")
     spawn_fail = fn.append_basic_block("spawn.fail")
@@ -136,38 +232,57 @@ def get_parallel_runner(module: ir.Module) -> ir.Function:
     join_do = fn.append_basic_block("join.do")
     join_next = fn.append_basic_block("join.next")
     done = fn.append_basic_block("done")
-
-    b = ir.IRBuilder(entry)
-    one = ir.Constant(i64, 1)
-    zero64 = ir.Constant(i64, 0)
-    tids = b.alloca(ir.ArrayType(_PTHREAD_T, MAX_PARTS), name="tids")
-    args = b.alloca(ir.ArrayType(_ARG_T, MAX_PARTS), name="args")
-    ok = b.alloca(ir.ArrayType(i8, MAX_PARTS), name="created")
-    too_many = b.icmp_signed(">", nparts_in, ir.Constant(i64, MAX_PARTS))
-    nparts = b.select(too_many, ir.Constant(i64, MAX_PARTS), nparts_in, name="np")
-    b.cbranch(b.icmp_signed("<=", nparts, one), serial, spawn_setup)
-
-    b.position_at_end(serial)
-    b.call(part_fn, [ctx, zero64, one])
-    b.ret_void()
-
-    b.position_at_end(spawn_setup)
+    setup_end = b.block
     b.branch(spawn_hdr)
 
     # for p in 1..nparts-1: create a thread (or run inline if that fails)
     b.position_at_end(spawn_hdr)
     p = b.phi(i64, name="p")
-    p.add_incoming(one, spawn_setup)
+    p.add_incoming(one, setup_end)
     b.cbranch(b.icmp_signed("<", p, nparts), spawn_body, main_part)
 
     b.position_at_end(spawn_body)
-    z32 = ir.Constant(i32, 0)
     rec = b.gep(args, [zero64, p], inbounds=True)
     for k, v in enumerate((part_fn, ctx, p, nparts)):
         b.store(v, b.gep(rec, [z32, ir.Constant(i32, k)], inbounds=True))
     tid_ptr = b.gep(tids, [zero64, p], inbounds=True)
-    rc = b.call(create, [tid_ptr, ir.Constant(i8p, None), tramp, b.bitcast(rec, i8p)])
-    created = b.icmp_signed("==", rc, ir.Constant(i32, 0))
+    null_attr = ir.Constant(i8p, None)
+    if pin:
+        attr_p = b.bitcast(attr, i8p)
+        pinned = fn.append_basic_block("spawn.pinned")
+        plain = fn.append_basic_block("spawn.plain")
+        created_bb = fn.append_basic_block("spawn.created")
+        b.cbranch(b.icmp_signed(">", ncpus, zero64), pinned, plain)
+
+        b.position_at_end(pinned)
+        cpu = b.load(b.gep(cpus, [zero64, b.urem(b.sub(p, one), ncpus)], inbounds=True))
+        cpu64 = b.zext(cpu, i64)
+        for w in range(_CPUSET_WORDS):
+            b.store(zero64, b.gep(one_cpu, [zero64, ir.Constant(i64, w)], inbounds=True))
+        b.store(b.shl(one, b.and_(cpu64, ir.Constant(i64, 63))),
+                b.gep(one_cpu, [zero64, b.lshr(cpu64, ir.Constant(i64, 6))], inbounds=True))
+        rc_init = b.call(aff["attr_init"], [attr_p])
+        rc_set = b.call(aff["attr_setaff"], [attr_p, ir.Constant(i64, _CPUSET_BYTES),
+                                             b.bitcast(one_cpu, i8p)])
+        good = b.and_(b.icmp_signed("==", rc_init, z32), b.icmp_signed("==", rc_set, z32))
+        use_attr = b.select(good, attr_p, null_attr)
+        rc_pinned = b.call(create, [tid_ptr, use_attr, tramp, b.bitcast(rec, i8p)])
+        with b.if_then(b.icmp_signed("==", rc_init, z32)):
+            b.call(aff["attr_destroy"], [attr_p])
+        pinned_end = b.block
+        b.branch(created_bb)
+
+        b.position_at_end(plain)
+        rc_plain = b.call(create, [tid_ptr, null_attr, tramp, b.bitcast(rec, i8p)])
+        b.branch(created_bb)
+
+        b.position_at_end(created_bb)
+        rc = b.phi(i32, name="rc")
+        rc.add_incoming(rc_pinned, pinned_end)
+        rc.add_incoming(rc_plain, plain)
+    else:
+        rc = b.call(create, [tid_ptr, null_attr, tramp, b.bitcast(rec, i8p)])
+    created = b.icmp_signed("==", rc, z32)
     b.store(b.zext(created, i8), b.gep(ok, [zero64, p], inbounds=True))
     b.cbranch(created, spawn_next, spawn_fail)
 

@@ -1,0 +1,117 @@
+"""Small helpers for emitting LLVM IR with llvmlite: types, constants, loops, math functions."""
+from contextlib import contextmanager
+
+import llvmlite.ir as ir
+
+i1, i8, i32, i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+f32, f64 = ir.FloatType(), ir.DoubleType()
+void = ir.VoidType()
+i8p = i8.as_pointer()
+
+# How each IR dtype is held: in registers (scalar type) and in memory (element type).
+REG_TYPE = {"float32": f32, "float64": f64, "int32": i32, "int64": i64, "bool": i1}
+MEM_TYPE = {"float32": f32, "float64": f64, "int32": i32, "int64": i64, "bool": i8}
+ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
+
+
+def c64(v):
+    return ir.Constant(i64, int(v))
+
+
+def cf(v, t=f32):
+    return ir.Constant(t, float(v))
+
+
+def const(value, dtype):
+    t = REG_TYPE[dtype]
+    if dtype.startswith("float"):
+        return ir.Constant(t, float(value))
+    return ir.Constant(t, int(bool(value)) if dtype == "bool" else int(value))
+
+
+@contextmanager
+def for_range(b, stop, start=0, step=1, name="i"):
+    """``for (iv = start; iv < stop; iv += step)`` over i64; yields iv."""
+    start = c64(start) if isinstance(start, int) else start
+    stop = c64(stop) if isinstance(stop, int) else stop
+    step = c64(step) if isinstance(step, int) else step
+    pre = b.block
+    fn = pre.parent
+    header = fn.append_basic_block(f"{name}.header")
+    body = fn.append_basic_block(f"{name}.body")
+    done = fn.append_basic_block(f"{name}.done")
+    b.branch(header)
+    b.position_at_end(header)
+    iv = b.phi(i64, name=name)
+    iv.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", iv, stop), body, done)
+    b.position_at_end(body)
+    yield iv
+    nxt = b.add(iv, step, name=f"{name}.next")
+    iv.add_incoming(nxt, b.block)
+    b.branch(header)
+    b.position_at_end(done)
+
+
+@contextmanager
+def loop_nest(b, shape, name="d"):
+    """Nested loops over a static shape (outermost first); yields the list of index values."""
+    if not shape:
+        yield []
+        return
+    with for_range(b, shape[0], name=f"{name}0") as i0:
+        if len(shape) == 1:
+            yield [i0]
+        else:
+            with loop_nest(b, shape[1:], name=name + "_") as rest:
+                yield [i0] + rest
+
+
+def linear_index(b, idx, strides):
+    """sum(idx[k] * strides[k]) as i64 (strides static ints; zero strides skipped)."""
+    total = None
+    for i, s in zip(idx, strides):
+        if s == 0:
+            continue
+        term = i if s == 1 else b.mul(i, c64(s))
+        total = term if total is None else b.add(total, term)
+    return total if total is not None else c64(0)
+
+
+def contiguous_strides(shape):
+    strides, acc = [], 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc *= d
+    return list(reversed(strides))
+
+
+def broadcast_strides(shape, out_shape):
+    """Element strides of an operand of ``shape`` read at ``out_shape`` indices (0 on broadcast axes)."""
+    own = contiguous_strides(shape)
+    lead = len(out_shape) - len(shape)
+    return [0] * lead + [0 if d == 1 and o != 1 else s for d, o, s in zip(shape, out_shape[lead:], own)]
+
+
+def get_function(module, name, ret, args):
+    fn = module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(ret, args), name=name)
+    return fn
+
+
+def intrinsic(b, name, ret, args):
+    """Call an LLVM intrinsic or a libm function by name."""
+    fn = get_function(b.module, name, ret, [a.type for a in args])
+    return b.call(fn, args)
+
+
+def load(b, ptr, index, dtype):
+    v = b.load(b.gep(ptr, [index], inbounds=True))
+    return b.trunc(v, i1) if dtype == "bool" else v
+
+
+def store(b, value, ptr, index, dtype):
+    if dtype == "bool":
+        value = b.zext(value, i8)
+    b.store(value, b.gep(ptr, [index], inbounds=True))

@@ -1,0 +1,124 @@
+"""LLVM code generation for a planned graph: one kernel per node, one entry point per step.
+
+``generate(g)`` emits every kernel into one module plus
+``i32 kc_entry(i8** params, i8* arena)``, which calls the kernels in plan order with
+pointers into the parameter table and the arena, then writes state updates back
+into their variables; it returns the first error status a kernel reported.
+"""
+from dataclasses import dataclass, field
+
+import llvmlite.ir as ir
+
+from ...errors import UnsupportedError
+from ...ir.graph import operands
+from ...ir.registry import get_op
+from . import kernels  # noqa: F401  (registers the kernel lowerings)
+from . import scalar  # noqa: F401  (registers the scalar lowerings)
+from .irutil import c64, i8p, i32, i64, void
+from .kernel import KernelBuilder, lower_elementwise, types_of
+
+COMPILED_DTYPES = ("float32", "int32", "int64", "bool")
+
+
+@dataclass
+class Kernel:
+    name: str
+    source: str            # the kernel's LLVM IR
+    nodes: list            # the IR node ids it covers
+    op: str = ""
+    fused: list = field(default_factory=list)
+
+
+def _operand_keys(g, nid):
+    keys = []
+    for u in operands(g, nid):
+        t = g.nodes[u]["type"]
+        if isinstance(t, tuple):
+            raise UnsupportedError(f"node %{nid} takes a multi-output node %{u} directly")
+        keys.append((u, 0))
+    return keys
+
+
+def _inline_constants(g, nid):
+    out = {}
+    for i, u in enumerate(operands(g, nid)):
+        node = g.nodes[u]
+        if node["op"] == "constant" and not node["attrs"].get("array") and node["type"].shape == ():
+            out[i] = node["attrs"]["value"]
+    return out
+
+
+def _check_supported(g):
+    problems = []
+    for nid in g.nodes:
+        node = g.nodes[nid]
+        for t in types_of(node["type"]):
+            if t.dtype not in COMPILED_DTYPES:
+                problems.append(f"%{nid} {node['op']} ({node.get('layer') or 'no layer'}): dtype {t.dtype}")
+        if node["op"] in ("input", "variable", "constant", "fill", "reshape", "tuple_item", "fused"):
+            continue
+        if "llvm" not in get_op(node["op"]).lowerings:
+            problems.append(f"%{nid} {node['op']} ({node.get('layer') or 'no layer'}): no LLVM lowering")
+    if problems:
+        raise UnsupportedError("cannot generate CPU code for:\n  " + "\n  ".join(problems))
+
+
+def generate(g, module_name="kcompiler"):
+    """Return (llvm_ir_text, [Kernel]) for planned graph ``g``."""
+    _check_supported(g)
+    plan = g.graph["plan"]
+    module = ir.Module(name=module_name)
+    module.triple = ""
+    kernel_fns, kernels_out = [], []
+    for nid in plan["order"]:
+        node = g.nodes[nid]
+        in_types = [g.nodes[u]["type"] for u in operands(g, nid)]
+        name = f"k{nid}_{node['op']}"
+        k = KernelBuilder(module, name, node, in_types, _inline_constants(g, nid))
+        if get_op(node["op"]).kind == "elementwise":
+            lower_elementwise(k)
+        else:
+            get_op(node["op"]).lowerings["llvm"](k)
+        fn = k.finish()
+        kernel_fns.append((nid, fn))
+        kernels_out.append(Kernel(name=name, source=str(fn), nodes=[nid], op=node["op"],
+                                  fused=list(node.get("fused", []))))
+    _emit_entry(module, g, kernel_fns)
+    return str(module), kernels_out
+
+
+def _emit_entry(module, g, kernel_fns):
+    plan = g.graph["plan"]
+    fn = ir.Function(module, ir.FunctionType(i32, [i8p.as_pointer(), i8p]), name="kc_entry")
+    params, arena = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    status = b.alloca(i32, name="status")
+    b.store(ir.Constant(i32, 0), status)
+    cache = {}
+
+    def pointer(key):
+        key = plan["root"].get(key, key)
+        if key in cache:
+            return cache[key]
+        where = plan["buffers"][key]
+        if where[0] == "param":
+            p = b.load(b.gep(params, [ir.Constant(i32, where[1])], inbounds=True))
+        else:
+            p = b.gep(arena, [c64(where[1])], inbounds=True)
+        cache[key] = p
+        return p
+
+    for nid, kfn in kernel_fns:
+        outs = [pointer((nid, k)) for k in range(len(types_of(g.nodes[nid]["type"])))]
+        ins = [pointer(key) for key in _operand_keys(g, nid)]
+        b.call(kfn, outs + ins + [status])
+    memcpy = module.globals.get("llvm.memcpy.p0.p0.i64") or ir.Function(
+        module, ir.FunctionType(void, [i8p, i8p, i64, ir.IntType(1)]), name="llvm.memcpy.p0.p0.i64")
+    from ...passes.memory_plan import _nbytes
+    for var, value in g.graph["updates"].items():
+        dst, src = plan["root"][(var, 0)], plan["root"][(value, 0)]
+        if dst == src:
+            continue
+        b.call(memcpy, [pointer((var, 0)), pointer((value, 0)), c64(_nbytes(g.nodes[var]["type"])),
+                        ir.Constant(ir.IntType(1), 0)])
+    b.ret(b.load(status))

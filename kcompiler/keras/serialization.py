@@ -1,0 +1,331 @@
+"""Turning layers and the objects inside their configs into plain data and back.
+
+The written form is Keras 3's: ``{"module", "class_name", "config", "registered_name"}``
+for every object, built-in activations as strings. The reader also takes tf.keras 2
+configs (no ``module``, ``batch_input_shape``, string dtypes), so one path serves
+``model_from_json`` for both. Classes are looked up by name: first in the active
+``custom_objects``, then among registered objects, then in ``kcompiler.keras.layers``,
+so layers added to that module need no entry here.
+"""
+import inspect
+from contextlib import contextmanager
+
+from ..errors import ConfigError
+from . import activations, constraints, initializers, regularizers
+
+# ---- registration and custom objects ----------------------------------------------------
+
+_REGISTERED = {}       # "Package>Name" -> class or function
+_REGISTERED_NAMES = {}  # id(object) -> "Package>Name"
+_scopes = []           # custom_objects dicts of the enclosing custom_object_scope()s
+
+
+def register_keras_serializable(package="Custom", name=None):
+    """Decorator: make a class or function loadable by name (keras.saving.register_keras_serializable)."""
+    def decorator(obj):
+        key = f"{package}>{name or obj.__name__}"
+        if inspect.isclass(obj) and not hasattr(obj, "get_config"):
+            raise ValueError(f"register_keras_serializable: class {obj.__name__} has no get_config()")
+        _REGISTERED[key] = obj
+        _REGISTERED_NAMES[id(obj)] = key
+        return obj
+    return decorator
+
+
+def get_registered_name(obj):
+    """The name an object is registered under ("Package>Name"), or its plain name."""
+    return _REGISTERED_NAMES.get(id(obj), getattr(obj, "__name__", None))
+
+
+@contextmanager
+def custom_object_scope(*dicts):
+    """Within the block, configs may name the classes and functions in ``dicts``."""
+    merged = {}
+    for d in dicts:
+        merged.update(d or {})
+    _scopes.append(merged)
+    try:
+        yield merged
+    finally:
+        _scopes.pop()
+
+
+CustomObjectScope = custom_object_scope
+
+
+def get_custom_objects():
+    """The global registry (keras.saving.get_custom_objects), keyed by registered name."""
+    return _REGISTERED
+
+
+def get_registered_object(name, custom_objects=None):
+    """The user object called ``name`` (custom_objects, scopes, then the registry), or None."""
+    if not isinstance(name, str):
+        return None
+    for table in [custom_objects or {}] + _scopes[::-1]:
+        if name in table:
+            return table[name]
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    short = [obj for key, obj in _REGISTERED.items() if key.split(">", 1)[1] == name]
+    return short[0] if len(short) == 1 else None
+
+
+# ---- layer classes ------------------------------------------------------------------------
+
+def _builtin_layer_classes():
+    from . import layers
+    from .models import Model, Sequential
+    table = {name: obj for name, obj in vars(layers).items()
+             if inspect.isclass(obj) and issubclass(obj, layers.Layer)}
+    # Keras 3 writes functional models as "Functional"; tf.keras 2.0-2.3 as "Model".
+    table.update({"Sequential": Sequential, "Functional": Model, "Model": Model})
+    return table
+
+
+def layer_class(class_name, registered_name=None):
+    """The layer (or model) class a config names, or None if nothing by that name is known."""
+    for name in (registered_name, class_name):
+        obj = get_registered_object(name)
+        if obj is not None:
+            return obj
+    return _builtin_layer_classes().get(class_name)
+
+
+def _is_builtin(cls):
+    return cls.__module__.startswith("kcompiler.")
+
+
+# ---- writing ------------------------------------------------------------------------------
+
+def serialize_keras_object(obj):
+    """Keras 3's form of any object: a built-in activation as its name, others as a dict."""
+    from .layers.base import Layer
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    if isinstance(obj, Layer):
+        return serialize_layer(obj)
+    if inspect.isfunction(obj) or inspect.isbuiltin(obj):
+        for name, fn in activations.ALL.items():
+            if fn is obj:
+                return activations.serialize(fn)
+        # Keras 3's form of a plain function: its (registered) name is all that is stored.
+        return {"module": "builtins", "class_name": "function", "config": get_registered_name(obj),
+                "registered_name": "function"}
+    for family, module in ((initializers, "keras.initializers"), (regularizers, "keras.regularizers"),
+                           (constraints, "keras.constraints")):
+        if family.ALL.get(type(obj).__name__) is type(obj):
+            return {"module": module, "class_name": type(obj).__name__, "config": obj.get_config(),
+                    "registered_name": None}
+    if not hasattr(obj, "get_config"):
+        raise TypeError(f"cannot serialize {obj!r}: it has no get_config()")
+    return {"module": _module_of(type(obj)), "class_name": type(obj).__name__, "config": obj.get_config(),
+            "registered_name": get_registered_name(type(obj))}
+
+
+def _module_of(cls):
+    return None if cls.__module__ == "__main__" else cls.__module__
+
+
+def serialize_layer(layer, build_input_shape=None):
+    """``{"module", "class_name", "config", "registered_name"[, "build_config"]}`` for a layer."""
+    from .models import Model
+    if isinstance(layer, Model):
+        from .saving import serialize_model
+        return serialize_model(layer, include_compile=False)
+    cls = type(layer)
+    builtin = _is_builtin(cls) and layer_class(cls.__name__) is cls
+    entry = {"module": "keras.layers" if builtin else _module_of(cls), "class_name": cls.__name__,
+             "config": layer.get_config(), "registered_name": None if builtin else get_registered_name(cls)}
+    if build_input_shape is not None:
+        entry["build_config"] = {"input_shape": build_input_shape}
+    return entry
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+# Keys that some Keras version writes and that change nothing here, with the values
+# that change nothing (None: any value). Dropped only when a layer's constructor refuses
+# them; a refused key whose value is None is dropped too: it is the default of an
+# argument we do not have (Keras 3's quantization_config).
+_INERT_KEYS = {
+    "optional": (False,), "sparse": (False,), "ragged": (False,), "autocast": (True, False),
+    "time_major": (False,), "stateful": (False,), "unroll": (False,),
+    # tf.keras 2's kernel choice: a speed hint, the same numbers.
+    "implementation": (0, 1, 2),
+    # Keras 3's RNN seed only draws dropout masks, which never match across frameworks anyway.
+    "seed": None,
+    # Keras 3 forces this to return_sequences inside Bidirectional, which zeroes masked
+    # steps itself (DESIGN §5); a plain RNN writes False.
+    "zero_output_for_mask": None,
+    # Keras 3 BatchNormalization's batch renormalisation, off unless renorm=True.
+    "renorm": (False,), "renorm_momentum": None, "synchronized": None,
+    "groups": (1,),
+}
+
+
+def _constructor_keywords(cls):
+    """The keyword arguments ``cls(...)`` takes, following ``**kwargs`` up the MRO to Layer."""
+    from .layers.base import Layer
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if klass is Layer:
+            return names | Layer._accepted_kwargs
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names
+    return names
+
+
+def _dtype_name(dtype):
+    # Keras 3 writes {"class_name": "DTypePolicy", "config": {"name": "float32"}}.
+    if isinstance(dtype, dict):
+        return dtype.get("config", {}).get("name", "float32")
+    return dtype
+
+
+def normalize_layer_config(cls, config):
+    """``config`` in the form ``cls.from_config`` takes, whichever Keras wrote it."""
+    config = dict(config)
+    if "dtype" in config:
+        config["dtype"] = _dtype_name(config["dtype"])
+    if "batch_shape" in config and "batch_shape" not in _constructor_keywords(cls):
+        config["batch_input_shape"] = config.pop("batch_shape")
+    return {key: _normalize_value(key, value) for key, value in config.items()}
+
+
+def _drop_inert_keys(cls, config):
+    """``config`` without the keys the constructor does not take and that change nothing."""
+    accepted = _constructor_keywords(cls)
+    out = {}
+    for key, value in config.items():
+        inert = _INERT_KEYS.get(key, ())
+        if key not in accepted and (value is None or key in _INERT_KEYS and (inert is None or value in inert)):
+            continue
+        out[key] = value
+    return out
+
+
+def _family(key, value):
+    module = value.get("module") if isinstance(value, dict) else None
+    for family, name, suffix in ((initializers, "keras.initializers", "_initializer"),
+                                 (regularizers, "keras.regularizers", "_regularizer"),
+                                 (constraints, "keras.constraints", "_constraint")):
+        if module == name or module is None and key.endswith(suffix):
+            return family
+    return None
+
+
+def _normalize_value(key, value):
+    """Resolve user objects inside a layer config; trim built-in objects' configs to what we take."""
+    if isinstance(value, str) and key.endswith("activation"):
+        return value if value in activations.ALL else (get_registered_object(value) or value)
+    if not (isinstance(value, dict) and "class_name" in value):
+        return value
+    if value["class_name"] == "function":   # Keras 3's form of a function (activations)
+        name = value.get("config")
+        return name if name in activations.ALL else (get_registered_object(name) or name)
+    if value["class_name"] == "DTypePolicy":
+        return _dtype_name(value)
+    cls = layer_class(value["class_name"], value.get("registered_name"))
+    from .layers.base import Layer
+    if inspect.isclass(cls) and issubclass(cls, Layer):   # a wrapped layer (Bidirectional)
+        return {**value, "config": normalize_layer_config(cls, value.get("config", {}))}
+    user = get_registered_object(value.get("registered_name")) or get_registered_object(value["class_name"])
+    if user is not None:
+        return user.from_config(value.get("config", {})) if inspect.isclass(user) else user
+    family = _family(key, value)
+    builtin = family.ALL.get(value["class_name"]) if family is not None else None
+    if builtin is not None and isinstance(value.get("config"), dict):
+        # Newer Keras adds arguments that default to None (GlorotUniform's input_axes).
+        keywords = _constructor_keywords(builtin)
+        trimmed = {k: v for k, v in value["config"].items() if k in keywords or v is not None}
+        return {"class_name": value["class_name"], "config": trimmed}
+    return value
+
+
+def unknown_classes(entry, where="the model", found=None):
+    """Every class name in a layer/model config that cannot be resolved, with where it is used."""
+    found = [] if found is None else found
+    if not isinstance(entry, dict) or "class_name" not in entry:
+        return found
+    cls = layer_class(entry["class_name"], entry.get("registered_name"))
+    config = entry.get("config")
+    name = (config.get("name") if isinstance(config, dict) else None) or entry.get("name")
+    here = f"layer '{name}'" if name else where
+    if cls is None:
+        found.append(f"{entry['class_name']!r} ({here})")
+        return found
+    layer_configs = config if isinstance(config, list) else (config or {}).get("layers")
+    for sub in layer_configs or []:
+        unknown_classes(sub, f"inside {here}", found)
+    for key, value in (config.items() if isinstance(config, dict) else ()):
+        if key == "layers":
+            continue
+        if isinstance(value, dict) and "class_name" in value:
+            sub_cls = layer_class(value["class_name"], value.get("registered_name"))
+            from .layers.base import Layer
+            if inspect.isclass(sub_cls) and issubclass(sub_cls, Layer):
+                unknown_classes(value, f"{key} of {here}", found)
+            elif not _object_known(key, value):
+                found.append(f"{value['class_name']!r} ({key} of {here})")
+        elif isinstance(value, str) and key.endswith("activation") and not _function_known(value):
+            found.append(f"{value!r} ({key} of {here})")
+    return found
+
+
+def _function_known(name):
+    return name in activations.ALL or get_registered_object(name) is not None
+
+
+def _object_known(key, value):
+    if value["class_name"] == "function":
+        return _function_known(value.get("config"))
+    if value["class_name"] == "DTypePolicy":
+        return True
+    if get_registered_object(value.get("registered_name")) or get_registered_object(value["class_name"]):
+        return True
+    family = _family(key, value)
+    return family is None or value["class_name"] in family.ALL
+
+
+def check_known_classes(config):
+    """Raise one ConfigError naming every class in ``config`` that cannot be resolved."""
+    missing = unknown_classes(config)
+    if missing:
+        raise ConfigError("cannot rebuild the model: unknown class(es) " + ", ".join(missing) + ". Pass them "
+                          "in custom_objects={name: class_or_function} or decorate them with "
+                          "@keras.saving.register_keras_serializable()")
+
+
+def deserialize_layer(entry, custom_objects=None):
+    """A new layer (or model) from ``{"class_name", "config", ...}`` (keras.layers.deserialize)."""
+    with custom_object_scope(custom_objects):
+        if not isinstance(entry, dict) or "class_name" not in entry:
+            raise ConfigError(f"a layer config must be a dict with 'class_name' and 'config', got {entry!r}")
+        cls = layer_class(entry["class_name"], entry.get("registered_name"))
+        if cls is None:
+            check_known_classes(entry)
+        config = entry.get("config", {})
+        from .models import Model
+        if isinstance(cls, type) and issubclass(cls, Model):
+            from .saving import model_from_layer_config
+            return model_from_layer_config(cls, config)
+        config = normalize_layer_config(cls, config)
+        try:
+            try:
+                return cls.from_config(config)
+            except TypeError:
+                # Some layers take version-specific keys themselves (RNNs pop tf.keras 2's
+                # implementation), so those are only dropped when the constructor refuses them.
+                trimmed = _drop_inert_keys(cls, config)
+                if trimmed == config:
+                    raise
+                return cls.from_config(trimmed)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"cannot rebuild layer '{config.get('name')}' ({entry['class_name']}) from its "
+                              f"config: {e}. A custom layer's get_config() must return every argument of "
+                              "its __init__") from e

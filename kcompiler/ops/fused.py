@@ -1,0 +1,29 @@
+"""The `fused` op: a group of element-wise ops collapsed into one node by the fusion pass.
+
+attrs.body is a list of member ops in evaluation order, each
+``{"op": name, "attrs": {...}, "args": [ref, ...]}`` where a ref is ``["in", k]``
+(operand k of the fused node) or ``["m", j]`` (member j). attrs.outputs lists the
+members whose values leave the node (several -> the node has a tuple type).
+Members keep their own shape rules; the fused node's type is theirs.
+"""
+from ..ir.registry import get_op, register
+from ..ir.types import TensorType
+
+
+def member_types(in_types, attrs):
+    types = []
+    for m in attrs["body"]:
+        args = [in_types[i] if kind == "in" else types[i] for kind, i in m["args"]]
+        types.append(get_op(m["op"]).shape_rule(args, m["attrs"]) if m["op"] != "constant"
+                     else TensorType((), m["attrs"]["dtype"]))
+    return types
+
+
+def _fused_rule(in_types, attrs):
+    types = member_types(in_types, attrs)
+    outs = [types[j] for j in attrs["outputs"]]
+    return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+register("fused", shape=_fused_rule, kind="elementwise",
+         doc="element-wise ops evaluated in one pass (see attrs.body); made by passes/fusion.py")

@@ -1,0 +1,17 @@
+"""numpy reference of the `fused` op: evaluate its members one after another."""
+import numpy as np
+
+from ..ir.registry import get_op, reference
+
+
+@reference("fused")
+def fused(*operands, body, outputs):
+    values = []
+    for m in body:
+        if m["op"] == "constant":
+            values.append(np.asarray(m["attrs"]["value"], dtype=m["attrs"]["dtype"]))
+            continue
+        args = [operands[i] if kind == "in" else values[i] for kind, i in m["args"]]
+        values.append(get_op(m["op"]).reference(*args, **m["attrs"]))
+    outs = [values[j] for j in outputs]
+    return outs[0] if len(outs) == 1 else tuple(outs)

@@ -1,0 +1,103 @@
+"""Element-wise fusion: collapse chains of element-wise ops into `fused` nodes.
+
+A producer joins its consumers' group when every consumer is in that one group and
+it computes the group's shape, so a fused node never recomputes a value per
+broadcast element and no cycle can form. Values needed outside a group (other
+consumers, graph outputs, state updates) become outputs of the fused node. Why a
+pair was not fused is recorded in graph['notes'] for the dumps.
+"""
+from ..ir.graph import GraphBuilder, operands, topo_order
+from ..ir.registry import get_op
+
+NOT_FUSABLE = {"fused"}
+
+
+def _fusable(g, nid):
+    node = g.nodes[nid]
+    return (node["op"] not in NOT_FUSABLE and get_op(node["op"]).kind == "elementwise"
+            and not isinstance(node["type"], tuple))
+
+
+def _is_inline_constant(g, nid):
+    node = g.nodes[nid]
+    return node["op"] == "constant" and not node["attrs"].get("array") and node["type"].shape == ()
+
+
+def fuse_elementwise(g):
+    g = g.copy()
+    g.graph["notes"] = list(g.graph.get("notes", []))
+    live_out = set(g.graph["outputs"]) | set(g.graph["updates"].values())
+    group_of = {}
+    groups = {}
+    for nid in reversed(topo_order(g)):
+        if not _fusable(g, nid):
+            continue
+        shape = g.nodes[nid]["type"].shape
+        consumer_groups = {group_of.get(v) for v in g.successors(nid)}
+        target = None
+        if len(consumer_groups) == 1 and None not in consumer_groups:
+            gid = consumer_groups.pop()
+            if groups[gid]["shape"] == shape:
+                target = gid
+            else:
+                g.graph["notes"].append(f"%{nid} {g.nodes[nid]['op']} not fused into group %{gid}: "
+                                        f"shape {shape} differs from the group's {groups[gid]['shape']}")
+        elif len(consumer_groups) > 1:
+            g.graph["notes"].append(f"%{nid} {g.nodes[nid]['op']} not fused: its consumers are in "
+                                    f"{len(consumer_groups)} different kernels")
+        if target is None:
+            target = nid
+            groups[nid] = {"shape": shape, "members": []}
+        groups[target]["members"].append(nid)
+        group_of[nid] = target
+    b = GraphBuilder(g)
+    for gid, group in groups.items():
+        if len(group["members"]) > 1:
+            _collapse(b, list(reversed(group["members"])), live_out)
+    return g
+
+
+def _collapse(b, members, live_out):
+    """Replace ``members`` (topologically ordered) by one fused node."""
+    g = b.g
+    external, body, position = [], [], {}
+    for m in members:
+        args = []
+        for u in operands(g, m):
+            if u in position:
+                args.append(["m", position[u]])
+            elif _is_inline_constant(g, u):  # scalar constants are evaluated in place
+                args.append(["m", len(body)])
+                body.append({"op": "constant", "args": [],
+                             "attrs": {"value": g.nodes[u]["attrs"]["value"], "dtype": g.nodes[u]["type"].dtype}})
+            else:
+                if u not in external:
+                    external.append(u)
+                args.append(["in", external.index(u)])
+        position[m] = len(body)
+        body.append({"op": g.nodes[m]["op"], "attrs": dict(g.nodes[m]["attrs"]), "args": args})
+    index = set(members)
+    outs = [m for m in members if m in live_out or any(v not in index for v in g.successors(m))]
+    attrs = {"body": body, "outputs": [position[m] for m in outs]}
+    layers = [g.nodes[m].get("layer") for m in members if g.nodes[m].get("layer")]
+    prev_layer, b.layer = b.layer, layers[-1] if layers else None
+    fused = b.add("fused", external, attrs)
+    b.layer = prev_layer
+    g.nodes[fused]["fused"] = [g.nodes[m]["op"] for m in members]
+    replacement = {}
+    for k, m in enumerate(outs):
+        replacement[m] = fused if len(outs) == 1 else b.tuple_item(fused, k)
+    for m in outs:
+        for _, v, key in list(g.out_edges(m, keys=True)):
+            if v in index:
+                continue
+            g.remove_edge(m, v, key)
+            g.add_edge(replacement[m], v, key=key)
+        g.graph["outputs"] = [replacement.get(o, o) if o == m else o for o in g.graph["outputs"]]
+        g.graph["updates"] = {var: (replacement[m] if val == m else val) for var, val in g.graph["updates"].items()}
+    for m in members:
+        g.remove_node(m)
+    for nid in list(g.nodes):
+        if g.nodes[nid]["op"] == "constant" and g.out_degree(nid) == 0 and nid not in g.graph["outputs"] \
+                and not g.nodes[nid]["attrs"].get("array"):
+            g.remove_node(nid)

@@ -1,0 +1,22 @@
+"""From a static forward/training graph to runnable generated code:
+fusion -> memory planning -> LLVM code generation -> compile (disk-cached) -> bind."""
+from collections import OrderedDict
+
+from .fusion import fuse_elementwise
+from .memory_plan import plan_memory
+
+
+def lower_graph(g, *, fuse=True, stages=None):
+    """Run the back half of the pipeline on static graph ``g``; returns (CompiledGraph, stages)."""
+    from ..codegen.llvm.module import generate
+    from ..codegen.llvm.target import compile_ir
+    from ..runtime.compiled import CompiledGraph
+    stages = stages if stages is not None else OrderedDict()
+    if fuse:
+        g = fuse_elementwise(g)
+    stages["fused"] = g
+    g = plan_memory(g)
+    stages["planned"] = g
+    text, kernels = generate(g, module_name=g.graph.get("name", "kcompiler"))
+    module = compile_ir(text, name=g.graph.get("name", "kcompiler"))
+    return CompiledGraph(g, module, kernels), stages

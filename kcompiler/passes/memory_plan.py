@@ -1,0 +1,79 @@
+"""Memory planning: give every tensor of a static graph a buffer.
+
+Parameters (inputs, variables, constants, fills) live in buffers the runtime owns
+and passes in a pointer table ("param" slots). Views (reshape, tuple items) alias
+their operand's buffer. Every other node's outputs get an offset in one arena;
+tensors whose lifetimes do not overlap share bytes (first fit, in kernel order).
+Graph outputs and state-update values stay live to the end of the step.
+"""
+from ..errors import UnsupportedError
+from ..ir.graph import operands, topo_order
+from ..ir.types import num_elements
+
+PARAM_OPS = ("input", "variable", "constant", "fill")
+VIEW_OPS = ("reshape", "tuple_item")
+ALIGN = 64
+ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
+
+
+def _types(t):
+    return list(t) if isinstance(t, tuple) else [t]
+
+
+def _nbytes(t):
+    return max(num_elements(t.shape) * ITEMSIZE[t.dtype], 1)
+
+
+def plan_memory(g):
+    g = g.copy()
+    order = [n for n in topo_order(g) if g.nodes[n]["op"] not in PARAM_OPS + VIEW_OPS]
+    buffers, params = {}, []
+    for nid in topo_order(g):
+        node = g.nodes[nid]
+        for t in _types(node["type"]):
+            if None in t.shape:
+                raise UnsupportedError(f"node %{nid} ({node['op']}, from {node.get('layer')}) has a symbolic "
+                                       f"shape {t.shape}: compile with a batch size")
+        if node["op"] in PARAM_OPS:
+            buffers[(nid, 0)] = ("param", len(params))
+            params.append(nid)
+        elif node["op"] == "reshape":
+            buffers[(nid, 0)] = ("alias", (operands(g, nid)[0], 0))
+        elif node["op"] == "tuple_item":
+            buffers[(nid, 0)] = ("alias", (operands(g, nid)[0], node["attrs"]["index"]))
+
+    def root(key):
+        while buffers.get(key, ("arena",))[0] == "alias":
+            key = buffers[key][1]
+        return key
+
+    step_of = {nid: s for s, nid in enumerate(order)}
+    last_use = {}
+    for s, nid in enumerate(order):
+        for u in operands(g, nid):
+            for k in range(len(_types(g.nodes[u]["type"]))):
+                key = root((u, k))
+                last_use[key] = max(last_use.get(key, -1), s)
+    end = len(order)
+    for o in list(g.graph["outputs"]) + list(g.graph["updates"].values()):
+        for k in range(len(_types(g.nodes[o]["type"]))):
+            last_use[root((o, k))] = end
+
+    active = []  # (offset, end_offset, key)
+    arena_bytes = 0
+    for s, nid in enumerate(order):
+        for k, t in enumerate(_types(g.nodes[nid]["type"])):
+            size = (_nbytes(t) + ALIGN - 1) // ALIGN * ALIGN
+            offset = 0
+            for a_off, a_end, _ in sorted(active):
+                if offset + size <= a_off:
+                    break
+                offset = max(offset, a_end)
+            buffers[(nid, k)] = ("arena", offset, size)
+            active.append((offset, offset + size, (nid, k)))
+            arena_bytes = max(arena_bytes, offset + size)
+            last_use.setdefault((nid, k), s)  # an output nobody reads dies at once
+        active = [a for a in active if last_use.get(a[2], step_of.get(a[2][0], -1)) > s]
+    g.graph["plan"] = {"order": order, "buffers": buffers, "params": params, "arena_bytes": arena_bytes,
+                       "root": {key: root(key) for key in buffers}}
+    return g

@@ -1,0 +1,77 @@
+"""Running generated code: a planned, compiled graph bound to its buffers.
+
+Everything a step needs is set up once: the arena, staging buffers for the inputs,
+the parameter pointer table (inputs, variables, constants), numpy views of the
+outputs. A step is then: copy the inputs into staging, one native call, copy the
+outputs out. The Python work per step does not grow with the model.
+"""
+import ctypes
+
+import numpy as np
+
+from kcompiler.errors import KCompilerError
+
+STATUS_MESSAGES = {1: "an index (Embedding input or label) is outside its valid range"}
+
+
+def _aligned_empty(nbytes, align=64):
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % align
+    return raw[offset:offset + nbytes]
+
+
+class CompiledGraph:
+    def __init__(self, g, compiled_module, kernels):
+        self.graph = g
+        self.module = compiled_module
+        self.kernels = kernels
+        plan = g.graph["plan"]
+        self.arena = _aligned_empty(max(plan["arena_bytes"], 64))
+        self._keep = []
+        self.inputs = {}
+        addresses = []
+        for nid in plan["params"]:
+            node = g.nodes[nid]
+            t = node["type"]
+            if node["op"] == "input":
+                buf = np.zeros(t.shape, dtype=t.dtype)
+                self.inputs[node["attrs"]["name"]] = buf
+            elif node["op"] == "variable":
+                buf = g.graph["variables"][nid].numpy()
+                if not buf.flags.c_contiguous:
+                    raise KCompilerError(f"variable {node['attrs']['name']} is not contiguous")
+            elif node["op"] == "constant":
+                buf = (np.ascontiguousarray(g.graph["constants"][nid], dtype=t.dtype) if node["attrs"].get("array")
+                       else np.full((), node["attrs"]["value"], dtype=t.dtype))
+            else:  # fill
+                buf = np.full(t.shape, node["attrs"]["value"], dtype=t.dtype)
+            self._keep.append(buf)
+            addresses.append(buf.ctypes.data)
+        self.param_table = (ctypes.c_void_p * max(len(addresses), 1))(*addresses)
+        self._entry = compiled_module.function("kc_entry", ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
+        self._args = (ctypes.addressof(self.param_table), self.arena.ctypes.data)
+        self.outputs = [self._view(o) for o in g.graph["outputs"]]
+
+    def _view(self, nid):
+        plan = self.graph.graph["plan"]
+        t = self.graph.nodes[nid]["type"]
+        key = plan["root"][(nid, 0)]
+        where = plan["buffers"][key]
+        if where[0] == "param":
+            base = self._keep[where[1]]
+            return base.reshape(t.shape) if base.size == int(np.prod(t.shape)) else base
+        nbytes = int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
+        return self.arena[where[1]:where[1] + nbytes].view(t.dtype).reshape(t.shape)
+
+    def run(self, feeds):
+        """One step: feeds maps input names to arrays; returns copies of the outputs."""
+        for name, buf in self.inputs.items():
+            value = feeds[name]
+            if np.shape(value) != buf.shape:
+                raise KCompilerError(f"input {name!r}: expected shape {buf.shape}, got {np.shape(value)}")
+            np.copyto(buf, value, casting="unsafe")
+        status = self._entry(*self._args)
+        if status:
+            raise KCompilerError(f"generated code reported error {status}: "
+                                 f"{STATUS_MESSAGES.get(status, 'unknown error')}")
+        return [np.array(v) for v in self.outputs]
