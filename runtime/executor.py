@@ -1,18 +1,46 @@
-"""Runs a graph on concrete data: the engine behind eager calls.
+"""Runs a static graph on concrete data: the engine behind eager calls.
 
-Until the compiler core lands, eager calls run on the numpy reference interpreter,
-and every caller goes through ``run_graph`` so the engine is swapped in one place.
+Graphs are compiled to generated kernels on first use and the compiled form is
+kept on the graph, so a layer or op called again with the same shapes reuses it.
+A graph using an op that has no CPU kernel yet runs on the numpy reference
+interpreter instead, and the graph's notes say so (it is never reported as compiled).
+``use_reference(True)`` forces the reference interpreter (what run_eagerly=True uses).
 """
 import numpy as np
 
+from kcompiler.errors import UnsupportedError
 from kcompiler.ir.interpreter_reference import run_reference
 
 _step = [0]
+_force_reference = [False]
+
+
+def use_reference(flag):
+    _force_reference[0] = bool(flag)
+
+
+def _compiled(g):
+    entry = g.graph.get("_compiled")
+    if entry is None:
+        from kcompiler.passes.lowering import lower_graph
+        try:
+            entry, _ = lower_graph(g)
+        except UnsupportedError as e:
+            entry = "reference"
+            g.graph.setdefault("notes", []).append(f"runs on the reference interpreter: {e}")
+        g.graph["_compiled"] = entry
+    return entry
 
 
 def run_graph(g, feeds):
-    """Run ``g`` with input arrays ``feeds`` (name -> array); returns (outputs, updates)."""
+    """Run ``g`` with input arrays ``feeds`` (name -> array); returns (outputs, updates).
+    Compiled graphs write their state updates into the variables themselves (updates = {})."""
     if "rng_step" in g.graph and "rng_step" not in feeds:
         feeds = dict(feeds, rng_step=np.asarray(_step[0], dtype=np.int64))
         _step[0] += 1
-    return run_reference(g, feeds)
+    if _force_reference[0]:
+        return run_reference(g, feeds)
+    compiled = _compiled(g)
+    if compiled == "reference":
+        return run_reference(g, feeds)
+    return compiled.run(feeds), {}

@@ -171,33 +171,50 @@ def apply_op(op, inputs, **attrs):
     return out
 
 
+_eager_graphs = {}  # signature of an eager op call -> its one-op graph (compiled on first run)
+
+
 def _eager_op(op, inputs, attrs):
-    """Run one op on concrete values: a one-node graph, executed by the eager engine."""
+    """Run one op on concrete values: a one-node graph, executed by the eager engine
+    (compiled kernels), cached per (op, attrs, operand types) so repeated calls reuse it."""
     from ..runtime.executor import run_graph
     from . import tape
-    b = new_trace_builder(name=op)
-    hint = _dtype_hint(inputs)
-    feeds, nodes = {}, []
     from .variables import Variable
+    hint = _dtype_hint(inputs)
+    feeds, signature, arrays = {}, [op, repr(sorted(attrs.items()))], []
     for i, x in enumerate(inputs):
         if isinstance(x, Variable):
-            nodes.append(b.variable(x))
-            continue
-        if isinstance(x, (int, float, bool)):
-            nodes.append(to_node(b, x, hint))
-            continue
-        a = x if isinstance(x, np.ndarray) and x.ndim == 0 else to_array(x)
-        if hint and a.dtype.kind == "i" and hint.startswith("float") and isinstance(x, (list, tuple)):
-            a = a.astype(hint)
-        name = f"x{i}"
-        feeds[name] = a
-        nodes.append(b.input(name, TensorType(a.shape, str(a.dtype))))
-    with tracing(b):
-        nid = b.add(op, nodes, attrs)
-    t = b.type(nid)
-    items = [b.tuple_item(nid, i) for i in range(len(t))] if isinstance(t, tuple) else [nid]
-    b.g.graph["outputs"] = items
-    outs, _ = run_graph(b.g, feeds)
+            signature.append(("var", x.uid))
+            arrays.append(x)
+        elif isinstance(x, (int, float, bool)):
+            signature.append(("scalar", type(x).__name__, x, hint))
+            arrays.append(x)
+        else:
+            a = x if isinstance(x, np.ndarray) and x.ndim == 0 else to_array(x)
+            if hint and a.dtype.kind == "i" and hint.startswith("float") and isinstance(x, (list, tuple)):
+                a = a.astype(hint)
+            signature.append(("array", a.shape, str(a.dtype)))
+            feeds[f"x{i}"] = a
+            arrays.append(a)
+    key = tuple(signature)
+    g = _eager_graphs.get(key)
+    if g is None:
+        b = new_trace_builder(name=op)
+        nodes = []
+        for i, x in enumerate(arrays):
+            if isinstance(x, Variable):
+                nodes.append(b.variable(x))
+            elif isinstance(x, (int, float, bool)):
+                nodes.append(to_node(b, x, hint))
+            else:
+                nodes.append(b.input(f"x{i}", TensorType(x.shape, str(x.dtype))))
+        with tracing(b):
+            nid = b.add(op, nodes, attrs)
+        t = b.type(nid)
+        b.g.graph["outputs"] = [b.tuple_item(nid, i) for i in range(len(t))] if isinstance(t, tuple) else [nid]
+        b.g.graph["tuple_output"] = isinstance(t, tuple)
+        g = _eager_graphs[key] = b.g
+    outs, _ = run_graph(g, feeds)
     results = [Tensor(v) for v in outs]
     tape.record(op, inputs, attrs, results)
-    return tuple(results) if isinstance(t, tuple) else results[0]
+    return tuple(results) if g.graph["tuple_output"] else results[0]

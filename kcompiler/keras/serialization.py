@@ -271,7 +271,8 @@ def unknown_classes(entry, where="the model", found=None):
             if inspect.isclass(sub_cls) and issubclass(sub_cls, Layer):
                 unknown_classes(value, f"{key} of {here}", found)
             elif not _object_known(key, value):
-                found.append(f"{value['class_name']!r} ({key} of {here})")
+                label = value.get("config") if value["class_name"] == "function" else value["class_name"]
+                found.append(f"{label!r} ({key} of {here})")
         elif isinstance(value, str) and key.endswith("activation") and not _function_known(value):
             found.append(f"{value!r} ({key} of {here})")
     return found
@@ -296,8 +297,8 @@ def check_known_classes(config):
     """Raise one ConfigError naming every class in ``config`` that cannot be resolved."""
     missing = unknown_classes(config)
     if missing:
-        raise ConfigError("cannot rebuild the model: unknown class(es) " + ", ".join(missing) + ". Pass them "
-                          "in custom_objects={name: class_or_function} or decorate them with "
+        raise ConfigError("cannot rebuild the model: unknown class(es) or function(s) " + ", ".join(missing)
+                          + ". Pass them in custom_objects={name: class_or_function} or decorate them with "
                           "@keras.saving.register_keras_serializable()")
 
 

@@ -77,10 +77,11 @@ DEFAULT_NR = 32
 DEFAULT_KC = 256
 DEFAULT_MC = 144
 DEFAULT_NC = 512
-# Below this M*N*K the call stays on one thread (thread start + join ~20 us,
-# measured ~16-45 us here, plus one extra packing of the shared operand):
-# 2 threads win from about 256 x 256 x 128 (see docs/codegen-llvm.md).
-DEFAULT_PARALLEL_MIN_MNK = 1 << 23
+# Below this M*N*K the call stays on one thread: a parallel call costs ~15-25 us
+# more (thread start on a pinned CPU, done-flag wait) plus one extra packing of
+# the shared operand; 2 threads win from about 4e6 (e.g. 160^3, 256x64x256),
+# see docs/codegen-llvm.md.
+DEFAULT_PARALLEL_MIN_MNK = 1 << 22
 
 
 def gemm_ctypes_argtypes():

@@ -52,12 +52,9 @@ class KernelBuilder:
             b.store(ir.Constant(i32, code), self.status)
 
     def gemm(self):
-        """The module's SGEMM (emitted once per module)."""
-        fn = self.module.globals.get("kc_sgemm")
-        if fn is None:
-            from .gemm import emit_gemm
-            fn = emit_gemm(self.module, "kc_sgemm")
-        return fn
+        """The SGEMM of the support library (declared in this module, compiled once per process)."""
+        from .support import declare_gemm
+        return declare_gemm(self.module)
 
     def call_gemm(self, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, alpha=1.0, beta=0.0):
         f32 = ir.FloatType()

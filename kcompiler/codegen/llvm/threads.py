@@ -6,19 +6,35 @@ A kernel that wants to use several cores writes its work as a *part function*
 
 that does the ``part``-th of ``nparts`` independent slices of the work described
 by ``ctx``, and calls ``kc_parallel_run(part, ctx, nparts)`` (added to the module
-by :func:`get_parallel_runner`). The runner starts ``nparts - 1`` threads with
-``pthread_create`` (each runs a trampoline that unpacks its argument record and
-calls the part function), runs part 0 on the calling thread and joins the
-others. If ``pthread_create`` fails, that part runs inline on the calling
-thread, so the result is always complete. MCJIT resolves ``pthread_create`` and
-``pthread_join`` from the running process (see :mod:`.target`).
+by :func:`get_parallel_runner`; :func:`emit_parallel_call` emits the call).
 
-Thread creation and join cost about 20 µs on this machine, so callers should
-only split work whose parts take well over that (see gemm's threshold).
+What the runner does, and why (all measured on the 2-vCPU VM, see
+docs/codegen-llvm.md):
+
+* It starts parts ``1..nparts-1`` on new threads (``pthread_create``, detached)
+  and runs part 0 on the calling thread.
+* Each helper thread is created pinned (``pthread_attr_setaffinity_np``) to the
+  p-th CPU of the caller's affinity mask, counting cyclically after the CPU the
+  caller is running on. Left to itself, Linux often queued the new thread on its
+  creator's busy CPU, where it started only after part 0 had finished: the
+  2-thread GEMM then ran at 1-thread speed for calls under ~1 ms.
+  ``KCOMPILER_PIN_THREADS=0`` (read when the IR is generated) turns pinning off.
+* The caller waits for each helper's *done flag* (an atomic store-release in the
+  trampoline after the part returns) by spinning with ``pause`` for a while, then
+  ``sched_yield``, then ``usleep(20)``. Sleeping in ``pthread_join`` instead cost
+  a further ~20-40 µs per call: a halted vCPU takes that long to wake up.
+* If thread attributes cannot be set up, the thread is created joinable and
+  joined; if ``pthread_create`` fails, that part runs inline on the calling
+  thread. The work is always done completely.
+
+MCJIT resolves the pthread and sched functions from the running process (see
+:mod:`.target`). Even so a parallel call costs ~10-20 µs more than a serial
+one, so callers only split work whose parts take well over that.
 """
 from __future__ import annotations
 
 import os
+import platform
 
 import llvmlite.ir as ir
 
@@ -28,6 +44,7 @@ __all__ = [
     "default_nthreads",
     "emit_parallel_call",
     "get_parallel_runner",
+    "pinning_enabled",
     "threads_available",
 ]
 
@@ -47,16 +64,30 @@ TRAMPOLINE_NAME = "kc_parallel_trampoline"
 
 # pthread_t is an unsigned long on Linux/glibc (x86-64 and aarch64).
 _PTHREAD_T = i64
-_ARG_T = ir.LiteralStructType([PART_FN_TYPE.as_pointer(), i8p, i64, i64])
+# argument record of a helper thread: part fn, ctx, part, nparts, &done
+_ARG_T = ir.LiteralStructType([PART_FN_TYPE.as_pointer(), i8p, i64, i64, i64.as_pointer()])
+
+_CPUSET_WORDS = 16  # cpu_set_t: 1024 bits
+_CPUSET_BYTES = 8 * _CPUSET_WORDS
+_ATTR_BYTES = 128  # >= sizeof(pthread_attr_t) (56 on x86-64 glibc, 64 on aarch64)
+_PTHREAD_CREATE_DETACHED = 1
+
+# waiting for a helper: spin with pause, then sched_yield, then usleep(_SLEEP_US)
+_SPIN_PAUSE = 20000  # ~0.3 ms of pause on this CPU
+_SPIN_YIELD = 20000 + 20000
+_SLEEP_US = 20
+
+# per-part state kept by the runner
+_INLINE, _DETACHED, _JOINABLE = 0, 1, 2
 
 
 def threads_available() -> bool:
     """True when MCJIT can resolve pthread_create/pthread_join in this process."""
+    import llvmlite.binding as llvm
+
     from . import target
 
     target.initialize()
-    import llvmlite.binding as llvm
-
     return bool(llvm.address_of_symbol("pthread_create")) and bool(
         llvm.address_of_symbol("pthread_join")
     )
@@ -74,24 +105,17 @@ def default_nthreads() -> int:
     return max(1, min(n, MAX_PARTS))
 
 
+def pinning_enabled() -> bool:
+    """Whether runners emitted now pin helper threads to CPUs
+    (``KCOMPILER_PIN_THREADS=0`` turns it off; read when the IR is generated)."""
+    return os.environ.get("KCOMPILER_PIN_THREADS", "1").lower() not in ("0", "false", "no", "off")
+
+
 def _get_or_declare(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
     fn = module.globals.get(name)
     if fn is None:
         fn = ir.Function(module, fnty, name=name)
     return fn
-
-
-def _declare_pthreads(module: ir.Module):
-    start_routine = ir.FunctionType(i8p, [i8p]).as_pointer()
-    create = _get_or_declare(
-        module,
-        "pthread_create",
-        ir.FunctionType(i32, [_PTHREAD_T.as_pointer(), i8p, start_routine, i8p]),
-    )
-    join = _get_or_declare(
-        module, "pthread_join", ir.FunctionType(i32, [_PTHREAD_T, i8p.as_pointer()])
-    )
-    return create, join
 
 
 def _emit_trampoline(module: ir.Module) -> ir.Function:
@@ -103,220 +127,186 @@ def _emit_trampoline(module: ir.Module) -> ir.Function:
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     rec = b.bitcast(fn.args[0], _ARG_T.as_pointer())
     zero = ir.Constant(i32, 0)
-    vals = [b.load(b.gep(rec, [zero, ir.Constant(i32, k)], inbounds=True)) for k in range(4)]
+    vals = [b.load(b.gep(rec, [zero, ir.Constant(i32, k)], inbounds=True)) for k in range(5)]
     b.call(vals[0], [vals[1], vals[2], vals[3]])
+    # last access to the caller's memory: after this the caller may return
+    b.store_atomic(ir.Constant(i64, 1), vals[4], "release", 8)
     b.ret(ir.Constant(i8p, None))
     return fn
 
 
-def _declare_affinity(module: ir.Module):
-    """glibc functions used to place helper threads on other CPUs."""
-    return dict(
-        getcpu=_get_or_declare(module, "sched_getcpu", ir.FunctionType(i32, [])),
-        getaff=_get_or_declare(module, "sched_getaffinity",
-                               ir.FunctionType(i32, [i32, i64, i8p])),
-        attr_init=_get_or_declare(module, "pthread_attr_init", ir.FunctionType(i32, [i8p])),
-        attr_destroy=_get_or_declare(module, "pthread_attr_destroy", ir.FunctionType(i32, [i8p])),
-        attr_setaff=_get_or_declare(module, "pthread_attr_setaffinity_np",
-                                    ir.FunctionType(i32, [i8p, i64, i8p])),
-    )
-
-
-_CPUSET_WORDS = 16  # cpu_set_t: 1024 bits
-_CPUSET_BYTES = 8 * _CPUSET_WORDS
-_ATTR_BYTES = 128  # >= sizeof(pthread_attr_t) (56 on x86-64 glibc, 64 on aarch64)
-
-
-def pinning_enabled() -> bool:
-    """Whether runners emitted now pin helper threads (``KCOMPILER_PIN_THREADS=0``
-    turns it off; read when the IR is generated)."""
-    return os.environ.get("KCOMPILER_PIN_THREADS", "1") not in ("0", "false", "no")
+def _is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
 def get_parallel_runner(module: ir.Module) -> ir.Function:
     """Return (adding it on first use) ``void kc_parallel_run(part_fn*, i8* ctx, i64 nparts)``.
 
-    Helper thread ``p`` (1 <= p < nparts) is created pinned to the p-th CPU of the
-    caller's affinity mask counting cyclically after the CPU the caller runs on:
-    left to itself, Linux often queues a new thread on its creator's busy CPU, where
-    it only starts after part 0 is done (measured: the 2-thread GEMM then runs at
-    1-thread speed for ~0.5-1 ms calls). If any affinity call fails the thread is
-    created without a CPU, and if ``pthread_create`` fails the part runs inline.
+    See the module docstring for what it does. ``nparts <= 1`` runs part 0 of 1
+    inline; ``nparts`` is clamped to :data:`MAX_PARTS`.
     """
     fn = module.globals.get(RUNNER_NAME)
     if fn is not None:
         return fn
     pin = pinning_enabled()
-    create, join = _declare_pthreads(module)
-    aff = _declare_affinity(module) if pin else None
+    d = lambda name, ret, *args: _get_or_declare(module, name, ir.FunctionType(ret, list(args)))  # noqa: E731
+    create = d("pthread_create", i32, _PTHREAD_T.as_pointer(), i8p,
+               ir.FunctionType(i8p, [i8p]).as_pointer(), i8p)
+    join = d("pthread_join", i32, _PTHREAD_T, i8p.as_pointer())
+    attr_init = d("pthread_attr_init", i32, i8p)
+    attr_destroy = d("pthread_attr_destroy", i32, i8p)
+    attr_detach = d("pthread_attr_setdetachstate", i32, i8p, i32)
+    sched_yield = d("sched_yield", i32)
+    usleep = d("usleep", i32, i32)
+    pause = d("llvm.x86.sse2.pause", void) if _is_x86() else None
+    if pin:
+        getcpu = d("sched_getcpu", i32)
+        getaff = d("sched_getaffinity", i32, i32, i64, i8p)
+        attr_setaff = d("pthread_attr_setaffinity_np", i32, i8p, i64, i8p)
     tramp = _emit_trampoline(module)
-    fn = ir.Function(
-        module, ir.FunctionType(void, [PART_FN_TYPE.as_pointer(), i8p, i64]), name=RUNNER_NAME
-    )
+
+    fn = ir.Function(module, ir.FunctionType(void, [PART_FN_TYPE.as_pointer(), i8p, i64]),
+                     name=RUNNER_NAME)
     fn.linkage = "internal"
     part_fn, ctx, nparts_in = fn.args
     part_fn.name, ctx.name, nparts_in.name = "part_fn", "ctx", "nparts"
+    c32 = lambda v: ir.Constant(i32, v)  # noqa: E731
+    c64 = lambda v: ir.Constant(i64, v)  # noqa: E731
+    one, zero = c64(1), c64(0)
 
-    entry = fn.append_basic_block("entry")
-    serial = fn.append_basic_block("serial")
-    spawn_setup = fn.append_basic_block("spawn.setup")
-    b = ir.IRBuilder(entry)
-    one = ir.Constant(i64, 1)
-    zero64 = ir.Constant(i64, 0)
-    z32 = ir.Constant(i32, 0)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
     tids = b.alloca(ir.ArrayType(_PTHREAD_T, MAX_PARTS), name="tids")
     args = b.alloca(ir.ArrayType(_ARG_T, MAX_PARTS), name="args")
-    ok = b.alloca(ir.ArrayType(i8, MAX_PARTS), name="created")
+    state = b.alloca(ir.ArrayType(i8, MAX_PARTS), name="state")
+    done = b.alloca(ir.ArrayType(i64, MAX_PARTS), name="done")
+    attr = b.alloca(ir.ArrayType(i64, _ATTR_BYTES // 8), name="attr")
+    attr_p = b.bitcast(attr, i8p)
     if pin:
         mask = b.alloca(ir.ArrayType(i64, _CPUSET_WORDS), name="mask")
         one_cpu = b.alloca(ir.ArrayType(i64, _CPUSET_WORDS), name="one_cpu")
-        attr = b.alloca(ir.ArrayType(i64, _ATTR_BYTES // 8), name="attr")
         cpus = b.alloca(ir.ArrayType(i32, MAX_PARTS), name="cpus")
-        ncpus_slot = b.alloca(i64, name="ncpus")
-    too_many = b.icmp_signed(">", nparts_in, ir.Constant(i64, MAX_PARTS))
-    nparts = b.select(too_many, ir.Constant(i64, MAX_PARTS), nparts_in, name="np")
-    b.cbranch(b.icmp_signed("<=", nparts, one), serial, spawn_setup)
+        ncpus_slot = b.alloca(i64, name="ncpus.slot")
+    nparts = b.select(b.icmp_signed(">", nparts_in, c64(MAX_PARTS)), c64(MAX_PARTS), nparts_in,
+                      name="np")
+    with b.if_then(b.icmp_signed("<=", nparts, one), likely=False):
+        b.call(part_fn, [ctx, zero, one])
+        b.ret_void()
 
-    b.position_at_end(serial)
-    b.call(part_fn, [ctx, zero64, one])
-    b.ret_void()
+    def loop(start, stop, name):
+        """Open a counted loop; returns (iv, close) where close() ends it."""
+        pre = b.block
+        hdr = fn.append_basic_block(f"{name}.hdr")
+        body = fn.append_basic_block(f"{name}.body")
+        end = fn.append_basic_block(f"{name}.end")
+        b.branch(hdr)
+        b.position_at_end(hdr)
+        iv = b.phi(i64, name=name)
+        iv.add_incoming(start, pre)
+        b.cbranch(b.icmp_signed("<", iv, stop), body, end)
+        b.position_at_end(body)
 
-    b.position_at_end(spawn_setup)
-    if pin:
-        # cpus[0..ncpus) = allowed CPUs in cyclic order after the current one
-        # (the current CPU last); ncpus = 0 disables pinning
-        b.store(zero64, ncpus_slot)
-        cur = b.call(aff["getcpu"], [])
-        rc_aff = b.call(aff["getaff"], [z32, ir.Constant(i64, _CPUSET_BYTES), b.bitcast(mask, i8p)])
-        usable = b.and_(b.icmp_signed(">=", cur, z32),
-                        b.and_(b.icmp_signed("==", rc_aff, z32),
-                               b.icmp_signed("<", cur, ir.Constant(i32, 64 * _CPUSET_WORDS))))
-        with b.if_then(usable):
-            nbits = ir.Constant(i64, 64 * _CPUSET_WORDS)
-            cur64 = b.sext(cur, i64)
-            hdr = fn.append_basic_block("cpus.hdr")
-            body = fn.append_basic_block("cpus.body")
-            take = fn.append_basic_block("cpus.take")
-            nxt = fn.append_basic_block("cpus.next")
-            end = fn.append_basic_block("cpus.end")
-            pre = b.block
-            b.branch(hdr)
-            b.position_at_end(hdr)
-            step = b.phi(i64, name="step")
-            step.add_incoming(one, pre)
-            b.cbranch(b.icmp_signed("<=", step, nbits), body, end)
-            b.position_at_end(body)
-            c = b.urem(b.add(cur64, step), nbits, name="c")
-            word = b.load(b.gep(mask, [zero64, b.lshr(c, ir.Constant(i64, 6))], inbounds=True))
-            bit = b.and_(b.lshr(word, b.and_(c, ir.Constant(i64, 63))), one)
-            cnt = b.load(ncpus_slot)
-            room = b.icmp_signed("<", cnt, ir.Constant(i64, MAX_PARTS))
-            b.cbranch(b.and_(b.icmp_unsigned("!=", bit, zero64), room), take, nxt)
-            b.position_at_end(take)
-            b.store(b.trunc(c, i32), b.gep(cpus, [zero64, cnt], inbounds=True))
-            b.store(b.add(cnt, one), ncpus_slot)
-            b.branch(nxt)
-            b.position_at_end(nxt)
-            step.add_incoming(b.add(step, one), nxt)
+        def close():
+            iv.add_incoming(b.add(iv, one), b.block)
             b.branch(hdr)
             b.position_at_end(end)
+
+        return iv, close
+
+    # ---- CPUs for the helpers: allowed CPUs cyclically after the current one
+    if pin:
+        b.store(zero, ncpus_slot)
+        cur = b.call(getcpu, [])
+        rc_aff = b.call(getaff, [c32(0), c64(_CPUSET_BYTES), b.bitcast(mask, i8p)])
+        usable = b.and_(b.and_(b.icmp_signed(">=", cur, c32(0)),
+                               b.icmp_signed("<", cur, c32(64 * _CPUSET_WORDS))),
+                        b.icmp_signed("==", rc_aff, c32(0)))
+        with b.if_then(usable):
+            nbits = c64(64 * _CPUSET_WORDS)
+            step, close = loop(one, b.add(nbits, one), "cpu")
+            c = b.urem(b.add(b.sext(cur, i64), step), nbits)
+            word = b.load(b.gep(mask, [zero, b.lshr(c, c64(6))], inbounds=True))
+            bit = b.and_(b.lshr(word, b.and_(c, c64(63))), one)
+            cnt = b.load(ncpus_slot)
+            with b.if_then(b.and_(b.icmp_unsigned("!=", bit, zero),
+                                  b.icmp_signed("<", cnt, c64(MAX_PARTS)))):
+                b.store(b.trunc(c, i32), b.gep(cpus, [zero, cnt], inbounds=True))
+                b.store(b.add(cnt, one), ncpus_slot)
+            close()
         ncpus = b.load(ncpus_slot, name="ncpus")
 
-    spawn_hdr = fn.append_basic_block("spawn.hdr")
-    spawn_body = fn.append_basic_block("spawn.body")
-    spawn_fail = fn.append_basic_block("spawn.fail")
-    spawn_next = fn.append_basic_block("spawn.next")
-    main_part = fn.append_basic_block("main")
-    join_hdr = fn.append_basic_block("join.hdr")
-    join_body = fn.append_basic_block("join.body")
-    join_do = fn.append_basic_block("join.do")
-    join_next = fn.append_basic_block("join.next")
-    done = fn.append_basic_block("done")
-    setup_end = b.block
-    b.branch(spawn_hdr)
+    # ---- start parts 1..nparts-1
+    p, close = loop(one, nparts, "spawn")
+    rec = b.gep(args, [zero, p], inbounds=True)
+    done_p = b.gep(done, [zero, p], inbounds=True)
+    b.store(zero, done_p)
+    for k, v in enumerate((part_fn, ctx, p, nparts, done_p)):
+        b.store(v, b.gep(rec, [c32(0), c32(k)], inbounds=True))
+    tid_ptr = b.gep(tids, [zero, p], inbounds=True)
+    state_p = b.gep(state, [zero, p], inbounds=True)
+    rec_i8 = b.bitcast(rec, i8p)
+    rc_init = b.call(attr_init, [attr_p])
+    with b.if_else(b.icmp_signed("==", rc_init, c32(0))) as (with_attr, without_attr):
+        with with_attr:
+            rc_det = b.call(attr_detach, [attr_p, c32(_PTHREAD_CREATE_DETACHED)])
+            if pin:
+                with b.if_then(b.icmp_signed(">", ncpus, zero)):
+                    cpu = b.zext(b.load(b.gep(cpus, [zero, b.urem(b.sub(p, one), ncpus)],
+                                              inbounds=True)), i64)
+                    for w in range(_CPUSET_WORDS):
+                        b.store(zero, b.gep(one_cpu, [zero, c64(w)], inbounds=True))
+                    b.store(b.shl(one, b.and_(cpu, c64(63))),
+                            b.gep(one_cpu, [zero, b.lshr(cpu, c64(6))], inbounds=True))
+                    b.call(attr_setaff, [attr_p, c64(_CPUSET_BYTES), b.bitcast(one_cpu, i8p)])
+            rc = b.call(create, [tid_ptr, attr_p, tramp, rec_i8])
+            b.call(attr_destroy, [attr_p])
+            st = b.select(b.icmp_signed("==", rc_det, c32(0)), ir.Constant(i8, _DETACHED),
+                          ir.Constant(i8, _JOINABLE))
+            b.store(b.select(b.icmp_signed("==", rc, c32(0)), st, ir.Constant(i8, _INLINE)),
+                    state_p)
+        with without_attr:
+            rc2 = b.call(create, [tid_ptr, ir.Constant(i8p, None), tramp, rec_i8])
+            b.store(b.select(b.icmp_signed("==", rc2, c32(0)), ir.Constant(i8, _JOINABLE),
+                             ir.Constant(i8, _INLINE)), state_p)
+    with b.if_then(b.icmp_unsigned("==", b.load(state_p), ir.Constant(i8, _INLINE)), likely=False):
+        b.call(part_fn, [ctx, p, nparts])  # fall back: run this part here
+    close()
 
-    # for p in 1..nparts-1: create a thread (or run inline if that fails)
-    b.position_at_end(spawn_hdr)
-    p = b.phi(i64, name="p")
-    p.add_incoming(one, setup_end)
-    b.cbranch(b.icmp_signed("<", p, nparts), spawn_body, main_part)
+    # ---- part 0 on the calling thread
+    b.call(part_fn, [ctx, zero, nparts])
 
-    b.position_at_end(spawn_body)
-    rec = b.gep(args, [zero64, p], inbounds=True)
-    for k, v in enumerate((part_fn, ctx, p, nparts)):
-        b.store(v, b.gep(rec, [z32, ir.Constant(i32, k)], inbounds=True))
-    tid_ptr = b.gep(tids, [zero64, p], inbounds=True)
-    null_attr = ir.Constant(i8p, None)
-    if pin:
-        attr_p = b.bitcast(attr, i8p)
-        pinned = fn.append_basic_block("spawn.pinned")
-        plain = fn.append_basic_block("spawn.plain")
-        created_bb = fn.append_basic_block("spawn.created")
-        b.cbranch(b.icmp_signed(">", ncpus, zero64), pinned, plain)
-
-        b.position_at_end(pinned)
-        cpu = b.load(b.gep(cpus, [zero64, b.urem(b.sub(p, one), ncpus)], inbounds=True))
-        cpu64 = b.zext(cpu, i64)
-        for w in range(_CPUSET_WORDS):
-            b.store(zero64, b.gep(one_cpu, [zero64, ir.Constant(i64, w)], inbounds=True))
-        b.store(b.shl(one, b.and_(cpu64, ir.Constant(i64, 63))),
-                b.gep(one_cpu, [zero64, b.lshr(cpu64, ir.Constant(i64, 6))], inbounds=True))
-        rc_init = b.call(aff["attr_init"], [attr_p])
-        rc_set = b.call(aff["attr_setaff"], [attr_p, ir.Constant(i64, _CPUSET_BYTES),
-                                             b.bitcast(one_cpu, i8p)])
-        good = b.and_(b.icmp_signed("==", rc_init, z32), b.icmp_signed("==", rc_set, z32))
-        use_attr = b.select(good, attr_p, null_attr)
-        rc_pinned = b.call(create, [tid_ptr, use_attr, tramp, b.bitcast(rec, i8p)])
-        with b.if_then(b.icmp_signed("==", rc_init, z32)):
-            b.call(aff["attr_destroy"], [attr_p])
-        pinned_end = b.block
-        b.branch(created_bb)
-
-        b.position_at_end(plain)
-        rc_plain = b.call(create, [tid_ptr, null_attr, tramp, b.bitcast(rec, i8p)])
-        b.branch(created_bb)
-
-        b.position_at_end(created_bb)
-        rc = b.phi(i32, name="rc")
-        rc.add_incoming(rc_pinned, pinned_end)
-        rc.add_incoming(rc_plain, plain)
-    else:
-        rc = b.call(create, [tid_ptr, null_attr, tramp, b.bitcast(rec, i8p)])
-    created = b.icmp_signed("==", rc, z32)
-    b.store(b.zext(created, i8), b.gep(ok, [zero64, p], inbounds=True))
-    b.cbranch(created, spawn_next, spawn_fail)
-
-    b.position_at_end(spawn_fail)
-    b.call(part_fn, [ctx, p, nparts])  # fall back: run this part inline
-    b.branch(spawn_next)
-
-    b.position_at_end(spawn_next)
-    p.add_incoming(b.add(p, one), spawn_next)
-    b.branch(spawn_hdr)
-
-    b.position_at_end(main_part)
-    b.call(part_fn, [ctx, zero64, nparts])
-    b.branch(join_hdr)
-
-    b.position_at_end(join_hdr)
-    q = b.phi(i64, name="q")
-    q.add_incoming(one, main_part)
-    b.cbranch(b.icmp_signed("<", q, nparts), join_body, done)
-
-    b.position_at_end(join_body)
-    was_created = b.load(b.gep(ok, [zero64, q], inbounds=True))
-    b.cbranch(b.icmp_unsigned("!=", was_created, ir.Constant(i8, 0)), join_do, join_next)
-
-    b.position_at_end(join_do)
-    tid = b.load(b.gep(tids, [zero64, q], inbounds=True))
-    b.call(join, [tid, ir.Constant(i8p.as_pointer(), None)])
-    b.branch(join_next)
-
-    b.position_at_end(join_next)
-    q.add_incoming(b.add(q, one), join_next)
-    b.branch(join_hdr)
-
-    b.position_at_end(done)
+    # ---- wait for the helpers
+    q, close = loop(one, nparts, "wait")
+    st = b.load(b.gep(state, [zero, q], inbounds=True))
+    with b.if_then(b.icmp_unsigned("!=", st, ir.Constant(i8, _INLINE))):
+        flag = b.gep(done, [zero, q], inbounds=True)
+        pre = b.block
+        hdr = fn.append_basic_block("spin.hdr")
+        body = fn.append_basic_block("spin.body")
+        end = fn.append_basic_block("spin.end")
+        b.branch(hdr)
+        b.position_at_end(hdr)
+        it = b.phi(i64, name="spins")
+        it.add_incoming(zero, pre)
+        v = b.load_atomic(flag, "acquire", 8)
+        b.cbranch(b.icmp_unsigned("!=", v, zero), end, body)
+        b.position_at_end(body)
+        with b.if_else(b.icmp_signed("<", it, c64(_SPIN_PAUSE))) as (spin, slow):
+            with spin:
+                if pause is not None:
+                    b.call(pause, [])
+            with slow:
+                with b.if_else(b.icmp_signed("<", it, c64(_SPIN_YIELD))) as (yld, slp):
+                    with yld:
+                        b.call(sched_yield, [])
+                    with slp:
+                        b.call(usleep, [c32(_SLEEP_US)])
+        it.add_incoming(b.add(it, one), b.block)
+        b.branch(hdr)
+        b.position_at_end(end)
+        with b.if_then(b.icmp_unsigned("==", st, ir.Constant(i8, _JOINABLE)), likely=False):
+            b.call(join, [b.load(b.gep(tids, [zero, q], inbounds=True)),
+                          ir.Constant(i8p.as_pointer(), None)])
+    close()
     b.ret_void()
     return fn
 
