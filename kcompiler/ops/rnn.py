@@ -116,10 +116,9 @@ def _forward_rule(op):
         batch, time, features = x.shape
 
         def expect(name, shape, what=""):
-            got = t[name]
-            if got.dtype != (x.dtype if name != "mask" else "bool"):
-                raise ShapeError(f"{op}: {name} must have dtype {x.dtype if name != 'mask' else 'bool'}, "
-                                 f"got {got.dtype}")
+            got, dtype = t[name], "bool" if name == "mask" else x.dtype
+            if got.dtype != dtype:
+                raise ShapeError(f"{op}: {name} must have dtype {dtype}, got {got.dtype}")
             if got.rank != len(shape) or not all(dims_equal(a, b) for a, b in zip(got.shape, shape)):
                 raise ShapeError(f"{op}: {name} must have shape {fmt_shape(shape)}{what}, "
                                  f"got {fmt_shape(got.shape)}")

@@ -168,9 +168,10 @@ class GRUCell(_Cell):
 CELLS = {"simple_rnn": SimpleRNNCell, "lstm": LSTMCell, "gru": GRUCell}
 
 
-def _run_forward(op, operands, attrs):
-    """The loop over time. Returns (sequence, final states, steps, cell); steps keep
-    what the backward pass needs: (t, per-gate inputs and masks, previous states, cache)."""
+def _run_forward(op, operands, attrs, keep_steps=False):
+    """The loop over time. Returns (sequence, final states, steps, cell); with keep_steps,
+    steps hold what the backward pass needs: (t, per-gate inputs and masks, previous
+    states, cache) for each step in processing order."""
     attrs = full_attrs(attrs)
     v = dict(zip(operand_names(op, attrs), operands))
     x = v["x"]
@@ -194,7 +195,8 @@ def _run_forward(op, operands, attrs):
             out = np.where(m, out, 0 if attrs["zero_output_for_mask"] else prev_out)
         new = [n.astype(x.dtype) for n in new]
         seq[:, t if attrs["output_in_time_order"] else s] = out
-        steps.append((t, xs, xms, hs, hms, states, cache))
+        if keep_steps:
+            steps.append((t, xs, xms, hs, hms, states, cache))
         prev_out, states = out, new
     return seq, states, steps, cell
 
@@ -204,7 +206,7 @@ def _run_backward(op, operands, cotangents, attrs):
     names = operand_names(op, attrs)
     v = dict(zip(names, operands))
     x, mask = v["x"], v.get("mask")
-    _, _, steps, cell = _run_forward(op, operands, attrs)
+    _, _, steps, cell = _run_forward(op, operands, attrs, keep_steps=True)
     d_seq, d_states = cotangents[0], list(cotangents[1:])
     dx = np.zeros_like(x)
     d_carry = 0  # cotangent of the previous step's output, which masked steps repeat

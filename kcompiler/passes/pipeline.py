@@ -1,11 +1,12 @@
 """The compilation pipeline: trace -> shape inference -> autodiff (training) -> fusion ->
 memory planning -> code generation. Each pass is a function graph -> graph; the
-pipeline records the graph after each one under the pass's stage name."""
+pipeline records the graph after each one under its stage name."""
 from collections import OrderedDict
 
 from ..errors import UnsupportedError
 from .shape_inference import infer_shapes, specialize_input_type
 from .trace import trace_model
+from .training import differentiate, trace_training
 
 
 def check_layers_supported(model):
@@ -17,13 +18,26 @@ def check_layers_supported(model):
         raise UnsupportedError("unsupported layers (not kcompiler.keras layers): " + ", ".join(bad))
 
 
-def run_pipeline(model, *, training=False, batch_size=None):
-    """Run the passes that exist and return the ordered stages {name: graph}."""
+def front_stages(model, *, training=False, batch_size=None, label_type=None):
+    """Trace and shape-check (and, for training with a batch size, differentiate)."""
     check_layers_supported(model)
     stages = OrderedDict()
-    g = trace_model(model, training=training)
+    g = trace_training(model, label_type) if training else trace_model(model)
     stages["traced"] = g
-    input_types = {g.nodes[n]["attrs"]["name"]: specialize_input_type(g.nodes[n]["type"], batch_size)
-                   for n in g.graph["inputs"]}
-    stages["shaped"] = infer_shapes(g, input_types)
+    types = {}
+    for n in g.graph["inputs"]:
+        name = g.nodes[n]["attrs"]["name"]
+        types[name] = specialize_input_type(g.nodes[n]["type"], batch_size)
+    stages["shaped"] = infer_shapes(g, types, batch_size)
+    if training and batch_size is not None:
+        stages["differentiated"] = differentiate(stages["shaped"], model)
     return stages
+
+
+def back_stages(stages, *, target="cpu", fuse=True):
+    """Fusion, memory planning and code generation for the last (static) stage."""
+    if target == "cuda":
+        raise UnsupportedError("the CUDA backend has not landed yet: compile with target='cpu'")
+    from .lowering import lower_graph
+    compiled, stages = lower_graph(next(reversed(stages.values())), fuse=fuse, stages=stages)
+    return compiled, stages

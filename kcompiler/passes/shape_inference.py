@@ -21,9 +21,10 @@ def specialize_input_type(t, batch_size=None, dims=None):
     return TensorType(tuple(shape), t.dtype)
 
 
-def infer_shapes(g, input_types=None):
+def infer_shapes(g, input_types=None, batch_size=None):
     """Return a copy of ``g`` with input types replaced by ``input_types`` (name -> TensorType)
-    and every node re-typed."""
+    and every node re-typed. A ``fill`` made while tracing (an RNN's zero initial state)
+    has None only for the batch dimension: it takes ``batch_size``."""
     g = g.copy()
     input_types = input_types or {}
     for nid in topo_order(g):
@@ -36,6 +37,10 @@ def infer_shapes(g, input_types=None):
                     raise ShapeError(f"input {name!r}: expected shape {fmt_shape(old.shape)}, "
                                      f"got {fmt_shape(new.shape)}")
                 set_type(g, nid, new)
+        elif node["op"] == "fill" and None in node["attrs"]["shape"] and batch_size is not None:
+            shape = tuple(batch_size if d is None else d for d in node["attrs"]["shape"])
+            node["attrs"] = dict(node["attrs"], shape=shape)
+            set_type(g, nid, TensorType(shape, node["type"].dtype))
         elif node["op"] in ("variable", "constant", "fill"):
             continue
         else:
