@@ -1,7 +1,8 @@
 """kcompiler: a graph compiler for Keras models.
 
     from kcompiler import keras      # the tf.keras-compatible front end
-    program = kcompiler.compile(model)
+    program = kcompiler.compile(model, batch_size=32)
+    program.predict(x)               # runs generated kernels
     print(program.dump())            # the IR after the last pass
 """
 __version__ = "0.1.0"
@@ -10,13 +11,13 @@ TARGETS = ("cpu", "cuda")
 
 
 def compile(model, *, target="cpu", fuse=True, training=False, batch_size=None):
-    """Compile a Keras model: trace it into the IR and run the compiler's passes."""
-    from .passes.pipeline import run_pipeline
+    """Compile a Keras model. Without a batch size the program holds the traced and
+    shape-checked IR and specialises (fuses, plans, generates code) per batch size on
+    first use; with one, it does so now."""
     from .program import Program
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
-    stages = run_pipeline(model, training=training, batch_size=batch_size)
-    return Program(model, stages, target=target, fuse=fuse, training=training, batch_size=batch_size)
+    return Program(model, target=target, fuse=fuse, training=training, batch_size=batch_size)
 
 
 def dump_ir(model, fmt="text", stage=None, **compile_kwargs):

@@ -13,7 +13,8 @@ def _fmt_type(t):
 
 
 def _fmt_attrs(attrs):
-    shown = {k: v for k, v in attrs.items() if k not in ("array",)}
+    # A fused node's body is listed by op name after the type (fused=[...]); JSON has it in full.
+    shown = {k: v for k, v in attrs.items() if k not in ("array", "body", "outputs")}
     if not shown:
         return ""
     return " {" + ", ".join(f"{k}={v}" for k, v in sorted(shown.items())) + "}"

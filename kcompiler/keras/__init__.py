@@ -5,6 +5,7 @@ from .models import Input, InputLayer, Model, Sequential
 from .variables import Variable
 from . import models_api as models
 from . import utils
+from . import losses, optimizers
 
 __all__ = ["Sequential", "Model", "Input", "InputLayer", "Variable", "layers", "activations", "ops",
-           "initializers", "regularizers", "constraints", "backend", "models", "utils"]
+           "initializers", "regularizers", "constraints", "backend", "models", "utils", "losses", "optimizers"]

@@ -203,6 +203,12 @@ class Model(Layer):
         shapes = [g.nodes[o]["type"].shape for o in g.graph["outputs"]]
         return shapes[0] if len(shapes) == 1 else shapes
 
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, run_eagerly=False, target="cpu", fuse=True,
+                **kwargs):
+        """Configure training: optimizer, loss and metrics (names, objects or keras.ops functions)."""
+        from .training import compile_model
+        compile_model(self, optimizer, loss, metrics, run_eagerly=run_eagerly, target=target, fuse=fuse, **kwargs)
+
     def summary(self, line_length=None, positions=None, print_fn=None):
         from .summary import print_summary
         print_summary(self, line_length=line_length, positions=positions, print_fn=print_fn)

@@ -4,6 +4,7 @@ from collections import OrderedDict
 
 from .fusion import fuse_elementwise
 from .memory_plan import plan_memory
+from .simplify import simplify
 
 
 def lower_graph(g, *, fuse=True, stages=None):
@@ -12,6 +13,7 @@ def lower_graph(g, *, fuse=True, stages=None):
     from ..codegen.llvm.target import compile_ir
     from ..runtime.compiled import CompiledGraph
     stages = stages if stages is not None else OrderedDict()
+    g = simplify(g)
     if fuse:
         g = fuse_elementwise(g)
     stages["fused"] = g

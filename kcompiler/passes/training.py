@@ -1,0 +1,87 @@
+"""The training step as one graph: forward (training mode), loss with regularisation,
+gradients (autodiff pass), optimizer updates, constraints, batch metrics.
+
+``trace_training(model, label_type)`` traces the forward pass and the loss with a
+symbolic batch (stage "traced"); ``differentiate(g, model)`` takes the
+shape-specialised graph and adds the backward pass and the updates (stage
+"differentiated"). Graph inputs: the model's inputs, ``y`` (labels), ``sample_weight``
+(per sample; ones when the caller gives none) and ``rng_step`` (the step counter
+that keys dropout masks). Graph outputs: the loss, then one value per metric.
+"""
+from ..errors import KCompilerError, ShapeError
+from ..ir.graph import GraphBuilder
+from ..ir.types import TensorType
+from ..keras import backend, ops
+from ..keras.layers.base import flatten
+from ..keras.tensor import SymbolicTensor
+from .autodiff import gradients
+
+
+def default_label_type(model, loss, y_pred_type):
+    """The labels' type when the caller gives none: sparse losses take class ids."""
+    name = type(loss).__name__ if loss is not None else ""
+    fn_name = getattr(getattr(loss, "fn", None), "__name__", "")
+    if "Sparse" in name or "sparse" in fn_name:
+        return TensorType(y_pred_type.shape[:-1], "int32")
+    return TensorType(y_pred_type.shape, y_pred_type.dtype)
+
+
+def trace_training(model, label_type=None):
+    compiled = getattr(model, "compiled_loss", None)
+    if compiled is None:
+        raise KCompilerError(f"model '{model.name}' was not compiled with a loss: call "
+                             "model.compile(optimizer=..., loss=...) before training")
+    b = backend.new_trace_builder(name=f"{model.name}_train_step", training=True)
+    xs = [SymbolicTensor(b, b.input(name, t)) for name, t in model.input_types()]
+    y_pred = model(xs[0] if len(xs) == 1 else xs, training=True)
+    outputs = flatten(y_pred)
+    if len(outputs) != 1:
+        raise NotImplementedError(f"model '{model.name}': training models with several outputs is not supported yet")
+    y_pred = outputs[0]
+    label_type = label_type or default_label_type(model, compiled, y_pred.type)
+    y_true = SymbolicTensor(b, b.input("y", TensorType((None,) + tuple(label_type.shape[1:]), label_type.dtype)))
+    sample_weight = SymbolicTensor(b, b.input("sample_weight", TensorType((None,), "float32")))
+    with backend.tracing(b):
+        try:
+            loss = compiled(y_true, y_pred, sample_weight=sample_weight)
+        except ShapeError as e:
+            raise ShapeError(f"loss {getattr(compiled, 'name', compiled)}: labels of shape {label_type.shape} "
+                             f"({label_type.dtype}) do not fit predictions of shape {y_pred.shape}: {e}") from None
+        total = loss
+        for var in model.trainable_weights:
+            if var.regularizer is not None:
+                total = ops.add(total, var.regularizer(var))
+        activity = b.g.graph.get("activity_losses", [])
+        if activity:  # Keras divides activity penalties by the batch size (counted without a fill op,
+            # whose shape would stay symbolic)
+            batch = ops.sum(ops.add(ops.multiply(sample_weight, 0.0), 1.0))
+            for nid in activity:
+                total = ops.add(total, ops.divide(SymbolicTensor(b, nid), batch))
+        metric_values = [fn(y_true, y_pred) for _, fn in getattr(model, "compiled_metric_fns", [])]
+        metric_values = [ops.mean(ops.cast(v, "float32")) for v in metric_values]
+    b.g.graph["outputs"] = [total.node] + [m.node for m in metric_values]
+    b.g.graph["output_names"] = ["loss"] + [name for name, _ in getattr(model, "compiled_metric_fns", [])]
+    b.g.graph["loss"] = total.node
+    return b.g
+
+
+def differentiate(g, model):
+    """Add gradients of the loss w.r.t. every trainable weight and the optimizer's update
+    of each (a copy of the shape-specialised graph ``g``)."""
+    g = g.copy()
+    for key in ("updates", "variables", "variable_nodes", "constants"):  # this stage adds to them
+        g.graph[key] = dict(g.graph.get(key, {}))
+    b = GraphBuilder(g)
+    b.records_history, b.training = False, True
+    variables_by_node = g.graph["variables"]
+    trainable = [var for var in model.trainable_weights]
+    node_of = {v.uid: n for n, v in variables_by_node.items()}
+    wrt = [node_of[v.uid] for v in trainable if v.uid in node_of]
+    used = [v for v in trainable if v.uid in node_of]
+    grads = gradients(b, g.graph["loss"], wrt)
+    pairs = [(SymbolicTensor(b, gn), var) for gn, var in zip(grads, used) if gn is not None]
+    if not pairs:
+        raise KCompilerError(f"model '{model.name}': no trainable weight receives a gradient from the loss")
+    with backend.tracing(b):
+        model.optimizer.trace_updates(pairs)
+    return g
