@@ -10,6 +10,17 @@ __version__ = "0.1.0"
 TARGETS = ("cpu", "cuda")
 
 
+def __getattr__(name):
+    # kcompiler.GradientTape without importing the front end at package import time
+    if name == "GradientTape":
+        from .keras.tape import GradientTape
+        return GradientTape
+    if name == "errors":
+        from . import errors
+        return errors
+    raise AttributeError(f"module 'kcompiler' has no attribute {name!r}")
+
+
 def compile(model, *, target="cpu", fuse=True, training=False, batch_size=None):
     """Compile a Keras model. Without a batch size the program holds the traced and
     shape-checked IR and specialises (fuses, plans, generates code) per batch size on

@@ -15,6 +15,12 @@ _step = [0]
 _force_reference = [False]
 
 
+def next_step():
+    """The next value of the eager dropout counter."""
+    _step[0] += 1
+    return np.asarray(_step[0] - 1, dtype=np.int64)
+
+
 def use_reference(flag):
     _force_reference[0] = bool(flag)
 

@@ -3,9 +3,10 @@ from . import activations, backend, constraints, initializers, ops, regularizers
 from . import layers
 from .models import Input, InputLayer, Model, Sequential
 from .variables import Variable
+from .tape import GradientTape
 from . import models_api as models
 from . import utils
 from . import losses, optimizers
 
-__all__ = ["Sequential", "Model", "Input", "InputLayer", "Variable", "layers", "activations", "ops",
+__all__ = ["GradientTape", "Sequential", "Model", "Input", "InputLayer", "Variable", "layers", "activations", "ops",
            "initializers", "regularizers", "constraints", "backend", "models", "utils", "losses", "optimizers"]

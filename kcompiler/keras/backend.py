@@ -216,5 +216,7 @@ def _eager_op(op, inputs, attrs):
         g = _eager_graphs[key] = b.g
     outs, _ = run_graph(g, feeds)
     results = [Tensor(v) for v in outs]
-    tape.record(op, inputs, attrs, results)
+    if tape._active_tapes:
+        tape.record_graph(g, feeds, {f"x{i}": x for i, x in enumerate(inputs)
+                                     if f"x{i}" in feeds}, results)
     return tuple(results) if g.graph["tuple_output"] else results[0]

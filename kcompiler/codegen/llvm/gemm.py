@@ -33,15 +33,17 @@ micro-kernel keeps the MR x NR tile in MR * NR/16 ``<16 x float>`` registers
 zero-padded panels and written back with scalar code for the valid
 ``mr x nr`` part only: nothing outside the matrices is ever read or written.
 
-Packing buffers are allocated per call (per thread) with ``malloc``/``free``
-declared in the IR, sized for the actual problem (``min(M, MC) x min(K, KC)``
-and ``min(K, KC) x min(N, NC)``, rounded up to whole micro-panels) and aligned
-to 64 bytes by hand.
+Packing buffers: one ``malloc`` per call (``malloc``/``free`` declared in the
+IR) on the calling thread, holding every slice's A block and B panel, sized for
+the actual problem (``min(M, MC) x min(K, KC)`` and ``min(K, KC) x min(N, NC)``,
+rounded up to whole micro-panels) and aligned to 64 bytes by hand. No workspace
+argument is needed. Tiles with at most 16 valid columns run a half-width k loop.
 
 Threads: when ``M*N*K >= parallel_min_mnk`` the work is split into
 ``nthreads`` slices of whole NR column blocks (or MR row blocks when M is the
-larger dimension); each slice is an independent GEMM with its own packing
-buffers, run by :mod:`.threads` (pthreads created inside the generated code).
+larger dimension); each slice is an independent GEMM with its own part of the packing
+buffer, run by :mod:`.threads` (pinned pthreads created inside the generated
+code, see there).
 """
 from __future__ import annotations
 
@@ -79,9 +81,9 @@ DEFAULT_MC = 144
 DEFAULT_NC = 512
 # Below this M*N*K the call stays on one thread: a parallel call costs ~15-25 us
 # more (thread start on a pinned CPU, done-flag wait) plus one extra packing of
-# the shared operand; 2 threads win from about 4e6 (e.g. 160^3, 256x64x256),
-# see docs/codegen-llvm.md.
-DEFAULT_PARALLEL_MIN_MNK = 1 << 22
+# the shared operand. By median time 2 threads break even near 192^3 (7e6) and
+# win by 25 % at 256^3; see docs/codegen-llvm.md.
+DEFAULT_PARALLEL_MIN_MNK = 1 << 23
 
 
 def gemm_ctypes_argtypes():

@@ -319,15 +319,22 @@ class Layer:
         g, outputs, out_masks = entry
         feeds = {f"x{i}": a for i, a in enumerate(flat_arrays)}
         feeds.update({f"mask{i}": m for i, m in enumerate(flat_masks) if m is not None})
+        if "rng_step" in g.graph:
+            from ...runtime.executor import next_step
+            feeds["rng_step"] = next_step()
         values, updates = run_graph(g, feeds)
+        tensors = [Tensor(v) for v in values]
+        from .. import tape
+        if tape._active_tapes:
+            tape.record_graph(g, feeds, {f"x{i}": x for i, x in enumerate(flatten(inputs))}, tensors)
         for vnode, value in updates.items():
             g.graph["variables"][vnode].assign(value)
         n = len(flatten(outputs))
-        results = [Tensor(v) for v in values[:n]]
-        extra = iter(values[n:])
+        results = tensors[:n]
+        extra = iter(tensors[n:])
         for r, m in zip(results, out_masks):
             if m is not None:
-                r._keras_mask = Tensor(next(extra))
+                r._keras_mask = next(extra)
         it = iter(results)
         return map_structure(lambda _: next(it), outputs)
 
