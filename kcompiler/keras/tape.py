@@ -14,7 +14,7 @@ from ..ir.types import TensorType
 from .tensor import Tensor, to_array
 
 _active_tapes = []
-_compiled_gradients = {}  # structure signature -> compiled gradient graph
+_compiled_gradients = {}  # structure signature -> gradient graph (compiled on its first run)
 
 
 def record_graph(g, feeds, inputs, outputs):
@@ -138,11 +138,8 @@ class GradientTape:
         b.g.graph["outputs"] = outs
         key = (tuple(signature), tuple(slots), tuple(id(s) if isinstance(s, Variable) else None
                                                       for s in source_list))
-        compiled = _compiled_gradients.get(key)
-        if compiled is None:
-            from ..passes.lowering import lower_graph
-            compiled, _ = lower_graph(b.g)
-            _compiled_gradients[key] = compiled
-        values = compiled.run(feeds)
+        g = _compiled_gradients.setdefault(key, b.g)  # compiled on first run, kept on the graph
+        from ..runtime.executor import run_graph
+        values, _ = run_graph(g, feeds)
         result = [None if slot is None else Tensor(values[slot]) for slot in slots]
         return result[0] if single else result

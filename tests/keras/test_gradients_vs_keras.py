@@ -1,0 +1,89 @@
+"""Gradients of every layer, computed with kcompiler.GradientTape on generated kernels,
+equal Keras's (fixtures: d sum(y * r) / d inputs and / d each weight)."""
+import numpy as np
+import pytest
+
+import kcompiler
+from kcompiler.keras import ops
+from keras_fixtures import cases, indexed, load, make_layer, make_sequential
+
+
+def assert_close(got, expected, what):
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(expected).max())),
+                               err_msg=what)
+
+
+def _objective(outputs, case):
+    outs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    rs = indexed(case, "r") or [case["r"]]
+    total = None
+    for o, r in zip(outs, rs):
+        term = ops.sum(o * r)
+        total = term if total is None else total + term
+    return total
+
+
+def _check(case, model_or_layer, inputs, call_kwargs):
+    xs = [ops.convert_to_tensor(x) for x in inputs]
+    weights = model_or_layer.weights
+    with kcompiler.GradientTape() as tape:
+        for x in xs:
+            if x.dtype.startswith("float"):
+                tape.watch(x)
+        y = model_or_layer(xs if len(xs) > 1 else xs[0], **call_kwargs)
+        loss = _objective(y, case)
+    float_xs = [x for x in xs if x.dtype.startswith("float")]
+    grads = tape.gradient(loss, float_xs + weights)
+    expected_x = indexed(case, "grad_x") or ([case["grad_x"]] if "grad_x" in case else [])
+    for g, e in zip(grads[:len(float_xs)], expected_x):
+        assert_close(g.numpy(), e, "grad x")
+    for i, (w, g, e) in enumerate(zip(weights, grads[len(float_xs):], indexed(case, "grad_w"))):
+        if not w.trainable:  # the fixtures store zeros for non-trainable weights
+            continue
+        assert_close(np.zeros_like(e) if g is None else g.numpy(), e, f"grad w_{i}")
+
+
+@pytest.mark.parametrize("name", cases("layers"))
+def test_layer_gradients_match_keras(name):
+    case = load("layers", name)
+    if "grad_w_0" not in case and "grad_x" not in case and "grad_x_0" not in case:
+        pytest.skip("no gradient in this fixture")
+    spec = case["spec"]
+    layer = make_layer(spec)
+    xs = indexed(case, "x") or [case["x"]]
+    layer.build([x.shape for x in xs] if len(xs) > 1 else xs[0].shape)
+    layer.built = True
+    if indexed(case, "w"):
+        layer.set_weights(indexed(case, "w"))
+    kwargs = dict(spec.get("call", {}))
+    if "mask" in case:
+        kwargs["mask"] = case["mask"]
+    _check(case, layer, xs, kwargs)
+
+
+@pytest.mark.parametrize("name", cases("models"))
+def test_model_gradients_match_keras(name):
+    case = load("models", name)
+    model = make_sequential(case["spec"])
+    model.set_weights(indexed(case, "w"))
+    _check(case, model, [case["x"]], {})
+
+
+def test_minimize_with_a_tape_runs_a_compiled_update():
+    from kcompiler import keras
+    var = keras.Variable(np.array([1.0, -2.0], np.float32))
+    opt = keras.optimizers.SGD(learning_rate=0.5)
+    with kcompiler.GradientTape() as tape:
+        loss = ops.sum(var * var)
+    opt.minimize(loss, [var], tape=tape)
+    np.testing.assert_allclose(var.numpy(), [0.0, 0.0], atol=1e-7)
+
+
+def test_a_non_persistent_tape_gives_gradients_once():
+    x = ops.convert_to_tensor(np.ones(3, np.float32))
+    with kcompiler.GradientTape() as tape:
+        tape.watch(x)
+        y = ops.sum(x * x)
+    assert tape.gradient(y, x).numpy().tolist() == [2.0, 2.0, 2.0]
+    with pytest.raises(RuntimeError, match="only be used to compute one set"):
+        tape.gradient(y, x)
