@@ -14,6 +14,12 @@ Allowed differences from Keras 3's output, on purpose:
   with an InputLayer and ``build_config`` where Keras 3 writes none.
 - ``build_config`` is written for every layer that was called; Keras 3 leaves it out
   for layers built in their constructor (pooling).
+- Arguments we do not have are not written: Keras 3.15's ``input_axes``/``output_axes``
+  of initializers, ``quantization_config`` of Dense/Embedding (all None there) and
+  BatchNormalization's ``renorm*`` (off there); Embedding keeps tf.keras 2's ``input_length``.
+- A user activation function is written as its name (tf.keras 2's form); Keras 3 writes
+  ``{"class_name": "function", "config": name}``. Both are read.
+tests/keras/test_configs.py compares our to_json with Keras 3's after taking out exactly these.
 """
 import json
 
@@ -22,7 +28,7 @@ import numpy as np
 from ..errors import ConfigError, UnsupportedError
 from .layers.base import flatten
 from .serialization import (CustomObjectScope, check_known_classes, custom_object_scope,  # noqa: F401
-                            deserialize_layer, get_custom_objects, get_registered_name,
+                            deserialize_keras_object, deserialize_layer, get_custom_objects, get_registered_name,
                             get_registered_object, register_keras_serializable, serialize_keras_object,
                             serialize_layer)
 
@@ -66,9 +72,8 @@ def _sequential_config(model):
         layers.append(serialize_layer(_input_layer_of(model._input)))
     inputs = [model._input] + model._outputs_per_layer[:-1] if model._input is not None else []
     for i, layer in enumerate(model.layers):
-        shape = _shape(inputs[i]) if i < len(inputs) else None
-        layers.append(_strip_input_shape(serialize_layer(layer, shape)) if model._input is not None
-                      else serialize_layer(layer))
+        entry = serialize_layer(layer, _shape(inputs[i]) if i < len(inputs) else None)
+        layers.append(_strip_input_shape(entry) if model._input is not None else entry)
     config = {"name": model.name, "trainable": model.trainable, "dtype": model.dtype, "layers": layers}
     if model._input is not None:
         config["build_input_shape"] = _shape(model._input)
@@ -129,13 +134,13 @@ def _functional_config(model):
 def serialize_model(model, include_compile=True):
     """What ``to_json`` writes: ``{"module", "class_name", "config", "registered_name", "build_config",
     "compile_config"}`` as Keras 3 does."""
-    from .models import Sequential
+    from .models import Model, Sequential
     config = model.get_config()
-    if isinstance(model, Sequential) and type(model) is Sequential:
+    if type(model) is Sequential:
         out = {"module": "keras", "class_name": "Sequential", "config": config, "registered_name": None}
         if model._input is not None:
             out["build_config"] = {"input_shape": _shape(model._input)}
-    elif getattr(model, "_is_functional", False) and type(model).__name__ == "Model":
+    elif type(model) is Model and model._is_functional:
         out = {"module": "keras.src.models.functional", "class_name": "Functional", "config": config,
                "registered_name": "Functional", "build_config": {"input_shape": None}}
     else:
@@ -145,9 +150,27 @@ def serialize_model(model, include_compile=True):
         if getattr(model, "_build_input_shape", None) is not None:
             out["build_config"] = {"input_shape": _plain(model._build_input_shape)}
     if include_compile:
-        get_compile_config = getattr(model, "get_compile_config", None)
-        out["compile_config"] = (get_compile_config() or {}) if get_compile_config is not None else {}
+        out["compile_config"] = _compile_config(model)
     return out
+
+
+def _compile_config(model):
+    """Keras 3's record of the compile() arguments ({} when not compiled). Reading ignores it:
+    a model rebuilt from a config is not compiled (the seed's model_from_json)."""
+    if not getattr(model, "compiled", False):
+        return {}
+    from . import losses, optimizers
+    loss = model.compiled_loss
+    if type(loss) is losses.LossFunctionWrapper and isinstance(loss.name, str):
+        loss = loss.name   # compile(loss="mse") wraps the function; Keras writes the name given
+    elif loss is not None:
+        loss = {"module": "keras.losses", **losses.serialize(loss), "registered_name": None}
+    metrics = [m if isinstance(m, str) else getattr(m, "__name__", None) or serialize_keras_object(m)
+               for m in model.compiled_metrics]
+    return {"optimizer": {"module": "keras.optimizers", **optimizers.serialize(model.optimizer),
+                          "registered_name": None},
+            "loss": loss, "loss_weights": None, "metrics": metrics or None, "weighted_metrics": None,
+            "run_eagerly": model.run_eagerly, "steps_per_execution": 1, "jit_compile": False}
 
 
 def _plain(value):
@@ -186,12 +209,8 @@ def model_from_config(config, custom_objects=None):
         build_shape = (config.get("build_config") or {}).get("input_shape")
         if build_shape is not None and not model.built:
             model.build(_as_shape(build_shape))
+            model.built = True
     return model
-
-
-def deserialize_keras_object(config, custom_objects=None):
-    """keras.saving.deserialize_keras_object for layers and models."""
-    return model_from_config(config, custom_objects)
 
 
 def model_from_json(json_string, custom_objects=None):
@@ -202,10 +221,20 @@ def model_from_json(json_string, custom_objects=None):
     return model_from_config(config, custom_objects)
 
 
+def _yaml_loader():
+    import yaml
+
+    class ConfigLoader(yaml.SafeLoader):
+        """SafeLoader that also reads the !!python/tuple tags tf.keras 2's yaml.dump wrote."""
+    ConfigLoader.add_constructor("tag:yaml.org,2002:python/tuple",
+                                 lambda loader, node: loader.construct_sequence(node))
+    return ConfigLoader
+
+
 def model_from_yaml(yaml_string, custom_objects=None):
     import yaml
     try:
-        config = yaml.safe_load(yaml_string)
+        config = yaml.load(yaml_string, Loader=_yaml_loader())
     except yaml.YAMLError as e:
         raise ConfigError(f"model_from_yaml: the text is not valid YAML: {e}") from None
     return model_from_config(config, custom_objects)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 from ..errors import ConfigError
 from . import activations, constraints, initializers, regularizers
+from .layers.base import Layer
 
 # ---- registration and custom objects ----------------------------------------------------
 
@@ -67,7 +68,7 @@ def get_registered_object(name, custom_objects=None):
             return table[name]
     if name in _REGISTERED:
         return _REGISTERED[name]
-    short = [obj for key, obj in _REGISTERED.items() if key.split(">", 1)[1] == name]
+    short = [obj for key, obj in _REGISTERED.items() if key.rsplit(">", 1)[-1] == name]
     return short[0] if len(short) == 1 else None
 
 
@@ -76,8 +77,7 @@ def get_registered_object(name, custom_objects=None):
 def _builtin_layer_classes():
     from . import layers
     from .models import Model, Sequential
-    table = {name: obj for name, obj in vars(layers).items()
-             if inspect.isclass(obj) and issubclass(obj, layers.Layer)}
+    table = {name: obj for name, obj in vars(layers).items() if inspect.isclass(obj) and issubclass(obj, Layer)}
     # Keras 3 writes functional models as "Functional"; tf.keras 2.0-2.3 as "Model".
     table.update({"Sequential": Sequential, "Functional": Model, "Model": Model})
     return table
@@ -100,7 +100,6 @@ def _is_builtin(cls):
 
 def serialize_keras_object(obj):
     """Keras 3's form of any object: a built-in activation as its name, others as a dict."""
-    from .layers.base import Layer
     if obj is None or isinstance(obj, (str, int, float, bool)):
         return obj
     if isinstance(obj, Layer):
@@ -166,7 +165,6 @@ _INERT_KEYS = {
 
 def _constructor_keywords(cls):
     """The keyword arguments ``cls(...)`` takes, following ``**kwargs`` up the MRO to Layer."""
-    from .layers.base import Layer
     names = set()
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
@@ -231,7 +229,6 @@ def _normalize_value(key, value):
     if value["class_name"] == "DTypePolicy":
         return _dtype_name(value)
     cls = layer_class(value["class_name"], value.get("registered_name"))
-    from .layers.base import Layer
     if inspect.isclass(cls) and issubclass(cls, Layer):   # a wrapped layer (Bidirectional)
         return {**value, "config": normalize_layer_config(cls, value.get("config", {}))}
     user = get_registered_object(value.get("registered_name")) or get_registered_object(value["class_name"])
@@ -267,7 +264,6 @@ def unknown_classes(entry, where="the model", found=None):
             continue
         if isinstance(value, dict) and "class_name" in value:
             sub_cls = layer_class(value["class_name"], value.get("registered_name"))
-            from .layers.base import Layer
             if inspect.isclass(sub_cls) and issubclass(sub_cls, Layer):
                 unknown_classes(value, f"{key} of {here}", found)
             elif not _object_known(key, value):
@@ -330,3 +326,33 @@ def deserialize_layer(entry, custom_objects=None):
             raise ConfigError(f"cannot rebuild layer '{config.get('name')}' ({entry['class_name']}) from its "
                               f"config: {e}. A custom layer's get_config() must return every argument of "
                               "its __init__") from e
+
+
+def deserialize_keras_object(config, custom_objects=None):
+    """The object a ``serialize_keras_object`` form stands for (keras.saving.deserialize_keras_object):
+    layers and models (with their build_config), initializers, regularizers, constraints and functions."""
+    with custom_object_scope(custom_objects):
+        if config is None:
+            return None
+        if isinstance(config, str) or isinstance(config, dict) and config.get("class_name") == "function":
+            name = config if isinstance(config, str) else config.get("config")
+            fn = activations.ALL.get(name) or get_registered_object(name)
+            if fn is None:
+                raise ConfigError(f"unknown function {name!r}: pass it in custom_objects or register it with "
+                                  "@keras.saving.register_keras_serializable()")
+            return fn
+        if not isinstance(config, dict) or "class_name" not in config:
+            raise ConfigError(f"cannot deserialize {config!r}: expected a dict with 'class_name' and 'config'")
+        cls = layer_class(config["class_name"], config.get("registered_name"))
+        if inspect.isclass(cls) and issubclass(cls, Layer):
+            from .saving import model_from_config
+            return model_from_config(config)
+        value = _normalize_value("", config)
+        if not isinstance(value, dict):
+            return value   # a user object, already built from its config
+        family = _family("", value) or next(
+            (f for f in (initializers, regularizers, constraints) if value["class_name"] in f.ALL), None)
+        if family is None or value["class_name"] not in family.ALL:
+            raise ConfigError(f"unknown class {config['class_name']!r} (module {config.get('module')!r}): pass it "
+                              "in custom_objects or register it with @keras.saving.register_keras_serializable()")
+        return family.deserialize(value)

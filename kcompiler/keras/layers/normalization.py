@@ -1,7 +1,7 @@
 """BatchNormalization, as Keras 3 computes it: biased batch variance for both the
 output and the moving-variance update; a frozen layer (trainable=False) runs in
 inference mode."""
-from ...errors import ShapeError
+from ...errors import ShapeError, UnsupportedError
 from .. import backend, constraints, initializers, ops, regularizers
 from .base import InputSpec, Layer
 
@@ -83,5 +83,16 @@ class BatchNormalization(Layer):
                 "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
                 "beta_constraint": constraints.serialize(self.beta_constraint),
                 "gamma_constraint": constraints.serialize(self.gamma_constraint)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        axis = config.get("axis", -1)
+        if isinstance(axis, (list, tuple)):  # tf.keras 2 writes the axis as a list: [3]
+            if len(axis) != 1:
+                raise UnsupportedError(f"BatchNormalization '{config.get('name')}': normalising over several "
+                                       f"axes {list(axis)} is not supported")
+            config["axis"] = axis[0]
+        return cls(**config)
 
 
