@@ -87,10 +87,7 @@ class Model(Layer):
         self._single_input = not isinstance(inputs, (list, tuple))
         self._single_output = not isinstance(outputs, (list, tuple))
         records = collect_records(self.outputs)
-        layers = []
-        for rec in records:
-            if rec.layer is not None and all(rec.layer is not l for l in layers):
-                layers.append(rec.layer)
+        layers = _layers_by_depth(records, self.outputs)
         self._records = records
         self._layers = layers
         self.built = True
@@ -231,6 +228,44 @@ class Model(Layer):
     def to_yaml(self, **kwargs):
         from .saving import model_to_yaml
         return model_to_yaml(self, **kwargs)
+
+
+def _layers_by_depth(records, outputs):
+    """tf.keras's layer order: by depth (distance from the outputs, largest first), ties in the
+    order a depth-first walk from the outputs first finishes them."""
+    consumers = {id(r): [] for r in records}
+    by_tensor = {}
+    for r in records:
+        for t in flatten(r.outputs):
+            by_tensor[id(t)] = r
+    for r in records:
+        for t in r.input_tensors():
+            if id(t) in by_tensor:
+                consumers[id(by_tensor[id(t)])].append(r)
+    depth = {}
+    for r in reversed(records):  # creation order is topological
+        depth[id(r)] = max([depth[id(c)] + 1 for c in consumers[id(r)]], default=0)
+    index, seen = {}, set()
+
+    def visit(rec):
+        if rec is None or id(rec) in seen:
+            return
+        seen.add(id(rec))
+        for t in rec.input_tensors():
+            visit(getattr(t, "_keras_history", None))
+        if rec.layer is not None and id(rec.layer) not in index:
+            index[id(rec.layer)] = len(index)
+
+    for t in flatten(outputs):
+        visit(t._keras_history)
+    layer_depth, layers = {}, []
+    for r in records:
+        if r.layer is None:
+            continue
+        if id(r.layer) not in layer_depth:
+            layers.append(r.layer)
+        layer_depth[id(r.layer)] = max(layer_depth.get(id(r.layer), 0), depth[id(r)])
+    return sorted(layers, key=lambda l: (-layer_depth[id(l)], index.get(id(l), 0)))
 
 
 def _check_input_shape(model, expected, actual):

@@ -74,7 +74,7 @@ def test_functional_model_with_shared_layer_and_two_outputs():
     c = layers.Concatenate()([h, b])
     model = keras.Model(inputs=[a, b], outputs=[layers.Dense(2, name="out1")(c), layers.Dense(1, name="out2")(c)])
     assert model.name == "model"
-    assert [l.name for l in model.layers] == ["input_1", "input_2", "shared", "concatenate", "out1", "out2"]
+    assert [l.name for l in model.layers] == ["input_1", "shared", "input_2", "concatenate", "out1", "out2"]
     xa, xb = np.ones((2, 4), np.float32), np.ones((2, 3), np.float32)
     y1, y2 = model([xa, xb])
     sk, sb = shared.get_weights()
@@ -85,7 +85,7 @@ def test_functional_model_with_shared_layer_and_two_outputs():
     assert y2.shape == (2, 1)
     lines = []
     model.summary(print_fn=lines.append)
-    assert "shared (Dense)" in lines[8] and "input_1[0][0]" in lines[8]
+    assert "shared (Dense)" in lines[6] and "input_1[0][0]" in lines[6]
     program = kcompiler.compile(model)
     assert len(program.graph.graph["outputs"]) == 2
 
@@ -135,9 +135,12 @@ def test_subclassed_model_tracks_layers_traces_and_prints_multiple():
     y = model(np.ones((2, 4)))
     assert y.shape == (2, 1) and model.name == "two_path"
     assert len(model.weights) == 4 and model.count_params() == 4 * 5 + 5 + 6
-    inference = kcompiler.compile(model).graph
-    training = kcompiler.compile(model, training=True).graph
-    assert training.number_of_nodes() > inference.number_of_nodes()
+    inference = kcompiler.compile(model).stages["traced"]
+    model.compile(optimizer="sgd", loss="mse")
+    training = kcompiler.compile(model, training=True).stages["traced"]
+    assert any(training.nodes[n]["op"] == "mul" and training.nodes[n].get("layer") == "TwoPath 'two_path'"
+               for n in training.nodes)  # the training branch of call() was traced
+    assert not any(inference.nodes[n]["op"] == "mul" for n in inference.nodes)
     lines = []
     model.summary(print_fn=lines.append)
     assert lines[0] == 'Model: "two_path"'
@@ -206,3 +209,36 @@ def test_trainable_flag_moves_weights_to_non_trainable():
     lines = []
     model.summary(print_fn=lines.append)
     assert lines[-3:-1] == ["Trainable params: 3", "Non-trainable params: 8"]
+
+
+def test_functional_summary_matches_tf_keras_text_fixture():
+    from pathlib import Path
+    a, b = keras.Input((4,)), keras.Input((3,))
+    shared = layers.Dense(4, name="shared")
+    h2 = shared(shared(a))
+    c = layers.Concatenate()([h2, b])
+    model = keras.Model(inputs=[a, b], outputs=[layers.Dense(2, name="out1")(c), layers.Dense(1, name="out2")(c)])
+    lines = []
+    model.summary(print_fn=lines.append)
+    expected = (Path(__file__).parent.parent / "fixtures/keras/text/summary_functional.txt").read_text().splitlines()
+    assert [l.rstrip() for l in lines] == [l.rstrip() for l in expected]
+
+
+def test_subclassed_summary_matches_tf_keras_text_fixture():
+    from pathlib import Path
+
+    class MyModel(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense1 = layers.Dense(5, activation="relu")
+            self.dense2 = layers.Dense(1)
+
+        def call(self, inputs):
+            return self.dense2(self.dense1(inputs))
+
+    model = MyModel()
+    model(ops.ones((2, 4)))
+    lines = []
+    model.summary(print_fn=lines.append)
+    expected = (Path(__file__).parent.parent / "fixtures/keras/text/summary_subclassed.txt").read_text().splitlines()
+    assert [l.rstrip() for l in lines] == [l.rstrip() for l in expected]
