@@ -25,6 +25,9 @@ class Program:
         self._specialized = {}  # key -> (CompiledGraph, stages)
         self.stages = front_stages(model, training=training, batch_size=batch_size)
         self._compiled = None
+        self._input_specs = None
+        self._label_type_cache = None
+        self._ones = {}
         if batch_size is not None:
             self._compiled, self.stages = back_stages(self.stages, target=target, fuse=fuse)
             self._specialized[self._key(batch_size, self._label_type(self.stages["traced"]))] = \
@@ -39,7 +42,10 @@ class Program:
 
     @staticmethod
     def _key(batch_size, label_type):
-        return (batch_size, None if label_type is None else (label_type.shape[1:], label_type.dtype))
+        if label_type is None:
+            return (batch_size, None)
+        dtype = label_type.dtype
+        return (batch_size, tuple(label_type.shape[1:]), dtype.num if hasattr(dtype, "num") else np.dtype(dtype).num)
 
     @property
     def graph(self):
@@ -59,6 +65,9 @@ class Program:
 
     def _specialize(self, batch_size, label_type=None):
         key = self._key(batch_size, label_type)
+        hit = self._specialized.get(key)
+        if hit is not None:
+            return hit[0]
         if key not in self._specialized:
             stages = front_stages(self.model, training=self.training, batch_size=batch_size, label_type=label_type)
             self._specialized[key] = back_stages(stages, target=self.target, fuse=self.fuse)
@@ -68,17 +77,19 @@ class Program:
         return compiled
 
     def _input_arrays(self, x):
-        names = [name for name, _ in self.model.input_types()]
+        if self._input_specs is None:
+            self._input_specs = list(self.model.input_types())
         xs = list(x) if isinstance(x, (list, tuple)) else [x]
-        if len(xs) != len(names):
-            raise ShapeError(f"model '{self.model.name}' takes {len(names)} inputs, got {len(xs)}")
-        arrays = []
-        for (name, t), a in zip(self.model.input_types(), xs):
-            a = to_array(a, what=f"input {name!r}")
-            if t.dtype.startswith("int") and a.dtype.kind == "f":
-                a = a.astype(t.dtype)
-            arrays.append(a)
-        return dict(zip(names, arrays))
+        if len(xs) != len(self._input_specs):
+            raise ShapeError(f"model '{self.model.name}' takes {len(self._input_specs)} inputs, got {len(xs)}")
+        feeds = {}
+        for (name, t), a in zip(self._input_specs, xs):
+            if not (type(a) is np.ndarray and a.dtype == t.dtype):  # the common case needs no conversion
+                a = to_array(a, what=f"input {name!r}")
+                if t.dtype.startswith("int") and a.dtype.kind == "f":
+                    a = a.astype(t.dtype)
+            feeds[name] = a
+        return feeds
 
     # ---- inference ----------------------------------------------------------------------
 
@@ -111,23 +122,28 @@ class Program:
             raise KCompilerError("this Program was compiled for inference: compile with training=True")
         feeds = self._input_arrays(x)
         n = len(next(iter(feeds.values())))
-        y = to_array(y, what="labels")
-        expected = self._label_type(self.stages["traced"])
-        if y.dtype.kind == "f" and expected.dtype == "int32":
-            y = y.astype(np.int32)  # class ids given as floats, as Keras accepts them
+        if self._label_type_cache is None:
+            self._label_type_cache = self._label_type(self.stages["traced"])
+        expected = self._label_type_cache
+        if not (type(y) is np.ndarray and y.dtype == expected.dtype):
+            y = to_array(y, what="labels")
+            if y.dtype.kind == "f" and expected.dtype == "int32":
+                y = y.astype(np.int32)  # class ids given as floats, as Keras accepts them
         if len(y) != n:
             raise ShapeError(f"labels: {len(y)} samples for {n} inputs")
-        label_type = TensorType(y.shape, str(y.dtype))
-        compiled = self._specialize(n, label_type)
+        compiled = self._specialize(n, y)  # arrays have .shape and .dtype like a TensorType
         feeds["y"] = y
-        feeds["sample_weight"] = (np.ones(n, np.float32) if sample_weight is None
-                                  else to_array(sample_weight, dtype=np.float32).reshape(n))
+        if sample_weight is None:
+            if n not in self._ones:
+                self._ones[n] = np.ones(n, np.float32)
+            feeds["sample_weight"] = self._ones[n]
+        else:
+            feeds["sample_weight"] = to_array(sample_weight, dtype=np.float32).reshape(n)
         if "rng_step" in compiled.inputs:
-            feeds["rng_step"] = np.asarray(self.iterations, dtype=np.int64)
-        outs = compiled.run(feeds)
+            feeds["rng_step"] = self.iterations
+        outs = compiled.run(feeds, copy=False)
         self.iterations += 1
-        names = compiled.graph.graph.get("output_names", ["loss"])
-        return {name: float(v) for name, v in zip(names, outs)}
+        return {name: float(v) for name, v in zip(compiled.output_names, outs)}
 
     def __repr__(self):
         return f"<Program {self.model.name}: stages={list(self.stages)}, target={self.target}>"

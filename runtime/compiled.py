@@ -51,6 +51,8 @@ class CompiledGraph:
         self._entry = compiled_module.function("kc_entry", ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
         self._args = (ctypes.addressof(self.param_table), self.arena.ctypes.data)
         self.outputs = [self._view(o) for o in g.graph["outputs"]]
+        self.output_names = g.graph.get("output_names", [f"output_{i}" for i in range(len(self.outputs))])
+        self._staging = list(self.inputs.items())
 
     def _view(self, nid):
         plan = self.graph.graph["plan"]
@@ -63,15 +65,16 @@ class CompiledGraph:
         nbytes = int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
         return self.arena[where[1]:where[1] + nbytes].view(t.dtype).reshape(t.shape)
 
-    def run(self, feeds):
-        """One step: feeds maps input names to arrays; returns copies of the outputs."""
-        for name, buf in self.inputs.items():
+    def run(self, feeds, copy=True):
+        """One step: feeds maps input names to arrays; returns the outputs (copies, or with
+        copy=False views that the next run overwrites)."""
+        for name, buf in self._staging:
             value = feeds[name]
-            if np.shape(value) != buf.shape:
+            if value.shape != buf.shape if type(value) is np.ndarray else np.shape(value) != buf.shape:
                 raise KCompilerError(f"input {name!r}: expected shape {buf.shape}, got {np.shape(value)}")
-            np.copyto(buf, value, casting="unsafe")
+            buf[...] = value
         status = self._entry(*self._args)
         if status:
             raise KCompilerError(f"generated code reported error {status}: "
                                  f"{STATUS_MESSAGES.get(status, 'unknown error')}")
-        return [np.array(v) for v in self.outputs]
+        return [np.array(v) for v in self.outputs] if copy else self.outputs
