@@ -54,6 +54,16 @@ class CompiledGraph:
         self.output_names = g.graph.get("output_names", [f"output_{i}" for i in range(len(self.outputs))])
         self._staging = list(self.inputs.items())
 
+    def profile(self):
+        """[(kernel name, cycles)] summed over the runs so far, most expensive first; needs a
+        program compiled with KCOMPILER_PROFILE=1."""
+        try:
+            address = self.module.address("kc_profile_cycles")
+        except KeyError:
+            raise KCompilerError("compile with KCOMPILER_PROFILE=1 to profile kernels") from None
+        cycles = np.ctypeslib.as_array((ctypes.c_int64 * len(self.kernels)).from_address(address))
+        return sorted(zip((k.name for k in self.kernels), cycles.tolist()), key=lambda kv: -kv[1])
+
     def _view(self, nid):
         plan = self.graph.graph["plan"]
         t = self.graph.nodes[nid]["type"]

@@ -19,6 +19,8 @@ def lower_graph(g, *, fuse=True, stages=None):
     stages["fused"] = g
     g = plan_memory(g)
     stages["planned"] = g
-    text, kernels = generate(g, module_name=g.graph.get("name", "kcompiler"))
+    import os
+    profile = os.environ.get("KCOMPILER_PROFILE") == "1"
+    text, kernels = generate(g, module_name=g.graph.get("name", "kcompiler"), profile=profile)
     module = compile_ir(text, name=g.graph.get("name", "kcompiler"))
     return CompiledGraph(g, module, kernels), stages

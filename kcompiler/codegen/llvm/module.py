@@ -13,6 +13,7 @@ from ...errors import UnsupportedError
 from ...ir.graph import operands
 from ...ir.registry import get_op
 from . import kernels  # noqa: F401  (registers the kernel lowerings)
+from . import conv, pool  # noqa: F401
 from . import scalar  # noqa: F401  (registers the scalar lowerings)
 from .irutil import c64, i8p, i32, i64, void
 from .kernel import KernelBuilder, lower_elementwise, types_of
@@ -63,8 +64,10 @@ def _check_supported(g):
         raise UnsupportedError("cannot generate CPU code for:\n  " + "\n  ".join(problems))
 
 
-def generate(g, module_name="kcompiler"):
-    """Return (llvm_ir_text, [Kernel]) for planned graph ``g``."""
+def generate(g, module_name="kcompiler", profile=False):
+    """Return (llvm_ir_text, [Kernel]) for planned graph ``g``. With ``profile``, the entry
+    point also adds each kernel's cycle count (llvm.readcyclecounter) to the global
+    array ``kc_profile_cycles``."""
     _check_supported(g)
     plan = g.graph["plan"]
     module = ir.Module(name=module_name)
@@ -83,11 +86,11 @@ def generate(g, module_name="kcompiler"):
         kernel_fns.append((nid, fn))
         kernels_out.append(Kernel(name=name, source=str(fn), nodes=[nid], op=node["op"],
                                   fused=list(node.get("fused", []))))
-    _emit_entry(module, g, kernel_fns)
+    _emit_entry(module, g, kernel_fns, profile)
     return str(module), kernels_out
 
 
-def _emit_entry(module, g, kernel_fns):
+def _emit_entry(module, g, kernel_fns, profile=False):
     plan = g.graph["plan"]
     fn = ir.Function(module, ir.FunctionType(i32, [i8p.as_pointer(), i8p]), name="kc_entry")
     params, arena = fn.args
@@ -108,10 +111,18 @@ def _emit_entry(module, g, kernel_fns):
         cache[key] = p
         return p
 
-    for nid, kfn in kernel_fns:
+    if profile:
+        counters = ir.GlobalVariable(module, ir.ArrayType(i64, max(len(kernel_fns), 1)), name="kc_profile_cycles")
+        counters.initializer = ir.Constant(counters.type.pointee, None)
+        clock = ir.Function(module, ir.FunctionType(i64, []), name="llvm.readcyclecounter")
+    for index, (nid, kfn) in enumerate(kernel_fns):
         outs = [pointer((nid, k)) for k in range(len(types_of(g.nodes[nid]["type"])))]
         ins = [pointer(key) for key in _operand_keys(g, nid)]
+        start = b.call(clock, []) if profile else None
         b.call(kfn, outs + ins + [status])
+        if profile:
+            slot = b.gep(counters, [ir.Constant(i32, 0), ir.Constant(i32, index)], inbounds=True)
+            b.store(b.add(b.load(slot), b.sub(b.call(clock, []), start)), slot)
     memcpy = module.globals.get("llvm.memcpy.p0.p0.i64") or ir.Function(
         module, ir.FunctionType(void, [i8p, i8p, i64, ir.IntType(1)]), name="llvm.memcpy.p0.p0.i64")
     from ...passes.memory_plan import _nbytes
