@@ -6,7 +6,11 @@ from .variables import Variable
 from .tape import GradientTape
 from . import models_api as models
 from . import utils
-from . import losses, optimizers
+from . import losses, metrics, optimizers, saving
+from .losses import Loss
+from .metrics import Metric
+from .optimizers import Optimizer
 
 __all__ = ["GradientTape", "Sequential", "Model", "Input", "InputLayer", "Variable", "layers", "activations", "ops",
-           "initializers", "regularizers", "constraints", "backend", "models", "utils", "losses", "optimizers"]
+           "initializers", "regularizers", "constraints", "backend", "models", "utils", "losses", "metrics", "optimizers", "saving", "Loss",
+           "Metric", "Optimizer"]

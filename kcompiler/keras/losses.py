@@ -14,6 +14,8 @@ training step (its ``_keras_logits``); on concrete values the probabilities are 
 import inspect
 import warnings
 
+import numpy as np
+
 from ..errors import ShapeError
 from ..ir.types import fmt_shape
 from . import backend, ops
@@ -148,7 +150,12 @@ class Loss:
         out_mask = getattr(values, "_keras_mask", None)
         mask = in_mask if out_mask is None else (
             out_mask if in_mask is None else ops.logical_and(cast(in_mask, "bool"), cast(out_mask, "bool")))
-        return reduce_weighted_values(values, sample_weight, mask, self.reduction)
+        try:
+            return reduce_weighted_values(values, sample_weight, mask, self.reduction)
+        except ShapeError as e:
+            sw_shape = sample_weight.shape if hasattr(sample_weight, "shape") else np.shape(sample_weight)
+            raise ShapeError(f"{type(self).__name__}: sample_weight of shape {fmt_shape(sw_shape)} "
+                             f"does not fit the per-sample losses of shape {fmt_shape(values.shape)}: {e}") from None
 
     def call(self, y_true, y_pred):
         raise NotImplementedError(f"{type(self).__name__} must implement call(y_true, y_pred)")
@@ -381,16 +388,19 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
 
 def _wrapper_class(class_name, fn, default_name, arg_names=()):
     """A LossFunctionWrapper subclass with Keras's constructor: (*arg_names, reduction, name, dtype)."""
-    def __init__(self, *args, reduction="sum_over_batch_size", name=default_name, dtype=None, **kwargs):
-        params = dict(DEFAULTS[class_name])
-        if len(args) > len(arg_names):
-            raise TypeError(f"{class_name}() takes at most {len(arg_names)} positional arguments")
-        params.update(zip(arg_names, args))
+    order = tuple(arg_names) + ("reduction", "name", "dtype")
+
+    def __init__(self, *args, **kwargs):
+        if len(args) > len(order):
+            raise TypeError(f"{class_name}() takes at most {len(order)} positional arguments")
+        params = dict(DEFAULTS[class_name], reduction="sum_over_batch_size", name=default_name, dtype=None)
         unknown = set(kwargs) - set(params)
         if unknown:
             raise TypeError(f"{class_name}: unexpected keyword argument(s) {sorted(unknown)}")
+        params.update(zip(order, args))
         params.update(kwargs)
-        LossFunctionWrapper.__init__(self, fn, reduction=reduction, name=name, dtype=dtype, **params)
+        base = {k: params.pop(k) for k in ("reduction", "name", "dtype")}
+        LossFunctionWrapper.__init__(self, fn, **base, **params)
         for k, v in params.items():
             setattr(self, k, v)
 

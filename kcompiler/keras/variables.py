@@ -52,6 +52,12 @@ class Variable(KerasTensor):
                              f"to a variable of shape {self._value.shape}")
         self._value[...] = value  # in place: compiled programs hold this buffer's address
 
+    def __float__(self):
+        return float(self._value)
+
+    def __int__(self):
+        return int(self._value)
+
     def __array__(self, dtype=None, copy=None):
         return self._value if dtype is None else self._value.astype(dtype)
 

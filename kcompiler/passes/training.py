@@ -54,7 +54,7 @@ def trace_training(model, label_type=None):
         activity = b.g.graph.get("activity_losses", [])
         if activity:  # Keras divides activity penalties by the batch size (counted without a fill op,
             # whose shape would stay symbolic)
-            batch = ops.sum(ops.add(ops.multiply(sample_weight, 0.0), 1.0))
+            batch = ops.sum(ops.where(ops.equal(sample_weight, sample_weight), 1.0, 1.0))
             for nid in activity:
                 total = ops.add(total, ops.divide(SymbolicTensor(b, nid), batch))
         metric_values = [fn(y_true, y_pred) for _, fn in getattr(model, "compiled_metric_fns", [])]

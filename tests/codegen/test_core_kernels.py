@@ -114,3 +114,10 @@ def test_every_op_has_an_llvm_lowering_except_views_and_parameters():
     missing = sorted(n for n, op in all_ops().items() if n not in views and "llvm" not in op.lowerings)
     recurrent = {n for n in missing if n.split("_")[0] in ("simple", "lstm", "gru")}
     assert set(missing) - recurrent == set(), missing
+
+
+def test_argmax_of_integers():
+    b, _, outs = build_op_graph("argmax", [np.array([[3, 9, 2], [7, 1, 7]], np.int32)], {"axis": 1})
+    b.g.graph["outputs"] = outs
+    got = run_compiled(b.g, {"x0": np.array([[3, 9, 2], [7, 1, 7]], np.int32)})[0]
+    assert got.tolist() == [1, 0]

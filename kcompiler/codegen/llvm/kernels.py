@@ -78,6 +78,7 @@ for _kind in ("sum", "mean", "max", "min"):
 def _arg_extremum(better):
     def lower(k):
         b = k.b
+        dtype = k.in_types[0].dtype
         shape = k.in_types[0].shape
         axis = k.attrs["axis"] % len(shape)
         outer, n, inner = _num(shape[:axis]), shape[axis], _num(shape[axis + 1:])
@@ -87,10 +88,12 @@ def _arg_extremum(better):
             best_i = b.alloca(i64)
             best_v = b.alloca(x.type.pointee)
             b.store(c64(0), best_i)
-            b.store(load(b, x, base, "float32"), best_v)
+            b.store(load(b, x, base, dtype), best_v)
             with for_range(b, n, start=1, name="a") as a:
-                v = load(b, x, b.add(base, b.mul(a, c64(inner))), "float32")
-                with b.if_then(b.fcmp_ordered(better, v, b.load(best_v))):
+                v = load(b, x, b.add(base, b.mul(a, c64(inner))), dtype)
+                wins = (b.fcmp_ordered(better, v, b.load(best_v)) if dtype.startswith("float")
+                        else b.icmp_signed(better, v, b.load(best_v)))
+                with b.if_then(wins):
                     b.store(v, best_v)
                     b.store(a, best_i)
             store(b, b.trunc(b.load(best_i), ir.IntType(32)), out, b.add(b.mul(o, c64(inner)), j), "int32")

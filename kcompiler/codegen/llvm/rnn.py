@@ -1,0 +1,647 @@
+"""Kernels of the recurrent ops (simple_rnn, lstm, gru) and their gradients: one kernel
+runs the whole sequence, as cuDNN's RNN does.
+
+Forward: one GEMM projects the inputs of ALL timesteps (x viewed as (B*T, F) times the
+kernel, onto the input bias) into a workspace; then a loop over time does one small
+GEMM per step (h_{t-1} @ recurrent_kernel) and the gate math as loops over units.
+
+Gradient (``<op>_grad``): the forward loop runs again, keeping every step's gate
+pre-activations and states in a workspace (T x B x ...), then the loop walks the steps
+backwards: per step the element-wise gate derivatives and one GEMM for
+dh_{t-1} = dgates @ recurrent_kernel^T. The weight gradients are big GEMMs over all
+steps at the end: d_kernel = x^T @ dgates, d_recurrent_kernel = h_prev^T @ dgates,
+dx = dgates @ kernel^T.
+
+Samples never interact inside the loop, so the loops run in parts over batch rows, one
+part per core (each part does its rows' input projection, forward and backward sweep);
+only the weight gradients, which sum over samples, come after the parts have joined.
+
+Dropout masks are per sample and per gate (mask[g % D]): gate g's matmul sees x * mask,
+so with D = G the input projection is one GEMM per gate on its own masked copy of x,
+and the recurrent step one GEMM per gate on its masked copy of h ("sources" below).
+For GRU with reset_after=False the candidate's recurrent input is r * h (dropped), a
+source of its own, computed after z and r.
+
+Workspace (one malloc per call, freed before returning; sizes are static):
+  XP     (B*T, G*U)   input projection + input bias; the gradient reuses it for the
+                      input-side gate derivatives (row b*T + t)
+  A      (slots, B, GA) gate pre-activations per step (+ c_new for lstm, + the
+                      candidate's recurrent part for gru reset_after)
+  HS, CS ((T+1), B, U) states before each step (gradient only; forward keeps its
+                      state in the h_T/c_T outputs)
+  SRC    (slots, B, NS*U) masked copies of h each gate group multiplies
+  DR     (T, B, G*U)  recurrent-side gate derivatives (gradient)
+  XD     (B*T, F)     x times a dropout mask; XT (B*T, F) a second such buffer
+  TMP, CARRY (B, U)   per-step scratch; the previous output / its cotangent (masks)
+"""
+import llvmlite.ir as ir
+
+from ...ir.registry import lowering
+from ...ops.rnn import ACTIVATIONS, GATES, STATES, full_attrs, operand_names
+from . import threads
+from .irutil import c64, f32, for_range, get_function, i8, i8p, i32, i64, void
+from .scalar import UNARY_LLVM, ScalarEmitter
+from .support import declare_gemm
+from .target import vector_width_attrs
+
+# Below this many gate elements (T * B * G * U) the loops stay on the calling thread:
+# starting a helper thread costs ~10-20 us.
+PARALLEL_MIN_WORK = 1 << 15
+ALIGN_FLOATS = 16  # 64 bytes
+
+
+def _activation(name):
+    """(f, f') of an activation name as IR emitters ``fn(e, x)``."""
+    spec = ACTIVATIONS[name]
+    if spec is None:
+        return (lambda e, x: x), (lambda e, x: e.c(1, x))
+    f, df = UNARY_LLVM[spec[0]]
+    attrs = spec[1]
+    return (lambda e, x: f(e, x, **attrs)), (lambda e, x: df(e, x, **attrs))
+
+
+def _groups(keys):
+    """Runs of consecutive gates with the same key: [(first gate, count, key)]."""
+    out = []
+    for g, key in enumerate(keys):
+        if out and out[-1][2] == key:
+            out[-1] = (out[-1][0], out[-1][1] + 1, key)
+        else:
+            out.append((g, 1, key))
+    return out
+
+
+class Layout:
+    """Static facts of one recurrent node: sizes, optional operands, gate groups, workspace."""
+
+    def __init__(self, op, in_types, attrs, grad):
+        self.op, self.grad = op, grad
+        self.attrs = a = full_attrs(attrs)
+        names = operand_names(op, a)
+        self.operand_index = {n: i for i, n in enumerate(names)}
+        self.n_operands = len(names)
+        self.B, self.T, self.F = in_types[0].shape
+        self.U, self.G = a["units"], GATES[op]
+        self.GU = self.G * self.U
+        self.lstm, self.gru = op == "lstm", op == "gru"
+        self.gru_ra = self.gru and a["reset_after"]
+        self.gru_nra = self.gru and not a["reset_after"]
+        self.masked = a["masked"]
+        self.carry = self.masked and not a["zero_output_for_mask"]  # masked steps repeat the last output
+        self.D = in_types[self.operand_index["dropout_mask"]].shape[0] if a["dropout_mask"] else 0
+        self.D2 = (in_types[self.operand_index["recurrent_dropout_mask"]].shape[0]
+                   if a["recurrent_dropout_mask"] else 0)
+        self.act, self.dact = _activation(a["activation"])
+        self.ract, self.dract = _activation(a["recurrent_activation"])
+        U = self.U
+        # column of each gate's pre-activation in A (and of the extras)
+        if self.lstm:
+            self.GA, self.col_c_new = 5 * U, 4 * U      # i f c o | c_new
+        elif self.gru_ra:
+            self.GA, self.col_ah = 4 * U, 3 * U         # z r rh | ah (rh: the candidate's recurrent part)
+        else:
+            self.GA = self.GU
+        # Input side: gate g multiplies x * dropout_mask[g % D].
+        self.in_groups = _groups([g % self.D if self.D else None for g in range(self.G)])
+        # Recurrent side: the source of gate g is h * recurrent_mask[g % D2] (times r for the
+        # candidate of gru reset_after=False). (None, False) is h itself; others get a copy.
+        keys = [(g % self.D2 if self.D2 else None, self.gru_nra and g == 2) for g in range(self.G)]
+        self.rec_groups = _groups(keys)
+        copies = [k for k in dict.fromkeys(keys) if k != (None, False)]
+        self.src_slot = {k: i for i, k in enumerate(copies)}
+        self.NS = len(copies)
+        self.slots = self.T if grad else 1
+        work = self.T * self.B * self.GU
+        self.nparts = min(threads.default_nthreads(), self.B) if work >= PARALLEL_MIN_WORK else 1
+        self._plan_workspace()
+
+    def _plan_workspace(self):
+        B, T, F, U, GU = self.B, self.T, self.F, self.U, self.GU
+        sizes = {"XP": B * T * GU, "A": self.slots * B * self.GA, "SRC": self.slots * B * self.NS * U}
+        if self.D:
+            sizes["XD"] = B * T * F
+        if self.grad:
+            sizes.update(HS=(T + 1) * B * U, DR=T * B * GU, TMP=B * U)
+            if self.lstm:
+                sizes["CS"] = (T + 1) * B * U
+            if len(self.in_groups) > 1:
+                sizes["XT"] = B * T * F
+        if self.carry:
+            sizes["CARRY"] = B * U
+        self.offsets, total = {}, 0
+        for name, n in sizes.items():
+            self.offsets[name] = total
+            total += (n + ALIGN_FLOATS - 1) // ALIGN_FLOATS * ALIGN_FLOATS
+        self.ws_floats = total
+
+
+def _lin(b, *terms):
+    """An i64 index: the sum of ints, i64 values and (value, static coefficient) pairs."""
+    total, const = None, 0
+    for term in terms:
+        value, coeff = term if isinstance(term, tuple) else (term, 1)
+        if isinstance(value, int):
+            const += value * coeff
+            continue
+        if coeff == 0:
+            continue
+        v = value if coeff == 1 else b.mul(value, c64(coeff))
+        total = v if total is None else b.add(total, v)
+    if total is None:
+        return c64(const)
+    return total if const == 0 else b.add(total, c64(const))
+
+
+class Emitter:
+    """Emits one part of a recurrent kernel: rows [b0, b1) of the batch, with builder ``b``
+    and named buffer pointers ``p`` (operands, outputs and workspace regions)."""
+
+    def __init__(self, b, L, p, b0, b1):
+        self.b, self.L, self.p, self.b0, self.b1 = b, L, p, b0, b1
+        self.e = ScalarEmitter(b)
+        self.rows = b.sub(b1, b0) if not isinstance(b0, int) else c64(b1 - b0)
+
+    # -- memory
+    def at(self, name, *terms):
+        return self.b.gep(self.p[name], [_lin(self.b, *terms)], inbounds=True)
+
+    def ld(self, name, *terms):
+        return self.b.load(self.at(name, *terms))
+
+    def st(self, value, name, *terms):
+        self.b.store(value, self.at(name, *terms))
+
+    def gemm(self, ta, tb, M, N, K, A, lda, Bm, ldb, C, ldc, beta=0.0):
+        as64 = lambda v: c64(v) if isinstance(v, int) else v  # noqa: E731
+        self.b.call(declare_gemm(self.b.module), [
+            ir.Constant(i32, int(ta)), ir.Constant(i32, int(tb)), as64(M), as64(N), as64(K),
+            ir.Constant(f32, 1.0), A, as64(lda), Bm, as64(ldb), ir.Constant(f32, beta), C, as64(ldc)])
+
+    # -- loops
+    def for_range(self, stop, start=0, name="i"):
+        return for_range(self.b, stop, start=start, name=name)
+
+    def each_row(self, fn, name="b"):
+        with self.for_range(self.b1, self.b0, name=name) as bi:
+            fn(bi)
+
+    def each_unit(self, fn, t=None, name="u"):
+        """fn(bi, j, m) over this part's rows and all units; m is mask[b, t] (i1) or None."""
+        L, b = self.L, self.b
+
+        def row(bi):
+            m = None
+            if L.masked and t is not None:
+                m = b.icmp_unsigned("!=", self.ld("mask", (bi, L.T), t), ir.Constant(i8, 0))
+            with self.for_range(L.U, name=name) as j:
+                fn(bi, j, m)
+        self.each_row(row, name=name + "b")
+
+    def zero(self):
+        return ir.Constant(f32, 0.0)
+
+    def select(self, m, x, y):
+        return self.b.select(m, x, y)
+
+    def step_time(self, s):
+        """Input time index of processing step s."""
+        return self.b.sub(c64(self.L.T - 1), s) if self.L.attrs["go_backwards"] else s
+
+    def out_pos(self, s, t):
+        return t if self.L.attrs["output_in_time_order"] else s
+
+    def dropout(self, which, d, bi, j):
+        return self.ld(which, (d, self.L.B * (self.L.F if which == "dropout_mask" else self.L.U)),
+                       (bi, self.L.F if which == "dropout_mask" else self.L.U), j)
+
+    # -- the masked copies of x and h
+    def masked_x(self, dest, d):
+        """dest[b*T + t, f] = x[b, t, f] * dropout_mask[d, b, f] for this part's rows."""
+        L = self.L
+
+        def row(bi):
+            with self.for_range(L.T, name="xt") as t, self.for_range(L.F, name="xf") as f:
+                v = self.b.fmul(self.ld("x", (bi, L.T * L.F), (t, L.F), f), self.dropout("dropout_mask", d, bi, f))
+                self.st(v, dest, (bi, L.T * L.F), (t, L.F), f)
+        self.each_row(row, name="xb")
+
+    def source(self, key, slot):
+        """(buffer, offset, row stride) of the h a gate group multiplies at a state slot."""
+        L = self.L
+        if key == (None, False):
+            return self.state_view("h", slot)
+        k, ld = L.src_slot[key], L.NS * L.U
+        return "SRC", _lin(self.b, (slot, L.B * ld), k * L.U), ld
+
+    def state_view(self, which, slot):
+        """(buffer, offset, row stride) of state h/c before step ``slot``. The forward kernel
+        updates its state in place in the h_T/c_T outputs; the gradient keeps every step's."""
+        L = self.L
+        if not L.grad:
+            return ("hT" if which == "h" else "cT"), c64(0), L.U
+        return ("HS" if which == "h" else "CS"), _lin(self.b, (slot, L.B * L.U)), L.U
+
+    def view_at(self, view, bi, j):
+        name, off, ld = view
+        return self.at(name, off, (bi, ld), j)
+
+    def view_ptr(self, view, col=0):
+        """Pointer to this part's first row of a view, column ``col``."""
+        name, off, ld = view
+        return self.at(name, off, (self.b0, ld), col)
+
+    # -- forward ---------------------------------------------------------------------------
+    def input_projection(self):
+        """XP rows of this part = input bias + (x * mask) @ kernel, one GEMM per input group."""
+        L, b = self.L, self.b
+        bias_in = lambda c: self.ld("bias", c)  # noqa: E731  (gru reset_after: row 0 of bias)
+
+        def row(bi):
+            with self.for_range(L.T, name="pt") as t, self.for_range(L.GU, name="pc") as c:
+                self.st(bias_in(c), "XP", (bi, L.T * L.GU), (t, L.GU), c)
+        self.each_row(row, name="pb")
+        nrows = b.mul(self.rows, c64(L.T))
+        for g0, n, d in L.in_groups:
+            if d is None:
+                src = self.at("x", (self.b0, L.T * L.F))
+            else:
+                self.masked_x("XD", d)
+                src = self.at("XD", (self.b0, L.T * L.F))
+            self.gemm(False, False, nrows, n * L.U, L.F, src, L.F, self.at("kernel", g0 * L.U), L.GU,
+                      self.at("XP", (self.b0, L.T * L.GU), g0 * L.U), L.GU, beta=1.0)
+
+    def recurrent_gemms(self, slot, a_off, times_r):
+        """A[slot][:, gates] = source @ recurrent_kernel[:, gates] for the groups whose source
+        is (or is not, times_r=False) the candidate's r * h."""
+        L = self.L
+        for g0, n, key in L.rec_groups:
+            if key[1] != times_r:
+                continue
+            src = self.source(key, slot)
+            self.gemm(False, False, self.rows, n * L.U, L.U, self.view_ptr(src), src[2],
+                      self.at("recurrent_kernel", g0 * L.U), L.GU,
+                      self.at("A", a_off, (self.b0, L.GA), g0 * L.U), L.GA)
+
+    def copy_sources(self, slot, h_in):
+        """SRC[slot] = h * recurrent_mask[d] for every masked source (not the r * h one)."""
+        L = self.L
+        for key, k in L.src_slot.items():
+            d, times_r = key
+            if times_r:
+                continue
+
+            def body(bi, j, m, key=key):
+                v = self.b.load(self.view_at(h_in, bi, j))
+                v = self.b.fmul(v, self.dropout("recurrent_dropout_mask", d, bi, j))
+                self.b.store(v, self.view_at(self.source(key, slot), bi, j))
+            self.each_unit(body, name="src")
+
+    def forward_loop(self):
+        L, b, e = self.L, self.b, self.e
+        U = L.U
+        if L.carry:
+            self.each_unit(lambda bi, j, m: self.st(self.zero(), "CARRY", (bi, U), j), name="z")
+        # initial state
+        for which in STATES[L.op]:
+            view = self.state_view(which, c64(0))
+            self.each_unit(lambda bi, j, m, which=which, view=view: b.store(self.ld(f"{which}0", (bi, U), j),
+                                                                           self.view_at(view, bi, j)), name="init")
+        with self.for_range(L.T, name="s") as s:
+            t = self.step_time(s)
+            slot = s if L.grad else c64(0)
+            nxt = b.add(s, c64(1)) if L.grad else c64(0)
+            a_off = _lin(b, (slot, L.B * L.GA))
+            h_in, h_out = self.state_view("h", slot), self.state_view("h", nxt)
+            c_in, c_out = (self.state_view("c", slot), self.state_view("c", nxt)) if L.lstm else (None, None)
+            self.copy_sources(slot, h_in)
+            self.recurrent_gemms(slot, a_off, times_r=False)
+            xp = lambda bi, t, g, j: self.ld("XP", (bi, L.T * L.GU), (t, L.GU), g * U, j)  # noqa: E731
+            a_at = lambda bi, col, j: self.at("A", a_off, (bi, L.GA), col, j)  # noqa: E731
+
+            def finish(bi, j, m, h_new, c_new=None):
+                """Masked carry, state update and the output of one element."""
+                h_old = b.load(self.view_at(h_in, bi, j))
+                h_state = self.select(m, h_new, h_old) if m is not None else h_new
+                b.store(h_state, self.view_at(h_out, bi, j))
+                if c_new is not None:
+                    c_old = b.load(self.view_at(c_in, bi, j))
+                    b.store(self.select(m, c_new, c_old) if m is not None else c_new, self.view_at(c_out, bi, j))
+                if L.grad:
+                    return
+                out = h_new
+                if m is not None:
+                    out = self.select(m, h_new, self.ld("CARRY", (bi, U), j) if L.carry else self.zero())
+                    if L.carry:
+                        self.st(out, "CARRY", (bi, U), j)
+                self.st(out, "seq", (bi, L.T * U), (self.out_pos(s, t), U), j)
+
+            if L.op == "simple_rnn":
+                def body(bi, j, m):
+                    a = e.add(xp(bi, t, 0, j), b.load(a_at(bi, 0, j)))
+                    if L.grad:
+                        b.store(a, a_at(bi, 0, j))
+                    finish(bi, j, m, L.act(e, a))
+                self.each_unit(body, t)
+            elif L.lstm:
+                def body(bi, j, m):
+                    a = [e.add(xp(bi, t, g, j), b.load(a_at(bi, g * U, j))) for g in range(4)]
+                    if L.grad:
+                        for g in range(4):
+                            b.store(a[g], a_at(bi, g * U, j))
+                    i, f, cc, o = L.ract(e, a[0]), L.ract(e, a[1]), L.act(e, a[2]), L.ract(e, a[3])
+                    c_new = e.add(e.mul(f, b.load(self.view_at(c_in, bi, j))), e.mul(i, cc))
+                    if L.grad:
+                        b.store(c_new, a_at(bi, L.col_c_new, j))
+                    finish(bi, j, m, e.mul(o, L.act(e, c_new)), c_new)
+                self.each_unit(body, t)
+            elif L.gru_ra:
+                def body(bi, j, m):
+                    rz, rr, rh = (e.add(b.load(a_at(bi, g * U, j)), self.ld("bias", L.GU + g * U, j)) for g in range(3))
+                    az, ar = e.add(xp(bi, t, 0, j), rz), e.add(xp(bi, t, 1, j), rr)
+                    z, r = L.ract(e, az), L.ract(e, ar)
+                    ah = e.add(xp(bi, t, 2, j), e.mul(r, rh))
+                    if L.grad:
+                        for col, v in ((0, az), (U, ar), (2 * U, rh), (L.col_ah, ah)):
+                            b.store(v, a_at(bi, col, j))
+                    finish(bi, j, m, self._gru_state(z, b.load(self.view_at(h_in, bi, j)), L.act(e, ah)))
+                self.each_unit(body, t)
+            else:  # gru, reset_after=False: r gates the candidate's recurrent input
+                r_key = L.rec_groups[-1][2]
+                r_src = self.source(r_key, slot)
+
+                def gates_zr(bi, j, m):
+                    az, ar = (e.add(xp(bi, t, g, j), b.load(a_at(bi, g * U, j))) for g in range(2))
+                    b.store(az, a_at(bi, 0, j))
+                    b.store(ar, a_at(bi, U, j))
+                    h = b.load(self.view_at(h_in, bi, j))
+                    if r_key[0] is not None:
+                        h = e.mul(h, self.dropout("recurrent_dropout_mask", r_key[0], bi, j))
+                    b.store(e.mul(L.ract(e, ar), h), self.view_at(r_src, bi, j))
+                self.each_unit(gates_zr, name="zr")
+                self.recurrent_gemms(slot, a_off, times_r=True)
+
+                def candidate(bi, j, m):
+                    ah = e.add(xp(bi, t, 2, j), b.load(a_at(bi, 2 * U, j)))
+                    if L.grad:
+                        b.store(ah, a_at(bi, 2 * U, j))
+                    z = L.ract(e, b.load(a_at(bi, 0, j)))
+                    finish(bi, j, m, self._gru_state(z, b.load(self.view_at(h_in, bi, j)), L.act(e, ah)))
+                self.each_unit(candidate, t)
+
+    def _gru_state(self, z, h, hh):
+        e = self.e
+        return e.add(e.mul(z, h), e.mul(e.sub(e.c(1, z), z), hh))
+
+    # -- backward ----------------------------------------------------------------------------
+    def backward_loop(self):
+        """Backprop through time over this part's rows; leaves dh0/dc0 in the outputs, the
+        input-side gate derivatives in XP (rows b*T + t) and the recurrent-side ones in DR."""
+        L, b, e = self.L, self.b, self.e
+        U, GU = L.U, L.GU
+        # dH / dC live in the dh0 / dc0 outputs: the cotangent of the state after each step.
+        self.each_unit(lambda bi, j, m: self.st(self.ld("d_hT", (bi, U), j), "dh0", (bi, U), j), name="dh")
+        if L.lstm:
+            self.each_unit(lambda bi, j, m: self.st(self.ld("d_cT", (bi, U), j), "dc0", (bi, U), j), name="dc")
+        if L.carry:
+            self.each_unit(lambda bi, j, m: self.st(self.zero(), "CARRY", (bi, U), j), name="z")
+        with self.for_range(L.T, name="r") as i:
+            s = b.sub(c64(L.T - 1), i)
+            t = self.step_time(s)
+            a_off = _lin(b, (s, L.B * L.GA))
+            dr_off = _lin(b, (s, L.B * GU))
+            h_prev = self.state_view("h", s)
+            a_ld = lambda bi, col, j: self.ld("A", a_off, (bi, L.GA), col, j)  # noqa: E731
+
+            def incoming(bi, j, m):
+                """(d new h, d new c) entering this step's cell; what masked samples keep goes
+                straight into dh0/dc0 (the cell's contributions are added to it)."""
+                dh_old = self.ld("dh0", (bi, U), j)
+                d_out = self.ld("d_seq", (bi, L.T * U), (self.out_pos(s, t), U), j)
+                if L.carry:
+                    d_out = e.add(d_out, self.ld("CARRY", (bi, U), j))
+                dnh = e.add(dh_old, d_out)
+                dc_old = self.ld("dc0", (bi, U), j) if L.lstm else None
+                if m is None:
+                    return dnh, dc_old, self.zero(), self.zero()
+                if L.carry:
+                    self.st(self.select(m, self.zero(), d_out), "CARRY", (bi, U), j)
+                kept_h = self.select(m, self.zero(), dh_old)
+                kept_c = self.select(m, self.zero(), dc_old) if L.lstm else None
+                return (self.select(m, dnh, self.zero()), self.select(m, dc_old, self.zero()) if L.lstm else None,
+                        kept_h, kept_c)
+
+            def store_da(bi, j, g, dx_value, dr_value=None):
+                self.st(dx_value, "XP", (bi, L.T * GU), (t, GU), g * U, j)
+                self.st(dx_value if dr_value is None else dr_value, "DR", dr_off, (bi, GU), g * U, j)
+
+            if L.op == "simple_rnn":
+                def body(bi, j, m):
+                    dnh, _, kept_h, _ = incoming(bi, j, m)
+                    store_da(bi, j, 0, e.mul(dnh, L.dact(e, a_ld(bi, 0, j))))
+                    self.st(kept_h, "dh0", (bi, U), j)
+                self.each_unit(body, t)
+            elif L.lstm:
+                c_prev = self.state_view("c", s)
+
+                def body(bi, j, m):
+                    dnh, dnc, kept_h, kept_c = incoming(bi, j, m)
+                    a = [a_ld(bi, g * U, j) for g in range(4)]
+                    c_new = a_ld(bi, L.col_c_new, j)
+                    i, f, cc, o = L.ract(e, a[0]), L.ract(e, a[1]), L.act(e, a[2]), L.ract(e, a[3])
+                    do = e.mul(dnh, L.act(e, c_new))
+                    dc = e.add(dnc, e.mul(e.mul(dnh, o), L.dact(e, c_new)))
+                    store_da(bi, j, 0, e.mul(e.mul(dc, cc), L.dract(e, a[0])))
+                    store_da(bi, j, 1, e.mul(e.mul(dc, b.load(self.view_at(c_prev, bi, j))), L.dract(e, a[1])))
+                    store_da(bi, j, 2, e.mul(e.mul(dc, i), L.dact(e, a[2])))
+                    store_da(bi, j, 3, e.mul(do, L.dract(e, a[3])))
+                    dc_prev = e.mul(dc, f)
+                    self.st(dc_prev if m is None else e.add(dc_prev, kept_c), "dc0", (bi, U), j)
+                    self.st(kept_h, "dh0", (bi, U), j)
+                self.each_unit(body, t)
+            elif L.gru_ra:
+                def body(bi, j, m):
+                    dnh, _, kept_h, _ = incoming(bi, j, m)
+                    az, ar, rh, ah = (a_ld(bi, col, j) for col in (0, U, 2 * U, L.col_ah))
+                    h = b.load(self.view_at(h_prev, bi, j))
+                    z, r, hh = L.ract(e, az), L.ract(e, ar), L.act(e, ah)
+                    dah = e.mul(e.mul(dnh, e.sub(e.c(1, z), z)), L.dact(e, ah))
+                    dr = e.mul(dah, rh)
+                    store_da(bi, j, 0, e.mul(e.mul(dnh, e.sub(h, hh)), L.dract(e, az)))
+                    store_da(bi, j, 1, e.mul(dr, L.dract(e, ar)))
+                    store_da(bi, j, 2, dah, e.mul(dah, r))
+                    self.st(e.add(kept_h, e.mul(dnh, z)), "dh0", (bi, U), j)
+                self.each_unit(body, t)
+            else:
+                r_key = L.rec_groups[-1][2]
+
+                def zh(bi, j, m):
+                    dnh, _, kept_h, _ = incoming(bi, j, m)
+                    az, ah = a_ld(bi, 0, j), a_ld(bi, 2 * U, j)
+                    h = b.load(self.view_at(h_prev, bi, j))
+                    z, hh = L.ract(e, az), L.act(e, ah)
+                    store_da(bi, j, 0, e.mul(e.mul(dnh, e.sub(h, hh)), L.dract(e, az)))
+                    store_da(bi, j, 2, e.mul(e.mul(dnh, e.sub(e.c(1, z), z)), L.dact(e, ah)))
+                    self.st(e.add(kept_h, e.mul(dnh, z)), "dh0", (bi, U), j)
+                self.each_unit(zh, t, name="zh")
+                # d(r * h_dropped) = d ah @ U_h^T
+                self.gemm(False, True, self.rows, U, U, self.at("DR", dr_off, (self.b0, GU), 2 * U), GU,
+                          self.at("recurrent_kernel", 2 * U), GU, self.at("TMP", (self.b0, U)), U)
+
+                def reset(bi, j, m):
+                    ar = a_ld(bi, U, j)
+                    r = L.ract(e, ar)
+                    h = b.load(self.view_at(h_prev, bi, j))
+                    rm = r
+                    if r_key[0] is not None:
+                        mask = self.dropout("recurrent_dropout_mask", r_key[0], bi, j)
+                        h, rm = e.mul(h, mask), e.mul(r, mask)
+                    dhr = self.ld("TMP", (bi, U), j)
+                    store_da(bi, j, 1, e.mul(e.mul(dhr, h), L.dract(e, ar)))
+                    self.st(e.add(self.ld("dh0", (bi, U), j), e.mul(dhr, rm)), "dh0", (bi, U), j)
+                self.each_unit(reset, name="rs")
+            self.recurrent_backward_gemms(dr_off)
+
+    def recurrent_backward_gemms(self, dr_off):
+        """dh_prev += sum over gate groups of (dgates @ recurrent_kernel^T) * recurrent mask."""
+        L, b, e = self.L, self.b, self.e
+        U, GU = L.U, L.GU
+        for g0, n, (d, times_r) in L.rec_groups:
+            if times_r:
+                continue  # done with the candidate above
+            A = self.at("DR", dr_off, (self.b0, GU), g0 * U)
+            R = self.at("recurrent_kernel", g0 * U)
+            if d is None:
+                self.gemm(False, True, self.rows, U, n * U, A, GU, R, GU, self.at("dh0", (self.b0, U)), U, beta=1.0)
+                continue
+            self.gemm(False, True, self.rows, U, n * U, A, GU, R, GU, self.at("TMP", (self.b0, U)), U)
+
+            def add(bi, j, m, d=d):
+                v = e.mul(self.ld("TMP", (bi, U), j), self.dropout("recurrent_dropout_mask", d, bi, j))
+                self.st(e.add(self.ld("dh0", (bi, U), j), v), "dh0", (bi, U), j)
+            self.each_unit(add, name="rm")
+
+    def input_backward(self):
+        """dx rows of this part = sum over input groups of (dgates @ kernel^T) * dropout mask."""
+        L, b, e = self.L, self.b, self.e
+        F, GU = L.F, L.GU
+        nrows = b.mul(self.rows, c64(L.T))
+        for k, (g0, n, d) in enumerate(L.in_groups):
+            dest = "dx" if k == 0 else "XT"
+            self.gemm(False, True, nrows, F, n * L.U, self.at("XP", (self.b0, L.T * GU), g0 * L.U), GU,
+                      self.at("kernel", g0 * L.U), GU, self.at(dest, (self.b0, L.T * F)), F)
+            if d is None:
+                continue
+
+            def row(bi, dest=dest, d=d):
+                with self.for_range(L.T, name="dt") as t, self.for_range(F, name="df") as f:
+                    v = e.mul(self.ld(dest, (bi, L.T * F), (t, F), f), self.dropout("dropout_mask", d, bi, f))
+                    if dest != "dx":
+                        v = e.add(self.ld("dx", (bi, L.T * F), (t, F), f), v)
+                    self.st(v, "dx", (bi, L.T * F), (t, F), f)
+            self.each_row(row, name="db")
+
+
+# ---- kernel skeleton: workspace, parts, weight gradients -------------------------------------------
+
+def _buffer_names(L):
+    names = [n for n, _ in sorted(L.operand_index.items(), key=lambda kv: kv[1])]
+    if L.grad:
+        ins = names + ["d_seq", "d_hT"] + (["d_cT"] if L.lstm else [])
+        outs = ["dx", "d_kernel", "d_recurrent_kernel", "d_bias", "dh0"] + (["dc0"] if L.lstm else [])
+    else:
+        ins, outs = names, ["seq", "hT"] + (["cT"] if L.lstm else [])
+    return ins, outs
+
+
+def _workspace(k, L):
+    """malloc the workspace (64-byte aligned); returns (raw pointer, {region: float*})."""
+    b = k.b
+    raw = b.call(get_function(k.module, "malloc", i8p, [i64]), [c64(L.ws_floats * 4 + 64)])
+    with b.if_then(b.icmp_unsigned("==", b.ptrtoint(raw, i64), c64(0)), likely=False):
+        b.call(get_function(k.module, "llvm.trap", void, []), [])  # out of memory, as the SGEMM does
+        b.unreachable()
+    base = b.inttoptr(b.and_(b.add(b.ptrtoint(raw, i64), c64(63)), c64(~63)), f32.as_pointer())
+    return raw, {name: b.gep(base, [c64(off)], inbounds=True) for name, off in L.offsets.items()}
+
+
+def _run_parts(k, L, pointers, body):
+    """Call ``body(emitter)`` for the batch rows of each part, in parallel when L.nparts > 1."""
+    names = list(pointers)
+    ctx_t = ir.LiteralStructType([pointers[n].type for n in names])
+    fn = ir.Function(k.module, threads.PART_FN_TYPE, name=f"{k.function.name}.part")
+    fn.linkage = "internal"
+    vector_width_attrs(fn)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    rec = b.bitcast(fn.args[0], ctx_t.as_pointer())
+    zero = ir.Constant(i32, 0)
+    p = {n: b.load(b.gep(rec, [zero, ir.Constant(i32, j)], inbounds=True)) for j, n in enumerate(names)}
+    part, nparts = fn.args[1], fn.args[2]
+    b0 = b.sdiv(b.mul(part, c64(L.B)), nparts)
+    b1 = b.sdiv(b.mul(b.add(part, c64(1)), c64(L.B)), nparts)
+    body(Emitter(b, L, p, b0, b1))
+    b.ret_void()
+
+    kb = k.b
+    ctx = kb.alloca(ctx_t)
+    for j, n in enumerate(names):
+        kb.store(pointers[n], kb.gep(ctx, [zero, ir.Constant(i32, j)], inbounds=True))
+    if L.nparts > 1:
+        threads.emit_parallel_call(kb, fn, ctx, L.nparts)
+    else:
+        kb.call(fn, [kb.bitcast(ctx, i8p), c64(0), c64(1)])
+
+
+def _weight_gradients(k, L, p):
+    """d_kernel, d_recurrent_kernel, d_bias: sums over every sample and step, once the parts are done."""
+    em = Emitter(k.b, L, p, 0, L.B)
+    b, e = k.b, em.e
+    U, GU, F = L.U, L.GU, L.F
+    for g0, n, d in L.in_groups:
+        src = "x"
+        if d is not None:
+            if len(L.in_groups) > 1:  # XD holds the last gate's masked x: remake it for this gate
+                em.masked_x("XD", d)
+            src = "XD"
+        em.gemm(True, False, F, n * U, L.B * L.T, em.at(src, 0), F, em.at("XP", g0 * U), GU,
+                em.at("d_kernel", g0 * U), GU)
+    for g0, n, key in L.rec_groups:
+        if key == (None, False):
+            A, lda = em.at("HS", 0), U
+        else:
+            A, lda = em.at("SRC", L.src_slot[key] * U), L.NS * U
+        em.gemm(True, False, U, n * U, L.T * L.B, A, lda, em.at("DR", g0 * U), GU,
+                em.at("d_recurrent_kernel", g0 * U), GU)
+    n_bias = 2 * GU if L.gru_ra else GU
+    with em.for_range(n_bias, name="bz") as c:
+        em.st(em.zero(), "d_bias", c)
+    for source, rows, offset in [("XP", L.B * L.T, 0)] + ([("DR", L.T * L.B, GU)] if L.gru_ra else []):
+        with em.for_range(rows, name="br") as r, em.for_range(GU, name="bc") as c:
+            v = e.add(em.ld("d_bias", offset, c), em.ld(source, (r, GU), c))
+            em.st(v, "d_bias", offset, c)
+
+
+def _lower(op, grad):
+    def lower(k):
+        L = Layout(op, k.in_types, k.attrs, grad)
+        ins, outs = _buffer_names(L)
+        pointers = dict(zip(outs, k.outputs))
+        pointers.update(zip(ins, k.inputs))
+        raw, regions = _workspace(k, L)
+        pointers.update(regions)
+
+        def part(em):
+            em.input_projection()
+            em.forward_loop()
+            if grad:
+                em.backward_loop()
+                em.input_backward()
+        _run_parts(k, L, pointers, part)
+        if grad:
+            _weight_gradients(k, L, pointers)
+        k.b.call(get_function(k.module, "free", void, [i8p]), [raw])
+    return lower
+
+
+for _op in GATES:
+    lowering("llvm", _op)(_lower(_op, grad=False))
+    lowering("llvm", f"{_op}_grad")(_lower(_op, grad=True))
