@@ -11,7 +11,8 @@ import numpy as np
 
 from kcompiler.errors import KCompilerError
 
-STATUS_MESSAGES = {1: "an index (Embedding input or label) is outside its valid range"}
+STATUS_MESSAGES = {1: "an index (Embedding input or label) is outside its valid range",
+                   2: "a kernel indexed outside a buffer (caught by the bounds-checked build)"}
 
 
 def _aligned_empty(nbytes, align=64):

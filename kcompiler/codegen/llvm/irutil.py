@@ -106,12 +106,51 @@ def intrinsic(b, name, ret, args):
     return b.call(fn, args)
 
 
+# Bounds-checked builds (KCOMPILER_BOUNDS_CHECK=1): kernels register each buffer pointer
+# with its element count and the kernel's status word; every load/store through these
+# helpers then checks its index, reports STATUS_OUT_OF_BOUNDS and skips the access.
+STATUS_OUT_OF_BOUNDS = 2
+_checked = {}  # id(pointer value) -> (pointer, element count, status pointer)
+
+
+def bounds_checking():
+    import os
+    return os.environ.get("KCOMPILER_BOUNDS_CHECK") == "1"
+
+
+def register_buffer(ptr, count, status):
+    _checked[id(ptr)] = (ptr, int(count), status)
+
+
+def _guarded(b, ptr, index, access):
+    entry = _checked.get(id(ptr))
+    if entry is None or entry[0] is not ptr:
+        return access()
+    _, count, status = entry
+    inside = b.and_(b.icmp_signed(">=", index, c64(0)), b.icmp_signed("<", index, c64(count)))
+    result = None
+    with b.if_else(inside) as (then, otherwise):
+        with then:
+            result = access()
+            then_block = b.block
+        with otherwise:
+            b.store(ir.Constant(i32, STATUS_OUT_OF_BOUNDS), status)
+            else_block = b.block
+    if result is not None and not isinstance(result.type, ir.VoidType):
+        phi = b.phi(result.type)
+        phi.add_incoming(result, then_block)
+        zero = 0.0 if isinstance(result.type, (ir.FloatType, ir.DoubleType)) else 0
+        phi.add_incoming(ir.Constant(result.type, zero), else_block)
+        return phi
+    return None
+
+
 def load(b, ptr, index, dtype):
-    v = b.load(b.gep(ptr, [index], inbounds=True))
+    v = _guarded(b, ptr, index, lambda: b.load(b.gep(ptr, [index], inbounds=True)))
     return b.trunc(v, i1) if dtype == "bool" else v
 
 
 def store(b, value, ptr, index, dtype):
     if dtype == "bool":
         value = b.zext(value, i8)
-    b.store(value, b.gep(ptr, [index], inbounds=True))
+    _guarded(b, ptr, index, lambda: b.store(value, b.gep(ptr, [index], inbounds=True)))

@@ -10,8 +10,9 @@ evaluating their scalar lowerings; every other op registers a kernel lowering
 import llvmlite.ir as ir
 
 from ...ir.registry import get_op
-from .irutil import (MEM_TYPE, broadcast_strides, c64, const, contiguous_strides, for_range, i8p, i32, linear_index,
-                     load, store, void)
+from ...ir.types import num_elements
+from .irutil import (MEM_TYPE, bounds_checking, broadcast_strides, c64, const, contiguous_strides, for_range, i8p, i32,
+                     linear_index, load, register_buffer, store, void)
 from .scalar import ScalarEmitter
 
 # Status codes a kernel may report (the runtime turns them into exceptions).
@@ -43,6 +44,9 @@ class KernelBuilder:
         self.outputs = [self.b.bitcast(a, MEM_TYPE[t.dtype].as_pointer()) for a, t in zip(args[:n_out], self.out_types)]
         self.inputs = [self.b.bitcast(a, MEM_TYPE[t.dtype].as_pointer()) for a, t in zip(args[n_out:n_out + n_in], in_types)]
         self.status = args[-1]
+        if bounds_checking():
+            for ptr, t in zip(self.outputs + self.inputs, self.out_types + list(in_types)):
+                register_buffer(ptr, num_elements(t.shape), self.status)
         self.inline_constants = inline_constants or {}  # operand index -> scalar value known at compile time
 
     def finish(self):
