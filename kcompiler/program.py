@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import KCompilerError, ShapeError
 from .ir.printer import dump as dump_graph
-from .ir.types import TensorType
+from .ir.types import TensorType, fmt_shape
 from .keras.tensor import to_array
 from .passes.pipeline import back_stages, front_stages
 
@@ -88,6 +88,10 @@ class Program:
                 a = to_array(a, what=f"input {name!r}")
                 if t.dtype.startswith("int") and a.dtype.kind == "f":
                     a = a.astype(t.dtype)
+            if a.shape[1:] != t.shape[1:] and (len(a.shape) != len(t.shape) or any(
+                    d is not None and d != e for d, e in zip(t.shape[1:], a.shape[1:]))):
+                raise ShapeError(f"model '{self.model.name}' expects input {name!r} of shape {fmt_shape(t.shape)}, "
+                                 f"got {fmt_shape(a.shape)}")
             feeds[name] = a
         return feeds
 

@@ -38,7 +38,9 @@ def trace_training(model, label_type=None):
     if len(outputs) != 1:
         raise NotImplementedError(f"model '{model.name}': training models with several outputs is not supported yet")
     y_pred = outputs[0]
-    label_type = label_type or default_label_type(model, compiled, y_pred.type)
+    if label_type is None:
+        label_type = default_label_type(model, compiled, y_pred.type)
+    label_type = TensorType(tuple(label_type.shape), str(label_type.dtype))
     y_true = SymbolicTensor(b, b.input("y", TensorType((None,) + tuple(label_type.shape[1:]), label_type.dtype)))
     sample_weight = SymbolicTensor(b, b.input("sample_weight", TensorType((None,), "float32")))
     with backend.tracing(b):
