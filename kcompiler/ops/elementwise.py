@@ -30,10 +30,15 @@ def _float_unary(name):
     return rule
 
 
+# relu'(x) = [x > 0] = [relu(x) > 0]: the gradient can read the output instead of the input,
+# so the producer of x (a bias_add) has one consumer and fuses with the relu.
+READS_OUTPUT = ("relu",)
+
+
 def _unary_vjp(name):
     def vjp(b, nid, dy):
         (x,) = b.operands(nid)
-        return [b.add(f"{name}_grad", (x, dy), b.attrs(nid))]
+        return [b.add(f"{name}_grad", (nid if name in READS_OUTPUT else x, dy), b.attrs(nid))]
     return vjp
 
 
