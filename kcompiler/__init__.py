@@ -31,6 +31,12 @@ def compile(model, *, target="cpu", fuse=True, training=False, batch_size=None):
     return Program(model, target=target, fuse=fuse, training=training, batch_size=batch_size)
 
 
+def benchmark(model, x, y=None, modes=("unfused", "fused"), steps=20):
+    """Per-mode step time, kernel count and bytes moved: fused against unfused code."""
+    from .bench import benchmark as run
+    return run(model, x, y, modes=modes, steps=steps)
+
+
 def dump_ir(model, fmt="text", stage=None, **compile_kwargs):
     """The IR of ``model`` at ``stage`` (None = the last stage that exists) as text, json or dot."""
     return compile(model, **compile_kwargs).dump(fmt, stage)

@@ -1,4 +1,7 @@
-"""The kcompiler command line: `kcompiler ir MODEL [--format text|json|dot] [--stage NAME]`.
+"""The kcompiler command line:
+
+    kcompiler ir MODEL [--format text|json|dot] [--stage NAME] [--batch-size N]
+    kcompiler bench MODEL [--unfused] [--fused] [--batch-size N] [--steps N]
 
 MODEL is `module:function` returning a model (Keras files come with the saving issue)."""
 import argparse
@@ -30,10 +33,27 @@ def main(argv=None):
     ir.add_argument("--format", default="text", choices=("text", "json", "dot"))
     ir.add_argument("--stage", default=None, help="traced, shaped, ... (default: the last)")
     ir.add_argument("--batch-size", type=int, default=None)
+    bench = sub.add_parser("bench", help="time fused against unfused kernels")
+    bench.add_argument("model", help="module:function returning a model")
+    bench.add_argument("--unfused", action="store_true")
+    bench.add_argument("--fused", action="store_true")
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--steps", type=int, default=20)
     args = parser.parse_args(argv)
     if args.command == "ir":
         model = load_model(args.model)
         sys.stdout.write(kcompiler.dump_ir(model, fmt=args.format, stage=args.stage, batch_size=args.batch_size))
+    elif args.command == "bench":
+        import numpy as np
+        from kcompiler.bench import format_results
+        model = load_model(args.model)
+        modes = [m for m, on in (("unfused", args.unfused), ("fused", args.fused)) if on] or ["unfused", "fused"]
+        rng = np.random.default_rng(0)
+        xs = [rng.standard_normal((args.batch_size,) + t.shape[1:]).astype(t.dtype) if t.dtype.startswith("float")
+              else rng.integers(0, 2, (args.batch_size,) + t.shape[1:]).astype(t.dtype)
+              for _, t in model.input_types()]
+        results = kcompiler.benchmark(model, xs if len(xs) > 1 else xs[0], modes=modes, steps=args.steps)
+        print(format_results(results))
     return 0
 
 

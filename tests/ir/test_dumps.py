@@ -70,3 +70,15 @@ def test_cli_prints_the_ir(capsys):
     backend.clear_session()
     assert cli_main(["ir", "examples.seed_models:tiny_mlp", "--stage", "traced"]) == 0
     assert "matmul" in capsys.readouterr().out
+
+
+def test_benchmark_compares_fused_and_unfused(capsys):
+    import numpy as np
+    backend.clear_session()
+    model = seed_models.tiny_mlp()
+    results = kcompiler.benchmark(model, np.ones((8, 4), np.float32), steps=2)
+    assert set(results) == {"unfused", "fused"}
+    assert results["fused"]["kernels"] <= results["unfused"]["kernels"]
+    assert results["fused"]["bytes_moved"] <= results["unfused"]["bytes_moved"]
+    assert cli_main(["bench", "examples.seed_models:tiny_mlp", "--steps", "2", "--batch-size", "4"]) == 0
+    assert "unfused" in capsys.readouterr().out
