@@ -26,7 +26,8 @@ def compile_model(model, optimizer="rmsprop", loss=None, metrics=None, run_eager
     model.compiled_loss = losses_mod.resolve_loss(loss) if loss is not None else None
     resolved = [metrics_mod.resolve_metric(m, model.compiled_loss) for m in (metrics or [])]
     model.compiled_metric_fns = [(m.name, batch_metric_fn(m)) for m in resolved]
-    model.compiled_metrics = resolved
+    model.compiled_metric_objects = resolved
+    model.compiled_metrics = list(metrics or [])  # as given: what compile_config records
     model.run_eagerly = bool(run_eagerly)
     model.compile_target = target
     model.compile_fuse = fuse

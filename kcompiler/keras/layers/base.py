@@ -285,14 +285,21 @@ class Layer:
             mask = map_structure(lambda x: getattr(x, "_keras_mask", None), inputs)
             mask = None if all(m is None for m in flatten(mask)) else mask
         training = bool(kwargs.pop("training", False))
-        if any(_is_tensorlike(v) for v in list(kwargs.values()) + list(rest)):
-            raise NotImplementedError(f"{self._describe()}: eager calls take tensors only as the first argument "
-                                      "(and mask=)")
+        # Tensors passed beyond the first argument (initial_state=..., extra positional inputs)
+        # become graph inputs too, named e0, e1, ...
+        extra_names = [k for k, v in kwargs.items() if _is_tensorlike(v) or (
+            isinstance(v, (list, tuple)) and v and all(_is_tensorlike(t) for t in v))]
+        extra = {k: map_structure(lambda t: to_array(t, what=f"{self._describe()} {k}"), kwargs.pop(k))
+                 for k in extra_names}
+        if any(_is_tensorlike(v) for v in rest):
+            extra["__rest__"] = [map_structure(to_array, v) for v in rest]
+            rest = ()
+        flat_extra = flatten(list(extra.values()))
         flat_arrays = flatten(arrays)
         flat_masks = [] if mask is None else [None if m is None else to_array(m) for m in flatten(mask)]
         key = (tuple((a.shape, str(a.dtype)) for a in flat_arrays),
                tuple(None if m is None else m.shape for m in flat_masks), training, repr(sorted(kwargs.items())),
-               repr(rest))
+               repr(rest), tuple(extra), tuple((a.shape, str(a.dtype)) for a in flat_extra))
         entry = self._eager_graphs.get(key)
         if entry is None:
             b = backend.new_trace_builder(name=self.name, training=training)
@@ -310,7 +317,12 @@ class Layer:
             call_kwargs["training"] = training
             if not self._call_accepts("training"):
                 call_kwargs.pop("training")
-            outputs = self._call_symbolic(sym, rest, call_kwargs)
+            ei = iter(range(len(flat_extra)))
+            sym_extra = {k: map_structure(lambda a: SymbolicTensor(b, b.input(f"e{next(ei)}", TensorType(
+                a.shape, str(a.dtype)))), v) for k, v in extra.items()}
+            call_rest = tuple(sym_extra.pop("__rest__", rest))
+            call_kwargs.update(sym_extra)
+            outputs = self._call_symbolic(sym, call_rest, call_kwargs)
             flat_out = flatten(outputs)
             out_masks = [getattr(o, "_keras_mask", None) for o in flat_out]
             b.g.graph["outputs"] = [o.node for o in flat_out] + [m.node for m in out_masks if m is not None]
@@ -319,6 +331,7 @@ class Layer:
         g, outputs, out_masks = entry
         feeds = {f"x{i}": a for i, a in enumerate(flat_arrays)}
         feeds.update({f"mask{i}": m for i, m in enumerate(flat_masks) if m is not None})
+        feeds.update({f"e{i}": a for i, a in enumerate(flat_extra)})
         if "rng_step" in g.graph:
             from ...runtime.executor import next_step
             feeds["rng_step"] = next_step()
