@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import KCompilerError, ShapeError
 from .ir.printer import dump as dump_graph
-from .ir.types import TensorType, fmt_shape
+from .ir.types import fmt_shape
 from .keras.tensor import to_array
 from .passes.pipeline import back_stages, front_stages
 

@@ -5,7 +5,6 @@ called on symbolic inputs (``trace_model`` in passes/trace.py). Sequential calls
 layers in order; a functional Model replays the layer calls recorded when it was
 built; a subclassed Model runs the user's ``call``.
 """
-import numpy as np
 
 from ..errors import ShapeError
 from ..ir.types import TensorType, fmt_shape

@@ -18,8 +18,12 @@ one per core; each part runs its own chunks with a single-threaded SGEMM, so
 im2col/col2im run in parallel too. backward_input splits at image boundaries
 (the dx regions of two images are disjoint, so the scatter-adds of two parts
 never collide); backward_kernel gives every part its own dK accumulator and sums
-them after the join. Small ops run as one part and let the module's
-multi-threaded SGEMM decide about each chunk's product.
+them after the join. Small ops run as one part and let the support library's
+multi-threaded SGEMM decide about each chunk's product. The single-threaded SGEMM
+the parts call is compiled once per process, like the support library.
+
+Element accesses (im2col, col2im, zeroing) go through irutil's load/store, so a
+bounds-checked build checks them, scratch slices included.
 
 A 1x1 kernel with stride 1 and no padding needs no im2col: x is its own column
 matrix, and each op is one GEMM.
@@ -32,8 +36,9 @@ import llvmlite.ir as ir
 from ...ir.registry import lowering
 from ...ops.conv import output_size, same_padding, window_attrs
 from . import threads
-from .gemm import emit_gemm
-from .irutil import c64, f32, for_range, get_function, i8p, i32, i64, void
+from .irutil import (bounds_checking, c64, f32, for_range, get_function, i8p, i32, i64, load, register_buffer, store,
+                     void)
+from .support import declare_serial_gemm
 from .target import vector_width_attrs
 
 # Floats of the column matrix one chunk may hold (512 KiB: half the L2 of a core
@@ -45,7 +50,6 @@ MIN_CHUNK_ROWS = 96
 # Below this many multiply-adds an op stays on one part (starting a thread costs
 # ~20 us; this is ~100 us of work on one core).
 PARALLEL_MIN_MACS = 1 << 22
-SERIAL_GEMM = "kc_sgemm_1t"
 
 fptr = f32.as_pointer()
 
@@ -105,44 +109,53 @@ def conv_geometry(op, x_shape, kernel_shape, attrs):
 
 # ---- small IR helpers ----------------------------------------------------------------------------
 
-def _v(x):
+def as_i64(x):
     return c64(x) if isinstance(x, int) else x
 
 
-def _min(b, x, y):
-    x, y = _v(x), _v(y)
+def smin(b, x, y):
+    x, y = as_i64(x), as_i64(y)
     return b.select(b.icmp_signed("<", x, y), x, y)
 
 
-def _max(b, x, y):
-    x, y = _v(x), _v(y)
+def smax(b, x, y):
+    x, y = as_i64(x), as_i64(y)
     return b.select(b.icmp_signed(">", x, y), x, y)
 
 
 def at(b, ptr, index):
-    return b.gep(ptr, [_v(index)], inbounds=True)
+    return b.gep(ptr, [as_i64(index)], inbounds=True)
+
+
+# Element accesses go through irutil's load/store, so a bounds-checked build
+# (KCOMPILER_BOUNDS_CHECK=1) checks them; the GEMM's own accesses are not checked.
+def load_f32(b, ptr, index):
+    return load(b, ptr, as_i64(index), "float32")
+
+
+def store_f32(b, value, ptr, index):
+    store(b, value, ptr, as_i64(index), "float32")
 
 
 def fill_zero(b, ptr, start, stop, name="zero"):
-    with for_range(b, _v(stop), start=_v(start), name=name) as e:
-        b.store(ir.Constant(f32, 0.0), at(b, ptr, e))
+    with for_range(b, as_i64(stop), start=as_i64(start), name=name) as e:
+        store_f32(b, ir.Constant(f32, 0.0), ptr, e)
 
 
 def add_into(b, dst, src, n, name="acc"):
     """dst[e] += src[e] for e < n."""
-    with for_range(b, _v(n), name=name) as e:
-        p = at(b, dst, e)
-        b.store(b.fadd(b.load(p), b.load(at(b, src, e))), p)
+    with for_range(b, as_i64(n), name=name) as e:
+        store_f32(b, b.fadd(load_f32(b, dst, e), load_f32(b, src, e)), dst, e)
 
 
 def call_gemm(b, fn, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, beta=0.0):
-    b.call(fn, [ir.Constant(i32, int(trans_a)), ir.Constant(i32, int(trans_b)), _v(M), _v(N), _v(K),
-                ir.Constant(f32, 1.0), A, _v(lda), B, _v(ldb), ir.Constant(f32, beta), C, _v(ldc)])
+    b.call(fn, [ir.Constant(i32, int(trans_a)), ir.Constant(i32, int(trans_b)), as_i64(M), as_i64(N), as_i64(K),
+                ir.Constant(f32, 1.0), A, as_i64(lda), B, as_i64(ldb), ir.Constant(f32, beta), C, as_i64(ldc)])
 
 
 def serial_gemm(module):
-    """A single-threaded SGEMM for work that is already split over the cores."""
-    return module.globals.get(SERIAL_GEMM) or emit_gemm(module, SERIAL_GEMM, nthreads=1)
+    """The single-threaded SGEMM, for work already split over the cores."""
+    return declare_serial_gemm(module)
 
 
 def split(b, part, nparts, units, unit_size):
@@ -156,7 +169,7 @@ def split(b, part, nparts, units, unit_size):
 def chunks(b, lo, hi, chunk_rows):
     """Loop over [lo, hi) in chunks of at most chunk_rows rows; yields (first row, row count)."""
     with for_range(b, hi, start=lo, step=chunk_rows, name="chunk") as first:
-        yield first, _min(b, b.sub(hi, first), chunk_rows)
+        yield first, smin(b, b.sub(hi, first), chunk_rows)
 
 
 def parts_for(work, units, min_work=None):
@@ -167,14 +180,34 @@ def parts_for(work, units, min_work=None):
     return max(1, min(threads.default_nthreads(), units))
 
 
-def run_parts(k, pointers, nparts, body, scratch_floats=0, after=None):
-    """Run ``body(b, pointers, part, nparts, scratch)`` for part = 0..nparts-1 (in parallel when
-    nparts > 1), in a part function of its own. ``scratch`` is a 64-byte aligned float buffer of
-    ``scratch_floats`` floats shared by all parts (each part takes its own slice), allocated by
-    the calling thread (a fresh thread's malloc arena would fault its pages in on every call)
-    and freed after ``after(b, scratch)`` has run in the kernel once every part is done."""
+class Part:
+    """What a part function's body works with: its builder, the kernel's buffers (reloaded from
+    the context record), which part it is (i64 ``index`` of ``count``), the scratch buffer."""
+
+    def __init__(self, b, buffers, index, count, scratch, status):
+        self.b, self.buffers, self.index, self.count = b, buffers, index, count
+        self.scratch, self.status = scratch, status
+
+    def slice(self, base, offset, floats):
+        """The ``floats``-long buffer at base + offset (bounds-checked on its own in checked builds)."""
+        return self.buffer(at(self.b, base, offset), floats)
+
+    def buffer(self, ptr, floats):
+        if bounds_checking():
+            register_buffer(ptr, floats, self.status)
+        return ptr
+
+
+def run_parts(k, buffers, nparts, body, scratch_floats=0, after=None):
+    """Run ``body(Part)`` for parts 0..nparts-1 (in parallel when nparts > 1), in a part function
+    of its own; ``buffers`` are pointers of the kernel (inputs/outputs). The scratch buffer,
+    ``scratch_floats`` floats aligned to 64 bytes and shared by all parts (each takes its own
+    slice), is allocated by the calling thread (a fresh thread's malloc arena would fault its
+    pages in on every call) and freed after ``after(b, scratch)`` has run in the kernel, once
+    every part is done."""
     module, kb = k.module, k.b
-    ctx_t = ir.LiteralStructType([p.type for p in pointers] + [fptr])
+    sizes = {id(p): _num(t.shape) for p, t in zip(k.outputs + k.inputs, k.out_types + list(k.in_types))}
+    ctx_t = ir.LiteralStructType([p.type for p in buffers] + [fptr, k.status.type])
     fn = ir.Function(module, threads.PART_FN_TYPE, name=f"{k.function.name}.part")
     fn.linkage = "internal"
     vector_width_attrs(fn)
@@ -182,9 +215,14 @@ def run_parts(k, pointers, nparts, body, scratch_floats=0, after=None):
     rec = b.bitcast(fn.args[0], ctx_t.as_pointer())
     zero = ir.Constant(i32, 0)
     values = [b.load(b.gep(rec, [zero, ir.Constant(i32, j)], inbounds=True)) for j in range(len(ctx_t.elements))]
-    body(b, values[:-1], fn.args[1], fn.args[2], values[-1])
+    part = Part(b, values[:-2], fn.args[1], fn.args[2], values[-2], values[-1])
+    for p, value in zip(buffers, part.buffers):
+        part.buffer(value, sizes[id(p)])
+    part.buffer(part.scratch, scratch_floats)
+    body(part)
     b.ret_void()
 
+    ctx = kb.alloca(ctx_t)  # first, while the builder is still in the entry block
     raw = None
     scratch = ir.Constant(fptr, None)
     if scratch_floats:
@@ -194,8 +232,7 @@ def run_parts(k, pointers, nparts, body, scratch_floats=0, after=None):
             kb.call(get_function(module, "llvm.trap", void, []), [])  # out of memory, as the SGEMM does
             kb.unreachable()
         scratch = kb.inttoptr(kb.and_(kb.add(kb.ptrtoint(raw, i64), c64(63)), c64(~63)), fptr)
-    ctx = kb.alloca(ctx_t)
-    for j, v in enumerate(list(pointers) + [scratch]):
+    for j, v in enumerate(list(buffers) + [scratch, k.status]):
         kb.store(v, kb.gep(ctx, [zero, ir.Constant(i32, j)], inbounds=True))
     if nparts > 1:
         threads.emit_parallel_call(kb, fn, ctx, nparts)
@@ -205,6 +242,13 @@ def run_parts(k, pointers, nparts, body, scratch_floats=0, after=None):
         after(kb, scratch)
     if raw is not None:
         kb.call(get_function(module, "free", void, [i8p]), [raw])
+
+
+def _num(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 # ---- im2col and col2im -----------------------------------------------------------------------------
@@ -229,8 +273,8 @@ def emit_im2col(b, g, x, cols, first, count, scatter=False):
             lo, hi = 0, g.kw
         elif g.dw == 1:
             # taps j in [lo, hi) of a kernel row are inside the input, and contiguous there
-            lo = _min(b, _max(b, b.neg(iw0), 0), g.kw)
-            hi = _max(b, _min(b, b.sub(c64(g.in_w), iw0), g.kw), lo)
+            lo = smin(b, smax(b, b.neg(iw0), 0), g.kw)
+            hi = smax(b, smin(b, b.sub(c64(g.in_w), iw0), g.kw), lo)
         with for_range(b, g.kh, name="ki") as i:
             ih = b.add(ih0, b.mul(i, c64(g.dh)))
             dst = b.add(row, b.mul(i, c64(span)))
@@ -261,16 +305,11 @@ def _copy_span(b, x, cols, src, dst, lo, hi, g, scatter):
     """Taps j in [lo, hi) of one kernel row (dilation 1: KW*Cin contiguous floats of both x and
     cols, from src and dst); the taps outside are zeroed in cols. ``src + e`` is only formed for
     e in the valid range, so no index ever points outside x."""
-    lo_e, hi_e = (b.mul(_v(v), c64(g.cin)) if not isinstance(v, int) else v * g.cin for v in (lo, hi))
+    lo_e, hi_e = (b.mul(as_i64(v), c64(g.cin)) if not isinstance(v, int) else v * g.cin for v in (lo, hi))
     if not scatter and not isinstance(lo, int):
-        fill_zero(b, cols, dst, b.add(dst, _v(lo_e)))
-    with for_range(b, _v(hi_e), start=_v(lo_e), name="e") as e:
-        c = at(b, cols, b.add(dst, e))
-        xp = at(b, x, b.add(src, e))
-        if scatter:
-            b.store(b.fadd(b.load(xp), b.load(c)), xp)
-        else:
-            b.store(b.load(xp), c)
+        fill_zero(b, cols, dst, b.add(dst, as_i64(lo_e)))
+    with for_range(b, as_i64(hi_e), start=as_i64(lo_e), name="e") as e:
+        _move(b, x, b.add(src, e), cols, b.add(dst, e), scatter)
     if not scatter and not isinstance(hi, int):
         fill_zero(b, cols, b.add(dst, hi_e), b.add(dst, c64(g.kw * g.cin)))
 
@@ -284,12 +323,7 @@ def _copy_taps(b, x, cols, src, iw0, dst, g, scatter):
         def copy():
             s = b.add(src, b.mul(iw, c64(g.cin)))
             with for_range(b, g.cin, name="c") as c:
-                cp = at(b, cols, b.add(d, c))
-                xp = at(b, x, b.add(s, c))
-                if scatter:
-                    b.store(b.fadd(b.load(xp), b.load(cp)), xp)
-                else:
-                    b.store(b.load(xp), cp)
+                _move(b, x, b.add(s, c), cols, b.add(d, c), scatter)
 
         if g.always_inside:
             copy()
@@ -304,6 +338,14 @@ def _copy_taps(b, x, cols, src, iw0, dst, g, scatter):
                         copy()
                     with otherwise:
                         fill_zero(b, cols, d, b.add(d, c64(g.cin)))
+
+
+def _move(b, x, xi, cols, ci, scatter):
+    """cols[ci] = x[xi], or with ``scatter`` x[xi] += cols[ci]."""
+    if scatter:
+        store_f32(b, b.fadd(load_f32(b, x, xi), load_f32(b, cols, ci)), x, xi)
+    else:
+        store_f32(b, load_f32(b, x, xi), cols, ci)
 
 
 def _chunk_rows(g, rows_per_part):
@@ -329,10 +371,10 @@ def lower_conv2d(k):
     cols_floats = _aligned(chunk * g.width)
     gemm = serial_gemm(k.module) if nparts > 1 else k.gemm()
 
-    def body(b, ptrs, part, n, scratch):
-        x, kernel, y = ptrs
-        cols = at(b, scratch, b.mul(part, c64(cols_floats)))
-        lo, hi = split(b, part, n, g.rows, 1)
+    def body(p):
+        b, (x, kernel, y) = p.b, p.buffers
+        cols = p.slice(p.scratch, b.mul(p.index, c64(cols_floats)), cols_floats)
+        lo, hi = split(b, p.index, p.count, g.rows, 1)
         with chunks(b, lo, hi, chunk) as (first, count):
             emit_im2col(b, g, x, cols, first, count)
             call_gemm(b, gemm, False, False, count, g.cout, g.width, cols, g.width, kernel, g.cout,
@@ -356,10 +398,10 @@ def lower_conv2d_backward_input(k):
     cols_floats = _aligned(chunk * g.width)
     gemm = serial_gemm(k.module) if nparts > 1 else k.gemm()
 
-    def body(b, ptrs, part, n, scratch):
-        dy, kernel, dx = ptrs
-        cols = at(b, scratch, b.mul(part, c64(cols_floats)))
-        img_lo, img_hi = split(b, part, n, g.batch, 1)
+    def body(p):
+        b, (dy, kernel, dx) = p.b, p.buffers
+        cols = p.slice(p.scratch, b.mul(p.index, c64(cols_floats)), cols_floats)
+        img_lo, img_hi = split(b, p.index, p.count, g.batch, 1)
         fill_zero(b, dx, b.mul(img_lo, c64(image_floats)), b.mul(img_hi, c64(image_floats)), name="dx0")
         with chunks(b, b.mul(img_lo, c64(image_rows)), b.mul(img_hi, c64(image_rows)), chunk) as (first, count):
             call_gemm(b, gemm, False, True, count, g.width, g.cout, at(b, dy, b.mul(first, c64(g.cout))), g.cout,
@@ -384,23 +426,23 @@ def lower_conv2d_backward_kernel(k):
     partial_floats = _aligned(dk_floats)
     gemm = serial_gemm(k.module) if nparts > 1 else k.gemm()
 
-    def body(b, ptrs, part, n, scratch):
-        x, dy, dk = ptrs
-        cols = at(b, scratch, b.mul(part, c64(cols_floats)))
-        # part 0 accumulates into dk itself, part p > 0 into partial p - 1 after the column blocks
-        slot = _max(b, b.sub(part, c64(1)), 0)
-        partial = at(b, scratch, b.add(c64(nparts * cols_floats), b.mul(slot, c64(partial_floats))))
-        acc = b.select(b.icmp_signed("==", part, c64(0)), dk, partial)
+    def body(p):
+        b, (x, dy, dk) = p.b, p.buffers
+        cols = p.slice(p.scratch, b.mul(p.index, c64(cols_floats)), cols_floats)
+        # part 0 accumulates into dk itself, part i > 0 into partial i - 1 after the column blocks
+        slot = smax(b, b.sub(p.index, c64(1)), 0)
+        partial = at(b, p.scratch, b.add(c64(nparts * cols_floats), b.mul(slot, c64(partial_floats))))
+        acc = p.buffer(b.select(b.icmp_signed("==", p.index, c64(0)), dk, partial), dk_floats)
         fill_zero(b, acc, 0, dk_floats, name="dk0")
-        lo, hi = split(b, part, n, g.rows, 1)
+        lo, hi = split(b, p.index, p.count, g.rows, 1)
         with chunks(b, lo, hi, chunk) as (first, count):
             emit_im2col(b, g, x, cols, first, count)
             call_gemm(b, gemm, True, False, g.width, g.cout, count, cols, g.width,
                       at(b, dy, b.mul(first, c64(g.cout))), g.cout, acc, g.cout, beta=1.0)
 
     def reduce_partials(b, scratch):
-        for p in range(1, nparts):
-            add_into(b, dk, at(b, scratch, c64(nparts * cols_floats + (p - 1) * partial_floats)), dk_floats)
+        for i in range(1, nparts):
+            add_into(b, dk, at(b, scratch, c64(nparts * cols_floats + (i - 1) * partial_floats)), dk_floats)
 
     run_parts(k, [x, dy, dk], nparts, body, scratch_floats=nparts * cols_floats + (nparts - 1) * partial_floats,
               after=reduce_partials)

@@ -3,7 +3,8 @@
 Every kernel walks the output pixels (n, oh, ow); for each it visits the window's
 taps that lie inside the input (rows [i_lo, i_hi), columns [j_lo, j_hi), computed
 per pixel, so padding is never read) and, innermost, the channels: NHWC keeps
-them contiguous, so LLVM vectorises that loop. Numerics follow the references:
+them contiguous, and they are processed as 16-float vectors (then one by one for
+the remainder). Numerics follow the references:
 
 * max pooling is NaN-propagating (as np.max); padding counts as -inf;
 * max_pool2d_grad sends each window's dy to the first tap in row-major order,
@@ -22,8 +23,8 @@ import llvmlite.ir as ir
 from ...ir.registry import lowering
 from ...ops.conv import output_size, same_padding
 from ...ops.pool import pool_attrs
-from .conv import _max, _min, _v, at, fill_zero, parts_for, run_parts, split
-from .irutil import c64, f32, for_range, i1
+from .conv import as_i64, at, fill_zero, parts_for, run_parts, smax, smin, split
+from .irutil import bounds_checking, c64, f32, for_range, i1, load, store
 from .scalar import ScalarEmitter
 
 # Below this many tap visits (window elements x channels) a pooling op stays on one thread.
@@ -81,27 +82,30 @@ def splat(value, width, t=f32):
 
 
 def load_lanes(b, ptr, index, width):
-    """``width`` consecutive elements from ptr[index] (one scalar when width == 1)."""
-    p = at(b, ptr, index)
+    """``width`` consecutive elements from ptr[index] (one scalar when width == 1, through
+    irutil's load, which a bounds-checked build checks)."""
     if width == 1:
-        return b.load(p)
+        return load(b, ptr, as_i64(index), "float32") if ptr.type.pointee == f32 else b.load(at(b, ptr, index))
+    p = at(b, ptr, index)
     return b.load(b.bitcast(p, lanes_type(width, p.type.pointee).as_pointer()), align=4)
 
 
 def store_lanes(b, value, ptr, index):
-    p = at(b, ptr, index)
     if isinstance(value.type, ir.VectorType):
-        b.store(value, b.bitcast(p, value.type.as_pointer()), align=4)
+        b.store(value, b.bitcast(at(b, ptr, index), value.type.as_pointer()), align=4)
+    elif value.type == f32:
+        store(b, value, ptr, as_i64(index), "float32")
     else:
-        b.store(value, p)
+        b.store(value, at(b, ptr, index))
 
 
 def each_channel(b, channels, fn):
     """fn(c, width) over the channels: whole vectors of VECTOR_WIDTH lanes, then one by one.
     Written as vectors here because LLVM fully unrolls a short constant-trip channel loop
     before its loop vectoriser sees it, and its SLP vectoriser then often gives up (measured:
-    max pooling over 32 channels ran at half speed)."""
-    full = channels // VECTOR_WIDTH * VECTOR_WIDTH
+    max pooling over 32 channels ran at half speed). A bounds-checked build goes one by one,
+    so that every access is checked."""
+    full = 0 if bounds_checking() else channels // VECTOR_WIDTH * VECTOR_WIDTH
     if full:
         with for_range(b, full, step=VECTOR_WIDTH, name="cv") as c:
             fn(c, VECTOR_WIDTH)
@@ -122,15 +126,15 @@ class Window:
 
     def count(self):
         b = self.b
-        return b.mul(b.sub(_v(self.i_hi), _v(self.i_lo)), b.sub(_v(self.j_hi), _v(self.j_lo)))
+        return b.mul(b.sub(as_i64(self.i_hi), as_i64(self.i_lo)), b.sub(as_i64(self.j_hi), as_i64(self.j_lo)))
 
     def taps(self, fn):
         """fn(tap, c, width) for every valid tap (flat index of its channel 0 in x) and channel
         block [c, c + width), in row-major tap order, channels innermost."""
         b, g = self.b, self.g
-        with for_range(b, _v(self.i_hi), start=_v(self.i_lo), name="pi") as i:
+        with for_range(b, as_i64(self.i_hi), start=as_i64(self.i_lo), name="pi") as i:
             row = b.add(self.origin, b.mul(i, c64(g.in_w * g.channels)))
-            with for_range(b, _v(self.j_hi), start=_v(self.j_lo), name="pj") as j:
+            with for_range(b, as_i64(self.j_hi), start=as_i64(self.j_lo), name="pj") as j:
                 tap = b.add(row, b.mul(j, c64(g.channels)))
                 each_channel(b, g.channels, lambda c, width: fn(tap, c, width))
 
@@ -146,15 +150,15 @@ def each_window(b, g, img_lo, img_hi, fn):
             if g.always_inside:
                 i_lo, i_hi = 0, g.ph
             else:
-                i_lo = _min(b, _max(b, b.neg(ih0), 0), g.ph)
-                i_hi = _max(b, _min(b, b.sub(c64(g.in_h), ih0), g.ph), i_lo)
+                i_lo = smin(b, smax(b, b.neg(ih0), 0), g.ph)
+                i_hi = smax(b, smin(b, b.sub(c64(g.in_h), ih0), g.ph), i_lo)
             with for_range(b, g.out_w, name="ow") as ow:
                 iw0 = b.sub(b.mul(ow, c64(g.sw)), c64(g.pad_left))
                 if g.always_inside:
                     j_lo, j_hi = 0, g.pw
                 else:
-                    j_lo = _min(b, _max(b, b.neg(iw0), 0), g.pw)
-                    j_hi = _max(b, _min(b, b.sub(c64(g.in_w), iw0), g.pw), j_lo)
+                    j_lo = smin(b, smax(b, b.neg(iw0), 0), g.pw)
+                    j_hi = smax(b, smin(b, b.sub(c64(g.in_w), iw0), g.pw), j_lo)
                 out = b.mul(b.add(b.mul(b.add(b.mul(n, c64(g.out_h)), oh), c64(g.out_w)), ow), c64(g.channels))
                 origin = b.mul(b.add(b.mul(b.add(b.mul(n, c64(g.in_h)), ih0), c64(g.in_w)), iw0), c64(g.channels))
                 fn(Window(b, g, out, origin, i_lo, i_hi, j_lo, j_hi))
@@ -163,12 +167,14 @@ def each_window(b, g, img_lo, img_hi, fn):
 def over_images(k, g, pointers, body, zero_output=False):
     """Run body(b, pointers, window) over every window, the batch split over the cores when the
     op is large; ``zero_output`` first zeroes each part's images of the last pointer (dx)."""
-    def part_body(b, ptrs, part, nparts, _scratch):
-        img_lo, img_hi = split(b, part, nparts, g.batch, 1)
+    def part_body(p):
+        b = p.b
+        window = body(b, p.buffers)  # entry-block setup (allocas); returns the per-window function
+        img_lo, img_hi = split(b, p.index, p.count, g.batch, 1)
         if zero_output:
-            fill_zero(b, ptrs[-1], b.mul(img_lo, c64(g.image_floats)), b.mul(img_hi, c64(g.image_floats)), "dx0")
-        prepare = body(b, ptrs)  # entry-block setup (allocas); returns the per-window function
-        each_window(b, g, img_lo, img_hi, prepare)
+            fill_zero(b, p.buffers[-1], b.mul(img_lo, c64(g.image_floats)), b.mul(img_hi, c64(g.image_floats)),
+                      "dx0")
+        each_window(b, g, img_lo, img_hi, window)
 
     run_parts(k, pointers, parts_for(g.visits, g.batch, PARALLEL_MIN_VISITS), part_body)
 
@@ -213,7 +219,8 @@ def lower_max_pool2d_grad(k):
             if g.always_inside:
                 pad_first = ir.Constant(i1, 0)
             else:
-                pad_first = b.or_(b.icmp_signed(">", _v(w.i_lo), c64(0)), b.icmp_signed(">", _v(w.j_lo), c64(0)))
+                pad_first = b.or_(b.icmp_signed(">", as_i64(w.i_lo), c64(0)),
+                                  b.icmp_signed(">", as_i64(w.j_lo), c64(0)))
 
             def init(c, n):
                 lost = b.fcmp_ordered("==", load_lanes(b, peak, c, n), splat(NEG_INF, n))

@@ -1,9 +1,10 @@
 """The support library: code every generated module may call, compiled once per process.
 
-The SGEMM is large and the same for every model, so it lives in its own module,
+The SGEMMs are large and the same for every model, so they live in their own module,
 compiled at O3 (disk-cached like any module) and published to MCJIT's symbol table;
-generated modules only declare it. This keeps each model's compile time to its
-own kernels.
+generated modules only declare them. This keeps each model's compile time to its own
+kernels. ``kc_sgemm`` splits large products over the cores itself; ``kc_sgemm_1t`` is
+for work a kernel has already split over the cores (convolutions).
 """
 import threading
 
@@ -14,6 +15,7 @@ from .gemm import GEMM_FN_TYPE, emit_gemm
 from .target import compile_ir
 
 GEMM_NAME = "kc_sgemm"
+SERIAL_GEMM_NAME = "kc_sgemm_1t"
 _lock = threading.Lock()
 _library = None
 
@@ -25,15 +27,26 @@ def ensure_support_library():
         if _library is None:
             module = ir.Module(name="kcompiler_support")
             emit_gemm(module, GEMM_NAME)
+            emit_gemm(module, SERIAL_GEMM_NAME, nthreads=1)
             _library = compile_ir(str(module), opt_level=3, name="kcompiler_support")
-            llvm.add_symbol(GEMM_NAME, _library.address(GEMM_NAME))
+            for name in (GEMM_NAME, SERIAL_GEMM_NAME):
+                llvm.add_symbol(name, _library.address(name))
     return _library
 
 
-def declare_gemm(module):
-    """Declare the support library's SGEMM in ``module`` (and make sure it is loaded)."""
+def _declare(module, name):
     ensure_support_library()
-    fn = module.globals.get(GEMM_NAME)
+    fn = module.globals.get(name)
     if fn is None:
-        fn = ir.Function(module, GEMM_FN_TYPE, name=GEMM_NAME)
+        fn = ir.Function(module, GEMM_FN_TYPE, name=name)
     return fn
+
+
+def declare_gemm(module):
+    """Declare the support library's (multi-threaded) SGEMM in ``module``."""
+    return _declare(module, GEMM_NAME)
+
+
+def declare_serial_gemm(module):
+    """Declare the support library's single-threaded SGEMM in ``module``."""
+    return _declare(module, SERIAL_GEMM_NAME)

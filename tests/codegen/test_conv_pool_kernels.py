@@ -1,0 +1,172 @@
+"""LLVM kernels of conv2d, its gradients and the pooling ops against the numpy references:
+forward and autodiff backward, fused and unfused (check_compiled), the gradient ops on
+their own, the multi-threaded/chunked paths, and hypothesis-generated shapes."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kcompiler.codegen.llvm import conv as conv_kernels
+from kcompiler.codegen.llvm import pool as pool_kernels
+from kcompiler.codegen.llvm import threads
+from kcompiler.ir.interpreter_reference import run_reference
+from kcompiler.ops.conv import output_size
+from op_check import assert_close32, build_op_graph, check_compiled, run_compiled, run_op
+
+RNG = np.random.default_rng(0)
+
+
+def normal(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def conv_attrs(strides=(1, 1), padding="valid", dilation=(1, 1)):
+    return dict(strides=strides, padding=padding, dilation=dilation)
+
+
+def pool_attrs(pool, strides, padding):
+    return dict(pool=pool, strides=strides, padding=padding)
+
+
+def check_op(op, inputs, attrs):
+    """One op compiled (fused and unfused) equals its reference: for the gradient ops,
+    which have no VJP of their own (max_pool2d_grad) or whose VJP check_compiled covers."""
+    b, _, outs = build_op_graph(op, inputs, attrs)
+    b.g.graph["outputs"] = outs
+    feeds = {f"x{i}": a for i, a in enumerate(inputs)}
+    expected, _ = run_reference(b.g, feeds)
+    for fuse in (True, False):
+        for k, (got, want) in enumerate(zip(run_compiled(b.g, feeds, fuse=fuse), expected)):
+            assert_close32(got, want, f"{op} output {k} (fuse={fuse})")
+
+
+# (input shape, kernel shape, attrs): valid/same, strides 1, 2 and (2, 3), dilation 2, kernels
+# 1x1, 3x3, 2x3, odd sizes, batch 1 and 3, windows mostly in the padding.
+CONV_CASES = [
+    ((2, 5, 5, 2), (3, 3, 2, 3), conv_attrs()),
+    ((1, 5, 6, 2), (3, 3, 2, 2), conv_attrs(padding="same")),
+    ((3, 7, 5, 1), (2, 3, 1, 2), conv_attrs(strides=(2, 2))),
+    ((1, 6, 7, 2), (3, 3, 2, 2), conv_attrs(strides=(2, 2), padding="same")),
+    ((1, 6, 7, 2), (2, 3, 2, 2), conv_attrs(strides=(2, 3), padding="same")),
+    ((1, 7, 6, 2), (3, 2, 2, 2), conv_attrs(dilation=(2, 2))),
+    ((1, 6, 5, 1), (2, 3, 1, 2), conv_attrs(padding="same", dilation=(2, 1))),
+    ((2, 9, 8, 2), (3, 3, 2, 3), conv_attrs(strides=(2, 2), padding="same", dilation=(2, 2))),
+    ((3, 4, 5, 3), (1, 1, 3, 4), conv_attrs()),
+    ((1, 4, 5, 3), (1, 1, 3, 4), conv_attrs(padding="same")),
+    ((2, 5, 5, 3), (1, 1, 3, 2), conv_attrs(strides=(2, 2), padding="same")),
+    ((3, 9, 7, 4), (3, 3, 4, 5), conv_attrs(padding="same")),
+    ((1, 2, 2, 1), (3, 3, 1, 2), conv_attrs(padding="same")),
+    ((1, 1, 1, 2), (1, 1, 2, 1), conv_attrs()),
+]
+
+POOL_CASES = [
+    ((2, 4, 4, 3), pool_attrs((2, 2), (2, 2), "valid")),
+    ((1, 5, 7, 2), pool_attrs((2, 2), (2, 2), "same")),
+    ((3, 5, 5, 2), pool_attrs((3, 3), (1, 1), "same")),
+    ((1, 6, 5, 3), pool_attrs((3, 3), (2, 2), "valid")),
+    ((2, 7, 7, 1), pool_attrs((3, 3), (2, 2), "same")),
+    ((1, 5, 6, 2), pool_attrs((2, 2), (1, 1), "valid")),
+    ((1, 4, 5, 2), pool_attrs((3, 2), (2, 3), "same")),
+    ((1, 2, 2, 3), pool_attrs((3, 3), (1, 1), "same")),
+    # channels in vectors of 16 lanes, plus a remainder
+    ((2, 5, 4, 16), pool_attrs((2, 2), (2, 2), "valid")),
+    ((1, 5, 5, 35), pool_attrs((3, 3), (2, 2), "same")),
+]
+
+
+@pytest.mark.parametrize("x_shape,k_shape,attrs", CONV_CASES)
+def test_conv2d_forward_and_backward(x_shape, k_shape, attrs):
+    check_compiled("conv2d", [normal(*x_shape), normal(*k_shape)], attrs)
+
+
+@pytest.mark.parametrize("x_shape,k_shape,attrs", CONV_CASES[::3])
+def test_conv2d_gradient_ops(x_shape, k_shape, attrs):
+    (y,) = run_op("conv2d", [normal(*x_shape), normal(*k_shape)], attrs)
+    check_op("conv2d_backward_input", [normal(*y.shape), normal(*k_shape)], dict(attrs, input_hw=x_shape[1:3]))
+    check_op("conv2d_backward_kernel", [normal(*x_shape), normal(*y.shape)], dict(attrs, kernel_shape=k_shape))
+
+
+def test_conv2d_backward_input_covers_pixels_no_window_reads():
+    # stride 3 with a 2x2 kernel skips every third row and column: dx must be 0 there
+    x_shape, k_shape, attrs = (2, 8, 8, 2), (2, 2, 2, 3), conv_attrs(strides=(3, 3))
+    check_compiled("conv2d", [normal(*x_shape), normal(*k_shape)], attrs)
+
+
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
+@pytest.mark.parametrize("x_shape,attrs", POOL_CASES)
+def test_pool_forward_and_backward(op, x_shape, attrs):
+    check_compiled(op, [normal(*x_shape)], attrs)
+
+
+@pytest.mark.parametrize("x_shape,attrs", POOL_CASES[1:4])
+def test_pool_gradient_ops(x_shape, attrs):
+    x = normal(*x_shape)
+    (y,) = run_op("max_pool2d", [x], attrs)
+    check_op("max_pool2d_grad", [x, normal(*y.shape)], attrs)
+    check_op("avg_pool2d_grad", [normal(*y.shape)], dict(attrs, input_hw=x_shape[1:3]))
+
+
+@pytest.mark.parametrize("attrs", [pool_attrs((2, 2), (1, 1), "valid"), pool_attrs((3, 3), (1, 1), "same")])
+def test_max_pool_grad_ties_go_to_the_first_maximum(attrs):
+    # few distinct values: most windows hold their maximum several times
+    x = RNG.integers(0, 3, size=(2, 5, 6, 19)).astype(np.float32)
+    (y,) = run_op("max_pool2d", [x], attrs)
+    check_op("max_pool2d_grad", [x, normal(*y.shape)], attrs)
+
+
+def test_max_pool_grad_nan_and_minus_inf_windows():
+    # a NaN maximum routes nothing; an all -inf window with padding first routes into the padding
+    x = normal(1, 5, 5, 18)
+    x[0, 1, 1, 0] = np.nan
+    x[0, 2, 3, 17] = np.nan
+    x[0, 3:, 3:, 1] = -np.inf   # padding after the valid taps: the first valid -inf takes dy
+    x[0, :2, :2, 1::15] = -np.inf   # the top-left window starts in the padding (channels 1 and 16)
+    attrs = pool_attrs((3, 3), (1, 1), "same")
+    (y,) = run_op("max_pool2d", [x], attrs)
+    check_op("max_pool2d", [x], attrs)
+    check_op("max_pool2d_grad", [x, normal(*y.shape)], attrs)
+
+
+def test_parallel_and_chunked_paths(monkeypatch):
+    """Force several parts (3 threads), tiny chunks that cross image boundaries, and the
+    per-part dK accumulators, on small shapes."""
+    monkeypatch.setattr(threads, "default_nthreads", lambda: 3)
+    monkeypatch.setattr(conv_kernels, "PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(conv_kernels, "MIN_CHUNK_ROWS", 5)
+    monkeypatch.setattr(conv_kernels, "COLS_BUDGET_FLOATS", 64)
+    monkeypatch.setattr(pool_kernels, "PARALLEL_MIN_VISITS", 0)
+    check_compiled("conv2d", [normal(4, 6, 7, 3), normal(3, 3, 3, 4)], conv_attrs(padding="same"))
+    check_compiled("conv2d", [normal(3, 7, 6, 2), normal(2, 3, 2, 3)], conv_attrs(strides=(2, 1), dilation=(1, 2)))
+    check_compiled("max_pool2d", [normal(4, 5, 5, 17)], pool_attrs((3, 3), (2, 2), "same"))
+    check_compiled("avg_pool2d", [normal(4, 5, 5, 17)], pool_attrs((3, 3), (2, 2), "same"))
+
+
+@st.composite
+def conv_configs(draw):
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = draw(st.sampled_from(["valid", "same"]))
+    h, w = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    out = [output_size(s, k, st_, d, padding) for s, k, st_, d in zip((h, w), (kh, kw), strides, dilation)]
+    if min(out) < 1:  # too small for a 'valid' window: pad it up
+        h, w = max(h, (kh - 1) * dilation[0] + 1), max(w, (kw - 1) * dilation[1] + 1)
+    x_shape = (draw(st.integers(1, 3)), h, w, draw(st.integers(1, 4)))
+    return x_shape, (kh, kw, x_shape[3], draw(st.integers(1, 4))), conv_attrs(strides, padding, dilation)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_configs())
+def test_conv2d_random_shapes(config):
+    x_shape, k_shape, attrs = config
+    check_compiled("conv2d", [normal(*x_shape), normal(*k_shape)], attrs)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.tuples(st.integers(1, 3), st.integers(1, 7), st.integers(1, 7), st.sampled_from([1, 3, 16, 21])),
+       st.tuples(st.integers(1, 3), st.integers(1, 3)), st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       st.sampled_from(["valid", "same"]), st.sampled_from(["max_pool2d", "avg_pool2d"]))
+def test_pool_random_shapes(x_shape, pool, strides, padding, op):
+    if padding == "valid":
+        x_shape = (x_shape[0], max(x_shape[1], pool[0]), max(x_shape[2], pool[1]), x_shape[3])
+    check_compiled(op, [normal(*x_shape)], pool_attrs(pool, strides, padding))
