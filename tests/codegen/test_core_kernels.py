@@ -112,8 +112,7 @@ def test_every_op_has_an_llvm_lowering_except_views_and_parameters():
     import kcompiler.codegen.llvm.module  # noqa: F401  (registers the lowerings)
     views = {"input", "variable", "constant", "fill", "reshape", "tuple_item", "fused"}
     missing = sorted(n for n, op in all_ops().items() if n not in views and "llvm" not in op.lowerings)
-    recurrent = {n for n in missing if n.split("_")[0] in ("simple", "lstm", "gru")}
-    assert set(missing) - recurrent == set(), missing
+    assert missing == [], missing
 
 
 def test_argmax_of_integers():

@@ -31,15 +31,17 @@ Workspace (one malloc per call, freed before returning; sizes are static):
                       state in the h_T/c_T outputs)
   SRC    (slots, B, NS*U) masked copies of h each gate group multiplies
   DR     (T, B, G*U)  recurrent-side gate derivatives (gradient)
-  XD     (B*T, F)     x times a dropout mask; XT (B*T, F) a second such buffer
+  XD     (B*T, F)     x times a dropout mask; DX_PART (B*T, F) one gate group's part of dx
   TMP, CARRY (B, U)   per-step scratch; the previous output / its cotangent (masks)
 """
 import llvmlite.ir as ir
 
 from ...ir.registry import lowering
+from ...ir.types import num_elements
 from ...ops.rnn import ACTIVATIONS, GATES, STATES, full_attrs, operand_names
 from . import threads
 from .irutil import c64, f32, for_range, get_function, i8, i8p, i32, i64, void
+from .kernel import STATUS_INDEX_OUT_OF_RANGE
 from .scalar import UNARY_LLVM, ScalarEmitter
 from .support import declare_gemm
 from .target import vector_width_attrs
@@ -47,7 +49,50 @@ from .target import vector_width_attrs
 # Below this many gate elements (T * B * G * U) the loops stay on the calling thread:
 # starting a helper thread costs ~10-20 us.
 PARALLEL_MIN_WORK = 1 << 15
+# Tests set this: every index and every GEMM operand's extent is checked against its buffer
+# (status 1 and a clamped index on a violation) -- proof that nothing outside is touched.
+CHECK_BOUNDS = False
 ALIGN_FLOATS = 16  # 64 bytes
+
+
+class VectorMath(ScalarEmitter):
+    """ScalarEmitter whose float32 exp and tanh are inline polynomials (Cephes expf/tanhf,
+    about 1 ulp) instead of libm calls: the gate loops then vectorise, and sigmoid/tanh,
+    the recurrent activations almost every layer uses, stop dominating the step time."""
+
+    def exp(self, x):
+        if x.type != f32:
+            return super().exp(x)
+        b = self.b
+        # exp(x) = 2^n * e^r, n = round(x / ln 2), |r| <= ln2 / 2; clamped where the result
+        # is 0 or inf anyway (NaN passes through the min/max)
+        v = self.minf(self.maxf(x, self.c(-104.0, x)), self.c(89.0, x))
+        n = self.floor(self.add(self.mul(v, self.c(1.44269504088896341, x)), self.c(0.5, x)))
+        r = self.sub(self.sub(v, self.mul(n, self.c(0.693359375, x))), self.mul(n, self.c(-2.12194440e-4, x)))
+        p = self.c(1.9875691500e-4, x)
+        for coeff in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+            p = self.add(self.mul(p, r), self.c(coeff, x))
+        y = self.add(self.add(self.mul(p, self.mul(r, r)), r), self.c(1.0, x))
+        # 2^n as two powers of two, each a normal float for n in [-150, 129]
+        ni = b.fptosi(n, i32)
+        n1 = b.ashr(ni, ir.Constant(i32, 1))
+        scale = [b.bitcast(b.shl(b.add(k, ir.Constant(i32, 127)), ir.Constant(i32, 23)), f32)
+                 for k in (n1, b.sub(ni, n1))]
+        return self.mul(self.mul(y, scale[0]), scale[1])
+
+    def tanh(self, x):
+        if x.type != f32:
+            return super().tanh(x)
+        z = self.fabs(x)
+        # |x| >= 0.625: 1 - 2 / (exp(2|x|) + 1) with the sign of x; below: an odd polynomial
+        big = self.sub(self.c(1.0, x), self.div(self.c(2.0, x), self.add(self.exp(self.add(z, z)), self.c(1.0, x))))
+        big = self.select(self.b.fcmp_ordered("<", x, self.c(0.0, x)), self.neg(big), big)
+        x2 = self.mul(x, x)
+        p = self.c(-5.70498872745e-3, x)
+        for coeff in (2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1, -3.33332819422e-1):
+            p = self.add(self.mul(p, x2), self.c(coeff, x))
+        small = self.add(self.mul(self.mul(p, x2), x), x)
+        return self.select(self.b.fcmp_unordered("<", z, self.c(0.625, x)), small, big)
 
 
 def _activation(name):
@@ -79,7 +124,6 @@ class Layout:
         self.attrs = a = full_attrs(attrs)
         names = operand_names(op, a)
         self.operand_index = {n: i for i, n in enumerate(names)}
-        self.n_operands = len(names)
         self.B, self.T, self.F = in_types[0].shape
         self.U, self.G = a["units"], GATES[op]
         self.GU = self.G * self.U
@@ -125,9 +169,10 @@ class Layout:
             if self.lstm:
                 sizes["CS"] = (T + 1) * B * U
             if len(self.in_groups) > 1:
-                sizes["XT"] = B * T * F
+                sizes["DX_PART"] = B * T * F
         if self.carry:
             sizes["CARRY"] = B * U
+        self.sizes = dict(sizes)  # elements per buffer (operands and outputs added by the lowering)
         self.offsets, total = {}, 0
         for name, n in sizes.items():
             self.offsets[name] = total
@@ -158,12 +203,26 @@ class Emitter:
 
     def __init__(self, b, L, p, b0, b1):
         self.b, self.L, self.p, self.b0, self.b1 = b, L, p, b0, b1
-        self.e = ScalarEmitter(b)
+        self.e = VectorMath(b)
         self.rows = b.sub(b1, b0) if not isinstance(b0, int) else c64(b1 - b0)
 
     # -- memory
     def at(self, name, *terms):
-        return self.b.gep(self.p[name], [_lin(self.b, *terms)], inbounds=True)
+        index = _lin(self.b, *terms)
+        if CHECK_BOUNDS:
+            bad = self._outside(index, index, self.L.sizes[name])
+            index = self.b.select(bad, c64(0), index)
+        return self.b.gep(self.p[name], [index], inbounds=True)
+
+    def _outside(self, first, last, size, when=None):
+        """i1: [first, last] is not inside a buffer of ``size`` elements (then report status 1)."""
+        b = self.b
+        bad = b.or_(b.icmp_signed("<", first, c64(0)), b.icmp_signed(">=", last, c64(size)))
+        if when is not None:
+            bad = b.and_(bad, when)
+        with b.if_then(bad, likely=False):
+            b.store(ir.Constant(i32, STATUS_INDEX_OUT_OF_RANGE), self.p["status"])
+        return bad
 
     def ld(self, name, *terms):
         return self.b.load(self.at(name, *terms))
@@ -172,10 +231,21 @@ class Emitter:
         self.b.store(value, self.at(name, *terms))
 
     def gemm(self, ta, tb, M, N, K, A, lda, Bm, ldb, C, ldc, beta=0.0):
+        """C = op(A) @ op(B) (+ C with beta=1); A, Bm, C are (buffer name, *index terms) of the
+        first element, as for ``at``."""
+        b = self.b
         as64 = lambda v: c64(v) if isinstance(v, int) else v  # noqa: E731
-        self.b.call(declare_gemm(self.b.module), [
-            ir.Constant(i32, int(ta)), ir.Constant(i32, int(tb)), as64(M), as64(N), as64(K),
-            ir.Constant(f32, 1.0), A, as64(lda), Bm, as64(ldb), ir.Constant(f32, beta), C, as64(ldc)])
+        M, N, K = as64(M), as64(N), as64(K)
+        if CHECK_BOUNDS:  # the whole stored extent of each matrix must be inside its buffer
+            for ref, rows, cols, ld in ((A, K if ta else M, M if ta else K, lda),
+                                        (Bm, N if tb else K, K if tb else N, ldb), (C, M, N, ldc)):
+                first = _lin(b, *ref[1:])
+                last = b.add(first, b.add(b.mul(b.sub(rows, c64(1)), c64(ld)), b.sub(cols, c64(1))))
+                nonempty = b.and_(b.icmp_signed(">", rows, c64(0)), b.icmp_signed(">", cols, c64(0)))
+                M = b.select(self._outside(first, last, self.L.sizes[ref[0]], nonempty), c64(0), M)
+        b.call(declare_gemm(b.module), [
+            ir.Constant(i32, int(ta)), ir.Constant(i32, int(tb)), M, N, K, ir.Constant(f32, 1.0),
+            self.at(*A), c64(lda), self.at(*Bm), c64(ldb), ir.Constant(f32, beta), self.at(*C), c64(ldc)])
 
     # -- loops
     def for_range(self, stop, start=0, name="i"):
@@ -211,8 +281,9 @@ class Emitter:
         return t if self.L.attrs["output_in_time_order"] else s
 
     def dropout(self, which, d, bi, j):
-        return self.ld(which, (d, self.L.B * (self.L.F if which == "dropout_mask" else self.L.U)),
-                       (bi, self.L.F if which == "dropout_mask" else self.L.U), j)
+        """dropout_mask[d, b, j] or recurrent_dropout_mask[d, b, j]."""
+        width = self.L.F if which == "dropout_mask" else self.L.U
+        return self.ld(which, (d, self.L.B * width), (bi, width), j)
 
     # -- the masked copies of x and h
     def masked_x(self, dest, d):
@@ -245,30 +316,29 @@ class Emitter:
         name, off, ld = view
         return self.at(name, off, (bi, ld), j)
 
-    def view_ptr(self, view, col=0):
-        """Pointer to this part's first row of a view, column ``col``."""
+    def view_ref(self, view):
+        """This part's first row of a view, as a GEMM operand."""
         name, off, ld = view
-        return self.at(name, off, (self.b0, ld), col)
+        return name, off, (self.b0, ld)
 
     # -- forward ---------------------------------------------------------------------------
     def input_projection(self):
         """XP rows of this part = input bias + (x * mask) @ kernel, one GEMM per input group."""
         L, b = self.L, self.b
-        bias_in = lambda c: self.ld("bias", c)  # noqa: E731  (gru reset_after: row 0 of bias)
 
-        def row(bi):
+        def row(bi):  # the input bias (for gru reset_after, row 0 of bias) under every step
             with self.for_range(L.T, name="pt") as t, self.for_range(L.GU, name="pc") as c:
-                self.st(bias_in(c), "XP", (bi, L.T * L.GU), (t, L.GU), c)
+                self.st(self.ld("bias", c), "XP", (bi, L.T * L.GU), (t, L.GU), c)
         self.each_row(row, name="pb")
         nrows = b.mul(self.rows, c64(L.T))
         for g0, n, d in L.in_groups:
             if d is None:
-                src = self.at("x", (self.b0, L.T * L.F))
+                src = ("x", (self.b0, L.T * L.F))
             else:
                 self.masked_x("XD", d)
-                src = self.at("XD", (self.b0, L.T * L.F))
-            self.gemm(False, False, nrows, n * L.U, L.F, src, L.F, self.at("kernel", g0 * L.U), L.GU,
-                      self.at("XP", (self.b0, L.T * L.GU), g0 * L.U), L.GU, beta=1.0)
+                src = ("XD", (self.b0, L.T * L.F))
+            self.gemm(False, False, nrows, n * L.U, L.F, src, L.F, ("kernel", g0 * L.U), L.GU,
+                      ("XP", (self.b0, L.T * L.GU), g0 * L.U), L.GU, beta=1.0)
 
     def recurrent_gemms(self, slot, a_off, times_r):
         """A[slot][:, gates] = source @ recurrent_kernel[:, gates] for the groups whose source
@@ -278,14 +348,12 @@ class Emitter:
             if key[1] != times_r:
                 continue
             src = self.source(key, slot)
-            self.gemm(False, False, self.rows, n * L.U, L.U, self.view_ptr(src), src[2],
-                      self.at("recurrent_kernel", g0 * L.U), L.GU,
-                      self.at("A", a_off, (self.b0, L.GA), g0 * L.U), L.GA)
+            self.gemm(False, False, self.rows, n * L.U, L.U, self.view_ref(src), src[2],
+                      ("recurrent_kernel", g0 * L.U), L.GU, ("A", a_off, (self.b0, L.GA), g0 * L.U), L.GA)
 
     def copy_sources(self, slot, h_in):
         """SRC[slot] = h * recurrent_mask[d] for every masked source (not the r * h one)."""
-        L = self.L
-        for key, k in L.src_slot.items():
+        for key in self.L.src_slot:
             d, times_r = key
             if times_r:
                 continue
@@ -484,8 +552,8 @@ class Emitter:
                     self.st(e.add(kept_h, e.mul(dnh, z)), "dh0", (bi, U), j)
                 self.each_unit(zh, t, name="zh")
                 # d(r * h_dropped) = d ah @ U_h^T
-                self.gemm(False, True, self.rows, U, U, self.at("DR", dr_off, (self.b0, GU), 2 * U), GU,
-                          self.at("recurrent_kernel", 2 * U), GU, self.at("TMP", (self.b0, U)), U)
+                self.gemm(False, True, self.rows, U, U, ("DR", dr_off, (self.b0, GU), 2 * U), GU,
+                          ("recurrent_kernel", 2 * U), GU, ("TMP", (self.b0, U)), U)
 
                 def reset(bi, j, m):
                     ar = a_ld(bi, U, j)
@@ -503,17 +571,17 @@ class Emitter:
 
     def recurrent_backward_gemms(self, dr_off):
         """dh_prev += sum over gate groups of (dgates @ recurrent_kernel^T) * recurrent mask."""
-        L, b, e = self.L, self.b, self.e
+        L, e = self.L, self.e
         U, GU = L.U, L.GU
         for g0, n, (d, times_r) in L.rec_groups:
             if times_r:
                 continue  # done with the candidate above
-            A = self.at("DR", dr_off, (self.b0, GU), g0 * U)
-            R = self.at("recurrent_kernel", g0 * U)
+            A = ("DR", dr_off, (self.b0, GU), g0 * U)
+            R = ("recurrent_kernel", g0 * U)
             if d is None:
-                self.gemm(False, True, self.rows, U, n * U, A, GU, R, GU, self.at("dh0", (self.b0, U)), U, beta=1.0)
+                self.gemm(False, True, self.rows, U, n * U, A, GU, R, GU, ("dh0", (self.b0, U)), U, beta=1.0)
                 continue
-            self.gemm(False, True, self.rows, U, n * U, A, GU, R, GU, self.at("TMP", (self.b0, U)), U)
+            self.gemm(False, True, self.rows, U, n * U, A, GU, R, GU, ("TMP", (self.b0, U)), U)
 
             def add(bi, j, m, d=d):
                 v = e.mul(self.ld("TMP", (bi, U), j), self.dropout("recurrent_dropout_mask", d, bi, j))
@@ -526,9 +594,9 @@ class Emitter:
         F, GU = L.F, L.GU
         nrows = b.mul(self.rows, c64(L.T))
         for k, (g0, n, d) in enumerate(L.in_groups):
-            dest = "dx" if k == 0 else "XT"
-            self.gemm(False, True, nrows, F, n * L.U, self.at("XP", (self.b0, L.T * GU), g0 * L.U), GU,
-                      self.at("kernel", g0 * L.U), GU, self.at(dest, (self.b0, L.T * F)), F)
+            dest = "dx" if k == 0 else "DX_PART"
+            self.gemm(False, True, nrows, F, n * L.U, ("XP", (self.b0, L.T * GU), g0 * L.U), GU,
+                      ("kernel", g0 * L.U), GU, (dest, (self.b0, L.T * F)), F)
             if d is None:
                 continue
 
@@ -565,20 +633,33 @@ def _workspace(k, L):
 
 
 def _run_parts(k, L, pointers, body):
-    """Call ``body(emitter)`` for the batch rows of each part, in parallel when L.nparts > 1."""
+    """Call ``body(emitter)`` for the batch rows of each part, in parallel when L.nparts > 1.
+
+    The body is a function of its own taking every buffer as a ``noalias`` argument: the
+    buffers and workspace regions are disjoint (inputs only read), and saying so lets LLVM
+    vectorise the loops over units without runtime overlap checks."""
     names = list(pointers)
-    ctx_t = ir.LiteralStructType([pointers[n].type for n in names])
+    types = [pointers[n].type for n in names]
+    body_fn = ir.Function(k.module, ir.FunctionType(void, [i64, i64] + types), name=f"{k.function.name}.rows")
+    body_fn.linkage = "internal"
+    vector_width_attrs(body_fn)
+    for arg in body_fn.args[2:]:
+        arg.add_attribute("noalias")
+    b = ir.IRBuilder(body_fn.append_basic_block("entry"))
+    body(Emitter(b, L, dict(zip(names, body_fn.args[2:])), body_fn.args[0], body_fn.args[1]))
+    b.ret_void()
+
+    ctx_t = ir.LiteralStructType(types)
     fn = ir.Function(k.module, threads.PART_FN_TYPE, name=f"{k.function.name}.part")
     fn.linkage = "internal"
-    vector_width_attrs(fn)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     rec = b.bitcast(fn.args[0], ctx_t.as_pointer())
     zero = ir.Constant(i32, 0)
-    p = {n: b.load(b.gep(rec, [zero, ir.Constant(i32, j)], inbounds=True)) for j, n in enumerate(names)}
+    p = [b.load(b.gep(rec, [zero, ir.Constant(i32, j)], inbounds=True)) for j in range(len(names))]
     part, nparts = fn.args[1], fn.args[2]
     b0 = b.sdiv(b.mul(part, c64(L.B)), nparts)
     b1 = b.sdiv(b.mul(b.add(part, c64(1)), c64(L.B)), nparts)
-    body(Emitter(b, L, p, b0, b1))
+    b.call(body_fn, [b0, b1] + p)
     b.ret_void()
 
     kb = k.b
@@ -594,7 +675,7 @@ def _run_parts(k, L, pointers, body):
 def _weight_gradients(k, L, p):
     """d_kernel, d_recurrent_kernel, d_bias: sums over every sample and step, once the parts are done."""
     em = Emitter(k.b, L, p, 0, L.B)
-    b, e = k.b, em.e
+    e = em.e
     U, GU, F = L.U, L.GU, L.F
     for g0, n, d in L.in_groups:
         src = "x"
@@ -602,15 +683,13 @@ def _weight_gradients(k, L, p):
             if len(L.in_groups) > 1:  # XD holds the last gate's masked x: remake it for this gate
                 em.masked_x("XD", d)
             src = "XD"
-        em.gemm(True, False, F, n * U, L.B * L.T, em.at(src, 0), F, em.at("XP", g0 * U), GU,
-                em.at("d_kernel", g0 * U), GU)
+        em.gemm(True, False, F, n * U, L.B * L.T, (src, 0), F, ("XP", g0 * U), GU, ("d_kernel", g0 * U), GU)
     for g0, n, key in L.rec_groups:
         if key == (None, False):
-            A, lda = em.at("HS", 0), U
+            A, lda = ("HS", 0), U
         else:
-            A, lda = em.at("SRC", L.src_slot[key] * U), L.NS * U
-        em.gemm(True, False, U, n * U, L.T * L.B, A, lda, em.at("DR", g0 * U), GU,
-                em.at("d_recurrent_kernel", g0 * U), GU)
+            A, lda = ("SRC", L.src_slot[key] * U), L.NS * U
+        em.gemm(True, False, U, n * U, L.T * L.B, A, lda, ("DR", g0 * U), GU, ("d_recurrent_kernel", g0 * U), GU)
     n_bias = 2 * GU if L.gru_ra else GU
     with em.for_range(n_bias, name="bz") as c:
         em.st(em.zero(), "d_bias", c)
@@ -628,6 +707,9 @@ def _lower(op, grad):
         pointers.update(zip(ins, k.inputs))
         raw, regions = _workspace(k, L)
         pointers.update(regions)
+        pointers["status"] = k.status
+        L.sizes.update((n, num_elements(t.shape)) for n, t in zip(ins, k.in_types))
+        L.sizes.update((n, num_elements(t.shape)) for n, t in zip(outs, k.out_types))
 
         def part(em):
             em.input_projection()
