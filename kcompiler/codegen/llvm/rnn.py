@@ -55,46 +55,6 @@ CHECK_BOUNDS = False
 ALIGN_FLOATS = 16  # 64 bytes
 
 
-class VectorMath(ScalarEmitter):
-    """ScalarEmitter whose float32 exp and tanh are inline polynomials (Cephes expf/tanhf,
-    about 1 ulp) instead of libm calls: the gate loops then vectorise, and sigmoid/tanh,
-    the recurrent activations almost every layer uses, stop dominating the step time."""
-
-    def exp(self, x):
-        if x.type != f32:
-            return super().exp(x)
-        b = self.b
-        # exp(x) = 2^n * e^r, n = round(x / ln 2), |r| <= ln2 / 2; clamped where the result
-        # is 0 or inf anyway (NaN passes through the min/max)
-        v = self.minf(self.maxf(x, self.c(-104.0, x)), self.c(89.0, x))
-        n = self.floor(self.add(self.mul(v, self.c(1.44269504088896341, x)), self.c(0.5, x)))
-        r = self.sub(self.sub(v, self.mul(n, self.c(0.693359375, x))), self.mul(n, self.c(-2.12194440e-4, x)))
-        p = self.c(1.9875691500e-4, x)
-        for coeff in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
-            p = self.add(self.mul(p, r), self.c(coeff, x))
-        y = self.add(self.add(self.mul(p, self.mul(r, r)), r), self.c(1.0, x))
-        # 2^n as two powers of two, each a normal float for n in [-150, 129]
-        ni = b.fptosi(n, i32)
-        n1 = b.ashr(ni, ir.Constant(i32, 1))
-        scale = [b.bitcast(b.shl(b.add(k, ir.Constant(i32, 127)), ir.Constant(i32, 23)), f32)
-                 for k in (n1, b.sub(ni, n1))]
-        return self.mul(self.mul(y, scale[0]), scale[1])
-
-    def tanh(self, x):
-        if x.type != f32:
-            return super().tanh(x)
-        z = self.fabs(x)
-        # |x| >= 0.625: 1 - 2 / (exp(2|x|) + 1) with the sign of x; below: an odd polynomial
-        big = self.sub(self.c(1.0, x), self.div(self.c(2.0, x), self.add(self.exp(self.add(z, z)), self.c(1.0, x))))
-        big = self.select(self.b.fcmp_ordered("<", x, self.c(0.0, x)), self.neg(big), big)
-        x2 = self.mul(x, x)
-        p = self.c(-5.70498872745e-3, x)
-        for coeff in (2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1, -3.33332819422e-1):
-            p = self.add(self.mul(p, x2), self.c(coeff, x))
-        small = self.add(self.mul(self.mul(p, x2), x), x)
-        return self.select(self.b.fcmp_unordered("<", z, self.c(0.625, x)), small, big)
-
-
 def _activation(name):
     """(f, f') of an activation name as IR emitters ``fn(e, x)``."""
     spec = ACTIVATIONS[name]
@@ -203,7 +163,7 @@ class Emitter:
 
     def __init__(self, b, L, p, b0, b1):
         self.b, self.L, self.p, self.b0, self.b1 = b, L, p, b0, b1
-        self.e = VectorMath(b)
+        self.e = ScalarEmitter(b)
         self.rows = b.sub(b1, b0) if not isinstance(b0, int) else c64(b1 - b0)
 
     # -- memory
