@@ -47,11 +47,11 @@ code, see there).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 
 import llvmlite.ir as ir
 
 from . import threads as _threads
+from .irutil import for_range
 
 __all__ = ["GEMM_ARG_TYPES", "GEMM_FN_TYPE", "emit_gemm", "gemm_ctypes_argtypes"]
 
@@ -102,33 +102,6 @@ def _c64(v):
 
 def _cf(v):
     return ir.Constant(f32, v)
-
-
-@contextmanager
-def _for_range(b: ir.IRBuilder, start, stop, step=1, name="i"):
-    """``for (iv = start; iv < stop; iv += step)`` (signed i64); yields iv."""
-    if isinstance(start, int):
-        start = _c64(start)
-    if isinstance(stop, int):
-        stop = _c64(stop)
-    if isinstance(step, int):
-        step = _c64(step)
-    pre = b.block
-    fn = pre.parent
-    hdr = fn.append_basic_block(f"{name}.hdr")
-    body = fn.append_basic_block(f"{name}.body")
-    exit_ = fn.append_basic_block(f"{name}.end")
-    b.branch(hdr)
-    b.position_at_end(hdr)
-    iv = b.phi(i64, name=name)
-    iv.add_incoming(start, pre)
-    b.cbranch(b.icmp_signed("<", iv, stop), body, exit_)
-    b.position_at_end(body)
-    yield iv
-    nxt = b.add(iv, step, name=f"{name}.next")
-    iv.add_incoming(nxt, b.block)
-    b.branch(hdr)
-    b.position_at_end(exit_)
 
 
 def _min(b, x, y):
@@ -200,7 +173,7 @@ def _emit_pack(module, name, R):
     zero = _cf(0.0)
     Rc = _c64(R)
     npanels = b.sdiv(b.add(nrows, _c64(R - 1)), Rc, name="npanels")
-    with _for_range(b, 0, npanels, name="p") as p:
+    with for_range(b, npanels, name="p") as p:
         r0 = b.mul(p, Rc, name="r0")
         rows = _min(b, Rc, b.sub(nrows, r0), )
         d = _gep(b, dst, b.mul(r0, kc))
@@ -210,7 +183,7 @@ def _emit_pack(module, name, R):
                 full = b.icmp_signed("==", rows, Rc)
                 with b.if_else(full) as (t2, o2):
                     with t2:
-                        with _for_range(b, 0, kc, name="k") as k:
+                        with for_range(b, kc, name="k") as k:
                             s = _gep(b, X, b.add(b.mul(k, ldx), r0))
                             dk = _gep(b, d, b.mul(k, Rc))
                             if R % VW == 0:
@@ -220,12 +193,12 @@ def _emit_pack(module, name, R):
                                 for i in range(R):
                                     b.store(b.load(_gep(b, s, i)), _gep(b, dk, i))
                     with o2:
-                        with _for_range(b, 0, kc, name="k") as k:
+                        with for_range(b, kc, name="k") as k:
                             s = _gep(b, X, b.add(b.mul(k, ldx), r0))
                             dk = _gep(b, d, b.mul(k, Rc))
-                            with _for_range(b, 0, rows, name="i") as i:
+                            with for_range(b, rows, name="i") as i:
                                 b.store(b.load(_gep(b, s, i)), _gep(b, dk, i))
-                            with _for_range(b, rows, Rc, name="iz") as i:
+                            with for_range(b, Rc, start=rows, name="iz") as i:
                                 b.store(zero, _gep(b, dk, i))
             with otherwise:
                 # S(r0+i, k) = X[(r0+i)*ldx + k]: row i is contiguous in k.
@@ -235,17 +208,17 @@ def _emit_pack(module, name, R):
                         # R source rows streamed side by side; contiguous R-float stores.
                         base = _gep(b, X, b.mul(r0, ldx))
                         srcs = [_gep(b, base, b.mul(_c64(i), ldx)) for i in range(R)]
-                        with _for_range(b, 0, kc, name="k") as k:
+                        with for_range(b, kc, name="k") as k:
                             dk = _gep(b, d, b.mul(k, Rc))
                             for i in range(R):
                                 b.store(b.load(_gep(b, srcs[i], k)), _gep(b, dk, i))
                     with o2:
-                        with _for_range(b, 0, rows, name="i") as i:
+                        with for_range(b, rows, name="i") as i:
                             s = _gep(b, X, b.mul(b.add(r0, i), ldx))
-                            with _for_range(b, 0, kc, name="k") as k:
+                            with for_range(b, kc, name="k") as k:
                                 b.store(b.load(_gep(b, s, k)), _gep(b, d, b.add(b.mul(k, Rc), i)))
-                        with _for_range(b, rows, Rc, name="iz") as i:
-                            with _for_range(b, 0, kc, name="kz") as k:
+                        with for_range(b, Rc, start=rows, name="iz") as i:
+                            with for_range(b, kc, name="kz") as k:
                                 b.store(zero, _gep(b, d, b.add(b.mul(k, Rc), i)))
     b.ret_void()
     return fn
@@ -317,10 +290,10 @@ def _emit_microkernel(module, name, MR, NR):
         for i in range(MR):
             for j in range(nv):
                 _vstore(b, res[i][j], _gep(b, tp, i * NR + j * VW), 64)
-        with _for_range(b, 0, mr, name="ei") as ii:
+        with for_range(b, mr, name="ei") as ii:
             crow = _gep(b, C, b.mul(ii, ldc))
             trow = _gep(b, tp, b.mul(ii, _c64(NR)))
-            with _for_range(b, 0, nr, name="ej") as jj:
+            with for_range(b, nr, name="ej") as jj:
                 t = b.fmul(b.load(_gep(b, trow, jj)), alpha)
                 pc = _gep(b, crow, jj)
                 with b.if_else(load_c) as (ld, nold):
@@ -372,9 +345,9 @@ def _emit_scale(module, name):
     M, N, beta, C, ldc = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     bz = b.fcmp_ordered("==", beta, _cf(0.0))
-    with _for_range(b, 0, M, name="i") as i:
+    with for_range(b, M, name="i") as i:
         row = _gep(b, C, b.mul(i, ldc))
-        with _for_range(b, 0, N, name="j") as j:
+        with for_range(b, N, name="j") as j:
             p = _gep(b, row, j)
             with b.if_else(bz) as (z, nz):
                 with z:
@@ -415,9 +388,9 @@ def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC):
     Bp = _gep(b, ws, a_sz)
 
     beta_is_zero = b.fcmp_ordered("==", beta, _cf(0.0))
-    with _for_range(b, 0, N, NC, name="jc") as jc:
+    with for_range(b, N, start=0, step=NC, name="jc") as jc:
         nc = _min(b, _c64(NC), b.sub(N, jc))
-        with _for_range(b, 0, K, KC, name="pc") as pc:
+        with for_range(b, K, start=0, step=KC, name="pc") as pc:
             kc = _min(b, _c64(KC), b.sub(K, pc))
             # B sub-matrix at (pc, jc) of op(B)
             boff = b.select(transB, b.add(b.mul(jc, ldb), pc), b.add(b.mul(pc, ldb), jc))
@@ -425,15 +398,15 @@ def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC):
             first = b.icmp_signed("==", pc, _c64(0))
             beta_eff = b.select(first, beta, _cf(1.0))
             load_c = b.not_(b.and_(first, beta_is_zero))
-            with _for_range(b, 0, M, MC, name="ic") as ic:
+            with for_range(b, M, start=0, step=MC, name="ic") as ic:
                 mc = _min(b, _c64(MC), b.sub(M, ic))
                 aoff = b.select(transA, b.add(b.mul(pc, lda), ic), b.add(b.mul(ic, lda), pc))
                 b.call(pack_a, [contigA, mc, kc, _gep(b, A, aoff), lda, Ap])
                 cblk = _gep(b, C, b.add(b.mul(ic, ldc), jc))
-                with _for_range(b, 0, nc, NR, name="jr") as jr:
+                with for_range(b, nc, start=0, step=NR, name="jr") as jr:
                     nr = _min(b, _c64(NR), b.sub(nc, jr))
                     bp = _gep(b, Bp, b.mul(jr, kc))
-                    with _for_range(b, 0, mc, MR, name="ir") as ir_:
+                    with for_range(b, mc, start=0, step=MR, name="ir") as ir_:
                         mr = _min(b, _c64(MR), b.sub(mc, ir_))
                         ap = _gep(b, Ap, b.mul(ir_, kc))
                         cp = _gep(b, cblk, b.add(b.mul(ir_, ldc), jr))
