@@ -22,6 +22,8 @@ class Program:
         self.training = training
         self.batch_size = batch_size
         self.iterations = 0
+        # model.compile(run_eagerly=True): the numpy reference interpreter runs the steps (debugging)
+        self.run_eagerly = bool(getattr(model, "run_eagerly", False))
         self._specialized = {}  # key -> (CompiledGraph, stages)
         self.stages = front_stages(model, training=training, batch_size=batch_size)
         self._compiled = None
@@ -29,7 +31,8 @@ class Program:
         self._label_type_cache = None
         self._ones = {}
         if batch_size is not None:
-            self._compiled, self.stages = back_stages(self.stages, target=target, fuse=fuse)
+            self._compiled, self.stages = back_stages(self.stages, target=target, fuse=fuse,
+                                                      run_eagerly=self.run_eagerly)
             self._specialized[self._key(batch_size, self._label_type(self.stages["traced"]))] = \
                 (self._compiled, self.stages)
 
@@ -70,7 +73,8 @@ class Program:
             return hit[0]
         if key not in self._specialized:
             stages = front_stages(self.model, training=self.training, batch_size=batch_size, label_type=label_type)
-            self._specialized[key] = back_stages(stages, target=self.target, fuse=self.fuse)
+            self._specialized[key] = back_stages(stages, target=self.target, fuse=self.fuse,
+                                                 run_eagerly=self.run_eagerly)
         compiled, stages = self._specialized[key]
         if self._compiled is None:
             self._compiled, self.stages = compiled, stages

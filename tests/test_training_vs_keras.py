@@ -86,3 +86,15 @@ def test_partial_last_batch_is_computed_exactly():
     program = kcompiler.compile(model, batch_size=4)
     x = np.random.default_rng(0).standard_normal((10, 3)).astype(np.float32)
     np.testing.assert_allclose(program.predict(x), model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_run_eagerly_trains_on_the_reference_interpreter_with_the_same_numbers():
+    case = load("training", "mlp_adam_cce")
+    model = build(case)
+    model.compile(optimizer=make_optimizer(case["spec"]["compile"]["optimizer"]),
+                  loss=make_loss(case["spec"]["compile"]["loss"]), run_eagerly=True)
+    program = kcompiler.compile(model, training=True, batch_size=4)
+    assert program.kernels == []  # nothing generated: the interpreter runs the graph
+    losses = [program.train_step(case["x"][i * 4:(i + 1) * 4], case["y"][i * 4:(i + 1) * 4])["loss"]
+              for i in range(20)]
+    np.testing.assert_allclose(losses, case["losses"], rtol=1e-3, atol=1e-5)

@@ -34,8 +34,12 @@ def front_stages(model, *, training=False, batch_size=None, label_type=None):
     return stages
 
 
-def back_stages(stages, *, target="cpu", fuse=True):
-    """Fusion, memory planning and code generation for the last (static) stage."""
+def back_stages(stages, *, target="cpu", fuse=True, run_eagerly=False):
+    """Fusion, memory planning and code generation for the last (static) stage; with
+    ``run_eagerly`` the static graph runs on the numpy reference interpreter instead."""
+    if run_eagerly:
+        from ..runtime.executor import ReferenceProgram
+        return ReferenceProgram(next(reversed(stages.values()))), stages
     if target == "cuda":
         raise UnsupportedError("the CUDA backend has not landed yet: compile with target='cpu'")
     from .lowering import lower_graph
