@@ -50,11 +50,6 @@ def set_random_seed(seed):
     global _rng
     _rng = np.random.default_rng(seed)
     np.random.seed(seed)
-    _seed_state["seed"] = int(seed)
-    _seed_state["count"] = 0
-
-
-_seed_state = {"seed": None, "count": 0}
 
 
 def rng():

@@ -24,10 +24,6 @@ def record_graph(g, feeds, inputs, outputs):
         tape._calls.append((g, dict(inputs), {k: v for k, v in feeds.items()}, list(outputs)))
 
 
-def record(op, inputs, attrs, outputs):
-    """Eager op calls record through record_graph (see backend._eager_op); kept for callers."""
-
-
 class GradientTape:
     def __init__(self, persistent=False, watch_accessed_variables=True):
         self.persistent = persistent

@@ -26,14 +26,16 @@ def default_label_type(model, loss, y_pred_type):
     return TensorType(y_pred_type.shape, y_pred_type.dtype)
 
 
-def trace_training(model, label_type=None):
+def trace_training(model, label_type=None, training=True):
+    """The forward pass, loss and batch metrics; ``training=False`` traces them in inference mode
+    (dropout off, moving statistics) for Keras's test step, which adds no gradients."""
     compiled = getattr(model, "compiled_loss", None)
     if compiled is None:
         raise KCompilerError(f"model '{model.name}' was not compiled with a loss: call "
                              "model.compile(optimizer=..., loss=...) before training")
-    b = backend.new_trace_builder(name=f"{model.name}_train_step", training=True)
+    b = backend.new_trace_builder(name=f"{model.name}_{'train' if training else 'test'}_step", training=training)
     xs = [SymbolicTensor(b, b.input(name, t)) for name, t in model.input_types()]
-    y_pred = model(xs[0] if len(xs) == 1 else xs, training=True)
+    y_pred = model(xs[0] if len(xs) == 1 else xs, training=training)
     outputs = flatten(y_pred)
     if len(outputs) != 1:
         raise NotImplementedError(f"model '{model.name}': training models with several outputs is not supported yet")
