@@ -1,11 +1,14 @@
 """Element-wise fusion: collapse chains of element-wise ops into `fused` nodes.
 
-A producer joins its consumers' group when every consumer is in that one group and
-it computes the group's shape, so a fused node never recomputes a value per
-broadcast element and no cycle can form. Values needed outside a group (other
-consumers, graph outputs, state updates) become outputs of the fused node. Why a
+A producer joins its consumers' group when its element-wise consumers are all in
+that one group, it computes the group's shape (so a fused node never recomputes a
+value per broadcast element), and none of its other consumers feeds the group (so no
+cycle can form). Values needed outside a group (other consumers, graph outputs, state
+updates) become outputs of the fused node. Why a
 pair was not fused is recorded in graph['notes'] for the dumps.
 """
+import networkx as nx
+
 from ..ir.graph import GraphBuilder, operands, topo_order
 from ..ir.registry import get_op
 
@@ -23,6 +26,12 @@ def _is_inline_constant(g, nid):
     return node["op"] == "constant" and not node["attrs"].get("array") and node["type"].shape == ()
 
 
+def _reaches(g, starts, members):
+    """Whether any node in ``starts`` has a path into ``members``."""
+    members = set(members)
+    return any(members & (nx.descendants(g, v) | {v}) for v in starts)
+
+
 def fuse_elementwise(g):
     g = g.copy()
     g.graph["notes"] = list(g.graph.get("notes", []))
@@ -33,15 +42,20 @@ def fuse_elementwise(g):
         if not _fusable(g, nid):
             continue
         shape = g.nodes[nid]["type"].shape
-        consumer_groups = {group_of.get(v) for v in g.successors(nid)}
+        consumers = set(g.successors(nid))
+        consumer_groups = {group_of[v] for v in consumers if v in group_of}
+        others = [v for v in consumers if v not in group_of]
         target = None
-        if len(consumer_groups) == 1 and None not in consumer_groups:
-            gid = consumer_groups.pop()
-            if groups[gid]["shape"] == shape:
-                target = gid
-            else:
+        if len(consumer_groups) == 1:
+            gid = next(iter(consumer_groups))
+            if groups[gid]["shape"] != shape:
                 g.graph["notes"].append(f"%{nid} {g.nodes[nid]['op']} not fused into group %{gid}: "
                                         f"shape {shape} differs from the group's {groups[gid]['shape']}")
+            elif others and _reaches(g, others, groups[gid]["members"]):
+                g.graph["notes"].append(f"%{nid} {g.nodes[nid]['op']} not fused into group %{gid}: another "
+                                        "consumer feeds that group (fusing would form a cycle)")
+            else:
+                target = gid  # consumers outside the group read it as an extra output
         elif len(consumer_groups) > 1:
             g.graph["notes"].append(f"%{nid} {g.nodes[nid]['op']} not fused: its consumers are in "
                                     f"{len(consumer_groups)} different kernels")
