@@ -98,3 +98,21 @@ def test_run_eagerly_trains_on_the_reference_interpreter_with_the_same_numbers()
     losses = [program.train_step(case["x"][i * 4:(i + 1) * 4], case["y"][i * 4:(i + 1) * 4])["loss"]
               for i in range(20)]
     np.testing.assert_allclose(losses, case["losses"], rtol=1e-3, atol=1e-5)
+
+
+def test_changing_the_learning_rate_takes_effect_without_recompiling():
+    backend.clear_session()
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, kernel_initializer="zeros")])
+    optimizer = keras.optimizers.SGD(0.1)
+    model.compile(optimizer=optimizer, loss="mse")
+    program = kcompiler.compile(model, training=True, batch_size=2)
+    x, y = np.ones((2, 3), np.float32), np.ones((2, 1), np.float32)
+    program.train_step(x, y)
+    before = model.get_weights()[0].copy()
+    optimizer.learning_rate = 0.0
+    program.train_step(x, y)
+    np.testing.assert_array_equal(model.get_weights()[0], before)
+    optimizer.learning_rate = 0.1
+    program.train_step(x, y)
+    assert not np.array_equal(model.get_weights()[0], before)
+    assert len(program._specialized) == 1  # one compiled step served all three
