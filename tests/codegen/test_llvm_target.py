@@ -143,8 +143,7 @@ def test_cache_hit_on_second_compile(cache):
     assert cm2.object_code == cm1.object_code
     for a, b in [(0, 0), (3, 4), (-5, 11)]:
         assert _madd(cm1)(a, b) == _madd(cm2)(a, b) == a * b + 7
-    # a hit only links the object: milliseconds, far below a compile
-    assert cm2.compile_seconds < 0.25
+    # (how fast a hit loads is measured in benchmarks/bench_cold_start.py, not asserted here)
 
 
 def test_cache_disabled(cache, monkeypatch):
