@@ -53,3 +53,18 @@ def make_sequential(spec):
     for layer_spec in spec["layers"]:
         model.add(make_layer(layer_spec))
     return model
+
+
+def layer_case(case):
+    """(layer built with the fixture's weights, its inputs as a list, the call's kwargs)."""
+    spec = case["spec"]
+    layer = make_layer(spec)
+    xs = indexed(case, "x") or [case["x"]]
+    layer.build([x.shape for x in xs] if len(xs) > 1 else xs[0].shape)
+    layer.built = True
+    if indexed(case, "w"):
+        layer.set_weights(indexed(case, "w"))
+    kwargs = dict(spec.get("call", {}))
+    if "mask" in case:
+        kwargs["mask"] = case["mask"]
+    return layer, xs, kwargs

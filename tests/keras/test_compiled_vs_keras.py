@@ -8,7 +8,7 @@ import kcompiler
 from kcompiler import keras
 from kcompiler.keras import backend, losses, ops
 from kcompiler.runtime import executor
-from keras_fixtures import cases, indexed, load, make_layer, make_sequential
+from keras_fixtures import cases, indexed, layer_case, load, make_sequential
 
 
 def assert_close(got, expected, rtol=1e-4):
@@ -25,16 +25,7 @@ def reference_engine():
 @pytest.mark.parametrize("name", cases("layers"))
 def test_reference_interpreter_layer_outputs_match_keras(name, reference_engine):
     case = load("layers", name)
-    spec = case["spec"]
-    layer = make_layer(spec)
-    xs = indexed(case, "x") or [case["x"]]
-    layer.build([x.shape for x in xs] if len(xs) > 1 else xs[0].shape)
-    layer.built = True
-    if indexed(case, "w"):
-        layer.set_weights(indexed(case, "w"))
-    kwargs = dict(spec.get("call", {}))
-    if "mask" in case:
-        kwargs["mask"] = case["mask"]
+    layer, xs, kwargs = layer_case(case)
     y = layer(xs if len(xs) > 1 else xs[0], **kwargs)
     outs = y if isinstance(y, (list, tuple)) else [y]
     for got, expected in zip(outs, indexed(case, "y") or [case["y"]]):

@@ -5,7 +5,7 @@ import pytest
 
 import kcompiler
 from kcompiler.keras import ops
-from keras_fixtures import cases, indexed, load, make_layer, make_sequential
+from keras_fixtures import cases, indexed, layer_case, load, make_sequential
 
 
 def assert_close(got, expected, what):
@@ -48,16 +48,7 @@ def test_layer_gradients_match_keras(name):
     case = load("layers", name)
     if "grad_w_0" not in case and "grad_x" not in case and "grad_x_0" not in case:
         pytest.skip("no gradient in this fixture")
-    spec = case["spec"]
-    layer = make_layer(spec)
-    xs = indexed(case, "x") or [case["x"]]
-    layer.build([x.shape for x in xs] if len(xs) > 1 else xs[0].shape)
-    layer.built = True
-    if indexed(case, "w"):
-        layer.set_weights(indexed(case, "w"))
-    kwargs = dict(spec.get("call", {}))
-    if "mask" in case:
-        kwargs["mask"] = case["mask"]
+    layer, xs, kwargs = layer_case(case)
     _check(case, layer, xs, kwargs)
 
 
