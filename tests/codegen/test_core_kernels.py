@@ -120,3 +120,25 @@ def test_argmax_of_integers():
     b.g.graph["outputs"] = outs
     got = run_compiled(b.g, {"x0": np.array([[3, 9, 2], [7, 1, 7]], np.int32)})[0]
     assert got.tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("op", ["sign", "floor", "round", "ceil"])
+def test_piecewise_constant_kernels(op):
+    x = np.array([[-2.5, -1.5, -0.5, 0.0, 0.5, 1.5, 2.5, 3.7]], np.float32)
+    b, _, outs = build_op_graph(op, [x], {})
+    b.g.graph["outputs"] = outs
+    expected, _ = run_reference(b.g, {"x0": x})
+    np.testing.assert_array_equal(run_compiled(b.g, {"x0": x})[0], expected[0])
+
+
+def test_logical_and_scatter_add_kernels():
+    a, c = RNG.random((3, 4)) > 0.5, RNG.random((3, 4)) > 0.5
+    for op, inputs in (("logical_and", [a, c]), ("logical_or", [a, c]), ("logical_not", [a])):
+        b, _, outs = build_op_graph(op, inputs, {})
+        b.g.graph["outputs"] = outs
+        feeds = {f"x{i}": v for i, v in enumerate(inputs)}
+        np.testing.assert_array_equal(run_compiled(b.g, feeds)[0], run_reference(b.g, feeds)[0][0])
+    idx, upd = np.array([[0, 3], [3, 1]], np.int32), normal(2, 2, 5)
+    b, _, outs = build_op_graph("scatter_add", [idx, upd], {"rows": 4})
+    b.g.graph["outputs"] = outs
+    assert_close32(run_compiled(b.g, {"x0": idx, "x1": upd})[0], run_reference(b.g, {"x0": idx, "x1": upd})[0][0])
