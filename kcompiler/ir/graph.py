@@ -11,6 +11,8 @@ constants), ``updates`` (variable name -> node id of its new value; state update
 such as BatchNormalization's moving statistics and, in training graphs, the
 optimizer's).
 """
+import itertools
+
 import networkx as nx
 
 from ..errors import ShapeError
@@ -18,9 +20,14 @@ from .registry import get_op
 from .types import TensorType
 
 
+_graph_uids = itertools.count()
+
+
 def new_graph(name="graph"):
     g = nx.MultiDiGraph(name=name)
-    g.graph.update(inputs=[], outputs=[], variables={}, constants={}, updates={}, next_id=0)
+    # uid: a process-unique identity for caches keyed by graph (id() can be reused after GC)
+    g.graph.update(inputs=[], outputs=[], variables={}, constants={}, updates={}, next_id=0,
+                   uid=next(_graph_uids))
     return g
 
 

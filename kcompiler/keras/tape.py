@@ -89,8 +89,9 @@ class GradientTape:
                         feeds[feed] = a
                         signature.append(("feed", a.shape, str(a.dtype)))
                     else:
-                        mapping[nid] = node_of.get(id(value)) or external(value)
-                        signature.append(("in", id(value) in node_of))
+                        produced = node_of.get(id(value))
+                        mapping[nid] = produced if produced is not None else external(value)
+                        signature.append(("in", produced))  # which recorded value feeds it
                 elif op == "variable":
                     mapping[nid] = b.variable(g.graph["variables"][nid])
                 elif op == "constant" and node["attrs"].get("array"):
@@ -100,7 +101,7 @@ class GradientTape:
                                          type=node["type"] if op in ("constant",) else None)
             for t, o in zip(outputs, g.graph["outputs"]):
                 node_of[id(t)] = mapping[o]
-            signature.append(("call", id(g)))
+            signature.append(("call", g.graph["uid"]))
         if id(target) not in node_of:
             raise KCompilerError("tape.gradient: the target was not computed while this tape was recording")
         source_nodes = []
@@ -132,8 +133,8 @@ class GradientTape:
         if not outs:
             return None if single else [None] * len(source_list)
         b.g.graph["outputs"] = outs
-        key = (tuple(signature), tuple(slots), tuple(id(s) if isinstance(s, Variable) else None
-                                                      for s in source_list))
+        key = (tuple(signature), node_of[id(target)], tuple(source_nodes), tuple(slots),
+               output_gradients is not None, unconnected_gradients)
         g = _compiled_gradients.setdefault(key, b.g)  # compiled on first run, kept on the graph
         from ..runtime.executor import run_graph
         values, _ = run_graph(g, feeds)

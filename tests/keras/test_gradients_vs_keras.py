@@ -78,3 +78,17 @@ def test_a_non_persistent_tape_gives_gradients_once():
     assert tape.gradient(y, x).numpy().tolist() == [2.0, 2.0, 2.0]
     with pytest.raises(RuntimeError, match="only be used to compute one set"):
         tape.gradient(y, x)
+
+
+def test_gradient_cache_tells_apart_recordings_with_different_wiring():
+    x = ops.convert_to_tensor(np.array([1.0, 2.0], np.float32))
+    results = []
+    for use_second in (False, True):
+        with kcompiler.GradientTape() as tape:
+            tape.watch(x)
+            a, b = x * 3.0, x * 5.0
+            picked = b if use_second else a
+            y = ops.sum(picked * picked)
+        results.append(tape.gradient(y, x).numpy())
+    np.testing.assert_allclose(results[0], 18.0 * np.array([1, 2]))   # d sum(9x^2)
+    np.testing.assert_allclose(results[1], 50.0 * np.array([1, 2]))   # d sum(25x^2)
