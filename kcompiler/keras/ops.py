@@ -306,3 +306,25 @@ def any(x, axis=None, keepdims=False):
     """True where some element along ``axis`` is non-zero."""
     return equal(max(cast(not_equal(x, 0) if x.dtype != "bool" else x, "float32"), axis=axis,
                      keepdims=keepdims), 1.0)
+
+
+def _pair(v):
+    return (int(v), int(v)) if isinstance(v, int) else tuple(int(d) for d in v)
+
+
+def conv(inputs, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+    """2-D convolution of NHWC ``inputs`` with an HWIO ``kernel`` (keras.ops.conv, rank 4 only)."""
+    if data_format not in (None, "channels_last"):
+        raise NotImplementedError("conv: only data_format='channels_last' is supported")
+    return apply_op("conv2d", [inputs, kernel], strides=_pair(strides), padding=padding.lower(),
+                    dilation=_pair(dilation_rate))
+
+
+def max_pool(inputs, pool_size, strides=None, padding="valid", data_format=None):
+    return apply_op("max_pool2d", [inputs], pool=_pair(pool_size), strides=_pair(strides or pool_size),
+                    padding=padding.lower())
+
+
+def average_pool(inputs, pool_size, strides=None, padding="valid", data_format=None):
+    return apply_op("avg_pool2d", [inputs], pool=_pair(pool_size), strides=_pair(strides or pool_size),
+                    padding=padding.lower())

@@ -242,3 +242,21 @@ def test_subclassed_summary_matches_tf_keras_text_fixture():
     model.summary(print_fn=lines.append)
     expected = (Path(__file__).parent.parent / "fixtures/keras/text/summary_subclassed.txt").read_text().splitlines()
     assert [l.rstrip() for l in lines] == [l.rstrip() for l in expected]
+
+
+def test_keras_ops_conv_and_pool_in_a_custom_layer():
+    class EdgeDetect(layers.Layer):
+        def build(self, input_shape):
+            self.k = self.add_weight(shape=(3, 3, input_shape[-1], 2), name="k")
+
+        def call(self, x):
+            return ops.max_pool(ops.relu(ops.conv(x, self.k, padding="same")), 2)
+
+    layer = EdgeDetect()
+    x = np.random.default_rng(0).standard_normal((2, 6, 6, 1)).astype(np.float32)
+    y = layer(x)
+    reference = layers.Conv2D(2, 3, padding="same", use_bias=False, activation="relu")
+    pooled = layers.MaxPooling2D(2)
+    reference.build((None, 6, 6, 1))
+    reference.set_weights([layer.k.numpy()])
+    np.testing.assert_allclose(y.numpy(), pooled(reference(x)).numpy(), rtol=1e-5, atol=1e-6)
