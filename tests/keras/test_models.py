@@ -260,3 +260,11 @@ def test_keras_ops_conv_and_pool_in_a_custom_layer():
     reference.build((None, 6, 6, 1))
     reference.set_weights([layer.k.numpy()])
     np.testing.assert_allclose(y.numpy(), pooled(reference(x)).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_build_by_hand_then_set_weights_keeps_them_on_the_first_call():
+    layer = layers.Dense(2, use_bias=False)
+    layer.build((None, 3))
+    assert layer.built
+    layer.set_weights([np.ones((3, 2), np.float32)])
+    np.testing.assert_array_equal(layer(np.ones((1, 3), np.float32)).numpy(), [[3.0, 3.0]])

@@ -6,6 +6,7 @@ for the data's shapes and runs that graph (``_call_eager``). Either way the math
 is only ever what ``call`` emits through ``keras.ops``, so built-in and user
 layers are treated alike.
 """
+import functools
 import inspect
 
 import numpy as np
@@ -51,6 +52,20 @@ class InputSpec:
 
 
 class Layer:
+    def __init_subclass__(cls, **kwargs):
+        # As in Keras, calling build() — by hand or on first call — marks the layer built, so a
+        # later call does not build (and re-initialise its weights) again.
+        super().__init_subclass__(**kwargs)
+        if "build" in cls.__dict__:
+            user_build = cls.__dict__["build"]
+
+            @functools.wraps(user_build)
+            def build(self, *args, **kw):
+                result = user_build(self, *args, **kw)
+                self.built = True
+                return result
+            cls.build = build
+
     _accepted_kwargs = {"trainable", "name", "dtype", "input_shape", "batch_input_shape", "input_dim",
                         "batch_size", "input_length", "autocast", "dynamic", "weights"}
 
