@@ -28,6 +28,7 @@ class Program:
         self.stages = front_stages(model, training=training, batch_size=batch_size)
         self._compiled = None
         self._input_specs = None
+        self._has_symbolic_dims = None
         self._label_type_cache = None
         self._ones = {}
         if batch_size is not None:
@@ -66,13 +67,24 @@ class Program:
             raise KeyError(f"no stage {stage!r}; this program has {list(self.stages)}")
         return dump_graph(self.stages[stage], fmt, stage)
 
-    def _specialize(self, batch_size, label_type=None):
+    def _symbolic_dims(self):
+        """Whether some input has a symbolic dimension besides the batch (a sequence length)."""
+        if self._has_symbolic_dims is None:
+            self._has_symbolic_dims = any(None in t.shape[1:] for _, t in self.model.input_types())
+        return self._has_symbolic_dims
+
+    def _specialize(self, batch_size, label_type=None, feeds=None):
         key = self._key(batch_size, label_type)
+        input_shapes = None
+        if feeds is not None and self._symbolic_dims():  # sequence lengths are specialisation keys too
+            input_shapes = {name: feeds[name].shape for name, _ in self._input_specs}
+            key = key + tuple(sorted(input_shapes.items()))
         hit = self._specialized.get(key)
         if hit is not None:
             return hit[0]
         if key not in self._specialized:
-            stages = front_stages(self.model, training=self.training, batch_size=batch_size, label_type=label_type)
+            stages = front_stages(self.model, training=self.training, batch_size=batch_size, label_type=label_type,
+                                  input_shapes=input_shapes)
             self._specialized[key] = back_stages(stages, target=self.target, fuse=self.fuse,
                                                  run_eagerly=self.run_eagerly)
         compiled, stages = self._specialized[key]
@@ -116,7 +128,7 @@ class Program:
         for start in range(0, n, step):
             chunk = {k: v[start:start + step] for k, v in feeds.items()}
             rows = len(next(iter(chunk.values())))
-            compiled = self._specialize(rows)
+            compiled = self._specialize(rows, feeds=chunk)
             results.append(compiled.run(chunk))
         outs = [np.concatenate([r[i] for r in results]) for i in range(len(results[0]))]
         return outs[0] if len(outs) == 1 else outs
@@ -139,7 +151,7 @@ class Program:
                 y = y.astype(np.int32)  # class ids given as floats, as Keras accepts them
         if len(y) != n:
             raise ShapeError(f"labels: {len(y)} samples for {n} inputs")
-        compiled = self._specialize(n, y)  # arrays have .shape and .dtype like a TensorType
+        compiled = self._specialize(n, y, feeds)  # arrays have .shape and .dtype like a TensorType
         feeds["y"] = y
         if sample_weight is None:
             if n not in self._ones:

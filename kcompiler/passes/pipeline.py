@@ -18,16 +18,25 @@ def check_layers_supported(model):
         raise UnsupportedError("unsupported layers (not kcompiler.keras layers): " + ", ".join(bad))
 
 
-def front_stages(model, *, training=False, batch_size=None, label_type=None):
-    """Trace and shape-check (and, for training with a batch size, differentiate)."""
+def front_stages(model, *, training=False, batch_size=None, label_type=None, input_shapes=None,
+                 evaluation=False):
+    """Trace and shape-check (and, for training with a batch size, differentiate). ``input_shapes``
+    (name -> shape) fixes symbolic dimensions besides the batch, such as a sequence length.
+    ``evaluation``: Keras's test step — loss and metrics in inference mode, no gradients."""
     check_layers_supported(model)
     stages = OrderedDict()
-    g = trace_training(model, label_type) if training else trace_model(model)
+    if evaluation:
+        g = trace_training(model, label_type, training=False)
+    else:
+        g = trace_training(model, label_type) if training else trace_model(model)
     stages["traced"] = g
     types = {}
     for n in g.graph["inputs"]:
         name = g.nodes[n]["attrs"]["name"]
-        types[name] = specialize_input_type(g.nodes[n]["type"], batch_size)
+        t = specialize_input_type(g.nodes[n]["type"], batch_size)
+        if input_shapes and name in input_shapes:
+            t = specialize_input_type(t, dims=dict(enumerate(input_shapes[name])))
+        types[name] = t
     stages["shaped"] = infer_shapes(g, types, batch_size)
     if training and batch_size is not None:
         stages["differentiated"] = differentiate(stages["shaped"], model)

@@ -264,3 +264,17 @@ def test_the_seed_mnist_cnn_trains_with_validation_split():
     assert all(np.isfinite(v).all() for v in history.history.values())
     loss, accuracy = model.evaluate(x[:16], y[:16], batch_size=16, verbose=0)
     assert np.isfinite(loss) and 0.0 <= accuracy <= 1.0
+
+
+def test_fit_on_variable_length_sequences_specialises_the_sequence_length():
+    from kcompiler import keras
+    from kcompiler.keras import layers
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([layers.Embedding(50, 8, mask_zero=True), layers.LSTM(4), layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    for length in (5, 7):  # the traced time dimension is None; each length gets its own program
+        x = rng.integers(1, 50, (6, length))
+        history = model.fit(x, rng.standard_normal((6, 1)).astype(np.float32), batch_size=3, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+        assert model.predict(x, verbose=0).shape == (6, 1)
+        assert len(model.evaluate(x, np.zeros((6, 1), np.float32), verbose=0, return_dict=True)) == 1
