@@ -115,3 +115,82 @@ def _collapse(b, members, live_out):
         if g.nodes[nid]["op"] == "constant" and g.out_degree(nid) == 0 and nid not in g.graph["outputs"] \
                 and not g.nodes[nid]["attrs"].get("array"):
             g.remove_node(nid)
+
+
+# ---- epilogues: a contraction and the element-wise node that consumes it -----------------------
+
+EPILOGUE_HEADS = ("matmul", "conv2d")
+
+
+def _body_of(g, nid):
+    node = g.nodes[nid]
+    if node["op"] == "fused":
+        return [dict(m, args=[list(a) for a in m["args"]]) for m in node["attrs"]["body"]], list(node["attrs"]["outputs"])
+    n = len(operands(g, nid))
+    return [{"op": node["op"], "attrs": dict(node["attrs"]), "args": [["in", i] for i in range(n)]}], [0]
+
+
+def _epilogue_operand_ok(shape, head_shape):
+    """An epilogue reads its other operands at the head's element or along its last axis."""
+    return tuple(shape) in (tuple(head_shape), (head_shape[-1],), ())
+
+
+def _epilogue_head(g, nid, live_out):
+    """The contraction node ``nid`` can absorb as its epilogue, or None (with a note why not)."""
+    node = g.nodes[nid]
+    if node["op"] != "fused" and get_op(node["op"]).kind != "elementwise":
+        return None
+    out_types = node["type"] if isinstance(node["type"], tuple) else (node["type"],)
+    for u in set(operands(g, nid)):
+        head = g.nodes[u]
+        if head["op"] not in EPILOGUE_HEADS or head["type"].dtype != "float32":
+            continue
+        why = None
+        if u in live_out or set(g.successors(u)) != {nid}:
+            why = "its result is also used elsewhere"
+        elif any(t.shape != head["type"].shape for t in out_types):
+            why = "the epilogue's shape differs"
+        elif not all(_epilogue_operand_ok(g.nodes[v]["type"].shape, head["type"].shape)
+                     for v in operands(g, nid) if v != u):
+            why = "an operand broadcasts along other axes than the last"
+        if why:
+            g.graph["notes"].append(f"%{u} {head['op']} not fused with its consumer %{nid}: {why}")
+            continue
+        return u
+    return None
+
+
+def fuse_epilogues(g):
+    """Merge each matmul/conv2d into the element-wise node consuming it (bias, activation,
+    activation gradients), as one `fused_contraction` node."""
+    g = g.copy()
+    g.graph["notes"] = list(g.graph.get("notes", []))
+    live_out = set(g.graph["outputs"]) | set(g.graph["updates"].values())
+    b = GraphBuilder(g)
+    for nid in topo_order(g):
+        if nid not in g:
+            continue
+        head = _epilogue_head(g, nid, live_out)
+        if head is None:
+            continue
+        body, outputs = _body_of(g, nid)
+        head_operands = operands(g, head)
+        extras = [u for u in dict.fromkeys(operands(g, nid)) if u != head]
+        position = {u: i for i, u in enumerate(extras)}
+        old = operands(g, nid)
+        for m in body:
+            m["args"] = [["acc", 0] if kind == "in" and old[i] == head else
+                         (["in", position[old[i]]] if kind == "in" else [kind, i]) for kind, i in m["args"]]
+        attrs = {"head": g.nodes[head]["op"], "head_attrs": dict(g.nodes[head]["attrs"]),
+                 "n_head": len(head_operands), "body": body, "outputs": outputs}
+        prev_layer, b.layer = b.layer, g.nodes[nid].get("layer") or g.nodes[head].get("layer")
+        new = b.add("fused_contraction", head_operands + extras, attrs)
+        b.layer = prev_layer
+        g.nodes[new]["fused"] = [g.nodes[head]["op"]] + (g.nodes[nid].get("fused") or [g.nodes[nid]["op"]])
+        for _, v, key in list(g.out_edges(nid, keys=True)):
+            g.remove_edge(nid, v, key)
+            g.add_edge(new, v, key=key)
+        g.graph["outputs"] = [new if o == nid else o for o in g.graph["outputs"]]
+        g.graph["updates"] = {var: (new if val == nid else val) for var, val in g.graph["updates"].items()}
+        g.remove_nodes_from([nid, head])
+    return g

@@ -2,7 +2,7 @@
 fusion -> memory planning -> LLVM code generation -> compile (disk-cached) -> bind."""
 from collections import OrderedDict
 
-from .fusion import fuse_elementwise
+from .fusion import fuse_elementwise, fuse_epilogues
 from .memory_plan import plan_memory
 from .simplify import simplify
 
@@ -15,7 +15,7 @@ def lower_graph(g, *, fuse=True, stages=None):
     stages = stages if stages is not None else OrderedDict()
     g = simplify(g)
     if fuse:
-        g = fuse_elementwise(g)
+        g = fuse_epilogues(fuse_elementwise(g))
     stages["fused"] = g
     g = plan_memory(g)
     stages["planned"] = g

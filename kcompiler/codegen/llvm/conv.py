@@ -206,7 +206,7 @@ def run_parts(k, buffers, nparts, body, scratch_floats=0, after=None):
     pages in on every call) and freed after ``after(b, scratch)`` has run in the kernel, once
     every part is done."""
     module, kb = k.module, k.b
-    sizes = {id(p): _num(t.shape) for p, t in zip(k.outputs + k.inputs, k.out_types + list(k.in_types))}
+    sizes = k.buffer_sizes()
     ctx_t = ir.LiteralStructType([p.type for p in buffers] + [fptr, k.status.type])
     fn = ir.Function(module, threads.PART_FN_TYPE, name=f"{k.function.name}.part")
     fn.linkage = "internal"
@@ -359,12 +359,17 @@ def _aligned(n):
 # ---- the three ops ---------------------------------------------------------------------------
 
 @lowering("llvm", "conv2d")
-def lower_conv2d(k):
+def lower_conv2d(k, epilogue=None):
+    """``epilogue`` (codegen/llvm/epilogue.py) finishes each chunk of output rows right after
+    its GEMM, while they are in cache."""
     x, kernel = k.inputs
     y = k.outputs[0]
     g = conv_geometry("conv2d", k.in_types[0].shape, k.in_types[1].shape, k.attrs)
+    extra = epilogue.pointers[1:] if epilogue is not None else []  # pointers[0] is y
     if g.pointwise:
         k.call_gemm(False, False, g.rows, g.cout, g.cin, x, g.cin, kernel, g.cout, y, g.cout)
+        if epilogue is not None:
+            epilogue.emit(k.b, epilogue.pointers, 0, g.rows)
         return
     nparts = parts_for(g.rows * g.width * g.cout, g.rows // MIN_CHUNK_ROWS)
     chunk = _chunk_rows(g, -(-g.rows // nparts))
@@ -372,15 +377,17 @@ def lower_conv2d(k):
     gemm = serial_gemm(k.module) if nparts > 1 else k.gemm()
 
     def body(p):
-        b, (x, kernel, y) = p.b, p.buffers
+        b, (x, kernel, y), rest = p.b, p.buffers[:3], p.buffers[3:]
         cols = p.slice(p.scratch, b.mul(p.index, c64(cols_floats)), cols_floats)
         lo, hi = split(b, p.index, p.count, g.rows, 1)
         with chunks(b, lo, hi, chunk) as (first, count):
             emit_im2col(b, g, x, cols, first, count)
             call_gemm(b, gemm, False, False, count, g.cout, g.width, cols, g.width, kernel, g.cout,
                       at(b, y, b.mul(first, c64(g.cout))), g.cout)
+            if epilogue is not None:
+                epilogue.emit(b, [y] + rest, first, count)
 
-    run_parts(k, [x, kernel, y], nparts, body, scratch_floats=nparts * cols_floats)
+    run_parts(k, [x, kernel, y] + extra, nparts, body, scratch_floats=nparts * cols_floats)
 
 
 @lowering("llvm", "conv2d_backward_input")

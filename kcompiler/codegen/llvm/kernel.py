@@ -49,6 +49,11 @@ class KernelBuilder:
                 register_buffer(ptr, num_elements(t.shape), self.status)
         self.inline_constants = inline_constants or {}  # operand index -> scalar value known at compile time
 
+    def buffer_sizes(self):
+        """{id(pointer): element count} for every output and input buffer of the kernel."""
+        return {id(p): num_elements(t.shape)
+                for p, t in zip(self.outputs + self.inputs, self.out_types + list(self.in_types))}
+
     def finish(self):
         self.b.ret_void()
         return self.function

@@ -1,0 +1,32 @@
+"""The `fused_contraction` op: a matmul or conv2d with an element-wise epilogue, made by the
+fusion pass so the product's output is finished (bias, activation, ...) while it is still
+in cache, instead of in a second pass over memory.
+
+attrs: ``head`` (the contraction's op name), ``head_attrs``, ``n_head`` (how many of the
+node's operands are the head's), ``body``/``outputs`` as in the `fused` op, where a ref
+``["acc", 0]`` is the head's result and ``["in", k]`` is operand ``n_head + k``.
+"""
+from ..ir.registry import get_op, register
+from ..ir.types import TensorType
+
+
+def head_type(in_types, attrs):
+    return get_op(attrs["head"]).shape_rule(in_types[:attrs["n_head"]], attrs["head_attrs"])
+
+
+def _rule(in_types, attrs):
+    acc = head_type(in_types, attrs)
+    extra = in_types[attrs["n_head"]:]
+    types = []
+    for m in attrs["body"]:
+        if m["op"] == "constant":
+            types.append(TensorType((), m["attrs"]["dtype"]))
+            continue
+        args = [acc if kind == "acc" else extra[i] if kind == "in" else types[i] for kind, i in m["args"]]
+        types.append(get_op(m["op"]).shape_rule(args, m["attrs"]))
+    outs = [types[j] for j in attrs["outputs"]]
+    return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+register("fused_contraction", shape=_rule, kind="contraction",
+         doc="a matmul/conv2d head with an element-wise epilogue (see attrs); made by passes/fusion.py")
