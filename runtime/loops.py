@@ -159,19 +159,29 @@ class Batches:
 
 
 class RunningMeans:
-    """The epoch-so-far means of each step's values, weighted by batch size."""
+    """The epoch-so-far means of each step's values, weighted by batch size. Metrics that keep
+    state across batches (``stateful``: Precision, Recall, ...) already report their value over
+    the epoch so far: their latest value is taken as it is."""
 
-    def __init__(self):
+    def __init__(self, stateful=()):
         self.totals = None
         self.count = 0
+        self.stateful = set(stateful)
 
     def add(self, values, n):
         if self.totals is None:
             self.totals = dict.fromkeys(values, 0.0)
-        for k, v in values.items():
-            self.totals[k] += v * n
         self.count += n
-        return {k: t / self.count for k, t in self.totals.items()}
+        for k, v in values.items():
+            self.totals[k] = v if k in self.stateful else self.totals[k] + v * n
+        return {k: t if k in self.stateful else t / self.count for k, t in self.totals.items()}
+
+
+def _stateful_metric_names(model):
+    """Names of the compiled metrics that accumulate state over an epoch; resets their state."""
+    from kcompiler.keras.training import batch_metric_fn, reset_stateful_metrics
+    reset_stateful_metrics(model)
+    return [m.name for m in getattr(model, "compiled_metric_objects", []) if batch_metric_fn(m) is None]
 
 
 def _check_compiled(model, method):
@@ -242,7 +252,7 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
     training_logs = None
     for epoch in range(initial_epoch, epochs):
         callbacks.on_epoch_begin(epoch)
-        means, logs = RunningMeans(), {}
+        means, logs = RunningMeans(_stateful_metric_names(model)), {}
         for step, index in batches.epoch():
             callbacks.on_train_batch_begin(step)
             values = runner.train(_take(xs, index), y[index], None if sample_weight is None else sample_weight[index])
@@ -278,7 +288,7 @@ def _evaluate_loop(model, runner, xs, y, sample_weight, batch_size, num_steps, c
     feeds = feeds_by_name(model, xs)
     names = list(feeds)
     callbacks.on_test_begin()
-    means, logs = RunningMeans(), {}
+    means, logs = RunningMeans(_stateful_metric_names(model)), {}
     for step, index in batches.epoch():
         callbacks.on_test_batch_begin(step)
         values = runner.test({k: feeds[k][index] for k in names}, y[index],
@@ -347,6 +357,8 @@ def train_on_batch(model, x, y=None, sample_weight=None, class_weight=None, rese
         if sample_weight is not None:
             raise ValueError("You cannot `class_weight` and `sample_weight` at the same time.")
         sample_weight = class_weight_array(y, class_weight)
+    if reset_metrics:
+        _stateful_metric_names(model)
     logs = model_steps(model).train(xs, y, sample_weight)
     return logs if return_dict else _flatten(logs)
 
@@ -355,6 +367,8 @@ def test_on_batch(model, x, y=None, sample_weight=None, reset_metrics=True, retu
     _check_compiled(model, "test_on_batch")
     xs = input_arrays(model, x)
     y = label_array(model, y, len(xs[0]))
+    if reset_metrics:
+        _stateful_metric_names(model)
     logs = model_steps(model).test(feeds_by_name(model, xs), y, weight_array(sample_weight, len(y)))
     return logs if return_dict else _flatten(logs)
 

@@ -8,13 +8,22 @@ from . import losses as losses_mod, metrics as metrics_mod
 
 
 def batch_metric_fn(metric):
-    """A function (y_true, y_pred) -> per-sample values for a mean-of-samples metric."""
+    """A function (y_true, y_pred) -> per-sample values for a mean-of-samples metric; None for a
+    metric that keeps state across batches (Precision, Recall, TruePositives, ...): the step
+    updates its state variables in the graph and returns its result (passes/training.py)."""
     fn = getattr(metric, "_fn", None)
     if fn is None:
-        raise NotImplementedError(f"metric {metric.name!r} ({type(metric).__name__}) keeps state across batches; "
-                                  "inside compiled training steps only mean-of-samples metrics are supported yet")
+        return None
     kwargs = getattr(metric, "_fn_kwargs", {})
     return lambda y_true, y_pred: fn(y_true, y_pred, **kwargs)
+
+
+def reset_stateful_metrics(model):
+    """Zero the state of the compiled metrics that accumulate over an epoch (in place, so compiled
+    steps holding their buffers see it)."""
+    for metric in getattr(model, "compiled_metric_objects", []):
+        if batch_metric_fn(metric) is None:
+            metric.reset_state()
 
 
 def compile_model(model, optimizer="rmsprop", loss=None, metrics=None, run_eagerly=False, target="cpu",

@@ -61,10 +61,18 @@ def trace_training(model, label_type=None, training=True):
             batch = ops.sum(ops.where(ops.equal(sample_weight, sample_weight), 1.0, 1.0))
             for nid in activity:
                 total = ops.add(total, ops.divide(SymbolicTensor(b, nid), batch))
-        metric_values = [fn(y_true, y_pred) for _, fn in getattr(model, "compiled_metric_fns", [])]
-        metric_values = [ops.mean(ops.cast(v, "float32")) for v in metric_values]
+        metric_values, stateful = [], []
+        for (name, fn), metric in zip(getattr(model, "compiled_metric_fns", []),
+                                      getattr(model, "compiled_metric_objects", [])):
+            if fn is not None:  # a mean over samples: the batch's mean, averaged by the runtime
+                metric_values.append(ops.mean(ops.cast(fn(y_true, y_pred), "float32")))
+            else:  # state across batches: update it in the step, report its result so far
+                metric.update_state(y_true, y_pred, sample_weight=sample_weight)
+                metric_values.append(ops.cast(metric.result(), "float32"))
+                stateful.append(name)
     b.g.graph["outputs"] = [total.node] + [m.node for m in metric_values]
     b.g.graph["output_names"] = ["loss"] + [name for name, _ in getattr(model, "compiled_metric_fns", [])]
+    b.g.graph["stateful_outputs"] = stateful
     b.g.graph["loss"] = total.node
     return b.g
 

@@ -278,3 +278,25 @@ def test_fit_on_variable_length_sequences_specialises_the_sequence_length():
         assert np.isfinite(history.history["loss"][0])
         assert model.predict(x, verbose=0).shape == (6, 1)
         assert len(model.evaluate(x, np.zeros((6, 1), np.float32), verbose=0, return_dict=True)) == 1
+
+
+def test_stateful_metrics_accumulate_over_the_epoch_inside_the_compiled_step():
+    from kcompiler import keras
+    from kcompiler.keras import backend
+    backend.clear_session()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((40, 3)).astype(np.float32)
+    y = (rng.random((40, 1)) > 0.4).astype(np.float32)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")])
+    precision, recall = keras.metrics.Precision(), keras.metrics.Recall()
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="binary_crossentropy", metrics=[precision, recall])
+    history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    predicted = model.predict(x, verbose=0) > 0.5  # the weights never change (learning rate 0)
+    tp = float(np.sum(predicted & (y > 0.5)))
+    expected_precision = tp / max(float(predicted.sum()), 1e-7)
+    expected_recall = tp / float((y > 0.5).sum())
+    for epoch in range(2):  # over each whole epoch, not a mean of batch values; reset between epochs
+        assert history.history["precision"][epoch] == pytest.approx(expected_precision, rel=1e-5)
+        assert history.history["recall"][epoch] == pytest.approx(expected_recall, rel=1e-5)
+    logs = model.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
+    assert logs["precision"] == pytest.approx(expected_precision, rel=1e-5)
