@@ -10,10 +10,11 @@ from ..ir.registry import get_op, register
 from ..ir.types import TensorType
 
 
-def member_types(in_types, attrs):
+def member_types(in_types, attrs, acc=None):
+    """Each member's type; ``acc`` is the type an ``["acc", 0]`` ref stands for (fused_contraction)."""
     types = []
     for m in attrs["body"]:
-        args = [in_types[i] if kind == "in" else types[i] for kind, i in m["args"]]
+        args = [acc if kind == "acc" else in_types[i] if kind == "in" else types[i] for kind, i in m["args"]]
         types.append(get_op(m["op"]).shape_rule(args, m["attrs"]) if m["op"] != "constant"
                      else TensorType((), m["attrs"]["dtype"]))
     return types

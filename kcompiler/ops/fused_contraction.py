@@ -7,7 +7,7 @@ node's operands are the head's), ``body``/``outputs`` as in the `fused` op, wher
 ``["acc", 0]`` is the head's result and ``["in", k]`` is operand ``n_head + k``.
 """
 from ..ir.registry import get_op, register
-from ..ir.types import TensorType
+from .fused import member_types
 
 
 def head_type(in_types, attrs):
@@ -15,15 +15,7 @@ def head_type(in_types, attrs):
 
 
 def _rule(in_types, attrs):
-    acc = head_type(in_types, attrs)
-    extra = in_types[attrs["n_head"]:]
-    types = []
-    for m in attrs["body"]:
-        if m["op"] == "constant":
-            types.append(TensorType((), m["attrs"]["dtype"]))
-            continue
-        args = [acc if kind == "acc" else extra[i] if kind == "in" else types[i] for kind, i in m["args"]]
-        types.append(get_op(m["op"]).shape_rule(args, m["attrs"]))
+    types = member_types(in_types[attrs["n_head"]:], attrs, acc=head_type(in_types, attrs))
     outs = [types[j] for j in attrs["outputs"]]
     return outs[0] if len(outs) == 1 else tuple(outs)
 

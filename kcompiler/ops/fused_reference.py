@@ -4,14 +4,19 @@ import numpy as np
 from ..ir.registry import get_op, reference
 
 
-@reference("fused")
-def fused(*operands, body, outputs):
+def evaluate_members(body, outputs, operands, acc=None):
+    """Run the members one after another; ``acc`` is what an ``["acc", 0]`` ref reads."""
     values = []
     for m in body:
         if m["op"] == "constant":
             values.append(np.asarray(m["attrs"]["value"], dtype=m["attrs"]["dtype"]))
             continue
-        args = [operands[i] if kind == "in" else values[i] for kind, i in m["args"]]
+        args = [acc if kind == "acc" else operands[i] if kind == "in" else values[i] for kind, i in m["args"]]
         values.append(get_op(m["op"]).reference(*args, **m["attrs"]))
     outs = [values[j] for j in outputs]
     return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+@reference("fused")
+def fused(*operands, body, outputs):
+    return evaluate_members(body, outputs, operands)
