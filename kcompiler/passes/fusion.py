@@ -119,7 +119,7 @@ def _collapse(b, members, live_out):
 
 # ---- epilogues: a contraction and the element-wise node that consumes it -----------------------
 
-EPILOGUE_HEADS = ("matmul", "conv2d")
+EPILOGUE_HEADS = ("matmul", "conv2d", "conv2d_backward_input")
 
 
 def _body_of(g, nid):

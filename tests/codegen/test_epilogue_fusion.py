@@ -79,3 +79,21 @@ def test_a_contraction_used_twice_keeps_its_own_kernel():
     g = stages["fused"]
     assert "matmul" in [g.nodes[n]["op"] for n in g.nodes]
     assert any("also used elsewhere" in note for note in g.graph["notes"])
+
+
+@pytest.mark.parametrize("batch,hw,cin,cout", [(1, 10, 4, 6), (5, 10, 4, 6), (16, 15, 32, 64)])
+def test_conv_input_gradient_with_a_relu_gradient_epilogue(batch, hw, cin, cout, monkeypatch):
+    monkeypatch.setenv("KCOMPILER_BOUNDS_CHECK", "1")
+    b = GraphBuilder(name="backward_epilogue")
+    out = hw - 2
+    dy = b.input("dy", TensorType((batch, out, out, cout)))
+    k = b.input("k", TensorType((3, 3, cin, cout)))
+    y = b.input("y", TensorType((batch, hw, hw, cin)))
+    dx = b.op("conv2d_backward_input", dy, k, strides=(1, 1), padding="valid", dilation=(1, 1), input_hw=(hw, hw))
+    b.g.graph["outputs"] = [b.op("relu_grad", y, dx)]
+    feeds = {"dy": RNG.standard_normal((batch, out, out, cout)).astype(np.float32),
+             "k": RNG.standard_normal((3, 3, cin, cout)).astype(np.float32) * 0.2,
+             "y": np.maximum(RNG.standard_normal((batch, hw, hw, cin)), 0).astype(np.float32)}
+    (got,), ops = run_fused(b.g, feeds)
+    assert ops.count("fused_contraction") == 1
+    assert_close32(got, run_reference(b.g, feeds)[0][0])

@@ -391,12 +391,17 @@ def lower_conv2d(k, epilogue=None):
 
 
 @lowering("llvm", "conv2d_backward_input")
-def lower_conv2d_backward_input(k):
+def lower_conv2d_backward_input(k, epilogue=None):
+    """``epilogue`` finishes each part's images once their col2im is complete (the parts own
+    whole images, so those pixels are final)."""
     dy, kernel = k.inputs
     dx = k.outputs[0]
     g = conv_geometry("conv2d_backward_input", k.out_types[0].shape, k.in_types[1].shape, k.attrs)
+    extra = epilogue.pointers[1:] if epilogue is not None else []  # pointers[0] is dx
     if g.pointwise:
         k.call_gemm(False, True, g.rows, g.cin, g.cout, dy, g.cout, kernel, g.cout, dx, g.cin)
+        if epilogue is not None:
+            epilogue.emit(k.b, epilogue.pointers, 0, g.batch * g.in_h * g.in_w)
         return
     image_rows = g.out_h * g.out_w
     image_floats = g.in_h * g.in_w * g.cin
@@ -406,7 +411,7 @@ def lower_conv2d_backward_input(k):
     gemm = serial_gemm(k.module) if nparts > 1 else k.gemm()
 
     def body(p):
-        b, (dy, kernel, dx) = p.b, p.buffers
+        b, (dy, kernel, dx), rest = p.b, p.buffers[:3], p.buffers[3:]
         cols = p.slice(p.scratch, b.mul(p.index, c64(cols_floats)), cols_floats)
         img_lo, img_hi = split(b, p.index, p.count, g.batch, 1)
         fill_zero(b, dx, b.mul(img_lo, c64(image_floats)), b.mul(img_hi, c64(image_floats)), name="dx0")
@@ -414,8 +419,11 @@ def lower_conv2d_backward_input(k):
             call_gemm(b, gemm, False, True, count, g.width, g.cout, at(b, dy, b.mul(first, c64(g.cout))), g.cout,
                       kernel, g.cout, cols, g.width)
             emit_im2col(b, g, dx, cols, first, count, scatter=True)
+        if epilogue is not None:
+            pixels = g.in_h * g.in_w
+            epilogue.emit(b, [dx] + rest, b.mul(img_lo, c64(pixels)), b.mul(b.sub(img_hi, img_lo), c64(pixels)))
 
-    run_parts(k, [dy, kernel, dx], nparts, body, scratch_floats=nparts * cols_floats)
+    run_parts(k, [dy, kernel, dx] + extra, nparts, body, scratch_floats=nparts * cols_floats)
 
 
 @lowering("llvm", "conv2d_backward_kernel")

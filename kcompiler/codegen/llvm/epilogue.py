@@ -1,8 +1,10 @@
 """The `fused_contraction` kernel: the head (matmul or conv2d) writes its product into the
 node's first output buffer; the epilogue then finishes those rows in place — reading the
 product, evaluating the element-wise members, storing every output — while they are in
-cache. A convolution calls the epilogue after each chunk of rows it computes."""
+cache. A convolution calls the epilogue after each chunk of rows it computes (its input
+gradient: after each part's images are complete)."""
 from ...ir.registry import get_op, lowering
+from .conv import lower_conv2d, lower_conv2d_backward_input
 from .irutil import c64, const, for_range, load, store
 from .scalar import ScalarEmitter
 
@@ -72,6 +74,10 @@ class Epilogue:
                     store(b, values[j], ptr, flat, t.dtype)
 
 
+# Heads whose lowering applies the epilogue itself, chunk by chunk, while the rows are in cache.
+CHUNKED_HEADS = {"conv2d": lower_conv2d, "conv2d_backward_input": lower_conv2d_backward_input}
+
+
 @lowering("llvm", "fused_contraction")
 def lower_fused_contraction(k):
     from ...ops.fused_contraction import head_type as infer_head_type
@@ -81,9 +87,8 @@ def lower_fused_contraction(k):
     rows = 1
     for d in head_type.shape[:-1]:
         rows *= d
-    if k.attrs["head"] == "conv2d":
-        from .conv import lower_conv2d
-        lower_conv2d(head, epilogue=epilogue)
+    if k.attrs["head"] in CHUNKED_HEADS:
+        CHUNKED_HEADS[k.attrs["head"]](head, epilogue=epilogue)
     else:
         get_op(k.attrs["head"]).lowerings["llvm"](head)
         epilogue.emit(k.b, epilogue.pointers, 0, rows)
