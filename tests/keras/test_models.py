@@ -268,3 +268,15 @@ def test_build_by_hand_then_set_weights_keeps_them_on_the_first_call():
     assert layer.built
     layer.set_weights([np.ones((3, 2), np.float32)])
     np.testing.assert_array_equal(layer(np.ones((1, 3), np.float32)).numpy(), [[3.0, 3.0]])
+
+
+def test_functional_model_through_a_pass_through_layer():
+    a = keras.Input((4,))
+    h = layers.Dropout(0.5)(layers.Dense(3)(a))  # Dropout returns its input at inference
+    model = keras.Model(a, layers.Dense(1)(layers.Activation("linear")(h)))
+    assert [l.name for l in model.layers] == ["input_1", "dense", "dropout", "activation", "dense_1"]
+    x = np.ones((2, 4), np.float32)
+    d1, d2 = model.get_layer("dense"), model.get_layer("dense_1")
+    k1, b1 = d1.get_weights()
+    k2, b2 = d2.get_weights()
+    np.testing.assert_allclose(model(x).numpy(), (x @ k1 + b1) @ k2 + b2, rtol=1e-5, atol=1e-6)

@@ -273,7 +273,12 @@ class Layer:
                 else:
                     kwargs.pop("training", None)
                 outputs = self.call(inputs, *rest, **kwargs)
-                outputs = map_structure(lambda t: t if is_symbolic(t) else _as_symbolic(builder, t), outputs)
+                # A call that passes an input through (Dropout at inference, Activation('linear'))
+                # still gets output objects of its own: the functional API records which call made
+                # each tensor on the tensor object, and the input's record must survive.
+                input_ids = {id(x) for x in flatten(inputs)}
+                outputs = map_structure(lambda t: SymbolicTensor(builder, t.node) if id(t) in input_ids else
+                                        t if is_symbolic(t) else _as_symbolic(builder, t), outputs)
                 mask = self.compute_mask(inputs, kwargs.get("mask") if self._call_accepts("mask") else
                                          map_structure(lambda t: getattr(t, "_keras_mask", None), inputs))
                 if mask is not None:
