@@ -3,15 +3,19 @@
     kcompiler ir MODEL [--format text|json|dot] [--stage NAME] [--batch-size N]
     kcompiler bench MODEL [--unfused] [--fused] [--batch-size N] [--steps N]
 
-MODEL is `module:function` returning a model (Keras files come with the saving issue)."""
+MODEL is a `.keras`/`.h5` model file or `module:function` returning a model."""
 import argparse
 import importlib
 import sys
 
+MODEL_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")
+
 
 def load_model(spec):
+    if spec.endswith(MODEL_FILE_SUFFIXES):
+        return _load_model_file(spec)
     if ":" not in spec:
-        raise SystemExit(f"kcompiler: MODEL must be module:function, got {spec!r}")
+        raise SystemExit(f"kcompiler: MODEL must be a .keras/.h5 file or module:function, got {spec!r}")
     module_name, func_name = spec.split(":", 1)
     sys.path.insert(0, ".")
     try:
@@ -24,17 +28,26 @@ def load_model(spec):
     return fn()
 
 
+def _load_model_file(path):
+    from kcompiler.errors import KCompilerError
+    from kcompiler.keras.model_files import load_model as load
+    try:
+        return load(path, compile=False)   # the IR and the benchmark need the architecture and weights
+    except (OSError, KCompilerError, ValueError) as e:
+        raise SystemExit(f"kcompiler: cannot load {path}: {e}")
+
+
 def main(argv=None):
     import kcompiler
     parser = argparse.ArgumentParser(prog="kcompiler", description="Compile Keras models to generated kernels.")
     sub = parser.add_subparsers(dest="command", required=True)
     ir = sub.add_parser("ir", help="print a model's IR")
-    ir.add_argument("model", help="module:function returning a model")
+    ir.add_argument("model", help="a .keras/.h5 file or module:function returning a model")
     ir.add_argument("--format", default="text", choices=("text", "json", "dot"))
     ir.add_argument("--stage", default=None, help="traced, shaped, ... (default: the last)")
     ir.add_argument("--batch-size", type=int, default=None)
     bench = sub.add_parser("bench", help="time fused against unfused kernels")
-    bench.add_argument("model", help="module:function returning a model")
+    bench.add_argument("model", help="a .keras/.h5 file or module:function returning a model")
     bench.add_argument("--unfused", action="store_true")
     bench.add_argument("--fused", action="store_true")
     bench.add_argument("--batch-size", type=int, default=32)

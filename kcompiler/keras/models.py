@@ -248,6 +248,12 @@ class Model(Layer):
         from ..runtime import loops
         loops.load_weights(self, filepath, skip_mismatch, by_name, options)
 
+    def save(self, filepath, overwrite=True, save_format=None, include_optimizer=True, **kwargs):
+        """Save the whole model: a `.keras` archive, or tf.keras 2's HDF5 file (`.h5`, save_format='h5')."""
+        from .model_files import save_model
+        save_model(self, filepath, overwrite=overwrite, save_format=save_format,
+                   include_optimizer=include_optimizer, **kwargs)
+
     def summary(self, line_length=None, positions=None, print_fn=None):
         from .summary import print_summary
         print_summary(self, line_length=line_length, positions=positions, print_fn=print_fn)

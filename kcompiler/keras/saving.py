@@ -27,14 +27,15 @@ import numpy as np
 
 from ..errors import ConfigError, UnsupportedError
 from .layers.base import flatten
+from .model_files import load_model, save_model  # noqa: F401  (keras.saving.load_model/save_model)
 from .serialization import (CustomObjectScope, check_known_classes, custom_object_scope,  # noqa: F401
                             deserialize_keras_object, deserialize_layer, get_custom_objects, get_registered_name,
                             get_registered_object, register_keras_serializable, serialize_keras_object,
                             serialize_layer)
 
-__all__ = ["model_from_config", "model_from_json", "model_from_yaml", "register_keras_serializable",
-           "custom_object_scope", "CustomObjectScope", "get_custom_objects", "get_registered_name",
-           "get_registered_object", "serialize_keras_object", "deserialize_keras_object"]
+__all__ = ["load_model", "save_model", "model_from_config", "model_from_json", "model_from_yaml",
+           "register_keras_serializable", "custom_object_scope", "CustomObjectScope", "get_custom_objects",
+           "get_registered_name", "get_registered_object", "serialize_keras_object", "deserialize_keras_object"]
 
 
 def _shape(t):
@@ -165,12 +166,20 @@ def _compile_config(model):
         loss = loss.name   # compile(loss="mse") wraps the function; Keras writes the name given
     elif loss is not None:
         loss = {"module": "keras.losses", **losses.serialize(loss), "registered_name": None}
-    metrics = [m if isinstance(m, str) else getattr(m, "__name__", None) or serialize_keras_object(m)
+    metrics = [m if isinstance(m, str) else getattr(m, "__name__", None) or _metric_config(m)
                for m in model.compiled_metrics]
     return {"optimizer": {"module": "keras.optimizers", **optimizers.serialize(model.optimizer),
                           "registered_name": None},
             "loss": loss, "loss_weights": None, "metrics": metrics or None, "weighted_metrics": None,
             "run_eagerly": model.run_eagerly, "steps_per_execution": 1, "jit_compile": False}
+
+
+def _metric_config(metric):
+    """Keras 3's form of a metric object; a built-in one is named as Keras's own (module keras.metrics)."""
+    from . import metrics
+    if metrics.ALL_OBJECTS.get(type(metric).__name__) is type(metric):
+        return {"module": "keras.metrics", **metrics.serialize(metric), "registered_name": None}
+    return serialize_keras_object(metric)
 
 
 def _plain(value):
@@ -278,14 +287,28 @@ class _NotReady(Exception):
     """A layer call needs a tensor that an earlier call has not made yet."""
 
 
+def skips_first_node(entry):
+    """tf.keras 2 counts the construction of a nested model built from an input (a functional
+    model, or a Sequential whose layers start with an InputLayer) as that model's node 0, so
+    its calls are nodes 1, 2, ... in a tf.keras 2 config (``_should_skip_first_node``)."""
+    if not isinstance(entry, dict) or entry.get("class_name") not in ("Functional", "Model", "Sequential"):
+        return False
+    config = entry.get("config")
+    if entry["class_name"] != "Sequential":
+        return isinstance(config, dict) and "input_layers" in config
+    layer_list = config if isinstance(config, list) else (config or {}).get("layers") or []
+    return bool(layer_list) and isinstance(layer_list[0], dict) and layer_list[0].get("class_name") == "InputLayer"
+
+
 def _functional_from_config(cls, config):
     from .models import InputLayer
-    layers, entries = {}, []
+    layers, entries, node_offset = {}, [], {}
     for entry in config["layers"]:
         layer = deserialize_layer(entry)
         name = entry.get("name", layer.name)
         layers[name] = layer
         entries.append((name, entry.get("inbound_nodes", [])))
+        node_offset[name] = 1 if skips_first_node(entry) else 0
     # tf.keras 2 writes nodes as lists and its input/output lists always nested; a
     # one-element list there means a plain single input, as tf.keras 2 treats it.
     legacy = any(not isinstance(node, dict) for _, nodes in entries for node in nodes)
@@ -297,6 +320,8 @@ def _functional_from_config(cls, config):
     def tensor(layer_name, node, index):
         if layer_name not in layers:
             raise ConfigError(f"the functional config refers to layer {layer_name!r}, which it does not define")
+        if legacy:
+            node -= node_offset[layer_name]
         if (layer_name, node) not in made:
             raise _NotReady()
         return flatten(made[(layer_name, node)])[index]

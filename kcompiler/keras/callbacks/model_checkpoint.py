@@ -291,11 +291,8 @@ class ModelCheckpoint(MonitorCallback):
                           f"existing directory: {filepath}")
         if self.save_weights_only:
             self.model.save_weights(filepath, overwrite=True)
-        elif hasattr(self.model, "save"):
-            self.model.save(filepath, overwrite=True)
         else:
-            raise NotImplementedError("ModelCheckpoint(save_weights_only=False) needs model.save, which this model "
-                                      "does not have yet; use save_weights_only=True with a .weights.h5 path")
+            self.model.save(filepath, overwrite=True)
 
     def _file_path(self, epoch, batch, logs):
         try:

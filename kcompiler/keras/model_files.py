@@ -1,0 +1,551 @@
+"""Whole-model files: ``Model.save``, ``keras.models.save_model`` and ``keras.models.load_model``.
+
+Two formats, as the two Kerases write them:
+
+* ``.keras`` (Keras 3): a zip archive, members stored uncompressed in this order:
+  ``metadata.json`` (``keras_version``, ``date_saved``), ``config.json`` (what ``to_json``
+  writes: module, class_name, config, registered_name, build_config, compile_config) and
+  ``model.weights.h5`` (the ``.weights.h5`` layout of callbacks/model_checkpoint.py, the
+  optimizer's variables included). Real Keras 3 loads the files written here.
+* legacy HDF5 (tf.keras 2; a ``.h5``/``.hdf5`` path or ``save_format='h5'``): root attributes
+  ``model_config`` (JSON in tf.keras 2's schema), ``keras_version``, ``backend`` and, for a
+  compiled model, ``training_config``; the weights in a ``model_weights`` group (tf.keras 2's
+  ``.h5`` layout) and the optimizer state in ``optimizer_weights``. tf_keras loads the files
+  written here; files written by tf_keras's or Keras 3's ``model.save('x.h5')`` load here.
+
+Loading rebuilds the architecture from the config, loads the weights and, when the file
+records how the model was compiled and ``compile=True``, compiles it the same way and
+restores the optimizer's variables (building them first, as Keras does), so training goes
+on where it stopped. A file whose optimizer state does not fit the optimizer (tf_keras's
+SGD keeps momentum slots even without momentum) loads with a fresh optimizer and a
+warning, as Keras does.
+
+Differences from Keras, on purpose: ``include_optimizer=False`` also leaves the optimizer's
+variables out of a ``.keras`` file (Keras 3 ignores the argument there); ``safe_mode`` is
+accepted and changes nothing (no layer here deserializes Python code); saving with
+``overwrite=False`` over an existing file raises FileExistsError instead of asking on the
+terminal. Every problem with a file raises one exception that names the file:
+FileNotFoundError, ModelFileError (not a model file, damaged, weights that do not fit) or
+ConfigError (a class or function the config names is unknown).
+"""
+import datetime
+import inspect
+import io
+import json
+import os
+import re
+import warnings
+import zipfile
+
+import numpy as np
+
+from ..errors import ConfigError, KCompilerError
+
+KERAS3_VERSION = "3.15.1"   # the Keras 3 release whose .keras format this writes
+CONFIG_FILE = "config.json"
+METADATA_FILE = "metadata.json"
+WEIGHTS_FILE = "model.weights.h5"
+LEGACY_SUFFIXES = (".h5", ".hdf5")
+
+
+class ModelFileError(KCompilerError, ValueError):
+    """A file cannot be read as a model, or does not fit the model it describes."""
+
+
+def _h5py():
+    import h5py
+    return h5py
+
+
+# ---- saving ----------------------------------------------------------------------------------
+
+def save_model(model, filepath, overwrite=True, save_format=None, include_optimizer=True, **kwargs):
+    """Write ``model`` (architecture, weights, compile arguments, optimizer state) to ``filepath``:
+    a ``.keras`` archive, or tf.keras 2's HDF5 file for a ``.h5``/``.hdf5`` path or ``save_format='h5'``."""
+    for ignored in ("signatures", "options", "save_traces", "zipped"):  # tf.keras 2 / Keras 3 extras
+        kwargs.pop(ignored, None)
+    if kwargs:
+        raise ValueError(f"The following argument(s) are not supported: {list(kwargs)}")
+    filepath = os.fspath(filepath)
+    fmt = _save_format(filepath, save_format)
+    if os.path.exists(filepath) and not overwrite:
+        raise FileExistsError(f"{filepath} exists and overwrite=False")
+    if os.path.isdir(filepath):
+        raise IsADirectoryError(f"cannot save the model to {filepath}: it is a directory")
+    dirname = os.path.dirname(filepath)
+    if dirname:
+        os.makedirs(dirname, exist_ok=True)
+    if not model.built:
+        warnings.warn("You are saving a model that has not yet been built. It might not contain any weights "
+                      "yet. Consider building the model first by calling it on some data.", stacklevel=3)
+    # The whole file is made in memory first: a model that cannot be written leaves no half file.
+    data = _keras_archive(model, include_optimizer) if fmt == "keras" else _legacy_h5(model, include_optimizer)
+    with open(filepath, "wb") as f:
+        f.write(data)
+
+
+def _save_format(filepath, save_format):
+    fmt = None if save_format is None else str(save_format).lower()
+    if fmt in ("h5", "hdf5"):
+        return "h5"
+    if fmt in ("keras", "keras_v3"):
+        if not filepath.endswith(".keras"):
+            raise ValueError(f"save_format='keras' writes a `.keras` file. Received: filepath={filepath}")
+        return "keras"
+    if fmt in ("tf", "savedmodel"):
+        raise ValueError("save_format='tf' (a TensorFlow SavedModel) is not supported: save to a `.keras` file "
+                         f"or to a `.h5` file. Received: filepath={filepath}")
+    if fmt is not None:
+        raise ValueError(f"Unknown save_format {save_format!r}: expected 'keras' or 'h5'")
+    if filepath.endswith(".keras"):
+        return "keras"
+    if filepath.endswith(LEGACY_SUFFIXES):
+        return "h5"
+    raise ValueError("Invalid filepath extension for saving. Please add either a `.keras` extension for the "
+                     f"native Keras format (recommended) or a `.h5` extension. Received: filepath={filepath}.")
+
+
+def _keras_archive(model, include_optimizer):
+    from .callbacks.model_checkpoint import _save_keras3
+    from .saving import model_to_json
+    metadata = {"keras_version": KERAS3_VERSION,
+                "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
+    config = model_to_json(model)
+    weights = io.BytesIO()
+    with _h5py().File(weights, "w") as f:
+        _save_keras3(model, f)
+        if not include_optimizer and "optimizer" in f:
+            del f["optimizer"]
+    # Keras 3 stores its members uncompressed, in this order.
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(METADATA_FILE, json.dumps(metadata))
+        zf.writestr(CONFIG_FILE, config)
+        zf.writestr(WEIGHTS_FILE, weights.getvalue())
+    return archive.getvalue()
+
+
+def _legacy_h5(model, include_optimizer):
+    from .callbacks.model_checkpoint import _save_legacy
+    from .saving import _plain
+    h5py = _h5py()
+    model_config = {"class_name": _legacy_model_class(model), "config": legacy_config(model.get_config())}
+    data = io.BytesIO()
+    with h5py.File(data, "w") as f:
+        weights = f.create_group("model_weights")
+        _save_legacy(model, weights)
+        f.attrs["keras_version"] = weights.attrs["keras_version"]
+        f.attrs["backend"] = "tensorflow"
+        f.attrs["model_config"] = json.dumps(_plain(model_config))
+        optimizer = getattr(model, "optimizer", None)
+        if include_optimizer and getattr(model, "compiled", False) and optimizer is not None:
+            f.attrs["training_config"] = json.dumps(_plain(_training_config(model)))
+            _save_legacy_optimizer(optimizer, f)
+    return data.getvalue()
+
+
+def _legacy_model_class(model):
+    from .models import Model, Sequential
+    if type(model) is Sequential:
+        return "Sequential"
+    if type(model) is Model and model._is_functional:
+        return "Functional"
+    return type(model).__name__
+
+
+def _training_config(model):
+    """tf.keras 2's ``training_config`` from the model's compile arguments."""
+    from . import backend, optimizers
+    from .saving import _compile_config
+    compiled = _compile_config(model)
+    optimizer = optimizers.serialize(model.optimizer)
+    # Keys tf.keras 2's optimizers do not take; at these values they change nothing.
+    for key in ("loss_scale_factor", "gradient_accumulation_steps"):
+        if optimizer["config"].get(key) is None:
+            optimizer["config"].pop(key, None)
+    # tf.keras 2 names its (non-legacy) optimizers "Custom>Adam"; a plain "Adam" means its legacy
+    # optimizer there, which refuses weight_decay and the other newer arguments.
+    class_name = optimizer["class_name"]
+    optimizer["class_name"] = f"Custom>{class_name}"
+    optimizer["config"].update({"jit_compile": False, "is_legacy_optimizer": False})
+    # Its default optimizer names are the class names ("Adam"), and Keras 3 reading the file
+    # resolves the optimizer by that name.
+    if re.fullmatch(rf"{backend.snake_case(class_name)}(_\d+)?", str(optimizer["config"].get("name"))):
+        optimizer["config"]["name"] = class_name
+    metrics = compiled["metrics"]
+    return {"loss": _legacy_object(compiled["loss"]),
+            "metrics": None if metrics is None else [_legacy_object(m) for m in metrics],
+            "weighted_metrics": None, "loss_weights": None, "optimizer_config": optimizer}
+
+
+def _legacy_object(value):
+    """Keras 3's form of a loss or metric object -> tf.keras 2's ``{"class_name", "config"}``."""
+    if isinstance(value, dict):
+        return {"class_name": value["class_name"], "config": value["config"]}
+    return value
+
+
+def _save_legacy_optimizer(optimizer, f):
+    """tf.keras 2's ``optimizer_weights``: iterations then the slots, one dataset each, in the order
+    ``optimizer.get_weights()`` returns them."""
+    variables = optimizer._state_variables()
+    h5py = _h5py()
+    group = f.create_group("optimizer_weights")
+    names = [f"{var.path}:0" for var in variables]
+    group.attrs["weight_names"] = np.array(names, dtype=h5py.string_dtype())
+    for name, var in zip(names, variables):
+        group.create_dataset(name, data=np.asarray(var.numpy()))
+
+
+# ---- tf.keras 2's config schema (for the legacy .h5 writer) -----------------------------------
+
+def legacy_config(config):
+    """A model's ``get_config()`` (Keras 3's schema) in the schema tf.keras 2 reads: InputLayers
+    with ``batch_input_shape``, functional calls as ``[[layer, node, tensor, kwargs], ...]`` with
+    tf.keras 2's node numbers, input and output lists always nested."""
+    from .saving import skips_first_node
+    config = dict(config)
+    if not isinstance(config.get("layers"), list):
+        return config
+    # tf.keras 2 numbers the calls of a nested model built from an input from 1 (its node 0 is
+    # its own construction); Keras 3 numbers them from 0.
+    offset = {entry.get("name"): 1 for entry in config["layers"] if skips_first_node(entry)}
+    config["layers"] = [_legacy_layer(entry, offset) for entry in config["layers"]]
+    if "input_layers" in config:
+        config["input_layers"] = [_legacy_ref(ref, offset) for ref in _nested_refs(config["input_layers"])]
+        config["output_layers"] = [_legacy_ref(ref, offset) for ref in _nested_refs(config["output_layers"])]
+    return config
+
+
+def _nested_refs(refs):
+    return [refs] if refs and isinstance(refs[0], str) else refs
+
+
+def _legacy_ref(ref, offset):
+    name, node, *rest = ref
+    return [name, node + offset.get(name, 0), *rest]
+
+
+def _legacy_layer(entry, offset):
+    entry = dict(entry)
+    for key in ("module", "registered_name", "build_config", "compile_config"):
+        entry.pop(key, None)
+    config = entry.get("config")
+    if entry.get("class_name") == "InputLayer" and isinstance(config, dict):
+        config = dict(config)
+        if "batch_shape" in config:
+            config["batch_input_shape"] = config.pop("batch_shape")
+        entry["config"] = config
+    elif entry.get("class_name") in ("Sequential", "Functional", "Model") and isinstance(config, dict):
+        entry["config"] = legacy_config(config)
+    if "inbound_nodes" in entry:
+        entry["inbound_nodes"] = [_legacy_node(node, offset) for node in entry["inbound_nodes"]]
+    return entry
+
+
+def _legacy_node(node, offset):
+    """Keras 3's ``{"args": [...], "kwargs": {...}}`` -> tf.keras 2's list of
+    ``[layer name, node index, tensor index, call kwargs]``, one per input tensor."""
+    if not isinstance(node, dict):   # already tf.keras 2's form
+        return node
+    args, kwargs = node.get("args", []), node.get("kwargs", {})
+    first = args[0] if args else []
+    tensors = first if isinstance(first, list) else [first]
+    if len(args) > 1 or any(not _is_tensor(t) for t in tensors) or any(_has_tensor(v) for v in kwargs.values()):
+        raise ValueError("this functional model calls a layer with arguments tf.keras 2's HDF5 config cannot "
+                         "write (tensors beyond the first argument); save it to a `.keras` file instead")
+    return [_legacy_ref(t["config"]["keras_history"], offset) + [kwargs] for t in tensors]
+
+
+def _is_tensor(value):
+    return isinstance(value, dict) and value.get("class_name") == "__keras_tensor__"
+
+
+def _has_tensor(value):
+    if _is_tensor(value):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_has_tensor(v) for v in value)
+    return isinstance(value, dict) and any(_has_tensor(v) for v in value.values())
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """A model from a ``.keras`` archive or a tf.keras 2 HDF5 file, compiled as it was saved
+    (unless ``compile=False``), with its weights and optimizer state."""
+    filepath = os.fspath(filepath)
+    if os.path.isdir(filepath):
+        raise ModelFileError(f"cannot load a model from {filepath}: it is a directory (a TensorFlow SavedModel "
+                             "is not supported; load a `.keras` or `.h5` file)")
+    if not os.path.exists(filepath):
+        raise FileNotFoundError(f"No model file at {filepath}: the file does not exist")
+    if zipfile.is_zipfile(filepath):
+        return _load_keras(filepath, custom_objects, compile)
+    if _h5py().is_hdf5(filepath):
+        return _load_legacy_h5(filepath, custom_objects, compile)
+    kind = ("a `.keras` file must be a zip archive" if filepath.endswith(".keras") else
+            "an HDF5 model file is damaged or not HDF5" if filepath.endswith(LEGACY_SUFFIXES) else
+            "expected a `.keras` zip archive or a `.h5` HDF5 file")
+    raise ModelFileError(f"cannot load a model from {filepath}: it is neither a zip archive nor an HDF5 "
+                         f"file ({kind})")
+
+
+def _load_keras(filepath, custom_objects, compile):
+    try:
+        with zipfile.ZipFile(filepath, "r") as zf:
+            names = zf.namelist()
+            for member in (CONFIG_FILE, WEIGHTS_FILE):
+                if member not in names:
+                    raise ModelFileError(f"{filepath} is not a Keras model archive: it has no {member} "
+                                         f"(members: {', '.join(names) or 'none'})")
+            config_text = zf.read(CONFIG_FILE)
+            weights = zf.read(WEIGHTS_FILE)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
+        raise ModelFileError(f"cannot read the model archive {filepath}: {e}") from None
+    config = _parse_json(config_text, filepath, CONFIG_FILE)
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{filepath}: {CONFIG_FILE} does not hold a model config (got "
+                             f"{type(config).__name__})")
+    compile_config = config.pop("compile_config", None)
+    model = _model_from_config(config, custom_objects, filepath)
+    if compile and compile_config:
+        _compile_from_config(model, compile_config, custom_objects, filepath)
+    try:
+        weights_file = _h5py().File(io.BytesIO(weights), "r")
+    except OSError as e:
+        raise ModelFileError(f"{filepath}: {WEIGHTS_FILE} is not a readable HDF5 file: {e}") from None
+    from .callbacks.model_checkpoint import _load_keras3
+    with weights_file as f, _file_errors(filepath):
+        if getattr(model, "compiled", False):
+            _build_optimizer_if_saved_built(model, len(f["optimizer/vars"]) if "optimizer/vars" in f else 0,
+                                            len(model.optimizer.variables))
+        _load_keras3(model, f)
+    return model
+
+
+def _load_legacy_h5(filepath, custom_objects, compile):
+    h5py = _h5py()
+    try:
+        f = h5py.File(filepath, "r")
+    except OSError as e:
+        raise ModelFileError(f"cannot read the HDF5 file {filepath}: {e}") from None
+    with f:
+        model_config = f.attrs.get("model_config")
+        if model_config is None:
+            hint = (" (it holds weights only: build the model and call model.load_weights)"
+                    if "layer_names" in f.attrs or "layers" in f else "")
+            raise ModelFileError(f"No model config found in the file at {filepath}{hint}")
+        config = _parse_json(model_config, filepath, "the model_config attribute")
+        model = _model_from_config(config, custom_objects, filepath)
+        from .callbacks.model_checkpoint import _load_legacy
+        if "model_weights" not in f:
+            raise ModelFileError(f"{filepath} has a model config but no model_weights group")
+        with _file_errors(filepath):
+            _load_legacy(model, f["model_weights"])
+        training_config = f.attrs.get("training_config")
+        if not compile:
+            return model
+        if training_config is None:
+            warnings.warn("No training configuration found in the save file, so the model was *not* compiled. "
+                          "Compile it manually.", stacklevel=3)
+            return model
+        training_config = _parse_json(training_config, filepath, "the training_config attribute")
+        if not isinstance(training_config, dict):
+            raise ModelFileError(f"{filepath}: the training_config attribute is not a dict of compile arguments")
+        _compile_from_config(model, _compile_config_from_training_config(training_config), custom_objects,
+                             filepath)
+        if "optimizer_weights" in f:
+            saved = len(f["optimizer_weights"].attrs.get("weight_names", []))
+            _build_optimizer_if_saved_built(model, saved, len(model.optimizer.get_weights()))
+            _load_legacy_optimizer(model, f["optimizer_weights"], filepath)
+    return model
+
+
+def _parse_json(text, filepath, what):
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ModelFileError(f"{filepath}: {what} is not valid JSON: {e}") from None
+
+
+class _file_errors:
+    """Re-raise a weights mismatch with the file's name in front."""
+
+    def __init__(self, filepath):
+        self.filepath = filepath
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if kind is not None and issubclass(kind, (ValueError, KeyError, OSError)) and not isinstance(
+                error, KCompilerError):
+            raise ModelFileError(f"{self.filepath}: the weights do not fit the model: {error}") from error
+        return False
+
+
+def _model_from_config(config, custom_objects, filepath):
+    from .saving import model_from_config
+    try:
+        return model_from_config(config, custom_objects)
+    except ConfigError as e:
+        raise ConfigError(f"cannot load the model in {filepath}: {e}") from None
+
+
+# ---- compile arguments -----------------------------------------------------------------------
+
+def _compile_config_from_training_config(training_config):
+    """tf.keras 2's ``training_config`` in Keras 3's ``compile_config`` form."""
+    return {"optimizer": training_config.get("optimizer_config"), "loss": training_config.get("loss"),
+            "metrics": training_config.get("metrics"), "loss_weights": training_config.get("loss_weights"),
+            "weighted_metrics": training_config.get("weighted_metrics")}
+
+
+def _compile_from_config(model, config, custom_objects, filepath):
+    """``model.compile`` with the arguments a file recorded."""
+    from .serialization import custom_object_scope
+    try:
+        with custom_object_scope(custom_objects):
+            kwargs = {"optimizer": _optimizer(config.get("optimizer")),
+                      "loss": _loss(config.get("loss")),
+                      "metrics": _metrics(config.get("metrics"))}
+            if config.get("weighted_metrics") is not None:
+                kwargs["weighted_metrics"] = _metrics(config["weighted_metrics"])
+            if config.get("loss_weights") is not None:
+                kwargs["loss_weights"] = config["loss_weights"]
+            if config.get("run_eagerly"):
+                kwargs["run_eagerly"] = True
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"cannot compile the model in {filepath} as it was saved: {e}. Pass compile=False "
+                          "to load it uncompiled, or the missing objects in custom_objects") from None
+    model.compile(**kwargs)
+
+
+def _build_optimizer_if_saved_built(model, saved_count, unbuilt_count):
+    """Create the optimizer's slots (as Keras's compile_from_config does) so that the saved state
+    can be loaded into them, unless the file holds only an unbuilt optimizer's variables (a model
+    saved before it trained): then loading them needs no slots, and the step builds them later."""
+    if saved_count > unbuilt_count and model.built and model.trainable_weights:
+        model.optimizer.build(model.trainable_weights)
+
+
+def _user_object(name):
+    from .serialization import get_registered_object
+    return get_registered_object(name)
+
+
+def _optimizer(config):
+    from . import optimizers
+    if config is None:
+        return "rmsprop"   # compile's default
+    if isinstance(config, str):
+        return optimizers.get(config)
+    class_name = str(config.get("class_name", ""))
+    user = _user_object(config.get("registered_name")) or _user_object(class_name)
+    if user is not None:
+        return user.from_config(config.get("config", {}))
+    # tf.keras 2 registers its optimizers as "Custom>Adam".
+    class_name = class_name.split(">")[-1]
+    return optimizers.deserialize({"class_name": class_name, "config": config.get("config", {})})
+
+
+def _function_name(value):
+    """The name a function is stored under: a string, or Keras 3's {"class_name": "function"} form."""
+    if isinstance(value, dict) and value.get("class_name") == "function":
+        return value.get("config")
+    return value if isinstance(value, str) else None
+
+
+def _loss(config):
+    from . import losses
+    if config is None:
+        return None
+    if isinstance(config, dict) and set(config) <= {"class_name", "config", "module", "registered_name"} \
+            and "class_name" in config:
+        name = _function_name(config)
+        if name is not None:
+            return _named_function(name, losses.ALL_OBJECTS, "loss")
+        user = _user_object(config.get("registered_name")) or _user_object(config["class_name"])
+        if user is not None:
+            return user.from_config(config.get("config", {})) if isinstance(user, type) else user
+        return losses.deserialize({"class_name": config["class_name"], "config": config.get("config", {})})
+    if isinstance(config, str):
+        return config if config in losses.ALL_OBJECTS else _named_function(config, losses.ALL_OBJECTS, "loss")
+    if isinstance(config, dict):   # one loss per output name
+        return {k: _loss(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_loss(v) for v in config]
+    raise ValueError(f"cannot read the loss {config!r}")
+
+
+def _named_function(name, builtins, what):
+    if name in builtins:
+        return builtins[name]
+    user = _user_object(name)
+    if user is None:
+        raise ValueError(f"unknown {what} function {name!r}")
+    return user
+
+
+def _metrics(config):
+    """A list for compile(metrics=...). tf.keras 2 writes one list per output; a single output's
+    list is unwrapped. A MeanMetricWrapper of a built-in function is written back as its name
+    ('mae', 'accuracy'), which compile resolves exactly as the original compile did."""
+    from . import metrics
+    if config is None:
+        return None
+    if isinstance(config, list) and len(config) == 1 and isinstance(config[0], list):
+        config = config[0]
+    if not isinstance(config, list):
+        config = [config]
+    out = []
+    for entry in config:
+        if isinstance(entry, list):
+            raise ValueError("per-output metric lists are not supported; compile the loaded model by hand")
+        out.append(_metric(entry, metrics))
+    return out
+
+
+def _metric(entry, metrics):
+    name = _function_name(entry)
+    if name is not None:
+        if name in metrics.ALL_OBJECTS or name.lower() in ("accuracy", "acc"):
+            return name
+        return _named_function(name, {}, "metric")
+    if not isinstance(entry, dict) or "class_name" not in entry:
+        raise ValueError(f"cannot read the metric {entry!r}")
+    config = dict(entry.get("config") or {})
+    user = _user_object(entry.get("registered_name")) or _user_object(entry["class_name"])
+    if user is not None:
+        return user.from_config(config) if isinstance(user, type) else user
+    if entry["class_name"] == "MeanMetricWrapper":
+        metric_name, fn = config.get("name"), config.get("fn")
+        if isinstance(metric_name, str) and (metric_name in metrics.ALL_OBJECTS
+                                             or metric_name.lower() in ("accuracy", "acc")):
+            return metric_name
+        return metrics.MeanMetricWrapper(_metric_function(_function_name(fn), metrics), name=metric_name)
+    return metrics.deserialize({"class_name": entry["class_name"], "config": config})
+
+
+def _metric_function(name, metrics):
+    """The function a MeanMetricWrapper names: an accuracy function, a loss function or a user's."""
+    from . import losses
+    for fn in (getattr(metrics, str(name), None), losses.ALL_OBJECTS.get(name), _user_object(name)):
+        if inspect.isfunction(fn):
+            return fn
+    raise ValueError(f"unknown metric function {name!r}")
+
+
+def _load_legacy_optimizer(model, group, filepath):
+    def text(v):
+        return v.decode() if isinstance(v, bytes) else str(v)
+    names = [text(n) for n in group.attrs.get("weight_names", [])]
+    try:
+        values = [group[n][()] for n in names]
+        model.optimizer.set_weights(values)
+    except (ValueError, KeyError) as e:
+        warnings.warn(f"Error in loading the saved optimizer state from {filepath} ({e}). As a result, your "
+                      "model is starting with a freshly initialized optimizer.", stacklevel=4)
