@@ -5,8 +5,9 @@ from numbers import Integral
 from ...errors import ShapeError, UnsupportedError
 from ...ir.types import fmt_shape
 from ...ops.conv import output_size
-from .. import activations, backend, constraints, initializers, regularizers
+from .. import activations, backend
 from .base import InputSpec, Layer
+from .core import kernel_bias_config, resolve_activation, set_kernel_bias_options
 
 __all__ = ["Conv2D", "Convolution2D"]
 
@@ -72,17 +73,9 @@ class Conv2D(Layer):
             raise ValueError(f"{self._describe()}: `strides > 1` not supported in conjunction with "
                              f"`dilation_rate > 1`. Received: strides={self.strides} and "
                              f"dilation_rate={self.dilation_rate}")
-        try:
-            self.activation = activations.get(activation)
-        except ValueError as e:
-            raise ValueError(f"{self._describe()}: {e}") from None
-        self.use_bias = use_bias
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.kernel_constraint = constraints.get(kernel_constraint)
-        self.bias_constraint = constraints.get(bias_constraint)
+        self.activation = resolve_activation(self, activation)
+        set_kernel_bias_options(self, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
+                                bias_regularizer, kernel_constraint, bias_constraint)
         self.input_spec = InputSpec(ndim=4)
 
     def build(self, input_shape):
@@ -122,13 +115,7 @@ class Conv2D(Layer):
                 "strides": self.strides, "padding": self.padding, "data_format": self.data_format,
                 "dilation_rate": self.dilation_rate, "groups": self.groups,
                 "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
-                "kernel_initializer": initializers.serialize(self.kernel_initializer),
-                "bias_initializer": initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
-                "activity_regularizer": regularizers.serialize(self.activity_regularizer),
-                "kernel_constraint": constraints.serialize(self.kernel_constraint),
-                "bias_constraint": constraints.serialize(self.bias_constraint)}
+                **kernel_bias_config(self, activity_regularizer=True)}
 
 
 Convolution2D = Conv2D  # Keras's alias

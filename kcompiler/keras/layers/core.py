@@ -12,6 +12,39 @@ def serialize_activation(fn):
     return activations.serialize(fn)
 
 
+def resolve_activation(layer, activation):
+    """The activation function, or a ValueError naming the layer."""
+    try:
+        return activations.get(activation)
+    except ValueError as e:
+        raise ValueError(f"{layer._describe()}: {e}") from None
+
+
+def set_kernel_bias_options(layer, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
+                            bias_regularizer, kernel_constraint, bias_constraint):
+    """The options every layer with a kernel and a bias takes (Dense, Conv2D)."""
+    layer.use_bias = use_bias
+    layer.kernel_initializer = initializers.get(kernel_initializer)
+    layer.bias_initializer = initializers.get(bias_initializer)
+    layer.kernel_regularizer = regularizers.get(kernel_regularizer)
+    layer.bias_regularizer = regularizers.get(bias_regularizer)
+    layer.kernel_constraint = constraints.get(kernel_constraint)
+    layer.bias_constraint = constraints.get(bias_constraint)
+
+
+def kernel_bias_config(layer, activity_regularizer=False):
+    """Their config entries, in Keras's order (Conv2D writes activity_regularizer among them)."""
+    config = {"kernel_initializer": initializers.serialize(layer.kernel_initializer),
+              "bias_initializer": initializers.serialize(layer.bias_initializer),
+              "kernel_regularizer": regularizers.serialize(layer.kernel_regularizer),
+              "bias_regularizer": regularizers.serialize(layer.bias_regularizer)}
+    if activity_regularizer:
+        config["activity_regularizer"] = regularizers.serialize(layer.activity_regularizer)
+    config.update(kernel_constraint=constraints.serialize(layer.kernel_constraint),
+                  bias_constraint=constraints.serialize(layer.bias_constraint))
+    return config
+
+
 class Dense(Layer):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
@@ -20,17 +53,9 @@ class Dense(Layer):
         if int(units) <= 0:
             raise ValueError(f"{self._describe()}: units must be a positive integer, got {units}")
         self.units = int(units)
-        try:
-            self.activation = activations.get(activation)
-        except ValueError as e:
-            raise ValueError(f"{self._describe()}: {e}") from None
-        self.use_bias = use_bias
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.kernel_constraint = constraints.get(kernel_constraint)
-        self.bias_constraint = constraints.get(bias_constraint)
+        self.activation = resolve_activation(self, activation)
+        set_kernel_bias_options(self, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
+                                bias_regularizer, kernel_constraint, bias_constraint)
         self.input_spec = InputSpec(min_ndim=2)
         self.supports_masking = True
 
@@ -59,21 +84,13 @@ class Dense(Layer):
             config["activity_regularizer"] = regularizers.serialize(self.activity_regularizer)
         return {**config, "units": self.units,
                 "activation": serialize_activation(self.activation), "use_bias": self.use_bias,
-                "kernel_initializer": initializers.serialize(self.kernel_initializer),
-                "bias_initializer": initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
-                "kernel_constraint": constraints.serialize(self.kernel_constraint),
-                "bias_constraint": constraints.serialize(self.bias_constraint)}
+                **kernel_bias_config(self)}
 
 
 class Activation(Layer):
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
-        try:
-            self.activation = activations.get(activation)
-        except ValueError as e:
-            raise ValueError(f"{self._describe()}: {e}") from None
+        self.activation = resolve_activation(self, activation)
         self.supports_masking = True
 
     def call(self, inputs):
