@@ -52,9 +52,7 @@ def input_arrays(model, x):
         raise ShapeError(f"model '{model.name}' takes {len(specs)} inputs, got {len(xs)}")
     out = []
     for a, (name, t) in zip(xs, specs):
-        a = to_array(a, what=f"input {name!r}")
-        if a.dtype != t.dtype:
-            a = a.astype(t.dtype)
+        a = to_array(a, dtype=t.dtype, what=f"model '{model.name}', input {name!r}")  # range-checked when narrowed
         if a.ndim != len(t.shape) or any(d is not None and d != e for d, e in zip(t.shape[1:], a.shape[1:])):
             raise ShapeError(f"model '{model.name}' expects input {name!r} of shape {fmt_shape(t.shape)}, "
                              f"got {fmt_shape(a.shape)}")
@@ -71,12 +69,11 @@ def _sparse_labels(model):
 def label_array(model, y, n):
     if y is None:
         raise ValueError(f"model '{model.name}': no labels (y is None); fit and evaluate take arrays x and y")
-    y = to_array(y, what="labels")
-    if _sparse_labels(model):
-        if y.dtype.kind == "f":
-            y = y.astype(np.int32)  # class ids given as floats, as Keras accepts them
-    elif y.dtype.kind in "iub":
-        y = y.astype(np.float32)  # Keras's losses cast labels to the predictions' dtype
+    what = f"model '{model.name}', labels"
+    if _sparse_labels(model):  # class ids, which Keras also accepts as floats or int64
+        y = to_array(y, dtype=np.int32, what=what)
+    else:
+        y = to_array(y, dtype=np.float32, what=what)  # Keras's losses cast labels to the predictions' dtype
     if len(y) != n:
         raise ShapeError(f"model '{model.name}': {len(y)} labels for {n} input samples")
     return y
@@ -85,7 +82,7 @@ def label_array(model, y, n):
 def weight_array(sample_weight, n):
     if sample_weight is None:
         return None
-    w = to_array(sample_weight, dtype=np.float32)
+    w = to_array(sample_weight, dtype=np.float32, what="sample_weight")
     if w.size != n or (w.ndim > 1 and w.shape[0] != n):
         raise ShapeError(f"sample_weight: expected one weight per sample, shape ({n},), got {fmt_shape(w.shape)}")
     return np.ascontiguousarray(w.reshape(n))

@@ -1,0 +1,61 @@
+"""Strict input checks: data that would silently turn into other numbers, and arguments that
+make no sense, raise a clear exception naming the input and the value (issue 6, item 6)."""
+import numpy as np
+import pytest
+
+import kcompiler
+from kcompiler import keras
+from kcompiler.keras import backend
+
+
+def id_model():
+    backend.clear_session()
+    return keras.Sequential([keras.Input((2,), dtype="int32", name="ids"), keras.layers.Embedding(5, 1)])
+
+
+def identity_model():
+    backend.clear_session()
+    model = keras.Sequential([keras.Input((1,), name="x"), keras.layers.Activation("linear")])
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def classifier(loss=None, metrics=None):
+    backend.clear_session()
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    model.compile(optimizer="sgd", loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=metrics)
+    return model
+
+
+def test_values_that_do_not_fit_int32_raise_instead_of_wrapping():
+    model = id_model()
+    program = kcompiler.compile(model, batch_size=1)
+    for ids in (np.array([[2**32 + 1, 0]], np.int64), np.array([[3e9, 0]]), np.array([[np.nan, 0]])):
+        bad = repr(ids[0, 0].item())
+        with pytest.raises(ValueError, match=rf"input 'ids': value {bad} does not fit in int32"):
+            model.predict(ids, verbose=0)
+        with pytest.raises(ValueError, match=rf"input 'ids': value {bad} does not fit in int32"):
+            program.predict(ids)
+    assert model.predict(np.array([[4, 0]], np.int64), verbose=0).shape == (1, 2, 1)  # ids that fit still work
+
+    # A float model takes wide integers as floats: no trip through int32 (3e9 used to come out as -1.29e9).
+    model = identity_model()
+    for x in (np.array([[3_000_000_000]], np.int64), np.array([[3e9]]), np.array([[2**40]], np.uint64)):
+        np.testing.assert_allclose(model.predict(x, verbose=0), x.astype(np.float32))
+        np.testing.assert_allclose(kcompiler.compile(model).predict(x), x.astype(np.float32))
+
+
+def test_complex_inputs_and_labels_are_refused():
+    model = identity_model()
+    x = np.array([[1 + 2j]])
+    with pytest.raises(TypeError, match="input 'x': complex data"):
+        model.predict(x, verbose=0)
+    with pytest.raises(TypeError, match="input 'x': complex data"):
+        kcompiler.compile(model).predict(x)
+    with pytest.raises(TypeError, match="labels: complex data"):
+        model.fit(np.ones((2, 1)), np.array([[1j], [1]]), verbose=0)
+    with pytest.raises(TypeError, match="labels: complex data"):
+        kcompiler.compile(model, training=True).train_step(np.ones((2, 1), np.float32), np.array([[1j], [1]]))
+    with pytest.raises(TypeError, match="complex data"):
+        model.layers[0](x)
