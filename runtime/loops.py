@@ -23,7 +23,8 @@ from kcompiler.errors import ShapeError
 from kcompiler.ir.types import TensorType, fmt_shape
 from kcompiler.keras import backend
 from kcompiler.keras.callbacks.callback_list import CallbackList
-from kcompiler.keras.tensor import to_array
+from kcompiler.keras.tensor import as_numbers, to_array
+from kcompiler.keras.training import check_class_ids
 
 from .steps import feeds_by_name, model_steps
 
@@ -71,6 +72,8 @@ def label_array(model, y, n):
         raise ValueError(f"model '{model.name}': no labels (y is None); fit and evaluate take arrays x and y")
     what = f"model '{model.name}', labels"
     if _sparse_labels(model):  # class ids, which Keras also accepts as floats or int64
+        y = as_numbers(y, what=what)
+        check_class_ids(model, y)  # before narrowing to int32, so that the message shows the value given
         y = to_array(y, dtype=np.int32, what=what)
     else:
         y = to_array(y, dtype=np.float32, what=what)  # Keras's losses cast labels to the predictions' dtype

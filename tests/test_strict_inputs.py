@@ -59,3 +59,38 @@ def test_complex_inputs_and_labels_are_refused():
         kcompiler.compile(model, training=True).train_step(np.ones((2, 1), np.float32), np.array([[1j], [1]]))
     with pytest.raises(TypeError, match="complex data"):
         model.layers[0](x)
+
+
+@pytest.mark.parametrize("bad", [3, -1, 2**32 + 1, 3.0])
+def test_sparse_labels_outside_the_classes_raise_at_every_entry_point(bad):
+    x = np.ones((4, 2), np.float32)
+    y = np.array([0, 1, 2, bad])
+    message = rf"label value of {bad!r} which is outside the valid range of \[0, 3\)"
+    model = classifier()
+    before = [w.numpy().copy() for w in model.weights]
+    with pytest.raises(ValueError, match=message):
+        model.fit(x, y, verbose=0)
+    with pytest.raises(ValueError, match=message):
+        model.fit(x, np.array([0, 1, 2, 0]), validation_data=(x, y), verbose=0)
+    with pytest.raises(ValueError, match=message):
+        model.evaluate(x, y, verbose=0)
+    with pytest.raises(ValueError, match=message):
+        model.train_on_batch(x, y)
+    with pytest.raises(ValueError, match=message):
+        model.test_on_batch(x, y)
+    with pytest.raises(ValueError, match=message):  # a direct call that converts its labels checks them too
+        kcompiler.compile(model, training=True).train_step(x, y)
+    assert all(np.array_equal(w.numpy(), b) for w, b in zip(model.weights, before))
+
+    model = classifier(loss="sparse_categorical_crossentropy", metrics=["sparse_categorical_accuracy"])
+    with pytest.raises(ValueError, match=message):
+        model.evaluate(x, y, verbose=0)
+
+
+def test_sparse_labels_inside_the_classes_or_ignored_are_accepted():
+    x = np.ones((4, 2), np.float32)
+    classifier().fit(x, np.array([0, 1, 2, 2.5]), verbose=0)  # floats are truncated to class ids, as in Keras
+    model = classifier(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1))
+    model.fit(x, np.array([0, 1, 2, -1]), verbose=0)
+    with pytest.raises(ValueError, match="label value of -2 "):
+        model.fit(x, np.array([0, 1, -2, -1]), verbose=0)
