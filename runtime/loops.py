@@ -15,6 +15,7 @@ takes the last fraction of the data before shuffling; shuffling draws from the g
 are accepted for tf.keras 2 compatibility and unused (the data are arrays in memory).
 """
 import math
+import numbers
 import warnings
 
 import numpy as np
@@ -184,6 +185,17 @@ def _stateful_metric_names(model):
     return [m.name for m in getattr(model, "compiled_metric_objects", []) if batch_metric_fn(m) is None]
 
 
+def _check_batch_size(value, name="batch_size"):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0):
+        raise ValueError(f"`{name}` must be a positive integer (or None for the default), got {name}={value!r}")
+
+
+def _check_validation_split(value):
+    if value is not None and not 0 <= value < 1:  # written so that NaN fails too
+        raise ValueError(f"`validation_split` must be a fraction in [0, 1) of the data to hold out for validation, "
+                         f"got validation_split={value!r}")
+
+
 def _check_compiled(model, method):
     if not getattr(model, "compiled", False):
         raise ValueError(f"You must call `compile()` before calling `{method}()` on model '{model.name}'.")
@@ -214,6 +226,9 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
         steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1,
         max_queue_size=10, workers=1, use_multiprocessing=False):
     _check_compiled(model, "fit")
+    _check_batch_size(batch_size)
+    _check_batch_size(validation_batch_size, "validation_batch_size")
+    _check_validation_split(validation_split)
     verbose = _verbosity(verbose)
     xs = input_arrays(model, x)
     n = len(xs[0])
@@ -305,6 +320,7 @@ def _evaluate_loop(model, runner, xs, y, sample_weight, batch_size, num_steps, c
 def evaluate(model, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None, callbacks=None,
              max_queue_size=10, workers=1, use_multiprocessing=False, return_dict=False):
     _check_compiled(model, "evaluate")
+    _check_batch_size(batch_size)
     verbose = _verbosity(verbose)
     xs = input_arrays(model, x)
     n = len(xs[0])
@@ -323,6 +339,7 @@ def evaluate(model, x=None, y=None, batch_size=None, verbose="auto", sample_weig
 
 def predict(model, x, batch_size=None, verbose="auto", steps=None, callbacks=None, max_queue_size=10, workers=1,
             use_multiprocessing=False):
+    _check_batch_size(batch_size)
     verbose = _verbosity(verbose)
     xs = input_arrays(model, x)
     n = len(xs[0])

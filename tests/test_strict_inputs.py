@@ -61,6 +61,27 @@ def test_complex_inputs_and_labels_are_refused():
         model.layers[0](x)
 
 
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_batch_size_must_be_a_positive_integer(batch_size):
+    model = identity_model()
+    x = y = np.ones((4, 1), np.float32)
+    with pytest.raises(ValueError, match=rf"batch_size.* got batch_size={batch_size}"):
+        model.fit(x, y, batch_size=batch_size, verbose=0)
+    with pytest.raises(ValueError, match=rf"validation_batch_size.* got validation_batch_size={batch_size}"):
+        model.fit(x, y, validation_split=0.5, validation_batch_size=batch_size, verbose=0)
+    with pytest.raises(ValueError, match=rf"got batch_size={batch_size}"):
+        model.evaluate(x, y, batch_size=batch_size, verbose=0)
+    with pytest.raises(ValueError, match=rf"got batch_size={batch_size}"):
+        model.predict(x, batch_size=batch_size, verbose=0)
+
+
+@pytest.mark.parametrize("split", [-0.5, 1.0, 1.5, float("nan")])
+def test_validation_split_must_be_in_0_1(split):
+    model = identity_model()
+    with pytest.raises(ValueError, match=rf"validation_split.*\[0, 1\).* got validation_split={split}"):
+        model.fit(np.ones((4, 1)), np.ones((4, 1)), validation_split=split, verbose=0)
+
+
 @pytest.mark.parametrize("bad", [3, -1, 2**32 + 1, 3.0])
 def test_sparse_labels_outside_the_classes_raise_at_every_entry_point(bad):
     x = np.ones((4, 2), np.float32)
