@@ -115,3 +115,27 @@ def test_sparse_labels_inside_the_classes_or_ignored_are_accepted():
     model.fit(x, np.array([0, 1, 2, -1]), verbose=0)
     with pytest.raises(ValueError, match="label value of -2 "):
         model.fit(x, np.array([0, 1, -2, -1]), verbose=0)
+
+
+def test_a_sequential_that_cannot_be_built_from_its_implied_input_builds_on_data():
+    backend.clear_session()
+    model = keras.Sequential([keras.layers.Embedding(10, 4), keras.layers.Flatten(), keras.layers.Dense(1)])
+    assert not model.built
+    with pytest.raises(ValueError, match="not yet been built"):
+        model.summary()
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.arange(56).reshape(8, 7) % 10
+    model.fit(x, np.ones((8, 1), np.float32), batch_size=4, verbose=0)
+    assert model.input_shape == (None, 7) and model.output_shape == (None, 1)
+    assert model.layers[-1].kernel.shape == (28, 1)
+    assert model.predict(x, verbose=0).shape == (8, 1)
+
+    # Called on data directly (eagerly) it builds the same way.
+    backend.clear_session()
+    model = keras.Sequential([keras.layers.Embedding(10, 4), keras.layers.Flatten(), keras.layers.Dense(1)])
+    assert model(x).shape == (8, 1)
+
+    # An input the user gave is not second-guessed: the error comes at construction, as in Keras.
+    with pytest.raises(ValueError, match="last dimension of the input must be known"):
+        keras.Sequential([keras.Input((None,), dtype="int32"), keras.layers.Embedding(10, 4),
+                          keras.layers.Flatten(), keras.layers.Dense(1)])
