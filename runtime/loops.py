@@ -15,6 +15,7 @@ takes the last fraction of the data before shuffling; shuffling draws from the g
 are accepted for tf.keras 2 compatibility and unused (the data are arrays in memory).
 """
 import math
+import numbers
 import warnings
 
 import numpy as np
@@ -23,7 +24,8 @@ from kcompiler.errors import ShapeError
 from kcompiler.ir.types import TensorType, fmt_shape
 from kcompiler.keras import backend
 from kcompiler.keras.callbacks.callback_list import CallbackList
-from kcompiler.keras.tensor import to_array
+from kcompiler.keras.tensor import as_numbers, to_array
+from kcompiler.keras.training import check_class_ids
 
 from .steps import feeds_by_name, model_steps
 
@@ -52,9 +54,7 @@ def input_arrays(model, x):
         raise ShapeError(f"model '{model.name}' takes {len(specs)} inputs, got {len(xs)}")
     out = []
     for a, (name, t) in zip(xs, specs):
-        a = to_array(a, what=f"input {name!r}")
-        if a.dtype != t.dtype:
-            a = a.astype(t.dtype)
+        a = to_array(a, dtype=t.dtype, what=f"model '{model.name}', input {name!r}")  # range-checked when narrowed
         if a.ndim != len(t.shape) or any(d is not None and d != e for d, e in zip(t.shape[1:], a.shape[1:])):
             raise ShapeError(f"model '{model.name}' expects input {name!r} of shape {fmt_shape(t.shape)}, "
                              f"got {fmt_shape(a.shape)}")
@@ -71,12 +71,13 @@ def _sparse_labels(model):
 def label_array(model, y, n):
     if y is None:
         raise ValueError(f"model '{model.name}': no labels (y is None); fit and evaluate take arrays x and y")
-    y = to_array(y, what="labels")
-    if _sparse_labels(model):
-        if y.dtype.kind == "f":
-            y = y.astype(np.int32)  # class ids given as floats, as Keras accepts them
-    elif y.dtype.kind in "iub":
-        y = y.astype(np.float32)  # Keras's losses cast labels to the predictions' dtype
+    what = f"model '{model.name}', labels"
+    if _sparse_labels(model):  # class ids, which Keras also accepts as floats or int64
+        y = as_numbers(y, what=what)
+        check_class_ids(model, y)  # before narrowing to int32, so that the message shows the value given
+        y = to_array(y, dtype=np.int32, what=what)
+    else:
+        y = to_array(y, dtype=np.float32, what=what)  # Keras's losses cast labels to the predictions' dtype
     if len(y) != n:
         raise ShapeError(f"model '{model.name}': {len(y)} labels for {n} input samples")
     return y
@@ -85,7 +86,7 @@ def label_array(model, y, n):
 def weight_array(sample_weight, n):
     if sample_weight is None:
         return None
-    w = to_array(sample_weight, dtype=np.float32)
+    w = to_array(sample_weight, dtype=np.float32, what="sample_weight")
     if w.size != n or (w.ndim > 1 and w.shape[0] != n):
         raise ShapeError(f"sample_weight: expected one weight per sample, shape ({n},), got {fmt_shape(w.shape)}")
     return np.ascontiguousarray(w.reshape(n))
@@ -184,6 +185,17 @@ def _stateful_metric_names(model):
     return [m.name for m in getattr(model, "compiled_metric_objects", []) if batch_metric_fn(m) is None]
 
 
+def _check_batch_size(value, name="batch_size"):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0):
+        raise ValueError(f"`{name}` must be a positive integer (or None for the default), got {name}={value!r}")
+
+
+def _check_validation_split(value):
+    if value is not None and not 0 <= value < 1:  # written so that NaN fails too
+        raise ValueError(f"`validation_split` must be a fraction in [0, 1) of the data to hold out for validation, "
+                         f"got validation_split={value!r}")
+
+
 def _check_compiled(model, method):
     if not getattr(model, "compiled", False):
         raise ValueError(f"You must call `compile()` before calling `{method}()` on model '{model.name}'.")
@@ -214,6 +226,9 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
         steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1,
         max_queue_size=10, workers=1, use_multiprocessing=False):
     _check_compiled(model, "fit")
+    _check_batch_size(batch_size)
+    _check_batch_size(validation_batch_size, "validation_batch_size")
+    _check_validation_split(validation_split)
     verbose = _verbosity(verbose)
     xs = input_arrays(model, x)
     n = len(xs[0])
@@ -305,6 +320,7 @@ def _evaluate_loop(model, runner, xs, y, sample_weight, batch_size, num_steps, c
 def evaluate(model, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None, callbacks=None,
              max_queue_size=10, workers=1, use_multiprocessing=False, return_dict=False):
     _check_compiled(model, "evaluate")
+    _check_batch_size(batch_size)
     verbose = _verbosity(verbose)
     xs = input_arrays(model, x)
     n = len(xs[0])
@@ -323,6 +339,7 @@ def evaluate(model, x=None, y=None, batch_size=None, verbose="auto", sample_weig
 
 def predict(model, x, batch_size=None, verbose="auto", steps=None, callbacks=None, max_queue_size=10, workers=1,
             use_multiprocessing=False):
+    _check_batch_size(batch_size)
     verbose = _verbosity(verbose)
     xs = input_arrays(model, x)
     n = len(xs[0])

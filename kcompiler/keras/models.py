@@ -331,6 +331,7 @@ class Sequential(Model):
         self._is_functional = False
         self._stack = []
         self._input = None          # the symbolic input in the construction graph, once known
+        self._input_implied = False  # whether _input is the first layer's implied input (Embedding's (None, None))
         self._outputs_per_layer = []
         for layer in layers or []:
             self.add(layer)
@@ -340,11 +341,11 @@ class Sequential(Model):
             rec = layer._keras_history
             if rec is None or not isinstance(rec.layer, InputLayer):
                 raise TypeError(f"Sequential '{self.name}': add() takes layers or a keras.Input tensor")
-            self._input = layer
+            self._input, self._input_implied = layer, False
             self._rebuild()
             return
         if isinstance(layer, InputLayer):
-            self._input = layer.output
+            self._input, self._input_implied = layer.output, False
             self._rebuild()
             return
         if not isinstance(layer, Layer):
@@ -354,11 +355,24 @@ class Sequential(Model):
         self._sublayers = list(self._stack)
         self._tracking = True
         if self._input is None and len(self._stack) == 1 and layer._batch_input_shape is not None:
-            self._input = InputLayer(batch_input_shape=layer._batch_input_shape, dtype=layer.dtype
-                                     if layer.dtype != "float32" or not _takes_ints(layer) else "int32",
+            self._input = InputLayer(batch_input_shape=layer._batch_input_shape, dtype=_input_dtype(layer),
                                      name=f"{layer.name}_input").output
+            self._input_implied = True
         if self._input is not None:
-            self._extend(layer)
+            try:
+                self._extend(layer)
+            except ValueError:  # ShapeError included
+                if not (self._input_implied and None in self._input.shape[1:]):
+                    raise
+                self._defer_build()
+
+    def _defer_build(self):
+        """The layers cannot all be built from the first layer's implied input, whose unknown
+        dimensions (an Embedding's sequence length) the data will give: as Keras 3 does, the
+        model builds at its first call on data (``_maybe_build``) or ``build(input_shape)``."""
+        self._input, self._input_implied = None, False
+        self._outputs_per_layer = []
+        self.built = False
 
     def pop(self):
         if not self._stack:
@@ -399,6 +413,7 @@ class Sequential(Model):
         if self._input is not None:
             return
         self._input = InputLayer(batch_input_shape=tuple(input_shape),
+                                 dtype=_input_dtype(self._stack[0]) if self._stack else None,
                                  name=f"{self._stack[0].name}_input" if self._stack else None).output
         self._rebuild()
 
@@ -437,8 +452,12 @@ class Sequential(Model):
         return self._outputs_per_layer[-1].shape
 
 
-def _takes_ints(layer):
-    return type(layer).__name__ == "Embedding"
+def _input_dtype(first_layer):
+    """The dtype of the input a Sequential makes for its first layer: the layer's, and int32 ids
+    for an Embedding."""
+    if first_layer.dtype == "float32" and type(first_layer).__name__ == "Embedding":
+        return "int32"
+    return first_layer.dtype
 
 
 

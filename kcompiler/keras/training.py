@@ -41,3 +41,45 @@ def compile_model(model, optimizer="rmsprop", loss=None, metrics=None, run_eager
     model.compile_target = target
     model.compile_fuse = fuse
     model.compiled = True
+
+
+def check_class_ids(model, y):
+    """Raises ValueError if ``y`` (the labels of ``model``'s sparse categorical crossentropy, as
+    given: ints or floats, which are truncated to ids) holds a class id outside [0, num_classes)
+    other than the loss's ``ignore_class``, as TensorFlow does on the CPU. The compiled loss
+    compares ids with each class (a one-hot row), so an id outside the classes would silently
+    count as a loss of 0. One min and one max: the callers check whole label arrays, once."""
+    loss = getattr(model, "compiled_loss", None)
+    if getattr(loss, "fn", None) is not losses_mod.sparse_categorical_crossentropy or y.size == 0:
+        return
+    output_shape = _output_shape(model)
+    if isinstance(output_shape, list) or output_shape[-1] is None:  # several outputs: the step itself refuses them
+        return
+    num_classes = output_shape[-1]
+    ignore_class = loss._fn_kwargs.get("ignore_class")
+    ids = y if ignore_class is None else y[y != ignore_class]
+    if ids.size == 0:
+        return
+    lo, hi = ids.min().item(), ids.max().item()
+    if not lo > -1:  # negated comparisons, so that NaN fails them; -0.5 truncates to the id 0
+        bad = lo
+    elif not hi < num_classes:
+        bad = hi
+    else:
+        return
+    raise ValueError(f"model '{model.name}': received a label value of {bad!r} which is outside the valid range "
+                     f"of [0, {num_classes}): loss {loss.name!r} takes class ids and the model's output has "
+                     f"{num_classes} classes")
+
+
+def _output_shape(model):
+    """``model.output_shape``. A subclassed model traces its call for it, which costs more than
+    a small training step (train_on_batch checks each batch's labels): the shape is kept on the
+    model for the input shape it was built with."""
+    if getattr(model, "_is_functional", False) or getattr(model, "outputs", None):  # Sequential, functional
+        return model.output_shape
+    key = repr(model._build_input_shape)
+    cached = getattr(model, "_output_shape_for_input", None)
+    if cached is None or cached[0] != key:
+        model._output_shape_for_input = cached = (key, model.output_shape)
+    return cached[1]
