@@ -269,8 +269,9 @@ def test_compiled_graph_run_confirms_its_module(cache):
 def _run(script, cache_dir):
     env = dict(os.environ, KCOMPILER_CACHE_DIR=str(cache_dir), KCOMPILER_OPT_LEVEL="1")
     env.pop("KCOMPILER_NO_CACHE", None)
+    # run in the temporary directory: a crashing run may leave a core file in its working directory
     return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
-                          env=env, timeout=300)
+                          env=env, cwd=cache_dir.parent, timeout=300)
 
 
 def test_normal_exit_removes_the_markers_of_modules_never_called(cache):
