@@ -85,6 +85,7 @@ class CompiledGraph:
                 raise KCompilerError(f"input {name!r}: expected shape {buf.shape}, got {np.shape(value)}")
             buf[...] = value
         status = self._entry(*self._args)
+        self.module.confirm()  # the code ran: drop the crash marker of the cache entry it came from
         if status:
             raise KCompilerError(f"generated code reported error {status}: "
                                  f"{STATUS_MESSAGES.get(status, 'unknown error')}")

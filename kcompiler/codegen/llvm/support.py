@@ -6,12 +6,13 @@ generated modules only declare them. This keeps each model's compile time to its
 kernels. ``kc_sgemm`` splits large products over the cores itself; ``kc_sgemm_1t`` is
 for work a kernel has already split over the cores (convolutions).
 """
+import ctypes
 import threading
 
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
-from .gemm import GEMM_FN_TYPE, emit_gemm
+from .gemm import GEMM_FN_TYPE, emit_gemm, gemm_ctypes_argtypes
 from .target import compile_ir
 
 GEMM_NAME = "kc_sgemm"
@@ -28,10 +29,22 @@ def ensure_support_library():
             module = ir.Module(name="kcompiler_support")
             emit_gemm(module, GEMM_NAME)
             emit_gemm(module, SERIAL_GEMM_NAME, nthreads=1)
-            _library = compile_ir(str(module), opt_level=3, name="kcompiler_support")
+            library = compile_ir(str(module), opt_level=3, name="kcompiler_support")
             for name in (GEMM_NAME, SERIAL_GEMM_NAME):
-                llvm.add_symbol(name, _library.address(name))
+                _call_once(library, name)
+                llvm.add_symbol(name, library.address(name))
+            library.confirm()
+            _library = library
     return _library
+
+
+def _call_once(library, name):
+    """Call SGEMM ``name`` on a 1x1 product: the first successful call that
+    confirms a library loaded from the disk cache (a bad entry crashes here,
+    and its crash marker keeps it from being loaded again)."""
+    a, b, c = (ctypes.c_float * 1)(2.0), (ctypes.c_float * 1)(3.0), (ctypes.c_float * 1)(0.0)
+    gemm = library.function(name, None, *gemm_ctypes_argtypes())
+    gemm(0, 0, 1, 1, 1, 1.0, ctypes.addressof(a), 1, ctypes.addressof(b), 1, 0.0, ctypes.addressof(c), 1)
 
 
 def _declare(module, name):

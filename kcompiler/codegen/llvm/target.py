@@ -16,25 +16,13 @@ Environment variables
 ``KCOMPILER_OPT_LEVEL``
     Default optimisation level of :func:`compile_ir` (0-3, default 3). The test
     suite sets it to 0 or 1 to keep compile times low (see docs/codegen-llvm.md).
-``KCOMPILER_CACHE_DIR``
-    Directory of the object cache (default ``~/.cache/kcompiler``).
-``KCOMPILER_NO_CACHE``
-    When set to a non-empty value other than ``0``, the disk cache is neither
-    read nor written.
+``KCOMPILER_CACHE_DIR``, ``KCOMPILER_CACHE_MAX_BYTES``, ``KCOMPILER_NO_CACHE``
+    The object cache: see :mod:`kcompiler.codegen.llvm.cache`.
 
-Cache entry format (one file ``<sha256 key>.kco`` per compiled module)::
-
-    offset  size  field
-    0       8     magic  b"KCOBJ\\x01\\n\\x00"
-    8       8     payload length, little-endian u64
-    16      32    sha256 of the payload
-    48      n     payload: the ELF object emitted by the target machine
-
-An entry whose magic, length or checksum does not match is deleted and the
-module is recompiled; it is never handed to the loader. Entries are written to a
-temporary file in the same directory and renamed into place with
-:func:`os.replace`, so concurrent processes (pytest-xdist workers) can share one
-cache directory.
+Object code is cached on disk (:mod:`.cache`, which also states the trust model:
+only entries this user wrote into a directory only this user can write are
+loaded). A module loaded from the cache carries a crash marker until its first
+successful call, which :meth:`CompiledModule.confirm` records.
 """
 from __future__ import annotations
 
@@ -42,20 +30,23 @@ import ctypes
 import ctypes.util
 import hashlib
 import os
-import struct
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import llvmlite
 import llvmlite.binding as llvm
 
+from . import cache
+# The cache's counters and paths, also reachable from here as before the cache had its own module.
+from .cache import cache_dir, cache_enabled, cache_path, cache_stats, reset_cache_stats
+
 __all__ = [
     "CompiledModule",
     "cache_dir",
+    "cache_enabled",
     "cache_key",
+    "cache_path",
     "cache_stats",
     "compile_ir",
     "default_opt_level",
@@ -76,9 +67,6 @@ _HOST_INFO: tuple[str, str, str] | None = None
 # engine alive, and freeing JIT memory under a running kernel would crash.
 _LIVE_MODULES: list["CompiledModule"] = []
 
-_MAGIC = b"KCOBJ\x01\n\x00"
-_HEADER = struct.Struct("<8sQ32s")  # magic, payload length, sha256(payload)
-_CACHE_FORMAT_VERSION = "1"
 
 
 # --------------------------------------------------------------------------- init
@@ -172,45 +160,13 @@ def vector_width_attrs(fn, width: int = 512):
 
 
 # ------------------------------------------------------------------- the cache
-_STATS = {"hits": 0, "misses": 0, "corrupt": 0, "writes": 0, "write_errors": 0}
-
-
-def cache_stats() -> dict[str, int]:
-    """Counters of the object cache in this process (a copy).
-
-    ``hits``: modules loaded from disk; ``misses``: modules compiled (no usable
-    entry, or cache disabled); ``corrupt``: entries found damaged and deleted;
-    ``writes``: entries written.
-    """
-    with _LOCK:
-        return dict(_STATS)
-
-
-def reset_cache_stats() -> None:
-    with _LOCK:
-        for k in _STATS:
-            _STATS[k] = 0
-
-
-def cache_enabled() -> bool:
-    v = os.environ.get("KCOMPILER_NO_CACHE", "")
-    return v in ("", "0")
-
-
-def cache_dir() -> Path:
-    d = os.environ.get("KCOMPILER_CACHE_DIR")
-    if d:
-        return Path(d)
-    return Path.home() / ".cache" / "kcompiler"
-
-
 def cache_key(llvm_ir: str, opt_level: int) -> str:
     """sha256 over the IR text, the target (triple, CPU, features), the
     llvmlite/LLVM version, the optimisation level and the cache format."""
     triple, cpu, features = host_target_info()
     h = hashlib.sha256()
     for part in (
-        _CACHE_FORMAT_VERSION,
+        cache.FORMAT_VERSION,
         triple,
         cpu,
         features,
@@ -222,64 +178,6 @@ def cache_key(llvm_ir: str, opt_level: int) -> str:
         h.update(b"\0")
     h.update(llvm_ir.encode())
     return h.hexdigest()
-
-
-def cache_path(key: str) -> Path:
-    return cache_dir() / f"{key}.kco"
-
-
-def _read_entry(path: Path) -> bytes | None:
-    """Return the payload of a valid entry; delete a damaged one; None if absent."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return None
-    ok = False
-    payload = b""
-    if len(data) >= _HEADER.size:
-        magic, length, digest = _HEADER.unpack_from(data)
-        payload = data[_HEADER.size:]
-        ok = (
-            magic == _MAGIC
-            and length == len(payload)
-            and hashlib.sha256(payload).digest() == digest
-        )
-    if ok:
-        return payload
-    with _LOCK:
-        _STATS["corrupt"] += 1
-    try:
-        path.unlink()
-    except OSError:
-        pass
-    return None
-
-
-def _write_entry(path: Path, payload: bytes) -> None:
-    header = _HEADER.pack(_MAGIC, len(payload), hashlib.sha256(payload).digest())
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".kco")
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(payload)
-        os.replace(tmp, path)
-        tmp = None
-        with _LOCK:
-            _STATS["writes"] += 1
-    except OSError:
-        # A read-only or full disk must not break compilation.
-        with _LOCK:
-            _STATS["write_errors"] += 1
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 # ------------------------------------------------------------ compile and load
@@ -386,6 +284,20 @@ class CompiledModule:
     _engine: object = field(default=None, repr=False)
     _tm: object = field(default=None, repr=False)
     _addresses: dict = field(default_factory=dict, repr=False)
+    _marker: cache.Marker | None = field(default=None, repr=False)
+
+    def confirm(self) -> None:
+        """Record that the module's code ran successfully once.
+
+        A module loaded from the disk cache carries the entry's crash marker
+        until then; this removes it, so later processes load the entry without
+        suspicion. Idempotent and cheap after the first call; modules compiled
+        in this process have no marker. Call it after the first successful
+        call into the module (``CompiledGraph.run`` does).
+        """
+        if self._marker is not None:
+            self._marker.release()
+            self._marker = None
 
     def address(self, fn_name: str) -> int:
         """Address of a function (or global) of the module; KeyError if absent."""
@@ -421,7 +333,9 @@ def compile_ir(llvm_ir: str, *, opt_level: int | None = None, name: str = "modul
     vectorisation and unrolling on for ``opt_level >= 2``), emits an object
     file and loads it into a fresh MCJIT engine. Object code is cached on disk
     (see the module docstring); a cache hit skips parsing and optimisation and
-    only links the object (milliseconds).
+    only links the object (milliseconds). A module loaded from the cache must
+    be confirmed (:meth:`CompiledModule.confirm`) after its first successful
+    call.
     """
     if opt_level is None:
         opt_level = default_opt_level()
@@ -431,20 +345,73 @@ def compile_ir(llvm_ir: str, *, opt_level: int | None = None, name: str = "modul
     initialize()
     t0 = time.perf_counter()
     key = cache_key(llvm_ir, opt_level)
-    use_cache = cache_enabled()
-    path = cache_path(key) if use_cache else None
+    directory = cache.CacheDir.open() if cache_enabled() else None
+    if directory is None:
+        return _compile_and_load(llvm_ir, key, opt_level, name, t0)
+    try:
+        return _compile_with_cache(directory, llvm_ir, key, opt_level, name, t0)
+    finally:
+        directory.close()
 
-    obj = _read_entry(path) if use_cache else None
-    from_cache = obj is not None
+
+def _compile_with_cache(directory: cache.CacheDir, llvm_ir: str, key: str, opt_level: int, name: str,
+                        t0: float) -> CompiledModule:
+    """:func:`compile_ir` with a trusted cache directory: load entry ``key`` if
+    it is valid and has not crashed a process, else compile and write it."""
+    marker_state = directory.marker_state(key)
+    if marker_state == "crashed":
+        # The last process that loaded this entry died before its first
+        # successful call: never load it again.
+        directory.remove(f"{key}.kco")
+        directory.remove(f"{key}.loading")
+        cache.count("crashed")
+        payload = None
+    else:
+        payload = directory.read_entry(key)
+    if payload is cache.REFUSED:
+        return _compile_and_load(llvm_ir, key, opt_level, name, t0)
+    if payload is not None:
+        cm = _load_entry(directory, payload, key, marker_state, opt_level, name, t0)
+        if cm is not None:
+            return cm
+    cm = _compile_and_load(llvm_ir, key, opt_level, name, t0)
+    directory.write_entry(key, cm.object_code)
+    directory.evict(keep=key)
+    return cm
+
+
+def _load_entry(directory: cache.CacheDir, payload: bytes, key: str, marker_state: str, opt_level: int,
+                name: str, t0: float) -> CompiledModule | None:
+    """Load a valid entry's object code under a crash marker. No marker of our
+    own is needed while another live process holds one. None when the marker
+    cannot be written (the entry is not loaded) or LLVM rejects the object (the
+    entry is deleted)."""
+    try:
+        marker = directory.put_marker(key) if marker_state == "absent" else None
+    except OSError:
+        return None
+    try:
+        with _LOCK:
+            engine, tm = _load_object(payload, opt_level, name)
+    except RuntimeError:
+        if marker is not None:
+            marker.release()
+        directory.remove(f"{key}.kco")
+        cache.count("corrupt")
+        return None
+    cache.count("hits")
+    return _new_module(name, key, opt_level, True, payload, t0, engine, tm, marker)
+
+
+def _compile_and_load(llvm_ir: str, key: str, opt_level: int, name: str, t0: float) -> CompiledModule:
+    cache.count("misses")
     with _LOCK:
-        if not from_cache:
-            _STATS["misses"] += 1
-            obj = _compile_to_object(llvm_ir, opt_level, name)
-        else:
-            _STATS["hits"] += 1
+        obj = _compile_to_object(llvm_ir, opt_level, name)
         engine, tm = _load_object(obj, opt_level, name)
-    if use_cache and not from_cache:
-        _write_entry(path, obj)
+    return _new_module(name, key, opt_level, False, obj, t0, engine, tm, None)
+
+
+def _new_module(name, key, opt_level, from_cache, obj, t0, engine, tm, marker) -> CompiledModule:
     cm = CompiledModule(
         name=name,
         key=key,
@@ -454,6 +421,7 @@ def compile_ir(llvm_ir: str, *, opt_level: int | None = None, name: str = "modul
         compile_seconds=time.perf_counter() - t0,
         _engine=engine,
         _tm=tm,
+        _marker=marker,
     )
     with _LOCK:
         _LIVE_MODULES.append(cm)
