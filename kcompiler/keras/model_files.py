@@ -20,6 +20,9 @@ on where it stopped. A file whose optimizer state does not fit the optimizer (tf
 SGD keeps momentum slots even without momentum) loads with a fresh optimizer and a
 warning, as Keras does.
 
+A file is written through atomic_file.write_file_atomically: killing the process or filling
+the disk during a save leaves the previous file at the path intact.
+
 Differences from Keras, on purpose: ``include_optimizer=False`` also leaves the optimizer's
 variables out of a ``.keras`` file (Keras 3 ignores the argument there); ``safe_mode`` is
 accepted and changes nothing (no layer here deserializes Python code); saving with
@@ -40,6 +43,7 @@ import zipfile
 import numpy as np
 
 from ..errors import ConfigError, KCompilerError
+from .atomic_file import write_file_atomically
 
 KERAS3_VERSION = "3.15.1"   # the Keras 3 release whose .keras format this writes
 CONFIG_FILE = "config.json"
@@ -78,10 +82,10 @@ def save_model(model, filepath, overwrite=True, save_format=None, include_optimi
     if not model.built:
         warnings.warn("You are saving a model that has not yet been built. It might not contain any weights "
                       "yet. Consider building the model first by calling it on some data.", stacklevel=3)
-    # The whole file is made in memory first: a model that cannot be written leaves no half file.
+    # The whole file is made in memory first, then replaces the previous one in one step (a crash
+    # or a full disk during the write leaves the previous file as it was).
     data = _keras_archive(model, include_optimizer) if fmt == "keras" else _legacy_h5(model, include_optimizer)
-    with open(filepath, "wb") as f:
-        f.write(data)
+    write_file_atomically(filepath, data)
 
 
 def _save_format(filepath, save_format):

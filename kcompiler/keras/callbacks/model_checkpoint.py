@@ -13,12 +13,17 @@ Two layouts, chosen by the file name, as the two Kerases write them:
   a group per layer name with attribute ``weight_names`` (``dense/kernel:0``, ...) and one
   dataset per weight at ``<layer name>/<weight name>``. Loading goes by the order of the
   layers that have weights, as tf.keras does.
+
+Files are written through atomic_file.write_file_atomically: a save replaces the previous
+file whole or leaves it as it was.
 """
+import io
 import os
 
 import numpy as np
 
 from .. import backend
+from ..atomic_file import write_file_atomically
 from ..layers.base import Layer
 from .monitor_callback import MonitorCallback
 
@@ -199,8 +204,11 @@ def save_weights(model, filepath, overwrite=True):
                          f"(tf.keras 2's). Received: filepath={filepath}")
     if not overwrite and os.path.exists(filepath):
         raise FileExistsError(f"{filepath} exists and overwrite=False")
-    with _h5py().File(filepath, "w") as f:
+    # Made in memory, then written in one step: a crash or a full disk leaves the previous file.
+    data = io.BytesIO()
+    with _h5py().File(data, "w") as f:
         (_save_keras3 if filepath.endswith(".weights.h5") else _save_legacy)(model, f)
+    write_file_atomically(filepath, data.getbuffer())
 
 
 def load_weights(model, filepath, skip_mismatch=False):
