@@ -183,6 +183,9 @@ def test_an_oversized_config_json_is_refused_without_reading_it(tmp_path):
     assert path.stat().st_size < 2**20
     peak = peak_memory_of(lambda: refused(path, r"config\.json is 68157440 bytes, over the 67108864-byte limit"))
     assert peak < 4 * 2**20
+    declare_size(path, "config.json", 2**30)   # the 1 GiB of whitespace in a small file
+    peak = peak_memory_of(lambda: refused(path, r"config\.json is 1073741824 bytes.*refused without reading it"))
+    assert peak < 4 * 2**20
 
 
 def test_a_config_json_larger_than_declared_is_not_inflated(tmp_path):
