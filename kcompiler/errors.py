@@ -15,3 +15,13 @@ class UnsupportedError(KCompilerError, NotImplementedError):
 
 class ConfigError(KCompilerError, ValueError):
     """A configuration (JSON/YAML/dict) cannot be turned back into a model."""
+
+
+class ModelFileError(KCompilerError, ValueError):
+    """A file cannot be read as a model or weights file (not one, damaged, unsafe to read, over a
+    size cap, or weights that do not fit the model); the message names the file."""
+
+
+class ModelFileConfigError(ModelFileError, ConfigError):
+    """A model file's config cannot be turned back into a model (an unknown class or function, a
+    malformed entry): both a ModelFileError and a ConfigError."""

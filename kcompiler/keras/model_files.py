@@ -20,13 +20,20 @@ on where it stopped. A file whose optimizer state does not fit the optimizer (tf
 SGD keeps momentum slots even without momentum) loads with a fresh optimizer and a
 warning, as Keras does.
 
+A file is written through atomic_file.write_file_atomically: killing the process or filling
+the disk during a save leaves the previous file at the path intact.
+
 Differences from Keras, on purpose: ``include_optimizer=False`` also leaves the optimizer's
 variables out of a ``.keras`` file (Keras 3 ignores the argument there); ``safe_mode`` is
 accepted and changes nothing (no layer here deserializes Python code); saving with
 ``overwrite=False`` over an existing file raises FileExistsError instead of asking on the
 terminal. Every problem with a file raises one exception that names the file:
-FileNotFoundError, ModelFileError (not a model file, damaged, weights that do not fit) or
-ConfigError (a class or function the config names is unknown).
+FileNotFoundError for a path with no file, otherwise ModelFileError (kcompiler.errors): not a
+model file, damaged, unsafe to read or over a size cap (model_file_checks.py says what is
+refused before anything is parsed), weights that do not fit, or a config that does not
+rebuild a model; for a config the subclass ModelFileConfigError, also a ConfigError (a class
+or function the config names is unknown: pass custom_objects). UnsupportedError (a layer or
+option kcompiler does not have) is not a problem with the file and stays what it is.
 """
 import datetime
 import inspect
@@ -39,17 +46,17 @@ import zipfile
 
 import numpy as np
 
-from ..errors import ConfigError, KCompilerError
+from ..errors import (ConfigError, KCompilerError, ModelFileConfigError, ModelFileError,  # noqa: F401
+                      UnsupportedError)
+from .atomic_file import write_file_atomically
+from .model_file_checks import (DATA_ERRORS, MAX_CONFIG_BYTES, check_hdf5_file, file_problems, parse_json,
+                                read_archive_member)
 
 KERAS3_VERSION = "3.15.1"   # the Keras 3 release whose .keras format this writes
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
 WEIGHTS_FILE = "model.weights.h5"
 LEGACY_SUFFIXES = (".h5", ".hdf5")
-
-
-class ModelFileError(KCompilerError, ValueError):
-    """A file cannot be read as a model, or does not fit the model it describes."""
 
 
 def _h5py():
@@ -78,10 +85,10 @@ def save_model(model, filepath, overwrite=True, save_format=None, include_optimi
     if not model.built:
         warnings.warn("You are saving a model that has not yet been built. It might not contain any weights "
                       "yet. Consider building the model first by calling it on some data.", stacklevel=3)
-    # The whole file is made in memory first: a model that cannot be written leaves no half file.
+    # The whole file is made in memory first, then replaces the previous one in one step (a crash
+    # or a full disk during the write leaves the previous file as it was).
     data = _keras_archive(model, include_optimizer) if fmt == "keras" else _legacy_h5(model, include_optimizer)
-    with open(filepath, "wb") as f:
-        f.write(data)
+    write_file_atomically(filepath, data)
 
 
 def _save_format(filepath, save_format):
@@ -299,28 +306,35 @@ def _load_keras(filepath, custom_objects, compile):
                 if member not in names:
                     raise ModelFileError(f"{filepath} is not a Keras model archive: it has no {member} "
                                          f"(members: {', '.join(names) or 'none'})")
-            config_text = zf.read(CONFIG_FILE)
-            weights = zf.read(WEIGHTS_FILE)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
-        raise ModelFileError(f"cannot read the model archive {filepath}: {e}") from None
-    config = _parse_json(config_text, filepath, CONFIG_FILE)
+            config_text = read_archive_member(zf, CONFIG_FILE, filepath, limit=MAX_CONFIG_BYTES)
+            weights = read_archive_member(zf, WEIGHTS_FILE, filepath)
+    except ModelFileError:
+        raise
+    except Exception as e:   # noqa: BLE001
+        # Only zipfile runs here, so whatever it raises is the archive's fault: BadZipFile, a bad
+        # CRC, zlib.error, NotImplementedError for an unknown compression method, MemoryError...
+        raise ModelFileError(f"cannot read the model archive {filepath}: {type(e).__name__}: {e}") from None
+    config = parse_json(config_text, filepath, CONFIG_FILE)
     if not isinstance(config, dict):
         raise ModelFileError(f"{filepath}: {CONFIG_FILE} does not hold a model config (got "
                              f"{type(config).__name__})")
-    compile_config = config.pop("compile_config", None)
-    model = _model_from_config(config, custom_objects, filepath)
-    if compile and compile_config:
-        _compile_from_config(model, compile_config, custom_objects, filepath)
     try:
         weights_file = _h5py().File(io.BytesIO(weights), "r")
     except OSError as e:
         raise ModelFileError(f"{filepath}: {WEIGHTS_FILE} is not a readable HDF5 file: {e}") from None
     from .callbacks.model_checkpoint import _load_keras3
-    with weights_file as f, _file_errors(filepath):
-        if getattr(model, "compiled", False):
-            _build_optimizer_if_saved_built(model, len(f["optimizer/vars"]) if "optimizer/vars" in f else 0,
-                                            len(model.optimizer.variables))
-        _load_keras3(model, f)
+    with weights_file as f:
+        with file_problems(filepath, f"cannot read {WEIGHTS_FILE}"):
+            check_hdf5_file(f, f"{filepath} ({WEIGHTS_FILE})")
+        compile_config = config.pop("compile_config", None)
+        model = _model_from_config(config, custom_objects, filepath)
+        if compile and compile_config:
+            _compile_from_config(model, compile_config, custom_objects, filepath)
+        with file_problems(filepath, "the weights do not fit the model"):
+            if getattr(model, "compiled", False):
+                _build_optimizer_if_saved_built(model, len(f["optimizer/vars"]) if "optimizer/vars" in f else 0,
+                                                len(model.optimizer.variables))
+            _load_keras3(model, f)
     return model
 
 
@@ -330,18 +344,19 @@ def _load_legacy_h5(filepath, custom_objects, compile):
         f = h5py.File(filepath, "r")
     except OSError as e:
         raise ModelFileError(f"cannot read the HDF5 file {filepath}: {e}") from None
-    with f:
+    with f, file_problems(filepath, "cannot read the model"):
+        check_hdf5_file(f, filepath)
         model_config = f.attrs.get("model_config")
         if model_config is None:
             hint = (" (it holds weights only: build the model and call model.load_weights)"
                     if "layer_names" in f.attrs or "layers" in f else "")
             raise ModelFileError(f"No model config found in the file at {filepath}{hint}")
-        config = _parse_json(model_config, filepath, "the model_config attribute")
+        config = parse_json(model_config, filepath, "the model_config attribute")
         model = _model_from_config(config, custom_objects, filepath)
         from .callbacks.model_checkpoint import _load_legacy
-        if "model_weights" not in f:
+        if not isinstance(f.get("model_weights"), h5py.Group):
             raise ModelFileError(f"{filepath} has a model config but no model_weights group")
-        with _file_errors(filepath):
+        with file_problems(filepath, "the weights do not fit the model"):
             _load_legacy(model, f["model_weights"])
         training_config = f.attrs.get("training_config")
         if not compile:
@@ -350,41 +365,16 @@ def _load_legacy_h5(filepath, custom_objects, compile):
             warnings.warn("No training configuration found in the save file, so the model was *not* compiled. "
                           "Compile it manually.", stacklevel=3)
             return model
-        training_config = _parse_json(training_config, filepath, "the training_config attribute")
+        training_config = parse_json(training_config, filepath, "the training_config attribute")
         if not isinstance(training_config, dict):
             raise ModelFileError(f"{filepath}: the training_config attribute is not a dict of compile arguments")
         _compile_from_config(model, _compile_config_from_training_config(training_config), custom_objects,
                              filepath)
-        if "optimizer_weights" in f:
+        if isinstance(f.get("optimizer_weights"), h5py.Group):
             saved = len(f["optimizer_weights"].attrs.get("weight_names", []))
             _build_optimizer_if_saved_built(model, saved, len(model.optimizer.get_weights()))
             _load_legacy_optimizer(model, f["optimizer_weights"], filepath)
     return model
-
-
-def _parse_json(text, filepath, what):
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ModelFileError(f"{filepath}: {what} is not valid JSON: {e}") from None
-
-
-class _file_errors:
-    """Re-raise a weights mismatch with the file's name in front."""
-
-    def __init__(self, filepath):
-        self.filepath = filepath
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, tb):
-        if kind is not None and issubclass(kind, (ValueError, KeyError, OSError)) and not isinstance(
-                error, KCompilerError):
-            raise ModelFileError(f"{self.filepath}: the weights do not fit the model: {error}") from error
-        return False
 
 
 def _model_from_config(config, custom_objects, filepath):
@@ -392,7 +382,12 @@ def _model_from_config(config, custom_objects, filepath):
     try:
         return model_from_config(config, custom_objects)
     except ConfigError as e:
-        raise ConfigError(f"cannot load the model in {filepath}: {e}") from None
+        raise ModelFileConfigError(f"cannot load the model in {filepath}: {e}") from None
+    except UnsupportedError:
+        raise
+    except (KCompilerError, *DATA_ERRORS) as e:
+        raise ModelFileError(f"cannot load the model in {filepath}: its config does not describe a model that "
+                             f"can be built: {type(e).__name__}: {e}") from e
 
 
 # ---- compile arguments -----------------------------------------------------------------------
@@ -407,6 +402,8 @@ def _compile_config_from_training_config(training_config):
 def _compile_from_config(model, config, custom_objects, filepath):
     """``model.compile`` with the arguments a file recorded."""
     from .serialization import custom_object_scope
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{filepath}: its compile arguments are not a dict (got {type(config).__name__})")
     try:
         with custom_object_scope(custom_objects):
             kwargs = {"optimizer": _optimizer(config.get("optimizer")),
@@ -418,10 +415,11 @@ def _compile_from_config(model, config, custom_objects, filepath):
                 kwargs["loss_weights"] = config["loss_weights"]
             if config.get("run_eagerly"):
                 kwargs["run_eagerly"] = True
-    except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"cannot compile the model in {filepath} as it was saved: {e}. Pass compile=False "
-                          "to load it uncompiled, or the missing objects in custom_objects") from None
-    model.compile(**kwargs)
+        model.compile(**kwargs)
+    except (ConfigError, *DATA_ERRORS) as e:
+        raise ModelFileConfigError(f"cannot compile the model in {filepath} as it was saved: {e}. Pass "
+                                   "compile=False to load it uncompiled, or the missing objects in "
+                                   "custom_objects") from e
 
 
 def _build_optimizer_if_saved_built(model, saved_count, unbuilt_count):
@@ -544,8 +542,13 @@ def _load_legacy_optimizer(model, group, filepath):
         return v.decode() if isinstance(v, bytes) else str(v)
     names = [text(n) for n in group.attrs.get("weight_names", [])]
     try:
-        values = [group[n][()] for n in names]
-        model.optimizer.set_weights(values)
+        datasets = [group[n] for n in names]
+        # Shapes first: a crafted file must not make this decompress more than the optimizer holds.
+        shapes = [getattr(d, "shape", None) for d in datasets]
+        expected = [np.shape(w) for w in model.optimizer.get_weights()]
+        if shapes != expected:
+            raise ValueError(f"the file holds arrays of shapes {shapes}, the optimizer {expected}")
+        model.optimizer.set_weights([d[()] for d in datasets])
     except (ValueError, KeyError) as e:
         warnings.warn(f"Error in loading the saved optimizer state from {filepath} ({e}). As a result, your "
                       "model is starting with a freshly initialized optimizer.", stacklevel=4)

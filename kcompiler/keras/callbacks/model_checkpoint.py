@@ -13,12 +13,21 @@ Two layouts, chosen by the file name, as the two Kerases write them:
   a group per layer name with attribute ``weight_names`` (``dense/kernel:0``, ...) and one
   dataset per weight at ``<layer name>/<weight name>``. Loading goes by the order of the
   layers that have weights, as tf.keras does.
+
+Files are written through atomic_file.write_file_atomically: a save replaces the previous
+file whole or leaves it as it was. Loading refuses what model_file_checks.py refuses, reads a
+weight only once its shape fits the model's, and raises ModelFileError naming the file for any
+problem with it (FileNotFoundError for a path with no file).
 """
+import io
 import os
 
 import numpy as np
 
+from ...errors import ModelFileError
 from .. import backend
+from ..atomic_file import write_file_atomically
+from ..model_file_checks import check_hdf5_file, file_problems
 from ..layers.base import Layer
 from .monitor_callback import MonitorCallback
 
@@ -103,14 +112,17 @@ def _save_keras3(model, f):
             group.create_dataset(str(i), data=np.asarray(var.numpy()))
 
 
-def _assign(var, value, where, skip_mismatch):
-    value = np.asarray(value)
-    if value.shape != var.shape:
+def _assign(var, stored, where, skip_mismatch):
+    """Assign the HDF5 dataset ``stored`` to ``var``. It is read only once its shape fits, so that a
+    file cannot make loading decompress more data than the model holds."""
+    if not isinstance(stored, _h5py().Dataset) or stored.dtype.kind not in "biuf":
+        raise ValueError(f"weight file: {where} is not an array of numbers")
+    if stored.shape != var.shape:
         if skip_mismatch:
             return
-        raise ValueError(f"weight file: {where} has shape {value.shape}, but the model's variable "
+        raise ValueError(f"weight file: {where} has shape {stored.shape}, but the model's variable "
                          f"{var.path!r} has shape {var.shape}")
-    var.assign(value)
+    var.assign(stored[()])
 
 
 def _load_keras3(model, f, skip_mismatch=False):
@@ -129,7 +141,7 @@ def _load_keras3(model, f, skip_mismatch=False):
             raise ValueError(f"weight file: {key!r} holds {len(stored)} variables but the model's "
                              f"{path or model.name!r} has {len(variables)}")
         for i, var in enumerate(variables):
-            _assign(var, stored[str(i)][()], f"{key}/{i}", skip_mismatch)
+            _assign(var, stored[str(i)], f"{key}/{i}", skip_mismatch)
     optimizer = getattr(model, "optimizer", None)
     if "optimizer/vars" in f and optimizer is not None and hasattr(optimizer, "variables"):
         stored, mine = f["optimizer/vars"], optimizer.variables
@@ -139,7 +151,7 @@ def _load_keras3(model, f, skip_mismatch=False):
                           stacklevel=3)
             return
         for i, var in enumerate(mine):
-            _assign(var, stored[str(i)][()], f"optimizer/vars/{i}", skip_mismatch)
+            _assign(var, stored[str(i)], f"optimizer/vars/{i}", skip_mismatch)
 
 
 # ---- tf.keras 2 layout (.h5) --------------------------------------------------------------
@@ -175,7 +187,7 @@ def _load_legacy(model, f, skip_mismatch=False):
     for layer_name in (text(n) for n in f.attrs["layer_names"]):
         names = [text(n) for n in f[layer_name].attrs.get("weight_names", [])]
         if names:
-            stored.append((layer_name, [f[layer_name][n][()] for n in names]))
+            stored.append((layer_name, [f[layer_name][n] for n in names]))
     layers = [layer for layer in model.layers if layer.weights]
     if len(stored) != len(layers):
         raise ValueError(f"weight file: it holds weights for {len(stored)} layers "
@@ -199,15 +211,25 @@ def save_weights(model, filepath, overwrite=True):
                          f"(tf.keras 2's). Received: filepath={filepath}")
     if not overwrite and os.path.exists(filepath):
         raise FileExistsError(f"{filepath} exists and overwrite=False")
-    with _h5py().File(filepath, "w") as f:
+    # Made in memory, then written in one step: a crash or a full disk leaves the previous file.
+    data = io.BytesIO()
+    with _h5py().File(data, "w") as f:
         (_save_keras3 if filepath.endswith(".weights.h5") else _save_legacy)(model, f)
+    write_file_atomically(filepath, data.getbuffer())
 
 
 def load_weights(model, filepath, skip_mismatch=False):
     filepath = os.fspath(filepath)
     if not filepath.endswith(".h5"):
         raise ValueError(f"load_weights reads `.weights.h5` and `.h5` files. Received: filepath={filepath}")
-    with _h5py().File(filepath, "r") as f:
+    try:
+        f = _h5py().File(filepath, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ModelFileError(f"cannot read the HDF5 file {filepath}: {e}") from None
+    with f, file_problems(filepath, "the weights do not fit the model"):
+        check_hdf5_file(f, filepath)
         if "layer_names" in f.attrs:
             _load_legacy(model, f, skip_mismatch)
         else:
