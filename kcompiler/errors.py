@@ -15,3 +15,12 @@ class UnsupportedError(KCompilerError, NotImplementedError):
 
 class ConfigError(KCompilerError, ValueError):
     """A configuration (JSON/YAML/dict) cannot be turned back into a model."""
+
+
+class IndexRangeError(KCompilerError, IndexError):
+    """A step met an index outside its valid range (an Embedding id, a sparse label); ``value``
+    is the offending index. The step changed no state (weights, optimizer, metrics)."""
+
+    def __init__(self, message, value=None):
+        super().__init__(message)
+        self.value = value

@@ -1,5 +1,5 @@
 """Kernel lowerings of the non-element-wise core ops: reductions, softmax, data movement,
-matmul (through the generated SGEMM), gather and scatter-add.
+matmul (through the generated SGEMM), gather, scatter-add and the label range check.
 
 Each is ``fn(k: KernelBuilder)`` registered for target 'llvm'; shapes are static, so
 loop bounds and strides are constants in the generated code.
@@ -310,7 +310,7 @@ def _gather(k):
                     v = load(b, table, b.add(b.mul(row, c64(width)), c), "float32")
                     store(b, v, out, b.add(b.mul(i, c64(width)), c), "float32")
             with otherwise:
-                k.fail(STATUS_INDEX_OUT_OF_RANGE)
+                k.fail(STATUS_INDEX_OUT_OF_RANGE, row)
                 with for_range(b, width, name="z") as c:
                     store(b, ir.Constant(f32, 0.0), out, b.add(b.mul(i, c64(width)), c), "float32")
 
@@ -332,3 +332,16 @@ def _scatter_add(k):
                 at = b.add(b.mul(row, c64(width)), c)
                 v = b.fadd(load(b, out, at, "float32"), load(b, upd, b.add(b.mul(i, c64(width)), c), "float32"))
                 store(b, v, out, at, "float32")
+
+
+@lowering("llvm", "check_index")
+def _check_index(k):
+    b = k.b
+    (t,) = k.in_types
+    with for_range(b, _num(t.shape), name="i") as i:
+        value = load(b, k.inputs[0], i, t.dtype)
+        store(b, value, k.outputs[0], i, t.dtype)
+        wide = b.sext(value, i64) if t.dtype == "int32" else value
+        ok = b.and_(b.icmp_signed(">=", wide, c64(0)), b.icmp_signed("<", wide, c64(k.attrs["limit"])))
+        with b.if_then(b.not_(ok), likely=False):
+            k.fail(STATUS_INDEX_OUT_OF_RANGE, wide)
