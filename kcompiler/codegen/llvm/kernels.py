@@ -91,8 +91,11 @@ def _arg_extremum(better):
             b.store(load(b, x, base, dtype), best_v)
             with for_range(b, n, start=1, name="a") as a:
                 v = load(b, x, b.add(base, b.mul(a, c64(inner))), dtype)
-                wins = (b.fcmp_ordered(better, v, b.load(best_v)) if dtype.startswith("float")
-                        else b.icmp_signed(better, v, b.load(best_v)))
+                best = b.load(best_v)
+                if dtype.startswith("float"):  # the first NaN wins and stays, as in np.argmax/argmin
+                    wins = b.and_(b.fcmp_unordered(better, v, best), b.fcmp_ordered("ord", best, best))
+                else:
+                    wins = b.icmp_signed(better, v, best)
                 with b.if_then(wins):
                     b.store(v, best_v)
                     b.store(a, best_i)
