@@ -11,6 +11,7 @@ import pytest
 import kcompiler
 from kcompiler import keras
 from kcompiler.errors import IndexRangeError
+from kcompiler.ir.types import TensorType
 from kcompiler.keras import backend
 
 EMBEDDING_ERROR = re.escape("Embedding 'embedding': id 12 is outside [0, 10) (input_dim=10)")
@@ -169,3 +170,34 @@ def test_an_ignored_class_is_not_out_of_range():
     x, y = rng.standard_normal((6, 4)).astype(np.float32), rng.integers(0, 5, 6).astype(np.int32)
     y[2] = -1
     assert np.isfinite(model.train_on_batch(x, y)[0])
+
+
+def test_a_kernel_caught_outside_its_buffer_commits_no_update(monkeypatch):
+    """Bounds-checked builds test the status after every kernel: a kernel that reads past its
+    input (a deliberately broken lowering) stops the step before the variables are written,
+    and the error names its node."""
+    from kcompiler.codegen.llvm.irutil import c64, for_range, load, store
+    from kcompiler.errors import KCompilerError
+    from kcompiler.ir.graph import GraphBuilder
+    from kcompiler.ir.registry import get_op
+    from kcompiler.keras.variables import Variable
+    from op_check import run_compiled
+    import kcompiler.codegen.llvm.module  # noqa: F401  (registers the real lowerings)
+
+    def off_by_one(k):
+        n = int(np.prod(k.in_types[0].shape))
+        with for_range(k.b, n, name="i") as i:
+            store(k.b, load(k.b, k.inputs[0], k.b.add(i, c64(1)), "float32"), k.outputs[0], i, "float32")
+
+    monkeypatch.setenv("KCOMPILER_BOUNDS_CHECK", "1")
+    monkeypatch.setitem(get_op("transpose").lowerings, "llvm", off_by_one)
+    weights = Variable(np.arange(6, dtype=np.float32).reshape(2, 3), name="w")
+    b = GraphBuilder(name="broken_update")
+    w = b.variable(weights)
+    x = b.input("x", TensorType((2, 3)))
+    moved = b.op("transpose", b.op("add", w, x), perm=(0, 1))
+    b.g.graph["updates"][w] = b.op("mul", moved, b.scalar(2.0))
+    b.g.graph["outputs"] = [moved]
+    with pytest.raises(KCompilerError, match=r"error 2 in node %\d+ transpose .*indexed outside a buffer"):
+        run_compiled(b.g, {"x": np.ones((2, 3), np.float32)})
+    assert np.array_equal(weights.numpy(), np.arange(6, dtype=np.float32).reshape(2, 3))
