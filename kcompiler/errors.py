@@ -25,3 +25,12 @@ class ModelFileError(KCompilerError, ValueError):
 class ModelFileConfigError(ModelFileError, ConfigError):
     """A model file's config cannot be turned back into a model (an unknown class or function, a
     malformed entry): both a ModelFileError and a ConfigError."""
+
+
+class IndexRangeError(KCompilerError, IndexError):
+    """A step met an index outside its valid range (an Embedding id, a sparse label); ``value``
+    is the offending index. The step changed no state (weights, optimizer, metrics)."""
+
+    def __init__(self, message, value=None):
+        super().__init__(message)
+        self.value = value

@@ -374,9 +374,7 @@ def train_on_batch(model, x, y=None, sample_weight=None, class_weight=None, rese
         if sample_weight is not None:
             raise ValueError("You cannot `class_weight` and `sample_weight` at the same time.")
         sample_weight = class_weight_array(y, class_weight)
-    if reset_metrics:
-        _stateful_metric_names(model)
-    logs = model_steps(model).train(xs, y, sample_weight)
+    logs = _step_after_reset(model, reset_metrics, lambda: model_steps(model).train(xs, y, sample_weight))
     return logs if return_dict else _flatten(logs)
 
 
@@ -384,10 +382,24 @@ def test_on_batch(model, x, y=None, sample_weight=None, reset_metrics=True, retu
     _check_compiled(model, "test_on_batch")
     xs = input_arrays(model, x)
     y = label_array(model, y, len(xs[0]))
-    if reset_metrics:
-        _stateful_metric_names(model)
-    logs = model_steps(model).test(feeds_by_name(model, xs), y, weight_array(sample_weight, len(y)))
+    logs = _step_after_reset(model, reset_metrics, lambda: model_steps(model).test(
+        feeds_by_name(model, xs), y, weight_array(sample_weight, len(y))))
     return logs if return_dict else _flatten(logs)
+
+
+def _step_after_reset(model, reset_metrics, step):
+    """Run ``step`` after resetting the stateful metrics (with ``reset_metrics``); a step that
+    raises puts their state back, so that a failed step changes nothing."""
+    if not reset_metrics:
+        return step()
+    saved = [(v, np.array(v.numpy())) for m in getattr(model, "compiled_metric_objects", []) for v in m.variables]
+    _stateful_metric_names(model)
+    try:
+        return step()
+    except BaseException:
+        for variable, value in saved:
+            variable.assign(value)
+        raise
 
 
 def predict_on_batch(model, x):

@@ -61,7 +61,7 @@ def test_out_of_range_embedding_index_in_a_compiled_program():
     backend.clear_session()
     model = keras.Sequential([keras.Input((3,), dtype="int32"), keras.layers.Embedding(5, 2)])
     program = kcompiler.compile(model, batch_size=1)
-    with pytest.raises(KCompilerError, match="outside its valid range"):
+    with pytest.raises(KCompilerError, match=r"Embedding 'embedding': id 7 is outside \[0, 5\) \(input_dim=5\)"):
         program.predict(np.array([[1, 2, 7]], np.int32))
 
 

@@ -5,7 +5,7 @@ It is the oracle that generated kernels are tested against, and what
 """
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import IndexRangeError, ShapeError
 from ..ir.types import fmt_shape
 from .graph import operands, topo_order
 from .registry import get_op
@@ -52,6 +52,8 @@ def run_reference(g, feeds, keep_all=False):
             except ShapeError as e:
                 where = f"{node['layer']}: " if node.get("layer") else ""
                 raise ShapeError(f"{where}{e}") from None
+            except IndexRangeError as e:  # the message the generated code's error gives
+                raise IndexRangeError(get_op(op).index_error(g, nid, e.value), e.value) from None
         values[nid] = value
     outputs = [values[o] for o in g.graph["outputs"]]
     updates = {v: values[u] for v, u in g.graph["updates"].items()}

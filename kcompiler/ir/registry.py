@@ -1,7 +1,8 @@
 """The op registry: one entry per primitive op.
 
 An entry holds everything the compiler knows about an op: its shape rule, its
-gradient (VJP) rule, its fusion kind, its numpy reference and its lowerings.
+gradient (VJP) rule, its fusion kind, its numpy reference, its lowerings and, for ops
+that may reject their data (an index out of range), the error they then raise.
 Shape and gradient rules are declared with the op (``kcompiler/ops/<family>.py``);
 numpy references live beside them in ``kcompiler/ops/<family>_reference.py`` (the
 project keeps all numpy math in files named ``*reference*``); code generators
@@ -31,21 +32,31 @@ class Op:
     doc: str = ""
     reference: Optional[Callable] = None              # numpy: (*arrays, **attrs) -> array | tuple
     lowerings: dict = field(default_factory=dict)     # target name -> lowering
+    # For ops whose kernel may report an index out of range (its lowering calls k.fail): the
+    # error message, (graph, node id, offending value) -> str. Such "fallible" nodes are
+    # checked right after their kernel runs, and a step that fails commits no state.
+    index_error: Optional[Callable] = None
 
     @property
     def differentiable(self):
         return self.vjp_rule is not None
 
+    @property
+    def may_fail(self):
+        return self.index_error is not None
+
 
 OPS: dict = {}
 
 
-def register(name, *, shape, vjp=None, kind="opaque", doc=""):
+def register(name, *, shape, vjp=None, kind="opaque", doc="", index_error=None):
     if kind not in KINDS:
         raise ValueError(f"op {name!r}: unknown kind {kind!r}")
     if name in OPS:
         raise ValueError(f"op {name!r} registered twice")
-    OPS[name] = Op(name, shape, vjp, kind, doc)
+    if index_error is not None and kind == "elementwise":
+        raise ValueError(f"op {name!r}: an op that may fail must keep its own kernel (not element-wise)")
+    OPS[name] = Op(name, shape, vjp, kind, doc, index_error=index_error)
     return OPS[name]
 
 

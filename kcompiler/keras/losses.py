@@ -377,6 +377,8 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
         # TensorFlow feeds log(clip(p)) as logits to its sparse softmax crossentropy.
         y_pred = ops.log(ops.clip(y_pred, EPSILON, 1.0 - EPSILON))
     log_probs = ops.log_softmax(y_pred, axis=-1)
+    # A label outside the classes stops the step, as TensorFlow's kernel does on the CPU.
+    labels = backend.apply_op("check_index", [labels], limit=int(p[-1]), what="sparse_categorical_crossentropy")
     values = -ops.sum(ops.one_hot(labels, p[-1]) * log_probs, axis=-1)
     if valid is not None:
         values = ops.where(valid, values, 0.0)

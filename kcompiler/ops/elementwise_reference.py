@@ -38,7 +38,7 @@ UNARY_REFERENCE = {
     "exp": (np.exp, np.exp),
     "log": (np.log, lambda x: 1 / x),
     "sqrt": (np.sqrt, lambda x: 0.5 / np.sqrt(x)),
-    "rsqrt": (lambda x: 1 / np.sqrt(x), lambda x: -0.5 * x ** -1.5),
+    "rsqrt": (lambda x: 1 / np.sqrt(x), lambda x: -0.5 * (1 / np.sqrt(x)) ** 3),  # NaN for x < 0, as TF
     "square": (np.square, lambda x: 2 * x),
     "abs": (np.abs, np.sign),
     "reciprocal": (lambda x: 1 / x, lambda x: -1 / (x * x)),

@@ -1,5 +1,8 @@
 """Neural-network ops that are not plain element-wise math: softmax, log_softmax,
-embedding gather and its scatter-add gradient, and dropout.
+embedding gather and its scatter-add gradient, the sparse-label range check, and dropout.
+
+``gather`` and ``check_index`` may fail: an index outside its range stops the step with an
+IndexRangeError that names the layer (or loss), the index and the range.
 
 Dropout draws its mask from a counter-based generator (Philox4x32-10 keyed by
 attrs.seed, counter = (element index, step)), so the mask is a pure function of
@@ -7,6 +10,7 @@ attrs.seed, counter = (element index, step)), so the mask is a pure function of
 generated kernel reproduces the reference bit for bit.
 """
 from ..errors import ShapeError
+from ..ir.graph import operands
 from ..ir.registry import register
 from ..ir.types import TensorType, fmt_shape
 from .common import expect_float, normalize_axis, same_type
@@ -50,8 +54,29 @@ def _gather_vjp(b, nid, dy):
     return [b.op("scatter_add", idx, dy, rows=b.shape(table)[0]), None]
 
 
-register("gather", shape=_gather_rule, vjp=_gather_vjp, kind="opaque",
+def _gather_index_error(g, nid, value):
+    rows = g.nodes[operands(g, nid)[0]]["type"].shape[0]
+    return f"{g.nodes[nid].get('layer') or 'gather'}: id {value} is outside [0, {rows}) (input_dim={rows})"
+
+
+register("gather", shape=_gather_rule, vjp=_gather_vjp, kind="opaque", index_error=_gather_index_error,
          doc="rows of table (V, D) picked by integer indices; an index outside [0, V) is an error")
+
+
+def _check_index_rule(in_types, attrs):
+    if not in_types[0].dtype.startswith("int"):
+        raise ShapeError(f"check_index: expects integers, got {in_types[0].dtype}")
+    return same_type(in_types, attrs)
+
+
+def _check_index_error(g, nid, value):
+    attrs = g.nodes[nid]["attrs"]
+    return f"{attrs['what']}: label {value} is outside [0, {attrs['limit']}) (num_classes={attrs['limit']})"
+
+
+register("check_index", shape=_check_index_rule, kind="opaque", index_error=_check_index_error,
+         doc="x unchanged; a value outside [0, attrs.limit) is an error (sparse labels; attrs.what names "
+             "the loss or metric)")
 
 
 def _scatter_add_rule(in_types, attrs):

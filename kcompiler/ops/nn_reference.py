@@ -1,7 +1,7 @@
 """numpy references of the nn ops, and of the Philox4x32-10 generator behind dropout."""
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import IndexRangeError
 from ..ir.registry import reference
 
 PHILOX_M0, PHILOX_M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
@@ -49,13 +49,26 @@ def log_softmax_grad(y, dy, axis=-1):
     return (dy - np.exp(y) * np.sum(dy, axis=axis, keepdims=True)).astype(y.dtype)
 
 
+def _first_outside(idx, limit):
+    """The first index outside [0, limit) in memory order (the one a kernel reports), or None."""
+    bad = (idx < 0) | (idx >= limit)
+    return int(idx[bad].flat[0]) if bad.any() else None
+
+
 @reference("gather")
 def gather(table, idx):
-    bad = (idx < 0) | (idx >= table.shape[0])
-    if bad.any():
-        raise ShapeError(f"gather: index {int(idx[bad].flat[0])} is outside the table's "
-                         f"{table.shape[0]} rows")
+    value = _first_outside(idx, table.shape[0])
+    if value is not None:
+        raise IndexRangeError(f"gather: index {value} is outside the table's {table.shape[0]} rows", value)
     return table[idx]
+
+
+@reference("check_index")
+def check_index(x, limit, what):
+    value = _first_outside(x, limit)
+    if value is not None:
+        raise IndexRangeError(f"{what}: index {value} is outside [0, {limit})", value)
+    return x
 
 
 @reference("scatter_add")

@@ -34,7 +34,8 @@ def max_pool2d_grad(x, dy, pool, strides=(1, 1), padding="valid"):
     routed = np.zeros(y.shape, dtype=bool)  # windows whose maximum has already taken dy
     for i, j in _offsets(pool):
         rows, cols = tap(i, j, out_hw, strides, NO_DILATION)
-        first = (xp[:, rows, cols, :] == y) & ~routed
+        window = xp[:, rows, cols, :]
+        first = ((window == y) | np.isnan(window)) & ~routed  # a NaN maximum is its first NaN tap
         routed |= first
         dxp[:, rows, cols, :] += np.where(first, dy, 0.0)
     return crop_hw(dxp, pads, x.shape[1:3]).astype(x.dtype)

@@ -5,6 +5,14 @@ and passes in a pointer table ("param" slots). Views (reshape, tuple items) alia
 their operand's buffer. Every other node's outputs get an offset in one arena;
 tensors whose lifetimes do not overlap share bytes (first fit, in kernel order).
 Graph outputs and state-update values stay live to the end of the step.
+
+No kernel output is ever placed in a parameter buffer: variables change only when the
+entry point copies the state updates into them after every kernel ran without error
+(codegen/llvm/module.py), which is what makes a failed step change nothing.
+
+The arena ends with the step's error record (ERROR_RECORD_BYTES at plan["error_record"]):
+i32 status, i32 id of the node that failed, i64 the offending value. It lives in the
+arena, not in the module, so concurrent callers (one arena each) do not share it.
 """
 from ..errors import UnsupportedError
 from ..ir.graph import operands, topo_order
@@ -14,6 +22,7 @@ PARAM_OPS = ("input", "variable", "constant", "fill")
 VIEW_OPS = ("reshape", "tuple_item")
 ALIGN = 64
 ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
+ERROR_RECORD_BYTES = 16  # i32 status, i32 node id, i64 offending value
 
 
 def _types(t):
@@ -74,6 +83,8 @@ def plan_memory(g):
             arena_bytes = max(arena_bytes, offset + size)
             last_use.setdefault((nid, k), s)  # an output nobody reads dies at once
         active = [a for a in active if last_use.get(a[2], step_of.get(a[2][0], -1)) > s]
-    g.graph["plan"] = {"order": order, "buffers": buffers, "params": params, "arena_bytes": arena_bytes,
+    error_record = (arena_bytes + ALIGN - 1) // ALIGN * ALIGN
+    g.graph["plan"] = {"order": order, "buffers": buffers, "params": params,
+                       "arena_bytes": error_record + ERROR_RECORD_BYTES, "error_record": error_record,
                        "root": {key: root(key) for key in buffers}}
     return g

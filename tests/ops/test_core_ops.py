@@ -1,9 +1,11 @@
 """Every core op: the reference's VJP against float64 finite differences, and shape rules."""
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kcompiler.errors import ShapeError
+from kcompiler.errors import IndexRangeError, ShapeError
 from kcompiler.ir.registry import all_ops
 from kcompiler.ops.elementwise import UNARY
 from op_check import check_vjp, run_op
@@ -94,8 +96,17 @@ def test_shape_rules_reject_bad_operands():
         run_op("matmul", [np.zeros((2, 3)), np.zeros((4, 5))])
     with pytest.raises(ShapeError, match="cannot reshape"):
         run_op("reshape", [np.zeros((2, 3))], {"shape": (4, -1)})
-    with pytest.raises(ShapeError, match="outside the table"):
-        run_op("gather", [np.zeros((3, 2)), np.array([3], dtype=np.int32)])
+
+
+def test_an_index_out_of_range_names_the_index_and_the_range():
+    with pytest.raises(IndexRangeError, match=re.escape("gather: id 3 is outside [0, 3) (input_dim=3)")):
+        run_op("gather", [np.zeros((3, 2)), np.array([1, 3, -1], dtype=np.int32)])
+    labels = np.array([[0, 4], [2, 1]], dtype=np.int32)
+    (same,) = run_op("check_index", [labels], {"limit": 5, "what": "my_loss"})
+    assert np.array_equal(same, labels)
+    labels[1, 0] = -2
+    with pytest.raises(IndexRangeError, match=re.escape("my_loss: label 4 is outside [0, 4) (num_classes=4)")):
+        run_op("check_index", [labels], {"limit": 4, "what": "my_loss"})
 
 
 def test_every_op_has_a_reference_and_a_declared_kind():

@@ -1,6 +1,8 @@
 """One generated kernel: an LLVM function over the buffers of one IR node.
 
-Every kernel has the signature ``void k(i8* out_0, ..., i8* in_0, ..., i32* status)``;
+Every kernel has the signature ``void k(i8* out_0, ..., i8* in_0, ..., i32* status)``, where
+``status`` is the head of the step's error record (passes/memory_plan.py: i32 status, i32
+node id, i64 offending value);
 ``KernelBuilder`` gives lowerings typed pointers to those buffers, the node's types
 and attrs, an IR builder positioned in the body, and shared helpers (the SGEMM,
 error reporting). Element-wise nodes (fused or single) are lowered here, as loops
@@ -12,7 +14,7 @@ import llvmlite.ir as ir
 from ...ir.registry import get_op
 from ...ir.types import num_elements
 from .irutil import (MEM_TYPE, bounds_checking, broadcast_strides, c64, const, contiguous_strides, for_range, i8p, i32,
-                     linear_index, load, register_buffer, store, void)
+                     i64, linear_index, load, register_buffer, store, void)
 from .scalar import ScalarEmitter
 
 # Status codes a kernel may report (the runtime turns them into exceptions).
@@ -58,11 +60,14 @@ class KernelBuilder:
         self.b.ret_void()
         return self.function
 
-    def fail(self, code):
-        """Record an error code in the status word (the first error wins)."""
+    def fail(self, code, value):
+        """Record an error code and the offending i64 ``value`` in the error record (the first
+        error wins). Only ops registered with ``index_error`` may call this: the entry point
+        checks the status after their kernels, records the node id and returns."""
         b = self.b
         with b.if_then(b.icmp_signed("==", b.load(self.status), ir.Constant(i32, STATUS_OK))):
             b.store(ir.Constant(i32, code), self.status)
+            b.store(value, b.gep(b.bitcast(self.status, i64.as_pointer()), [c64(1)], inbounds=True))
 
     def gemm(self):
         """The SGEMM of the support library (declared in this module, compiled once per process)."""

@@ -1,5 +1,5 @@
 """Kernel lowerings of the non-element-wise core ops: reductions, softmax, data movement,
-matmul (through the generated SGEMM), gather and scatter-add.
+matmul (through the generated SGEMM), gather, scatter-add and the label range check.
 
 Each is ``fn(k: KernelBuilder)`` registered for target 'llvm'; shapes are static, so
 loop bounds and strides are constants in the generated code.
@@ -91,8 +91,11 @@ def _arg_extremum(better):
             b.store(load(b, x, base, dtype), best_v)
             with for_range(b, n, start=1, name="a") as a:
                 v = load(b, x, b.add(base, b.mul(a, c64(inner))), dtype)
-                wins = (b.fcmp_ordered(better, v, b.load(best_v)) if dtype.startswith("float")
-                        else b.icmp_signed(better, v, b.load(best_v)))
+                best = b.load(best_v)
+                if dtype.startswith("float"):  # the first NaN wins and stays, as in np.argmax/argmin
+                    wins = b.and_(b.fcmp_unordered(better, v, best), b.fcmp_ordered("ord", best, best))
+                else:
+                    wins = b.icmp_signed(better, v, best)
                 with b.if_then(wins):
                     b.store(v, best_v)
                     b.store(a, best_i)
@@ -310,7 +313,7 @@ def _gather(k):
                     v = load(b, table, b.add(b.mul(row, c64(width)), c), "float32")
                     store(b, v, out, b.add(b.mul(i, c64(width)), c), "float32")
             with otherwise:
-                k.fail(STATUS_INDEX_OUT_OF_RANGE)
+                k.fail(STATUS_INDEX_OUT_OF_RANGE, row)
                 with for_range(b, width, name="z") as c:
                     store(b, ir.Constant(f32, 0.0), out, b.add(b.mul(i, c64(width)), c), "float32")
 
@@ -332,3 +335,16 @@ def _scatter_add(k):
                 at = b.add(b.mul(row, c64(width)), c)
                 v = b.fadd(load(b, out, at, "float32"), load(b, upd, b.add(b.mul(i, c64(width)), c), "float32"))
                 store(b, v, out, at, "float32")
+
+
+@lowering("llvm", "check_index")
+def _check_index(k):
+    b = k.b
+    (t,) = k.in_types
+    with for_range(b, _num(t.shape), name="i") as i:
+        value = load(b, k.inputs[0], i, t.dtype)
+        store(b, value, k.outputs[0], i, t.dtype)
+        wide = b.sext(value, i64) if t.dtype == "int32" else value
+        ok = b.and_(b.icmp_signed(">=", wide, c64(0)), b.icmp_signed("<", wide, c64(k.attrs["limit"])))
+        with b.if_then(b.not_(ok), likely=False):
+            k.fail(STATUS_INDEX_OUT_OF_RANGE, wide)

@@ -2,8 +2,16 @@
 
 ``generate(g)`` emits every kernel into one module plus
 ``i32 kc_entry(i8** params, i8* arena)``, which calls the kernels in plan order with
-pointers into the parameter table and the arena, then writes state updates back
-into their variables; it returns the first error status a kernel reported.
+pointers into the parameter table and the arena, then commits the state updates (copies
+them into their variables); it returns 0, or the status of the first error.
+
+A failed step commits nothing. Kernels write only arena buffers (the memory plan never
+gives a kernel output a variable's buffer), so variables change only in the commit, and
+the commit runs only when the status is still 0. Right after each kernel that may fail
+(ops registered with ``index_error``; in bounds-checked builds, every kernel) the entry
+point tests the status and, when set, stores the node id in the error record
+(memory_plan.ERROR_RECORD_BYTES) and returns: the runtime then knows which node failed on
+which value. On the normal path that costs one compare per fallible kernel.
 """
 from dataclasses import dataclass, field
 
@@ -15,7 +23,7 @@ from ...ir.registry import get_op
 from . import kernels  # noqa: F401  (registers the kernel lowerings)
 from . import conv, epilogue, pool, rnn, rnn_backward  # noqa: F401
 from . import scalar  # noqa: F401  (registers the scalar lowerings)
-from .irutil import c64, i8p, i32, i64, void
+from .irutil import bounds_checking, c64, i8p, i32, i64, void
 from .kernel import KernelBuilder, lower_elementwise, types_of
 
 COMPILED_DTYPES = ("float32", "int32", "int64", "bool")
@@ -95,7 +103,8 @@ def _emit_entry(module, g, kernel_fns, profile=False):
     fn = ir.Function(module, ir.FunctionType(i32, [i8p.as_pointer(), i8p]), name="kc_entry")
     params, arena = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    status = b.alloca(i32, name="status")
+    status = b.bitcast(b.gep(arena, [c64(plan["error_record"])], inbounds=True), i32.as_pointer(), name="status")
+    failed_node = b.gep(status, [ir.Constant(i32, 1)], inbounds=True)
     b.store(ir.Constant(i32, 0), status)
     cache = {}
 
@@ -111,6 +120,7 @@ def _emit_entry(module, g, kernel_fns, profile=False):
         cache[key] = p
         return p
 
+    check_every = bounds_checking()  # any kernel may then report an access outside a buffer
     if profile:
         counters = ir.GlobalVariable(module, ir.ArrayType(i64, max(len(kernel_fns), 1)), name="kc_profile_cycles")
         counters.initializer = ir.Constant(counters.type.pointee, None)
@@ -123,6 +133,9 @@ def _emit_entry(module, g, kernel_fns, profile=False):
         if profile:
             slot = b.gep(counters, [ir.Constant(i32, 0), ir.Constant(i32, index)], inbounds=True)
             b.store(b.add(b.load(slot), b.sub(b.call(clock, []), start)), slot)
+        if check_every or get_op(g.nodes[nid]["op"]).may_fail:
+            _return_if_failed(b, status, failed_node, nid)
+    _return_if_failed(b, status, failed_node, -1)  # the commit needs a clean status, whatever set it
     memcpy = module.globals.get("llvm.memcpy.p0.p0.i64") or ir.Function(
         module, ir.FunctionType(void, [i8p, i8p, i64, ir.IntType(1)]), name="llvm.memcpy.p0.p0.i64")
     from ...passes.memory_plan import _nbytes
@@ -132,4 +145,12 @@ def _emit_entry(module, g, kernel_fns, profile=False):
             continue
         b.call(memcpy, [pointer((var, 0)), pointer((value, 0)), c64(_nbytes(g.nodes[var]["type"])),
                         ir.Constant(ir.IntType(1), 0)])
-    b.ret(b.load(status))
+    b.ret(ir.Constant(i32, 0))
+
+
+def _return_if_failed(b, status, failed_node, nid):
+    """if (*status) { failed_node = nid; return *status; } (nid -1: unknown)."""
+    code = b.load(status)
+    with b.if_then(b.icmp_signed("!=", code, ir.Constant(i32, 0)), likely=False):
+        b.store(ir.Constant(i32, nid), failed_node)
+        b.ret(code)

@@ -9,8 +9,9 @@ the remainder). Numerics follow the references:
 * max pooling is NaN-propagating (as np.max); padding counts as -inf;
 * max_pool2d_grad sends each window's dy to the first tap in row-major order,
   padding included, that equals the window's maximum (a window whose maximum is NaN
-  routes nothing; one whose maximum is -inf with padding before its first valid tap
-  routes into the padding, i.e. nowhere), adding up where windows overlap;
+  routes it to its first NaN tap, as np.argmax picks the first NaN; one whose maximum is
+  -inf with padding before its first valid tap routes into the padding, i.e. nowhere),
+  adding up where windows overlap;
 * average pooling divides by the number of valid taps of each window.
 
 Images are independent (the gradients' scatter-adds stay inside one image), so
@@ -233,8 +234,9 @@ def lower_max_pool2d_grad(k):
 
             def tap(t, c, n):
                 done = b.trunc(load_lanes(b, routed, c, n), lanes_type(n, i1))
-                hit = b.and_(b.not_(done),
-                             b.fcmp_ordered("==", load_lanes(b, x, b.add(t, c), n), load_lanes(b, peak, c, n)))
+                v = load_lanes(b, x, b.add(t, c), n)
+                is_peak = b.or_(b.fcmp_ordered("==", v, load_lanes(b, peak, c, n)), b.fcmp_unordered("uno", v, v))
+                hit = b.and_(b.not_(done), is_peak)
                 share = b.select(hit, load_lanes(b, dy, b.add(w.out, c), n), splat(0.0, n))
                 d = b.add(t, c)
                 store_lanes(b, b.fadd(load_lanes(b, dx, d, n), share), dx, d)

@@ -67,8 +67,9 @@ class ScalarEmitter:
         for coeff in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
             p = self.add(self.mul(p, r), self.c(coeff, x))
         y = self.add(self.add(self.mul(p, self.mul(r, r)), r), self.c(1.0, x))
-        # 2^n as two powers of two, each a normal float for n in [-150, 129]
-        ni = b.fptosi(n, i32)
+        # 2^n as two powers of two, each a normal float for n in [-150, 129]; a NaN x gives a NaN
+        # y, and n must then not reach fptosi (its result would be poison)
+        ni = b.fptosi(self.select(b.fcmp_ordered("ord", n, n), n, self.c(0.0, x)), i32)
         n1 = b.ashr(ni, ir.Constant(i32, 1))
         scale = [b.bitcast(b.shl(b.add(k, ir.Constant(i32, 127)), ir.Constant(i32, 23)), f32)
                  for k in (n1, b.sub(ni, n1))]
@@ -149,7 +150,7 @@ UNARY_LLVM = {
     "log": (lambda e, x: e.log(x), lambda e, x: e.div(e.c(1, x), x)),
     "sqrt": (lambda e, x: e.sqrt(x), lambda e, x: e.div(e.c(0.5, x), e.sqrt(x))),
     "rsqrt": (lambda e, x: e.div(e.c(1, x), e.sqrt(x)),
-              lambda e, x: e.div(e.c(-0.5, x), e.mul(x, e.sqrt(x)))),
+              lambda e, x: _rsqrt_d(e, e.div(e.c(1, x), e.sqrt(x)))),
     "square": (lambda e, x: e.mul(x, x), lambda e, x: e.mul(e.c(2, x), x)),
     "abs": (lambda e, x: e.fabs(x), lambda e, x: _sign(e, x)),
     "reciprocal": (lambda e, x: e.div(e.c(1, x), x), lambda e, x: e.neg(e.div(e.c(1, x), e.mul(x, x)))),
@@ -160,7 +161,9 @@ UNARY_LLVM = {
     "tanh": (lambda e, x: e.tanh(x), lambda e, x: e.sub(e.c(1, x), e.mul(e.tanh(x), e.tanh(x)))),
     "sigmoid": (lambda e, x: e.sigmoid(x),
                 lambda e, x: e.mul(e.sigmoid(x), e.sub(e.c(1, x), e.sigmoid(x)))),
-    "relu": (lambda e, x: e.select(e.gt0(x), x, e.c(0, x)), lambda e, x: e.select(e.gt0(x), e.c(1, x), e.c(0, x))),
+    # relu(NaN) is NaN (np.maximum, TensorFlow on the CPU): "x > 0 or unordered" keeps x
+    "relu": (lambda e, x: e.select(e.b.fcmp_unordered(">", x, e.c(0, x)), x, e.c(0, x)),
+             lambda e, x: e.select(e.gt0(x), e.c(1, x), e.c(0, x))),
     "relu6": (lambda e, x: e.minf(e.maxf(x, e.c(0, x)), e.c(6, x)),
               lambda e, x: e.select(_in_range(e, x, 0, 6), e.c(1, x), e.c(0, x))),
     "elu": (_elu, lambda e, x, alpha: e.select(e.gt0(x), e.c(1, x),
@@ -184,10 +187,17 @@ assert set(UNARY_LLVM) == set(UNARY), set(UNARY) ^ set(UNARY_LLVM)
 
 
 def _sign(e, x):
+    """-1, 0 or 1; NaN stays NaN (np.sign, TensorFlow 2)."""
     zero, one = e.c(0, x), e.c(1, x)
     pos = e.b.fcmp_ordered(">", x, zero)
     neg = e.b.fcmp_ordered("<", x, zero)
-    return e.select(pos, one, e.select(neg, e.neg(one), zero))
+    nan = e.b.fcmp_unordered("uno", x, x)
+    return e.select(pos, one, e.select(neg, e.neg(one), e.select(nan, x, zero)))
+
+
+def _rsqrt_d(e, r):
+    """d rsqrt(x) / dx from r = rsqrt(x): -r^3 / 2 (TensorFlow's RsqrtGrad); NaN where x < 0."""
+    return e.mul(e.c(-0.5, r), e.mul(r, e.mul(r, r)))
 
 
 def _register_unary(name, f, df):
