@@ -27,7 +27,7 @@ class ModelFileConfigError(ModelFileError, ConfigError):
     malformed entry): both a ModelFileError and a ConfigError."""
 
 
-class IndexRangeError(KCompilerError, IndexError):
+class IndexRangeError(KCompilerError, IndexError, ValueError):
     """A step met an index outside its valid range (an Embedding id, a sparse label); ``value``
     is the offending index. The step changed no state (weights, optimizer, metrics)."""
 
