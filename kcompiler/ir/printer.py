@@ -34,6 +34,8 @@ def to_text(g, stage=None):
         if node.get("layer"):
             line += f"  # {node['layer']}"
         lines.append(line)
+        if "kernel" in node:  # the scheduled stage: the node's target-neutral kernel description
+            lines += ["      " + k for k in str(node["kernel"]).splitlines()]
     lines.append("outputs: " + ", ".join(f"%{o}" for o in g.graph["outputs"]))
     if g.graph.get("updates"):
         lines.append("updates: " + ", ".join(f"%{v} <- %{u}" for v, u in g.graph["updates"].items()))
@@ -59,7 +61,8 @@ def to_json(g):
         node = g.nodes[nid]
         h.add_node(nid, op=node["op"], attrs=_plain(node["attrs"]), shape=_plain(node["shape"]),
                    dtype=_plain(node["dtype"]), layer=node.get("layer"),
-                   **({"fused": list(node["fused"])} if node.get("fused") else {}))
+                   **({"fused": list(node["fused"])} if node.get("fused") else {}),
+                   **({"kernel": str(node["kernel"])} if "kernel" in node else {}))
     for u, v, k in g.edges(keys=True):
         h.add_edge(u, v, key=k, operand=k)
     h.graph.update(name=g.graph.get("name"), inputs=list(g.graph["inputs"]), outputs=list(g.graph["outputs"]),

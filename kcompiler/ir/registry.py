@@ -31,7 +31,10 @@ class Op:
     kind: str
     doc: str = ""
     reference: Optional[Callable] = None              # numpy: (*arrays, **attrs) -> array | tuple
-    lowerings: dict = field(default_factory=dict)     # target name -> lowering
+    lowerings: dict = field(default_factory=dict)     # target name -> lowering (contraction templates)
+    # The target-neutral kernel description (kcompiler/schedule/): (node, in_types, name) ->
+    # schedule.kernel.Kernel. Ops that have one need no per-backend lowering.
+    describe: Optional[Callable] = None
     # For ops whose kernel may report an index out of range (its lowering calls k.fail): the
     # error message, (graph, node id, offending value) -> str. Such "fallible" nodes are
     # checked right after their kernel runs, and a step that fails commits no state.
@@ -85,6 +88,14 @@ def lowering(target, name):
     return attach
 
 
+def description(name):
+    """Decorator registering the kernel description builder of op ``name``."""
+    def attach(fn):
+        OPS[name].describe = fn
+        return fn
+    return attach
+
+
 _loaded = False
 
 
@@ -94,6 +105,7 @@ def _load_ops():
     if not _loaded:
         _loaded = True
         from .. import ops  # noqa: F401  (registers everything)
+        from .. import schedule  # noqa: F401  (registers the kernel descriptions)
 
 
 def all_ops():

@@ -4,6 +4,7 @@ from collections import OrderedDict
 
 from .fusion import fuse_elementwise, fuse_epilogues
 from .memory_plan import plan_memory
+from .schedule import schedule_kernels
 from .simplify import simplify
 
 
@@ -19,6 +20,8 @@ def lower_graph(g, *, fuse=True, stages=None):
     stages["fused"] = g
     g = plan_memory(g)
     stages["planned"] = g
+    g = schedule_kernels(g)
+    stages["scheduled"] = g
     import os
     profile = os.environ.get("KCOMPILER_PROFILE") == "1"
     text, kernels = generate(g, module_name=g.graph.get("name", "kcompiler"), profile=profile)

@@ -25,6 +25,7 @@ from . import conv, epilogue, pool, rnn, rnn_backward  # noqa: F401
 from . import scalar  # noqa: F401  (registers the scalar lowerings)
 from .irutil import bounds_checking, c64, i8p, i32, i64, void
 from .kernel import KernelBuilder, lower_elementwise, types_of
+from .render import render
 
 COMPILED_DTYPES = ("float32", "int32", "int64", "bool")
 
@@ -66,7 +67,7 @@ def _check_supported(g):
                 problems.append(f"%{nid} {node['op']} ({node.get('layer') or 'no layer'}): dtype {t.dtype}")
         if node["op"] in ("input", "variable", "constant", "fill", "reshape", "tuple_item", "fused"):
             continue
-        if "llvm" not in get_op(node["op"]).lowerings:
+        if "kernel" not in node and "llvm" not in get_op(node["op"]).lowerings:
             problems.append(f"%{nid} {node['op']} ({node.get('layer') or 'no layer'}): no LLVM lowering")
     if problems:
         raise UnsupportedError("cannot generate CPU code for:\n  " + "\n  ".join(problems))
@@ -86,7 +87,9 @@ def generate(g, module_name="kcompiler", profile=False):
         in_types = [g.nodes[u]["type"] for u in operands(g, nid)]
         name = f"k{nid}_{node['op']}"
         k = KernelBuilder(module, name, node, in_types, _inline_constants(g, nid))
-        if get_op(node["op"]).kind == "elementwise":
+        if "kernel" in node:  # a target-neutral description (the scheduled stage)
+            render(k, node["kernel"])
+        elif get_op(node["op"]).kind == "elementwise":
             lower_elementwise(k)
         else:
             get_op(node["op"]).lowerings["llvm"](k)

@@ -1,0 +1,6 @@
+"""The target-neutral kernel description (the ``scheduled`` stage): ``kernel.py`` holds its
+loop-nest IR, ``scalar.py`` the scalar math of every element-wise op written once, and one
+module per op family builds the description of that family's kernels (registered in the op
+registry as ``Op.describe``). Backends render descriptions; contractions (GEMM, convolution,
+the recurrent sequence kernels) stay templates per backend."""
+from . import scalar  # noqa: F401
