@@ -299,6 +299,7 @@ class Layer:
     def _call_eager(self, inputs, rest, kwargs):
         """Run the layer on concrete data: trace ``call`` for these shapes (cached) and execute."""
         from ...runtime.executor import run_graph
+        from ...runtime.specializations import compile_lock
         arrays = map_structure(lambda x: to_array(x, what=f"{self._describe()} input"), inputs)
         mask = kwargs.pop("mask", None)
         if mask is None:
@@ -322,32 +323,35 @@ class Layer:
                repr(rest), tuple(extra), tuple((a.shape, str(a.dtype)) for a in flat_extra))
         entry = self._eager_graphs.get(key)
         if entry is None:
-            b = backend.new_trace_builder(name=self.name, training=training)
-            counter = iter(range(len(flat_arrays)))
-            sym = map_structure(lambda a: SymbolicTensor(b, b.input(f"x{next(counter)}",
-                                                                    TensorType(a.shape, str(a.dtype)))), arrays)
-            call_kwargs = dict(kwargs)
-            if mask is not None:
-                mi = iter(range(len(flat_masks)))
-                sym_masks = map_structure(
-                    lambda m: None if m is None else SymbolicTensor(
-                        b, b.input(f"mask{next(mi)}", TensorType(np.shape(m), "bool"))), mask)
-                for t, m in zip(flatten(sym), flatten(sym_masks)):
-                    t._keras_mask = m
-            call_kwargs["training"] = training
-            if not self._call_accepts("training"):
-                call_kwargs.pop("training")
-            ei = iter(range(len(flat_extra)))
-            sym_extra = {k: map_structure(lambda a: SymbolicTensor(b, b.input(f"e{next(ei)}", TensorType(
-                a.shape, str(a.dtype)))), v) for k, v in extra.items()}
-            call_rest = tuple(sym_extra.pop("__rest__", rest))
-            call_kwargs.update(sym_extra)
-            outputs = self._call_symbolic(sym, call_rest, call_kwargs)
-            flat_out = flatten(outputs)
-            out_masks = [getattr(o, "_keras_mask", None) for o in flat_out]
-            b.g.graph["outputs"] = [o.node for o in flat_out] + [m.node for m in out_masks if m is not None]
-            entry = (b.g, outputs, out_masks)
-            self._eager_graphs[key] = entry
+            with compile_lock:  # traced once, even when threads call the layer at once
+                entry = self._eager_graphs.get(key)
+                if entry is None:
+                    b = backend.new_trace_builder(name=self.name, training=training)
+                    counter = iter(range(len(flat_arrays)))
+                    sym = map_structure(lambda a: SymbolicTensor(b, b.input(f"x{next(counter)}",
+                                                                            TensorType(a.shape, str(a.dtype)))), arrays)
+                    call_kwargs = dict(kwargs)
+                    if mask is not None:
+                        mi = iter(range(len(flat_masks)))
+                        sym_masks = map_structure(
+                            lambda m: None if m is None else SymbolicTensor(
+                                b, b.input(f"mask{next(mi)}", TensorType(np.shape(m), "bool"))), mask)
+                        for t, m in zip(flatten(sym), flatten(sym_masks)):
+                            t._keras_mask = m
+                    call_kwargs["training"] = training
+                    if not self._call_accepts("training"):
+                        call_kwargs.pop("training")
+                    ei = iter(range(len(flat_extra)))
+                    sym_extra = {k: map_structure(lambda a: SymbolicTensor(b, b.input(f"e{next(ei)}", TensorType(
+                        a.shape, str(a.dtype)))), v) for k, v in extra.items()}
+                    call_rest = tuple(sym_extra.pop("__rest__", rest))
+                    call_kwargs.update(sym_extra)
+                    outputs = self._call_symbolic(sym, call_rest, call_kwargs)
+                    flat_out = flatten(outputs)
+                    out_masks = [getattr(o, "_keras_mask", None) for o in flat_out]
+                    b.g.graph["outputs"] = [o.node for o in flat_out] + [m.node for m in out_masks if m is not None]
+                    entry = (b.g, outputs, out_masks)
+                    self._eager_graphs[key] = entry
         g, outputs, out_masks = entry
         feeds = {f"x{i}": a for i, a in enumerate(flat_arrays)}
         feeds.update({f"mask{i}": m for i, m in enumerate(flat_masks) if m is not None})
