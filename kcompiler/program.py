@@ -18,7 +18,7 @@ from .ir.printer import dump as dump_graph
 from .ir.types import fmt_shape
 from .keras.tensor import to_array
 from .passes.pipeline import back_stages, front_stages
-from .runtime.specializations import SpecializationCache, compile_lock
+from .runtime.specializations import SpecializationCache, compile_lock, unit_weights
 
 
 class Program:
@@ -38,7 +38,7 @@ class Program:
         self._input_specs = None
         self._has_symbolic_dims = None
         self._label_type_cache = None
-        self._ones = np.ones(0, np.float32)  # sample weights of 1, sliced to the batch size
+        self._ones = {}  # batch size -> sample weights of 1
         with compile_lock:
             self.stages = front_stages(model, training=training, batch_size=batch_size)
             if batch_size is not None:
@@ -89,19 +89,19 @@ class Program:
         if feeds is not None and self._symbolic_dims():  # sequence lengths are specialisation keys too
             input_shapes = {name: feeds[name].shape for name, _ in self._input_specs}
             key = key + tuple(sorted(input_shapes.items()))
-        hit = self._specialized.get(key)
-        if hit is not None:
-            return hit[0]
-        with compile_lock:
-            hit = self._specialized.get(key)  # made by another thread while this one waited
-            if hit is None:
-                stages = front_stages(self.model, training=self.training, batch_size=batch_size,
-                                      label_type=label_type, input_shapes=input_shapes)
-                hit = back_stages(stages, target=self.target, fuse=self.fuse, run_eagerly=self.run_eagerly)
-                self._specialized[key] = hit
-            if self._compiled is None:
-                self._compiled, self.stages = hit
-        return hit[0]
+        recent = self._specialized.recent
+        if recent[0] == key:
+            return recent[1][0]
+        return self._specialized.get_or_make(key, self._make, batch_size, label_type, input_shapes)[0]
+
+    def _make(self, batch_size, label_type, input_shapes):
+        """A new specialisation: (CompiledGraph, stages); called under compile_lock."""
+        stages = front_stages(self.model, training=self.training, batch_size=batch_size, label_type=label_type,
+                              input_shapes=input_shapes)
+        made = back_stages(stages, target=self.target, fuse=self.fuse, run_eagerly=self.run_eagerly)
+        if self._compiled is None:
+            self._compiled, self.stages = made
+        return made
 
     def _input_arrays(self, x):
         if self._input_specs is None:
@@ -165,14 +165,12 @@ class Program:
         compiled = self._specialize(n, y, feeds)  # arrays have .shape and .dtype like a TensorType
         feeds["y"] = y
         if sample_weight is None:
-            if len(self._ones) < n:
-                self._ones = np.ones(n, np.float32)
-            feeds["sample_weight"] = self._ones[:n]
+            feeds["sample_weight"] = unit_weights(self._ones, n, self._specialized.max_entries)
         else:
             feeds["sample_weight"] = to_array(sample_weight, dtype=np.float32).reshape(n)
         if "rng_step" in compiled.inputs:
             feeds["rng_step"] = self.iterations
-        logs = compiled.run_scalars(feeds)
+        logs = compiled.run(feeds, scalars=True)
         self.iterations += 1
         return logs
 

@@ -104,39 +104,25 @@ class CompiledGraph:
         nbytes = int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
         return arena[where[1]:where[1] + nbytes].view(t.dtype).reshape(t.shape)
 
-    def _step(self, context, feeds):
-        """Stage ``feeds`` (input name -> array) in ``context`` and make the native call."""
-        for name, buf in context.staging:
-            value = feeds[name]
-            if value.shape != buf.shape if type(value) is np.ndarray else np.shape(value) != buf.shape:
-                raise KCompilerError(f"input {name!r}: expected shape {buf.shape}, got {np.shape(value)}")
-            buf[...] = value
-        status = self._entry(*context.args)
-        if status:
-            raise KCompilerError(f"generated code reported error {status}: "
-                                 f"{STATUS_MESSAGES.get(status, 'unknown error')}")
-
-    def run(self, feeds):
-        """One step: feeds maps input names to arrays; returns copies of the outputs."""
+    def run(self, feeds, scalars=False):
+        """One step: feeds maps input names to arrays; returns copies of the outputs, or with
+        ``scalars`` (outputs that are scalars: loss, metrics) {output name: float}."""
         try:
             context = self._free.pop()
         except IndexError:  # every context is in use by another thread
             context = _Context(self)
         try:
-            self._step(context, feeds)
+            for name, buf in context.staging:
+                value = feeds[name]
+                if value.shape != buf.shape if type(value) is np.ndarray else np.shape(value) != buf.shape:
+                    raise KCompilerError(f"input {name!r}: expected shape {buf.shape}, got {np.shape(value)}")
+                buf[...] = value
+            status = self._entry(*context.args)
+            if status:
+                raise KCompilerError(f"generated code reported error {status}: "
+                                     f"{STATUS_MESSAGES.get(status, 'unknown error')}")
+            if scalars:
+                return {name: float(v) for name, v in zip(self.output_names, context.outputs)}
             return [np.array(v) for v in context.outputs]
-        finally:
-            self._free.append(context)
-
-    def run_scalars(self, feeds):
-        """One step of a graph whose outputs are scalars (loss, metrics):
-        returns {output name: float}."""
-        try:
-            context = self._free.pop()
-        except IndexError:
-            context = _Context(self)
-        try:
-            self._step(context, feeds)
-            return {name: float(v) for name, v in zip(self.output_names, context.outputs)}
         finally:
             self._free.append(context)

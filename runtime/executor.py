@@ -68,12 +68,11 @@ class ReferenceProgram:
         self.inputs = {g.nodes[n]["attrs"]["name"]: None for n in g.graph["inputs"]}
         self.output_names = g.graph.get("output_names", [f"output_{i}" for i in range(len(g.graph["outputs"]))])
 
-    def run(self, feeds):
+    def run(self, feeds, scalars=False):
         feeds = {k: np.asarray(v) for k, v in feeds.items()}
         outputs, updates = run_reference(self.graph, feeds)
         for vnode, value in updates.items():
             self.graph.graph["variables"][vnode].assign(value)
+        if scalars:
+            return {name: float(v) for name, v in zip(self.output_names, outputs)}
         return outputs
-
-    def run_scalars(self, feeds):
-        return {name: float(v) for name, v in zip(self.output_names, self.run(feeds))}

@@ -19,6 +19,8 @@ import os
 import threading
 from collections import OrderedDict
 
+import numpy as np
+
 DEFAULT_MAX_SPECIALIZATIONS = 8
 
 compile_lock = threading.RLock()
@@ -42,22 +44,38 @@ MAX_SPECIALIZATIONS = _configured_max()
 
 class SpecializationCache:
     """key -> compiled specialisation, at most ``max_entries`` of them, least recently used
-    evicted first."""
+    evicted first.
+
+    ``recent`` is (key, entry) of the entry used last. A step compares its key with it
+    before anything else: a run of steps with one batch size then costs no bookkeeping
+    (that entry is the most recently used already), only one tuple comparison."""
 
     def __init__(self, max_entries=None):
         self.max_entries = MAX_SPECIALIZATIONS if max_entries is None else int(max_entries)
         if self.max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, got {max_entries!r}")
         self._entries = OrderedDict()
+        self.recent = (object(), None)  # a key nothing equals
 
-    def get(self, key, default=None):
-        value = self._entries.get(key, default)
-        if value is not default:
+    def get_or_make(self, key, make, *args):
+        """The entry for ``key``, now the most recently used; on a miss ``make(*args)`` builds
+        it, under ``compile_lock`` and only if no other thread made it meanwhile."""
+        entries = self._entries
+        value = entries.get(key)
+        if value is not None:
             try:
-                self._entries.move_to_end(key)
-            except KeyError:  # evicted by another thread since: the caller still holds the value
+                entries.move_to_end(key)
+            except KeyError:  # evicted by another thread since: this caller still holds it
                 pass
-        return value
+            self.recent = (key, value)
+            return value
+        with compile_lock:
+            value = entries.get(key)
+            if value is None:
+                value = make(*args)
+                self[key] = value
+            self.recent = (key, value)
+            return value
 
     def __setitem__(self, key, value):
         with compile_lock:
@@ -65,25 +83,7 @@ class SpecializationCache:
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
-
-    def setdefault(self, key, value):
-        with compile_lock:
-            found = self.get(key)
-            if found is None:
-                self[key] = found = value
-            return found
-
-    def get_or_make(self, key, make, *args):
-        """The entry for ``key``; on a miss ``make(*args)`` builds it, under ``compile_lock`` and
-        only if no other thread made it meanwhile."""
-        value = self.get(key)
-        if value is None:
-            with compile_lock:
-                value = self.get(key)
-                if value is None:
-                    value = make(*args)
-                    self[key] = value
-        return value
+            self.recent = (key, value)
 
     def __contains__(self, key):
         return key in self._entries
@@ -91,8 +91,13 @@ class SpecializationCache:
     def __len__(self):
         return len(self._entries)
 
-    def keys(self):
-        return list(self._entries)
 
-    def values(self):
-        return list(self._entries.values())
+def unit_weights(cache, n, max_sizes=MAX_SPECIALIZATIONS):
+    """float32 ones of length ``n`` (the sample weights of a batch given none), kept in
+    ``cache`` (a dict by length) that is emptied when it would hold more than ``max_sizes``."""
+    ones = cache.get(n)
+    if ones is None:
+        if len(cache) >= max_sizes:
+            cache.clear()
+        ones = cache[n] = np.ones(n, np.float32)
+    return ones

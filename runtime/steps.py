@@ -13,7 +13,7 @@ import numpy as np
 
 from kcompiler.ir.types import TensorType
 
-from .specializations import SpecializationCache, compile_lock
+from .specializations import SpecializationCache, compile_lock, unit_weights
 
 
 class EvaluationProgram:
@@ -27,7 +27,7 @@ class EvaluationProgram:
         self.target = target
         self.fuse = fuse
         self._specialized = SpecializationCache(max_specializations)
-        self._ones = np.ones(0, np.float32)  # sample weights of 1, sliced to the batch size
+        self._ones = {}  # batch size -> sample weights of 1
 
     def _specialize(self, n, y, feeds):
         key = (n, y.shape[1:], y.dtype.num)
@@ -35,6 +35,9 @@ class EvaluationProgram:
         if any(None in t.shape[1:] for _, t in self.model.input_types()):  # sequence lengths too
             input_shapes = {name: np.shape(a) for name, a in feeds.items()}
             key = key + tuple(sorted(input_shapes.items()))
+        recent = self._specialized.recent
+        if recent[0] == key:
+            return recent[1]
         return self._specialized.get_or_make(key, self._compile, n, y, input_shapes)
 
     def _compile(self, n, y, input_shapes):
@@ -50,13 +53,11 @@ class EvaluationProgram:
         n = len(y)
         compiled = self._specialize(n, y, feeds)
         if sample_weight is None:
-            if len(self._ones) < n:
-                self._ones = np.ones(n, np.float32)
-            sample_weight = self._ones[:n]
+            sample_weight = unit_weights(self._ones, n, self._specialized.max_entries)
         feeds = dict(feeds, y=y, sample_weight=sample_weight)
         if "rng_step" in compiled.inputs:
             feeds["rng_step"] = np.int64(0)
-        return compiled.run_scalars(feeds)
+        return compiled.run(feeds, scalars=True)
 
 
 class CompiledSteps:
