@@ -22,6 +22,8 @@ from collections import OrderedDict
 import numpy as np
 
 DEFAULT_MAX_SPECIALIZATIONS = 8
+# process-wide caches of eager one-op and gradient graphs: many ops and shapes, not one model's batch sizes
+EAGER_GRAPHS_PER_PROCESS = 256
 
 compile_lock = threading.RLock()
 
@@ -77,6 +79,17 @@ class SpecializationCache:
             self.recent = (key, value)
             return value
 
+    def get(self, key, default=None):
+        """The entry for ``key`` (now the most recently used), or ``default``."""
+        value = self._entries.get(key, default)
+        if value is not default:
+            try:
+                self._entries.move_to_end(key)
+            except KeyError:  # evicted by another thread since
+                pass
+            self.recent = (key, value)
+        return value
+
     def __setitem__(self, key, value):
         with compile_lock:
             self._entries[key] = value
@@ -85,11 +98,11 @@ class SpecializationCache:
                 self._entries.popitem(last=False)
             self.recent = (key, value)
 
-    def __contains__(self, key):
-        return key in self._entries
-
     def __len__(self):
         return len(self._entries)
+
+    def values(self):
+        return list(self._entries.values())
 
 
 def unit_weights(cache, n, max_sizes=MAX_SPECIALIZATIONS):

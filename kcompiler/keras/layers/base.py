@@ -13,6 +13,7 @@ import numpy as np
 
 from ...errors import ShapeError
 from ...ir.types import TensorType, fmt_shape
+from ...runtime.specializations import SpecializationCache
 from .. import backend, constraints as constraints_mod, initializers, regularizers
 from ..tensor import SymbolicTensor, Tensor, is_symbolic, to_array
 from ..variables import Variable
@@ -81,7 +82,7 @@ class Layer:
         self._weights_list = []
         self._sublayers = []
         self._inbound = []       # CallRecords of functional-API calls
-        self._eager_graphs = {}  # (input types, call options) -> traced graph, for eager calls
+        self._eager_graphs = SpecializationCache()  # (input types, call options) -> traced graph, for eager calls
         self.activity_regularizer = regularizers.get(activity_regularizer)
         self.input_spec = None
         self.supports_masking = False
@@ -299,7 +300,6 @@ class Layer:
     def _call_eager(self, inputs, rest, kwargs):
         """Run the layer on concrete data: trace ``call`` for these shapes (cached) and execute."""
         from ...runtime.executor import run_graph
-        from ...runtime.specializations import compile_lock
         arrays = map_structure(lambda x: to_array(x, what=f"{self._describe()} input"), inputs)
         mask = kwargs.pop("mask", None)
         if mask is None:
@@ -321,38 +321,35 @@ class Layer:
         key = (tuple((a.shape, str(a.dtype)) for a in flat_arrays),
                tuple(None if m is None else m.shape for m in flat_masks), training, repr(sorted(kwargs.items())),
                repr(rest), tuple(extra), tuple((a.shape, str(a.dtype)) for a in flat_extra))
-        entry = self._eager_graphs.get(key)
-        if entry is None:
-            with compile_lock:  # traced once, even when threads call the layer at once
-                entry = self._eager_graphs.get(key)
-                if entry is None:
-                    b = backend.new_trace_builder(name=self.name, training=training)
-                    counter = iter(range(len(flat_arrays)))
-                    sym = map_structure(lambda a: SymbolicTensor(b, b.input(f"x{next(counter)}",
-                                                                            TensorType(a.shape, str(a.dtype)))), arrays)
-                    call_kwargs = dict(kwargs)
-                    if mask is not None:
-                        mi = iter(range(len(flat_masks)))
-                        sym_masks = map_structure(
-                            lambda m: None if m is None else SymbolicTensor(
-                                b, b.input(f"mask{next(mi)}", TensorType(np.shape(m), "bool"))), mask)
-                        for t, m in zip(flatten(sym), flatten(sym_masks)):
-                            t._keras_mask = m
-                    call_kwargs["training"] = training
-                    if not self._call_accepts("training"):
-                        call_kwargs.pop("training")
-                    ei = iter(range(len(flat_extra)))
-                    sym_extra = {k: map_structure(lambda a: SymbolicTensor(b, b.input(f"e{next(ei)}", TensorType(
-                        a.shape, str(a.dtype)))), v) for k, v in extra.items()}
-                    call_rest = tuple(sym_extra.pop("__rest__", rest))
-                    call_kwargs.update(sym_extra)
-                    outputs = self._call_symbolic(sym, call_rest, call_kwargs)
-                    flat_out = flatten(outputs)
-                    out_masks = [getattr(o, "_keras_mask", None) for o in flat_out]
-                    b.g.graph["outputs"] = [o.node for o in flat_out] + [m.node for m in out_masks if m is not None]
-                    entry = (b.g, outputs, out_masks)
-                    self._eager_graphs[key] = entry
-        g, outputs, out_masks = entry
+
+        def trace():
+            b = backend.new_trace_builder(name=self.name, training=training)
+            counter = iter(range(len(flat_arrays)))
+            sym = map_structure(lambda a: SymbolicTensor(b, b.input(f"x{next(counter)}",
+                                                                    TensorType(a.shape, str(a.dtype)))), arrays)
+            call_kwargs = dict(kwargs)
+            if mask is not None:
+                mi = iter(range(len(flat_masks)))
+                sym_masks = map_structure(
+                    lambda m: None if m is None else SymbolicTensor(
+                        b, b.input(f"mask{next(mi)}", TensorType(np.shape(m), "bool"))), mask)
+                for t, m in zip(flatten(sym), flatten(sym_masks)):
+                    t._keras_mask = m
+            call_kwargs["training"] = training
+            if not self._call_accepts("training"):
+                call_kwargs.pop("training")
+            ei = iter(range(len(flat_extra)))
+            sym_extra = {k: map_structure(lambda a: SymbolicTensor(b, b.input(f"e{next(ei)}", TensorType(
+                a.shape, str(a.dtype)))), v) for k, v in extra.items()}
+            call_rest = tuple(sym_extra.pop("__rest__", rest))
+            call_kwargs.update(sym_extra)
+            outputs = self._call_symbolic(sym, call_rest, call_kwargs)
+            flat_out = flatten(outputs)
+            out_masks = [getattr(o, "_keras_mask", None) for o in flat_out]
+            b.g.graph["outputs"] = [o.node for o in flat_out] + [m.node for m in out_masks if m is not None]
+            return b.g, outputs, out_masks
+
+        g, outputs, out_masks = self._eager_graphs.get_or_make(key, trace)  # traced once, under compile_lock
         feeds = {f"x{i}": a for i, a in enumerate(flat_arrays)}
         feeds.update({f"mask{i}": m for i, m in enumerate(flat_masks) if m is not None})
         feeds.update({f"e{i}": a for i, a in enumerate(flat_extra)})
