@@ -90,10 +90,10 @@ def time_kcompiler(reps, rounds):
             t0 = time.perf_counter()
             compiled, _ = lower_graph(b.g, fuse=False)
             compile_s = time.perf_counter() - t0
-            got = compiled.run(feeds)  # also leaves the inputs in the program's buffers
+            got = compiled.run(feeds)  # also leaves the inputs in the staging buffers of its context
             expected, _ = run_reference(b.g, feeds)
             assert_close32(got[0], expected[0], f"{op} on {name}")
-            entry, args = compiled._entry, compiled._args  # the native step, without Python copies
+            entry, args = compiled._entry, compiled._free[-1].args  # the native step, without Python copies
             t = best_time(lambda: entry(*args), reps, rounds)
             results[(name, op)] = {"ms": t * 1e3, "gflops": flops(in_hwc, k_shape) / t / 1e9,
                                    "compile_s": compile_s}

@@ -3,7 +3,13 @@ kernels, and the entry points that run them (``predict``, ``train_step``).
 
 Programs are specialised per batch size (and label type for training); a batch of
 another size — the last, partial batch of an epoch — gets its own specialisation,
-so it is computed exactly on its real samples.
+so it is computed exactly on its real samples. A program keeps the
+``max_specializations`` (default ``$KCOMPILER_MAX_SPECIALIZATIONS``, else 8) most
+recently used ones; an evicted one is made again (from the disk cache) when it comes back.
+
+Several threads may call ``predict`` on one program at once (runtime/compiled.py,
+runtime/specializations.py); ``train_step`` updates the weights and must not run
+concurrently with another step.
 """
 import numpy as np
 
@@ -13,10 +19,12 @@ from .ir.types import fmt_shape
 from .keras.tensor import as_numbers, to_array
 from .keras.training import check_class_ids
 from .passes.pipeline import back_stages, front_stages
+from .runtime.specializations import SpecializationCache, compile_lock, unit_weights
 
 
 class Program:
-    def __init__(self, model, *, target="cpu", fuse=True, training=False, batch_size=None):
+    def __init__(self, model, *, target="cpu", fuse=True, training=False, batch_size=None,
+                 max_specializations=None):
         self.model = model
         self.target = target
         self.fuse = fuse
@@ -25,18 +33,20 @@ class Program:
         self.iterations = 0
         # model.compile(run_eagerly=True): the numpy reference interpreter runs the steps (debugging)
         self.run_eagerly = bool(getattr(model, "run_eagerly", False))
-        self._specialized = {}  # key -> (CompiledGraph, stages)
-        self.stages = front_stages(model, training=training, batch_size=batch_size)
+        self._specialized = SpecializationCache(max_specializations)  # key -> (CompiledGraph, stages)
+        # the first specialisation made: program.kernels, graph and dump show it, even once evicted
         self._compiled = None
         self._input_specs = None
         self._has_symbolic_dims = None
         self._label_type_cache = None
-        self._ones = {}
-        if batch_size is not None:
-            self._compiled, self.stages = back_stages(self.stages, target=target, fuse=fuse,
-                                                      run_eagerly=self.run_eagerly)
-            self._specialized[self._key(batch_size, self._label_type(self.stages["traced"]))] = \
-                (self._compiled, self.stages)
+        self._ones = {}  # batch size -> sample weights of 1
+        with compile_lock:
+            self.stages = front_stages(model, training=training, batch_size=batch_size)
+            if batch_size is not None:
+                self._compiled, self.stages = back_stages(self.stages, target=target, fuse=fuse,
+                                                          run_eagerly=self.run_eagerly)
+                self._specialized[self._key(batch_size, self._label_type(self.stages["traced"]))] = \
+                    (self._compiled, self.stages)
 
     def _label_type(self, g):
         """The type of the traced graph's labels (None for inference programs)."""
@@ -80,18 +90,19 @@ class Program:
         if feeds is not None and self._symbolic_dims():  # sequence lengths are specialisation keys too
             input_shapes = {name: feeds[name].shape for name, _ in self._input_specs}
             key = key + tuple(sorted(input_shapes.items()))
-        hit = self._specialized.get(key)
-        if hit is not None:
-            return hit[0]
-        if key not in self._specialized:
-            stages = front_stages(self.model, training=self.training, batch_size=batch_size, label_type=label_type,
-                                  input_shapes=input_shapes)
-            self._specialized[key] = back_stages(stages, target=self.target, fuse=self.fuse,
-                                                 run_eagerly=self.run_eagerly)
-        compiled, stages = self._specialized[key]
+        recent = self._specialized.recent
+        if recent[0] == key:
+            return recent[1][0]
+        return self._specialized.get_or_make(key, self._make, batch_size, label_type, input_shapes)[0]
+
+    def _make(self, batch_size, label_type, input_shapes):
+        """A new specialisation: (CompiledGraph, stages); called under compile_lock."""
+        stages = front_stages(self.model, training=self.training, batch_size=batch_size, label_type=label_type,
+                              input_shapes=input_shapes)
+        made = back_stages(stages, target=self.target, fuse=self.fuse, run_eagerly=self.run_eagerly)
         if self._compiled is None:
-            self._compiled, self.stages = compiled, stages
-        return compiled
+            self._compiled, self.stages = made
+        return made
 
     def _input_arrays(self, x):
         if self._input_specs is None:
@@ -156,16 +167,14 @@ class Program:
         compiled = self._specialize(n, y, feeds)  # arrays have .shape and .dtype like a TensorType
         feeds["y"] = y
         if sample_weight is None:
-            if n not in self._ones:
-                self._ones[n] = np.ones(n, np.float32)
-            feeds["sample_weight"] = self._ones[n]
+            feeds["sample_weight"] = unit_weights(self._ones, n, self._specialized.max_entries)
         else:
             feeds["sample_weight"] = to_array(sample_weight, dtype=np.float32).reshape(n)
         if "rng_step" in compiled.inputs:
             feeds["rng_step"] = self.iterations
-        outs = compiled.run(feeds, copy=False)
+        logs = compiled.run(feeds, scalars=True)
         self.iterations += 1
-        return {name: float(v) for name, v in zip(compiled.output_names, outs)}
+        return logs
 
     def __repr__(self):
         return f"<Program {self.model.name}: stages={list(self.stages)}, target={self.target}>"

@@ -4,6 +4,18 @@ Everything a step needs is set up once: the arena, staging buffers for the input
 the parameter pointer table (inputs, variables, constants), numpy views of the
 outputs. A step is then: copy the inputs into staging, one native call, copy the
 outputs out. The Python work per step does not grow with the model.
+
+Thread safety: the buffers a step writes (arena, input staging, and so the pointer
+table that points at the staging) belong to a ``_Context``. A step takes a free context
+from the graph's pool (a list: pop and append are atomic in CPython), or makes a new one
+when every context is in use by another thread, and puts it back once its outputs are
+copied out. Concurrent steps therefore never share scratch memory and never wait for each
+other; the pool holds as many contexts as there were concurrent callers. Variables and
+constants are shared by all contexts: steps that update variables (training) must not
+run concurrently with each other.
+
+The compiled engine lives as long as this object (its ``_entry`` function references the
+CompiledModule); nothing else keeps it alive.
 """
 import ctypes
 
@@ -39,22 +51,42 @@ def _aligned_empty(nbytes, align=64):
     return raw[offset:offset + nbytes]
 
 
+class _Context:
+    """One caller's buffers: arena, input staging, the pointer table over them and the
+    shared parameters, the native call's arguments, and views of the outputs."""
+    __slots__ = ("arena", "staging", "param_table", "args", "outputs")
+
+    def __init__(self, compiled):
+        plan = compiled.graph.graph["plan"]
+        self.arena = _aligned_empty(max(plan["arena_bytes"], 64))
+        params = list(compiled._shared_params)
+        self.staging = []
+        for name, slot, shape, dtype in compiled._input_slots:
+            buf = np.zeros(shape, dtype=dtype)
+            params[slot] = buf
+            self.staging.append((name, buf))
+        self.param_table = (ctypes.c_void_p * max(len(params), 1))(*[p.ctypes.data for p in params])
+        self.args = (ctypes.addressof(self.param_table), self.arena.ctypes.data)
+        self.outputs = [compiled._view(o, params, self.arena) for o in compiled.graph.graph["outputs"]]
+
+
 class CompiledGraph:
     def __init__(self, g, compiled_module, kernels):
         self.graph = g
         self.module = compiled_module
         self.kernels = kernels
         plan = g.graph["plan"]
-        self.arena = _aligned_empty(max(plan["arena_bytes"], 64))
-        self._keep = []
-        self.inputs = {}
-        addresses = []
+        self.inputs = {}  # name -> (shape, dtype)
+        self._input_slots = []  # (name, param slot, shape, dtype): the parameters each context stages
+        self._shared_params = []  # variables, constants, fills; None in the input slots
         for nid in plan["params"]:
             node = g.nodes[nid]
             t = node["type"]
             if node["op"] == "input":
-                buf = np.zeros(t.shape, dtype=t.dtype)
-                self.inputs[node["attrs"]["name"]] = buf
+                name = node["attrs"]["name"]
+                self.inputs[name] = (tuple(t.shape), np.dtype(t.dtype))
+                self._input_slots.append((name, len(self._shared_params), tuple(t.shape), t.dtype))
+                buf = None
             elif node["op"] == "variable":
                 buf = g.graph["variables"][nid].numpy()
                 if not buf.flags.c_contiguous:
@@ -64,18 +96,14 @@ class CompiledGraph:
                        else np.full((), node["attrs"]["value"], dtype=t.dtype))
             else:  # fill
                 buf = np.full(t.shape, node["attrs"]["value"], dtype=t.dtype)
-            self._keep.append(buf)
-            addresses.append(buf.ctypes.data)
-        self.param_table = (ctypes.c_void_p * max(len(addresses), 1))(*addresses)
+            self._shared_params.append(buf)
         self._entry = compiled_module.function("kc_entry", ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
-        self._args = (ctypes.addressof(self.param_table), self.arena.ctypes.data)
-        self.outputs = [self._view(o) for o in g.graph["outputs"]]
-        self.output_names = g.graph.get("output_names", [f"output_{i}" for i in range(len(self.outputs))])
-        self._staging = list(self.inputs.items())
+        self.output_names = g.graph.get("output_names", [f"output_{i}" for i in range(len(g.graph["outputs"]))])
+        self._free = [_Context(self)]  # contexts not in use by a step
 
     def profile(self):
         """[(kernel name, cycles)] summed over the runs so far, most expensive first; needs a
-        program compiled with KCOMPILER_PROFILE=1."""
+        program compiled with KCOMPILER_PROFILE=1 (concurrent runs may lose counts)."""
         try:
             address = self.module.address("kc_profile_cycles")
         except KeyError:
@@ -83,27 +111,36 @@ class CompiledGraph:
         cycles = np.ctypeslib.as_array((ctypes.c_int64 * len(self.kernels)).from_address(address))
         return sorted(zip((k.name for k in self.kernels), cycles.tolist()), key=lambda kv: -kv[1])
 
-    def _view(self, nid):
+    def _view(self, nid, params, arena):
         plan = self.graph.graph["plan"]
         t = self.graph.nodes[nid]["type"]
         key = plan["root"][(nid, 0)]
         where = plan["buffers"][key]
         if where[0] == "param":
-            base = self._keep[where[1]]
+            base = params[where[1]]
             return base.reshape(t.shape) if base.size == int(np.prod(t.shape)) else base
         nbytes = int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
-        return self.arena[where[1]:where[1] + nbytes].view(t.dtype).reshape(t.shape)
+        return arena[where[1]:where[1] + nbytes].view(t.dtype).reshape(t.shape)
 
-    def run(self, feeds, copy=True):
-        """One step: feeds maps input names to arrays; returns the outputs (copies, or with
-        copy=False views that the next run overwrites)."""
-        for name, buf in self._staging:
-            value = feeds[name]
-            if value.shape != buf.shape if type(value) is np.ndarray else np.shape(value) != buf.shape:
-                raise KCompilerError(f"input {name!r}: expected shape {buf.shape}, got {np.shape(value)}")
-            buf[...] = value
-        status = self._entry(*self._args)
-        self.module.confirm()  # the code ran: drop the crash marker of the cache entry it came from
-        if status:
-            raise step_error(self.graph, status, self.arena)
-        return [np.array(v) for v in self.outputs] if copy else self.outputs
+    def run(self, feeds, scalars=False):
+        """One step: feeds maps input names to arrays; returns copies of the outputs, or with
+        ``scalars`` (outputs that are scalars: loss, metrics) {output name: float}."""
+        try:
+            context = self._free.pop()
+        except IndexError:  # every context is in use by another thread
+            context = _Context(self)
+        try:
+            for name, buf in context.staging:
+                value = feeds[name]
+                if value.shape != buf.shape if type(value) is np.ndarray else np.shape(value) != buf.shape:
+                    raise KCompilerError(f"input {name!r}: expected shape {buf.shape}, got {np.shape(value)}")
+                buf[...] = value
+            status = self._entry(*context.args)
+            self.module.confirm()  # the code ran: drop the crash marker of the cache entry it came from
+            if status:
+                raise step_error(self.graph, status, context.arena)
+            if scalars:
+                return {name: float(v) for name, v in zip(self.output_names, context.outputs)}
+            return [np.array(v) for v in context.outputs]
+        finally:
+            self._free.append(context)

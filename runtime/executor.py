@@ -5,11 +5,14 @@ kept on the graph, so a layer or op called again with the same shapes reuses it.
 A graph using an op that has no CPU kernel yet runs on the numpy reference
 interpreter instead, and the graph's notes say so (it is never reported as compiled).
 ``use_reference(True)`` forces the reference interpreter (what run_eagerly=True uses).
+Several threads may run one graph at once; it is compiled once, under ``compile_lock``.
 """
 import numpy as np
 
 from kcompiler.errors import UnsupportedError
 from kcompiler.ir.interpreter_reference import run_reference
+
+from .specializations import compile_lock
 
 _step = [0]
 _force_reference = [False]
@@ -28,13 +31,16 @@ def use_reference(flag):
 def _compiled(g):
     entry = g.graph.get("_compiled")
     if entry is None:
-        from kcompiler.passes.lowering import lower_graph
-        try:
-            entry, _ = lower_graph(g)
-        except UnsupportedError as e:
-            entry = "reference"
-            g.graph.setdefault("notes", []).append(f"runs on the reference interpreter: {e}")
-        g.graph["_compiled"] = entry
+        with compile_lock:
+            entry = g.graph.get("_compiled")  # compiled by another thread while this one waited
+            if entry is None:
+                from kcompiler.passes.lowering import lower_graph
+                try:
+                    entry, _ = lower_graph(g)
+                except UnsupportedError as e:
+                    entry = "reference"
+                    g.graph.setdefault("notes", []).append(f"runs on the reference interpreter: {e}")
+                g.graph["_compiled"] = entry
     return entry
 
 
@@ -62,9 +68,11 @@ class ReferenceProgram:
         self.inputs = {g.nodes[n]["attrs"]["name"]: None for n in g.graph["inputs"]}
         self.output_names = g.graph.get("output_names", [f"output_{i}" for i in range(len(g.graph["outputs"]))])
 
-    def run(self, feeds, copy=True):
+    def run(self, feeds, scalars=False):
         feeds = {k: np.asarray(v) for k, v in feeds.items()}
         outputs, updates = run_reference(self.graph, feeds)
         for vnode, value in updates.items():
             self.graph.graph["variables"][vnode].assign(value)
+        if scalars:
+            return {name: float(v) for name, v in zip(self.output_names, outputs)}
         return outputs

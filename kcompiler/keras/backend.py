@@ -14,6 +14,7 @@ import numpy as np
 
 from ..ir.graph import GraphBuilder
 from ..ir.types import TensorType
+from ..runtime.specializations import EAGER_GRAPHS_PER_PROCESS, SpecializationCache
 from .tensor import SymbolicTensor, Tensor, is_symbolic, to_array
 
 # ---- session state: automatic names, random numbers ------------------------------------
@@ -166,7 +167,8 @@ def apply_op(op, inputs, **attrs):
     return out
 
 
-_eager_graphs = {}  # signature of an eager op call -> its one-op graph (compiled on first run)
+# signature of an eager op call -> its one-op graph (compiled on first run); the least recently used are dropped
+_eager_graphs = SpecializationCache(EAGER_GRAPHS_PER_PROCESS)
 
 
 def _eager_op(op, inputs, attrs):
@@ -192,8 +194,8 @@ def _eager_op(op, inputs, attrs):
             feeds[f"x{i}"] = a
             arrays.append(a)
     key = tuple(signature)
-    g = _eager_graphs.get(key)
-    if g is None:
+
+    def trace():
         b = new_trace_builder(name=op)
         nodes = []
         for i, x in enumerate(arrays):
@@ -208,7 +210,9 @@ def _eager_op(op, inputs, attrs):
         t = b.type(nid)
         b.g.graph["outputs"] = [b.tuple_item(nid, i) for i in range(len(t))] if isinstance(t, tuple) else [nid]
         b.g.graph["tuple_output"] = isinstance(t, tuple)
-        g = _eager_graphs[key] = b.g
+        return b.g
+
+    g = _eager_graphs.get_or_make(key, trace)  # traced once, under compile_lock
     outs, _ = run_graph(g, feeds)
     results = [Tensor(v) for v in outs]
     if tape._active_tapes:

@@ -18,6 +18,7 @@ import inspect
 import numpy as np
 
 from ..ir.types import TensorType
+from ..runtime.specializations import SpecializationCache
 from . import backend, initializers, losses, ops
 from .losses import as_tensor, cast, squeeze_or_expand_to_same_rank
 from .optimizers.base import current_value
@@ -58,7 +59,7 @@ class Metric:
         self.name = name or backend.unique_name(backend.snake_case(type(self).__name__))
         self.dtype = "float32" if dtype is None else str(np.dtype(dtype))
         self._variables = []
-        self._eager_graphs = {}  # (update function, argument types) -> traced update graph
+        self._eager_graphs = SpecializationCache()  # (update function, argument types) -> traced update graph
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -11,10 +11,12 @@ import numpy as np
 from ..errors import KCompilerError
 from ..ir.graph import GraphBuilder, operands, topo_order
 from ..ir.types import TensorType
+from ..runtime.specializations import EAGER_GRAPHS_PER_PROCESS, SpecializationCache
 from .tensor import Tensor, to_array
 
 _active_tapes = []
-_compiled_gradients = {}  # structure signature -> gradient graph (compiled on its first run)
+# structure signature -> gradient graph (compiled on its first run); the least recently used are dropped
+_compiled_gradients = SpecializationCache(EAGER_GRAPHS_PER_PROCESS)
 
 
 def record_graph(g, feeds, inputs, outputs):
@@ -135,7 +137,7 @@ class GradientTape:
         b.g.graph["outputs"] = outs
         key = (tuple(signature), node_of[id(target)], tuple(source_nodes), tuple(slots),
                output_gradients is not None, unconnected_gradients)
-        g = _compiled_gradients.setdefault(key, b.g)  # compiled on first run, kept on the graph
+        g = _compiled_gradients.get_or_make(key, lambda: b.g)  # compiled on first run, kept on the graph
         from ..runtime.executor import run_graph
         values, _ = run_graph(g, feeds)
         result = [None if slot is None else Tensor(values[slot]) for slot in slots]

@@ -38,7 +38,7 @@ from ...ops.conv import output_size, same_padding, window_attrs
 from . import threads
 from .irutil import (bounds_checking, c64, f32, for_range, get_function, i8p, i32, i64, load, register_buffer, store,
                      void)
-from .support import declare_serial_gemm
+from .support import declare_parallel_runner, declare_serial_gemm
 from .target import vector_width_attrs
 
 # Floats of the column matrix one chunk may hold (512 KiB: half the L2 of a core
@@ -235,7 +235,7 @@ def run_parts(k, buffers, nparts, body, scratch_floats=0, after=None):
     for j, v in enumerate(list(buffers) + [scratch, k.status]):
         kb.store(v, kb.gep(ctx, [zero, ir.Constant(i32, j)], inbounds=True))
     if nparts > 1:
-        threads.emit_parallel_call(kb, fn, ctx, nparts)
+        threads.emit_parallel_call(kb, fn, ctx, nparts, runner=declare_parallel_runner(module))
     else:
         kb.call(fn, [kb.bitcast(ctx, i8p), c64(0), c64(1)])
     if after is not None:

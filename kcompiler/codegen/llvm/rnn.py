@@ -39,7 +39,7 @@ from . import threads
 from .irutil import c64, f32, for_range, get_function, i8, i8p, i32, i64, void
 from .kernel import STATUS_INDEX_OUT_OF_RANGE
 from .scalar import UNARY_LLVM, ScalarEmitter
-from .support import declare_gemm
+from .support import declare_gemm, declare_parallel_runner
 from .target import vector_width_attrs
 
 # Below this many gate elements (T * B * G * U) the loops stay on the calling thread:
@@ -476,7 +476,7 @@ def _run_parts(k, L, pointers, body, emitter=Emitter):
     for j, n in enumerate(names):
         kb.store(pointers[n], kb.gep(ctx, [zero, ir.Constant(i32, j)], inbounds=True))
     if L.nparts > 1:
-        threads.emit_parallel_call(kb, fn, ctx, L.nparts)
+        threads.emit_parallel_call(kb, fn, ctx, L.nparts, runner=declare_parallel_runner(kb.module))
     else:
         kb.call(fn, [kb.bitcast(ctx, i8p), c64(0), c64(1)])
 

@@ -5,6 +5,11 @@ compiled at O3 (disk-cached like any module) and published to MCJIT's symbol tab
 generated modules only declare them. This keeps each model's compile time to its own
 kernels. ``kc_sgemm`` splits large products over the cores itself; ``kc_sgemm_1t`` is
 for work a kernel has already split over the cores (convolutions).
+
+The fork-join runner ``kc_parallel_run`` (threads.py) lives here too, and generated
+modules call this one: a detached helper thread still executes the runner's last
+instructions after it has signalled that its part is done, and a model's module may be
+freed as soon as its step returns; the support library is never freed.
 """
 import ctypes
 import threading
@@ -12,11 +17,14 @@ import threading
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
+from . import threads
 from .gemm import GEMM_FN_TYPE, emit_gemm, gemm_ctypes_argtypes
 from .target import compile_ir
 
 GEMM_NAME = "kc_sgemm"
 SERIAL_GEMM_NAME = "kc_sgemm_1t"
+RUNNER_FN_TYPE = ir.FunctionType(ir.VoidType(), [threads.PART_FN_TYPE.as_pointer(), ir.IntType(8).as_pointer(),
+                                                 ir.IntType(64)])
 _lock = threading.Lock()
 _library = None
 
@@ -29,9 +37,11 @@ def ensure_support_library():
             module = ir.Module(name="kcompiler_support")
             emit_gemm(module, GEMM_NAME)
             emit_gemm(module, SERIAL_GEMM_NAME, nthreads=1)
+            threads.get_parallel_runner(module).linkage = ""  # exported
             library = compile_ir(str(module), opt_level=3, name="kcompiler_support")
             for name in (GEMM_NAME, SERIAL_GEMM_NAME):
                 _call_once(library, name)
+            for name in (GEMM_NAME, SERIAL_GEMM_NAME, threads.RUNNER_NAME):
                 llvm.add_symbol(name, library.address(name))
             library.confirm()
             _library = library
@@ -47,11 +57,11 @@ def _call_once(library, name):
     gemm(0, 0, 1, 1, 1, 1.0, ctypes.addressof(a), 1, ctypes.addressof(b), 1, 0.0, ctypes.addressof(c), 1)
 
 
-def _declare(module, name):
+def _declare(module, name, fnty=GEMM_FN_TYPE):
     ensure_support_library()
     fn = module.globals.get(name)
     if fn is None:
-        fn = ir.Function(module, GEMM_FN_TYPE, name=name)
+        fn = ir.Function(module, fnty, name=name)
     return fn
 
 
@@ -63,3 +73,9 @@ def declare_gemm(module):
 def declare_serial_gemm(module):
     """Declare the support library's single-threaded SGEMM in ``module``."""
     return _declare(module, SERIAL_GEMM_NAME)
+
+
+def declare_parallel_runner(module):
+    """Declare the support library's ``kc_parallel_run`` in ``module`` (for
+    ``threads.emit_parallel_call(..., runner=...)``)."""
+    return _declare(module, threads.RUNNER_NAME, RUNNER_FN_TYPE)

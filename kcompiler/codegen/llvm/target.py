@@ -32,6 +32,7 @@ import hashlib
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import llvmlite
@@ -53,6 +54,7 @@ __all__ = [
     "emit_assembly",
     "host_target_info",
     "initialize",
+    "live_module_count",
     "optimized_ir",
     "reset_cache_stats",
     "vector_width_attrs",
@@ -62,10 +64,10 @@ _LOCK = threading.RLock()
 _INITIALIZED = False
 _HOST_INFO: tuple[str, str, str] | None = None
 
-# Every engine ever created stays alive for the life of the process: ctypes
-# function pointers handed out by CompiledModule.function() do not keep their
-# engine alive, and freeing JIT memory under a running kernel would crash.
-_LIVE_MODULES: list["CompiledModule"] = []
+# The loaded modules, weakly: an engine is freed when its CompiledModule is
+# collected (the ctypes functions from CompiledModule.function() reference it,
+# so it outlives every caller that can still run its code).
+_LIVE_MODULES: "weakref.WeakSet[CompiledModule]" = weakref.WeakSet()
 
 
 
@@ -273,7 +275,7 @@ def _load_object(obj: bytes, opt_level: int, name: str) -> tuple[llvm.ExecutionE
 
 @dataclass(eq=False)
 class CompiledModule:
-    """A module loaded into its own MCJIT engine (kept alive for the process)."""
+    """A module loaded into its own MCJIT engine, freed when this object is collected."""
 
     name: str
     key: str
@@ -315,8 +317,8 @@ class CompiledModule:
     def function(self, fn_name: str, restype, *argtypes):
         """A ctypes function for ``fn_name`` (``restype=None`` for void).
 
-        The returned object references this module, and the module is kept
-        alive for the rest of the process anyway.
+        The returned object references this module, so the engine's code stays
+        loaded while the function can be called.
         """
         proto = ctypes.CFUNCTYPE(restype, *argtypes)
         f = proto(self.address(fn_name))
@@ -423,6 +425,21 @@ def _new_module(name, key, opt_level, from_cache, obj, t0, engine, tm, marker) -
         _tm=tm,
         _marker=marker,
     )
+    # atexit=False: at interpreter exit a daemon thread may still be running its code
+    weakref.finalize(cm, _free_engine, engine).atexit = False
     with _LOCK:
-        _LIVE_MODULES.append(cm)
+        _LIVE_MODULES.add(cm)
     return cm
+
+
+def _free_engine(engine: llvm.ExecutionEngine) -> None:
+    # under _LOCK: disposing the engine deletes its module from LLVM's global
+    # context, which another thread may be parsing IR into
+    with _LOCK:
+        engine.close()
+
+
+def live_module_count() -> int:
+    """How many compiled modules (MCJIT engines) are loaded in this process now."""
+    with _LOCK:
+        return len(_LIVE_MODULES)

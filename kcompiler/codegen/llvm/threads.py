@@ -27,6 +27,13 @@ docs/codegen-llvm.md):
   joined; if ``pthread_create`` fails, that part runs inline on the calling
   thread. The work is always done completely.
 
+Every call has its own state (thread table, done flags, argument records on
+the caller's stack; scratch memory is malloc'ed per call by the kernels), so
+concurrent calls from several threads are independent. Generated model modules
+call the support library's runner (support.py), which is never freed: a
+detached helper still executes the runner's last instructions after its done
+flag is set.
+
 MCJIT resolves the pthread and sched functions from the running process (see
 :mod:`.target`). Even so a parallel call costs ~10-20 µs more than a serial
 one, so callers only split work whose parts take well over that.
@@ -311,15 +318,19 @@ def get_parallel_runner(module: ir.Module) -> ir.Function:
     return fn
 
 
-def emit_parallel_call(builder: ir.IRBuilder, part_fn: ir.Function, ctx, nparts) -> None:
+def emit_parallel_call(builder: ir.IRBuilder, part_fn: ir.Function, ctx, nparts, runner=None) -> None:
     """Emit ``kc_parallel_run(part_fn, (i8*)ctx, nparts)`` at the builder's position.
 
     ``part_fn`` must have type :data:`PART_FN_TYPE`; ``ctx`` is any pointer
     (bitcast to ``i8*``) that stays valid until the call returns (e.g. an
     ``alloca`` of the caller); ``nparts`` an i64 value or a Python int.
+    ``runner``: the runner to call (a declaration of the support library's, for
+    modules that may be freed while a helper thread finishes); default: one
+    defined in the builder's module.
     """
     module = builder.module
-    runner = get_parallel_runner(module)
+    if runner is None:
+        runner = get_parallel_runner(module)
     if isinstance(nparts, int):
         nparts = ir.Constant(i64, nparts)
     if ctx.type != i8p:

@@ -13,6 +13,7 @@ import numpy as np
 
 from ...errors import ShapeError
 from ...ir.types import TensorType, fmt_shape
+from ...runtime.specializations import SpecializationCache
 from .. import backend, constraints as constraints_mod, initializers, regularizers
 from ..tensor import SymbolicTensor, Tensor, is_symbolic, to_array
 from ..variables import Variable
@@ -81,7 +82,7 @@ class Layer:
         self._weights_list = []
         self._sublayers = []
         self._inbound = []       # CallRecords of functional-API calls
-        self._eager_graphs = {}  # (input types, call options) -> traced graph, for eager calls
+        self._eager_graphs = SpecializationCache()  # (input types, call options) -> traced graph, for eager calls
         self.activity_regularizer = regularizers.get(activity_regularizer)
         self.input_spec = None
         self.supports_masking = False
@@ -320,8 +321,8 @@ class Layer:
         key = (tuple((a.shape, str(a.dtype)) for a in flat_arrays),
                tuple(None if m is None else m.shape for m in flat_masks), training, repr(sorted(kwargs.items())),
                repr(rest), tuple(extra), tuple((a.shape, str(a.dtype)) for a in flat_extra))
-        entry = self._eager_graphs.get(key)
-        if entry is None:
+
+        def trace():
             b = backend.new_trace_builder(name=self.name, training=training)
             counter = iter(range(len(flat_arrays)))
             sym = map_structure(lambda a: SymbolicTensor(b, b.input(f"x{next(counter)}",
@@ -346,9 +347,9 @@ class Layer:
             flat_out = flatten(outputs)
             out_masks = [getattr(o, "_keras_mask", None) for o in flat_out]
             b.g.graph["outputs"] = [o.node for o in flat_out] + [m.node for m in out_masks if m is not None]
-            entry = (b.g, outputs, out_masks)
-            self._eager_graphs[key] = entry
-        g, outputs, out_masks = entry
+            return b.g, outputs, out_masks
+
+        g, outputs, out_masks = self._eager_graphs.get_or_make(key, trace)  # traced once, under compile_lock
         feeds = {f"x{i}": a for i, a in enumerate(flat_arrays)}
         feeds.update({f"mask{i}": m for i, m in enumerate(flat_masks) if m is not None})
         feeds.update({f"e{i}": a for i, a in enumerate(flat_extra)})
