@@ -102,3 +102,21 @@ def test_concurrent_evaluate_gives_each_thread_its_own_results():
                            THREADS)
     expected = [[model.evaluate(x, y, verbose=0) for x, y in data[t]] for t in range(THREADS)]
     _assert_same(results, expected)
+
+
+def test_concurrent_convolutions_give_each_thread_its_own_results():
+    """Convolutions split their work over helper threads inside generated code (kc_parallel_run,
+    the SGEMM): several callers at once must not share any of that state either."""
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((24, 24, 8)), keras.layers.Conv2D(16, 3, activation="relu"),
+                              keras.layers.MaxPooling2D(), keras.layers.Flatten(), keras.layers.Dense(3)])
+    program = kcompiler.compile(model, batch_size=8)
+    assert any("kc_parallel_run" in k.source for k in program.kernels)  # the parallel path runs
+    inputs = []
+    for t in range(2):
+        rng = np.random.default_rng(300 + t)
+        inputs.append([(rng.standard_normal((8, 24, 24, 8)) * (t + 1) + v).astype(np.float32)
+                       for v in range(VARIANTS)])
+    results = _run_threads(lambda t: [program.predict(inputs[t][c % VARIANTS]) for c in range(CALLS // 4)], 2)
+    expected = [[program.predict(x) for x in inputs[t]] for t in range(2)]
+    _assert_same(results, expected)
