@@ -9,7 +9,8 @@ import llvmlite.ir as ir
 from ...ir.registry import lowering
 from ...ops.common import normalize_axes
 from .irutil import (MEM_TYPE, c64, contiguous_strides, f32, for_range, i1, i64, linear_index, load, store)
-from .kernel import STATUS_INDEX_OUT_OF_RANGE, _nest
+from ...schedule.kernel import STATUS_INDEX_OUT_OF_RANGE
+from .kernel import _nest
 from .scalar import ScalarEmitter
 
 
