@@ -22,7 +22,7 @@ import ctypes
 import numpy as np
 
 from kcompiler.codegen.llvm.irutil import STATUS_OUT_OF_BOUNDS
-from kcompiler.codegen.llvm.kernel import STATUS_INDEX_OUT_OF_RANGE
+from kcompiler.schedule.kernel import STATUS_INDEX_OUT_OF_RANGE
 from kcompiler.errors import IndexRangeError, KCompilerError
 from kcompiler.ir.registry import get_op
 

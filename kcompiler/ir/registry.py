@@ -91,7 +91,7 @@ def lowering(target, name):
 def description(name):
     """Decorator registering the kernel description builder of op ``name``."""
     def attach(fn):
-        OPS[name].describe = fn
+        get_op(name).describe = fn  # loads the ops first: kcompiler.schedule may be imported before them
         return fn
     return attach
 

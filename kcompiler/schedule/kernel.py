@@ -8,11 +8,15 @@ its body is a tuple of statements:
     Loop(var, extent, body, parallel)   for var in [0, extent): body   (parallel: iterations are
                                         independent, a backend may split them over cores/threads)
     Store(buffer, index, value)         buffer[index] = value
+    AtomicAdd(buffer, index, value)     buffer[index] += value, atomically: iterations of an enclosing
+                                        parallel loop may add to the same element (scatter-add); a
+                                        backend running them concurrently needs an atomic add
     Local(var, dtype, init)             a scalar local (an accumulator), visible to later statements
     Assign(var, value)                  local = value
     If(cond, then, orelse)
-    Fail(code, value)                   report error ``code`` with an i64 ``value`` (first error wins);
-                                        only ops registered with ``index_error`` emit it
+    Fail(code, value)                   report error ``code`` (``STATUS_*``) with an i64 ``value``
+                                        (first error wins); only ops registered with ``index_error``
+                                        emit it
 
 Expressions are immutable trees:
 
@@ -38,6 +42,10 @@ PRIMITIVES = frozenset({
 })
 
 INDEX = "int64"
+
+# Status codes a kernel reports through ``Fail`` (the runtime turns them into exceptions).
+STATUS_OK = 0
+STATUS_INDEX_OUT_OF_RANGE = 1
 
 
 # ---- expressions --------------------------------------------------------------------------------
@@ -126,6 +134,13 @@ class Store:
 
 
 @dataclass(frozen=True)
+class AtomicAdd:
+    buffer: str
+    index: Expr
+    value: Expr
+
+
+@dataclass(frozen=True)
 class Local:
     var: Var
     init: Expr
@@ -208,6 +223,8 @@ def format_body(body, indent="  "):
             lines += format_body(s.body, indent + "  ")
         elif isinstance(s, Store):
             lines.append(f"{indent}{s.buffer}[{format_expr(s.index)}] = {format_expr(s.value)}")
+        elif isinstance(s, AtomicAdd):
+            lines.append(f"{indent}atomic {s.buffer}[{format_expr(s.index)}] += {format_expr(s.value)}")
         elif isinstance(s, Local):
             lines.append(f"{indent}{s.var.dtype} {s.var.name} = {format_expr(s.init)}")
         elif isinstance(s, Assign):

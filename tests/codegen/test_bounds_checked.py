@@ -48,17 +48,16 @@ def test_gather_with_a_bad_index_reports_instead_of_reading():
 
 
 def test_the_checked_build_catches_an_out_of_bounds_kernel(monkeypatch):
-    """A deliberately broken lowering (reads one element past its input) is reported."""
-    from kcompiler.codegen.llvm.irutil import c64, for_range, load, store
+    """A deliberately broken kernel description (reads one element past its input) is reported."""
     from kcompiler.ir.registry import get_op
-    import kcompiler.codegen.llvm.module  # noqa: F401  (registers the real lowerings)
+    from kcompiler.schedule.kernel import Buffer, Kernel, Load, Store, Var, loop
 
-    def off_by_one(k):
-        n = int(np.prod(k.in_types[0].shape))
-        with for_range(k.b, n, name="i") as i:
-            store(k.b, load(k.b, k.inputs[0], k.b.add(i, c64(1)), "float32"), k.outputs[0], i, "float32")
+    def off_by_one(node, in_types, name):
+        n, i = int(np.prod(in_types[0].shape)), Var("i")
+        return Kernel(name, (Buffer("out0", "float32", n, True), Buffer("in0", "float32", n, False)),
+                      (loop("i", n, [Store("out0", i, Load("in0", i + 1, "float32"))]),))
 
-    monkeypatch.setitem(get_op("transpose").lowerings, "llvm", off_by_one)
+    monkeypatch.setattr(get_op("transpose"), "describe", off_by_one)
     x = RNG.standard_normal((2, 3)).astype(np.float32)
     b, _, outs = build_op_graph("transpose", [x], {"perm": (0, 1)})
     b.g.graph["outputs"] = outs

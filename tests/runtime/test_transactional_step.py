@@ -177,23 +177,22 @@ def test_an_ignored_class_is_not_out_of_range():
 
 def test_a_kernel_caught_outside_its_buffer_commits_no_update(monkeypatch):
     """Bounds-checked builds test the status after every kernel: a kernel that reads past its
-    input (a deliberately broken lowering) stops the step before the variables are written,
-    and the error names its node."""
-    from kcompiler.codegen.llvm.irutil import c64, for_range, load, store
+    input (a deliberately broken kernel description) stops the step before the variables are
+    written, and the error names its node."""
     from kcompiler.errors import KCompilerError
     from kcompiler.ir.graph import GraphBuilder
     from kcompiler.ir.registry import get_op
     from kcompiler.keras.variables import Variable
+    from kcompiler.schedule.kernel import Buffer, Kernel, Load, Store, Var, loop
     from op_check import run_compiled
-    import kcompiler.codegen.llvm.module  # noqa: F401  (registers the real lowerings)
 
-    def off_by_one(k):
-        n = int(np.prod(k.in_types[0].shape))
-        with for_range(k.b, n, name="i") as i:
-            store(k.b, load(k.b, k.inputs[0], k.b.add(i, c64(1)), "float32"), k.outputs[0], i, "float32")
+    def off_by_one(node, in_types, name):
+        n, i = int(np.prod(in_types[0].shape)), Var("i")
+        return Kernel(name, (Buffer("out0", "float32", n, True), Buffer("in0", "float32", n, False)),
+                      (loop("i", n, [Store("out0", i, Load("in0", i + 1, "float32"))]),))
 
     monkeypatch.setenv("KCOMPILER_BOUNDS_CHECK", "1")
-    monkeypatch.setitem(get_op("transpose").lowerings, "llvm", off_by_one)
+    monkeypatch.setattr(get_op("transpose"), "describe", off_by_one)
     weights = Variable(np.arange(6, dtype=np.float32).reshape(2, 3), name="w")
     b = GraphBuilder(name="broken_update")
     w = b.variable(weights)

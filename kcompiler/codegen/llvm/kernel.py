@@ -13,13 +13,10 @@ import llvmlite.ir as ir
 
 from ...ir.registry import get_op
 from ...ir.types import num_elements
+from ...schedule.kernel import STATUS_OK
 from .irutil import (MEM_TYPE, bounds_checking, broadcast_strides, c64, const, contiguous_strides, for_range, i8p, i32,
                      i64, linear_index, load, register_buffer, store, void)
 from .scalar import ScalarEmitter
-
-# Status codes a kernel may report (the runtime turns them into exceptions).
-STATUS_OK = 0
-STATUS_INDEX_OUT_OF_RANGE = 1
 
 
 def types_of(t):

@@ -11,7 +11,7 @@ expressions reading locals, whose values change).
 """
 import llvmlite.ir as ir
 
-from ...schedule.kernel import PRIMITIVES, Assign, Call, Const, Fail, If, Load, Local, Loop, Store, Var
+from ...schedule.kernel import PRIMITIVES, Assign, AtomicAdd, Call, Const, Fail, If, Load, Local, Loop, Store, Var
 from ...schedule.scalar import expand
 from .irutil import REG_TYPE, c64, const, for_range, i32, i64, load, store
 from .scalar import ScalarEmitter
@@ -60,6 +60,12 @@ class Renderer:
 
     def stmt_Store(self, s):
         store(self.b, self.expr(s.value), self.pointers[s.buffer], self.expr(s.index), self.dtypes[s.buffer])
+
+    def stmt_AtomicAdd(self, s):
+        # Loops run serially here, so the add needs no atomic instruction.
+        dtype, ptr, index = self.dtypes[s.buffer], self.pointers[s.buffer], self.expr(s.index)
+        old, value = load(self.b, ptr, index, dtype), self.expr(s.value)
+        store(self.b, self.e.add(old, value) if _is_float(dtype) else self.b.add(old, value), ptr, index, dtype)
 
     def stmt_Local(self, s):
         b = self.b
@@ -205,7 +211,7 @@ NATIVE = {
 
 def _collect_stores(statements, out):
     for s in statements:
-        if isinstance(s, Store):
+        if isinstance(s, (Store, AtomicAdd)):
             out.add(s.buffer)
         for part in ("body", "then", "orelse"):
             _collect_stores(getattr(s, part, ()), out)

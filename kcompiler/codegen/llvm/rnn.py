@@ -35,9 +35,9 @@ import llvmlite.ir as ir
 from ...ir.registry import lowering
 from ...ir.types import num_elements
 from ...ops.rnn import ACTIVATIONS, GATES, STATES, full_attrs, operand_names
+from ...schedule.kernel import STATUS_INDEX_OUT_OF_RANGE
 from . import threads
 from .irutil import c64, f32, for_range, get_function, i8, i8p, i32, i64, void
-from .kernel import STATUS_INDEX_OUT_OF_RANGE
 from .scalar import UNARY_LLVM, ScalarEmitter
 from .support import declare_gemm, declare_parallel_runner
 from .target import vector_width_attrs
