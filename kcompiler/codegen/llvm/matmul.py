@@ -1,0 +1,36 @@
+"""The matmul template of the LLVM backend: (batched) products through the support library's
+SGEMM (codegen/llvm/gemm.py). Every other non-contraction kernel is a target-neutral
+description (kcompiler/schedule/) that render.py renders."""
+from ...ir.registry import lowering
+from ...ir.types import num_elements
+from .irutil import c64, for_range
+
+
+@lowering("llvm", "matmul")
+def _matmul(k):
+    b = k.b
+    a_t, b_t = k.in_types
+    out_shape = k.out_types[0].shape
+    ta, tb = k.attrs.get("transpose_a", False), k.attrs.get("transpose_b", False)
+    A, B = k.inputs
+    C = k.outputs[0]
+    a_rows, a_cols = a_t.shape[-2:]
+    b_rows, b_cols = b_t.shape[-2:]
+    M, N = out_shape[-2], out_shape[-1]
+    K = a_rows if ta else a_cols
+    batch = out_shape[:-2]
+    if len(b_t.shape) == 2 and not ta:
+        # (..., M, K) @ (K, N): one GEMM over all batch rows.
+        rows = num_elements(batch) * M
+        k.call_gemm(False, tb, rows, N, K, A, a_cols, B, b_cols, C, N)
+        return
+    a_batch = num_elements(a_t.shape[:-2])
+    b_batch = num_elements(b_t.shape[:-2])
+    nb = num_elements(batch)
+    with for_range(b, nb, name="batch") as i:
+        ai = i if a_batch == nb else c64(0)
+        bi = i if b_batch == nb else c64(0)
+        Ai = b.gep(A, [b.mul(ai, c64(a_rows * a_cols))], inbounds=True)
+        Bi = b.gep(B, [b.mul(bi, c64(b_rows * b_cols))], inbounds=True)
+        Ci = b.gep(C, [b.mul(i, c64(M * N))], inbounds=True)
+        k.call_gemm(ta, tb, M, N, K, Ai, a_cols, Bi, b_cols, Ci, N)
