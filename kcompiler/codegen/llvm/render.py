@@ -114,15 +114,13 @@ class Renderer:
             return hit
         if isinstance(e, Load):
             value = load(self.b, self.pointers[e.buffer], self.expr(e.index), e.dtype)
-            if e.buffer in self.written:
-                return value
         elif e.op in NATIVE:
             value = NATIVE[e.op](self, e, [self.expr(a) for a in e.args])
         elif e.op in PRIMITIVES:
             value = self.primitive(e, [self.expr(a) for a in e.args])
         else:
             value = self.expr(expand(e))
-        if not _mentions_any(e, self.locals):  # a local's value changes with each Assign
+        if not _varies(e, self.locals, self.written):  # reusable: reads nothing a statement changes
             self.cache[e] = value
         return value
 
@@ -217,14 +215,15 @@ def _collect_stores(statements, out):
             _collect_stores(getattr(s, part, ()), out)
 
 
-def _mentions_any(e, names):
-    """Whether expression ``e`` reads one of the locals ``names`` (its value may have changed)."""
+def _varies(e, local_names, written_buffers):
+    """Whether expression ``e`` reads a local or a buffer the kernel writes: its value may differ
+    between two points of one block, so it is never reused."""
     if isinstance(e, Var):
-        return e.name in names
+        return e.name in local_names
     if isinstance(e, Load):
-        return _mentions_any(e.index, names)
+        return e.buffer in written_buffers or _varies(e.index, local_names, written_buffers)
     if isinstance(e, Call):
-        return any(_mentions_any(a, names) for a in e.args)
+        return any(_varies(a, local_names, written_buffers) for a in e.args)
     return False
 
 
