@@ -73,7 +73,7 @@ def best_time(fn, reps, rounds):
 
 def time_kcompiler(reps, rounds):
     from kcompiler.ir.interpreter_reference import run_reference
-    from kcompiler.passes.lowering import lower_graph
+    from kcompiler.pipeline import lower_graph
     from op_check import assert_close32, build_op_graph
 
     results = {}

@@ -35,7 +35,7 @@ from kcompiler.ir.types import TensorType  # noqa: E402
 from kcompiler.keras import backend  # noqa: E402
 from kcompiler.keras.tensor import SymbolicTensor  # noqa: E402
 from kcompiler.passes.autodiff import gradients  # noqa: E402
-from kcompiler.passes.lowering import lower_graph  # noqa: E402
+from kcompiler.pipeline import lower_graph  # noqa: E402
 
 
 def timed(fn, reps):

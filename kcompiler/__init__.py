@@ -21,16 +21,18 @@ def __getattr__(name):
     raise AttributeError(f"module 'kcompiler' has no attribute {name!r}")
 
 
-def compile(model, *, target="cpu", fuse=True, training=False, batch_size=None, max_specializations=None):
+def compile(model, *, target="cpu", fuse=True, training=False, batch_size=None, max_specializations=None,
+            options=None):
     """Compile a Keras model. Without a batch size the program holds the traced and
     shape-checked IR and specialises (fuses, plans, generates code) per batch size on
     first use; with one, it does so now. It keeps the ``max_specializations`` most recently
-    used specialisations (default ``$KCOMPILER_MAX_SPECIALIZATIONS``, else 8)."""
+    used specialisations (default ``$KCOMPILER_MAX_SPECIALIZATIONS``, else 8). ``options``
+    (kcompiler.options.Options) override the defaults read from the environment."""
     from .program import Program
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
     return Program(model, target=target, fuse=fuse, training=training, batch_size=batch_size,
-                   max_specializations=max_specializations)
+                   max_specializations=max_specializations, options=options)
 
 
 def benchmark(model, x, y=None, modes=("unfused", "fused"), steps=20):

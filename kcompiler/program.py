@@ -18,22 +18,25 @@ from .ir.printer import dump as dump_graph
 from .ir.types import fmt_shape
 from .keras.tensor import as_numbers, to_array
 from .keras.training import check_class_ids
-from .passes.pipeline import back_stages, front_stages
+from .options import resolve
+from .pipeline import back_stages, front_stages
 from .runtime.specializations import SpecializationCache, compile_lock, unit_weights
 
 
 class Program:
     def __init__(self, model, *, target="cpu", fuse=True, training=False, batch_size=None,
-                 max_specializations=None):
+                 max_specializations=None, options=None):
         self.model = model
         self.target = target
+        self.options = resolve(options, **({"max_specializations": max_specializations}
+                                           if max_specializations is not None else {}))
         self.fuse = fuse
         self.training = training
         self.batch_size = batch_size
         self.iterations = 0
         # model.compile(run_eagerly=True): the numpy reference interpreter runs the steps (debugging)
         self.run_eagerly = bool(getattr(model, "run_eagerly", False))
-        self._specialized = SpecializationCache(max_specializations)  # key -> (CompiledGraph, stages)
+        self._specialized = SpecializationCache(self.options.max_specializations)  # key -> (CompiledGraph, stages)
         # the first specialisation made: program.kernels, graph and dump show it, even once evicted
         self._compiled = None
         self._input_specs = None
@@ -44,7 +47,7 @@ class Program:
             self.stages = front_stages(model, training=training, batch_size=batch_size)
             if batch_size is not None:
                 self._compiled, self.stages = back_stages(self.stages, target=target, fuse=fuse,
-                                                          run_eagerly=self.run_eagerly)
+                                                          run_eagerly=self.run_eagerly, options=self.options)
                 self._specialized[self._key(batch_size, self._label_type(self.stages["traced"]))] = \
                     (self._compiled, self.stages)
 
@@ -99,7 +102,8 @@ class Program:
         """A new specialisation: (CompiledGraph, stages); called under compile_lock."""
         stages = front_stages(self.model, training=self.training, batch_size=batch_size, label_type=label_type,
                               input_shapes=input_shapes)
-        made = back_stages(stages, target=self.target, fuse=self.fuse, run_eagerly=self.run_eagerly)
+        made = back_stages(stages, target=self.target, fuse=self.fuse, run_eagerly=self.run_eagerly,
+                           options=self.options)
         if self._compiled is None:
             self._compiled, self.stages = made
         return made

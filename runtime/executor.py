@@ -34,7 +34,7 @@ def _compiled(g):
         with compile_lock:
             entry = g.graph.get("_compiled")  # compiled by another thread while this one waited
             if entry is None:
-                from kcompiler.passes.lowering import lower_graph
+                from kcompiler.pipeline import lower_graph
                 try:
                     entry, _ = lower_graph(g)
                 except UnsupportedError as e:

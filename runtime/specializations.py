@@ -5,7 +5,7 @@ under which a missing one is made.
 used one when a new one comes: each entry holds a compiled engine, so an unbounded cache
 grows with every new batch size. A dropped specialisation comes back cheaply when it is
 needed again (its object code is in the disk cache). The bound is
-``$KCOMPILER_MAX_SPECIALIZATIONS`` (default 8), read once.
+``Options.max_specializations`` (``$KCOMPILER_MAX_SPECIALIZATIONS``, default 8).
 
 Thread safety: a lookup that hits takes no lock (single dict operations are atomic in
 CPython), so concurrent steps never wait for each other. A miss is traced and compiled
@@ -15,33 +15,21 @@ other thread made instead of compiling it again (``get_or_make``). An entry evic
 while another thread still runs it stays alive until that run returns (the caller holds
 a reference).
 """
-import os
 import threading
 from collections import OrderedDict
 
 import numpy as np
 
-DEFAULT_MAX_SPECIALIZATIONS = 8
 # process-wide caches of eager one-op and gradient graphs: many ops and shapes, not one model's batch sizes
 EAGER_GRAPHS_PER_PROCESS = 256
 
 compile_lock = threading.RLock()
 
 
-def _configured_max():
-    raw = os.environ.get("KCOMPILER_MAX_SPECIALIZATIONS", "").strip()
-    if not raw:
-        return DEFAULT_MAX_SPECIALIZATIONS
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"KCOMPILER_MAX_SPECIALIZATIONS must be a positive integer, got {raw!r}")
-    return value
-
-
-MAX_SPECIALIZATIONS = _configured_max()
+def max_specializations():
+    """The default bound: ``Options.max_specializations`` ($KCOMPILER_MAX_SPECIALIZATIONS, else 8)."""
+    from kcompiler.options import default_options
+    return default_options().max_specializations
 
 
 class SpecializationCache:
@@ -53,7 +41,7 @@ class SpecializationCache:
     (that entry is the most recently used already), only one tuple comparison."""
 
     def __init__(self, max_entries=None):
-        self.max_entries = MAX_SPECIALIZATIONS if max_entries is None else int(max_entries)
+        self.max_entries = max_specializations() if max_entries is None else int(max_entries)
         if self.max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, got {max_entries!r}")
         self._entries = OrderedDict()
@@ -105,7 +93,7 @@ class SpecializationCache:
         return list(self._entries.values())
 
 
-def unit_weights(cache, n, max_sizes=MAX_SPECIALIZATIONS):
+def unit_weights(cache, n, max_sizes=16):
     """float32 ones of length ``n`` (the sample weights of a batch given none), kept in
     ``cache`` (a dict by length) that is emptied when it would hold more than ``max_sizes``."""
     ones = cache.get(n)

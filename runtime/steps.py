@@ -41,7 +41,7 @@ class EvaluationProgram:
         return self._specialized.get_or_make(key, self._compile, n, y, input_shapes)
 
     def _compile(self, n, y, input_shapes):
-        from kcompiler.passes.pipeline import back_stages, front_stages
+        from kcompiler.pipeline import back_stages, front_stages
         stages = front_stages(self.model, batch_size=n, label_type=TensorType(y.shape, str(y.dtype)),
                               input_shapes=input_shapes, evaluation=True)
         compiled, _ = back_stages(stages, target=self.target, fuse=self.fuse,

@@ -82,7 +82,7 @@ def assert_close32(got, expected, what=""):
 
 def run_compiled(g, feeds, fuse=True):
     """Compile static graph ``g`` to LLVM kernels and run it once."""
-    from kcompiler.passes.lowering import lower_graph
+    from kcompiler.pipeline import lower_graph
     compiled, _ = lower_graph(g, fuse=fuse)
     return compiled.run(feeds)
 
@@ -113,3 +113,10 @@ def check_compiled(op, inputs, attrs=None, wrt=None, seed=0):
         got_bwd = run_compiled(b.g, feeds, fuse=fuse)
         for k, (g_, e_) in enumerate(zip(got_bwd, expected_bwd)):
             assert_close32(g_, e_, f"{op} backward output {k} (fuse={fuse}; 0 = <out, r>, then grads of {wrt})")
+
+
+def use_options(monkeypatch, **changes):
+    """Compile with the default options changed (e.g. bounds_check=True) for the rest of the
+    test: the defaults are read from the environment once, so tests change the object."""
+    from kcompiler import options
+    monkeypatch.setattr(options, "_defaults", [options.default_options().replace(**changes)])

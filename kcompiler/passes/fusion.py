@@ -119,9 +119,6 @@ def _collapse(b, members, live_out):
 
 # ---- epilogues: a contraction and the element-wise node that consumes it -----------------------
 
-EPILOGUE_HEADS = ("matmul", "conv2d", "conv2d_backward_input")
-
-
 def _body_of(g, nid):
     node = g.nodes[nid]
     if node["op"] == "fused":
@@ -135,7 +132,7 @@ def _epilogue_operand_ok(shape, head_shape):
     return tuple(shape) in (tuple(head_shape), (head_shape[-1],), ())
 
 
-def _epilogue_head(g, nid, live_out):
+def _epilogue_head(g, nid, live_out, heads):
     """The contraction node ``nid`` can absorb as its epilogue, or None (with a note why not)."""
     node = g.nodes[nid]
     if node["op"] != "fused" and get_op(node["op"]).kind != "elementwise":
@@ -143,7 +140,7 @@ def _epilogue_head(g, nid, live_out):
     out_types = node["type"] if isinstance(node["type"], tuple) else (node["type"],)
     for u in set(operands(g, nid)):
         head = g.nodes[u]
-        if head["op"] not in EPILOGUE_HEADS or head["type"].dtype != "float32":
+        if head["op"] not in heads or head["type"].dtype != "float32":
             continue
         why = None
         if u in live_out or set(g.successors(u)) != {nid}:
@@ -160,8 +157,9 @@ def _epilogue_head(g, nid, live_out):
     return None
 
 
-def fuse_epilogues(g):
-    """Merge each matmul/conv2d into the element-wise node consuming it (bias, activation,
+def fuse_epilogues(g, heads):
+    """Merge each contraction whose op is in ``heads`` (the backend's capability: which of its
+    templates take an epilogue) into the element-wise node consuming it (bias, activation,
     activation gradients), as one `fused_contraction` node."""
     g = g.copy()
     g.graph["notes"] = list(g.graph.get("notes", []))
@@ -170,7 +168,7 @@ def fuse_epilogues(g):
     for nid in topo_order(g):
         if nid not in g:
             continue
-        head = _epilogue_head(g, nid, live_out)
+        head = _epilogue_head(g, nid, live_out, heads)
         if head is None:
             continue
         body, outputs = _body_of(g, nid)

@@ -46,6 +46,7 @@ INDEX = "int64"
 # Status codes a kernel reports through ``Fail`` (the runtime turns them into exceptions).
 STATUS_OK = 0
 STATUS_INDEX_OUT_OF_RANGE = 1
+STATUS_OUT_OF_BOUNDS = 2         # bounds-checked builds: an access outside a buffer (skipped)
 
 
 # ---- expressions --------------------------------------------------------------------------------

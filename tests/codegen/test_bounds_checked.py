@@ -4,7 +4,7 @@ reported as an error instead of touching memory. The results must be unchanged."
 import numpy as np
 import pytest
 
-from op_check import build_op_graph, check_compiled, run_compiled
+from op_check import build_op_graph, check_compiled, run_compiled, use_options
 from kcompiler.errors import KCompilerError
 
 RNG = np.random.default_rng(5)
@@ -12,7 +12,7 @@ RNG = np.random.default_rng(5)
 
 @pytest.fixture(autouse=True)
 def bounds_checked(monkeypatch):
-    monkeypatch.setenv("KCOMPILER_BOUNDS_CHECK", "1")
+    use_options(monkeypatch, bounds_check=True)
 
 
 CASES = [

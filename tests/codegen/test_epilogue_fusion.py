@@ -6,8 +6,8 @@ import pytest
 from kcompiler.ir.graph import GraphBuilder
 from kcompiler.ir.interpreter_reference import run_reference
 from kcompiler.ir.types import TensorType
-from kcompiler.passes.lowering import lower_graph
-from op_check import assert_close32
+from kcompiler.pipeline import lower_graph
+from op_check import assert_close32, use_options
 
 RNG = np.random.default_rng(11)
 
@@ -56,7 +56,7 @@ def test_conv_bias_relu_epilogue(shape, monkeypatch):
 
 
 def test_conv_epilogue_under_the_bounds_checked_build(monkeypatch):
-    monkeypatch.setenv("KCOMPILER_BOUNDS_CHECK", "1")
+    use_options(monkeypatch, bounds_check=True)
     g, feeds = conv_bias_relu(16, 28, 1, 32, padding="valid", strides=(2, 2))
     (got,), _ = run_fused(g, feeds)
     assert_close32(got, run_reference(g, feeds)[0][0])
@@ -83,7 +83,7 @@ def test_a_contraction_used_twice_keeps_its_own_kernel():
 
 @pytest.mark.parametrize("batch,hw,cin,cout", [(1, 10, 4, 6), (5, 10, 4, 6), (16, 15, 32, 64)])
 def test_conv_input_gradient_with_a_relu_gradient_epilogue(batch, hw, cin, cout, monkeypatch):
-    monkeypatch.setenv("KCOMPILER_BOUNDS_CHECK", "1")
+    use_options(monkeypatch, bounds_check=True)
     b = GraphBuilder(name="backward_epilogue")
     out = hw - 2
     dy = b.input("dy", TensorType((batch, out, out, cout)))

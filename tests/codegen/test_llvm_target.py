@@ -11,6 +11,9 @@ import threading
 import uuid
 
 import pytest
+from op_check import use_options
+
+from kcompiler.options import Options
 
 from kcompiler.codegen.llvm import target as T
 
@@ -113,15 +116,14 @@ def test_parse_error_names_module(cache):
 def test_bad_opt_level(cache, monkeypatch):
     with pytest.raises(ValueError):
         T.compile_ir(ADD_IR, opt_level=7)
-    monkeypatch.setenv("KCOMPILER_OPT_LEVEL", "fast")
-    with pytest.raises(ValueError):
-        T.default_opt_level()
+    with pytest.raises(ValueError, match="KCOMPILER_OPT_LEVEL"):
+        Options.from_environment({"KCOMPILER_OPT_LEVEL": "fast"})
 
 
-def test_default_opt_level_from_env(cache, monkeypatch):
-    monkeypatch.delenv("KCOMPILER_OPT_LEVEL", raising=False)
-    assert T.default_opt_level() == 3
-    monkeypatch.setenv("KCOMPILER_OPT_LEVEL", "1")
+def test_default_opt_level_from_the_options(cache, monkeypatch):
+    assert Options.from_environment({}).opt_level == 3
+    assert Options.from_environment({"KCOMPILER_OPT_LEVEL": "1"}).opt_level == 1
+    use_options(monkeypatch, opt_level=1)
     assert T.default_opt_level() == 1
     cm = T.compile_ir(_unique_ir(), name="envlevel")
     assert cm.opt_level == 1

@@ -15,7 +15,7 @@ from kcompiler.keras.layers.base import flatten
 from kcompiler.keras.tensor import SymbolicTensor
 from kcompiler.ops.rnn import GATES
 from kcompiler.passes.autodiff import gradients
-from kcompiler.passes.lowering import lower_graph
+from kcompiler.pipeline import lower_graph
 from op_check import assert_close32, check_compiled
 
 VARIANTS = [("simple_rnn", True), ("lstm", True), ("gru", True), ("gru", False)]  # (op, reset_after)

@@ -9,7 +9,8 @@ import numpy as np
 import kcompiler
 from kcompiler import keras
 from kcompiler.codegen.llvm import target
-from kcompiler.runtime.specializations import DEFAULT_MAX_SPECIALIZATIONS, SpecializationCache
+from kcompiler.options import default_options
+from kcompiler.runtime.specializations import SpecializationCache
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((48, 6)).astype(np.float32)
@@ -64,7 +65,7 @@ def test_train_on_batch_keeps_a_bounded_number_of_specializations():
         logs = model.train_on_batch(X[:n], Y[:n], return_dict=True)
         expected = reference.train_step(X[:n], Y[:n])
         assert logs == expected, n
-        assert len(model._runtime_steps[1]._train._specialized) <= DEFAULT_MAX_SPECIALIZATIONS
+        assert len(model._runtime_steps[1]._train._specialized) <= default_options().max_specializations
     assert len(reference._specialized) == 20
     for got, want in zip(model.get_weights(), reference_model.get_weights()):
         np.testing.assert_array_equal(got, want)

@@ -305,10 +305,10 @@ def test_early_stopping_in_fit_restores_the_best_weights():
 
 def test_learning_rate_scheduler_changes_the_compiled_step_without_recompiling(monkeypatch):
     import kcompiler
-    from kcompiler.passes import lowering
+    from kcompiler import pipeline
     compiles = []
-    lower_graph = lowering.lower_graph
-    monkeypatch.setattr(lowering, "lower_graph", lambda *a, **k: compiles.append(1) or lower_graph(*a, **k))
+    lower_graph = pipeline.lower_graph
+    monkeypatch.setattr(pipeline, "lower_graph", lambda *a, **k: compiles.append(1) or lower_graph(*a, **k))
     model, twin, constant = small_model(), small_model(), small_model()
     x, y = data(12)
     schedule = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 * 0.5 ** epoch)

@@ -8,10 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from op_check import assert_close32, build_op_graph
+from op_check import assert_close32, build_op_graph, use_options
 from kcompiler.errors import IndexRangeError
 from kcompiler.ir.interpreter_reference import run_reference
-from kcompiler.passes.lowering import lower_graph
+from kcompiler.pipeline import lower_graph
 from kcompiler.schedule.kernel import Loop
 
 RNG = np.random.default_rng(7)
@@ -22,7 +22,7 @@ def bounds_check(request, monkeypatch):
     """Run the test's kernels plain and in the bounds-checked build (KCOMPILER_BOUNDS_CHECK=1),
     where an access outside a buffer would be reported instead of an IndexRangeError."""
     if request.param:
-        monkeypatch.setenv("KCOMPILER_BOUNDS_CHECK", "1")
+        use_options(monkeypatch, bounds_check=True)
     return request.param
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from kcompiler.ir.interpreter_reference import run_reference
 from kcompiler.ir.printer import to_text
-from kcompiler.passes.lowering import lower_graph
+from kcompiler.pipeline import lower_graph
 from op_check import assert_close32, build_op_graph
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference on NaN/inf inputs

@@ -1,4 +1,5 @@
 """Small helpers for emitting LLVM IR with llvmlite: types, constants, loops, math functions."""
+import threading
 from contextlib import contextmanager
 
 import llvmlite.ir as ir
@@ -106,16 +107,39 @@ def intrinsic(b, name, ret, args):
     return b.call(fn, args)
 
 
-# Bounds-checked builds (KCOMPILER_BOUNDS_CHECK=1): kernels register each buffer pointer
+# Bounds-checked builds (Options.bounds_check, KCOMPILER_BOUNDS_CHECK=1): kernels register each buffer pointer
 # with its element count and the kernel's status word; every load/store through these
 # helpers then checks its index, reports STATUS_OUT_OF_BOUNDS and skips the access.
-STATUS_OUT_OF_BOUNDS = 2
+from ...schedule.kernel import STATUS_OUT_OF_BOUNDS  # noqa: E402  (status codes are shared)
 _checked = {}  # id(pointer value) -> (pointer, element count, status pointer)
 
 
+_generation = threading.local()
+
+
+@contextmanager
+def generating(options):
+    """Generate code under ``options`` (kcompiler/options.py) in this thread: the settings that
+    shape the IR (bounds checks, profiling, thread pinning) are read from here."""
+    previous = getattr(_generation, "options", None)
+    _generation.options = options
+    try:
+        yield
+    finally:
+        _generation.options = previous
+
+
+def generation_options():
+    options = getattr(_generation, "options", None)
+    if options is None:
+        from ...options import default_options
+        options = default_options()
+    return options
+
+
 def bounds_checking():
-    import os
-    return os.environ.get("KCOMPILER_BOUNDS_CHECK") == "1"
+    """Whether the code generated now checks every buffer access (``Options.bounds_check``)."""
+    return generation_options().bounds_check
 
 
 def register_buffer(ptr, count, status):

@@ -29,7 +29,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
-import os
 import threading
 import time
 import weakref
@@ -131,18 +130,10 @@ def host_has_avx512() -> bool:
 
 
 def default_opt_level() -> int:
-    """The optimisation level used when ``compile_ir`` gets ``opt_level=None``:
-    ``$KCOMPILER_OPT_LEVEL`` (0-3), else 3."""
-    raw = os.environ.get("KCOMPILER_OPT_LEVEL", "").strip()
-    if not raw:
-        return 3
-    try:
-        level = int(raw)
-    except ValueError as exc:
-        raise ValueError(f"KCOMPILER_OPT_LEVEL must be 0..3, got {raw!r}") from exc
-    if not 0 <= level <= 3:
-        raise ValueError(f"KCOMPILER_OPT_LEVEL must be 0..3, got {raw!r}")
-    return level
+    """The optimisation level used when ``compile_ir`` gets ``opt_level=None``: the default
+    options' (``$KCOMPILER_OPT_LEVEL``, else 3; kcompiler/options.py)."""
+    from ...options import default_options
+    return default_options().opt_level
 
 
 def vector_width_attrs(fn, width: int = 512):

@@ -113,9 +113,10 @@ def default_nthreads() -> int:
 
 
 def pinning_enabled() -> bool:
-    """Whether runners emitted now pin helper threads to CPUs
-    (``KCOMPILER_PIN_THREADS=0`` turns it off; read when the IR is generated)."""
-    return os.environ.get("KCOMPILER_PIN_THREADS", "1").lower() not in ("0", "false", "no", "off")
+    """Whether runners emitted now pin helper threads to CPUs (``Options.pin_threads``;
+    ``KCOMPILER_PIN_THREADS=0`` turns it off)."""
+    from .irutil import generation_options
+    return generation_options().pin_threads
 
 
 def _get_or_declare(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:

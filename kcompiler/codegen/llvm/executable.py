@@ -1,4 +1,4 @@
-"""Running generated code: a planned, compiled graph bound to its buffers.
+"""The LLVM backend's executable: a scheduled, compiled graph bound to its host buffers.
 
 Everything a step needs is set up once: the arena, staging buffers for the inputs,
 the parameter pointer table (inputs, variables, constants), numpy views of the
@@ -21,29 +21,8 @@ import ctypes
 
 import numpy as np
 
-from kcompiler.codegen.llvm.irutil import STATUS_OUT_OF_BOUNDS
-from kcompiler.schedule.kernel import STATUS_INDEX_OUT_OF_RANGE
-from kcompiler.errors import IndexRangeError, KCompilerError
-from kcompiler.ir.registry import get_op
-
-STATUS_MESSAGES = {STATUS_INDEX_OUT_OF_RANGE: "an index (Embedding input or label) is outside its valid range",
-                   STATUS_OUT_OF_BOUNDS: "a kernel indexed outside a buffer (caught by the bounds-checked build)"}
-
-
-def step_error(g, status, arena):
-    """The exception for a step of planned graph ``g`` that returned ``status`` != 0, from the
-    error record the generated code left in ``arena`` (passes/memory_plan.py). The step
-    committed no state."""
-    offset = g.graph["plan"]["error_record"]
-    nid = int(arena[offset + 4:offset + 8].view(np.int32)[0])
-    value = int(arena[offset + 8:offset + 16].view(np.int64)[0])
-    node = g.nodes[nid] if nid in g else None
-    if status == STATUS_INDEX_OUT_OF_RANGE and node is not None and get_op(node["op"]).may_fail:
-        return IndexRangeError(get_op(node["op"]).index_error(g, nid, value), value)
-    where = f" in node %{nid} {node['op']} ({node.get('layer') or 'no layer'})" if node is not None else ""
-    return KCompilerError(f"generated code reported error {status}{where}: "
-                          f"{STATUS_MESSAGES.get(status, 'unknown error')}")
-
+from ...errors import KCompilerError
+from ..backend import step_error
 
 def _aligned_empty(nbytes, align=64):
     raw = np.empty(nbytes + align, dtype=np.uint8)

@@ -1,0 +1,108 @@
+"""The backend interface, and the registry that maps target names to backends.
+
+A backend turns a scheduled graph (every described node carries its target-neutral kernel,
+kcompiler/schedule/) into something that runs:
+
+    generate(g, options) -> (source, kernels)    render each kernel; ``kernels`` are Kernel
+                                                 records with ``name``, ``source``, ``nodes``
+    compile(source, options, name) -> module     compile (through the backend's disk cache,
+                                                 under the trust model of docs/kernel-cache.md)
+    bind(g, module, kernels) -> executable       buffers bound; ``executable.run(feeds,
+                                                 scalars=False)`` runs one step
+
+``lower`` chains the three. ``capabilities`` tell the target-neutral passes what they may
+ask of the backend: which contraction templates take an element-wise epilogue, which dtypes
+it compiles, whether it can execute on this machine. Passes never import a backend; the
+pipeline (kcompiler/pipeline.py) asks ``get_backend`` and hands the passes the capabilities.
+
+The guarantees every backend keeps (DESIGN §4) live behind this interface: an executable may
+be run from several threads at once (each concurrent step gets its own scratch memory), and a
+step that reports an error commits no state and raises ``step_error``'s exception.
+
+Adding a target: a package under kcompiler/codegen/<name>/ with a ``backend`` module that
+defines ``BACKEND`` (an instance of a Backend subclass), plus one line in ``BACKENDS``.
+"""
+import importlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import IndexRangeError, KCompilerError, UnsupportedError
+from ..ir.registry import get_op
+from ..schedule.kernel import STATUS_INDEX_OUT_OF_RANGE, STATUS_OUT_OF_BOUNDS
+
+# target name -> module defining BACKEND (imported on first use: a target's toolchain is only
+# loaded when that target is asked for)
+BACKENDS = {
+    "cpu": "kcompiler.codegen.llvm.backend",
+}
+NOT_YET = {"cuda": "the CUDA backend has not landed yet: compile with target='cpu'"}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    epilogue_heads: frozenset   # contraction ops whose template takes a fused element-wise epilogue
+    templates: frozenset        # ops the backend lowers with its own template (no description)
+    dtypes: frozenset           # dtypes its kernels compute in
+    executes: bool              # whether compiled code can run on this machine
+
+
+class Backend:
+    name = "?"
+
+    def capabilities(self) -> Capabilities:
+        raise NotImplementedError
+
+    def generate(self, g, options):
+        raise NotImplementedError
+
+    def compile(self, source, options, name):
+        raise NotImplementedError
+
+    def bind(self, g, module, kernels):
+        raise NotImplementedError
+
+    def lower(self, g, options):
+        name = g.graph.get("name", "kcompiler")
+        source, kernels = self.generate(g, options)
+        return self.bind(g, self.compile(source, options, name), kernels)
+
+
+_instances = {}
+
+
+def get_backend(target):
+    backend = _instances.get(target)
+    if backend is None:
+        if target in NOT_YET:
+            raise UnsupportedError(NOT_YET[target])
+        if target not in BACKENDS:
+            raise ValueError(f"unknown target {target!r}; expected one of {sorted(set(BACKENDS) | set(NOT_YET))}")
+        backend = _instances[target] = importlib.import_module(BACKENDS[target]).BACKEND
+    return backend
+
+
+def registered_targets():
+    return sorted(BACKENDS)
+
+
+# ---- errors a step reports (shared by every backend's executable) -------------------------------
+
+STATUS_MESSAGES = {STATUS_INDEX_OUT_OF_RANGE: "an index (Embedding input or label) is outside its valid range",
+                   STATUS_OUT_OF_BOUNDS: "a kernel indexed outside a buffer (caught by the bounds-checked build)"}
+
+
+def step_error(g, status, record):
+    """The exception for a step of scheduled graph ``g`` that returned ``status`` != 0, read
+    from the error record the generated code left (the bytes at ``plan['error_record']`` of
+    the step's arena: i32 status, i32 node id, i64 offending value). The step committed no
+    state."""
+    offset = g.graph["plan"]["error_record"]
+    nid = int(record[offset + 4:offset + 8].view(np.int32)[0])
+    value = int(record[offset + 8:offset + 16].view(np.int64)[0])
+    node = g.nodes[nid] if nid in g else None
+    if status == STATUS_INDEX_OUT_OF_RANGE and node is not None and get_op(node["op"]).may_fail:
+        return IndexRangeError(get_op(node["op"]).index_error(g, nid, value), value)
+    where = f" in node %{nid} {node['op']} ({node.get('layer') or 'no layer'})" if node is not None else ""
+    return KCompilerError(f"generated code reported error {status}{where}: "
+                          f"{STATUS_MESSAGES.get(status, 'unknown error')}")

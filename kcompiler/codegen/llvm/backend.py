@@ -1,0 +1,37 @@
+"""The CPU backend: renders scheduled graphs as one LLVM module (module.py), compiles it
+through llvmlite with the disk cache (target.py, cache.py) and binds it to host buffers
+(executable.py). The worked example of docs/architecture.md's "adding a backend"."""
+from ...ir.registry import all_ops
+from ..backend import Backend, Capabilities
+from .executable import CompiledGraph
+from .irutil import generating
+from .module import COMPILED_DTYPES, generate
+from .target import compile_ir, host_target_info
+
+
+class LLVMBackend(Backend):
+    name = "cpu"
+
+    def capabilities(self):
+        return Capabilities(
+            epilogue_heads=frozenset({"matmul", "conv2d", "conv2d_backward_input"}),
+            templates=frozenset(name for name, op in all_ops().items() if "llvm" in op.lowerings),
+            dtypes=frozenset(COMPILED_DTYPES),
+            executes=True)
+
+    def generate(self, g, options):
+        with generating(options):
+            return generate(g, module_name=g.graph.get("name", "kcompiler"), profile=options.profile)
+
+    def compile(self, source, options, name):
+        return compile_ir(source, opt_level=options.opt_level, name=name)
+
+    def bind(self, g, module, kernels):
+        return CompiledGraph(g, module, kernels)
+
+    def describe_machine(self):
+        triple, cpu, _ = host_target_info()
+        return f"{cpu} ({triple})"
+
+
+BACKEND = LLVMBackend()

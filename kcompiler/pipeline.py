@@ -1,0 +1,83 @@
+"""The compilation pipeline, in order:
+
+    trace -> shape inference -> autodiff (training)          front_stages: target-neutral passes
+    -> simplify -> fusion -> memory planning -> scheduling   back_stages:  target-neutral passes,
+    -> the backend renders, compiles and binds                             told the backend's
+                                                                           capabilities
+Each pass is a function graph -> graph (kcompiler/passes/, one per file); the pipeline
+records the graph after each under its stage name. This module is the only place that joins
+passes and backends: passes never import a backend, backends never run a pass.
+"""
+from collections import OrderedDict
+
+from .codegen.backend import get_backend
+from .errors import UnsupportedError
+from .options import resolve
+from .passes.fusion import fuse_elementwise, fuse_epilogues
+from .passes.memory_plan import plan_memory
+from .passes.schedule import schedule_kernels
+from .passes.shape_inference import infer_shapes, specialize_input_type
+from .passes.simplify import simplify
+from .passes.trace import trace_model
+from .passes.training import differentiate, trace_training
+
+
+def check_layers_supported(model):
+    """Every layer must be a kcompiler layer; list all that are not, at once."""
+    from .keras.layers.base import Layer
+    bad = [f"{getattr(l, 'name', '?')} ({type(l).__name__})" for l in getattr(model, "layers", [])
+           if not isinstance(l, Layer)]
+    if bad:
+        raise UnsupportedError("unsupported layers (not kcompiler.keras layers): " + ", ".join(bad))
+
+
+def front_stages(model, *, training=False, batch_size=None, label_type=None, input_shapes=None,
+                 evaluation=False):
+    """Trace and shape-check (and, for training with a batch size, differentiate). ``input_shapes``
+    (name -> shape) fixes symbolic dimensions besides the batch, such as a sequence length.
+    ``evaluation``: Keras's test step — loss and metrics in inference mode, no gradients."""
+    check_layers_supported(model)
+    stages = OrderedDict()
+    if evaluation:
+        g = trace_training(model, label_type, training=False)
+    else:
+        g = trace_training(model, label_type) if training else trace_model(model)
+    stages["traced"] = g
+    types = {}
+    for n in g.graph["inputs"]:
+        name = g.nodes[n]["attrs"]["name"]
+        t = specialize_input_type(g.nodes[n]["type"], batch_size)
+        if input_shapes and name in input_shapes:
+            t = specialize_input_type(t, dims=dict(enumerate(input_shapes[name])))
+        types[name] = t
+    stages["shaped"] = infer_shapes(g, types, batch_size)
+    if training and batch_size is not None:
+        stages["differentiated"] = differentiate(stages["shaped"], model)
+    return stages
+
+
+def lower_graph(g, *, target="cpu", fuse=True, stages=None, options=None):
+    """The back half of the pipeline on static graph ``g``: fusion (asking the backend which
+    contractions take epilogues), memory planning, scheduling, then the backend generates,
+    compiles and binds. Returns (executable, stages)."""
+    options = resolve(options)
+    backend = get_backend(target)
+    stages = stages if stages is not None else OrderedDict()
+    g = simplify(g)
+    if fuse:
+        g = fuse_epilogues(fuse_elementwise(g), heads=backend.capabilities().epilogue_heads)
+    stages["fused"] = g
+    g = plan_memory(g)
+    stages["planned"] = g
+    g = schedule_kernels(g)
+    stages["scheduled"] = g
+    return backend.lower(g, options), stages
+
+
+def back_stages(stages, *, target="cpu", fuse=True, run_eagerly=False, options=None):
+    """``lower_graph`` on the last (static) stage; with ``run_eagerly`` the static graph runs on
+    the numpy reference interpreter instead."""
+    if run_eagerly:
+        from .runtime.executor import ReferenceProgram
+        return ReferenceProgram(next(reversed(stages.values()))), stages
+    return lower_graph(next(reversed(stages.values())), target=target, fuse=fuse, stages=stages, options=options)
