@@ -7,16 +7,23 @@ become counted i64 loops (LLVM vectorises the innermost), locals live in entry-b
 and a ``Call`` of a registry op is rendered through its neutral scalar definition
 (schedule/scalar.py) unless ``NATIVE`` spells it here. Within one block, a subexpression met
 again is reused rather than emitted twice (except loads of buffers the kernel writes and
-expressions reading locals, whose values change).
+expressions reading locals, whose values change). A parallel loop at the top of the kernel
+with enough work is split over the cores (``Renderer.split_over_cores``).
 """
 import llvmlite.ir as ir
 
 from ...schedule.kernel import PRIMITIVES, Assign, Call, Const, Fail, If, Load, Local, Loop, Store, Var
 from ...schedule.scalar import expand
+from .conv import parts_for, run_parts, split
 from .irutil import REG_TYPE, c64, const, for_range, i32, i64, load, store
+from .kernel import KernelBuilder
 from .scalar import ScalarEmitter
 
 _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+
+# A parallel loop is split over the cores only when it makes at least this many buffer accesses
+# in all: starting the helper thread costs ~20 us, about this much work on one core.
+PARALLEL_MIN_ACCESSES = 1 << 20
 
 
 def _is_float(dtype):
@@ -29,7 +36,7 @@ def _reg(dtype):
 
 class Renderer:
     def __init__(self, k, kernel):
-        self.k, self.b = k, k.b
+        self.k, self.b, self.kernel = k, k.b, kernel
         pointers = list(k.outputs) + list(k.inputs)
         self.pointers = {buf.name: p for buf, p in zip(kernel.buffers, pointers)}
         self.dtypes = {buf.name: buf.dtype for buf in kernel.buffers}
@@ -37,6 +44,7 @@ class Renderer:
         _collect_stores(kernel.body, self.written)
         self.indices = {}        # loop variable name -> i64 value
         self.locals = {}         # local name -> alloca
+        self.outer_locals = set()  # locals declared outside every loop
         self.cache = {}          # Expr -> value, for the current block
         self.e = ScalarEmitter(self.b)
         self.entry_block = k.function.entry_basic_block
@@ -53,10 +61,33 @@ class Renderer:
         self.cache = saved
 
     def stmt_Loop(self, s):
-        with for_range(self.b, s.extent, name=s.var.name) as i:
+        nparts = 1
+        if s.parallel and not self.indices and not self.outer_locals and not _fails(s.body):
+            nparts = parts_for(s.extent * _accesses(s.body), s.extent, PARALLEL_MIN_ACCESSES)
+        if nparts > 1:
+            self.split_over_cores(s, nparts)
+        else:
+            self.loop(s, 0, s.extent)
+
+    def loop(self, s, start, stop):
+        with for_range(self.b, stop, start=start, name=s.var.name) as i:
             self.indices[s.var.name] = i
             self._scoped(lambda: self.body(s.body))
             del self.indices[s.var.name]
+
+    def split_over_cores(self, s, nparts):
+        """Render parallel loop ``s`` as a part function that runs a contiguous sub-range of its
+        iterations, and run ``nparts`` parts at once (conv.run_parts, threads.py). Only a loop
+        outside every other loop, with no local declared before it outside the loops, is split
+        (its body then needs nothing but the buffers), and not one that may Fail (parts would
+        race on the error record)."""
+        n_outputs = len(self.k.outputs)
+
+        def part_body(p):
+            lo, hi = split(p.b, p.index, p.count, s.extent, 1)
+            Renderer(_PartBuilder(p, n_outputs), self.kernel).loop(s, lo, hi)
+
+        run_parts(self.k, list(self.k.outputs) + list(self.k.inputs), nparts, part_body)
 
     def stmt_Store(self, s):
         store(self.b, self.expr(s.value), self.pointers[s.buffer], self.expr(s.index), self.dtypes[s.buffer])
@@ -67,6 +98,8 @@ class Renderer:
             b.position_at_start(self.entry_block)
             slot = b.alloca(_reg(s.var.dtype), name=s.var.name)
         self.locals[s.var.name] = slot
+        if not self.indices:
+            self.outer_locals.add(s.var.name)
         b.store(self.expr(s.init), slot)
 
     def stmt_Assign(self, s):
@@ -201,6 +234,46 @@ def _cast(b, x, src, dst):
 NATIVE = {
     "sigmoid": lambda r, e, args: r.e.sigmoid(args[0]),
 }
+
+
+class _PartBuilder:
+    """What a Renderer uses of a KernelBuilder, for the part function of a split loop: its
+    builder and the kernel's buffers and status as the part function sees them."""
+    fail = KernelBuilder.fail
+
+    def __init__(self, part, n_outputs):
+        self.b, self.status, self.function = part.b, part.status, part.b.function
+        self.outputs, self.inputs = part.buffers[:n_outputs], part.buffers[n_outputs:]
+
+
+def _accesses(statements):
+    """Buffer loads and stores the statements make (loops multiplied out, both branches of an If
+    counted, a load met twice in one block counted once)."""
+    loads, total = set(), 0
+    for s in statements:
+        if isinstance(s, Loop):
+            total += s.extent * _accesses(s.body)
+        elif isinstance(s, If):
+            total += _accesses(s.then) + _accesses(s.orelse)
+        elif isinstance(s, Store):
+            total += 1
+        for e in (getattr(s, name, None) for name in ("cond", "index", "value", "init")):
+            _collect_loads(e, loads)
+    return total + len(loads)
+
+
+def _collect_loads(e, out):
+    if isinstance(e, Load):
+        out.add(e)
+        _collect_loads(e.index, out)
+    elif isinstance(e, Call):
+        for a in e.args:
+            _collect_loads(a, out)
+
+
+def _fails(statements):
+    return any(isinstance(s, Fail) or _fails(getattr(s, "body", ())) or _fails(getattr(s, "then", ()))
+               or _fails(getattr(s, "orelse", ())) for s in statements)
 
 
 def _collect_stores(statements, out):
