@@ -15,14 +15,16 @@ import llvmlite.ir as ir
 from ...schedule.kernel import PRIMITIVES, Assign, Call, Const, Fail, If, Load, Local, Loop, Store, Var
 from ...schedule.scalar import expand
 from .conv import parts_for, run_parts, split
-from .irutil import REG_TYPE, c64, const, for_range, i32, i64, load, store
+from .irutil import REG_TYPE, bounds_checking, c64, const, for_range, i32, i64, load, register_buffer, store
 from .kernel import KernelBuilder
 from .scalar import ScalarEmitter
 
 _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 
 # A parallel loop is split over the cores only when it makes at least this many buffer accesses
-# in all: starting the helper thread costs ~20 us, about this much work on one core.
+# in all. Measured on the pooling kernels of W2 (2 cores, shared): at 1.7M accesses and more two
+# parts ran 1.0-2.3x faster than one; at 0.5-1.0M (~30-70 us on one core) 0.8-1.0x, the thread
+# start and the often busy second core costing more than they saved.
 PARALLEL_MIN_ACCESSES = 1 << 20
 
 
@@ -76,18 +78,36 @@ class Renderer:
             del self.indices[s.var.name]
 
     def split_over_cores(self, s, nparts):
-        """Render parallel loop ``s`` as a part function that runs a contiguous sub-range of its
-        iterations, and run ``nparts`` parts at once (conv.run_parts, threads.py). Only a loop
-        outside every other loop, with no local declared before it outside the loops, is split
-        (its body then needs nothing but the buffers), and not one that may Fail (parts would
-        race on the error record)."""
-        n_outputs = len(self.k.outputs)
+        """Run parallel loop ``s`` as ``nparts`` parts at once (conv.run_parts, threads.py), each
+        over a contiguous sub-range of its iterations. Only a loop outside every other loop, with
+        no local declared before it outside the loops, is split (its body then needs nothing but
+        the buffers), and not one that may Fail (parts would race on the error record).
+
+        The loop over a sub-range is a function of its own, ``<kernel>.range(buffers, status,
+        lo, hi)``, whose outputs are ``noalias`` as the kernel's are; each part calls it (LLVM
+        inlines it, keeping that as alias metadata). The pointers a part function loads from its
+        context record carry no such promise, and without it LLVM fully unrolled the channel loop
+        of the pooling gradients and left it scalar (2x slower on two cores than on one)."""
+        k = self.k
+        pointers = list(k.outputs) + list(k.inputs)
+        fnty = ir.FunctionType(ir.VoidType(), [p.type for p in pointers] + [k.status.type, i64, i64])
+        fn = ir.Function(k.module, fnty, name=k.module.get_unique_name(f"{k.function.name}.range"))
+        fn.linkage = "internal"
+        for a in fn.args[:len(k.outputs)]:
+            a.add_attribute("noalias")
+        *buffers, status, lo, hi = fn.args
+        if bounds_checking():
+            sizes = k.buffer_sizes()
+            for a, p in zip(buffers, pointers):
+                register_buffer(a, sizes[id(p)], status)
+        sub = _RangeBuilder(ir.IRBuilder(fn.append_basic_block("entry")), status, buffers, len(k.outputs))
+        Renderer(sub, self.kernel).loop(s, lo, hi)
+        sub.b.ret_void()
 
         def part_body(p):
-            lo, hi = split(p.b, p.index, p.count, s.extent, 1)
-            Renderer(_PartBuilder(p, n_outputs), self.kernel).loop(s, lo, hi)
+            p.b.call(fn, list(p.buffers) + [p.status, *split(p.b, p.index, p.count, s.extent, 1)])
 
-        run_parts(self.k, list(self.k.outputs) + list(self.k.inputs), nparts, part_body)
+        run_parts(k, pointers, nparts, part_body)
 
     def stmt_Store(self, s):
         store(self.b, self.expr(s.value), self.pointers[s.buffer], self.expr(s.index), self.dtypes[s.buffer])
@@ -236,14 +256,13 @@ NATIVE = {
 }
 
 
-class _PartBuilder:
-    """What a Renderer uses of a KernelBuilder, for the part function of a split loop: its
-    builder and the kernel's buffers and status as the part function sees them."""
+class _RangeBuilder:
+    """What a Renderer uses of a KernelBuilder, for the range function of a split loop."""
     fail = KernelBuilder.fail
 
-    def __init__(self, part, n_outputs):
-        self.b, self.status, self.function = part.b, part.status, part.b.function
-        self.outputs, self.inputs = part.buffers[:n_outputs], part.buffers[n_outputs:]
+    def __init__(self, b, status, buffers, n_outputs):
+        self.b, self.status, self.function = b, status, b.function
+        self.outputs, self.inputs = buffers[:n_outputs], buffers[n_outputs:]
 
 
 def _accesses(statements):
