@@ -16,7 +16,6 @@ from ...schedule.kernel import PRIMITIVES, Assign, Call, Const, Fail, If, Load, 
 from ...schedule.scalar import expand
 from .conv import parts_for, run_parts, split
 from .irutil import REG_TYPE, bounds_checking, c64, const, for_range, i32, i64, load, register_buffer, store
-from .kernel import KernelBuilder
 from .scalar import ScalarEmitter
 
 _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
@@ -257,8 +256,8 @@ NATIVE = {
 
 
 class _RangeBuilder:
-    """What a Renderer uses of a KernelBuilder, for the range function of a split loop."""
-    fail = KernelBuilder.fail
+    """What a Renderer uses of a KernelBuilder, for the range function of a split loop (which
+    never fails)."""
 
     def __init__(self, b, status, buffers, n_outputs):
         self.b, self.status, self.function = b, status, b.function
