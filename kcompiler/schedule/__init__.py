@@ -5,4 +5,5 @@ registry as ``Op.describe``). Backends render descriptions; contractions (GEMM, 
 the recurrent sequence kernels) stay templates per backend."""
 from . import scalar  # noqa: F401
 from . import movement  # noqa: F401
+from . import pool  # noqa: F401
 from . import reduce  # noqa: F401

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kcompiler.codegen.llvm import conv as conv_kernels
-from kcompiler.codegen.llvm import pool as pool_kernels
+from kcompiler.codegen.llvm import render
 from kcompiler.codegen.llvm import threads
 from kcompiler.ir.interpreter_reference import run_reference
 from kcompiler.ops.conv import output_size
@@ -134,7 +134,7 @@ def test_parallel_and_chunked_paths(monkeypatch):
     monkeypatch.setattr(conv_kernels, "PARALLEL_MIN_MACS", 0)
     monkeypatch.setattr(conv_kernels, "MIN_CHUNK_ROWS", 5)
     monkeypatch.setattr(conv_kernels, "COLS_BUDGET_FLOATS", 64)
-    monkeypatch.setattr(pool_kernels, "PARALLEL_MIN_VISITS", 0)
+    monkeypatch.setattr(render, "PARALLEL_MIN_ACCESSES", 0)
     check_compiled("conv2d", [normal(4, 6, 7, 3), normal(3, 3, 3, 4)], conv_attrs(padding="same"))
     check_compiled("conv2d", [normal(3, 7, 6, 2), normal(2, 3, 2, 3)], conv_attrs(strides=(2, 1), dilation=(1, 2)))
     check_compiled("max_pool2d", [normal(4, 5, 5, 17)], pool_attrs((3, 3), (2, 2), "same"))

@@ -208,7 +208,7 @@ def run_parts(k, buffers, nparts, body, scratch_floats=0, after=None):
     module, kb = k.module, k.b
     sizes = k.buffer_sizes()
     ctx_t = ir.LiteralStructType([p.type for p in buffers] + [fptr, k.status.type])
-    fn = ir.Function(module, threads.PART_FN_TYPE, name=f"{k.function.name}.part")
+    fn = ir.Function(module, threads.PART_FN_TYPE, name=module.get_unique_name(f"{k.function.name}.part"))
     fn.linkage = "internal"
     vector_width_attrs(fn)
     b = ir.IRBuilder(fn.append_basic_block("entry"))

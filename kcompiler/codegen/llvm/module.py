@@ -21,7 +21,7 @@ from ...errors import UnsupportedError
 from ...ir.graph import operands
 from ...ir.registry import get_op
 from . import matmul  # noqa: F401  (registers the matmul template)
-from . import conv, epilogue, pool, rnn, rnn_backward  # noqa: F401
+from . import conv, epilogue, rnn, rnn_backward  # noqa: F401
 from . import scalar  # noqa: F401  (registers the scalar lowerings)
 from .irutil import bounds_checking, c64, i8p, i32, i64, void
 from .kernel import KernelBuilder, lower_elementwise, types_of
