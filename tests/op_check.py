@@ -80,10 +80,15 @@ def assert_close32(got, expected, what=""):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale, err_msg=what)
 
 
+# The backend the kernel helpers compile for: the `target` fixture (tests/conftest.py) runs
+# each op test once per registered backend.
+TARGET = ["cpu"]
+
+
 def run_compiled(g, feeds, fuse=True):
-    """Compile static graph ``g`` to LLVM kernels and run it once."""
+    """Compile static graph ``g`` for the current test target and run it once."""
     from kcompiler.pipeline import lower_graph
-    compiled, _ = lower_graph(g, fuse=fuse)
+    compiled, _ = lower_graph(g, fuse=fuse, target=TARGET[0])
     return compiled.run(feeds)
 
 
