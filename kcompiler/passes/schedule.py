@@ -10,14 +10,26 @@ def kernel_name(g, nid):
     return f"k{nid}_{g.nodes[nid]['op']}"
 
 
+def inline_constants(g, nid):
+    """{operand index: value} of the operands of ``nid`` that are scalar constants known at
+    compile time: kernels use the value instead of loading it."""
+    out = {}
+    for i, u in enumerate(operands(g, nid)):
+        node = g.nodes[u]
+        if node["op"] == "constant" and not node["attrs"].get("array") and node["type"].shape == ():
+            out[i] = node["attrs"]["value"]
+    return out
+
+
 def schedule_kernels(g):
     g = g.copy()
     for nid in g.graph["plan"]["order"]:
         node = g.nodes[nid]
-        describe = get_op(node["op"]).describe
-        if describe is not None:
+        op = get_op(node["op"])
+        if op.describe is not None:
             in_types = [g.nodes[u]["type"] for u in operands(g, nid)]
-            kernel = describe(node, in_types, kernel_name(g, nid))
+            args = (node, in_types, kernel_name(g, nid))
+            kernel = op.describe(*args, inline_constants(g, nid)) if op.describe_constants else op.describe(*args)
             kernel.nodes = [nid]
             node["kernel"] = kernel
     return g
