@@ -71,7 +71,7 @@ def test_the_whole_step_is_one_native_call(monkeypatch):
     # forward, backward (transposed products) and the SGD update are all generated kernels
     sources = "\n".join(k.source for k in program.kernels)
     assert "kc_sgemm" in sources and "i32 1" in sources
-    assert list(program.stages) == ["traced", "shaped", "differentiated", "fused", "planned"]
+    assert list(program.stages) == ["traced", "shaped", "differentiated", "fused", "planned", "scheduled"]
 
 
 def test_train_step_without_a_loss_is_a_clear_error():
