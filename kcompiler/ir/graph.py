@@ -147,3 +147,14 @@ class GraphBuilder:
 
     def tuple_item(self, nid, index):
         return self.add("tuple_item", (nid,), {"index": index})
+
+
+def inline_constants(g, nid):
+    """{operand index: value} of the operands of ``nid`` that are scalar constants known at
+    compile time: kernels use the value instead of loading it."""
+    out = {}
+    for i, u in enumerate(operands(g, nid)):
+        node = g.nodes[u]
+        if node["op"] == "constant" and not node["attrs"].get("array") and node["type"].shape == ():
+            out[i] = node["attrs"]["value"]
+    return out

@@ -35,6 +35,9 @@ class Op:
     # The target-neutral kernel description (kcompiler/schedule/): (node, in_types, name) ->
     # schedule.kernel.Kernel. Ops that have one need no per-backend lowering.
     describe: Optional[Callable] = None
+    # Whether ``describe`` takes a fourth argument: {operand index: scalar value known at compile
+    # time} (scalar constants a kernel inlines instead of loading).
+    describe_constants: bool = False
     # For ops whose kernel may report an index out of range (its lowering calls k.fail): the
     # error message, (graph, node id, offending value) -> str. Such "fallible" nodes are
     # checked right after their kernel runs, and a step that fails commits no state.
@@ -88,10 +91,13 @@ def lowering(target, name):
     return attach
 
 
-def description(name):
-    """Decorator registering the kernel description builder of op ``name``."""
+def description(name, constants=False):
+    """Decorator registering the kernel description builder of op ``name``; with ``constants``
+    it also takes the operands' inline scalar constants (Op.describe_constants)."""
     def attach(fn):
-        get_op(name).describe = fn  # loads the ops first: kcompiler.schedule may be imported before them
+        op = get_op(name)  # loads the ops first: kcompiler.schedule may be imported before them
+        op.describe = fn
+        op.describe_constants = constants
         return fn
     return attach
 

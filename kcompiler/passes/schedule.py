@@ -2,7 +2,7 @@
 (``Op.describe``, built in kcompiler/schedule/) gets it as ``node['kernel']``: the
 target-neutral loop nests a backend renders. Nodes without one (the contraction templates)
 are left to the backend's own lowering. The kernels run in the plan's order."""
-from ..ir.graph import operands
+from ..ir.graph import inline_constants, operands
 from ..ir.registry import get_op
 
 
@@ -14,10 +14,11 @@ def schedule_kernels(g):
     g = g.copy()
     for nid in g.graph["plan"]["order"]:
         node = g.nodes[nid]
-        describe = get_op(node["op"]).describe
-        if describe is not None:
+        op = get_op(node["op"])
+        if op.describe is not None:
             in_types = [g.nodes[u]["type"] for u in operands(g, nid)]
-            kernel = describe(node, in_types, kernel_name(g, nid))
+            args = (node, in_types, kernel_name(g, nid))
+            kernel = op.describe(*args, inline_constants(g, nid)) if op.describe_constants else op.describe(*args)
             kernel.nodes = [nid]
             node["kernel"] = kernel
     return g

@@ -4,6 +4,7 @@ module per op family builds the description of that family's kernels (registered
 registry as ``Op.describe``). Backends render descriptions; contractions (GEMM, convolution,
 the recurrent sequence kernels) stay templates per backend."""
 from . import scalar  # noqa: F401
+from . import elementwise  # noqa: F401
 from . import movement  # noqa: F401
 from . import pool  # noqa: F401
 from . import reduce  # noqa: F401

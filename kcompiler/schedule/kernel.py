@@ -194,6 +194,34 @@ def loop(var_name, extent, body, parallel=False):
     return Loop(Var(var_name), int(extent), tuple(body), parallel)
 
 
+# ---- index helpers --------------------------------------------------------------------------------
+
+def contiguous_strides(shape):
+    strides, acc = [], 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc *= d
+    return list(reversed(strides))
+
+
+def broadcast_strides(shape, out_shape):
+    """Element strides of an operand of ``shape`` read at ``out_shape`` indices (0 on broadcast axes)."""
+    own = contiguous_strides(shape)
+    lead = len(out_shape) - len(shape)
+    return [0] * lead + [0 if d == 1 and o != 1 else s for d, o, s in zip(shape, out_shape[lead:], own)]
+
+
+def linear_index(indices, strides):
+    """sum(indices[k] * strides[k]) (static strides; zero strides skipped, unit strides not multiplied)."""
+    total = None
+    for i, s in zip(indices, strides):
+        if s == 0:
+            continue
+        term = i if s == 1 else i * s
+        total = term if total is None else total + term
+    return total if total is not None else Const(0, INDEX)
+
+
 # ---- printing -------------------------------------------------------------------------------------
 
 INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "mod": "%", "lt": "<", "le": "<=",

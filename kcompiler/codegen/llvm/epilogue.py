@@ -4,9 +4,12 @@ product, evaluating the element-wise members, storing every output — while the
 cache. A convolution calls the epilogue after each chunk of rows it computes (its input
 gradient: after each part's images are complete)."""
 from ...ir.registry import get_op, lowering
+from ...ops.fused import member_types
+from ...schedule.elementwise import member_values
+from ...schedule.kernel import Const, Load, Var
 from .conv import lower_conv2d, lower_conv2d_backward_input
-from .irutil import c64, const, for_range, load, store
-from .scalar import ScalarEmitter
+from .irutil import c64, for_range, load, store
+from .render import ValueRenderer
 
 
 class HeadView:
@@ -27,7 +30,16 @@ class HeadView:
         return getattr(self._k, name)
 
 
+# What the epilogue's expressions read: the product's element, its column and flat index.
+ACC, COLUMN, FLAT = Var("acc", "float32"), Var("column"), Var("flat")
+
+
 class Epilogue:
+    """The element-wise members after the head, evaluated per element of the product through
+    the fused body's neutral expressions (schedule.elementwise.member_values): the product as
+    ``Var("acc")``, the other operands as loads at the element, along the last axis, or of
+    the one scalar."""
+
     def __init__(self, k, head_type):
         attrs = k.attrs
         self.body, self.out_index = attrs["body"], attrs["outputs"]
@@ -35,43 +47,38 @@ class Epilogue:
         self.width = head_type.shape[-1]
         self.out_types = k.out_types
         self.extra_types = list(k.in_types[n:])
-        self.constants = {i - n: v for i, v in k.inline_constants.items() if i >= n}
+        self.member_types = member_types(self.extra_types, attrs, acc=head_type)
+        constants = {i - n: v for i, v in k.inline_constants.items() if i >= n}
+        self.operands = [self._operand(i, t, constants) for i, t in enumerate(self.extra_types)]
         self.pointers = list(k.outputs) + list(k.inputs[n:])  # what a part function must receive
+
+    def _operand(self, i, t, constants):
+        if i in constants:
+            return Const(constants[i], t.dtype)
+        if tuple(t.shape) == ():
+            index = Const(0, "int64")
+        elif len(t.shape) == 1 and t.shape[0] == self.width and len(self.out_types[0].shape) > 1:
+            index = COLUMN
+        else:
+            index = FLAT
+        return Load(f"in{i}", index, t.dtype)
 
     def emit(self, b, pointers, first_row, rows):
         """Finish rows [first_row, first_row + rows) of the product (i64 values or ints)."""
         outs, extras = pointers[:len(self.out_types)], pointers[len(self.out_types):]
         width = self.width
         first_row = c64(first_row) if isinstance(first_row, int) else first_row
+        loads = {f"in{i}": (p, t.dtype) for i, (p, t) in enumerate(zip(extras, self.extra_types))}
         with for_range(b, rows, name="er") as r:
             row_base = b.mul(b.add(first_row, r), c64(width))
             with for_range(b, width, name="ec") as c:
                 flat = b.add(row_base, c)
-                e = ScalarEmitter(b, flat_index=flat)
                 acc = load(b, outs[0], flat, "float32")
-
-                def operand(i):
-                    if i in self.constants:
-                        return const(self.constants[i], self.extra_types[i].dtype)
-                    t = self.extra_types[i]
-                    if tuple(t.shape) == ():
-                        index = c64(0)
-                    elif len(t.shape) == 1 and t.shape[0] == width and len(self.out_types[0].shape) > 1:
-                        index = c
-                    else:
-                        index = flat
-                    return load(b, extras[i], index, t.dtype)
-
-                values = []
-                for m in self.body:
-                    if m["op"] == "constant":
-                        values.append(const(m["attrs"]["value"], m["attrs"]["dtype"]))
-                        continue
-                    args = [acc if kind == "acc" else operand(i) if kind == "in" else values[i]
-                            for kind, i in m["args"]]
-                    values.append(get_op(m["op"]).lowerings["llvm"](e, args, m["attrs"]))
+                values = ValueRenderer(b, {ACC.name: acc, COLUMN.name: c, FLAT.name: flat}, loads)
+                members = member_values(self.body, self.member_types, lambda i: self.operands[i], acc=ACC,
+                                        index=FLAT, bind=lambda j, e: values.bind(f"m{j}", e))
                 for ptr, t, j in zip(outs, self.out_types, self.out_index):
-                    store(b, values[j], ptr, flat, t.dtype)
+                    store(b, values.expr(members[j]), ptr, flat, t.dtype)
 
 
 # Heads whose lowering applies the epilogue itself, chunk by chunk, while the rows are in cache.

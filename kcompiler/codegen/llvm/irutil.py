@@ -4,6 +4,8 @@ from contextlib import contextmanager
 
 import llvmlite.ir as ir
 
+from ...schedule.kernel import broadcast_strides, contiguous_strides  # noqa: F401  (shared with the old kernels)
+
 i1, i8, i32, i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 f32, f64 = ir.FloatType(), ir.DoubleType()
 void = ir.VoidType()
@@ -77,21 +79,6 @@ def linear_index(b, idx, strides):
         term = i if s == 1 else b.mul(i, c64(s))
         total = term if total is None else b.add(total, term)
     return total if total is not None else c64(0)
-
-
-def contiguous_strides(shape):
-    strides, acc = [], 1
-    for d in reversed(shape):
-        strides.append(acc)
-        acc *= d
-    return list(reversed(strides))
-
-
-def broadcast_strides(shape, out_shape):
-    """Element strides of an operand of ``shape`` read at ``out_shape`` indices (0 on broadcast axes)."""
-    own = contiguous_strides(shape)
-    lead = len(out_shape) - len(shape)
-    return [0] * lead + [0 if d == 1 and o != 1 else s for d, o, s in zip(shape, out_shape[lead:], own)]
 
 
 def get_function(module, name, ret, args):

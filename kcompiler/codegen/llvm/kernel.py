@@ -5,18 +5,15 @@ Every kernel has the signature ``void k(i8* out_0, ..., i8* in_0, ..., i32* stat
 node id, i64 offending value);
 ``KernelBuilder`` gives lowerings typed pointers to those buffers, the node's types
 and attrs, an IR builder positioned in the body, and shared helpers (the SGEMM,
-error reporting). Element-wise nodes (fused or single) are lowered here, as loops
-evaluating their scalar lowerings; every other op registers a kernel lowering
+error reporting). A node with a target-neutral description (kcompiler/schedule/) is
+rendered into it by render.py; every other op registers a kernel lowering
 ``fn(k: KernelBuilder)`` for the target 'llvm'.
 """
 import llvmlite.ir as ir
 
-from ...ir.registry import get_op
 from ...ir.types import num_elements
 from ...schedule.kernel import STATUS_OK
-from .irutil import (MEM_TYPE, bounds_checking, broadcast_strides, c64, const, contiguous_strides, for_range, i8p, i32,
-                     i64, linear_index, load, register_buffer, store, void)
-from .scalar import ScalarEmitter
+from .irutil import MEM_TYPE, bounds_checking, c64, for_range, i8p, i32, i64, register_buffer, void
 
 
 def types_of(t):
@@ -80,71 +77,6 @@ class KernelBuilder:
 
 def _i64(v):
     return c64(v) if isinstance(v, int) else v
-
-
-# ---- element-wise kernels ---------------------------------------------------------------
-
-def collapse_dims(out_shape, operand_strides):
-    """Merge adjacent loop dimensions that every operand walks contiguously (fewer, longer
-    loops: the innermost one is what LLVM vectorises)."""
-    dims = list(out_shape)
-    strides = [list(s) for s in operand_strides]
-    out = contiguous_strides(dims)
-    k = len(dims) - 1
-    while k > 0:
-        mergeable = all(s[k - 1] == s[k] * dims[k] for s in strides + [out])
-        if mergeable:
-            dims[k - 1] *= dims[k]
-            del dims[k]
-            for s in strides + [out]:
-                s[k - 1] = s[k]
-                del s[k]
-        k -= 1
-    return dims, strides
-
-
-def body_of(node, n_inputs):
-    """The member list of an element-wise node: a fused node's body, or the op itself."""
-    if node["op"] == "fused":
-        return node["attrs"]["body"], node["attrs"]["outputs"]
-    n = n_inputs
-    return [{"op": node["op"], "attrs": node["attrs"], "args": [["in", i] for i in range(n)]}], [0]
-
-
-def lower_elementwise(k: KernelBuilder):
-    b = k.b
-    out_shape = k.out_types[0].shape
-    body, outputs = body_of(k.node, len(k.in_types))
-    operand_strides = [broadcast_strides(t.shape, out_shape) for t in k.in_types]
-    dims, strides = collapse_dims(out_shape, operand_strides)
-    out_strides = contiguous_strides(dims)
-
-    def emit(idx):
-        flat = linear_index(b, idx, out_strides)
-        e = ScalarEmitter(b, flat_index=flat)
-        loaded = {}
-
-        def operand(i):
-            if i in k.inline_constants:
-                return const(k.inline_constants[i], k.in_types[i].dtype)
-            if i not in loaded:
-                loaded[i] = load(b, k.inputs[i], linear_index(b, idx, strides[i]), k.in_types[i].dtype)
-            return loaded[i]
-
-        values = []
-        for m in body:
-            if m["op"] == "constant":
-                values.append(const(m["attrs"]["value"], m["attrs"]["dtype"]))
-                continue
-            args = [operand(i) if kind == "in" else values[i] for kind, i in m["args"]]
-            lower = get_op(m["op"]).lowerings.get("llvm")
-            if lower is None:
-                raise NotImplementedError(f"op {m['op']!r} has no LLVM lowering")
-            values.append(lower(e, args, m["attrs"]))
-        for ptr, t, j in zip(k.outputs, k.out_types, outputs):
-            store(b, values[j], ptr, flat, t.dtype)
-
-    _nest(b, dims, emit)
 
 
 def _nest(b, dims, fn, idx=()):

@@ -20,11 +20,11 @@ import llvmlite.ir as ir
 from ...errors import UnsupportedError
 from ...ir.graph import operands
 from ...ir.registry import get_op
+from ...ir.graph import inline_constants
 from . import matmul  # noqa: F401  (registers the matmul template)
 from . import conv, epilogue, rnn, rnn_backward  # noqa: F401
-from . import scalar  # noqa: F401  (registers the scalar lowerings)
 from .irutil import bounds_checking, c64, i8p, i32, i64, void
-from .kernel import KernelBuilder, lower_elementwise, types_of
+from .kernel import KernelBuilder, types_of
 from .render import render
 
 COMPILED_DTYPES = ("float32", "int32", "int64", "bool")
@@ -49,15 +49,6 @@ def _operand_keys(g, nid):
     return keys
 
 
-def _inline_constants(g, nid):
-    out = {}
-    for i, u in enumerate(operands(g, nid)):
-        node = g.nodes[u]
-        if node["op"] == "constant" and not node["attrs"].get("array") and node["type"].shape == ():
-            out[i] = node["attrs"]["value"]
-    return out
-
-
 def _check_supported(g):
     problems = []
     for nid in g.nodes:
@@ -65,7 +56,7 @@ def _check_supported(g):
         for t in types_of(node["type"]):
             if t.dtype not in COMPILED_DTYPES:
                 problems.append(f"%{nid} {node['op']} ({node.get('layer') or 'no layer'}): dtype {t.dtype}")
-        if node["op"] in ("input", "variable", "constant", "fill", "reshape", "tuple_item", "fused"):
+        if node["op"] in ("input", "variable", "constant", "fill", "reshape", "tuple_item"):
             continue
         if "kernel" not in node and "llvm" not in get_op(node["op"]).lowerings:
             problems.append(f"%{nid} {node['op']} ({node.get('layer') or 'no layer'}): no LLVM lowering")
@@ -86,11 +77,9 @@ def generate(g, module_name="kcompiler", profile=False):
         node = g.nodes[nid]
         in_types = [g.nodes[u]["type"] for u in operands(g, nid)]
         name = f"k{nid}_{node['op']}"
-        k = KernelBuilder(module, name, node, in_types, _inline_constants(g, nid))
+        k = KernelBuilder(module, name, node, in_types, inline_constants(g, nid))
         if "kernel" in node:  # a target-neutral description (the scheduled stage)
             render(k, node["kernel"])
-        elif get_op(node["op"]).kind == "elementwise":
-            lower_elementwise(k)
         else:
             get_op(node["op"]).lowerings["llvm"](k)
         fn = k.finish()

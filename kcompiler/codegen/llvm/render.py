@@ -12,7 +12,7 @@ with enough work is split over the cores (``Renderer.split_over_cores``).
 """
 import llvmlite.ir as ir
 
-from ...schedule.kernel import PRIMITIVES, Assign, AtomicAdd, Call, Const, Fail, If, Load, Local, Loop, Store, Var
+from ...schedule.kernel import PRIMITIVES, Assign, AtomicAdd, Call, Const, Fail, If, Load, Local, Loop, Store, Var, call
 from ...schedule.scalar import expand
 from .conv import parts_for, run_parts, split
 from .irutil import REG_TYPE, bounds_checking, c64, const, for_range, i32, i64, load, register_buffer, store
@@ -179,6 +179,8 @@ class Renderer:
     def primitive(self, e, args):
         b, s, op = self.b, self.e, e.op
         dtype = e.args[0].dtype
+        if op == "umulhi" or (op == "mul" and dtype == "uint32"):
+            return self._wide_product(e, args)
         if op in ("add", "sub", "mul", "div"):
             x, y = args
             if _is_float(dtype):
@@ -216,9 +218,6 @@ class Renderer:
             return b.shl(*args)
         if op == "shr":
             return b.lshr(*args) if dtype == "uint32" else b.ashr(*args)
-        if op == "umulhi":
-            x, y = (b.zext(a, i64) for a in args)
-            return b.trunc(b.lshr(b.mul(x, y), c64(32)), i32)
         if op == "select":
             return b.select(*args)
         if op == "cast":
@@ -228,6 +227,18 @@ class Renderer:
         if op == "abs":
             return s.fabs(args[0])
         return getattr(s, op)(*args)  # exp, log, sqrt, floor, ceil, sin, cos, tanh, log1p, expm1, erf, pow
+
+    def _wide_product(self, e, args):
+        """A uint32 ``mul`` or ``umulhi``: a word of the 64-bit product, the other word cached for
+        the same operands. Philox's mulhilo then costs one multiply: LLVM would not merge a
+        separate 32-bit multiply for the low word (a third slower dropout kernel)."""
+        b = self.b
+        product = b.mul(b.zext(args[0], i64), b.zext(args[1], i64))
+        words = {"umulhi": b.trunc(b.lshr(product, c64(32)), i32), "mul": b.trunc(product, i32)}
+        if not _varies(e, self.locals, self.written):
+            for op, word in words.items():
+                self.cache[Call(op, e.args, (), "uint32")] = word
+        return words[e.op]
 
 
 def _cast(b, x, src, dst):
@@ -322,3 +333,34 @@ def render(k, kernel):
     """Emit ``kernel``'s body into KernelBuilder ``k``."""
     Renderer(k, kernel).body(kernel.body)
 
+
+class ValueRenderer(Renderer):
+    """Renders expressions at a builder's position outside any kernel description (the
+    templates: epilogues, recurrent gates): a ``Var`` stands for an LLVM value the caller
+    computed (``values``, or bound later with ``bind``), a ``Load`` reads one of the caller's
+    ``pointers`` ({buffer name: (typed pointer, dtype)})."""
+
+    def __init__(self, b, values=(), pointers=()):
+        self.k, self.b = None, b
+        self.pointers = {name: p for name, (p, _) in dict(pointers).items()}
+        self.dtypes = {name: dtype for name, (_, dtype) in dict(pointers).items()}
+        self.written = set()
+        self.indices = dict(values)
+        self.locals = {}
+        self.cache = {}
+        self.e = ScalarEmitter(b)
+
+    def bind(self, name, e):
+        """Emit ``e`` now; later expressions read its value as ``Var(name)``."""
+        self.indices[name] = self.expr(e)
+        return Var(name, e.dtype)
+
+
+_DTYPE_OF = {"float": "float32", "double": "float64", "i1": "bool", "i32": "int32", "i64": "int64"}
+
+
+def scalar(b, op, args, **attrs):
+    """Element-wise op ``op`` over the LLVM values ``args``, emitted at ``b``'s position from
+    its neutral definition (or its NATIVE spelling)."""
+    names = [Var(f"a{i}", _DTYPE_OF[str(v.type)]) for i, v in enumerate(args)]
+    return ValueRenderer(b, {n.name: v for n, v in zip(names, args)}).expr(call(op, *names, **attrs))

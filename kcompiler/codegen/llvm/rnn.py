@@ -38,7 +38,8 @@ from ...ops.rnn import ACTIVATIONS, GATES, STATES, full_attrs, operand_names
 from ...schedule.kernel import STATUS_INDEX_OUT_OF_RANGE
 from . import threads
 from .irutil import c64, f32, for_range, get_function, i8, i8p, i32, i64, void
-from .scalar import UNARY_LLVM, ScalarEmitter
+from .render import scalar
+from .scalar import ScalarEmitter
 from .support import declare_gemm, declare_parallel_runner
 from .target import vector_width_attrs
 
@@ -52,13 +53,14 @@ ALIGN_FLOATS = 16  # 64 bytes
 
 
 def _activation(name):
-    """(f, f') of an activation name as IR emitters ``fn(e, x)``."""
+    """The activation ``f(e, x)`` and its gradient ``df(e, x, dy) = dy * f'(x)`` as IR emitters,
+    rendered from the neutral definitions of the op and its ``_grad`` (schedule/scalar.py)."""
     spec = ACTIVATIONS[name]
     if spec is None:
-        return (lambda e, x: x), (lambda e, x: e.c(1, x))
-    f, df = UNARY_LLVM[spec[0]]
-    attrs = spec[1]
-    return (lambda e, x: f(e, x, **attrs)), (lambda e, x: df(e, x, **attrs))
+        return (lambda e, x: x), (lambda e, x, dy: dy)
+    op, attrs = spec
+    return ((lambda e, x: scalar(e.b, op, [x], **attrs)),
+            (lambda e, x, dy: scalar(e.b, f"{op}_grad", [x, dy], **attrs)))
 
 
 def _groups(keys):

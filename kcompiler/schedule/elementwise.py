@@ -1,0 +1,113 @@
+"""Kernel descriptions of the element-wise nodes: single ops and ``fused`` groups.
+
+One loop nest over the output's elements, every output written at the same flat index.
+Operands broadcast through their strides (0 along broadcast axes); adjacent dimensions that
+every operand walks contiguously are merged first, so the innermost loop is as long as it
+can be and contiguous (what a CPU backend vectorises, what a GPU backend spreads over
+threads). All loops are parallel: no element depends on another. Scalar constants known at
+compile time are inlined. Each member of a fused body is a scalar expression over its
+operands (schedule/scalar.py expands the registry ops); a member that several others read
+is computed once into a local.
+
+``member_values`` is the one walker of the fused body format (attrs ``body`` / ``outputs``,
+refs ``["in", k]``, ``["m", j]``, ``["acc", 0]``): the fused-contraction epilogues of the
+backends evaluate their bodies through it too.
+"""
+from ..ir.registry import all_ops, description
+from ..ir.types import num_elements
+from ..ops.fused import member_types
+from .kernel import (Buffer, Call, Const, Kernel, Load, Local, Store, Var, broadcast_strides, contiguous_strides,
+                     linear_index, loop)
+
+
+def body_of(node, n_inputs):
+    """The member list and output members of an element-wise node: a fused node's body, or
+    the op itself over its operands."""
+    if node["op"] == "fused":
+        return node["attrs"]["body"], node["attrs"]["outputs"]
+    return [{"op": node["op"], "attrs": node["attrs"], "args": [["in", i] for i in range(n_inputs)]}], [0]
+
+
+def member_values(body, types, operand, acc=None, index=None, bind=None):
+    """The value of each member of fused ``body`` as an expression: ``types`` are the members'
+    types (ops.fused.member_types), ``operand(k)`` the expression of ref ``["in", k]``, ``acc``
+    that of ``["acc", 0]``, ``index`` the element's flat index (the counter of dropout's
+    generator). ``bind(j, expr)`` gives what later members read as member j: the expression
+    itself (the default), or a variable the caller has bound to its value."""
+    values = []
+    for j, m in enumerate(body):
+        if m["op"] == "constant":
+            value = Const(m["attrs"]["value"], m["attrs"]["dtype"])
+        else:
+            args = [acc if kind == "acc" else operand(i) if kind == "in" else values[i] for kind, i in m["args"]]
+            if m["op"] == "dropout":
+                args.append(index)
+            value = Call(m["op"], tuple(args), tuple(sorted(m["attrs"].items())), types[j].dtype)
+        values.append(bind(j, value) if bind is not None else value)
+    return values
+
+
+def collapse_dims(out_shape, operand_strides):
+    """Merge adjacent loop dimensions that every operand walks contiguously (fewer, longer
+    loops: the innermost one is what a backend vectorises)."""
+    dims = list(out_shape)
+    strides = [list(s) for s in operand_strides]
+    out = contiguous_strides(dims)
+    k = len(dims) - 1
+    while k > 0:
+        if all(s[k - 1] == s[k] * dims[k] for s in strides + [out]):
+            dims[k - 1] *= dims[k]
+            del dims[k]
+            for s in strides + [out]:
+                s[k - 1] = s[k]
+                del s[k]
+        k -= 1
+    return dims, strides
+
+
+def _use_counts(body, outputs):
+    uses = [0] * len(body)
+    for m in body:
+        for kind, i in m["args"]:
+            if kind == "m":
+                uses[i] += 1
+    for j in outputs:
+        uses[j] += 1
+    return uses
+
+
+def describe_elementwise(node, in_types, name, constants):
+    out_types = list(node["type"]) if isinstance(node["type"], tuple) else [node["type"]]
+    out_shape = out_types[0].shape
+    body, outputs = body_of(node, len(in_types))
+    dims, strides = collapse_dims(out_shape, [broadcast_strides(t.shape, out_shape) for t in in_types])
+    indices = [Var(f"d{k}") for k in range(len(dims))]
+    flat = linear_index(indices, contiguous_strides(dims))
+
+    def operand(i):
+        if i in constants:
+            return Const(constants[i], in_types[i].dtype)
+        return Load(f"in{i}", linear_index(indices, strides[i]), in_types[i].dtype)
+
+    statements = []
+    uses = _use_counts(body, outputs)
+
+    def bind(j, value):
+        if uses[j] < 2 or isinstance(value, (Const, Load)):
+            return value
+        local = Var(f"m{j}", value.dtype)
+        statements.append(Local(local, value))
+        return local
+
+    values = member_values(body, member_types(in_types, {"body": body}), operand, index=flat, bind=bind)
+    statements += [Store(f"out{k}", flat, values[j]) for k, j in enumerate(outputs)]
+    for k in reversed(range(len(dims))):
+        statements = [loop(indices[k].name, dims[k], statements, parallel=True)]
+    buffers = ([Buffer(f"out{k}", t.dtype, num_elements(t.shape), True) for k, t in enumerate(out_types)]
+               + [Buffer(f"in{i}", t.dtype, num_elements(t.shape), False) for i, t in enumerate(in_types)])
+    return Kernel(name, tuple(buffers), tuple(statements))
+
+
+for _name, _op in all_ops().items():
+    if _op.kind == "elementwise":
+        description(_name, constants=True)(describe_elementwise)
