@@ -11,7 +11,7 @@ from kcompiler.ir.interpreter_reference import run_reference
 from kcompiler.ir.registry import all_ops
 from kcompiler.ir.types import TensorType
 from kcompiler.ops.elementwise import UNARY, UNARY_NO_GRAD
-from kcompiler.passes.lowering import lower_graph
+from kcompiler.pipeline import lower_graph
 from kcompiler.schedule.elementwise import describe_elementwise
 from kcompiler.schedule.kernel import Local, Loop, format_kernel
 from kcompiler.schedule.scalar import DERIVATIVES, defined
