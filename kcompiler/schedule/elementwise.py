@@ -14,10 +14,9 @@ refs ``["in", k]``, ``["m", j]``, ``["acc", 0]``): the fused-contraction epilogu
 backends evaluate their bodies through it too.
 """
 from ..ir.registry import all_ops, description
-from ..ir.types import num_elements
 from ..ops.fused import member_types
-from .kernel import (Buffer, Call, Const, Kernel, Load, Local, Store, Var, broadcast_strides, contiguous_strides,
-                     linear_index, loop)
+from .kernel import (Call, Const, Kernel, Load, Local, Store, Var, broadcast_strides, collapse_loops, contiguous_strides,
+                     linear_index, loop, node_buffers)
 
 
 def body_of(node, n_inputs):
@@ -47,24 +46,6 @@ def member_values(body, types, operand, acc=None, index=None, bind=None):
     return values
 
 
-def collapse_dims(out_shape, operand_strides):
-    """Merge adjacent loop dimensions that every operand walks contiguously (fewer, longer
-    loops: the innermost one is what a backend vectorises)."""
-    dims = list(out_shape)
-    strides = [list(s) for s in operand_strides]
-    out = contiguous_strides(dims)
-    k = len(dims) - 1
-    while k > 0:
-        if all(s[k - 1] == s[k] * dims[k] for s in strides + [out]):
-            dims[k - 1] *= dims[k]
-            del dims[k]
-            for s in strides + [out]:
-                s[k - 1] = s[k]
-                del s[k]
-        k -= 1
-    return dims, strides
-
-
 def _use_counts(body, outputs):
     uses = [0] * len(body)
     for m in body:
@@ -80,9 +61,10 @@ def describe_elementwise(node, in_types, name, constants):
     out_types = list(node["type"]) if isinstance(node["type"], tuple) else [node["type"]]
     out_shape = out_types[0].shape
     body, outputs = body_of(node, len(in_types))
-    dims, strides = collapse_dims(out_shape, [broadcast_strides(t.shape, out_shape) for t in in_types])
+    dims, (out_strides, *strides) = collapse_loops(
+        list(out_shape), contiguous_strides(out_shape), *[broadcast_strides(t.shape, out_shape) for t in in_types])
     indices = [Var(f"d{k}") for k in range(len(dims))]
-    flat = linear_index(indices, contiguous_strides(dims))
+    flat = linear_index(indices, out_strides)
 
     def operand(i):
         if i in constants:
@@ -103,9 +85,7 @@ def describe_elementwise(node, in_types, name, constants):
     statements += [Store(f"out{k}", flat, values[j]) for k, j in enumerate(outputs)]
     for k in reversed(range(len(dims))):
         statements = [loop(indices[k].name, dims[k], statements, parallel=True)]
-    buffers = ([Buffer(f"out{k}", t.dtype, num_elements(t.shape), True) for k, t in enumerate(out_types)]
-               + [Buffer(f"in{i}", t.dtype, num_elements(t.shape), False) for i, t in enumerate(in_types)])
-    return Kernel(name, tuple(buffers), tuple(statements))
+    return Kernel(name, node_buffers(node, in_types), tuple(statements))
 
 
 for _name, _op in all_ops().items():

@@ -211,15 +211,44 @@ def broadcast_strides(shape, out_shape):
     return [0] * lead + [0 if d == 1 and o != 1 else s for d, o, s in zip(shape, out_shape[lead:], own)]
 
 
-def linear_index(indices, strides):
-    """sum(indices[k] * strides[k]) (static strides; zero strides skipped, unit strides not multiplied)."""
-    total = None
+def linear_index(indices, strides, offset=0):
+    """offset + sum(indices[k] * strides[k]) (static strides; zero strides skipped, unit strides
+    not multiplied)."""
+    total = Const(offset, INDEX) if offset else None
     for i, s in zip(indices, strides):
         if s == 0:
             continue
         term = i if s == 1 else i * s
         total = term if total is None else total + term
     return total if total is not None else Const(0, INDEX)
+
+
+def collapse_loops(dims, *stride_lists):
+    """Drop size-1 axes and merge neighbours that every stride list walks contiguously
+    (``s[k-1] == s[k] * dims[k]``): fewer, longer loops over the same elements, the innermost
+    one long and contiguous (what a backend vectorises). Returns (dims, [strides, ...])."""
+    kept = [k for k, d in enumerate(dims) if d != 1]
+    dims = [dims[k] for k in kept]
+    strides = [[s[k] for k in kept] for s in stride_lists]
+    k = len(dims) - 1
+    while k > 0:
+        if all(s[k - 1] == s[k] * dims[k] for s in strides):
+            dims[k - 1] *= dims[k]
+            for s in strides:
+                s[k - 1] = s[k]
+            del dims[k]
+            for s in strides:
+                del s[k]
+        k -= 1
+    return dims, strides
+
+
+def node_buffers(node, in_types):
+    """A node's kernel buffers: out0.. for its results, then in0.. for its operands."""
+    from ..ir.types import num_elements
+    outs = node["type"] if isinstance(node["type"], tuple) else (node["type"],)
+    return tuple([Buffer(f"out{i}", t.dtype, num_elements(t.shape), True) for i, t in enumerate(outs)]
+                 + [Buffer(f"in{i}", t.dtype, num_elements(t.shape), False) for i, t in enumerate(in_types)])
 
 
 # ---- printing -------------------------------------------------------------------------------------

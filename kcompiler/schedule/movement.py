@@ -16,52 +16,8 @@ atomic add (a serial backend adds in index order, as the reference does).
 """
 from ..ir.registry import description
 from ..ir.types import num_elements
-from .kernel import (STATUS_INDEX_OUT_OF_RANGE, AtomicAdd, Buffer, Const, Fail, If, Kernel, Load, Store, Var,
-                     call, loop)
-
-
-def _strides(shape):
-    strides, acc = [], 1
-    for d in reversed(shape):
-        strides.append(acc)
-        acc *= d
-    return strides[::-1]
-
-
-def _buffers(node, in_types):
-    """The kernel's buffers: out0.. for the node's results, then in0.. for its operands."""
-    outs = node["type"] if isinstance(node["type"], tuple) else (node["type"],)
-    return tuple([Buffer(f"out{i}", t.dtype, num_elements(t.shape), True) for i, t in enumerate(outs)]
-                 + [Buffer(f"in{i}", t.dtype, num_elements(t.shape), False) for i, t in enumerate(in_types)])
-
-
-def _linear(idx, strides, offset=0):
-    """offset + sum(idx[k] * strides[k]) (zero strides skipped, unit strides unmultiplied)."""
-    total = Const(offset, "int64") if offset else None
-    for i, s in zip(idx, strides):
-        if s:
-            term = i if s == 1 else i * s
-            total = term if total is None else total + term
-    return total if total is not None else Const(0, "int64")
-
-
-def _collapse(dims, *stride_lists):
-    """Drop size-1 axes and merge neighbours that every stride list walks contiguously
-    (``s[k-1] == s[k] * dims[k]``): fewer, longer loops over the same elements."""
-    kept = [k for k, d in enumerate(dims) if d != 1]
-    dims = [dims[k] for k in kept]
-    strides = [[s[k] for k in kept] for s in stride_lists]
-    k = len(dims) - 1
-    while k > 0:
-        if all(s[k - 1] == s[k] * dims[k] for s in strides):
-            dims[k - 1] *= dims[k]
-            for s in strides:
-                s[k - 1] = s[k]
-            del dims[k]
-            for s in strides:
-                del s[k]
-        k -= 1
-    return dims, strides
+from .kernel import (STATUS_INDEX_OUT_OF_RANGE, AtomicAdd, Const, Fail, If, Kernel, Load, Store, Var, call,
+                     collapse_loops, contiguous_strides, linear_index, loop, node_buffers)
 
 
 def _nest(dims, body_at, prefix="i"):
@@ -75,9 +31,9 @@ def _nest(dims, body_at, prefix="i"):
 
 def _copy(dtype, dims, out_strides, src_strides, src_offset=0):
     """out0[sum(i_k * out_strides[k])] = in0[src_offset + sum(i_k * src_strides[k])] over ``dims``."""
-    dims, (out_strides, src_strides) = _collapse(list(dims), list(out_strides), list(src_strides))
-    return _nest(dims, lambda idx: [Store("out0", _linear(idx, out_strides),
-                                          Load("in0", _linear(idx, src_strides, src_offset), dtype))])
+    dims, (out_strides, src_strides) = collapse_loops(list(dims), list(out_strides), list(src_strides))
+    return _nest(dims, lambda idx: [Store("out0", linear_index(idx, out_strides),
+                                          Load("in0", linear_index(idx, src_strides, src_offset), dtype))])
 
 
 def _plus(e, k):
@@ -98,15 +54,15 @@ def _scalar(value, dtype):
 
 
 def _kernel(name, node, in_types, body):
-    return Kernel(name, _buffers(node, in_types), tuple(body))
+    return Kernel(name, node_buffers(node, in_types), tuple(body))
 
 
 @description("transpose")
 def describe_transpose(node, in_types, name):
     x = in_types[0]
-    in_strides = _strides(x.shape)
+    in_strides = contiguous_strides(x.shape)
     out_shape = node["type"].shape
-    body = _copy(x.dtype, out_shape, _strides(out_shape), [in_strides[p] for p in node["attrs"]["perm"]])
+    body = _copy(x.dtype, out_shape, contiguous_strides(out_shape), [in_strides[p] for p in node["attrs"]["perm"]])
     return _kernel(name, node, in_types, body)
 
 
@@ -115,19 +71,19 @@ def describe_broadcast_to(node, in_types, name):
     x = in_types[0]
     out_shape = node["type"].shape
     lead = len(out_shape) - len(x.shape)
-    own = _strides(x.shape)
+    own = contiguous_strides(x.shape)
     # a broadcast axis reads the same element again: stride 0
     src_strides = [0] * lead + [0 if d == 1 else s for d, s in zip(x.shape, own)]
-    return _kernel(name, node, in_types, _copy(x.dtype, out_shape, _strides(out_shape), src_strides))
+    return _kernel(name, node, in_types, _copy(x.dtype, out_shape, contiguous_strides(out_shape), src_strides))
 
 
 @description("slice")
 def describe_slice(node, in_types, name):
     x = in_types[0]
-    in_strides = _strides(x.shape)
+    in_strides = contiguous_strides(x.shape)
     out_shape = node["type"].shape
     offset = sum(b * s for b, s in zip(node["attrs"]["begin"], in_strides))
-    body = _copy(x.dtype, out_shape, _strides(out_shape), in_strides, src_offset=offset)
+    body = _copy(x.dtype, out_shape, contiguous_strides(out_shape), in_strides, src_offset=offset)
     return _kernel(name, node, in_types, body)
 
 
@@ -141,15 +97,15 @@ def describe_pad(node, in_types, name):
     fill = _scalar(node["attrs"].get("value", 0.0), x.dtype)
     padded = [a for a, (lo, hi) in enumerate(pads) if lo or hi]
     if not padded:
-        return _kernel(name, node, in_types, _copy(x.dtype, out_shape, _strides(out_shape), _strides(x.shape)))
+        return _kernel(name, node, in_types, _copy(x.dtype, out_shape, contiguous_strides(out_shape), contiguous_strides(x.shape)))
     p = padded[-1]
     run = num_elements(out_shape[p + 1:])        # the same in input and output: no padding after p
-    out_strides, in_strides = _strides(out_shape), _strides(x.shape)
+    out_strides, in_strides = contiguous_strides(out_shape), contiguous_strides(x.shape)
     lo, n, hi = pads[p][0] * run, x.shape[p] * run, pads[p][1] * run
 
     def row(idx):
-        out_base = _linear(idx, out_strides)
-        in_base = _linear(idx, in_strides, -sum(pads[a][0] * in_strides[a] for a in range(p)))
+        out_base = linear_index(idx, out_strides)
+        in_base = linear_index(idx, in_strides, -sum(pads[a][0] * in_strides[a] for a in range(p)))
         inside = (_run("out0", out_base, lo, lambda c: fill, "lo")
                   + _run("out0", _plus(out_base, lo), n, lambda c: Load("in0", in_base + c, x.dtype), "c")
                   + _run("out0", _plus(out_base, lo + n), hi, lambda c: fill, "hi"))

@@ -36,31 +36,8 @@ from ..errors import UnsupportedError
 from ..ir.registry import description
 from ..ir.types import num_elements
 from ..ops.common import normalize_axes
-from .kernel import Assign, Buffer, Const, If, Kernel, Load, Local, Store, Var, call, loop
-
-
-def _buffers(node, in_types):
-    """The kernel's buffers: out0 for the node's result, then in0.. for its operands."""
-    t = node["type"]
-    return tuple([Buffer("out0", t.dtype, num_elements(t.shape), True)]
-                 + [Buffer(f"in{i}", u.dtype, num_elements(u.shape), False) for i, u in enumerate(in_types)])
-
-
-def _strides(shape):
-    strides, acc = [], 1
-    for d in reversed(shape):
-        strides.append(acc)
-        acc *= d
-    return strides[::-1]
-
-
-def _linear(terms):
-    """sum(var * stride) over (var, stride) pairs (unit strides unmultiplied); 0 when empty."""
-    total = None
-    for var, stride in terms:
-        term = var if stride == 1 else var * stride
-        total = term if total is None else total + term
-    return total if total is not None else Const(0, "int64")
+from .kernel import (Assign, Const, If, Kernel, Load, Local, Store, Var, call, contiguous_strides, linear_index, loop,
+                     node_buffers)
 
 
 def _nest(loops, body, parallel):
@@ -109,8 +86,8 @@ def _describe_reduction(kind, node, in_types, name):
     idx = [Var(f"i{k}") for k in range(len(groups))]
     kept = [(idx[k], d) for k, (d, reduced) in enumerate(groups) if not reduced]
     reduced = [(idx[k], d) for k, (d, r) in enumerate(groups) if r]
-    x = Load("in0", _linear(zip(idx, _strides([d for d, _ in groups]))), dtype)
-    out_index = _linear(zip([v for v, _ in kept], _strides([d for _, d in kept])))
+    x = Load("in0", linear_index(idx, contiguous_strides([d for d, _ in groups])), dtype)
+    out_index = linear_index([v for v, _ in kept], contiguous_strides([d for _, d in kept]))
     count = num_elements([x_t.shape[a] for a in axes])
 
     def finish(total):
@@ -136,7 +113,7 @@ def _describe_reduction(kind, node, in_types, name):
                        *_nest(reduced, [Assign(acc, _combine(kind, acc, x))], parallel=False),
                        Store("out0", out_index, finish(acc))]
         body = _nest(kept, per_element, parallel=True)
-    return Kernel(name, _buffers(node, in_types), tuple(body))
+    return Kernel(name, node_buffers(node, in_types), tuple(body))
 
 
 for _kind in ("sum", "mean", "max", "min"):
@@ -154,15 +131,16 @@ def _rows(node, in_types, name, axis, row_body):
     outer, n, inner = num_elements(shape[:axis]), shape[axis], num_elements(shape[axis + 1:])
     o, j = Var("o"), Var("j")
     row_loops = [(v, d) for v, d in ((o, outer), (j, inner)) if d > 1]
-    base = _linear([(v, n * inner if v is o else 1) for v, _ in row_loops])
-    row = _linear([(v, inner if v is o else 1) for v, _ in row_loops])
+    variables = [v for v, _ in row_loops]
+    base = linear_index(variables, [n * inner if v is o else 1 for v in variables])
+    row = linear_index(variables, [inner if v is o else 1 for v in variables])
 
     def at(position):
         if isinstance(position, int) and position == 0:
             return base
         step = position * inner if inner > 1 else position
         return step if base == Const(0, "int64") else base + step
-    return Kernel(name, _buffers(node, in_types), tuple(_nest(row_loops, row_body(at, n, row), parallel=True)))
+    return Kernel(name, node_buffers(node, in_types), tuple(_nest(row_loops, row_body(at, n, row), parallel=True)))
 
 
 def _describe_arg_extremum(better, not_better, node, in_types, name):
