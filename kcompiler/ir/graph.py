@@ -3,13 +3,30 @@
 Node attributes: ``op`` (registry name), ``attrs`` (static parameters, plain data),
 ``type`` (a TensorType, or a tuple of them for multi-output ops), ``shape`` and
 ``dtype`` (copied from ``type`` for readers), ``layer`` (the Keras layer it came
-from, or None). An edge u -> v with key k means "u is operand k of v", so
-``mul(x, x)`` keeps both operands. Graph attributes: ``name``, ``inputs`` and
-``outputs`` (node ids in order), ``variables`` (node id -> Variable object,
-kept out of the dumps), ``constants`` (node id -> numpy array for array
-constants), ``updates`` (variable name -> node id of its new value; state updates
-such as BatchNormalization's moving statistics and, in training graphs, the
-optimizer's).
+from, or None); after fusion ``fused`` (the member ops' names); in the scheduled stage
+``kernel`` (its target-neutral kernel description, kcompiler/schedule/kernel.py). An edge
+u -> v with key k means "u is operand k of v", so ``mul(x, x)`` keeps both operands.
+
+Graph attributes (``g.graph``) — the one list of them:
+  name, uid        the graph's name; a process-unique id (caches key on it: id() is reused)
+  next_id          the next node id GraphBuilder hands out
+  inputs, outputs  node ids in order; output_names: names of the outputs of training and
+                   evaluation graphs ('loss', then each metric)
+  variables        node id -> keras Variable (the buffer a compiled step reads and writes);
+                   variable_nodes: Variable uid -> node id (optimizers find their slots)
+  constants        node id -> numpy array, for array constants
+  updates          variable node -> node of its new value (optimizer steps, BatchNormalization
+                   statistics, metric state): committed only by a step that reports no error
+  loss             the total loss node (training graphs); activity_losses: activity
+                   regularisation terms collected while tracing; stateful_outputs: outputs
+                   that are stateful metrics' results (reported as they are, not averaged)
+  rng_step         the int64 input node counting steps, for dropout masks
+  model            the traced model's name
+  tuple_output     eager one-op graphs: the op returns a tuple
+  notes            human-readable notes of the passes (why a pair was not fused, ...), in dumps
+  plan             memory plan (passes/memory_plan.py): order, buffers, params, root,
+                   arena_bytes, error_record
+  _compiled        eager graphs: their executable once compiled (runtime/executor.py)
 """
 import itertools
 
