@@ -24,10 +24,13 @@ from .runtime.specializations import SpecializationCache, compile_lock, unit_wei
 
 
 class Program:
-    def __init__(self, model, *, target="cpu", fuse=True, training=False, batch_size=None,
+    def __init__(self, model, *, target="cpu", fuse=True, training=False, evaluation=False, batch_size=None,
                  max_specializations=None, options=None):
+        if training and evaluation:
+            raise ValueError("a Program is compiled for training or for evaluation, not both")
         self.model = model
         self.target = target
+        self.evaluation = evaluation
         self.options = resolve(options, **({"max_specializations": max_specializations}
                                            if max_specializations is not None else {}))
         self.fuse = fuse
@@ -44,7 +47,7 @@ class Program:
         self._label_type_cache = None
         self._ones = {}  # batch size -> sample weights of 1
         with compile_lock:
-            self.stages = front_stages(model, training=training, batch_size=batch_size)
+            self.stages = front_stages(model, training=training, batch_size=batch_size, evaluation=evaluation)
             if batch_size is not None:
                 self._compiled, self.stages = back_stages(self.stages, target=target, fuse=fuse,
                                                           run_eagerly=self.run_eagerly, options=self.options)
@@ -101,7 +104,7 @@ class Program:
     def _make(self, batch_size, label_type, input_shapes):
         """A new specialisation: (CompiledGraph, stages); called under compile_lock."""
         stages = front_stages(self.model, training=self.training, batch_size=batch_size, label_type=label_type,
-                              input_shapes=input_shapes)
+                              input_shapes=input_shapes, evaluation=self.evaluation)
         made = back_stages(stages, target=self.target, fuse=self.fuse, run_eagerly=self.run_eagerly,
                            options=self.options)
         if self._compiled is None:
@@ -132,9 +135,9 @@ class Program:
 
     def predict(self, x, batch_size=None):
         """Forward pass on generated kernels, in batches of the program's batch size."""
-        if self.training:
-            raise KCompilerError("this Program was compiled for training; use train_step, or compile "
-                                 "with training=False for predictions")
+        if self.training or self.evaluation:
+            raise KCompilerError("this Program was compiled for training or evaluation; compile with "
+                                 "training=False for predictions")
         feeds = self._input_arrays(x)
         n = len(next(iter(feeds.values())))
         step = batch_size or self.batch_size or n
@@ -154,6 +157,19 @@ class Program:
         Returns {'loss': this batch's loss incl. regularisation, <metric>: its batch value}."""
         if not self.training:
             raise KCompilerError("this Program was compiled for inference: compile with training=True")
+        logs = self._step(x, y, sample_weight, rng_step=self.iterations)
+        self.iterations += 1
+        return logs
+
+    def test_step(self, x, y, sample_weight=None):
+        """Keras's test step in one native call: the loss (with regularisation) and each metric
+        over one batch, in inference mode (dropout off, BatchNormalization's moving statistics);
+        needs a program compiled with ``evaluation=True``."""
+        if not self.evaluation:
+            raise KCompilerError("test_step needs a Program compiled with evaluation=True")
+        return self._step(x, y, sample_weight, rng_step=0)
+
+    def _step(self, x, y, sample_weight, rng_step):
         feeds = self._input_arrays(x)
         n = len(next(iter(feeds.values())))
         if self._label_type_cache is None:
@@ -175,10 +191,8 @@ class Program:
         else:
             feeds["sample_weight"] = to_array(sample_weight, dtype=np.float32).reshape(n)
         if "rng_step" in compiled.inputs:
-            feeds["rng_step"] = self.iterations
-        logs = compiled.run(feeds, scalars=True)
-        self.iterations += 1
-        return logs
+            feeds["rng_step"] = rng_step
+        return compiled.run(feeds, scalars=True)
 
     def __repr__(self):
         return f"<Program {self.model.name}: stages={list(self.stages)}, target={self.target}>"

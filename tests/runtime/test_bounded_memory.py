@@ -27,8 +27,7 @@ def _model(seed=0):
 def _compiled_modules(model):
     """The CompiledModules of every program the model's fit/predict/evaluate made."""
     steps = model._runtime_steps[1]
-    graphs = [c for c, _ in steps._train._specialized.values()] + [c for c, _ in steps._predict._specialized.values()]
-    graphs += steps._test._specialized.values()
+    graphs = [c for program in (steps._train, steps._test, steps._predict) for c, _ in program._specialized.values()]
     return [g.module for g in graphs]
 
 
