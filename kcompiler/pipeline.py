@@ -11,24 +11,14 @@ passes and backends: passes never import a backend, backends never run a pass.
 from collections import OrderedDict
 
 from .codegen.backend import get_backend
-from .errors import UnsupportedError
 from .options import resolve
 from .passes.fusion import fuse_elementwise, fuse_epilogues
 from .passes.memory_plan import plan_memory
 from .passes.schedule import schedule_kernels
 from .passes.shape_inference import infer_shapes, specialize_input_type
 from .passes.simplify import simplify
-from .passes.trace import trace_model
+from .passes.trace import check_layers_supported, trace_model
 from .passes.training import differentiate, trace_training
-
-
-def check_layers_supported(model):
-    """Every layer must be a kcompiler layer; list all that are not, at once."""
-    from .keras.layers.base import Layer
-    bad = [f"{getattr(l, 'name', '?')} ({type(l).__name__})" for l in getattr(model, "layers", [])
-           if not isinstance(l, Layer)]
-    if bad:
-        raise UnsupportedError("unsupported layers (not kcompiler.keras layers): " + ", ".join(bad))
 
 
 def front_stages(model, *, training=False, batch_size=None, label_type=None, input_shapes=None,
@@ -78,6 +68,6 @@ def back_stages(stages, *, target="cpu", fuse=True, run_eagerly=False, options=N
     """``lower_graph`` on the last (static) stage; with ``run_eagerly`` the static graph runs on
     the numpy reference interpreter instead."""
     if run_eagerly:
-        from .runtime.executor import ReferenceProgram
+        from .ir.interpreter_reference import ReferenceProgram
         return ReferenceProgram(next(reversed(stages.values()))), stages
     return lower_graph(next(reversed(stages.values())), target=target, fuse=fuse, stages=stages, options=options)

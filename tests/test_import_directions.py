@@ -80,6 +80,16 @@ def test_package_does_not_import(package, forbidden):
     assert _violations(lambda n: n == package or n.startswith(package + "."), forbidden) == []
 
 
+def test_runtime_imports_no_front_end_and_the_pipeline_no_runtime():
+    """keras -> program -> pipeline -> passes and backends; runtime (executor, data conversion,
+    specialisation cache, progress bar) serves them and imports none of the front end."""
+    assert _violations(lambda n: n.startswith("kcompiler.runtime"), ["kcompiler.keras", "kcompiler.program"]) == []
+    assert _violations(lambda n: n in ("kcompiler.pipeline", "kcompiler.program") or n.startswith("kcompiler.codegen"),
+                       ["kcompiler.keras"]) == []
+    assert _violations(lambda n: n == "kcompiler.pipeline" or n.startswith("kcompiler.codegen"),
+                       ["kcompiler.runtime", "kcompiler.program"]) == []
+
+
 def test_only_the_llvm_backend_imports_llvmlite():
     assert _violations(lambda n: not n.startswith("kcompiler.codegen.llvm"), ["llvmlite"]) == []
 

@@ -58,3 +58,23 @@ def run_reference(g, feeds, keep_all=False):
     outputs = [values[o] for o in g.graph["outputs"]]
     updates = {v: values[u] for v, u in g.graph["updates"].items()}
     return (outputs, updates, values) if keep_all else (outputs, updates)
+
+
+class ReferenceProgram:
+    """A static graph run by the numpy reference interpreter behind CompiledGraph's interface:
+    what a model compiled with run_eagerly=True trains and predicts with (for debugging)."""
+
+    def __init__(self, g):
+        self.graph = g
+        self.kernels = []
+        self.inputs = {g.nodes[n]["attrs"]["name"]: None for n in g.graph["inputs"]}
+        self.output_names = g.graph.get("output_names", [f"output_{i}" for i in range(len(g.graph["outputs"]))])
+
+    def run(self, feeds, scalars=False):
+        feeds = {k: np.asarray(v) for k, v in feeds.items()}
+        outputs, updates = run_reference(self.graph, feeds)
+        for vnode, value in updates.items():
+            self.graph.graph["variables"][vnode].assign(value)
+        if scalars:
+            return {name: float(v) for name, v in zip(self.output_names, outputs)}
+        return outputs

@@ -205,47 +205,52 @@ class Model(Layer):
         from .training import compile_model
         compile_model(self, optimizer, loss, metrics, run_eagerly=run_eagerly, target=target, fuse=fuse, **kwargs)
 
-    # fit/evaluate/predict and weight files: the loops live in runtime/loops.py
+    # fit/evaluate/predict and weight files: the loops live in keras/loops.py
+
+    def check_class_ids(self, y):
+        """Raises ValueError if sparse labels ``y`` hold an id outside the output's classes."""
+        from .training import check_class_ids
+        check_class_ids(self, y)
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
             steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1,
             max_queue_size=10, workers=1, use_multiprocessing=False):
-        from ..runtime import loops
+        from . import loops
         return loops.fit(self, x, y, batch_size, epochs, verbose, callbacks, validation_split, validation_data,
                          shuffle, class_weight, sample_weight, initial_epoch, steps_per_epoch, validation_steps,
                          validation_batch_size, validation_freq, max_queue_size, workers, use_multiprocessing)
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
                  callbacks=None, max_queue_size=10, workers=1, use_multiprocessing=False, return_dict=False):
-        from ..runtime import loops
+        from . import loops
         return loops.evaluate(self, x, y, batch_size, verbose, sample_weight, steps, callbacks, max_queue_size,
                               workers, use_multiprocessing, return_dict)
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, max_queue_size=10, workers=1,
                 use_multiprocessing=False):
-        from ..runtime import loops
+        from . import loops
         return loops.predict(self, x, batch_size, verbose, steps, callbacks, max_queue_size, workers,
                              use_multiprocessing)
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, reset_metrics=True, return_dict=False):
-        from ..runtime import loops
+        from . import loops
         return loops.train_on_batch(self, x, y, sample_weight, class_weight, reset_metrics, return_dict)
 
     def test_on_batch(self, x, y=None, sample_weight=None, reset_metrics=True, return_dict=False):
-        from ..runtime import loops
+        from . import loops
         return loops.test_on_batch(self, x, y, sample_weight, reset_metrics, return_dict)
 
     def predict_on_batch(self, x):
-        from ..runtime import loops
+        from . import loops
         return loops.predict_on_batch(self, x)
 
     def save_weights(self, filepath, overwrite=True, save_format=None, options=None):
-        from ..runtime import loops
+        from . import loops
         loops.save_weights(self, filepath, overwrite, save_format, options)
 
     def load_weights(self, filepath, skip_mismatch=False, by_name=False, options=None):
-        from ..runtime import loops
+        from . import loops
         loops.load_weights(self, filepath, skip_mismatch, by_name, options)
 
     def save(self, filepath, overwrite=True, save_format=None, include_optimizer=True, **kwargs):

@@ -4,6 +4,7 @@ The model is called on symbolic inputs (batch and, for sequences, time left as
 None); every op its layers emit becomes a node. Python control flow in a
 subclassed model's call is resolved here, at trace time.
 """
+from ..errors import UnsupportedError
 from ..keras import backend
 from ..keras.layers.base import flatten
 from ..keras.tensor import SymbolicTensor
@@ -17,3 +18,12 @@ def trace_model(model, training=False):
     b.g.graph["outputs"] = [o.node for o in flatten(outputs)]
     b.g.graph["model"] = model.name
     return b.g
+
+
+def check_layers_supported(model):
+    """Every layer must be a kcompiler layer; list all that are not, at once."""
+    from ..keras.layers.base import Layer
+    bad = [f"{getattr(l, 'name', '?')} ({type(l).__name__})" for l in getattr(model, "layers", [])
+           if not isinstance(l, Layer)]
+    if bad:
+        raise UnsupportedError("unsupported layers (not kcompiler.keras layers): " + ", ".join(bad))

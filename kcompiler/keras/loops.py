@@ -2,7 +2,7 @@
 
 A training batch is ONE native call (``Program.train_step``: forward, loss, backward and
 update); an evaluation batch one call of the inference-mode test step; a prediction batch
-one call of ``Program.predict`` (runtime/steps.py). Per batch the loop slices the data,
+one call of ``Program.predict`` (keras/steps.py). Per batch the loop slices the data,
 makes that call and drives the callbacks: nothing here grows with the model. Each batch
 size (the last, partial batch included) gets its own specialisation, computed exactly.
 
@@ -20,12 +20,12 @@ import warnings
 
 import numpy as np
 
-from kcompiler.errors import ShapeError
-from kcompiler.ir.types import TensorType, fmt_shape
-from kcompiler.keras import backend
-from kcompiler.keras.callbacks.callback_list import CallbackList
-from kcompiler.keras.tensor import as_numbers, to_array
-from kcompiler.keras.training import check_class_ids
+from ..errors import ShapeError
+from ..ir.types import TensorType, fmt_shape
+from ..runtime.data import as_numbers, to_array
+from . import backend
+from .callbacks.callback_list import CallbackList
+from .training import check_class_ids
 
 from .steps import feeds_by_name, model_steps
 
@@ -63,7 +63,7 @@ def input_arrays(model, x):
 
 
 def _sparse_labels(model):
-    from kcompiler.passes.training import default_label_type
+    from ..passes.training import default_label_type
     loss = getattr(model, "compiled_loss", None)
     return default_label_type(model, loss, TensorType((None, 2), "float32")).dtype == "int32"
 
@@ -180,7 +180,7 @@ class RunningMeans:
 
 def _stateful_metric_names(model):
     """Names of the compiled metrics that accumulate state over an epoch; resets their state."""
-    from kcompiler.keras.training import batch_metric_fn, reset_stateful_metrics
+    from .training import batch_metric_fn, reset_stateful_metrics
     reset_stateful_metrics(model)
     return [m.name for m in getattr(model, "compiled_metric_objects", []) if batch_metric_fn(m) is None]
 
@@ -407,12 +407,12 @@ def predict_on_batch(model, x):
 
 
 def save_weights(model, filepath, overwrite=True, save_format=None, options=None):
-    from kcompiler.keras.callbacks.model_checkpoint import save_weights as save
+    from .callbacks.model_checkpoint import save_weights as save
     save(model, filepath, overwrite=overwrite)
 
 
 def load_weights(model, filepath, skip_mismatch=False, by_name=False, options=None):
-    from kcompiler.keras.callbacks.model_checkpoint import load_weights as load
+    from .callbacks.model_checkpoint import load_weights as load
     if by_name:
         raise NotImplementedError("load_weights(by_name=True) is not supported; weights load by structure")
     load(model, filepath, skip_mismatch=skip_mismatch)

@@ -10,7 +10,7 @@ made once (under ``compile_lock``) and each native call uses buffers of its own
 (kcompiler/codegen/llvm/executable.py). Metrics that keep state across batches (Precision, AUC, ...) live
 in the model, so concurrent evaluations of such a model share it.
 """
-from .specializations import compile_lock
+from ..runtime.specializations import compile_lock
 
 
 class CompiledSteps:
@@ -38,8 +38,8 @@ class CompiledSteps:
         if self._test is None:
             with compile_lock:
                 if self._test is None:
-                    import kcompiler.program
-                    self._test = kcompiler.program.Program(self.model, target=self.target, fuse=self.fuse,
+                    from ..program import Program
+                    self._test = Program(self.model, target=self.target, fuse=self.fuse,
                                                            evaluation=True)
         xs = list(feeds.values())
         return self._test.test_step(xs[0] if len(xs) == 1 else xs, y, sample_weight)
