@@ -12,7 +12,7 @@ with enough work is split over the cores (``Renderer.split_over_cores``).
 """
 import llvmlite.ir as ir
 
-from ...schedule.kernel import PRIMITIVES, Assign, AtomicAdd, Call, Const, Fail, If, Load, Local, Loop, Store, Var, call
+from ...schedule.kernel import PRIMITIVES, Call, Const, Fail, If, Load, Loop, Store, Var, call, varies, written_buffers
 from ...schedule.scalar import expand
 from .conv import parts_for, run_parts, split
 from .irutil import REG_TYPE, bounds_checking, c64, const, for_range, i32, i64, load, register_buffer, store
@@ -41,8 +41,7 @@ class Renderer:
         pointers = list(k.outputs) + list(k.inputs)
         self.pointers = {buf.name: p for buf, p in zip(kernel.buffers, pointers)}
         self.dtypes = {buf.name: buf.dtype for buf in kernel.buffers}
-        self.written = set()
-        _collect_stores(kernel.body, self.written)
+        self.written = written_buffers(kernel.body)
         self.indices = {}        # loop variable name -> i64 value
         self.locals = {}         # local name -> alloca
         self.outer_locals = set()  # locals declared outside every loop
@@ -172,7 +171,7 @@ class Renderer:
             value = self.primitive(e, [self.expr(a) for a in e.args])
         else:
             value = self.expr(expand(e))
-        if not _varies(e, self.locals, self.written):  # reusable: reads nothing a statement changes
+        if not varies(e, self.locals, self.written):  # reusable: reads nothing a statement changes
             self.cache[e] = value
         return value
 
@@ -235,7 +234,7 @@ class Renderer:
         b = self.b
         product = b.mul(b.zext(args[0], i64), b.zext(args[1], i64))
         words = {"umulhi": b.trunc(b.lshr(product, c64(32)), i32), "mul": b.trunc(product, i32)}
-        if not _varies(e, self.locals, self.written):
+        if not varies(e, self.locals, self.written):
             for op, word in words.items():
                 self.cache[Call(op, e.args, (), "uint32")] = word
         return words[e.op]
@@ -307,26 +306,6 @@ def _collect_loads(e, out):
 def _fails(statements):
     return any(isinstance(s, Fail) or _fails(getattr(s, "body", ())) or _fails(getattr(s, "then", ()))
                or _fails(getattr(s, "orelse", ())) for s in statements)
-
-
-def _collect_stores(statements, out):
-    for s in statements:
-        if isinstance(s, (Store, AtomicAdd)):
-            out.add(s.buffer)
-        for part in ("body", "then", "orelse"):
-            _collect_stores(getattr(s, part, ()), out)
-
-
-def _varies(e, local_names, written_buffers):
-    """Whether expression ``e`` reads a local or a buffer the kernel writes: its value may differ
-    between two points of one block, so it is never reused."""
-    if isinstance(e, Var):
-        return e.name in local_names
-    if isinstance(e, Load):
-        return e.buffer in written_buffers or _varies(e.index, local_names, written_buffers)
-    if isinstance(e, Call):
-        return any(_varies(a, local_names, written_buffers) for a in e.args)
-    return False
 
 
 def render(k, kernel):
