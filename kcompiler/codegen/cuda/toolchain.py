@@ -161,15 +161,16 @@ def parse_ptxas(text):
 
 # ---- emulation on the CPU --------------------------------------------------------------------------
 
-def _compiler():
-    cxx = shutil.which(os.environ.get("CXX", "g++"))
+def compiler():
+    """The C++ compiler of the emulation (g++: the sanitizer runtimes are its own)."""
+    cxx = shutil.which("g++")
     if cxx is None:
-        raise UnsupportedError("the CUDA emulation needs a C++20 compiler: g++ not found (set CXX)")
+        raise UnsupportedError("the CUDA emulation needs a C++20 compiler: g++ not found on the PATH")
     return cxx
 
 
 def _libasan():
-    path = _run([_compiler(), "-print-file-name=libasan.so"], "g++ -print-file-name").strip()
+    path = _run([compiler(), "-print-file-name=libasan.so"], "g++ -print-file-name").strip()
     if not os.path.isabs(path) or not os.path.exists(path):
         raise UnsupportedError("g++ has no AddressSanitizer runtime (libasan.so)")
     return path
@@ -216,7 +217,7 @@ def build_emulated(source, sanitize=False):
     if sanitize and not sanitizer_loaded():
         raise UnsupportedError("a sanitized emulation library loads only into a process started with "
                                "sanitizer_environment() (LD_PRELOAD of libasan)")
-    cxx = _compiler()
+    cxx = compiler()
     flags = EMULATION_FLAGS + (SANITIZER_FLAGS if sanitize else ())
     key = hashlib.sha256("\0".join((cxx, *flags, source)).encode()).hexdigest()
     directory = _cache_dir()
