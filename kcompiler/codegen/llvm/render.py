@@ -12,7 +12,7 @@ with enough work is split over the cores (``Renderer.split_over_cores``).
 """
 import llvmlite.ir as ir
 
-from ...schedule.kernel import PRIMITIVES, Call, Const, Fail, If, Load, Loop, Store, Var, call, varies, written_buffers
+from ...schedule.kernel import PRIMITIVES, AtomicAdd, Call, Const, Fail, If, Load, Loop, Store, Var, call, varies, written_buffers
 from ...schedule.scalar import expand
 from .conv import parts_for, run_parts, split
 from .irutil import REG_TYPE, bounds_checking, c64, const, for_range, i32, i64, load, register_buffer, store
@@ -62,7 +62,7 @@ class Renderer:
 
     def stmt_Loop(self, s):
         nparts = 1
-        if s.parallel and not self.indices and not self.outer_locals and not _fails(s.body):
+        if s.parallel and not self.indices and not self.outer_locals and not _holds(s.body, (Fail, AtomicAdd)):
             nparts = parts_for(s.extent * _accesses(s.body), s.extent, PARALLEL_MIN_ACCESSES)
         if nparts > 1:
             self.split_over_cores(s, nparts)
@@ -79,7 +79,8 @@ class Renderer:
         """Run parallel loop ``s`` as ``nparts`` parts at once (conv.run_parts, threads.py), each
         over a contiguous sub-range of its iterations. Only a loop outside every other loop, with
         no local declared before it outside the loops, is split (its body then needs nothing but
-        the buffers), and not one that may Fail (parts would race on the error record).
+        the buffers), and not one that may Fail (parts would race on the error record) or add
+        atomically (the adds are plain here, and serial adds keep the reference's order).
 
         The loop over a sub-range is a function of its own, ``<kernel>.range(buffers, status,
         lo, hi)``, whose outputs are ``noalias`` as the kernel's are; each part calls it (LLVM
@@ -111,7 +112,8 @@ class Renderer:
         store(self.b, self.expr(s.value), self.pointers[s.buffer], self.expr(s.index), self.dtypes[s.buffer])
 
     def stmt_AtomicAdd(self, s):
-        # Loops run serially here, so the add needs no atomic instruction.
+        # A loop holding an atomic add is never split over the cores (stmt_Loop): it runs
+        # serially, so the add needs no atomic instruction.
         dtype, ptr, index = self.dtypes[s.buffer], self.pointers[s.buffer], self.expr(s.index)
         old, value = load(self.b, ptr, index, dtype), self.expr(s.value)
         store(self.b, self.e.add(old, value) if _is_float(dtype) else self.b.add(old, value), ptr, index, dtype)
@@ -303,9 +305,10 @@ def _collect_loads(e, out):
             _collect_loads(a, out)
 
 
-def _fails(statements):
-    return any(isinstance(s, Fail) or _fails(getattr(s, "body", ())) or _fails(getattr(s, "then", ()))
-               or _fails(getattr(s, "orelse", ())) for s in statements)
+def _holds(statements, kinds):
+    """Whether ``statements`` hold a statement of one of ``kinds``, at any depth."""
+    return any(isinstance(s, kinds) or any(_holds(getattr(s, part, ()), kinds) for part in ("body", "then", "orelse"))
+               for s in statements)
 
 
 def render(k, kernel):
