@@ -251,6 +251,31 @@ def node_buffers(node, in_types):
                  + [Buffer(f"in{i}", t.dtype, num_elements(t.shape), False) for i, t in enumerate(in_types)])
 
 
+# ---- what renderers ask of a body ---------------------------------------------------------------
+
+def written_buffers(statements):
+    """The names of the buffers ``statements`` store or add to."""
+    out = set()
+    for s in statements:
+        if isinstance(s, (Store, AtomicAdd)):
+            out.add(s.buffer)
+        for part in ("body", "then", "orelse"):
+            out |= written_buffers(getattr(s, part, ()))
+    return out
+
+
+def varies(e, local_names, written):
+    """Whether expression ``e`` reads a local or a buffer the kernel writes: its value may differ
+    between two points of one block, so a renderer never reuses it."""
+    if isinstance(e, Var):
+        return e.name in local_names
+    if isinstance(e, Load):
+        return e.buffer in written or varies(e.index, local_names, written)
+    if isinstance(e, Call):
+        return any(varies(a, local_names, written) for a in e.args)
+    return False
+
+
 # ---- printing -------------------------------------------------------------------------------------
 
 INFIX = {"add": "+", "sub": "-", "mul": "*", "div": "/", "mod": "%", "lt": "<", "le": "<=",

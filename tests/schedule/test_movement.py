@@ -148,6 +148,17 @@ def test_scatter_add_accumulates_repeated_indices(ids, bounds_check):
     assert "atomic out0[" in str(kernel)
 
 
+def test_scatter_add_with_work_enough_for_the_cores_still_adds_every_row():
+    """A loop of atomic adds is never split over the cores (its adds are plain on the CPU):
+    split, two parts lost updates to the rows both hit (an embedding gradient of batch 256)."""
+    ids = np.zeros((64, 400), np.int32)
+    ids[:, ::2] = 1
+    upd = np.ones((64, 400, 64), np.float32)
+    for _ in range(3):
+        got, expected, _ = compile_op("scatter_add", [ids, upd], {"rows": 3})
+        np.testing.assert_array_equal(got[0], expected[0])
+
+
 def test_scatter_add_is_gathers_gradient():
     from op_check import check_compiled
     check_compiled("gather", [normal(5, 3), np.array([[0, 4, 4], [2, 4, 0]], np.int32)])

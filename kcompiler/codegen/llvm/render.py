@@ -12,7 +12,7 @@ with enough work is split over the cores (``Renderer.split_over_cores``).
 """
 import llvmlite.ir as ir
 
-from ...schedule.kernel import PRIMITIVES, Assign, AtomicAdd, Call, Const, Fail, If, Load, Local, Loop, Store, Var, call
+from ...schedule.kernel import PRIMITIVES, AtomicAdd, Call, Const, Fail, If, Load, Loop, Store, Var, call, varies, written_buffers
 from ...schedule.scalar import expand
 from .conv import parts_for, run_parts, split
 from .irutil import REG_TYPE, bounds_checking, c64, const, for_range, i32, i64, load, register_buffer, store
@@ -41,8 +41,7 @@ class Renderer:
         pointers = list(k.outputs) + list(k.inputs)
         self.pointers = {buf.name: p for buf, p in zip(kernel.buffers, pointers)}
         self.dtypes = {buf.name: buf.dtype for buf in kernel.buffers}
-        self.written = set()
-        _collect_stores(kernel.body, self.written)
+        self.written = written_buffers(kernel.body)
         self.indices = {}        # loop variable name -> i64 value
         self.locals = {}         # local name -> alloca
         self.outer_locals = set()  # locals declared outside every loop
@@ -63,7 +62,7 @@ class Renderer:
 
     def stmt_Loop(self, s):
         nparts = 1
-        if s.parallel and not self.indices and not self.outer_locals and not _fails(s.body):
+        if s.parallel and not self.indices and not self.outer_locals and not _holds(s.body, (Fail, AtomicAdd)):
             nparts = parts_for(s.extent * _accesses(s.body), s.extent, PARALLEL_MIN_ACCESSES)
         if nparts > 1:
             self.split_over_cores(s, nparts)
@@ -80,7 +79,8 @@ class Renderer:
         """Run parallel loop ``s`` as ``nparts`` parts at once (conv.run_parts, threads.py), each
         over a contiguous sub-range of its iterations. Only a loop outside every other loop, with
         no local declared before it outside the loops, is split (its body then needs nothing but
-        the buffers), and not one that may Fail (parts would race on the error record).
+        the buffers), and not one that may Fail (parts would race on the error record) or add
+        atomically (the adds are plain here, and serial adds keep the reference's order).
 
         The loop over a sub-range is a function of its own, ``<kernel>.range(buffers, status,
         lo, hi)``, whose outputs are ``noalias`` as the kernel's are; each part calls it (LLVM
@@ -112,7 +112,8 @@ class Renderer:
         store(self.b, self.expr(s.value), self.pointers[s.buffer], self.expr(s.index), self.dtypes[s.buffer])
 
     def stmt_AtomicAdd(self, s):
-        # Loops run serially here, so the add needs no atomic instruction.
+        # A loop holding an atomic add is never split over the cores (stmt_Loop): it runs
+        # serially, so the add needs no atomic instruction.
         dtype, ptr, index = self.dtypes[s.buffer], self.pointers[s.buffer], self.expr(s.index)
         old, value = load(self.b, ptr, index, dtype), self.expr(s.value)
         store(self.b, self.e.add(old, value) if _is_float(dtype) else self.b.add(old, value), ptr, index, dtype)
@@ -172,7 +173,7 @@ class Renderer:
             value = self.primitive(e, [self.expr(a) for a in e.args])
         else:
             value = self.expr(expand(e))
-        if not _varies(e, self.locals, self.written):  # reusable: reads nothing a statement changes
+        if not varies(e, self.locals, self.written):  # reusable: reads nothing a statement changes
             self.cache[e] = value
         return value
 
@@ -235,7 +236,7 @@ class Renderer:
         b = self.b
         product = b.mul(b.zext(args[0], i64), b.zext(args[1], i64))
         words = {"umulhi": b.trunc(b.lshr(product, c64(32)), i32), "mul": b.trunc(product, i32)}
-        if not _varies(e, self.locals, self.written):
+        if not varies(e, self.locals, self.written):
             for op, word in words.items():
                 self.cache[Call(op, e.args, (), "uint32")] = word
         return words[e.op]
@@ -304,29 +305,10 @@ def _collect_loads(e, out):
             _collect_loads(a, out)
 
 
-def _fails(statements):
-    return any(isinstance(s, Fail) or _fails(getattr(s, "body", ())) or _fails(getattr(s, "then", ()))
-               or _fails(getattr(s, "orelse", ())) for s in statements)
-
-
-def _collect_stores(statements, out):
-    for s in statements:
-        if isinstance(s, (Store, AtomicAdd)):
-            out.add(s.buffer)
-        for part in ("body", "then", "orelse"):
-            _collect_stores(getattr(s, part, ()), out)
-
-
-def _varies(e, local_names, written_buffers):
-    """Whether expression ``e`` reads a local or a buffer the kernel writes: its value may differ
-    between two points of one block, so it is never reused."""
-    if isinstance(e, Var):
-        return e.name in local_names
-    if isinstance(e, Load):
-        return e.buffer in written_buffers or _varies(e.index, local_names, written_buffers)
-    if isinstance(e, Call):
-        return any(_varies(a, local_names, written_buffers) for a in e.args)
-    return False
+def _holds(statements, kinds):
+    """Whether ``statements`` hold a statement of one of ``kinds``, at any depth."""
+    return any(isinstance(s, kinds) or any(_holds(getattr(s, part, ()), kinds) for part in ("body", "then", "orelse"))
+               for s in statements)
 
 
 def render(k, kernel):

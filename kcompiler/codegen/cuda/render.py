@@ -1,0 +1,330 @@
+"""Renders a target-neutral kernel description (kcompiler/schedule/kernel.py) as CUDA C.
+
+``render(kernel)`` gives a ``CudaKernel``: the source of one or more ``extern "C" __global__``
+functions and the launches that run them, in order. ``module_source(kernels)`` puts the
+prelude (prelude.h: plain CUDA under nvcc, host C++ for the CPU emulation) in front of the
+kernels of one module.
+
+Parameters: the description's buffers as typed pointers (outputs ``T* __restrict__``, inputs
+``const T* __restrict__``, in the description's order) and last ``int* error``, the step's
+error record (i32 status, i32 node id, i64 value; passes/memory_plan.py). ``Fail`` records
+the first error through ``atomicCAS`` on the status (``kc_fail``), with the node id of the
+description (``kernel.nodes[0]``, -1 if unknown).
+
+Mapping onto threads:
+
+- The outermost perfect nest of ``parallel`` loops at the top of a body becomes one
+  grid-stride loop over its flattened iteration space: each thread takes flat indices
+  ``blockIdx.x * blockDim.x + threadIdx.x``, then every ``gridDim.x * blockDim.x`` after it, up
+  to the product of the extents (the *index guard*), and recovers the loop indices by div/mod
+  (int64). Everything below that nest (serial loops, locals, ifs, inner parallel loops) runs
+  inside the thread, as written. A body with no parallel nest at its top is one thread's work
+  (a launch of extent 1).
+- Top-level sibling statements (scatter_add's zero fill, then its atomic adds) cannot share a
+  launch: the second needs the whole first done, and CUDA has no grid-wide barrier short of a
+  cooperative launch. Each top-level statement is its own ``__global__`` function
+  (``<name>_part<k>``), launched in order on one stream, which orders them. A body with a
+  top-level ``Local`` stays one launch (the later statements read it); it is serial anyway.
+- Launch configuration (``Launch``): ``THREADS_PER_BLOCK`` threads per block (fewer, rounded
+  up to a warp, for a small extent), blocks to cover the extent, at most ``MAX_BLOCKS``: the
+  grid-stride loop makes any grid size correct.
+
+Expressions: every ``Call`` and ``Load`` is one ``const`` temporary (``t<N>``) in the order of
+evaluation, so a subexpression shared by several others (Philox rounds, fused members) is
+computed once; within a block a subexpression met again is reused, except those reading a
+local or a buffer the kernel writes (``varies``), as in the LLVM renderer. Primitives are C
+operators or CUDA math functions with float32 semantics (``expf``, ``tanhf``, ``rintf`` for
+round-half-even, no fast-math); ``max``/``min`` of floats are ``kc_max``/``kc_min``, which
+propagate NaN as numpy does (``fmaxf`` drops it); uint32 arithmetic wraps, ``umulhi`` is
+``__umulhi``; ``AtomicAdd`` is ``atomicAdd``. Registry ops are expanded through their neutral
+definitions (schedule/scalar.py): this backend spells none natively yet (``NATIVE``).
+
+Each function also gets, under ``#ifndef __CUDACC__``, an ``extern "C"`` emulation entry
+``<function>_emulate(blocks, threads, args)`` that runs its launch on the CPU (``kc_launch``,
+prelude.h) with ``args`` the parameter pointers in order; nvcc never sees it.
+"""
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import UnsupportedError
+from ...schedule.kernel import (INFIX, PRIMITIVES, Assign, AtomicAdd, Call, Const, Fail, If, Load, Local, Loop, Store,
+                                Var, varies, written_buffers)
+from ...schedule.scalar import expand
+
+PRELUDE = Path(__file__).with_name("prelude.h")
+
+THREADS_PER_BLOCK = 256
+WARP = 32
+MAX_BLOCKS = 1 << 16
+
+C_TYPE = {"float32": "float", "float64": "double", "int32": "int", "int64": "long long", "bool": "bool",
+          "uint32": "unsigned int"}
+
+# Ops this backend spells natively instead of through their neutral definition (none yet):
+# op -> fn(argument strings) -> C expression.
+NATIVE = {}
+
+_MATH = {"exp": "exp", "log": "log", "sqrt": "sqrt", "abs": "fabs", "floor": "floor", "ceil": "ceil", "round": "rint",
+         "sin": "sin", "cos": "cos", "tanh": "tanh", "log1p": "log1p", "expm1": "expm1", "erf": "erf", "pow": "pow"}
+
+_C_WORDS = frozenset("""auto bool break case char const continue default do double else enum extern float for goto
+if inline int long register restrict return short signed sizeof static struct switch typedef union unsigned void
+volatile while class delete new this template typename operator private public true false""".split())
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One launch: ``kernel`` (a __global__ function) over ``extent`` flat indices."""
+    kernel: str
+    extent: int
+
+    @property
+    def threads(self):
+        """Threads per block: a full block, or the extent rounded up to whole warps."""
+        return min(THREADS_PER_BLOCK, max(WARP, -(-self.extent // WARP) * WARP))
+
+    @property
+    def blocks(self):
+        return max(1, min(MAX_BLOCKS, -(-self.extent // self.threads)))
+
+
+@dataclass(frozen=True)
+class CudaKernel:
+    """A description rendered as CUDA C: ``source`` (its __global__ functions and their
+    emulation entries) and ``launches`` (run in order, all with the parameters ``buffers``,
+    then the error record)."""
+    name: str
+    source: str
+    launches: tuple
+    buffers: tuple
+
+
+def render(kernel, name=None):
+    """CudaKernel for description ``kernel`` (its functions named ``name``, by default the
+    description's own name)."""
+    name = name or kernel.name
+    node = kernel.nodes[0] if kernel.nodes else -1
+    parts = _parts(kernel.body)
+    sources, launches = [], []
+    for k, part in enumerate(parts):
+        function = name if len(parts) == 1 else f"{name}_part{k}"
+        text, extent = _Function(kernel, node).render(function, part)
+        sources.append(text)
+        launches.append(Launch(function, extent))
+    return CudaKernel(name, "\n".join(sources), tuple(launches), kernel.buffers)
+
+
+def module_source(kernels):
+    """One translation unit: the prelude, then the kernels' sources."""
+    return "\n".join([PRELUDE.read_text(), *(k.source for k in kernels)])
+
+
+def _parts(body):
+    """The body's launches: each top-level statement on its own, unless a top-level local ties
+    them together (then the whole body is one)."""
+    if len(body) > 1 and not any(isinstance(s, (Local, Assign)) for s in body):
+        return [(s,) for s in body]
+    return [tuple(body)]
+
+
+def _parallel_nest(part):
+    """(the perfect nest of parallel loops at the top of ``part``, the statements inside it)."""
+    loops, body = [], part
+    while len(body) == 1 and isinstance(body[0], Loop) and body[0].parallel:
+        loops.append(body[0])
+        body = body[0].body
+    return loops, body
+
+
+def _literal(value, dtype):
+    if dtype == "bool":
+        return "true" if value else "false"
+    if dtype in ("float32", "float64"):
+        v = float(np.float32(value)) if dtype == "float32" else float(value)
+        if math.isnan(v):
+            text = "NAN"
+        elif math.isinf(v):
+            text = "INFINITY" if v > 0 else "-INFINITY"
+        else:
+            return v.hex() + ("f" if dtype == "float32" else "")
+        return text if dtype == "float32" else f"(double){text}"
+    v = int(value)
+    if dtype == "uint32":
+        return f"{v & 0xFFFFFFFF:#x}u"
+    if dtype == "int32":
+        return str(v) if v > -2 ** 31 else "(-2147483647 - 1)"
+    return f"{v}LL" if v > -2 ** 63 else "(-9223372036854775807LL - 1)"
+
+
+def _is_float(dtype):
+    return dtype.startswith("float")
+
+
+class _Function:
+    """Writes one __global__ function: the grid-stride loop over a part's parallel nest, and its
+    statements inside."""
+
+    def __init__(self, kernel, node):
+        self.kernel, self.node = kernel, node
+        self.dtypes = {b.name: b.dtype for b in kernel.buffers}
+        self.written = written_buffers(kernel.body)
+        self.names = {}          # description variable name -> C name
+        self.locals = set()      # description names of the locals declared so far
+        self.cache = {}          # Expr -> C name of its temporary, for the current block
+        self.lines, self.depth, self.temps = [], 1, 0
+
+    # ---- the function ---------------------------------------------------------------------------
+
+    def render(self, function, part):
+        loops, body = _parallel_nest(part)
+        extent = math.prod(l.extent for l in loops)
+        params = [f"{C_TYPE[b.dtype]}* __restrict__ {b.name}" if b.output
+                  else f"const {C_TYPE[b.dtype]}* __restrict__ {b.name}" for b in self.kernel.buffers]
+        params.append("int* __restrict__ error")
+        self.emit(f"for (long long thread_index = (long long)blockIdx.x * blockDim.x + threadIdx.x; "
+                  f"thread_index < {extent}; thread_index += (long long)gridDim.x * blockDim.x) {{")
+        self.depth += 1
+        inner = 1
+        for k in reversed(range(len(loops))):
+            index = "thread_index" if inner == 1 else f"thread_index / {inner}"
+            if k > 0:
+                index = f"{index} % {loops[k].extent}"
+            self.emit(f"const long long {self.declare(loops[k].var.name)} = {index};")
+            inner *= loops[k].extent
+        self.body(body)
+        self.depth -= 1
+        self.emit("}")
+        casts = ", ".join([f"({C_TYPE[b.dtype]}*)args[{i}]" if b.output else f"(const {C_TYPE[b.dtype]}*)args[{i}]"
+                           for i, b in enumerate(self.kernel.buffers)] + [f"(int*)args[{len(self.kernel.buffers)}]"])
+        text = "\n".join([f'extern "C" __global__ void {function}({", ".join(params)}) {{', *self.lines, "}",
+                          "#ifndef __CUDACC__",
+                          f'extern "C" void {function}_emulate(long long blocks, int threads, void** args) {{',
+                          f"    kc_launch({function}, blocks, threads, {casts});", "}", "#endif", ""])
+        return text, extent
+
+    def emit(self, line):
+        self.lines.append("    " * self.depth + line)
+
+    def declare(self, name):
+        """The C name of description variable ``name`` (renamed off C words and the renderer's
+        own names)."""
+        c_name = name
+        if c_name in _C_WORDS or re.fullmatch(r"t\d+", c_name) or c_name in ("thread_index", "error") \
+                or c_name in self.dtypes:
+            c_name += "_"
+        self.names[name] = c_name
+        return c_name
+
+    # ---- statements ---------------------------------------------------------------------------
+
+    def body(self, statements):
+        for s in statements:
+            getattr(self, "stmt_" + type(s).__name__)(s)
+
+    def block(self, head, statements):
+        """``head {`` statements ``}``, the temporaries of the block forgotten after it."""
+        self.emit(head + " {")
+        saved = dict(self.cache)
+        self.depth += 1
+        self.body(statements)
+        self.depth -= 1
+        self.cache = saved
+        self.emit("}")
+
+    def stmt_Loop(self, s):
+        var = self.declare(s.var.name)
+        self.block(f"for (long long {var} = 0; {var} < {s.extent}; ++{var})", s.body)
+
+    def stmt_Store(self, s):
+        index, value = self.expr(s.index), self.expr(s.value)
+        self.emit(f"{s.buffer}[{index}] = {value};")
+
+    def stmt_AtomicAdd(self, s):
+        index, value = self.expr(s.index), self.expr(s.value)
+        dtype = self.dtypes[s.buffer]
+        if dtype == "int64":  # CUDA adds 64-bit integers as unsigned: the same bits
+            self.emit(f"atomicAdd((unsigned long long*)&{s.buffer}[{index}], (unsigned long long){value});")
+        elif dtype in ("float32", "float64", "int32"):
+            self.emit(f"atomicAdd(&{s.buffer}[{index}], {value});")
+        else:
+            raise UnsupportedError(f"no atomic add of {dtype} elements on CUDA")
+
+    def stmt_Local(self, s):
+        init = self.expr(s.init)
+        self.emit(f"{C_TYPE[s.var.dtype]} {self.declare(s.var.name)} = {init};")
+        self.locals.add(s.var.name)
+
+    def stmt_Assign(self, s):
+        value = self.expr(s.value)
+        self.emit(f"{self.names[s.var.name]} = {value};")
+
+    def stmt_If(self, s):
+        self.block(f"if ({self.expr(s.cond)})", s.then)
+        if s.orelse:
+            self.block("else", s.orelse)
+
+    def stmt_Fail(self, s):
+        self.emit(f"kc_fail(error, {s.code}, {self.node}, (long long){self.expr(s.value)});")
+
+    # ---- expressions --------------------------------------------------------------------------
+
+    def expr(self, e):
+        """A C name or literal holding the value of ``e``."""
+        if isinstance(e, Const):
+            return _literal(e.value, e.dtype)
+        if isinstance(e, Var):
+            return self.names[e.name]
+        hit = self.cache.get(e)
+        if hit is not None:
+            return hit
+        if isinstance(e, Load):
+            value = f"{e.buffer}[{self.expr(e.index)}]"
+        elif e.op in NATIVE:
+            value = NATIVE[e.op]([self.expr(a) for a in e.args])
+        elif e.op in PRIMITIVES:
+            value = _primitive(e, [self.expr(a) for a in e.args])
+        else:
+            return self.expr(expand(e))
+        temp = f"t{self.temps}"
+        self.temps += 1
+        self.emit(f"const {C_TYPE[e.dtype]} {temp} = {value};")
+        if not varies(e, self.locals, self.written):  # reusable: reads nothing a statement changes
+            self.cache[e] = temp
+        return temp
+
+
+def _primitive(e, args):
+    """The C expression of primitive Call ``e`` over its rendered arguments."""
+    op, dtype = e.op, e.args[0].dtype
+    if op in _MATH:
+        if not _is_float(dtype):
+            if op == "abs":
+                return f"({args[0]} < 0 ? -({args[0]}) : {args[0]})"
+            raise UnsupportedError(f"{op} of {dtype} has no CUDA spelling")
+        return f"{_MATH[op]}{'f' if dtype == 'float32' else ''}({', '.join(args)})"
+    if op in ("max", "min"):
+        x, y = args
+        if _is_float(dtype):
+            return f"kc_{op}({x}, {y})"
+        return f"({x} {'>=' if op == 'max' else '<='} {y} ? {x} : {y})"
+    if op == "umulhi":
+        return f"__umulhi({args[0]}, {args[1]})"
+    if op == "select":
+        return f"({args[0]} ? {args[1]} : {args[2]})"
+    if op == "cast":
+        return f"({C_TYPE[e.dtype]}){args[0]}"
+    if op == "isnan":
+        return f"isnan({args[0]})"
+    if op == "neg":
+        return f"-({args[0]})"
+    if op == "not":
+        return f"!({args[0]})" if dtype == "bool" else f"~({args[0]})"
+    if dtype == "bool" and op in ("and", "or", "xor"):
+        return f"({args[0]} {dict(zip(('and', 'or', 'xor'), ('&&', '||', '!=')))[op]} {args[1]})"
+    if op in ("and", "or"):
+        return f"({args[0]} {'&' if op == 'and' else '|'} {args[1]})"
+    return f"({args[0]} {INFIX[op]} {args[1]})"  # arithmetic, comparisons, xor, shifts
