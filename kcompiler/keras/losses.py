@@ -93,6 +93,11 @@ def reduce_weighted_values(values, sample_weight=None, mask=None, reduction="sum
             sample_weight = sw * valid_b
     if sample_weight is not None:
         values, sample_weight = squeeze_or_expand_to_same_rank(values, as_tensor(sample_weight, "float32"))
+        # per-sample weights (batch,) against per-element losses of higher rank (mse on an image
+        # or a sequence output): one weight per sample, broadcast over its elements (tf.keras 2's
+        # rule; Keras 3 passes no weights at all when fit is given none, which is the same)
+        while len(sample_weight.shape) < len(values.shape):
+            sample_weight = ops.expand_dims(sample_weight, -1)
         values = values * sample_weight
     if reduction in (None, "none") or tuple(values.shape) in ((), (0,)):
         return values

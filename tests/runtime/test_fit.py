@@ -300,3 +300,20 @@ def test_stateful_metrics_accumulate_over_the_epoch_inside_the_compiled_step():
         assert history.history["recall"][epoch] == pytest.approx(expected_recall, rel=1e-5)
     logs = model.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)
     assert logs["precision"] == pytest.approx(expected_precision, rel=1e-5)
+
+
+def test_training_on_outputs_of_higher_rank_weights_each_sample_over_its_elements():
+    """mse on an image output (batch, h, w, c): the batch's sample weights (ones when fit is given
+    none) broadcast over each sample's elements; the loss is the mean over every element, as Keras."""
+    from examples.seed_models import cifar_convs
+    rng = np.random.default_rng(3)
+    model = cifar_convs()
+    model.compile(optimizer="sgd", loss="mse")
+    x = rng.random((4, 32, 32, 3), dtype=np.float32)
+    y = rng.random(model.predict(x, verbose=0).shape, dtype=np.float32)
+    expected = float(np.mean((model.predict(x, verbose=0) - y) ** 2))
+    np.testing.assert_allclose(model.train_on_batch(x, y), expected, rtol=1e-5)
+    weights = np.array([1.0, 0.0, 2.0, 1.0], np.float32)
+    per_sample = np.mean((model.predict(x, verbose=0) - y) ** 2, axis=(1, 2, 3))
+    np.testing.assert_allclose(model.test_on_batch(x, y, sample_weight=weights),
+                               float(np.sum(per_sample * weights) / 4), rtol=1e-5)
