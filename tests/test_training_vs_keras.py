@@ -35,11 +35,11 @@ def build(case):
 
 
 @pytest.mark.parametrize("name", cases("training"))
-def test_twenty_compiled_steps_match_keras(name):
+def test_twenty_compiled_steps_match_keras(name, target):
     case = load("training", name)
     model = build(case)
     bs = case["spec"]["batch_size"]
-    program = kcompiler.compile(model, training=True, batch_size=bs)
+    program = kcompiler.compile(model, training=True, batch_size=bs, target=target)
     x, y = case["x"], case["y"]
     losses, metrics = [], []
     for step in range(20):

@@ -7,9 +7,10 @@ from benchmarks.workloads import WORKLOADS
 
 
 @pytest.mark.parametrize("name", sorted(WORKLOADS))
-def test_workload_trains_like_the_reference(name):
+def test_workload_trains_like_the_reference(name, target):
     w = WORKLOADS[name]
     compiled, reference = w.build(), w.build()
+    compiled.compile(optimizer=w.optimizer(), loss=w.loss(), target=target)
     reference.set_weights(compiled.get_weights())
     reference.compile(optimizer=w.optimizer(), loss=w.loss(), run_eagerly=True)
     x, y = w.data(batch_size=3)
