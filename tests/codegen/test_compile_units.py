@@ -13,6 +13,7 @@ import pytest
 import kcompiler
 from kcompiler import keras
 from kcompiler.codegen.llvm import cache as C
+from kcompiler.codegen.llvm import target as T
 from kcompiler.codegen.llvm.support import ensure_support_library
 
 X = np.random.default_rng(0).random((4, 6, 6, 2), dtype=np.float32)
@@ -96,3 +97,34 @@ def test_every_unit_carries_its_crash_marker_until_the_first_run(cache):
     assert all(C.marker_path(key).exists() for key in module.unit_keys)
     program.predict(X)
     assert not any(C.marker_path(key).exists() for key in module.unit_keys)
+
+
+def _units(program, opt_level=1):
+    return [(source, opt_level) for source in sorted(_symbols(program))]
+
+
+def test_parallel_compilation_emits_the_same_code_as_serial(cache, monkeypatch):
+    units = _units(kcompiler.compile(_cnn(3), training=True, batch_size=4))
+    assert len(units) >= T._MIN_UNITS_FOR_WORKER  # enough for the helper process to take part
+    monkeypatch.setenv("KCOMPILER_COMPILE_JOBS", "1")
+    serial = T._compile_objects(units, "serial")
+    monkeypatch.setenv("KCOMPILER_COMPILE_JOBS", "2")
+    assert T._compile_objects(units, "parallel") == serial
+
+
+def test_parallel_and_serial_steps_train_alike(cache, monkeypatch):
+    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
+    losses = {}
+    for jobs in ("1", "2"):
+        monkeypatch.setenv("KCOMPILER_COMPILE_JOBS", jobs)
+        program = kcompiler.compile(_cnn(3), training=True, batch_size=4)
+        losses[jobs] = [program.train_step(X, Y)["loss"] for _ in range(3)]
+    assert losses["1"] == losses["2"]
+
+
+def test_a_unit_llvm_rejects_fails_with_its_message_in_parallel(cache, monkeypatch):
+    monkeypatch.setenv("KCOMPILER_COMPILE_JOBS", "2")
+    units = _units(kcompiler.compile(_cnn(3), training=True, batch_size=4))
+    units.insert(2, ("define i32 @f() {\n  ret i64 0\n}\n", 1))
+    with pytest.raises(RuntimeError, match="does not parse"):
+        T._compile_objects(units, "broken")

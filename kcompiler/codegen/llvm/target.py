@@ -18,6 +18,9 @@ Environment variables
 ``KCOMPILER_OPT_LEVEL``
     Default optimisation level of :func:`compile_ir` (0-3, default 3). The test
     suite sets it to 0 or 1 to keep compile times low (see docs/codegen-llvm.md).
+``KCOMPILER_COMPILE_JOBS``
+    How many processes :func:`compile_units` compiles on (default: the CPUs this
+    process may run on, at most 2; 1 compiles in this process only).
 ``KCOMPILER_CACHE_DIR``, ``KCOMPILER_CACHE_MAX_BYTES``, ``KCOMPILER_NO_CACHE``
     The object cache: see :mod:`kcompiler.codegen.llvm.cache`.
 
@@ -31,6 +34,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import os
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -128,6 +134,13 @@ def host_target_info() -> tuple[str, str, str]:
     return _HOST_INFO
 
 
+def use_target_info(triple: str, cpu: str, features: str) -> None:
+    """Emit code for this target instead of asking LLVM about the host (compile_worker.py:
+    a helper process compiles for exactly the target its parent's cache keys name)."""
+    global _HOST_INFO
+    _HOST_INFO = (triple, cpu, features)
+
+
 def host_has_avx512() -> bool:
     return "+avx512f" in host_target_info()[2].split(",")
 
@@ -217,7 +230,8 @@ def _parse_and_verify(llvm_ir: str, name: str) -> llvm.ModuleRef:
     return mod
 
 
-def _compile_to_object(llvm_ir: str, opt_level: int, name: str) -> bytes:
+def compile_to_object(llvm_ir: str, opt_level: int, name: str) -> bytes:
+    """Parse, verify, optimise and emit ``llvm_ir`` for the host: its object code."""
     mod = _parse_and_verify(llvm_ir, name)
     triple, _, _ = host_target_info()
     mod.triple = triple
@@ -415,7 +429,7 @@ def _load_entry(directory: cache.CacheDir, payload: bytes, key: str, marker_stat
 def _compile_and_load(llvm_ir: str, key: str, opt_level: int, name: str, t0: float) -> CompiledModule:
     cache.count("misses")
     with _LOCK:
-        obj = _compile_to_object(llvm_ir, opt_level, name)
+        obj = compile_to_object(llvm_ir, opt_level, name)
         engine, tm = _load_objects([obj], opt_level, name)
     return _new_module(name, key, opt_level, False, obj, t0, engine, tm, [])
 
@@ -513,14 +527,85 @@ def compile_units(units: list[tuple[str, int]], *, name: str = "module") -> Comp
                        unit_keys=keys)
 
 
+# Fewer units than this are compiled in this process alone: a helper process takes ~0.1 s to start.
+_MIN_UNITS_FOR_WORKER = 4
+
+
+def compile_jobs() -> int:
+    """How many processes compile units: ``$KCOMPILER_COMPILE_JOBS``, else the CPUs this process
+    may run on, at most 2 (one helper process; see compile_worker.py)."""
+    raw = os.environ.get("KCOMPILER_COMPILE_JOBS", "").strip()
+    if raw:
+        return max(int(raw), 1)
+    return min(len(os.sched_getaffinity(0)), 2)
+
+
 def _compile_objects(units: list[tuple[str, int]], name: str) -> list[bytes]:
-    """The object code of each ``(ir text, opt level)`` unit (each counted as a miss)."""
-    objects = []
-    for llvm_ir, opt_level in units:
+    """The object code of each ``(ir text, opt level)`` unit (each counted as a miss).
+
+    With :func:`compile_jobs` >= 2 and enough units, a helper process (compile_worker.py)
+    takes units from the same queue as this process, one at a time, so the faster side does
+    more. Whatever the helper could not compile (it failed to start, died, or LLVM rejected
+    the unit) is compiled here, so errors carry the usual message."""
+    for _ in units:
         cache.count("misses")
-        with _LOCK:
-            objects.append(_compile_to_object(llvm_ir, opt_level, name))
+    objects = [None] * len(units)
+    queue = list(range(len(units)))
+    queue_lock = threading.Lock()
+
+    def take():
+        with queue_lock:
+            return queue.pop(0) if queue else None
+
+    helper = None
+    if compile_jobs() >= 2 and len(units) >= _MIN_UNITS_FOR_WORKER:
+        helper = threading.Thread(target=_compile_in_worker, args=(units, objects, take), daemon=True)
+        helper.start()
+    try:
+        while (i := take()) is not None:
+            with _LOCK:
+                objects[i] = compile_to_object(*units[i], name)
+    finally:
+        if helper is not None:
+            with queue_lock:
+                queue.clear()  # on an error here, the helper stops after its current unit
+            helper.join()
+    for i, obj in enumerate(objects):
+        if obj is None:
+            with _LOCK:
+                objects[i] = compile_to_object(*units[i], name)
     return objects
+
+
+def _compile_in_worker(units, objects, take) -> None:
+    """Feed units taken from the queue to a compile_worker process until the queue is empty
+    or the worker fails (a unit it did not compile stays None)."""
+    from .compile_worker import read_message, write_message
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    try:
+        worker = subprocess.Popen([sys.executable, "-m", "kcompiler.codegen.llvm.compile_worker",
+                                   *host_target_info()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    except OSError:
+        return
+    try:
+        while (i := take()) is not None:
+            llvm_ir, opt_level = units[i]
+            write_message(worker.stdin, opt_level, llvm_ir.encode())
+            reply = read_message(worker.stdout)
+            if reply is None or reply[0] != 0:
+                objects[i] = None
+                break
+            objects[i] = reply[1]
+    except OSError:
+        pass
+    finally:
+        try:
+            worker.stdin.close()
+        except OSError:
+            pass
+        worker.stdout.close()
+        worker.wait()
 
 
 def _free_engine(engine: llvm.ExecutionEngine) -> None:
