@@ -535,9 +535,11 @@ def compile_jobs() -> int:
     """How many processes compile units: ``$KCOMPILER_COMPILE_JOBS``, else the CPUs this process
     may run on, at most 2 (one helper process; see compile_worker.py)."""
     raw = os.environ.get("KCOMPILER_COMPILE_JOBS", "").strip()
-    if raw:
-        return max(int(raw), 1)
-    return min(len(os.sched_getaffinity(0)), 2)
+    if not raw:
+        return min(len(os.sched_getaffinity(0)), 2)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"KCOMPILER_COMPILE_JOBS must be a number of processes >= 1, got {raw!r}")
+    return int(raw)
 
 
 def _compile_objects(units: list[tuple[str, int]], name: str) -> list[bytes]:
