@@ -19,7 +19,7 @@ The cache loads only what this user compiled:
   unlocked was left by a process that died loading or first calling the entry:
   the entry is deleted and recompiled, never loaded again.
 
-Entry format (one file ``<sha256 key>.kco`` per compiled module, mode 0o600)::
+Entry format (one file ``<sha256 key>.kco`` per compiled module or unit, mode 0o600)::
 
     offset  size  field
     0       8     magic  b"KCOBJ\\x02\\n\\x00"

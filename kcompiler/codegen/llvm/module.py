@@ -1,9 +1,15 @@
 """LLVM code generation for a planned graph: one kernel per node, one entry point per step.
 
-``generate(g)`` emits every kernel into one module plus
-``i32 kc_entry(i8** params, i8* arena)``, which calls the kernels in plan order with
-pointers into the parameter table and the arena, then commits the state updates (copies
+``generate(g)`` emits every kernel as its own compilation unit (an LLVM module holding the
+kernel, with external linkage, and its internal helpers) plus an entry unit
+``i32 kc_entry(i8** params, i8* arena)``, which declares the kernels, calls them in plan order
+with pointers into the parameter table and the arena, then commits the state updates (copies
 them into their variables); it returns 0, or the status of the first error.
+
+A kernel unit's symbol is derived from a hash of its own IR, so two identical kernels (of one
+model, a deep network repeats shapes, or of two models) are literally the same unit: it is
+compiled, cached (target.compile_units) and loaded once, and a model that changes one layer
+recompiles only the units that changed.
 
 A failed step commits nothing. Kernels write only arena buffers (the memory plan never
 gives a kernel output a variable's buffer), so variables change only in the commit, and
@@ -13,6 +19,7 @@ point tests the status and, when set, stores the node id in the error record
 (memory_plan.ERROR_RECORD_BYTES) and returns: the runtime then knows which node failed on
 which value. On the normal path that costs one compare per fallible kernel.
 """
+import hashlib
 from dataclasses import dataclass, field
 
 import llvmlite.ir as ir
@@ -28,6 +35,21 @@ from .kernel import KernelBuilder, types_of
 from .render import render
 
 COMPILED_DTYPES = ("float32", "int32", "int64", "bool")
+
+# The kernel's name while its unit is built: replaced by the hash-derived symbol, so that the
+# name does not take part in the hash (identical kernels of different nodes hash alike).
+_PLACEHOLDER = "kc_kernel_unit_placeholder"
+
+
+@dataclass
+class StepSource:
+    """What ``generate`` hands the compiler: the IR of each distinct kernel unit by symbol (in
+    first-use order) and of the entry unit."""
+    units: dict            # symbol -> LLVM IR text of the kernel's unit
+    entry: str             # LLVM IR text of the entry unit (kc_entry, declaring the kernels)
+
+    def __str__(self):
+        return "\n".join([*self.units.values(), self.entry])
 
 
 @dataclass
@@ -65,32 +87,44 @@ def _check_supported(g):
 
 
 def generate(g, module_name="kcompiler", profile=False):
-    """Return (llvm_ir_text, [Kernel]) for planned graph ``g``. With ``profile``, the entry
+    """Return (StepSource, [Kernel]) for planned graph ``g``. With ``profile``, the entry
     point also adds each kernel's cycle count (llvm.readcyclecounter) to the global
     array ``kc_profile_cycles``."""
     _check_supported(g)
     plan = g.graph["plan"]
-    module = ir.Module(name=module_name)
-    module.triple = ""
-    kernel_fns, kernels_out = [], []
+    units, calls, kernels_out = {}, [], []
     for nid in plan["order"]:
         node = g.nodes[nid]
         in_types = [g.nodes[u]["type"] for u in operands(g, nid)]
-        name = f"k{nid}_{node['op']}"
-        k = KernelBuilder(module, name, node, in_types, inline_constants(g, nid))
-        if "kernel" in node:  # a target-neutral description (the scheduled stage)
-            render(k, node["kernel"])
-        else:
-            get_op(node["op"]).lowerings["llvm"](k)
-        fn = k.finish()
-        kernel_fns.append((nid, fn))
-        kernels_out.append(Kernel(name=name, source=str(fn), nodes=[nid], op=node["op"],
+        symbol, source, fnty = _kernel_unit(node, in_types, inline_constants(g, nid))
+        units.setdefault(symbol, source)
+        calls.append((nid, symbol, fnty))
+        kernels_out.append(Kernel(name=f"k{nid}_{node['op']}", source=source, nodes=[nid], op=node["op"],
                                   fused=list(node.get("fused", []))))
-    _emit_entry(module, g, kernel_fns, profile)
-    return str(module), kernels_out
+    entry = ir.Module(name=module_name)
+    entry.triple = ""
+    _emit_entry(entry, g, calls, profile)
+    return StepSource(units=units, entry=str(entry)), kernels_out
 
 
-def _emit_entry(module, g, kernel_fns, profile=False):
+def _kernel_unit(node, in_types, constants):
+    """(symbol, IR text, function type) of the unit that holds ``node``'s kernel alone."""
+    module = ir.Module(name="kc_kernel")
+    module.triple = ""
+    k = KernelBuilder(module, _PLACEHOLDER, node, in_types, constants)
+    if "kernel" in node:  # a target-neutral description (the scheduled stage)
+        render(k, node["kernel"])
+    else:
+        get_op(node["op"]).lowerings["llvm"](k)
+    fn = k.finish()
+    fn.linkage = ""  # external: the entry unit calls it by name
+    text = str(module)
+    symbol = "kc_" + hashlib.sha256(text.encode()).hexdigest()[:32]
+    return symbol, text.replace(_PLACEHOLDER, symbol), fn.ftype
+
+
+def _emit_entry(module, g, calls, profile=False):
+    """kc_entry into ``module``; ``calls``: (node id, kernel symbol, kernel function type) in plan order."""
     plan = g.graph["plan"]
     fn = ir.Function(module, ir.FunctionType(i32, [i8p.as_pointer(), i8p]), name="kc_entry")
     params, arena = fn.args
@@ -114,10 +148,11 @@ def _emit_entry(module, g, kernel_fns, profile=False):
 
     check_every = bounds_checking()  # any kernel may then report an access outside a buffer
     if profile:
-        counters = ir.GlobalVariable(module, ir.ArrayType(i64, max(len(kernel_fns), 1)), name="kc_profile_cycles")
+        counters = ir.GlobalVariable(module, ir.ArrayType(i64, max(len(calls), 1)), name="kc_profile_cycles")
         counters.initializer = ir.Constant(counters.type.pointee, None)
         clock = ir.Function(module, ir.FunctionType(i64, []), name="llvm.readcyclecounter")
-    for index, (nid, kfn) in enumerate(kernel_fns):
+    for index, (nid, symbol, fnty) in enumerate(calls):
+        kfn = module.globals.get(symbol) or ir.Function(module, fnty, name=symbol)  # declared, defined in its unit
         outs = [pointer((nid, k)) for k in range(len(types_of(g.nodes[nid]["type"])))]
         ins = [pointer(key) for key in _operand_keys(g, nid)]
         start = b.call(clock, []) if profile else None

@@ -8,6 +8,8 @@ What lives here:
 * :func:`host_target_info` -- ``(triple, cpu name, feature string)`` of the host;
 * :func:`compile_ir` -- parse, verify, optimise (new pass manager), emit object
   code and load it into a fresh MCJIT engine, with an on-disk object cache;
+* :func:`compile_units` -- the same for several units (a model's kernels and its
+  entry point), each compiled and cached on its own, all loaded into one engine;
 * :func:`vector_width_attrs` -- mark an ``llvmlite.ir.Function`` so that LLVM's
   auto-vectorisers use 512-bit vectors.
 
@@ -16,6 +18,9 @@ Environment variables
 ``KCOMPILER_OPT_LEVEL``
     Default optimisation level of :func:`compile_ir` (0-3, default 3). The test
     suite sets it to 0 or 1 to keep compile times low (see docs/codegen-llvm.md).
+``KCOMPILER_COMPILE_JOBS``
+    How many processes :func:`compile_units` compiles on (default: the CPUs this
+    process may run on, at most 2; 1 compiles in this process only).
 ``KCOMPILER_CACHE_DIR``, ``KCOMPILER_CACHE_MAX_BYTES``, ``KCOMPILER_NO_CACHE``
     The object cache: see :mod:`kcompiler.codegen.llvm.cache`.
 
@@ -29,6 +34,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import os
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -49,6 +57,7 @@ __all__ = [
     "cache_path",
     "cache_stats",
     "compile_ir",
+    "compile_units",
     "default_opt_level",
     "emit_assembly",
     "host_target_info",
@@ -123,6 +132,13 @@ def host_target_info() -> tuple[str, str, str]:
             features += ",-prefer-256-bit"
         _HOST_INFO = (triple, cpu, features)
     return _HOST_INFO
+
+
+def use_target_info(triple: str, cpu: str, features: str) -> None:
+    """Emit code for this target instead of asking LLVM about the host (compile_worker.py:
+    a helper process compiles for exactly the target its parent's cache keys name)."""
+    global _HOST_INFO
+    _HOST_INFO = (triple, cpu, features)
 
 
 def host_has_avx512() -> bool:
@@ -214,7 +230,8 @@ def _parse_and_verify(llvm_ir: str, name: str) -> llvm.ModuleRef:
     return mod
 
 
-def _compile_to_object(llvm_ir: str, opt_level: int, name: str) -> bytes:
+def compile_to_object(llvm_ir: str, opt_level: int, name: str) -> bytes:
+    """Parse, verify, optimise and emit ``llvm_ir`` for the host: its object code."""
     mod = _parse_and_verify(llvm_ir, name)
     triple, _, _ = host_target_info()
     mod.triple = triple
@@ -253,20 +270,28 @@ def optimized_ir(llvm_ir: str, *, opt_level: int | None = None, name: str = "mod
         return str(mod)
 
 
-def _load_object(obj: bytes, opt_level: int, name: str) -> tuple[llvm.ExecutionEngine, llvm.TargetMachine]:
+def _load_objects(objects: list[bytes], opt_level: int, name: str) -> tuple[llvm.ExecutionEngine, llvm.TargetMachine]:
+    """One MCJIT engine holding ``objects``; their symbols resolve against each other
+    (and the process, llvm.add_symbol) when the engine is finalized."""
     tm = _target_machine(opt_level)
     holder = llvm.parse_assembly("")
     holder.triple = host_target_info()[0]
     holder.name = f"{name}.holder"
     engine = llvm.create_mcjit_compiler(holder, tm)
-    engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+    for obj in objects:
+        engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
     engine.finalize_object()
     return engine, tm
 
 
 @dataclass(eq=False)
 class CompiledModule:
-    """A module loaded into its own MCJIT engine, freed when this object is collected."""
+    """A module -- or a group of separately compiled units (:func:`compile_units`) --
+    loaded into its own MCJIT engine, freed when this object is collected.
+
+    For a group, ``key`` and ``object_code`` are the last unit's (the entry point's),
+    ``unit_keys`` lists every distinct unit's key, and ``from_cache`` is true when
+    every unit came from the cache."""
 
     name: str
     key: str
@@ -274,23 +299,24 @@ class CompiledModule:
     from_cache: bool
     object_code: bytes = field(repr=False)
     compile_seconds: float = 0.0
+    unit_keys: tuple = ()
     _engine: object = field(default=None, repr=False)
     _tm: object = field(default=None, repr=False)
     _addresses: dict = field(default_factory=dict, repr=False)
-    _marker: cache.Marker | None = field(default=None, repr=False)
+    _markers: list = field(default_factory=list, repr=False)
 
     def confirm(self) -> None:
         """Record that the module's code ran successfully once.
 
-        A module loaded from the disk cache carries the entry's crash marker
-        until then; this removes it, so later processes load the entry without
-        suspicion. Idempotent and cheap after the first call; modules compiled
-        in this process have no marker. Call it after the first successful
-        call into the module (``CompiledGraph.run`` does).
+        A module (each unit of a group) loaded from the disk cache carries its
+        entry's crash marker until then; this removes them, so later processes
+        load the entries without suspicion. Idempotent and cheap after the
+        first call; units compiled in this process have no marker. Call it
+        after the first successful call into the module (``CompiledGraph.run``
+        does).
         """
-        if self._marker is not None:
-            self._marker.release()
-            self._marker = None
+        while self._markers:
+            self._markers.pop().release()
 
     def address(self, fn_name: str) -> int:
         """Address of a function (or global) of the module; KeyError if absent."""
@@ -351,16 +377,7 @@ def _compile_with_cache(directory: cache.CacheDir, llvm_ir: str, key: str, opt_l
                         t0: float) -> CompiledModule:
     """:func:`compile_ir` with a trusted cache directory: load entry ``key`` if
     it is valid and has not crashed a process, else compile and write it."""
-    marker_state = directory.marker_state(key)
-    if marker_state == "crashed":
-        # The last process that loaded this entry died before its first
-        # successful call: never load it again.
-        directory.remove(f"{key}.kco")
-        directory.remove(f"{key}.loading")
-        cache.count("crashed")
-        payload = None
-    else:
-        payload = directory.read_entry(key)
+    payload, marker_state = _lookup(directory, key)
     if payload is cache.REFUSED:
         return _compile_and_load(llvm_ir, key, opt_level, name, t0)
     if payload is not None:
@@ -371,6 +388,19 @@ def _compile_with_cache(directory: cache.CacheDir, llvm_ir: str, key: str, opt_l
     directory.write_entry(key, cm.object_code)
     directory.evict(keep=key)
     return cm
+
+
+def _lookup(directory: cache.CacheDir, key: str) -> tuple[bytes | None | object, str]:
+    """(entry ``key``'s payload, or None, or cache.REFUSED; its crash marker's state)."""
+    marker_state = directory.marker_state(key)
+    if marker_state == "crashed":
+        # The last process that loaded this entry died before its first
+        # successful call: never load it again.
+        directory.remove(f"{key}.kco")
+        directory.remove(f"{key}.loading")
+        cache.count("crashed")
+        return None, marker_state
+    return directory.read_entry(key), marker_state
 
 
 def _load_entry(directory: cache.CacheDir, payload: bytes, key: str, marker_state: str, opt_level: int,
@@ -385,7 +415,7 @@ def _load_entry(directory: cache.CacheDir, payload: bytes, key: str, marker_stat
         return None
     try:
         with _LOCK:
-            engine, tm = _load_object(payload, opt_level, name)
+            engine, tm = _load_objects([payload], opt_level, name)
     except RuntimeError:
         if marker is not None:
             marker.release()
@@ -393,18 +423,18 @@ def _load_entry(directory: cache.CacheDir, payload: bytes, key: str, marker_stat
         cache.count("corrupt")
         return None
     cache.count("hits")
-    return _new_module(name, key, opt_level, True, payload, t0, engine, tm, marker)
+    return _new_module(name, key, opt_level, True, payload, t0, engine, tm, [marker] if marker else [])
 
 
 def _compile_and_load(llvm_ir: str, key: str, opt_level: int, name: str, t0: float) -> CompiledModule:
     cache.count("misses")
     with _LOCK:
-        obj = _compile_to_object(llvm_ir, opt_level, name)
-        engine, tm = _load_object(obj, opt_level, name)
-    return _new_module(name, key, opt_level, False, obj, t0, engine, tm, None)
+        obj = compile_to_object(llvm_ir, opt_level, name)
+        engine, tm = _load_objects([obj], opt_level, name)
+    return _new_module(name, key, opt_level, False, obj, t0, engine, tm, [])
 
 
-def _new_module(name, key, opt_level, from_cache, obj, t0, engine, tm, marker) -> CompiledModule:
+def _new_module(name, key, opt_level, from_cache, obj, t0, engine, tm, markers, unit_keys=()) -> CompiledModule:
     cm = CompiledModule(
         name=name,
         key=key,
@@ -412,15 +442,172 @@ def _new_module(name, key, opt_level, from_cache, obj, t0, engine, tm, marker) -
         from_cache=from_cache,
         object_code=obj,
         compile_seconds=time.perf_counter() - t0,
+        unit_keys=tuple(unit_keys),
         _engine=engine,
         _tm=tm,
-        _marker=marker,
+        _markers=markers,
     )
     # atexit=False: at interpreter exit a daemon thread may still be running its code
     weakref.finalize(cm, _free_engine, engine).atexit = False
     with _LOCK:
         _LIVE_MODULES.add(cm)
     return cm
+
+
+def compile_units(units: list[tuple[str, int]], *, name: str = "module") -> CompiledModule:
+    """Compile units of LLVM IR separately and load them all into one MCJIT engine.
+
+    ``units``: ``[(ir text, opt level)]``, the unit that defines the entry point
+    last. Each unit is parsed, verified, optimised at its own level and emitted
+    on its own, through the disk cache under its own :func:`cache_key` (the key
+    scheme and trust model of :func:`compile_ir`, one entry per unit); units
+    with equal keys are compiled and loaded once, so units must define distinct
+    external symbols unless they are identical. A unit loaded from the cache
+    carries its crash marker until the group's :meth:`CompiledModule.confirm`.
+    ``cache_stats()`` counts a hit or a miss per distinct unit.
+    """
+    initialize()
+    t0 = time.perf_counter()
+    wanted = {}  # key -> (ir text, opt level), distinct units in order
+    for llvm_ir, opt_level in units:
+        opt_level = int(opt_level)
+        if not 0 <= opt_level <= 3:
+            raise ValueError(f"opt_level must be 0..3, got {opt_level}")
+        wanted.setdefault(cache_key(llvm_ir, opt_level), (llvm_ir, opt_level))
+    keys = list(wanted)
+    entry_key = cache_key(units[-1][0], int(units[-1][1]))
+    directory = cache.CacheDir.open() if cache_enabled() else None
+    objects, markers, refused = {}, [], set()
+    try:
+        if directory is not None:
+            for key in keys:
+                payload, marker_state = _lookup(directory, key)
+                if payload is cache.REFUSED:
+                    refused.add(key)  # left where it is: never overwritten
+                elif payload is not None:
+                    try:
+                        marker = directory.put_marker(key) if marker_state == "absent" else None
+                    except OSError:
+                        continue  # not loaded without its marker: compiled instead
+                    objects[key] = payload
+                    if marker is not None:
+                        markers.append(marker)
+        cached = list(objects)
+        compiled = [key for key in keys if key not in objects]
+        objects.update(zip(compiled, _compile_objects([wanted[key] for key in compiled], name)))
+        load_level = max(level for _, level in wanted.values())
+        try:
+            with _LOCK:
+                engine, tm = _load_objects([objects[key] for key in keys], load_level, name)
+        except RuntimeError:
+            if not cached:
+                raise
+            # LLVM rejected a cached object (which one it does not say): every unit
+            # that came from the cache is deleted and compiled again.
+            while markers:
+                markers.pop().release()
+            for key in cached:
+                directory.remove(f"{key}.kco")
+                cache.count("corrupt")
+            objects.update(zip(cached, _compile_objects([wanted[key] for key in cached], name)))
+            compiled, cached = keys, []
+            with _LOCK:
+                engine, tm = _load_objects([objects[key] for key in keys], load_level, name)
+        for _ in cached:
+            cache.count("hits")
+        if directory is not None:
+            for key in compiled:
+                if key not in refused:
+                    directory.write_entry(key, objects[key])
+                    directory.evict(keep=key)
+    finally:
+        if directory is not None:
+            directory.close()
+    return _new_module(name, entry_key, load_level, not compiled, objects[entry_key], t0, engine, tm, markers,
+                       unit_keys=keys)
+
+
+# Fewer units than this are compiled in this process alone: a helper process takes ~0.1 s to start.
+_MIN_UNITS_FOR_WORKER = 4
+
+
+def compile_jobs() -> int:
+    """How many processes compile units: ``$KCOMPILER_COMPILE_JOBS``, else the CPUs this process
+    may run on, at most 2 (one helper process; see compile_worker.py)."""
+    raw = os.environ.get("KCOMPILER_COMPILE_JOBS", "").strip()
+    if not raw:
+        return min(len(os.sched_getaffinity(0)), 2)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"KCOMPILER_COMPILE_JOBS must be a number of processes >= 1, got {raw!r}")
+    return int(raw)
+
+
+def _compile_objects(units: list[tuple[str, int]], name: str) -> list[bytes]:
+    """The object code of each ``(ir text, opt level)`` unit (each counted as a miss).
+
+    With :func:`compile_jobs` >= 2 and enough units, a helper process (compile_worker.py)
+    takes units from the same queue as this process, one at a time, so the faster side does
+    more. Whatever the helper could not compile (it failed to start, died, or LLVM rejected
+    the unit) is compiled here, so errors carry the usual message."""
+    for _ in units:
+        cache.count("misses")
+    objects = [None] * len(units)
+    queue = list(range(len(units)))
+    queue_lock = threading.Lock()
+
+    def take():
+        with queue_lock:
+            return queue.pop(0) if queue else None
+
+    helper = None
+    if compile_jobs() >= 2 and len(units) >= _MIN_UNITS_FOR_WORKER:
+        helper = threading.Thread(target=_compile_in_worker, args=(units, objects, take), daemon=True)
+        helper.start()
+    try:
+        while (i := take()) is not None:
+            with _LOCK:
+                objects[i] = compile_to_object(*units[i], name)
+    finally:
+        if helper is not None:
+            with queue_lock:
+                queue.clear()  # on an error here, the helper stops after its current unit
+            helper.join()
+    for i, obj in enumerate(objects):
+        if obj is None:
+            with _LOCK:
+                objects[i] = compile_to_object(*units[i], name)
+    return objects
+
+
+def _compile_in_worker(units, objects, take) -> None:
+    """Feed units taken from the queue to a compile_worker process until the queue is empty
+    or the worker fails (a unit it did not compile stays None)."""
+    from .compile_worker import read_message, write_message
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    try:
+        worker = subprocess.Popen([sys.executable, "-m", "kcompiler.codegen.llvm.compile_worker",
+                                   *host_target_info()], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    except OSError:
+        return
+    try:
+        while (i := take()) is not None:
+            llvm_ir, opt_level = units[i]
+            write_message(worker.stdin, opt_level, llvm_ir.encode())
+            reply = read_message(worker.stdout)
+            if reply is None or reply[0] != 0:
+                objects[i] = None
+                break
+            objects[i] = reply[1]
+    except OSError:
+        pass
+    finally:
+        try:
+            worker.stdin.close()
+        except OSError:
+            pass
+        worker.stdout.close()
+        worker.wait()
 
 
 def _free_engine(engine: llvm.ExecutionEngine) -> None:
