@@ -25,7 +25,7 @@ t0 = time.perf_counter()
 import kcompiler
 from kcompiler import keras
 from kcompiler.keras import layers
-from kcompiler.codegen.llvm.support import ensure_support_library
+from kcompiler.codegen.llvm.support_library import ensure_support_library
 from kcompiler.codegen.llvm.cache import cache_stats
 t_import = time.perf_counter() - t0
 depth = int(sys.argv[1])

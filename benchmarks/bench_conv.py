@@ -216,14 +216,14 @@ def main(argv=None):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path[:0] = [root, os.path.join(root, "tests")]
     os.environ["KCOMPILER_OPT_LEVEL"] = str(args.opt_level)
-    from kcompiler.codegen.llvm import target, threads
+    from kcompiler.codegen.llvm import jit, threads
 
     kc = time_kcompiler(args.reps, args.rounds)
     others = time_frameworks(args.reps, args.rounds)
     if args.frameworks_python:
         others.update(frameworks_in_child(args.frameworks_python, args.reps, args.rounds))
 
-    _, cpu, _ = target.host_target_info()
+    _, cpu, _ = jit.host_target_info()
     print(f"conv2d kernels, batch {BATCH}, O{args.opt_level}, {threads.default_nthreads()} threads, "
           f"best of {args.reps} x {args.rounds}; {cpu}, {os.cpu_count()} CPUs, {platform.platform()}, "
           f"{time.strftime('%Y-%m-%d')}")

@@ -137,7 +137,7 @@ def compile_kernels():
     import llvmlite.ir as ir
 
     from kcompiler.codegen.llvm import gemm as G
-    from kcompiler.codegen.llvm import target as T
+    from kcompiler.codegen.llvm import jit as T
 
     mod = ir.Module(name="bench_gemm")
     G.emit_gemm(mod, "kc_sgemm", nthreads=2)
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
         print(json.dumps(numpy_only(n, args.reps, args.rounds, args.settle)))
         return 0
 
-    from kcompiler.codegen.llvm import target as T
+    from kcompiler.codegen.llvm import jit as T
 
     f2, f1, cinfo = compile_kernels()
     rng = np.random.default_rng(0)

@@ -13,8 +13,8 @@ import pytest
 import kcompiler
 from kcompiler import keras
 from kcompiler.codegen.llvm import cache as C
-from kcompiler.codegen.llvm import target as T
-from kcompiler.codegen.llvm.support import ensure_support_library
+from kcompiler.codegen.llvm import jit as T
+from kcompiler.codegen.llvm.support_library import ensure_support_library
 
 X = np.random.default_rng(0).random((4, 6, 6, 2), dtype=np.float32)
 Y = np.array([0, 1, 2, 1], dtype=np.int32)

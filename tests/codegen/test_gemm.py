@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kcompiler.codegen.llvm import gemm as G
-from kcompiler.codegen.llvm import target as T
+from kcompiler.codegen.llvm import jit as T
 from kcompiler.codegen.llvm import threads as TH
 
 ARGTYPES = G.gemm_ctypes_argtypes()

@@ -25,8 +25,8 @@ import pytest
 import kcompiler
 from kcompiler import keras
 from kcompiler.codegen.llvm import cache as C
-from kcompiler.codegen.llvm import target as T
-from kcompiler.codegen.llvm.support import ensure_support_library
+from kcompiler.codegen.llvm import jit as T
+from kcompiler.codegen.llvm.support_library import ensure_support_library
 
 X = np.arange(6, dtype=np.float32).reshape(2, 3)
 
@@ -278,7 +278,7 @@ def test_normal_exit_removes_the_markers_of_modules_never_called(cache):
     src = _unique_ir()
     key = T.compile_ir(src, opt_level=0).key
     script = f"""
-        from kcompiler.codegen.llvm import cache as C, target as T
+        from kcompiler.codegen.llvm import cache as C, jit as T
         cm = T.compile_ir({src!r}, opt_level=0)
         assert cm.from_cache and C.marker_path(cm.key).exists()
     """

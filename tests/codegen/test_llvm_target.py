@@ -1,4 +1,4 @@
-"""Tests of kcompiler.codegen.llvm.target: compile_ir, the object cache, options."""
+"""Tests of kcompiler.codegen.llvm.jit: compile_ir, the object cache, options."""
 from __future__ import annotations
 
 import ctypes
@@ -15,7 +15,7 @@ from op_check import use_options
 
 from kcompiler.options import Options
 
-from kcompiler.codegen.llvm import target as T
+from kcompiler.codegen.llvm import jit as T
 
 ADD_IR = """
 define i64 @kc_add(i64 %a, i64 %b) {
@@ -258,7 +258,7 @@ def test_two_processes_share_the_cache(cache):
     script = textwrap.dedent(
         """
         import ctypes, sys
-        from kcompiler.codegen.llvm import target as T
+        from kcompiler.codegen.llvm import jit as T
         src = sys.stdin.read()
         cm = T.compile_ir(src, opt_level=1, name="shared")
         f = cm.function("kc_madd", ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)

@@ -8,7 +8,7 @@ import numpy as np
 
 import kcompiler
 from kcompiler import keras
-from kcompiler.codegen.llvm import target
+from kcompiler.codegen.llvm import jit
 from kcompiler.options import default_options
 from kcompiler.runtime.specializations import SpecializationCache
 
@@ -45,13 +45,13 @@ def _cycle():
 def test_engines_of_discarded_models_are_freed():
     _cycle()
     gc.collect()
-    live_before = target.live_module_count()
+    live_before = jit.live_module_count()
     refs = []
     for _ in range(30):
         refs += _cycle()
     gc.collect()
     assert [r for r in refs if r() is not None] == []
-    assert target.live_module_count() == live_before
+    assert jit.live_module_count() == live_before
 
 
 def test_train_on_batch_keeps_a_bounded_number_of_specializations():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from kcompiler.codegen.llvm import render, threads
-from kcompiler.codegen.llvm.kernel import KernelBuilder
-from kcompiler.codegen.llvm.target import compile_ir
+from kcompiler.codegen.llvm.kernel_builder import KernelBuilder
+from kcompiler.codegen.llvm.jit import compile_ir
 from kcompiler.ir.types import TensorType
 from kcompiler.schedule.kernel import Assign, Buffer, Const, Fail, If, Kernel, Load, Local, Store, Var, call, loop
 from op_check import use_options

@@ -1,12 +1,12 @@
 """The CPU backend: renders scheduled graphs as LLVM units, one per distinct kernel plus the
 entry point (module.py), compiles each through llvmlite with the disk cache and loads them
-into one engine (target.py, cache.py), and binds them to host buffers (executable.py). The worked example of docs/architecture.md's "adding a backend"."""
+into one engine (jit.py, cache.py), and binds them to host buffers (executable.py). The worked example of docs/architecture.md's "adding a backend"."""
 from ...ir.registry import all_ops
 from ..backend import Backend, Capabilities
 from .executable import CompiledGraph
 from .irutil import generating
 from .module import COMPILED_DTYPES, generate
-from .target import compile_units, host_target_info
+from .jit import compile_units, host_target_info
 
 
 class LLVMBackend(Backend):

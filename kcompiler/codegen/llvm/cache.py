@@ -1,5 +1,5 @@
 """The on-disk object cache of compiled modules and its trust model
-(docs/kernel-cache.md); :func:`kcompiler.codegen.llvm.target.compile_ir` uses it.
+(docs/kernel-cache.md); :func:`kcompiler.codegen.llvm.jit.compile_ir` uses it.
 
 The cache loads only what this user compiled:
 

@@ -16,7 +16,7 @@ very target that the cache keys name.
 import struct
 import sys
 
-from . import target
+from . import jit
 
 _U64 = struct.Struct("<Q")
 
@@ -40,13 +40,13 @@ def write_message(stream, number: int, body: bytes) -> None:
 
 
 def main(triple: str, cpu: str, features: str) -> None:
-    target.initialize()
-    target.use_target_info(triple, cpu, features)
+    jit.initialize()
+    jit.use_target_info(triple, cpu, features)
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     while (request := read_message(source)) is not None:
         opt_level, llvm_ir = request
         try:
-            obj = target.compile_to_object(llvm_ir.decode(), opt_level, "worker")
+            obj = jit.compile_to_object(llvm_ir.decode(), opt_level, "worker")
         except RuntimeError as exc:
             write_message(sink, 1, str(exc).encode())
         else:

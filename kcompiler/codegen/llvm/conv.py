@@ -38,8 +38,8 @@ from ...ops.conv import output_size, same_padding, window_attrs
 from . import threads
 from .irutil import (bounds_checking, c64, f32, for_range, get_function, i8p, i32, i64, load, register_buffer, store,
                      void)
-from .support import declare_parallel_runner, declare_serial_gemm
-from .target import vector_width_attrs
+from .support_library import declare_parallel_runner, declare_serial_gemm
+from .jit import vector_width_attrs
 
 # Floats of the column matrix one chunk may hold (512 KiB: half the L2 of a core
 # here, so the GEMM's packing reads what im2col has just written from L2).

@@ -31,7 +31,7 @@ from ...ir.graph import inline_constants
 from . import matmul  # noqa: F401  (registers the matmul template)
 from . import conv, epilogue, rnn, rnn_backward  # noqa: F401
 from .irutil import bounds_checking, c64, i8p, i32, i64, void
-from .kernel import KernelBuilder, types_of
+from .kernel_builder import KernelBuilder, types_of
 from .render import render
 
 COMPILED_DTYPES = ("float32", "int32", "int64", "bool")

@@ -40,8 +40,8 @@ from . import threads
 from .irutil import c64, f32, for_range, get_function, i8, i8p, i32, i64, void
 from .render import scalar
 from .scalar import ScalarEmitter
-from .support import declare_gemm, declare_parallel_runner
-from .target import vector_width_attrs
+from .support_library import declare_gemm, declare_parallel_runner
+from .jit import vector_width_attrs
 
 # Below this many gate elements (T * B * G * U) the loops stay on the calling thread:
 # starting a helper thread costs ~10-20 us.

@@ -30,7 +30,7 @@ docs/codegen-llvm.md):
 Every call has its own state (thread table, done flags, argument records on
 the caller's stack; scratch memory is malloc'ed per call by the kernels), so
 concurrent calls from several threads are independent. Generated model modules
-call the support library's runner (support.py), which is never freed: a
+call the support library's runner (support_library.py), which is never freed: a
 detached helper still executes the runner's last instructions after its done
 flag is set.
 
@@ -92,9 +92,9 @@ def threads_available() -> bool:
     """True when MCJIT can resolve pthread_create/pthread_join in this process."""
     import llvmlite.binding as llvm
 
-    from . import target
+    from . import jit
 
-    target.initialize()
+    jit.initialize()
     return bool(llvm.address_of_symbol("pthread_create")) and bool(
         llvm.address_of_symbol("pthread_join")
     )

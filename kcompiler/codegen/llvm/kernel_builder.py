@@ -65,7 +65,7 @@ class KernelBuilder:
 
     def gemm(self):
         """The SGEMM of the support library (declared in this module, compiled once per process)."""
-        from .support import declare_gemm
+        from .support_library import declare_gemm
         return declare_gemm(self.module)
 
     def call_gemm(self, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, alpha=1.0, beta=0.0):

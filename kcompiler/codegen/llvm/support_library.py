@@ -19,7 +19,7 @@ import llvmlite.ir as ir
 
 from . import threads
 from .gemm import GEMM_FN_TYPE, emit_gemm, gemm_ctypes_argtypes
-from .target import compile_ir
+from .jit import compile_ir
 
 GEMM_NAME = "kc_sgemm"
 SERIAL_GEMM_NAME = "kc_sgemm_1t"
