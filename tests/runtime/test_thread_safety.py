@@ -9,6 +9,7 @@ compile concurrently.
 import threading
 
 import numpy as np
+import pytest
 
 import kcompiler
 from kcompiler import keras
@@ -17,12 +18,22 @@ THREADS = 4
 CALLS = 200
 VARIANTS = 10  # distinct inputs per thread, cycled through
 
+# Each test runs on every registered backend (the target fixture, tests/conftest.py): these
+# guarantees live behind the backend interface.
+TARGET = ["cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _on_every_backend(target):
+    TARGET[0] = target
+
+
 
 def _model(seed):
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, activation="relu"),
                               keras.layers.Dense(4)])
-    model.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+    model.compile(optimizer="sgd", loss="mse", metrics=["mae"], target=TARGET[0])
     return model
 
 
@@ -74,7 +85,7 @@ def test_concurrent_model_predict_gives_each_thread_its_own_results():
 
 
 def test_concurrent_program_predict_gives_each_thread_its_own_results():
-    program = kcompiler.compile(_model(1))
+    program = kcompiler.compile(_model(1), target=TARGET[0])
     inputs = [_inputs(t, rows=8 + t % 2) for t in range(THREADS)]  # two threads on each batch size
     results = _run_threads(lambda t: [program.predict(inputs[t][c % VARIANTS]) for c in range(CALLS)], THREADS)
     expected = [[program.predict(x) for x in inputs[t]] for t in range(THREADS)]
@@ -110,7 +121,7 @@ def test_concurrent_convolutions_give_each_thread_its_own_results():
     keras.utils.set_random_seed(4)
     model = keras.Sequential([keras.Input((24, 24, 8)), keras.layers.Conv2D(16, 3, activation="relu"),
                               keras.layers.MaxPooling2D(), keras.layers.Flatten(), keras.layers.Dense(3)])
-    program = kcompiler.compile(model, batch_size=8)
+    program = kcompiler.compile(model, batch_size=8, target=TARGET[0])
     assert any("kc_parallel_run" in k.source for k in program.kernels)  # the parallel path runs
     inputs = []
     for t in range(2):
