@@ -113,32 +113,32 @@ def _save_format(filepath, save_format):
 
 
 def _keras_archive(model, include_optimizer):
-    from .callbacks.model_checkpoint import _save_keras3
+    from .callbacks.model_checkpoint import _save_keras3, hdf5_image
     from .saving import model_to_json
     metadata = {"keras_version": KERAS3_VERSION,
                 "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
     config = model_to_json(model)
-    weights = io.BytesIO()
-    with _h5py().File(weights, "w") as f:
+
+    def fill(f):
         _save_keras3(model, f)
         if not include_optimizer and "optimizer" in f:
             del f["optimizer"]
+    weights = hdf5_image(fill)
     # Keras 3 stores its members uncompressed, in this order.
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr(METADATA_FILE, json.dumps(metadata))
         zf.writestr(CONFIG_FILE, config)
-        zf.writestr(WEIGHTS_FILE, weights.getvalue())
+        zf.writestr(WEIGHTS_FILE, weights)
     return archive.getvalue()
 
 
 def _legacy_h5(model, include_optimizer):
-    from .callbacks.model_checkpoint import _save_legacy
+    from .callbacks.model_checkpoint import _save_legacy, hdf5_image
     from .saving import _plain
-    h5py = _h5py()
     model_config = {"class_name": _legacy_model_class(model), "config": legacy_config(model.get_config())}
-    data = io.BytesIO()
-    with h5py.File(data, "w") as f:
+
+    def fill(f):
         weights = f.create_group("model_weights")
         _save_legacy(model, weights)
         f.attrs["keras_version"] = weights.attrs["keras_version"]
@@ -148,7 +148,7 @@ def _legacy_h5(model, include_optimizer):
         if include_optimizer and getattr(model, "compiled", False) and optimizer is not None:
             f.attrs["training_config"] = json.dumps(_plain(_training_config(model)))
             _save_legacy_optimizer(optimizer, f)
-    return data.getvalue()
+    return hdf5_image(fill)
 
 
 def _legacy_model_class(model):

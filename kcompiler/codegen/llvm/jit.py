@@ -230,43 +230,36 @@ def _parse_and_verify(llvm_ir: str, name: str) -> llvm.ModuleRef:
     return mod
 
 
-def compile_to_object(llvm_ir: str, opt_level: int, name: str) -> bytes:
-    """Parse, verify, optimise and emit ``llvm_ir`` for the host: its object code."""
+def _optimized(llvm_ir: str, opt_level: int, name: str):
+    """(module, target machine): ``llvm_ir`` parsed, verified, set for the host and optimised."""
     mod = _parse_and_verify(llvm_ir, name)
-    triple, _, _ = host_target_info()
-    mod.triple = triple
+    mod.triple = host_target_info()[0]
     tm = _target_machine(opt_level)
     mod.data_layout = str(tm.target_data)
     _optimize(mod, tm, opt_level)
+    return mod, tm
+
+
+def compile_to_object(llvm_ir: str, opt_level: int, name: str) -> bytes:
+    """Parse, verify, optimise and emit ``llvm_ir`` for the host: its object code."""
+    mod, tm = _optimized(llvm_ir, opt_level, name)
     return tm.emit_object(mod)
 
 
 def emit_assembly(llvm_ir: str, *, opt_level: int | None = None, name: str = "module") -> str:
     """The host assembly of ``llvm_ir`` after the same pipeline as :func:`compile_ir`
     (for inspection and tests; not cached)."""
-    if opt_level is None:
-        opt_level = default_opt_level()
     initialize()
     with _LOCK:
-        mod = _parse_and_verify(llvm_ir, name)
-        mod.triple = host_target_info()[0]
-        tm = _target_machine(opt_level)
-        mod.data_layout = str(tm.target_data)
-        _optimize(mod, tm, opt_level)
+        mod, tm = _optimized(llvm_ir, default_opt_level() if opt_level is None else opt_level, name)
         return tm.emit_assembly(mod)
 
 
 def optimized_ir(llvm_ir: str, *, opt_level: int | None = None, name: str = "module") -> str:
     """The LLVM IR of ``llvm_ir`` after the optimisation pipeline (not cached)."""
-    if opt_level is None:
-        opt_level = default_opt_level()
     initialize()
     with _LOCK:
-        mod = _parse_and_verify(llvm_ir, name)
-        mod.triple = host_target_info()[0]
-        tm = _target_machine(opt_level)
-        mod.data_layout = str(tm.target_data)
-        _optimize(mod, tm, opt_level)
+        mod, _ = _optimized(llvm_ir, default_opt_level() if opt_level is None else opt_level, name)
         return str(mod)
 
 

@@ -39,6 +39,16 @@ def _h5py():
     return h5py
 
 
+def hdf5_image(fill):
+    """The bytes of an HDF5 file built in memory by ``fill(h5py.File)``. Every weights and model
+    file is made this way and then written with write_file_atomically: nothing opens a
+    user's path for writing, so a crash or a full disk never destroys the previous file."""
+    data = io.BytesIO()
+    with _h5py().File(data, "w") as f:  # an in-memory file object, not a path
+        fill(f)
+    return data.getvalue()
+
+
 # ---- Keras 3 layout (.weights.h5) ---------------------------------------------------------
 
 def _numbered(objects):
@@ -211,11 +221,8 @@ def save_weights(model, filepath, overwrite=True):
                          f"(tf.keras 2's). Received: filepath={filepath}")
     if not overwrite and os.path.exists(filepath):
         raise FileExistsError(f"{filepath} exists and overwrite=False")
-    # Made in memory, then written in one step: a crash or a full disk leaves the previous file.
-    data = io.BytesIO()
-    with _h5py().File(data, "w") as f:
-        (_save_keras3 if filepath.endswith(".weights.h5") else _save_legacy)(model, f)
-    write_file_atomically(filepath, data.getbuffer())
+    save = _save_keras3 if filepath.endswith(".weights.h5") else _save_legacy
+    write_file_atomically(filepath, hdf5_image(lambda f: save(model, f)))
 
 
 def load_weights(model, filepath, skip_mismatch=False):
