@@ -377,7 +377,7 @@ def test_an_elementwise_kernel_without_its_index_guard_is_caught(emulated):
     kernel = p.kernels[nid]
     x = normal(*p.graph.nodes[nid]["type"].shape)
     n = x.size
-    assert kernel.launches[0].threads * kernel.launches[0].blocks > n  # threads beyond the end exist
+    assert kernel.launches[0].thread_count > n  # threads beyond the end exist
     for source, caught in ((kernel.source, False), (unguarded(kernel), True)):
         library = toolchain.build_emulated(module_source([]) + source)
         out = np.full(n + 512, -3.0, np.float32)              # a sentinel past the end

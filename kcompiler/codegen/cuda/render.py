@@ -78,25 +78,34 @@ volatile while class delete new this template typename operator private public t
 
 @dataclass(frozen=True)
 class Launch:
-    """One launch: ``kernel`` (a __global__ function) over ``extent`` flat indices."""
+    """One launch of ``kernel`` (a __global__ function) on ``blocks`` x ``threads`` (x, y, z).
+    ``extent``: the flat indices a grid-stride launch covers (0 for a template's launch).
+    ``barriers``: written in the barrier-split form (prelude.h), emulated block by block."""
     kernel: str
-    extent: int
+    blocks: tuple
+    threads: tuple
+    extent: int = 0
+    barriers: bool = False
+
+    @classmethod
+    def grid_stride(cls, kernel, extent):
+        """A full block of threads, or the extent rounded up to whole warps; blocks to cover the
+        extent, at most MAX_BLOCKS (the grid-stride loop makes any grid size correct)."""
+        threads = min(THREADS_PER_BLOCK, max(WARP, -(-extent // WARP) * WARP))
+        blocks = max(1, min(MAX_BLOCKS, -(-extent // threads)))
+        return cls(kernel, (blocks, 1, 1), (threads, 1, 1), extent)
 
     @property
-    def threads(self):
-        """Threads per block: a full block, or the extent rounded up to whole warps."""
-        return min(THREADS_PER_BLOCK, max(WARP, -(-self.extent // WARP) * WARP))
-
-    @property
-    def blocks(self):
-        return max(1, min(MAX_BLOCKS, -(-self.extent // self.threads)))
+    def thread_count(self):
+        """Threads launched in all."""
+        return math.prod(self.blocks) * math.prod(self.threads)
 
 
 @dataclass(frozen=True)
 class CudaKernel:
-    """A description rendered as CUDA C: ``source`` (its __global__ functions and their
-    emulation entries) and ``launches`` (run in order, all with the parameters ``buffers``,
-    then the error record)."""
+    """A kernel rendered as CUDA C: ``source`` (its __global__ functions and their emulation
+    entries) and ``launches`` (run in order, all with the parameters ``buffers``, then the error
+    record)."""
     name: str
     source: str
     launches: tuple
@@ -114,8 +123,76 @@ def render(kernel, name=None):
         function = name if len(parts) == 1 else f"{name}_part{k}"
         text, extent = _Function(kernel, node).render(function, part)
         sources.append(text)
-        launches.append(Launch(function, extent))
+        launches.append(Launch.grid_stride(function, extent))
     return CudaKernel(name, "\n".join(sources), tuple(launches), kernel.buffers)
+
+
+# ---- contraction templates ------------------------------------------------------------------------
+
+@dataclass
+class TemplateContext:
+    """What a CUDA template (a lowering registered with ``ir.registry.lowering("cuda", op)``)
+    is handed. It returns a CudaKernel whose functions take ``parameters(buffers)`` and whose
+    emulation entries are written by ``emulation_entry``."""
+    name: str              # prefix of its function names (unique in the module)
+    node: dict             # the IR node: op, attrs, type
+    in_types: list
+    out_types: list
+    constants: dict        # operand index -> scalar known at compile time
+    buffers: tuple         # schedule.kernel.node_buffers: out0.., in0..
+    node_id: int = -1
+
+    @property
+    def attrs(self):
+        return self.node["attrs"]
+
+
+def parameters(buffers):
+    """The parameter list of a kernel function over ``buffers``: outputs ``T* __restrict__``,
+    inputs ``const T* __restrict__``, then ``int* __restrict__ error``."""
+    params = [f"{C_TYPE[b.dtype]}* __restrict__ {b.name}" if b.output
+              else f"const {C_TYPE[b.dtype]}* __restrict__ {b.name}" for b in buffers]
+    return ", ".join(params + ["int* __restrict__ error"])
+
+
+def emulation_entry(function, buffers, barriers=False):
+    """The host-only entry ``<function>_emulate(blocks, threads, args)`` that runs one launch of
+    ``function`` on the CPU (kc_launch, or kc_launch_blocks for the barrier-split form);
+    ``args``: the parameter pointers in order."""
+    casts = ", ".join([f"({C_TYPE[b.dtype]}*)args[{i}]" if b.output else f"(const {C_TYPE[b.dtype]}*)args[{i}]"
+                       for i, b in enumerate(buffers)] + [f"(int*)args[{len(buffers)}]"])
+    launch = (f"kc_launch_blocks({function}, blocks, threads, {casts});" if barriers
+              else f"kc_launch({function}, blocks[0], threads[0], {casts});")
+    return "\n".join(["#ifndef __CUDACC__",
+                      f'extern "C" void {function}_emulate(const unsigned int* blocks, const unsigned int* threads, '
+                      f"void** args) {{",
+                      f"    {launch}", "}", "#endif", ""])
+
+
+def render_node(node, in_types, constants, name, node_id=-1):
+    """CudaKernel of one scheduled IR node: its description rendered, or its op's CUDA template."""
+    if "kernel" in node:
+        return render(node["kernel"], name=name)
+    from ...ir.registry import get_op
+    from ...schedule.kernel import node_buffers
+    template = get_op(node["op"]).lowerings.get("cuda")
+    if template is None:
+        raise UnsupportedError(f"no CUDA kernel for op {node['op']} ({node.get('layer') or 'no layer'})")
+    out_types = list(node["type"]) if isinstance(node["type"], tuple) else [node["type"]]
+    return template(TemplateContext(name, node, list(in_types), out_types, dict(constants),
+                                    node_buffers(node, in_types), node_id))
+
+
+def device_function(function, parameters, statements, node=-1):
+    """A ``__device__`` function ``function(parameters)`` (a C parameter list whose names the
+    statements read as ``Var``s or buffers) running description ``statements`` in one thread:
+    how a template applies a fused epilogue (cuda/epilogue.py) where its result is stored."""
+    from ...schedule.kernel import Kernel
+    f = _Function(Kernel(function, (), tuple(statements)), node)
+    for name in re.findall(r"(\w+)\s*(?:,|$)", parameters):
+        f.names[name] = name
+    f.body(statements)
+    return "\n".join([f"KC_DEVICE void {function}({parameters}) {{", *f.lines, "}", ""])
 
 
 def module_source(kernels):
@@ -182,9 +259,6 @@ class _Function:
     def render(self, function, part):
         loops, body = _parallel_nest(part)
         extent = math.prod(l.extent for l in loops)
-        params = [f"{C_TYPE[b.dtype]}* __restrict__ {b.name}" if b.output
-                  else f"const {C_TYPE[b.dtype]}* __restrict__ {b.name}" for b in self.kernel.buffers]
-        params.append("int* __restrict__ error")
         self.emit(f"for (long long thread_index = (long long)blockIdx.x * blockDim.x + threadIdx.x; "
                   f"thread_index < {extent}; thread_index += (long long)gridDim.x * blockDim.x) {{")
         self.depth += 1
@@ -198,12 +272,8 @@ class _Function:
         self.body(body)
         self.depth -= 1
         self.emit("}")
-        casts = ", ".join([f"({C_TYPE[b.dtype]}*)args[{i}]" if b.output else f"(const {C_TYPE[b.dtype]}*)args[{i}]"
-                           for i, b in enumerate(self.kernel.buffers)] + [f"(int*)args[{len(self.kernel.buffers)}]"])
-        text = "\n".join([f'extern "C" __global__ void {function}({", ".join(params)}) {{', *self.lines, "}",
-                          "#ifndef __CUDACC__",
-                          f'extern "C" void {function}_emulate(long long blocks, int threads, void** args) {{',
-                          f"    kc_launch({function}, blocks, threads, {casts});", "}", "#endif", ""])
+        text = "\n".join([f'extern "C" __global__ void {function}({parameters(self.kernel.buffers)}) {{', *self.lines,
+                          "}", emulation_entry(function, self.kernel.buffers)])
         return text, extent
 
     def emit(self, line):

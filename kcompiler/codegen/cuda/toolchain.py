@@ -253,8 +253,27 @@ def emulate(library, kernel, arrays, error=None):
     error = np.zeros((), ERROR_RECORD) if error is None else error
     args = (ctypes.c_void_p * (len(arrays) + 1))(*[a.ctypes.data for a in arrays], error.ctypes.data)
     for launch in kernel.launches:
-        entry = getattr(library, f"{launch.kernel}_emulate")
-        entry.argtypes = [ctypes.c_longlong, ctypes.c_int, ctypes.c_void_p]
-        entry.restype = None
-        entry(launch.blocks, launch.threads, args)
+        run_launch(library, launch, args)
     return error
+
+
+class SharedMemoryRace(KCompilerError):
+    """The emulation saw threads of a block touch one shared element with no barrier between
+    (prelude.h, kc_shared): the kernel races on a GPU."""
+
+
+def run_launch(library, launch, args):
+    """One launch of ``library``'s emulation of ``launch.kernel`` on parameter table ``args``
+    (a ctypes array of pointers); raises SharedMemoryRace when its threads raced."""
+    entry = getattr(library, f"{launch.kernel}_emulate")
+    entry.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    entry.restype = None
+    dims = ctypes.c_uint * 3
+    entry(dims(*launch.blocks), dims(*launch.threads), args)
+    races = library.kc_emulation_races
+    races.restype = ctypes.c_longlong
+    message = ctypes.create_string_buffer(256)
+    count = races(message, 256)
+    if count:
+        raise SharedMemoryRace(f"{launch.kernel}: {count} shared-memory races; the first: "
+                               f"{message.value.decode()}")
