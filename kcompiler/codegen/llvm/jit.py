@@ -509,10 +509,11 @@ def compile_units(units: list[tuple[str, int]], *, name: str = "module") -> Comp
         for _ in cached:
             cache.count("hits")
         if directory is not None:
-            for key in compiled:
-                if key not in refused:
-                    directory.write_entry(key, objects[key])
-                    directory.evict(keep=key)
+            written = [key for key in compiled if key not in refused]
+            for key in written:
+                directory.write_entry(key, objects[key])
+            if written:
+                directory.evict(keep=set(keys))
     finally:
         if directory is not None:
             directory.close()
