@@ -41,10 +41,12 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
+from typing import Callable
 
 import llvmlite
 import llvmlite.binding as llvm
 
+from ...errors import KCompilerError
 from . import cache
 # The cache's counters and paths, also reachable from here as before the cache had its own module.
 from .cache import cache_dir, cache_enabled, cache_path, cache_stats, reset_cache_stats
@@ -447,6 +449,39 @@ def _new_module(name, key, opt_level, from_cache, obj, t0, engine, tm, markers, 
     return cm
 
 
+@dataclass
+class LazyUnit:
+    """A unit whose cache key is already known (module.py remembers, per kernel signature, the
+    key its IR had) and whose IR text is generated only when the cache cannot supply the
+    object: a warm start skips generating IR for every kernel it finds."""
+    key: str
+    make: Callable[[], str]
+    _text: str = None
+
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self.make()
+        return self._text
+
+    def __str__(self):
+        return self.text()
+
+
+def _unit_key(unit, opt_level: int) -> str:
+    return unit.key if isinstance(unit, LazyUnit) else cache_key(unit, opt_level)
+
+
+def _unit_text(unit, opt_level: int) -> str:
+    """The unit's IR text; a lazy unit's text must hash to the key it was promised under."""
+    if not isinstance(unit, LazyUnit):
+        return unit
+    text = unit.text()
+    if cache_key(text, opt_level) != unit.key:
+        raise KCompilerError("a remembered kernel generated different IR than it did before (its signature misses "
+                             "an input of code generation): set KCOMPILER_NO_CACHE=1 and report this")
+    return text
+
+
 def compile_units(units: list[tuple[str, int]], *, name: str = "module") -> CompiledModule:
     """Compile units of LLVM IR separately and load them all into one MCJIT engine.
 
@@ -457,7 +492,8 @@ def compile_units(units: list[tuple[str, int]], *, name: str = "module") -> Comp
     with equal keys are compiled and loaded once, so units must define distinct
     external symbols unless they are identical. A unit loaded from the cache
     carries its crash marker until the group's :meth:`CompiledModule.confirm`.
-    ``cache_stats()`` counts a hit or a miss per distinct unit.
+    ``cache_stats()`` counts a hit or a miss per distinct unit. A unit may be a
+    :class:`LazyUnit` instead of text: its IR is generated only if its object is not cached.
     """
     initialize()
     t0 = time.perf_counter()
@@ -466,11 +502,16 @@ def compile_units(units: list[tuple[str, int]], *, name: str = "module") -> Comp
         opt_level = int(opt_level)
         if not 0 <= opt_level <= 3:
             raise ValueError(f"opt_level must be 0..3, got {opt_level}")
-        wanted.setdefault(cache_key(llvm_ir, opt_level), (llvm_ir, opt_level))
+        wanted.setdefault(_unit_key(llvm_ir, opt_level), (llvm_ir, opt_level))
     keys = list(wanted)
-    entry_key = cache_key(units[-1][0], int(units[-1][1]))
+    entry_key = _unit_key(units[-1][0], int(units[-1][1]))
     directory = cache.CacheDir.open() if cache_enabled() else None
     objects, markers, refused = {}, [], set()
+
+    def texts(key):
+        unit, level = wanted[key]
+        return _unit_text(unit, level), level
+
     try:
         if directory is not None:
             for key in keys:
@@ -487,7 +528,7 @@ def compile_units(units: list[tuple[str, int]], *, name: str = "module") -> Comp
                         markers.append(marker)
         cached = list(objects)
         compiled = [key for key in keys if key not in objects]
-        objects.update(zip(compiled, _compile_objects([wanted[key] for key in compiled], name)))
+        objects.update(zip(compiled, _compile_objects([texts(key) for key in compiled], name)))
         load_level = max(level for _, level in wanted.values())
         try:
             with _LOCK:
@@ -502,7 +543,7 @@ def compile_units(units: list[tuple[str, int]], *, name: str = "module") -> Comp
             for key in cached:
                 directory.remove(f"{key}.kco")
                 cache.count("corrupt")
-            objects.update(zip(cached, _compile_objects([wanted[key] for key in cached], name)))
+            objects.update(zip(cached, _compile_objects([texts(key) for key in cached], name)))
             compiled, cached = keys, []
             with _LOCK:
                 engine, tm = _load_objects([objects[key] for key in keys], load_level, name)

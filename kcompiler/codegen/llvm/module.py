@@ -30,9 +30,12 @@ from ...ir.registry import get_op
 from ...ir.graph import inline_constants
 from . import matmul  # noqa: F401  (registers the matmul template)
 from . import conv, epilogue, rnn, rnn_backward  # noqa: F401
-from .irutil import bounds_checking, c64, i8p, i32, i64, void
+from .irutil import bounds_checking, c64, generation_options, i8p, i32, i64, void
+from .jit import LazyUnit, cache_key, host_target_info
 from .kernel_builder import KernelBuilder, types_of
 from .render import render
+from .support_library import ensure_support_library
+from .unit_memo import UnitMemo, signature
 
 COMPILED_DTYPES = ("float32", "int32", "int64", "bool")
 
@@ -45,20 +48,25 @@ _PLACEHOLDER = "kc_kernel_unit_placeholder"
 class StepSource:
     """What ``generate`` hands the compiler: the IR of each distinct kernel unit by symbol (in
     first-use order) and of the entry unit."""
-    units: dict            # symbol -> LLVM IR text of the kernel's unit
+    units: dict            # symbol -> LLVM IR text of the kernel's unit, or a jit.LazyUnit
     entry: str             # LLVM IR text of the entry unit (kc_entry, declaring the kernels)
 
     def __str__(self):
-        return "\n".join([*self.units.values(), self.entry])
+        return "\n".join([*map(str, self.units.values()), self.entry])
 
 
 @dataclass
 class Kernel:
     name: str
-    source: str            # the kernel's LLVM IR
+    unit: object           # the kernel's LLVM IR text, or a jit.LazyUnit that generates it
     nodes: list            # the IR node ids it covers
     op: str = ""
     fused: list = field(default_factory=list)
+
+    @property
+    def source(self):
+        """The kernel's LLVM IR (generated now if a warm start skipped it)."""
+        return str(self.unit)
 
 
 def _operand_keys(g, nid):
@@ -91,20 +99,46 @@ def generate(g, module_name="kcompiler", profile=False):
     point also adds each kernel's cycle count (llvm.readcyclecounter) to the global
     array ``kc_profile_cycles``."""
     _check_supported(g)
+    # Kernels call the support library (SGEMM, the thread runner) by address: it must be
+    # loaded even when no kernel's IR is generated (every unit remembered, unit_memo.py)
+    ensure_support_library()
     plan = g.graph["plan"]
     units, calls, kernels_out = {}, [], []
-    for nid in plan["order"]:
-        node = g.nodes[nid]
-        in_types = [g.nodes[u]["type"] for u in operands(g, nid)]
-        symbol, source, fnty = _kernel_unit(node, in_types, inline_constants(g, nid))
-        units.setdefault(symbol, source)
-        calls.append((nid, symbol, fnty))
-        kernels_out.append(Kernel(name=f"k{nid}_{node['op']}", source=source, nodes=[nid], op=node["op"],
-                                  fused=list(node.get("fused", []))))
+    memo = UnitMemo.open()
+    try:
+        for nid in plan["order"]:
+            node = g.nodes[nid]
+            in_types = [g.nodes[u]["type"] for u in operands(g, nid)]
+            symbol, unit = _remembered_unit(memo, node, in_types, inline_constants(g, nid))
+            units.setdefault(symbol, unit)
+            calls.append((nid, symbol, _kernel_type(node, in_types)))
+            kernels_out.append(Kernel(name=f"k{nid}_{node['op']}", unit=unit, nodes=[nid], op=node["op"],
+                                      fused=list(node.get("fused", []))))
+    finally:
+        memo.close()
     entry = ir.Module(name=module_name)
     entry.triple = ""
     _emit_entry(entry, g, calls, profile)
     return StepSource(units=units, entry=str(entry)), kernels_out
+
+
+def _kernel_type(node, in_types):
+    """Every kernel's signature (kernel_builder.py): i8* per output and operand, i32* status."""
+    return ir.FunctionType(void, [i8p] * (len(types_of(node["type"])) + len(in_types)) + [i32.as_pointer()])
+
+
+def _remembered_unit(memo, node, in_types, constants):
+    """(symbol, unit) of ``node``'s kernel: a jit.LazyUnit when the memo knows its symbol and
+    cache key (unit_memo.py), else its IR text, generated now and remembered."""
+    options = generation_options()
+    sig = signature(node, in_types, constants, options, host_target_info())
+    known = memo.get(sig)
+    if known is not None:
+        symbol, key = known
+        return symbol, LazyUnit(key, lambda: _kernel_unit(node, in_types, constants)[1])
+    symbol, text, _ = _kernel_unit(node, in_types, constants)
+    memo.put(sig, symbol, cache_key(text, options.opt_level))
+    return symbol, text
 
 
 def _kernel_unit(node, in_types, constants):
