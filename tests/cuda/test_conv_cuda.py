@@ -56,6 +56,7 @@ GEOMETRIES = [
     ("3x3_dilation2_valid", (1, 11, 10, 3), (3, 3, 3, 4), dict(dilation=(2, 2), padding="valid")),
     ("1x1_stride2_same", (2, 8, 9, 3), (1, 1, 3, 2), dict(strides=(2, 2), padding="same")),
     ("3x3_stride2_dilation2_valid", (3, 10, 9, 5), (3, 3, 5, 4), dict(strides=(2, 1), dilation=(2, 1))),
+    ("3x3_stride2_dilation3_same", (2, 11, 9, 3), (3, 3, 3, 2), dict(strides=(2, 2), dilation=(3, 1), padding="same")),
     ("3x3_stride2_valid_wide", (1, 7, 6, 33), (3, 3, 33, 37), dict(strides=(2, 2), padding="valid")),
     ("3x3_split_reduction", (3, 12, 11, 3), (3, 3, 3, 5), dict(strides=(1, 1), padding="valid")),
 ]
@@ -234,10 +235,37 @@ def library(cases):
     return toolchain.build_emulated(module_source([c.kernel for c in cases.values()]))
 
 
+# compiled, not emulated: the layers of W2 and of the CIFAR seed model at batch 128, and one
+# with more than 2^30 elements (64-bit indices)
+MODEL_GEOMETRIES = [
+    ("mnist_conv1", (128, 28, 28, 1), (3, 3, 1, 32), {}),
+    ("mnist_conv2", (128, 13, 13, 32), (3, 3, 32, 64), {}),
+    ("cifar_conv2", (128, 30, 30, 32), (3, 3, 32, 64), dict(strides=(2, 2))),
+    ("huge", (64, 512, 512, 64), (3, 3, 64, 64), dict(padding="same")),
+]
+
+
+def model_kernels():
+    kernels = []
+    for geometry_id, x_shape, kernel_shape, attrs in MODEL_GEOMETRIES:
+        x, kernel = (np.broadcast_to(np.float32(0), shape) for shape in (x_shape, kernel_shape))  # no memory
+        b, _, (nid,) = build_op_graph("conv2d", (x, kernel), attrs)
+        dy = np.broadcast_to(np.float32(0), b.shape(nid))
+        for op, inputs, op_attrs in [("conv2d", (x, kernel), attrs),
+                                     ("conv2d_backward_input", (dy, kernel), dict(attrs, input_hw=x_shape[1:3])),
+                                     ("conv2d_backward_kernel", (x, dy), dict(attrs, kernel_shape=kernel_shape))]:
+            b, ids, (nid,) = build_op_graph(op, inputs, op_attrs)
+            kernels.append(render_node(b.g.nodes[nid], [b.g.nodes[u]["type"] for u in ids], {},
+                                       f"{geometry_id}_{op}", nid))
+    return kernels
+
+
 @needs_toolkit
 def test_every_template_compiles_for_sm80_and_sm90_without_spills(cases):
-    report = toolchain.compile_check(module_source([c.kernel for c in cases.values()]))
-    functions = {launch.kernel for c in cases.values() for launch in c.kernel.launches}
+    kernels = [c.kernel for c in cases.values()] + model_kernels()
+    assert sum("long long k0" in k.source for k in kernels) == 3  # the huge layer's
+    report = toolchain.compile_check(module_source(kernels))
+    functions = {launch.kernel for k in kernels for launch in k.launches}
     for arch in toolchain.SASS_ARCHS:
         assert set(report.resources[arch]) == functions, arch
     assert report.problems() == []

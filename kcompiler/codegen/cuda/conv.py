@@ -61,8 +61,8 @@ templates of a ``fused_contraction`` node (the dispatcher in gemm.py registers t
 element-wise members (cuda/epilogue.py) run on each element of the product as it is stored,
 at its flat index and column (the output channel).
 
-Indices are ``int`` where every buffer (plus a tile of slack) has fewer than 2^31 elements,
-``long long`` otherwise. Only float32 is templated.
+Indices are ``int`` where every buffer has fewer than 2^30 elements, ``long long`` otherwise.
+Only float32 is templated.
 """
 import math
 from dataclasses import dataclass
@@ -168,7 +168,9 @@ def _range_guards(var, lo, hi, size):
 
 
 def _index_type(*sizes):
-    return "int" if max(sizes) + 4 * max(WIDE.bm, NARROW.bm) < 2 ** 31 else "long long"
+    # below 2^30 elements, indices computed for the rows of a last partial tile (up to one image
+    # or one tile past the end, never dereferenced) still fit an int
+    return "int" if max(sizes) < 2 ** 30 else "long long"
 
 
 def _im2col(g, I, pixel, tap):
