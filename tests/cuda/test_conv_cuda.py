@@ -53,10 +53,10 @@ GEOMETRIES = [
     ("1x1", (1, 5, 7, 3), (1, 1, 3, 5), dict(strides=(1, 1), padding="valid")),
     ("3x3_same_b3", (3, 7, 6, 5), (3, 3, 5, 3), dict(strides=(1, 1), padding="same")),
     ("5x3_stride2_same_c1", (3, 9, 8, 1), (5, 3, 1, 5), dict(strides=(2, 2), padding="same")),
-    ("3x3_dilation2_valid", (1, 11, 10, 3), (3, 3, 3, 4), dict(dilation=(2, 2), padding="valid")),
+    ("3x3_dilation2_same", (1, 11, 10, 3), (3, 3, 3, 4), dict(dilation=(2, 2), padding="same")),
     ("1x1_stride2_same", (2, 8, 9, 3), (1, 1, 3, 2), dict(strides=(2, 2), padding="same")),
     ("3x3_stride2_dilation2_valid", (3, 10, 9, 5), (3, 3, 5, 4), dict(strides=(2, 1), dilation=(2, 1))),
-    ("3x3_stride2_dilation3_same", (2, 11, 9, 3), (3, 3, 3, 2), dict(strides=(2, 2), dilation=(3, 1), padding="same")),
+    ("3x3_stride2_dilation3_valid", (2, 11, 9, 3), (3, 3, 3, 2), dict(strides=(2, 2), dilation=(3, 1))),
     ("3x3_stride2_valid_wide", (1, 7, 6, 33), (3, 3, 33, 37), dict(strides=(2, 2), padding="valid")),
     ("3x3_split_reduction", (3, 12, 11, 3), (3, 3, 3, 5), dict(strides=(1, 1), padding="valid")),
 ]
