@@ -113,6 +113,8 @@ def tiling(columns):
 
 @dataclass(frozen=True)
 class Geometry:
+    """Sizes, strides, dilation and leading padding of one convolution (llvm/conv.py has the same
+    record; importing it would bring llvmlite into this backend)."""
     batch: int
     in_h: int
     in_w: int
