@@ -28,6 +28,17 @@ Mapping onto threads:
 - Launch configuration (``Launch``): ``THREADS_PER_BLOCK`` threads per block (fewer, rounded
   up to a warp, for a small extent), blocks to cover the extent, at most ``MAX_BLOCKS``: the
   grid-stride loop makes any grid size correct.
+- Reductions (codegen/cuda/reduction.py finds them and checks that reordering them is safe)
+  run on blocks of threads, in the barrier-split form of prelude.h (``Launch.barriers``):
+  a row body folding at least ``BLOCK_MIN_EXTENT`` elements per row (sum/mean/max/min along
+  the innermost axes, argmax/argmin, the softmax family) gets one block per row, its threads
+  dealing out each pass over the row, a shared-memory tree per reduction pass and every
+  thread reading the result (``rows``); an accumulation into an output row (a bias gradient)
+  gets blocks of tx columns x ty reduced rows, a tree over the rows (``columns``); a parallel
+  nest holding such an accumulation among other statements is split into one launch per
+  statement first (``fission``). Partial sums start from the identity and are combined into
+  the description's accumulator at the end; argmax pairs merge keeping the better value, a
+  tie going to the lower index.
 
 Expressions: every ``Call`` and ``Load`` is one ``const`` temporary (``t<N>``) in the order of
 evaluation, so a subexpression shared by several others (Philox rounds, fused members) is
@@ -41,7 +52,8 @@ definitions (schedule/scalar.py): this backend spells none natively yet (``NATIV
 
 Each function also gets, under ``#ifndef __CUDACC__``, an ``extern "C"`` emulation entry
 ``<function>_emulate(blocks, threads, args)`` that runs its launch on the CPU (``kc_launch``,
-prelude.h) with ``args`` the parameter pointers in order; nvcc never sees it.
+or ``kc_launch_blocks`` for the barrier-split form; prelude.h) with ``args`` the parameter
+pointers in order; nvcc never sees it.
 """
 import math
 import re
@@ -275,7 +287,7 @@ def _column_plan(loops, body):
     tx = min(WARP, _pow2_at_least(column.extent))
     ty = min(_pow2_at_least(acc.extent), THREADS_PER_BLOCK // tx)
     tiles = -(-column.extent // tx)
-    if math.prod(l.extent for l in tuple(loops) + others) * tiles > MAX_GRID:
+    if not 1 <= math.prod(l.extent for l in tuple(loops) + others) * tiles <= MAX_GRID:
         return None
     return _ColumnPlan(acc, column, others, tx, ty, tiles)
 
@@ -285,7 +297,7 @@ def _row_plan(loops, body, written):
     passes folds at least BLOCK_MIN_EXTENT elements: threads to cover its longest pass, up to
     a full block."""
     row = row_body(body, written)
-    if row is None or math.prod(l.extent for l in loops) > MAX_GRID \
+    if row is None or not 1 <= math.prod(l.extent for l in loops) <= MAX_GRID \
             or not any(p.reductions and p.extent >= BLOCK_MIN_EXTENT for p in row.passes):
         return None
     return _RowPlan(row, min(THREADS_PER_BLOCK, _pow2_at_least(max(p.extent for p in row.passes))))
