@@ -7,6 +7,10 @@
   49 taps. Emulated on the CPU, they equal the reference
   interpreter with NaN and infinities, and no shared element races (the emulation raises
   SharedMemoryRace); rows shorter than a warp keep one thread per output;
+- loops that look like reductions but may not be reordered (a fold by subtraction, a value
+  reading its accumulator, a pass storing one element at every iteration or reading what
+  another iteration stored, an argmax keeping the last of equal values, an accumulation
+  into overlapping elements) stay serial;
 - removing any one barrier (KC_SYNC) or index guard (KC_GUARD) from a block reduction or a
   softmax is caught: by the race detector, by a wrong result, by a write past an output, or
   by AddressSanitizer in a subprocess; the unmutated kernels pass the same checks;
@@ -41,6 +45,7 @@ from kcompiler.passes.memory_plan import plan_memory
 from kcompiler.passes.schedule import schedule_kernels
 from kcompiler.passes.simplify import simplify
 from kcompiler.pipeline import front_stages
+from kcompiler.schedule.kernel import Assign, Buffer, Const, If, Kernel, Load, Local, Store, Var, call, loop
 from op_check import assert_close32
 from tests.cuda.test_render_cuda import (HAS_CXX, HAS_TOOLKIT, Case, Prepared, build, check_case, described,
                                          needs_cxx, needs_toolkit, op_case, prepare)
@@ -143,6 +148,58 @@ def test_the_form_follows_the_extents(long_rows):
     assert not fill.barriers and not scale.barriers
     assert launches["min(257, 5)(0,)float32"][-1].threads == (8, 32, 1)
     assert launches["sum(2, 257, 5)(1,)float32"][1].blocks == (2, 1, 1)  # one block per outer index
+
+
+# ---- what is not a reorderable fold stays serial ------------------------------------------------------
+
+def _not_reorderable():
+    """Descriptions whose loops look like reductions but are not safe to deal out over threads."""
+    o, r, i, j = Var("o"), Var("r"), Var("i"), Var("j")
+    acc, best, best_at = Var("acc", "float32"), Var("best", "float32"), Var("best_at")
+    x = Load("in0", o * 64 + r, "float32")
+    buffers = (Buffer("out0", "float32", 3 * 64, True), Buffer("in0", "float32", 3 * 64, False))
+
+    def row(*statements):
+        return (loop("o", 3, statements, parallel=True),)
+    bodies = {
+        "a fold by subtraction": row(Local(acc, Const(0.0, "float32")),
+                                     loop("r", 64, [Assign(acc, call("sub", acc, x))]), Store("out0", o, acc)),
+        "a fold of a value reading the accumulator": row(
+            Local(acc, Const(1.0, "float32")), loop("r", 64, [Assign(acc, call("add", acc, call("mul", acc, x)))]),
+            Store("out0", o, acc)),
+        "a pass storing one element at every iteration": row(
+            Local(acc, Const(0.0, "float32")), loop("r", 64, [Assign(acc, call("add", acc, x))]),
+            loop("r", 64, [Store("out0", o, call("add", x, acc))])),
+        "a pass reading what another iteration stored": row(
+            loop("r", 64, [Store("out0", o * 64 + r, x)]), Local(acc, Const(0.0, "float32")),
+            loop("r", 64, [Assign(acc, call("add", acc, Load("out0", o * 64 + call("sub", Const(63, "int64"), r), "float32")))]),
+            Store("out0", o * 64, acc)),
+        "an argmax keeping the last of equal values": row(
+            Local(best, Const(float("-inf"), "float32")), Local(best_at, Const(0, "int64")),
+            loop("r", 64, [If(call("ge", x, best), (Assign(best, x), Assign(best_at, r)))]),
+            Store("out0", o, call("cast", best_at, dtype="float32"))),
+        "an accumulation into overlapping columns": (
+            loop("r", 8, [loop("i", 4, [loop("j", 4, [
+                Store("out0", i + j, call("add", Load("out0", i + j, "float32"),
+                                          Load("in0", r * 16 + i * 4 + j, "float32")))])])]),),
+    }
+    return {what: Kernel("k", buffers, body) for what, body in bodies.items()}
+
+
+def test_folds_that_cannot_be_reordered_stay_serial():
+    kernels = _not_reorderable()
+    for what, kernel in kernels.items():
+        rendered = render(kernel)
+        assert not any(l.barriers for l in rendered.launches), what
+        assert "KC_SYNC" not in rendered.source, what
+    # the same loops with a fold that may be reordered: a block reduction
+    (row,) = kernels["a fold by subtraction"].body
+    local, fold, store = row.body
+    (assign,) = fold.body
+    added = dataclasses.replace(fold, body=(Assign(assign.var, call("add", *assign.value.args)),))
+    summed = dataclasses.replace(kernels["a fold by subtraction"],
+                                 body=(dataclasses.replace(row, body=(local, added, store)),))
+    assert [l.barriers for l in render(summed).launches] == [True]
 
 
 # ---- removing a barrier or a guard is caught --------------------------------------------------------
