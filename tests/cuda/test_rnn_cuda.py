@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 from kcompiler.codegen.cuda import rnn as cuda_rnn
-from kcompiler.codegen.cuda import toolchain
+from kcompiler.codegen.cuda import rnn_backward, toolchain  # noqa: F401  (registers the _grad templates)
 from kcompiler.codegen.cuda.render import TemplateContext, module_source, render_node
 from kcompiler.errors import UnsupportedError
 from kcompiler.ir.registry import get_op
@@ -107,11 +107,11 @@ def make_case(variant, setting, grad, name):
 
 
 def render(case):
-    """The case's CudaKernel: through the registry (render_node) with the default plan."""
+    """The case's CudaKernel from its registered template: through render_node with the
+    default plan, called with the case's plan options otherwise."""
     if case.options:
-        return cuda_rnn.recurrent_kernel(case.ctx, case.grad, **case.options)
-    node = case.ctx.node
-    return render_node(node, case.ctx.in_types, {}, case.ctx.name)
+        return get_op(case.ctx.node["op"]).lowerings["cuda"](case.ctx, **case.options)
+    return render_node(case.ctx.node, case.ctx.in_types, {}, case.ctx.name)
 
 
 CASES = [make_case(v, s, g, f"k{k}") for k, (v, s, g) in
@@ -191,10 +191,13 @@ def test_the_cases_cover_the_layouts():
     assert {(p.op, p.D) for p in plans if p.D} >= {("lstm", 1), ("lstm", 4), ("gru", 3)}
 
 
-def test_float64_is_refused_with_a_clear_error():
+def test_float64_and_empty_sequences_are_refused_with_clear_errors():
     xs = [x.astype(np.float64) if x.dtype.kind == "f" else x for x in operands("lstm", units=2)]
     with pytest.raises(UnsupportedError, match="lstm on CUDA: float32 only"):
         cuda_rnn.plan("lstm", [TensorType(x.shape, str(x.dtype)) for x in xs], {"units": 2}, False)
+    xs = operands("gru", time=0, units=2)
+    with pytest.raises(UnsupportedError, match=r"gru_grad on CUDA: x of shape \(2, 0, 3\) is empty"):
+        cuda_rnn.plan("gru", [TensorType(x.shape, str(x.dtype)) for x in xs], {"units": 2}, True)
 
 
 # ---- the checks can fail -----------------------------------------------------------------------
@@ -203,68 +206,75 @@ def test_float64_is_refused_with_a_clear_error():
 MUTATED = "gru_nra-b3_t7_u4_masked_backwards_per_gate_masks-grad"
 
 
-def barriers(kernel, functions=("record", "backward", "dx", "dkernel")):
-    """(function, n) for every barrier of ``functions``: the n-th KC_SYNC of the source."""
-    out = []
-    for suffix in functions:
-        start = kernel.source.index(f"void {kernel.name}_{suffix}(")
-        end = kernel.source.index("\n}\n", start)
-        before = kernel.source[:start].count("KC_SYNC;")
-        out += [(suffix, before + k) for k in range(kernel.source[start:end].count("KC_SYNC;"))]
-    return out
-
-
-def without_barrier(kernel, suffix, n, k):
-    """(the source of function ``<name>_<suffix>`` with the n-th KC_SYNC of the kernel removed,
-    renamed ``<name>_<suffix>_m<k>``; the kernel's launches with that one running it)."""
+def mutant(kernel, suffix, k, edit):
+    """(the text of function ``<name>_<suffix>`` changed by ``edit(text)`` and renamed
+    ``<name>_<suffix>_m<k>``, with its emulation entry; the kernel with that launch running
+    it). The unchanged functions stay the original's."""
     function = f"{kernel.name}_{suffix}"
     start = kernel.source.index(f'extern "C" __global__ void {function}(')
-    end = kernel.source.index("#endif", start)
-    position = -1
-    for _ in range(n + 1):
-        position = kernel.source.index("KC_SYNC;", position + 1)
-    text = kernel.source[start:position] + "/* barrier removed */" + kernel.source[position + len("KC_SYNC;"):end]
-    text = re.sub(rf"\b{function}(?=\(|,|_emulate)", f"{function}_m{k}", text)  # the function, its entry
+    end = kernel.source.index("#endif", start) + len("#endif\n")
+    text = edit(kernel.source[start:end])
+    text = re.sub(rf"\b{function}(?=\(|,|_emulate)", f"{function}_m{k}", text)
     launches = tuple(replace(launch, kernel=f"{function}_m{k}") if launch.kernel == function else launch
                      for launch in kernel.launches)
-    return text + "#endif\n", replace(kernel, launches=launches)
+    return text, replace(kernel, launches=launches)
+
+
+def without_barrier(n):
+    """An edit removing the n-th KC_SYNC of a function."""
+    def edit(text):
+        position = -1
+        for _ in range(n + 1):
+            position = text.index("KC_SYNC;", position + 1)
+        return text[:position] + "/* barrier removed */" + text[position + len("KC_SYNC;"):]
+    return edit
 
 
 @needs_cxx
 def test_removing_any_barrier_of_the_recurrences_or_a_gemm_is_a_race():
     case = BY_ID[MUTATED]
     kernel = render(case)
-    sites = barriers(kernel)
+    sites = []
+    for suffix in ("record", "backward", "dx", "dkernel"):
+        start = kernel.source.index(f"void {kernel.name}_{suffix}(")
+        body = kernel.source[start:kernel.source.index("\n}\n", start)]
+        sites += [(suffix, n) for n in range(body.count("KC_SYNC;"))]
     assert len(sites) == 3 + 3 + 2 + 2  # record: init, z and r, step; backward: 3 per step; GEMMs: 2
-    mutants = [without_barrier(kernel, suffix, n, k) for k, (suffix, n) in enumerate(sites)]
+    mutants = [mutant(kernel, suffix, k, without_barrier(n)) for k, (suffix, n) in enumerate(sites)]
     library = toolchain.build_emulated(module_source([kernel]) + "".join(text for text, _ in mutants))
     run(library, case, kernel)  # the original does not race
-    for (suffix, _), (_, mutant) in zip(sites, mutants):
+    for (suffix, _), (_, changed) in zip(sites, mutants):
         with pytest.raises(toolchain.SharedMemoryRace, match=f"_{suffix}_m"):
-            run(library, case, mutant)
+            run(library, case, changed)
+
+
+# The sanitized runs: one library (built by the first subprocess, loaded from the cache by the
+# second) with the fallbacks, per-gate masks and a last block with fewer rows, and that last
+# case's forward recurrence with its element guard weakened to the block's nominal rows.
+SANITIZED = ("gru_nra-b3_t7_u64_global_32_threads-grad", "lstm-b3_t7_u64_per_gate_masks_time_order-grad",
+             "lstm-b5_t3_u13_shared_masks_zero_output-forward")
+
+
+def sanitized_library():
+    cases = [BY_ID[i] for i in SANITIZED]
+    kernels = [render(c) for c in cases]
+    p = cuda_rnn.plan("lstm", cases[-1].ctx.in_types, cases[-1].ctx.attrs, False)
+    assert p.B % p.rows  # the last block has fewer rows than the others
+    text, unguarded = mutant(kernels[-1], "forward", 0,
+                             lambda text: text.replace("KC_GUARD(e < n)", f"(e < {p.rows * p.U})"))
+    library = toolchain.build_emulated(module_source(kernels) + text, sanitize=True)
+    return library, cases, kernels, unguarded
 
 
 SANITIZED_RUN = """
 import sys
-import numpy as np
-from kcompiler.codegen.cuda import toolchain
-from kcompiler.codegen.cuda.render import module_source
 from tests.cuda import test_rnn_cuda as t
+library, cases, kernels, unguarded = t.sanitized_library()
 if sys.argv[1] == "unguarded":
-    case = t.BY_ID["lstm-b5_t3_u13_shared_masks_zero_output-forward"]
-    kernel = t.render(case)
-    plan = t.cuda_rnn.plan("lstm", case.ctx.in_types, case.ctx.attrs, False)
-    source = kernel.source.replace("KC_GUARD(e < n)", f"(e < {plan.rows * plan.U})")
-    assert source != kernel.source
-    library = toolchain.build_emulated(module_source([]) + source, sanitize=True)
-    t.run(library, case, type(kernel)(kernel.name, source, kernel.launches, kernel.buffers))
+    t.run(library, cases[-1], unguarded)
 else:
-    cases = [t.BY_ID[i] for i in ("gru_nra-b3_t7_u64_global_32_threads-grad",
-                                  "lstm-b3_t7_u64_per_gate_masks_time_order-grad")]
-    for c in cases:
-        c.kernel = t.render(c)
-    library = toolchain.build_emulated(module_source([c.kernel for c in cases]), sanitize=True)
-    for c in cases:
+    for c, k in zip(cases, kernels):
+        c.kernel = k
         t.check(library, c)
 print("clean")
 """

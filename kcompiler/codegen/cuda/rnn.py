@@ -1,47 +1,35 @@
-"""CUDA templates of the recurrent ops (``simple_rnn``, ``lstm``, ``gru`` and their ``_grad``):
-the semantics of kcompiler/ops/rnn.py (gate order, masks, dropout masks, go_backwards, output
-order, reset_after), computed as the CPU kernels compute them (codegen/llvm/rnn.py and
-rnn_backward.py), as a few launches:
+"""CUDA templates of the recurrent ops ``simple_rnn``, ``lstm`` and ``gru`` (rnn_backward.py has
+their ``_grad``): the semantics of kcompiler/ops/rnn.py and its numpy reference (gate order,
+masks, dropout masks, go_backwards, output order, reset_after, every activation), computed
+as the CPU kernels compute them (codegen/llvm/rnn.py), in two launches:
 
-forward (``<op>``)
-  1. ``_project``: XP = input bias + (x * dropout_mask) @ kernel for ALL steps at once, a
-     tiled GEMM (TILE x TILE outputs per block, operands staged in shared memory);
-  2. ``_forward``: the recurrence, ONE persistent launch: each block owns ``rows`` batch
-     rows and loops over the time steps inside; per step its threads compute, for each
-     (row, unit) element, the gate dot products h_{t-1} @ recurrent_kernel (h from shared
-     memory, the recurrent kernel from shared memory when it fits), the gate math and the
-     state update; new states go to the other half of a double buffer, so a step needs one
-     barrier (two for GRU with reset_after=False, whose candidate reads r * h of every
-     unit).
-gradient (``<op>_grad``, which recomputes the forward pass as the CPU's does)
-  1. ``_project`` as above;
-  2. ``_record``: the forward recurrence, keeping every step's states (HS, CS) and gate
-     pre-activations (A) in the workspace;
-  3. ``_backward``: backprop through time, one persistent launch with the same blocks,
-     the steps in reverse; per step the gate derivatives of each element (input side into
-     XP, recurrent side into DR and shared memory), a barrier, then
-     dh_{t-1} += dgates @ recurrent_kernel^T (the kernel staged transposed in shared
-     memory when it fits); dh and dc accumulate in the dh0/dc0 outputs;
-  4. ``_dx``, ``_dkernel``, ``_drecurrent``: tiled GEMMs over all steps: dx = dgates @
-     kernel^T (times the dropout mask of each gate), d_kernel = (x * mask)^T @ dgates,
-     d_recurrent_kernel = h_prev^T @ dgates; the bias gradients are one extra row of the
-     last two (a row of ones). Every gradient element is computed by ONE thread, which
-     sums over all samples and steps in a fixed order: deterministic, no atomics.
+  1. ``_project``: XP = input bias + (x * dropout_mask of the gate) @ kernel for ALL steps
+     at once, a tiled GEMM (tiles.Gemm; its column tiles never straddle two gates, so the
+     gate's mask is applied as the tile is loaded);
+  2. ``_forward``: the recurrence, ONE persistent launch. Block b owns ``rows`` batch rows
+     and loops over the time steps inside; its threads own the (row, unit) elements (a
+     thread loops when there are more elements than threads, and owns the same elements in
+     every region). Per step an element's thread computes the G dot products
+     h_{t-1} @ recurrent_kernel[:, g*U + j] (h from shared memory, the recurrent kernel from
+     shared memory when it fits), the gate math and the state update. h lives in a double
+     buffer (step s reads half s % 2, writes the other), so a step needs ONE barrier; GRU
+     with reset_after=False needs two (its candidate multiplies r * h of every unit).
+
+Values a thread keeps across barriers that are its element's own (c, z, the carried
+output) live in global memory indexed by the element (the cT output, the workspace, the
+output sequence itself), never in per-thread arrays: the emulation would need them
+KC_PER_THREAD and nvcc would put dynamically indexed arrays in local memory.
 
 Scratch memory: a template kernel's buffers are the node's (``TemplateContext.buffers``:
 out0.., in0..) followed by ONE scratch buffer ``ws`` (float32, ``Plan.ws_floats``
-elements): the runtime allocates it with the step, its contents undefined on entry (the
-tests fill it with NaN). Layout in ``Plan.regions``.
+elements) that the runtime allocates with the step, its contents undefined on entry (the
+tests fill it with NaN). Its regions: ``Plan.regions``.
 
 Shared memory: static, at most ``SHARED_BUDGET`` bytes (ptxas rejects more than 48 KiB).
-The per-step states of a block go to shared memory first, then the recurrent kernel; what
-does not fit is read from global memory (the workspace or the operand) instead: slower,
-as correct. Written in the barrier-split form of prelude.h (KC_THREADS regions between
-KC_SYNC, index guards as KC_GUARD), so the same text runs on the CPU emulation; values a
-thread keeps across barriers live in buffers indexed by its element (the same thread owns
-the same elements in every region), never in plain locals.
-
-Only float32.
+The block's per-step states come first, then the recurrent kernel; what does not fit is
+read from global memory (the workspace or the operand) instead: slower, as correct.
+Written in the barrier-split form of prelude.h (KC_THREADS regions between KC_SYNC, index
+guards as KC_GUARD), so the same text runs in the CPU emulation. Only float32.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,10 +38,10 @@ from ...errors import UnsupportedError
 from ...ir.registry import lowering
 from ...ops.rnn import ACTIVATIONS, GATES, full_attrs, operand_names
 from ...schedule.kernel import Buffer, Const, Store, Var, call
-from .render import THREADS_PER_BLOCK, WARP, CudaKernel, Launch, device_function, emulation_entry, parameters
+from .render import THREADS_PER_BLOCK, WARP, CudaKernel, Launch, device_function
+from .tiles import Code, Gemm, function
 
 SHARED_BUDGET = 47 * 1024   # bytes of static shared memory one kernel may declare (ptxas: 48 KiB)
-TILE = 16                   # the GEMMs: TILE x TILE outputs per block, one per thread
 SM_COUNT = 132              # an H200's multiprocessors: batch rows are packed into fewer blocks
                             # only when there are more of them than this
 ALIGN = 32                  # workspace regions start at multiples of 32 floats (128 bytes)
@@ -178,6 +166,8 @@ def plan(op, in_types, attrs, grad, shared_budget=SHARED_BUDGET, max_threads=THR
         arg.update(zip(("d_seq", "d_hT", "d_cT"), (f"in{len(names) + k}" for k in range(3))))
     B, T, F = in_types[0].shape
     U = attrs["units"]
+    if not B * T * F:  # a launch needs at least one block
+        raise UnsupportedError(f"{op}{'_grad' if grad else ''} on CUDA: x of shape {(B, T, F)} is empty")
     D = in_types[names.index("dropout_mask")].shape[0] if attrs["dropout_mask"] else 0
     D2 = in_types[names.index("recurrent_dropout_mask")].shape[0] if attrs["recurrent_dropout_mask"] else 0
     # Rows per block: at least a warp of elements, more when there are more rows than
@@ -197,7 +187,8 @@ def activation_functions(prefix, attrs):
     for short, key in (("act", "activation"), ("ract", "recurrent_activation")):
         spec = ACTIVATIONS[attrs[key]]
         x, dy = Var("x", "float32"), Var("dy", "float32")
-        for suffix, args, params, identity in (("", (x,), "float x", "x"), ("_grad", (x, dy), "float x, float dy", "dy")):
+        for suffix, args, params, identity in (("", (x,), "float x", "x"),
+                                               ("_grad", (x, dy), "float x, float dy", "dy")):
             name = f"{prefix}_{short}{suffix}"
             if spec is None:  # linear
                 out.append(f"KC_DEVICE float {name}({params}) {{ return {identity}; }}\n")
@@ -209,114 +200,6 @@ def activation_functions(prefix, attrs):
             names = ", ".join(a.name for a in args)
             out.append(f"KC_DEVICE float {name}({params}) {{ float r; {name}_into({names}, &r); return r; }}\n")
     return "\n".join(out)
-
-
-# ---- code -----------------------------------------------------------------------------------------
-
-class Code:
-    """Lines of C with indentation: ``with code.block("for (...)"):``."""
-
-    def __init__(self):
-        self.lines, self.depth = [], 0
-
-    def __call__(self, *lines):
-        for line in lines:
-            self.lines.append("    " * self.depth + line)
-
-    @contextmanager
-    def block(self, head):
-        self(head + " {")
-        self.depth += 1
-        yield
-        self.depth -= 1
-        self("}")
-
-    def text(self):
-        return "\n".join(self.lines)
-
-
-def function(name, buffers, body):
-    """An ``extern "C" __global__`` function with the kernel's parameters, in the barrier-split
-    form, and its emulation entry."""
-    return "\n".join([f'extern "C" __global__ void {name}({parameters(buffers)}) {{', body, "}",
-                      emulation_entry(name, buffers, barriers=True)])
-
-
-# ---- the tiled GEMM -------------------------------------------------------------------------------
-
-@dataclass
-class Gemm:
-    """out[row, col] = sum over k segments ks of post(row, col, ks) * sum_k A(row, k) B(k, col),
-    rows in [0, M); columns in ``col_segments`` segments of ``width`` (``cseg`` is a column's
-    segment: a block's columns never straddle two, so A may depend on it, e.g. a gate's
-    dropout mask); k in ``k_segments`` of ``depth``. ``a(row, k)``, ``b(k, col)``, ``post``
-    are C expressions (strings) over the C variables ``row`` (long long), ``k`` and ``col``
-    (global, int), ``cseg`` and ``kseg``; ``store`` a C statement over ``row``, ``col`` and
-    ``value``. ``a_rows_fastest``/``b_k_fastest``: the operand is contiguous along rows / k
-    (the tile is then loaded with consecutive threads along that index: coalesced)."""
-    M: int
-    col_segments: int
-    width: int
-    k_segments: int
-    depth: int
-    a: str
-    b: str
-    store: str
-    post: str = None
-    a_rows_fastest: bool = False
-    b_k_fastest: bool = False
-
-    @property
-    def col_tiles(self):
-        return -(-self.width // TILE)
-
-    def launch(self, name):
-        return Launch(name, (-(-self.M // TILE), self.col_segments * self.col_tiles, 1), (TILE, TILE, 1),
-                      barriers=True)
-
-    def source(self, name, buffers):
-        c = Code()
-        c.depth = 1
-        c(f"KC_SHARED(float, a_tile, [{TILE}][{TILE + 1}]);",
-          f"KC_SHARED(float, b_tile, [{TILE}][{TILE + 1}]);",
-          "KC_PER_THREAD(float, acc, [2]);  // [0]: this k segment's sum, [1]: the total",
-          f"const long long row0 = (long long)blockIdx.x * {TILE};",
-          f"const int cseg = blockIdx.y / {self.col_tiles}, col_in0 = blockIdx.y % {self.col_tiles} * {TILE};")
-        c("KC_THREADS { KC_MINE(acc)[1] = 0.0f; }")
-        with c.block(f"for (int kseg = 0; kseg < {self.k_segments}; ++kseg)"):
-            c("KC_THREADS { KC_MINE(acc)[0] = 0.0f; }")
-            with c.block(f"for (int k0 = 0; k0 < {self.depth}; k0 += {TILE})"):
-                with c.block("KC_THREADS"):
-                    i, kk = ("threadIdx.x", "threadIdx.y") if self.a_rows_fastest else ("threadIdx.y", "threadIdx.x")
-                    c(f"const long long row = row0 + {i};",
-                      f"const int k = kseg * {self.depth} + k0 + {kk};",
-                      f"a_tile[{i}][{kk}] = KC_GUARD(row < {self.M} && k0 + {kk} < {self.depth}) ? {self.a} : 0.0f;")
-                    kk, n = ("threadIdx.x", "threadIdx.y") if self.b_k_fastest else ("threadIdx.y", "threadIdx.x")
-                    with c.block(""):
-                        c(f"const int k = kseg * {self.depth} + k0 + {kk};",
-                          f"const int col = cseg * {self.width} + col_in0 + {n};",
-                          f"b_tile[{kk}][{n}] = KC_GUARD(k0 + {kk} < {self.depth} && col_in0 + {n} < {self.width})"
-                          f" ? {self.b} : 0.0f;")
-                c("KC_SYNC;")
-                with c.block("KC_THREADS"):
-                    c("float sum = KC_MINE(acc)[0];",
-                      f"for (int kk = 0; kk < {TILE}; ++kk) sum += a_tile[threadIdx.y][kk] * b_tile[kk][threadIdx.x];",
-                      "KC_MINE(acc)[0] = sum;")
-                c("KC_SYNC;")
-            with c.block("KC_THREADS"):
-                if self.post is None:
-                    c("KC_MINE(acc)[1] += KC_MINE(acc)[0];")
-                else:
-                    c("const long long row = row0 + threadIdx.y;",
-                      f"const int col = cseg * {self.width} + col_in0 + threadIdx.x;",
-                      f"if (KC_GUARD(row < {self.M} && col_in0 + threadIdx.x < {self.width})) "
-                      f"KC_MINE(acc)[1] += ({self.post}) * KC_MINE(acc)[0];")
-        with c.block("KC_THREADS"):
-            c("const long long row = row0 + threadIdx.y;",
-              f"const int col = cseg * {self.width} + col_in0 + threadIdx.x;",
-              "const float value = KC_MINE(acc)[1];",
-              f"if (KC_GUARD(row < {self.M} && col_in0 + threadIdx.x < {self.width})) {{ {self.store} }}")
-        return function(name, buffers, c.text())
 
 
 # ---- the kernels of one node ----------------------------------------------------------------------
@@ -379,19 +262,6 @@ class RecurrentKernels:
         if self.p.forward_weights_shared:
             return f"w_rec[{k} * {self.p.GU} + {col}]"
         return f"{self.a('recurrent_kernel')}[{k} * {self.p.GU} + {col}]"
-
-    def w_t(self, col, k):
-        """recurrent_kernel[k, col] in the backward recurrence (staged transposed)."""
-        if self.p.backward_weights_shared:
-            return f"w_rec_t[({col}) * {self.p.U} + {k}]"
-        return f"{self.a('recurrent_kernel')}[{k} * {self.p.GU} + {col}]"
-
-    def dr(self, r, col):
-        """The recurrent-side gate derivatives of step s, row0 + r, column col (backward)."""
-        p = self.p
-        if p.backward_states_shared:
-            return f"dr_buf[{r} * {p.GU} + {col}]"
-        return self.region("DR", f"((long long)s * {p.B} + row0 + {r}) * {p.GU} + {col}")
 
     def fn(self, which, *args):
         return f"{self.name}_{which}({', '.join(args)})"
@@ -466,9 +336,10 @@ class RecurrentKernels:
                     with self.each_element(c):
                         self.gru_nra_gates(c)
                 c("KC_SYNC;")
+            step = self.gru_nra_candidate if p.gru_nra else getattr(self, f"{p.op}_step")
             with c.block("KC_THREADS"):
                 with self.each_element(c):
-                    getattr(self, f"{'gru_nra_candidate' if p.gru_nra else p.op + '_step'}")(c)
+                    step(c)
             c("KC_SYNC;")
         if not p.grad:
             with c.block("KC_THREADS"):
@@ -568,164 +439,6 @@ class RecurrentKernels:
             out = "m ? h_new : 0.0f"
         c(f"out0[(b * {p.T} + {position}) * {U} + j] = {out};")
 
-    # -- backward through time
-    def backward(self):
-        p, c = self.p, Code()
-        c.depth = 1
-        U, GU = p.U, p.GU
-        if p.backward_states_shared:
-            c(f"KC_SHARED(float, dr_buf, [{p.rows * GU}]);")
-        if p.backward_weights_shared:
-            c(f"KC_SHARED(float, w_rec_t, [{GU * U}]);")
-        self.head(c)
-        with c.block("KC_THREADS"):
-            if p.backward_weights_shared:
-                c(f"for (int e = threadIdx.x; e < {U * GU}; e += {p.threads}) "
-                  f"w_rec_t[e % {GU} * {U} + e / {GU}] = {self.a('recurrent_kernel')}[e];")
-            with self.each_element(c):
-                c(f"out4[b * {U} + j] = {self.a('d_hT')}[b * {U} + j];")
-                if p.lstm:
-                    c(f"out5[b * {U} + j] = {self.a('d_cT')}[b * {U} + j];")
-                if p.carry:
-                    c(f"{self.region('CARRY', f'b * {U} + j')} = 0.0f;")
-        # No barrier: the rest is each element's own, and the first region of a step reads no
-        # recurrent kernel (its barrier orders the staging before the first read).
-        with c.block(f"for (int s = {p.T - 1}; s >= 0; --s)"):
-            self.step_time(c)
-            with c.block("KC_THREADS"):
-                with self.each_element(c):
-                    getattr(self, f"{'gru_nra' if p.gru_nra else p.op}_backward")(c)
-            c("KC_SYNC;")
-            if p.gru_nra:
-                with c.block("KC_THREADS"):
-                    with self.each_element(c):
-                        self.gru_nra_reset_backward(c)
-                c("KC_SYNC;")
-            with c.block("KC_THREADS"):
-                with self.each_element(c):
-                    self.dh_prev(c)
-            c("KC_SYNC;")
-        return function(f"{self.name}_backward", self.buffers, c.text())
-
-    def dh(self):
-        return f"out4[b * {self.p.U} + j]"
-
-    def dc(self):
-        return f"out5[b * {self.p.U} + j]"
-
-    def incoming(self, c):
-        """dnh (and dnc): the cotangents entering this step's cell; kept_h (kept_c): what a
-        masked sample carries past it."""
-        p, U = self.p, self.p.U
-        position = "t" if p.attrs["output_in_time_order"] else "s"
-        c(f"const float dh_old = {self.dh()};",
-          f"const float d_out = {self.a('d_seq')}[(b * {p.T} + {position}) * {U} + j]"
-          + (f" + {self.region('CARRY', f'b * {U} + j')};" if p.carry else ";"))
-        if p.lstm:
-            c(f"const float dc_old = {self.dc()};")
-        if not p.attrs["masked"]:
-            c("const float dnh = dh_old + d_out, kept_h = 0.0f;")
-            if p.lstm:
-                c("const float dnc = dc_old, kept_c = 0.0f;")
-            return
-        c(f"const bool m = {self.a('mask')}[b * {p.T} + t];")
-        if p.carry:
-            c(f"{self.region('CARRY', f'b * {U} + j')} = m ? 0.0f : d_out;")
-        c("const float dnh = m ? dh_old + d_out : 0.0f, kept_h = m ? 0.0f : dh_old;")
-        if p.lstm:
-            c("const float dnc = m ? dc_old : 0.0f, kept_c = m ? 0.0f : dc_old;")
-
-    def store_da(self, c, g, dx_value, dr_value=None, k="j"):
-        """Gate g's derivative: input side into XP (row b*T + t), recurrent side into DR (and
-        the block's shared copy)."""
-        p = self.p
-        c(f"const float da{g} = {dx_value};")
-        if dr_value is not None:
-            c(f"const float dr{g} = {dr_value};")
-        dr_value = f"dr{g}" if dr_value is not None else f"da{g}"
-        c(f"{self.xp(g, k)} = da{g};",
-          f"{self.region('DR', f'((long long)s * {p.B} + b) * {p.GU} + {g * p.U} + {k}')} = {dr_value};")
-        if p.backward_states_shared:
-            c(f"{self.dr('r', f'{g * p.U} + {k}')} = {dr_value};")
-
-    def simple_rnn_backward(self, c):
-        self.incoming(c)
-        self.store_da(c, 0, self.fn('act_grad', self.record(0, 'j'), 'dnh'))
-        c(f"{self.dh()} = kept_h;")
-
-    def lstm_backward(self, c):
-        U = self.p.U
-        self.incoming(c)
-        for g in range(4):
-            c(f"const float a{g} = {self.record(g * U, 'j')};")
-        c(f"const float c_new = {self.record(4 * U, 'j')};",
-          f"const float i_gate = {self.fn('ract', 'a0')}, f_gate = {self.fn('ract', 'a1')};",
-          f"const float cc = {self.fn('act', 'a2')}, o_gate = {self.fn('ract', 'a3')};",
-          f"const float d_o = dnh * {self.fn('act', 'c_new')};",
-          f"const float dc = dnc + {self.fn('act_grad', 'c_new', 'dnh * o_gate')};")
-        self.store_da(c, 0, self.fn("ract_grad", "a0", "dc * cc"))
-        self.store_da(c, 1, self.fn("ract_grad", "a1", f"dc * {self.cs('s', 'j')}"))
-        self.store_da(c, 2, self.fn("act_grad", "a2", "dc * i_gate"))
-        self.store_da(c, 3, self.fn("ract_grad", "a3", "d_o"))
-        c(f"{self.dc()} = dc * f_gate + kept_c;", f"{self.dh()} = kept_h;")
-
-    def gru_backward(self, c):  # reset_after
-        U = self.p.U
-        self.incoming(c)
-        c(f"const float az = {self.record(0, 'j')}, ar = {self.record(U, 'j')};",
-          f"const float rh = {self.record(2 * U, 'j')}, ah = {self.record(3 * U, 'j')};",
-          f"const float h = {self.hs('s', 'r', 'j')};",
-          f"const float z = {self.fn('ract', 'az')}, r_gate = {self.fn('ract', 'ar')};",
-          f"const float hh = {self.fn('act', 'ah')};",
-          f"const float dah = {self.fn('act_grad', 'ah', 'dnh * (1.0f - z)')};")
-        self.store_da(c, 0, self.fn("ract_grad", "az", "dnh * (h - hh)"))
-        self.store_da(c, 1, self.fn("ract_grad", "ar", "dah * rh"))
-        self.store_da(c, 2, "dah", "dah * r_gate")
-        c(f"{self.dh()} = kept_h + dnh * z;")
-
-    def gru_nra_backward(self, c):  # reset_after=False, first half: the z and candidate gates
-        U = self.p.U
-        self.incoming(c)
-        c(f"const float az = {self.record(0, 'j')}, ah = {self.record(2 * U, 'j')};",
-          f"const float h = {self.hs('s', 'r', 'j')};",
-          f"const float z = {self.fn('ract', 'az')}, hh = {self.fn('act', 'ah')};")
-        self.store_da(c, 0, self.fn("ract_grad", "az", "dnh * (h - hh)"))
-        self.store_da(c, 2, self.fn("act_grad", "ah", "dnh * (1.0f - z)"))
-        c(f"{self.dh()} = kept_h + dnh * z;")
-
-    def gru_nra_reset_backward(self, c):
-        """d(r * h_dropped) = d ah @ U_h^T for unit j of every row, then the reset gate."""
-        p, U = self.p, self.p.U
-        c("float dhr = 0.0f;",
-          f"for (int i = 0; i < {U}; ++i) dhr += {self.dr('r', f'{2 * U} + i')} * {self.w_t(f'{2 * U} + i', 'j')};",
-          f"const float ar = {self.record(U, 'j')};",
-          f"const float r_gate = {self.fn('ract', 'ar')};")
-        if p.D2:
-            c(f"const float mk = {self.rmask(2, 'j')};",
-              f"const float h = {self.hs('s', 'r', 'j')} * mk, rm = r_gate * mk;")
-        else:
-            c(f"const float h = {self.hs('s', 'r', 'j')}, rm = r_gate;")
-        self.store_da(c, 1, self.fn("ract_grad", "ar", "dhr * h"))
-        c(f"{self.dh()} += dhr * rm;")
-
-    def dh_prev(self, c):
-        """dh0 (the cotangent of h before step s) += dgates @ recurrent_kernel^T, each gate's
-        part times its recurrent dropout mask (the candidate of reset_after=False is done)."""
-        p, U = self.p, self.p.U
-        gates = [0, 1] if p.gru_nra else list(range(p.G))
-        groups = [(gates[0] * U, len(gates) * U, None)] if not p.D2 else [(g * U, U, g) for g in gates]
-        c("float sum = 0.0f;")
-        for col0, count, g in groups:
-            product = f"{self.dr('r', 'i')} * {self.w_t('i', 'j')}"
-            if g is None:
-                c(f"for (int i = {col0}; i < {col0 + count}; ++i) sum += {product};")
-                continue
-            with c.block(""):
-                c("float part = 0.0f;",
-                  f"for (int i = {col0}; i < {col0 + count}; ++i) part += {product};",
-                  f"sum += part * {self.rmask(g, 'j')};")
-        c(f"{self.dh()} += sum;")
-
     # -- the GEMMs
     def project(self):
         """XP = input bias + (x * dropout_mask[g]) @ kernel."""
@@ -736,79 +449,37 @@ class RecurrentKernels:
         return Gemm(p.B * p.T, p.G, p.U, 1, p.F, x, f"{self.a('kernel')}[(long long)k * {p.GU} + col]",
                     f"{self.region('XP', f'row * {p.GU} + col')} = value + {self.a('bias')}[col];")
 
-    def dx(self):
-        """dx = sum over gates of (dgates_g @ kernel_g^T) * dropout_mask[g]: one k segment per
-        gate when each has its own mask."""
-        p = self.p
-        per_gate = p.D > 1
-        post = None
-        if p.D:
-            post = self.mask_of("dropout_mask", f"kseg % {p.D}", p.F, "col", b=f"row / {p.T}")
-        return Gemm(p.B * p.T, 1, p.F, p.G if per_gate else 1, p.U if per_gate else p.GU,
-                    self.region("XP", f"row * {p.GU} + k"), f"{self.a('kernel')}[(long long)col * {p.GU} + k]",
-                    f"out0[row * {p.F} + col] = value;", post=post, b_k_fastest=True)
+    def functions(self):
+        """(suffix, source, launch) of each function, in launch order."""
+        return [self.gemm("project", self.project()), self.recurrence("forward", self.forward())]
 
-    def dkernel(self):
-        """d_kernel = (x * dropout_mask)^T @ dgates; the row of ones under it gives d_bias."""
-        p = self.p
-        x = f"{self.a('x')}[(long long)k * {p.F} + row]"
-        if p.D:
-            x += " * " + self.mask_of("dropout_mask", f"cseg % {p.D}", p.F, "row", b=f"k / {p.T}")
-        return Gemm(p.F + 1, p.G, p.U, 1, p.B * p.T, f"(row < {p.F} ? {x} : 1.0f)",
-                    self.region("XP", f"(long long)k * {p.GU} + col"),
-                    f"if (row < {p.F}) out1[row * {p.GU} + col] = value; "
-                    f"else out3[col] = value;", a_rows_fastest=True)
+    def gemm(self, suffix, gemm):
+        name = f"{self.name}_{suffix}"
+        return suffix, gemm.source(name, self.buffers), gemm.launch(name)
 
-    def drecurrent(self):
-        """d_recurrent_kernel = sources^T @ dgates over all steps (the source of gate g: h
-        before the step, times its recurrent mask, times r for the candidate of reset_after=
-        False); with reset_after a row of ones under it gives the recurrent bias's gradient."""
+    def recurrence(self, suffix, source):
         p = self.p
-        src = self.region("HS", f"(long long)k * {p.U} + row")
-        if p.D2:
-            src += " * " + self.mask_of("recurrent_dropout_mask", f"cseg % {p.D2}", p.U, "row", b=f"k % {p.B}")
-        if p.gru_nra:
-            r = self.fn("ract", self.region("A", f"(long long)k * {p.GA} + {p.U} + row"))
-            src += f" * (cseg == 2 ? {r} : 1.0f)"
-        store = f"out2[row * {p.GU} + col] = value;"
-        if p.gru_ra:
-            store = f"if (row < {p.U}) {store} else out3[{p.GU} + col] = value;"
-        return Gemm(p.U + (1 if p.gru_ra else 0), p.G, p.U, 1, p.T * p.B, f"(row < {p.U} ? {src} : 1.0f)",
-                    self.region("DR", f"(long long)k * {p.GU} + col"), store, a_rows_fastest=True)
+        return suffix, source, Launch(f"{self.name}_{suffix}", (p.blocks, 1, 1), (p.threads, 1, 1), barriers=True)
 
     def kernel(self):
-        p = self.p
-        parts = [activation_functions(self.name, p.attrs)]
-        launches = []
-
-        def add_gemm(suffix, gemm):
-            parts.append(gemm.source(f"{self.name}_{suffix}", self.buffers))
-            launches.append(gemm.launch(f"{self.name}_{suffix}"))
-
-        def add_recurrence(source, suffix):
-            parts.append(source)
-            launches.append(Launch(f"{self.name}_{suffix}", (p.blocks, 1, 1), (p.threads, 1, 1), barriers=True))
-
-        add_gemm("project", self.project())
-        if not p.grad:
-            add_recurrence(self.forward(), "forward")
-        else:
-            add_recurrence(self.forward(), "record")
-            add_recurrence(self.backward(), "backward")
-            add_gemm("dx", self.dx())
-            add_gemm("dkernel", self.dkernel())
-            add_gemm("drecurrent", self.drecurrent())
-        return CudaKernel(self.name, "\n".join(parts), tuple(launches), self.buffers)
+        functions = self.functions()
+        source = "\n".join([activation_functions(self.name, self.p.attrs)] + [text for _, text, _ in functions])
+        return CudaKernel(self.name, source, tuple(launch for _, _, launch in functions), self.buffers)
 
 
-def recurrent_kernel(ctx, grad, **plan_options):
-    """CudaKernel of a recurrent node (TemplateContext ``ctx``)."""
-    op = ctx.node["op"].removesuffix("_grad")
-    p = plan(op, ctx.in_types, ctx.attrs, grad, **plan_options)
+def recurrent_kernel(ctx, writer, **plan_options):
+    """CudaKernel of a recurrent node (TemplateContext ``ctx``: ``<op>`` or ``<op>_grad``),
+    written by ``writer`` (RecurrentKernels, or rnn_backward.GradientKernels)."""
+    grad = ctx.node["op"].endswith("_grad")
+    p = plan(ctx.node["op"].removesuffix("_grad"), ctx.in_types, ctx.attrs, grad, **plan_options)
     buffers = tuple(ctx.buffers) + (Buffer("ws", "float32", p.ws_floats, True),)
-    return RecurrentKernels(p, ctx.name, buffers).kernel()
+    return writer(p, ctx.name, buffers).kernel()
 
 
-for _op in GATES:
-    lowering("cuda", _op)(lambda ctx: recurrent_kernel(ctx, grad=False))
-    lowering("cuda", f"{_op}_grad")(lambda ctx: recurrent_kernel(ctx, grad=True))
+def lower(ctx, **plan_options):
+    """The CUDA template of ``simple_rnn``, ``lstm`` and ``gru`` (plan_options: see ``plan``)."""
+    return recurrent_kernel(ctx, RecurrentKernels, **plan_options)
+
+
+for _op in GATES:  # the <op>_grad templates are registered by rnn_backward
+    lowering("cuda", _op)(lower)
