@@ -19,8 +19,9 @@ A ``DeviceCopy`` implements ``download()`` and ``upload()`` (blocking copies of 
 value); the two sets below say which copies are stale on which side. Reads and writes
 through ``Variable`` call ``host_read``/``host_written``; a device step calls
 ``sync_device`` before it runs and ``device_written`` with the copies it updated once it has
-committed; a CPU step calls ``sync_host`` before and ``host_written_variables`` after, only
-once some copy exists in the process (``in_use``), so CPU-only programs pay nothing.
+committed; a CPU step calls ``sync_host`` (its variables) before and ``host_written_variables``
+after, only once some copy exists in the process (``in_use``), so CPU-only programs pay
+nothing.
 
 Writing into the array that ``Variable.numpy()`` returns, instead of assigning, is not seen
 by the device (as with a Keras variable, whose ``numpy()`` is a copy).
@@ -74,13 +75,13 @@ def device_written(copies):
         _newer_on_device.update(copies)
 
 
-def sync_host():
-    """Before a CPU step: every host value current."""
+def sync_host(variables):
+    """Before a CPU step that reads ``variables``: their host values current."""
     if _newer_on_device:
-        with _lock:
-            for copy in list(_newer_on_device):
-                copy.download()
-            _newer_on_device.clear()
+        for variable in variables:
+            copy = getattr(variable, "_device_copy", None)
+            if copy is not None:
+                host_read(copy)
 
 
 def sync_device():

@@ -81,6 +81,7 @@ class CompiledGraph:
             else:  # fill
                 buf = np.full(t.shape, node["attrs"]["value"], dtype=t.dtype)
             self._shared_params.append(buf)
+        self._variables = [g.graph["variables"][nid] for nid in plan["params"] if g.nodes[nid]["op"] == "variable"]
         self._updated_variables = [g.graph["variables"][v] for v, value in g.graph["updates"].items()
                                    if plan["root"][(v, 0)] != plan["root"][(value, 0)]]
         self._entry = compiled_module.function("kc_entry", ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
@@ -122,7 +123,7 @@ class CompiledGraph:
                     raise KCompilerError(f"input {name!r}: expected shape {buf.shape}, got {np.shape(value)}")
                 buf[...] = value
             if residence.in_use():
-                residence.sync_host()
+                residence.sync_host(self._variables)
             status = self._entry(*context.args)
             self.module.confirm()  # the code ran: drop the crash marker of the cache entry it came from
             if status:
