@@ -27,10 +27,12 @@ Writing into the array that ``Variable.numpy()`` returns, instead of assigning, 
 by the device (as with a Keras variable, whose ``numpy()`` is a copy).
 """
 import threading
+import weakref
 
+# Weak: a copy whose variable and programs are gone leaves the sets (and frees device memory).
 _lock = threading.RLock()
-_newer_on_device = set()   # copies a device step updated since the host last read them
-_newer_on_host = set()     # copies whose host value was written since the device last read it
+_newer_on_device = weakref.WeakSet()   # copies a device step updated since the host last read them
+_newer_on_host = weakref.WeakSet()     # copies whose host value was written since the device last read it
 _in_use = [False]
 
 

@@ -12,7 +12,8 @@ without a GPU:
 - variables stay on the device: a step copies its inputs in and one result out, nothing
   else; get_weights copies each updated variable back once, set_weights is uploaded before
   the next step, a CPU step (an eager call) sees the device's values and the device sees its
-  updates, and a model saved after training holds the trained weights;
+  updates, a model saved after training holds the trained weights, and a dropped model's
+  device copies are freed;
 - concurrent predictions get their own results;
 - the PycudaDevice, driven through a stand-in for pycuda.driver (fake_pycuda.py), runs the
   same model: every call with its context current, one transfer in per input and one out;
@@ -243,6 +244,18 @@ def test_the_variables_stay_on_the_device_between_steps(monkeypatch):
     assert counts == {}
     program.train_step(x, y)
     assert counts == {"upload": inputs + updated, "download": 1}
+
+
+def test_a_dropped_model_frees_its_device_copies():
+    import gc
+    import weakref
+    model = affine_model("cuda")
+    model.train_on_batch(*affine_data(n=8))
+    copies = [weakref.ref(w._device_copy) for w in model.weights]
+    del model
+    backend.clear_session()
+    gc.collect()
+    assert [c() for c in copies] == [None] * len(copies)
 
 
 def test_set_weights_between_steps_is_honoured():

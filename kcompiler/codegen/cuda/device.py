@@ -35,6 +35,7 @@ import threading
 import numpy as np
 
 from ...errors import UnsupportedError
+from ...options import Options
 from . import toolchain
 
 INSTALL_PYCUDA = ("install it with pip install 'kcompiler[cuda]' (pycuda builds from source against the CUDA "
@@ -166,7 +167,6 @@ def get_device(options):
 def gpu_problem():
     """None when a GPU is usable through pycuda, else the UnsupportedError saying what is missing."""
     try:
-        from ...options import Options
         get_device(Options(cuda_emulation=False))
     except UnsupportedError as e:
         return e
