@@ -464,7 +464,7 @@ print("clean")
 
 # ---- the cubin cache --------------------------------------------------------------------------------
 
-def test_cubins_compile_for_the_device_architecture_and_come_back_from_the_cache(tmp_path, monkeypatch):
+def test_a_step_compiles_to_cubins_that_come_back_from_the_cache(tmp_path, monkeypatch):
     from kcompiler.codegen.cuda import cubin, toolchain
     from kcompiler.codegen.llvm.cache import cache_stats
     try:
@@ -486,6 +486,8 @@ def test_cubins_compile_for_the_device_architecture_and_come_back_from_the_cache
     assert len(list(tmp_path.glob("*.kco"))) == 1
     assert cubin.cache_key(source.text, "sm_90", toolchain.toolkit_root()) != \
         cubin.cache_key(source.text, "sm_80", toolchain.toolkit_root())
+    report = toolchain.compile_check(source.text)  # the runtime's kc_copies too: no spills, no local memory
+    assert "kc_copies" in report.resources["sm_90"] and report.problems() == []
 
 
 # ---- W1–W6 ------------------------------------------------------------------------------------------
