@@ -9,6 +9,8 @@ and backend gets the object. The environment variables are the defaults' source:
     KCOMPILER_BOUNDS_CHECK=1       generated code checks every buffer access
     KCOMPILER_PIN_THREADS=0        do not pin the kernels' worker threads to CPUs
     KCOMPILER_MAX_SPECIALIZATIONS  compiled batch sizes kept per program (8)
+    KCOMPILER_CUDA_EMULATION=1     target='cuda' runs its kernels on the CPU (the emulation of
+                                   kcompiler/codegen/cuda/; for tests: never a silent fallback)
 
 (The kernel cache's own settings — KCOMPILER_CACHE_DIR, KCOMPILER_NO_CACHE,
 KCOMPILER_CACHE_MAX_BYTES — are read by the cache, once; docs/kernel-cache.md.)
@@ -25,6 +27,7 @@ class Options:
     bounds_check: bool = False
     pin_threads: bool = True
     max_specializations: int = 8
+    cuda_emulation: bool = False
 
     def __post_init__(self):
         if not (isinstance(self.opt_level, int) and 0 <= self.opt_level <= 3):
@@ -45,7 +48,8 @@ class Options:
                    profile=env.get("KCOMPILER_PROFILE") == "1",
                    bounds_check=env.get("KCOMPILER_BOUNDS_CHECK") == "1",
                    pin_threads=env.get("KCOMPILER_PIN_THREADS", "1").lower() not in ("0", "false", "no", "off"),
-                   max_specializations=_int(env, "KCOMPILER_MAX_SPECIALIZATIONS", 8, 1, None))
+                   max_specializations=_int(env, "KCOMPILER_MAX_SPECIALIZATIONS", 8, 1, None),
+                   cuda_emulation=env.get("KCOMPILER_CUDA_EMULATION") == "1")
 
 
 def _int(env, name, default, lo, hi):

@@ -2,6 +2,7 @@
 differentiate it with the autodiff pass, and check the VJP against central finite
 differences in float64."""
 import numpy as np
+import pytest
 
 from kcompiler.ir.graph import GraphBuilder
 from kcompiler.ir.interpreter_reference import run_reference
@@ -85,10 +86,15 @@ def assert_close32(got, expected, what=""):
 TARGET = ["cpu"]
 
 
+def lower(g, fuse=True):
+    """(executable, stages) of static graph ``g`` compiled for the current test target."""
+    from kcompiler.pipeline import lower_graph
+    return lower_graph(g, fuse=fuse, target=TARGET[0])
+
+
 def run_compiled(g, feeds, fuse=True):
     """Compile static graph ``g`` for the current test target and run it once."""
-    from kcompiler.pipeline import lower_graph
-    compiled, _ = lower_graph(g, fuse=fuse, target=TARGET[0])
+    compiled, _ = lower(g, fuse=fuse)
     return compiled.run(feeds)
 
 
@@ -125,3 +131,12 @@ def use_options(monkeypatch, **changes):
     test: the defaults are read from the environment once, so tests change the object."""
     from kcompiler import options
     monkeypatch.setattr(options, "_defaults", [options.default_options().replace(**changes)])
+
+
+def use_bounds_checks(monkeypatch):
+    """Compile bounds-checked builds (KCOMPILER_BOUNDS_CHECK=1) for the rest of the test; skipped
+    on target 'cuda', which has none (its kernels are checked by running their emulation under
+    AddressSanitizer: tests/cuda)."""
+    if TARGET[0] == "cuda":
+        pytest.skip("bounds-checked builds exist for target='cpu' only")
+    use_options(monkeypatch, bounds_check=True)

@@ -1,7 +1,8 @@
 """Dependencies run one way (STYLE.md, DESIGN §3): passes use ir/, ops/ and the kernel
-description only; only the LLVM backend imports llvmlite; the kernel description and the op
-registry know no backend. Checked on the source's import statements (including imports inside
-functions), so a lazy import cannot hide a wrong direction."""
+description only; only the LLVM backend imports llvmlite and only the CUDA device module
+pycuda; the kernel description and the op registry know no backend. Checked on the source's
+import statements (including imports inside functions), so a lazy import cannot hide a wrong
+direction."""
 import ast
 import pathlib
 
@@ -92,6 +93,12 @@ def test_runtime_imports_no_front_end_and_the_pipeline_no_runtime():
 
 def test_only_the_llvm_backend_imports_llvmlite():
     assert _violations(lambda n: not n.startswith("kcompiler.codegen.llvm"), ["llvmlite"]) == []
+
+
+def test_only_the_cuda_device_module_imports_pycuda():
+    """pycuda is the optional `cuda` extra: imported only where a real GPU is asked for."""
+    assert _violations(lambda n: n != "kcompiler.codegen.cuda.device", ["pycuda"]) == []
+    assert "pycuda.driver" in _imports(ROOT / "kcompiler" / "codegen" / "cuda" / "device.py")
 
 
 def test_the_checker_sees_relative_and_lazy_imports(tmp_path):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import IndexRangeError, KCompilerError, UnsupportedError
+from ..errors import IndexRangeError, KCompilerError
 from ..ir.registry import get_op
 from ..schedule.kernel import STATUS_INDEX_OUT_OF_RANGE, STATUS_OUT_OF_BOUNDS
 
@@ -35,8 +35,8 @@ from ..schedule.kernel import STATUS_INDEX_OUT_OF_RANGE, STATUS_OUT_OF_BOUNDS
 # loaded when that target is asked for)
 BACKENDS = {
     "cpu": "kcompiler.codegen.llvm.backend",
+    "cuda": "kcompiler.codegen.cuda.backend",
 }
-NOT_YET = {"cuda": "the CUDA backend has not landed yet: compile with target='cpu'"}
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,8 @@ _instances = {}
 def get_backend(target):
     backend = _instances.get(target)
     if backend is None:
-        if target in NOT_YET:
-            raise UnsupportedError(NOT_YET[target])
         if target not in BACKENDS:
-            raise ValueError(f"unknown target {target!r}; expected one of {sorted(set(BACKENDS) | set(NOT_YET))}")
+            raise ValueError(f"unknown target {target!r}; expected one of {sorted(BACKENDS)}")
         backend = _instances[target] = importlib.import_module(BACKENDS[target]).BACKEND
     return backend
 
@@ -92,12 +90,12 @@ STATUS_MESSAGES = {STATUS_INDEX_OUT_OF_RANGE: "an index (Embedding input or labe
                    STATUS_OUT_OF_BOUNDS: "a kernel indexed outside a buffer (caught by the bounds-checked build)"}
 
 
-def step_error(g, status, record):
+def step_error(g, status, record, offset=None):
     """The exception for a step of scheduled graph ``g`` that returned ``status`` != 0, read
-    from the error record the generated code left (the bytes at ``plan['error_record']`` of
-    the step's arena: i32 status, i32 node id, i64 offending value). The step committed no
-    state."""
-    offset = g.graph["plan"]["error_record"]
+    from the error record the generated code left (the bytes at ``offset`` of ``record``, by
+    default ``plan['error_record']`` of the step's arena: i32 status, i32 node id, i64
+    offending value). The step committed no state."""
+    offset = g.graph["plan"]["error_record"] if offset is None else offset
     nid = int(record[offset + 4:offset + 8].view(np.int32)[0])
     value = int(record[offset + 8:offset + 16].view(np.int64)[0])
     node = g.nodes[nid] if nid in g else None

@@ -1,4 +1,9 @@
-"""keras.Variable: a named, numpy-held value that traced graphs read as a variable node."""
+"""keras.Variable: a named, numpy-held value that traced graphs read as a variable node.
+
+A device backend may keep the current value on its device (kcompiler/codegen/residence.py):
+then ``_device_copy`` is set, every host read goes through ``numpy()`` (which first fetches a
+newer device value) and every host write through ``assign`` (which marks the device copy
+stale)."""
 import itertools
 
 import numpy as np
@@ -9,6 +14,8 @@ _uids = itertools.count()
 
 
 class Variable(KerasTensor):
+    _device_copy = None  # the value a device keeps (codegen/residence.py), or None
+
     def __init__(self, initializer=None, shape=None, dtype="float32", trainable=True, name="variable",
                  path=None, constraint=None, regularizer=None):
         from . import initializers
@@ -39,11 +46,13 @@ class Variable(KerasTensor):
         return str(self._value.dtype)
 
     def numpy(self):
+        if self._device_copy is not None:
+            self._device_copy.host_read()
         return self._value
 
     @property
     def value(self):
-        return self._value
+        return self.numpy()
 
     def assign(self, value):
         value = to_array(value, dtype=self.dtype)
@@ -51,17 +60,19 @@ class Variable(KerasTensor):
             raise ValueError(f"Variable {self.path!r}: cannot assign a value of shape {value.shape} "
                              f"to a variable of shape {self._value.shape}")
         self._value[...] = value  # in place: compiled programs hold this buffer's address
+        if self._device_copy is not None:
+            self._device_copy.host_written()
 
     def __float__(self):
-        return float(self._value)
+        return float(self.numpy())
 
     def __int__(self):
-        return int(self._value)
+        return int(self.numpy())
 
     def __array__(self, dtype=None, copy=None):
-        return self._value if dtype is None else self._value.astype(dtype)
+        return self.numpy() if dtype is None else self.numpy().astype(dtype)
 
     def __repr__(self):
-        return f"<Variable path={self.path}, shape={self.shape}, dtype={self.dtype}, value={self._value!r}>"
+        return f"<Variable path={self.path}, shape={self.shape}, dtype={self.dtype}, value={self.numpy()!r}>"
 
     __hash__ = object.__hash__

@@ -13,7 +13,7 @@ from kcompiler import keras
 from kcompiler.errors import IndexRangeError
 from kcompiler.ir.types import TensorType
 from kcompiler.keras import backend
-from op_check import use_options
+from op_check import use_bounds_checks
 
 EMBEDDING_ERROR = re.escape("Embedding 'embedding': id 12 is outside [0, 10) (input_dim=10)")
 
@@ -137,7 +137,7 @@ def test_an_eager_embedding_call_names_the_layer_and_the_id():
 
 
 def test_a_bounds_checked_build_keeps_the_state_too(monkeypatch):
-    use_options(monkeypatch, bounds_check=True)
+    use_bounds_checks(monkeypatch)
     model = trained_embedding_model()
     x, y = embedding_data(seed=5)
     x[7, 2] = 12
@@ -202,7 +202,7 @@ def test_a_kernel_caught_outside_its_buffer_commits_no_update(monkeypatch):
         return Kernel(name, (Buffer("out0", "float32", n, True), Buffer("in0", "float32", n, False)),
                       (loop("i", n, [Store("out0", i, Load("in0", i + 1, "float32"))]),))
 
-    use_options(monkeypatch, bounds_check=True)
+    use_bounds_checks(monkeypatch)
     monkeypatch.setattr(get_op("transpose"), "describe", off_by_one)
     weights = Variable(np.arange(6, dtype=np.float32).reshape(2, 3), name="w")
     b = GraphBuilder(name="broken_update")

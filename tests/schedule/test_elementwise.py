@@ -11,11 +11,10 @@ from kcompiler.ir.interpreter_reference import run_reference
 from kcompiler.ir.registry import all_ops
 from kcompiler.ir.types import TensorType
 from kcompiler.ops.elementwise import UNARY, UNARY_NO_GRAD
-from kcompiler.pipeline import lower_graph
 from kcompiler.schedule.elementwise import describe_elementwise
 from kcompiler.schedule.kernel import Local, Loop, format_kernel
 from kcompiler.schedule.scalar import DERIVATIVES, defined
-from op_check import assert_close32, build_op_graph
+from op_check import assert_close32, build_op_graph, lower
 from test_core_ops_inputs import UNARY_INPUTS, away_from_zero
 
 RNG = np.random.default_rng(7)
@@ -75,7 +74,7 @@ def cases(name):
 def compile_graph(b, outputs, feeds, fuse=False):
     """Run graph ``b`` compiled; returns (outputs, the scheduled kernels' descriptions)."""
     b.g.graph["outputs"] = outputs
-    compiled, stages = lower_graph(b.g, fuse=fuse)
+    compiled, stages = lower(b.g, fuse=fuse)
     scheduled = stages["scheduled"]
     kernels = [scheduled.nodes[n]["kernel"] for n in scheduled.graph["plan"]["order"] if "kernel" in scheduled.nodes[n]]
     return compiled.run(feeds), kernels

@@ -8,10 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from op_check import assert_close32, build_op_graph, use_options
+from op_check import assert_close32, build_op_graph, lower, use_bounds_checks
 from kcompiler.errors import IndexRangeError
 from kcompiler.ir.interpreter_reference import run_reference
-from kcompiler.pipeline import lower_graph
 from kcompiler.schedule.kernel import Loop
 
 RNG = np.random.default_rng(7)
@@ -22,7 +21,7 @@ def bounds_check(request, monkeypatch):
     """Run the test's kernels plain and in the bounds-checked build (KCOMPILER_BOUNDS_CHECK=1),
     where an access outside a buffer would be reported instead of an IndexRangeError."""
     if request.param:
-        use_options(monkeypatch, bounds_check=True)
+        use_bounds_checks(monkeypatch)
     return request.param
 
 
@@ -31,7 +30,7 @@ def compile_op(op, inputs, attrs):
     b, _, outs = build_op_graph(op, inputs, attrs)
     b.g.graph["outputs"] = outs
     feeds = {f"x{i}": a for i, a in enumerate(inputs)}
-    compiled, stages = lower_graph(b.g)
+    compiled, stages = lower(b.g)
     kernels = [n["kernel"] for _, n in stages["scheduled"].nodes(data=True) if n["op"] == op]
     assert len(kernels) == 1, f"{op} is not rendered from a description"
     return compiled.run(feeds), run_reference(b.g, feeds)[0], kernels[0]
@@ -67,10 +66,10 @@ def test_transpose_of_integers_and_collapsed_loops():
     assert loop_depth(check_exact("transpose", [normal(3, 4, 5)], {"perm": (1, 0, 2)}).body) == 3
 
 
-@pytest.mark.parametrize("shape,target", [
+@pytest.mark.parametrize("shape,to_shape", [
     ((1, 3), (4, 3)), ((5, 1), (2, 5, 7)), ((), (3, 2)), ((3,), (2, 3)), ((1, 1), (1, 1)), ((2, 1, 3), (2, 5, 3))])
-def test_broadcast_to(shape, target, bounds_check):
-    check_exact("broadcast_to", [normal(*shape)], {"shape": target})
+def test_broadcast_to(shape, to_shape, bounds_check):
+    check_exact("broadcast_to", [normal(*shape)], {"shape": to_shape})
 
 
 @pytest.mark.parametrize("shape,begin,size", [
@@ -122,7 +121,7 @@ def test_gather_out_of_range_raises_with_the_first_bad_id(ids, bad, bounds_check
     ids = np.array(ids, np.int32)
     b, _, outs = build_op_graph("gather", [table, ids], {})
     b.g.graph["outputs"] = outs
-    compiled, _ = lower_graph(b.g)
+    compiled, _ = lower(b.g)
     message = re.escape(f"gather: id {bad} is outside [0, 5) (input_dim=5)")
     with pytest.raises(IndexRangeError, match=message) as error:
         compiled.run({"x0": table, "x1": ids})
@@ -133,7 +132,7 @@ def test_gather_of_int64_ids_beyond_int32():
     ids = np.array([1, 2**40], np.int64)
     b, _, outs = build_op_graph("gather", [normal(5, 3), ids], {})
     b.g.graph["outputs"] = outs
-    compiled, _ = lower_graph(b.g)
+    compiled, _ = lower(b.g)
     with pytest.raises(IndexRangeError) as error:
         compiled.run({"x0": normal(5, 3), "x1": ids})
     assert error.value.value == 2**40
@@ -171,7 +170,7 @@ def test_check_index(dtype, bounds_check):
     for bad_labels, bad in (([0, 4, 3, -1], 4), ([-2, 0], -2), ([3, 3, 7], 7)):
         b, _, outs = build_op_graph("check_index", [np.array(bad_labels, dtype)], {"limit": 4, "what": "my_loss"})
         b.g.graph["outputs"] = outs
-        compiled, _ = lower_graph(b.g)
+        compiled, _ = lower(b.g)
         with pytest.raises(IndexRangeError, match=re.escape(f"my_loss: label {bad} is outside [0, 4)")):
             compiled.run({"x0": np.array(bad_labels, dtype)})
 

@@ -12,7 +12,7 @@ from kcompiler.passes.memory_plan import plan_memory
 from kcompiler.passes.schedule import schedule_kernels
 from kcompiler.schedule import pool as pool_descriptions
 from kcompiler.schedule.pool import Span, spans, uncovered
-from op_check import assert_close32, build_op_graph, run_compiled, run_op, use_options
+from op_check import assert_close32, build_op_graph, run_compiled, run_op, use_bounds_checks
 
 RNG = np.random.default_rng(7)
 
@@ -101,7 +101,8 @@ def test_nan_and_infinities(op, unroll_taps, attrs, monkeypatch):
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("bounds_check", ["0", "1"])
 def test_split_over_the_cores_equals_serial(op, bounds_check, monkeypatch):
-    use_options(monkeypatch, bounds_check=bounds_check == "1")
+    if bounds_check == "1":
+        use_bounds_checks(monkeypatch)
     x = normal(5, 11, 7, 17)
     inputs, attrs = op_inputs(op, x, pool((3, 3), (2, 2), "same"))
     serial, _ = compiled_and_reference(op, inputs, attrs)

@@ -10,8 +10,7 @@ import pytest
 
 from kcompiler.ir.interpreter_reference import run_reference
 from kcompiler.ir.printer import to_text
-from kcompiler.pipeline import lower_graph
-from op_check import assert_close32, build_op_graph
+from op_check import assert_close32, build_op_graph, lower
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference on NaN/inf inputs
 
@@ -22,7 +21,7 @@ def compile_op(op, inputs, attrs):
     """(compiled one-op graph, its scheduled graph, the op's node id)."""
     b, _, outs = build_op_graph(op, inputs, attrs)
     b.g.graph["outputs"] = outs
-    compiled, stages = lower_graph(b.g, fuse=False)
+    compiled, stages = lower(b.g, fuse=False)
     scheduled = stages["scheduled"]
     (nid,) = [n for n in scheduled.nodes if scheduled.nodes[n]["op"] == op]
     return compiled, scheduled, nid

@@ -14,6 +14,10 @@ other; the pool holds as many contexts as there were concurrent callers. Variabl
 constants are shared by all contexts: steps that update variables (training) must not
 run concurrently with each other.
 
+Variables a device also keeps (codegen/residence.py: the CUDA backend's resident state) are
+made current on the host before a step reads them, and marked written after it updated them;
+a process that never used a device skips both.
+
 The compiled engine lives as long as this object (its ``_entry`` function references the
 CompiledModule); nothing else keeps it alive.
 """
@@ -22,6 +26,7 @@ import ctypes
 import numpy as np
 
 from ...errors import KCompilerError
+from .. import residence
 from ..backend import step_error
 
 def _aligned_empty(nbytes, align=64):
@@ -76,6 +81,9 @@ class CompiledGraph:
             else:  # fill
                 buf = np.full(t.shape, node["attrs"]["value"], dtype=t.dtype)
             self._shared_params.append(buf)
+        self._variables = [g.graph["variables"][nid] for nid in plan["params"] if g.nodes[nid]["op"] == "variable"]
+        self._updated_variables = [g.graph["variables"][v] for v, value in g.graph["updates"].items()
+                                   if plan["root"][(v, 0)] != plan["root"][(value, 0)]]
         self._entry = compiled_module.function("kc_entry", ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
         self.output_names = g.graph.get("output_names", [f"output_{i}" for i in range(len(g.graph["outputs"]))])
         self._free = [_Context(self)]  # contexts not in use by a step
@@ -114,10 +122,14 @@ class CompiledGraph:
                 if value.shape != buf.shape if type(value) is np.ndarray else np.shape(value) != buf.shape:
                     raise KCompilerError(f"input {name!r}: expected shape {buf.shape}, got {np.shape(value)}")
                 buf[...] = value
+            if residence.in_use():
+                residence.sync_host(self._variables)
             status = self._entry(*context.args)
             self.module.confirm()  # the code ran: drop the crash marker of the cache entry it came from
             if status:
                 raise step_error(self.graph, status, context.arena)
+            if self._updated_variables and residence.in_use():
+                residence.host_written_variables(self._updated_variables)
             if scalars:
                 return {name: float(v) for name, v in zip(self.output_names, context.outputs)}
             return [np.array(v) for v in context.outputs]
