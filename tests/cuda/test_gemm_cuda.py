@@ -99,11 +99,16 @@ def relu_grad_case():
     return Case("fused", "relu_grad", b.g, feeds, fuse=True), None
 
 
+def two_outputs(b, h):
+    r = b.op("relu", h)
+    return [r, b.op("mul", b.op("sigmoid", h), r)]
+
+
 FUSED = [
     dense("bias_relu", (37, 20), 44, lambda b, h: [b.op("relu", h)]),
     dense("bias_relu_rows", (2, 3, 7), 65, lambda b, h: [b.op("relu", h)], MEDIUM),
     dense("tanh_scalar", (5, 7), 3, lambda b, h: [b.op("mul", b.op("tanh", h), b.scalar(2.0))], LARGE),
-    dense("two_outputs", (17, 13), 9, lambda b, h: [b.op("relu", h), b.op("sigmoid", h)], transpose_b=True),
+    dense("two_outputs", (17, 13), 9, lambda b, h: two_outputs(b, h), transpose_b=True),
     dense("residual", (3, 130), 130, lambda b, h, r: [b.op("add", h, r)], extra=[("r", (3, 130))]),
     relu_grad_case(),
 ]
@@ -146,9 +151,11 @@ def prepare(cases, prefix):
         (nid,) = [n for n in g.graph["plan"]["order"] if g.nodes[n]["op"] in ("matmul", "fused_contraction")]
         if case.fuse:
             assert g.nodes[nid]["op"] == "fused_contraction", case.id
-        expected = values[nid] if isinstance(values[nid], tuple) else (values[nid],)
-        gemms.append(Gemm(case.id, template_kernel(g, nid, f"{prefix}{k}", tile),
-                          [np.asarray(values[u]) for u in operands(g, nid)], [np.asarray(e) for e in expected]))
+        expected = [np.asarray(e) for e in (values[nid] if isinstance(values[nid], tuple) else (values[nid],))]
+        inputs = [np.asarray(values[u]) for u in operands(g, nid)]
+        kernel = template_kernel(g, nid, f"{prefix}{k}", tile)
+        assert len(kernel.buffers) == len(expected) + len(inputs), case.id
+        gemms.append(Gemm(case.id, kernel, inputs, expected))
     return gemms
 
 

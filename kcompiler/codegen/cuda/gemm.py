@@ -8,15 +8,16 @@ and launched with ``Launch(..., barriers=True)``:
 - **Block tile** ``bm x bn`` of the product per block of ``ty x tx`` threads; each thread
   holds an ``rm x rn`` register tile (``KC_PER_THREAD`` accumulators, indexed by constants
   only: fully unrolled, registers under nvcc) made of 4 x 4 pieces ``ty * 4`` rows and
-  ``tx * 4`` columns apart, so the 4-float fragments that the threads of a warp read from
-  shared memory are contiguous (conflict-free 128-bit loads) and the warp's stores cover
-  whole segments of a row.
+  ``tx * 4`` columns apart, so that the 4-float fragments the threads of a warp read from
+  shared memory are contiguous: conflict-free 128-bit loads (``KC_FRAGMENT4``).
 - **The k loop** walks ``bk``-deep slices of op(A) and op(B) through two shared buffers,
   stored k-major (``[bk][bm + 4]``: fragments for one k are contiguous; the padding keeps
   the transposing stores of k-contiguous operands off a single bank and rows 16-byte
-  aligned). Each iteration issues the global loads of slice k+1 into registers, computes
-  on slice k, then stores slice k+1 into the other buffer: one barrier per slice, the
-  loads' latency hidden behind ``bk * rm * rn`` FMAs per thread.
+  aligned). Step s issues the global loads of slice s into registers, multiplies slice
+  s - 1 from shared memory while they are in flight, then stores slice s into the other
+  buffer: one barrier a step, ``bk * rm * rn`` FMAs a thread between a load and its use.
+- **Registers**: ``__launch_bounds__`` holds a thread to 128 registers (two 256-thread
+  blocks an SM); ptxas fits the 8 x 8 tile without spilling (the tests check every tile).
 - **Global loads**: float4 (``__ldg``, ld.global.nc.v4) where the stored matrix's rows are
   a multiple of 4 floats long and its pointer is 16-byte aligned (checked at run time:
   every buffer of the memory plan is, a view need not be); scalar loads otherwise. A
@@ -161,18 +162,22 @@ MAX_REGISTERS = 128   # a thread's, through __launch_bounds__: two 256-thread bl
 # What the kernels need beyond prelude.h, once per translation unit.
 HELPERS = r"""#ifndef KC_GEMM_HELPERS
 #define KC_GEMM_HELPERS
-// KC_FRAGMENT4(to, from): four consecutive floats of a shared tile into registers ``to``: one
-// 128-bit load under nvcc (the tiles are 16-byte aligned and fragments start at multiples of
-// 4 floats), four race-checked reads of the emulation's shared elements on the host.
+// KC_FRAGMENT4(to, from): four consecutive floats of a shared tile into registers ``to``;
+// KC_STASH4(to, from): four registers into consecutive floats of a shared tile. One 128-bit
+// access under nvcc (the tiles are 16-byte aligned, rows a multiple of 4 floats long, and
+// these start at multiples of 4 floats), four race-checked accesses on the host.
 #ifdef __CUDACC__
 #define KC_ALIGN16 __align__(16)
 #define KC_GEMM_BOUNDS(threads, blocks) __launch_bounds__(threads, blocks)
 #define KC_FRAGMENT4(to, from) do { const float4 v = *reinterpret_cast<const float4*>(&(from)); \
     (to)[0] = v.x; (to)[1] = v.y; (to)[2] = v.z; (to)[3] = v.w; } while (0)
+#define KC_STASH4(to, from) \
+    (*reinterpret_cast<float4*>(&(to)) = float4{(from)[0], (from)[1], (from)[2], (from)[3]})
 #else
 #define KC_ALIGN16
 #define KC_GEMM_BOUNDS(threads, blocks)
 #define KC_FRAGMENT4(to, from) do { for (int e = 0; e < 4; ++e) (to)[e] = (&(from))[e]; } while (0)
+#define KC_STASH4(to, from) do { for (int e = 0; e < 4; ++e) (&(to))[e] = (from)[e]; } while (0)
 #endif
 #endif"""
 
@@ -333,10 +338,11 @@ def _stash_slice(w, p, tile, buffer):
         w.open(f"for (int g = 0; g < {groups}; ++g)")
         w(f"const int flat = threadIdx.x + g * {tile.threads};")
         w(f"const int row = flat / {cols // 4}, col = flat % {cols // 4} * 4;")
-        target = (f"{tag}_tile[{buffer}][col + e][row]" if x.k_contiguous   # transposed into k-major
-                  else f"{tag}_tile[{buffer}][row][col + e]")
-        w("#pragma unroll")
-        w(f"for (int e = 0; e < 4; ++e) {target} = {tag}_next[g][e];")
+        if x.k_contiguous:   # transposed into k-major: 4 scalar stores
+            w("#pragma unroll")
+            w(f"for (int e = 0; e < 4; ++e) {tag}_tile[{buffer}][col + e][row] = {tag}_next[g][e];")
+        else:
+            w(f"KC_STASH4({tag}_tile[{buffer}][row][col], {tag}_next[g]);")
         w.close()
 
 
