@@ -336,14 +336,18 @@ SANITIZED_RUN = """
 import json, os, sys, tempfile
 from kcompiler.codegen.cuda import toolchain
 from tests.cuda import test_gemm_cuda as t
-names = set(json.loads(sys.argv[1]))
-gemms = t.prepare([c for c in t.all_cases() if c[0].id in t.SANITIZED], "gemm_sanitized")
+names = json.loads(sys.argv[1])
+if names is None:              # the GEMMs of odd shapes: clean
+    gemms = t.prepare([c for c in t.all_cases() if c[0].id in t.SANITIZED], "gemm_sanitized")
+    library = toolchain.build_emulated(t.module_source([g.kernel for g in gemms]), sanitize=True)
+    for g in gemms:
+        for misalign in (0, 1):
+            t.check(library, g, misalign=misalign, exact=True)
+    print(json.dumps("clean"))
+    sys.exit(0)
 mutants = [(g, m) for g, ms in t.mutation_set() for what, m in ms if what in names]
-library = toolchain.build_emulated(t.module_source([g.kernel for g in gemms] + [m for _, m in mutants]), sanitize=True)
-for g in gemms:                # the GEMMs of odd shapes: clean
-    for misalign in (0, 1):
-        t.check(library, g, misalign=misalign, exact=True)
-reports = {}
+library = toolchain.build_emulated(t.module_source([m for _, m in mutants]), sanitize=True)
+caught = {}
 for g, mutant in mutants:      # each in a child process: the sanitizers stop at the first error
     with tempfile.TemporaryFile() as log:
         pid = os.fork()
@@ -355,14 +359,15 @@ for g, mutant in mutants:      # each in a child process: the sanitizers stop at
         _, status = os.waitpid(pid, 0)
         log.seek(0)
         report = log.read().decode(errors="replace")
-    reports[mutant.name] = status != 0 and ("ERROR: AddressSanitizer" in report or "runtime error" in report)
-print(json.dumps({"clean": True, "mutants": reports}))
+    caught[mutant.name] = status != 0 and ("ERROR: AddressSanitizer" in report or "runtime error" in report)
+print(json.dumps(caught))
 """
 
 
 def run_sanitized(names):
     """SANITIZED_RUN in a subprocess that preloads the sanitizers' runtime: the sanitized
-    GEMMs of odd shapes, then the mutants ``names``; its JSON answer."""
+    GEMMs of odd shapes (``names`` None: answers "clean"), or the mutants ``names`` (answers
+    {mutant's function: whether a sanitizer stopped it})."""
     try:
         env = dict(os.environ, **toolchain.sanitizer_environment())
     except UnsupportedError as e:
@@ -375,33 +380,22 @@ def run_sanitized(names):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def mutated():
-    """(description, how the in-process checks catch it or None, mutant's name) of every mutant."""
-    if not HAS_CXX:
-        pytest.skip("no g++ for the CUDA emulation")
+@needs_cxx
+def test_removing_any_barrier_or_guard_of_the_gemm_is_caught():
     mutation = mutation_set()
     library = toolchain.build_emulated(module_source([m for _, ms in mutation for _, m in ms]))
-    return [(what, caught_in_process(library, g, m), m.name) for g, ms in mutation for what, m in ms]
-
-
-@pytest.fixture(scope="module")
-def sanitized(mutated):
-    """One sanitized subprocess for the clean run and the mutants the in-process checks miss."""
-    return run_sanitized([what for what, how, _ in mutated if how is None])
-
-
-@needs_cxx
-def test_removing_any_barrier_or_guard_of_the_gemm_is_caught(mutated, sanitized):
-    for kernel in {name.split("_mutant")[0] for _, _, name in mutated}:
-        removed = [what for what, _, name in mutated if name.startswith(kernel + "_")]
-        assert sum("KC_SYNC" in what for what in removed) == 1
-        assert sum("KC_GUARD" in what for what in removed) == 10   # row and column: 2 loads x 2 paths, the store
-    assert all(how == "race" for what, how, _ in mutated if "KC_SYNC" in what)
-    missed = [what for what, how, name in mutated if how is None and not sanitized["mutants"][name]]
+    for _, ms in mutation:
+        assert sum("KC_SYNC" in what for what, _ in ms) == 1
+        assert sum("KC_GUARD" in what for what, _ in ms) == 10   # row and column: 2 loads x 2 paths, the store
+    how = {what: caught_in_process(library, g, m) for g, ms in mutation for what, m in ms}
+    assert all(how[what] == "race" for what in how if "KC_SYNC" in what), how
+    names = {what: m.name for _, ms in mutation for what, m in ms}
+    survivors = [what for what in how if how[what] is None]
+    by_sanitizers = run_sanitized(survivors) if survivors else {}
+    missed = [what for what in survivors if not by_sanitizers[names[what]]]
     assert missed == [], f"mutants no check catches: {missed}"
 
 
 @needs_cxx
-def test_sanitized_emulation_of_odd_gemms_is_clean(sanitized):
-    assert sanitized["clean"]
+def test_sanitized_emulation_of_odd_gemms_is_clean():
+    assert run_sanitized(None) == "clean"
