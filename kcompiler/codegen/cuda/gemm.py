@@ -308,7 +308,7 @@ def _slice_origin(x, k0):
 def _load_slice(w, p, tile, k0):
     """Load op(A) and op(B) at k ``k0`` into registers ``<operand>_next`` (0 outside)."""
     for x, tag in ((p.a, "a"), (p.b, "b")):
-        rows, cols, groups = _vectors(x, tile)
+        _, cols, groups = _vectors(x, tile)
         row0, col0 = _slice_origin(x, k0)
         w("#pragma unroll")
         w.open(f"for (int g = 0; g < {groups}; ++g)")
