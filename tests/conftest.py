@@ -1,5 +1,4 @@
 import os
-import re
 import shutil
 import sys
 
@@ -12,7 +11,6 @@ os.environ.setdefault("KCOMPILER_OPT_LEVEL", "1")
 import pytest  # noqa: E402
 
 from kcompiler.codegen.backend import registered_targets  # noqa: E402
-from kcompiler.errors import UnsupportedError  # noqa: E402
 
 
 def _runnable_targets():
@@ -46,21 +44,3 @@ def target(request, monkeypatch):
         op_check.use_options(monkeypatch, **TARGETS[request.param])
     yield request.param
     op_check.TARGET[0] = "cpu"
-
-
-# Until the CUDA contraction templates have landed (issue 8: cuda/gemm.py, conv.py, rnn.py), a
-# test on target 'cuda' whose program needs one reports a skip naming the op instead of failing.
-MISSING_CUDA_KERNEL = re.compile(r"no CUDA kernel for op (\w+)")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    callspec = getattr(item, "callspec", None)
-    if report.failed and call.excinfo is not None and callspec is not None \
-            and callspec.params.get("target") == "cuda" and call.excinfo.errisinstance(UnsupportedError):
-        ops = sorted(set(MISSING_CUDA_KERNEL.findall(str(call.excinfo.value))))
-        if ops:
-            report.outcome = "skipped"
-            report.longrepr = (str(item.path), item.location[1], f"needs the CUDA template of {', '.join(ops)}")

@@ -7,13 +7,13 @@ weights and optimizer state resident there (executable.py).
 Without pycuda, the driver library or a GPU, compiling for this target raises one
 UnsupportedError saying which is missing (device.py); it never falls back to the emulation.
 """
-import importlib
 from dataclasses import dataclass
 
 from ...errors import UnsupportedError
 from ...ir.registry import all_ops
 from ...options import default_options
 from ..backend import Backend, Capabilities
+from . import conv, gemm, rnn, rnn_backward  # noqa: F401  (register the contraction templates)
 from .device import get_device, gpu_problem
 from .executable import CudaExecutable
 from .module import DTYPES, generate
@@ -21,19 +21,6 @@ from .module import DTYPES, generate
 # The contraction ops fusion may make the head of a fused_contraction (as on the CPU); a head
 # takes an epilogue here when its own CUDA template and the fused_contraction template exist.
 FUSABLE_HEADS = ("matmul", "conv2d", "conv2d_backward_input")
-
-# The modules of this package that register CUDA templates (ir.registry.lowering("cuda", op)):
-# imported before the registry is asked. A module that has not landed yet is skipped.
-TEMPLATE_MODULES = ("gemm", "conv", "rnn")
-
-
-def _load_templates():
-    for name in TEMPLATE_MODULES:
-        try:
-            importlib.import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.{name}":
-                raise
 
 
 @dataclass(frozen=True)
@@ -47,7 +34,6 @@ class CudaBackend(Backend):
     name = "cuda"
 
     def capabilities(self):
-        _load_templates()
         templates = frozenset(name for name, op in all_ops().items() if "cuda" in op.lowerings)
         heads = frozenset(h for h in FUSABLE_HEADS if h in templates) if "fused_contraction" in templates \
             else frozenset()
@@ -59,7 +45,6 @@ class CudaBackend(Backend):
             raise UnsupportedError("bounds-checked builds (KCOMPILER_BOUNDS_CHECK=1) exist for target='cpu' only: the "
                                    "CUDA kernels are checked by running their emulation under AddressSanitizer")
         get_device(options)  # a missing pycuda, driver or GPU is reported before anything is rendered
-        _load_templates()
         return generate(g)
 
     def compile(self, source, options, name):

@@ -72,6 +72,7 @@ from ...ir.registry import lowering
 from ...ops.conv import output_size, same_padding, window_attrs
 from ...ops.fused_contraction import head_type
 from .epilogue import Epilogue
+from .gemm import FUSED_HEADS
 from .render import CudaKernel, Launch, TemplateContext, emulation_entry, parameters
 
 # Blocks that keep an H100/H200 (132 SMs) busy for about two waves: below this many output tiles
@@ -479,3 +480,4 @@ def fused_conv2d_backward_input(ctx):
 
 # head op -> template of a fused_contraction node with that head (gemm.FUSED_HEADS takes them in)
 FUSED_CONV_HEADS = {"conv2d": fused_conv2d, "conv2d_backward_input": fused_conv2d_backward_input}
+FUSED_HEADS.update(FUSED_CONV_HEADS)  # the one fused_contraction template dispatches on its head

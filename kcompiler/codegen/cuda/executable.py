@@ -164,8 +164,7 @@ class _Context:
 
     def _bind(self, executable):
         device, program = executable.device, executable.program
-        plan = executable.graph.graph["plan"]
-        self.arena = device.alloc(max(plan["arena_bytes"], ALIGN))
+        self.arena = device.alloc(max(program.arena_bytes, ALIGN))
         self.record_ptr = self.arena.ptr + program.error_record
         pointers = list(executable._param_pointers)
         self.staging = []  # (input name, host staging array, device buffer)

@@ -18,6 +18,11 @@ The step program (``StepProgram``) is what the executable binds once and replays
   first and returns when it is set: a failed step leaves every variable as it was. No kernel
   writes a variable's buffer (passes/memory_plan.py), so nothing else can change one.
 - ``outputs``: where each output of the graph is, with its shape and dtype.
+- ``arena_bytes``: the plan's arena plus the *scratch* region after it. A template may take
+  buffers beyond its node's (the recurrent kernels keep the input projection and the states
+  of every step there between their launches): they point into the scratch region, which
+  every such kernel reuses (kernels run one after another on the stream), so it is as large
+  as the largest kernel's scratch.
 
 A failing node (an index out of range) records the first error in the record (``kc_fail``
 writes the node's id itself); the launches after it still run, on values that no longer
@@ -35,6 +40,7 @@ from ...passes.memory_plan import ITEMSIZE
 from .render import module_source, render_node
 
 DTYPES = ("float32", "int32", "int64", "bool")
+SCRATCH_ALIGN = 256
 
 # A kernel's functions are named from this while its text is hashed, then from the hash.
 _PLACEHOLDER = "kc_unit_placeholder"
@@ -79,6 +85,7 @@ class StepProgram:
     commits: tuple         # (destination, source, bytes): buffer references as in StepLaunch
     outputs: tuple         # (buffer reference, shape, dtype) per graph output
     error_record: int      # arena offset of the step's error record
+    arena_bytes: int       # the plan's arena, then the scratch region
 
 
 @dataclass
@@ -113,6 +120,8 @@ def generate(g):
         found = plan["buffers"][plan["root"][key]]
         return ("param", found[1]) if found[0] == "param" else ("arena", found[1])
 
+    scratch_offset = -(-plan["arena_bytes"] // SCRATCH_ALIGN) * SCRATCH_ALIGN
+    scratch_bytes = 0
     functions, launches, kernels, missing = {}, [], [], []
     for nid in plan["order"]:
         node = g.nodes[nid]
@@ -126,10 +135,16 @@ def generate(g):
         source = cuda_kernel.source.replace(_PLACEHOLDER, symbol)
         functions.setdefault(symbol, source)
         outs = len(node["type"]) if isinstance(node["type"], tuple) else 1
-        buffers = tuple([where((nid, k)) for k in range(outs)] + [where((u, 0)) for u in operands(g, nid)])
-        if len(buffers) != len(cuda_kernel.buffers):
+        buffers = [where((nid, k)) for k in range(outs)] + [where((u, 0)) for u in operands(g, nid)]
+        if len(buffers) > len(cuda_kernel.buffers):
             raise UnsupportedError(f"the CUDA kernel of node %{nid} {node['op']} takes {len(cuda_kernel.buffers)} "
                                    f"buffers, the node has {len(buffers)}")
+        offset = 0
+        for b in cuda_kernel.buffers[len(buffers):]:  # the kernel's scratch, one after another
+            buffers.append(("arena", scratch_offset + offset))
+            offset += -(-b.size * ITEMSIZE[b.dtype] // SCRATCH_ALIGN) * SCRATCH_ALIGN
+        scratch_bytes = max(scratch_bytes, offset)
+        buffers = tuple(buffers)
         for launch in cuda_kernel.launches:
             launches.append(StepLaunch(dataclasses.replace(launch, kernel=launch.kernel.replace(_PLACEHOLDER, symbol)),
                                        buffers, nid))
@@ -141,7 +156,8 @@ def generate(g):
     outputs = tuple((where((o, 0)), tuple(g.nodes[o]["type"].shape), g.nodes[o]["type"].dtype)
                     for o in g.graph["outputs"])
     text = "\n".join([module_source([]), *functions.values(), COPIES])
-    return CudaSource(text, StepProgram(tuple(launches), commits, outputs, plan["error_record"])), kernels
+    program = StepProgram(tuple(launches), commits, outputs, plan["error_record"], scratch_offset + scratch_bytes)
+    return CudaSource(text, program), kernels
 
 
 def _check_supported(g):
