@@ -44,3 +44,23 @@ def target(request, monkeypatch):
         op_check.use_options(monkeypatch, **TARGETS[request.param])
     yield request.param
     op_check.TARGET[0] = "cpu"
+
+
+# ---- the CUDA tier's time ---------------------------------------------------------------------
+# `make test` prints how long the CUDA tier took (tests/cuda, and every test run on target
+# 'cuda' through the fixture): its budget is a few minutes of the suite's 15 (issue 8).
+
+def _is_cuda_test(nodeid):
+    return nodeid.startswith("tests/cuda/") or "[cuda" in nodeid or "-cuda]" in nodeid or "-cuda-" in nodeid
+
+
+def pytest_terminal_summary(terminalreporter):
+    seconds, count = 0.0, 0
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) in ("setup", "call", "teardown") and _is_cuda_test(report.nodeid):
+                seconds += report.duration
+                count += report.when == "call"
+    if count:
+        terminalreporter.write_line(f"CUDA tier: {count} tests, {seconds:.0f} s of test time "
+                                    f"(summed over workers, setup included)")
