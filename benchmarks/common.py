@@ -75,15 +75,32 @@ def wait_quiet(limit_s=120.0, threshold=0.2):
             return load
 
 
-def timed_windows(fn, *, windows=5, window_s=0.5, warmup=3, quiet_wait=120.0, quiet_threshold=0.2,
-                  max_other_load=0.3, retries=1):
+class QuietWaits:
+    """Waits for a quiet machine (``wait_quiet``), each at most ``limit_s`` and all of them
+    together at most ``budget_s``: on a machine that never gets quiet a run still ends, its
+    windows then flagged by the load they saw. Calling it returns the load before, or None
+    when it did not wait."""
+
+    def __init__(self, limit_s=120.0, budget_s=600.0, threshold=0.2):
+        self.limit_s, self.left, self.threshold = limit_s, budget_s, threshold
+
+    def __call__(self):
+        if self.limit_s <= 0 or self.left <= 0:
+            return None
+        start = time.monotonic()
+        load = wait_quiet(min(self.limit_s, self.left), self.threshold)
+        self.left -= time.monotonic() - start
+        return load
+
+
+def timed_windows(fn, *, windows=5, window_s=0.5, warmup=3, wait=None, max_other_load=0.3, retries=1):
     """Time ``fn`` as NOTES-bench says: ``warmup`` untimed calls, then ``windows`` timed windows
     of about ``window_s`` seconds each (at least 3 calls), every call timed on its own. Before
-    each window wait (at most ``quiet_wait`` s) for a quiet machine; a window during which
-    other processes used more than ``max_other_load`` cores is redone up to ``retries`` times
-    and kept flagged after that. Returns a dict: ``seconds`` (the median over the windows of
-    each window's median call), ``fastest`` (the fastest window's median), ``windows`` (per
-    window: median, calls, other load in cores, load before, flagged)."""
+    each window ``wait()`` (a QuietWaits; None: no wait) waits for a quiet machine; a window
+    during which other processes used more than ``max_other_load`` cores is redone up to
+    ``retries`` times and kept flagged after that. Returns a dict: ``seconds`` (the median over
+    the windows of each window's median call), ``fastest`` (the fastest window's median),
+    ``windows`` (per window: median, calls, other load in cores, load before, flagged)."""
     for _ in range(warmup):
         fn()
     start = time.perf_counter()
@@ -94,7 +111,7 @@ def timed_windows(fn, *, windows=5, window_s=0.5, warmup=3, quiet_wait=120.0, qu
     results = []
     for _ in range(windows):
         for attempt in range(retries + 1):
-            before = wait_quiet(quiet_wait, quiet_threshold) if quiet_wait > 0 else None
+            before = wait() if wait else None
             b0, own0, t0 = cpu_busy(), own_cpu(), time.perf_counter()
             times = []
             for _ in range(calls):
@@ -123,16 +140,18 @@ def worker_arguments(description, variants):
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--window-s", type=float, default=0.5)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--quiet-wait", type=float, default=120.0)
+    parser.add_argument("--quiet-wait", type=float, default=120.0, help="max seconds per wait for a quiet machine")
+    parser.add_argument("--quiet-budget", type=float, default=600.0, help="max seconds of such waits per process")
     parser.add_argument("--retries", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20, help="profiled steps (--mode profile)")
     return parser.parse_args()
 
 
 def window_timer(args):
-    """``timed_windows`` with the worker's command-line settings."""
+    """``timed_windows`` with the worker's command-line settings, one wait budget per process."""
+    wait = QuietWaits(args.quiet_wait, args.quiet_budget)
     return lambda fn: timed_windows(fn, windows=args.windows, window_s=args.window_s, warmup=args.warmup,
-                                    quiet_wait=args.quiet_wait, retries=args.retries)
+                                    wait=wait, retries=args.retries)
 
 
 def emit(result):

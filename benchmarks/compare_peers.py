@@ -46,7 +46,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import HZ, cpu_busy, wait_quiet  # noqa: E402
+from benchmarks.common import HZ, QuietWaits, cpu_busy  # noqa: E402
 
 WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6", "R20"]
 DESCRIPTIONS = {"W1": "W1 tiny MLP, batch 5", "W2": "W2 MNIST CNN, batch 64", "W3": "W3 CIFAR CNN, batch 64",
@@ -133,7 +133,8 @@ class Runner:
     def worker_argv(self, config, workload, mode="steady"):
         a = self.args
         return [config.script, config.variant, workload, "--mode", mode, "--windows", str(a.windows),
-                "--window-s", str(a.window_s), "--quiet-wait", str(a.quiet_wait), "--retries", str(a.retries),
+                "--window-s", str(a.window_s), "--quiet-wait", str(a.quiet_wait), "--quiet-budget",
+                str(a.quiet_budget), "--retries", str(a.retries),
                 "--steps", str(a.profile_steps)]
 
     def available(self, config):
@@ -143,7 +144,7 @@ class Runner:
     # ---- the measurements -------------------------------------------------------------------------
     def machine(self):
         result, wall, other = self.run("kcompiler", [os.path.join(ROOT, "benchmarks", "machine_peak.py"),
-                                                     str(self.args.quiet_wait)])
+                                                     str(self.args.quiet_wait), str(self.args.quiet_budget)])
         if result is None:
             raise SystemExit(f"measuring the machine failed: {wall}")
         log(f"machine: {result['cpu_model']} ({result['llvm_cpu']}), {result['nproc']} CPUs; FMA peak "
@@ -178,6 +179,7 @@ class Runner:
         empty cache, TF-Keras): seconds from spawn to the end of the first train step."""
         runs = {k: [] for k in ("W2 kcompiler empty", "W2 kcompiler warm", "W2 TF-Keras",
                                 "R20 kcompiler empty", "R20 TF-Keras")}
+        wait = QuietWaits(self.args.quiet_wait, self.args.quiet_budget)
         warm = os.path.join(self.tmp, "warm-cache")
         os.mkdir(warm, 0o700)
         self.run("kcompiler", self.worker_argv(BY_KEY["kc_fused"], "W2", "cold"), cache=warm)
@@ -190,7 +192,7 @@ class Runner:
                     jobs.append(("TF-Keras", BY_KEY["tf"], None))
                 for label, config, cache in (jobs if r % 2 == 0 else jobs[::-1]):
                     empty = tempfile.mkdtemp(prefix="cold-", dir=self.tmp) if cache is None else None
-                    waited = wait_quiet(self.args.quiet_wait) if self.args.quiet_wait > 0 else None
+                    waited = wait()
                     result, wall, other = self.run(config.framework, self.worker_argv(config, w, "cold"),
                                                    cache=cache or empty)
                     if empty:
@@ -235,6 +237,10 @@ def fmt_ms(seconds):
         return "—"
     ms = seconds * 1e3
     return f"{ms:.4f}" if ms < 0.1 else f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
+def fmt_us(seconds):
+    return f"{seconds * 1e6:.1f}" if seconds < 1e-4 else f"{seconds * 1e6:.0f}"
 
 
 def best_cell(processes, cell):
@@ -307,7 +313,8 @@ def markdown(results, chart_name):
         f"Method: every configuration in its own fresh process, one after another; {a['rounds']} round(s), the "
         f"order of the configurations reversed every other round; per process {a['warmup']} warm-up steps, then "
         f"{a['windows']} windows of ~{a['window_s']} s of single timed steps, each window after waiting (at most "
-        f"{a['quiet_wait']:.0f} s) for the other processes to use under 0.2 cores for two seconds, and redone "
+        f"{a['quiet_wait']:.0f} s each, {a.get('quiet_budget', 0):.0f} s per process) for the other processes "
+        f"to use under 0.2 cores for two seconds, and redone "
         f"(up to {a['retries']}x) when they used more than 0.3 cores during it. A process's figure is the median "
         f"over its windows of each window's median step; each cell is the fastest process's figure. "
         f"{load_summary(results)}",
@@ -505,13 +512,13 @@ def profile_lines(results, top_train=8, top_predict=4):
                 g = gflops(r["flops"], r["seconds"])
                 gbs = r["bytes"] / r["seconds"] / 1e9 if r["seconds"] else 0
                 ops = "+".join(r["fused"]) if r["fused"] else r["op"]
-                lines.append(f"| {r['kernel']} | {ops} | {100 * r['cycles'] / total:.1f} % | {r['seconds'] * 1e6:.1f} "
+                lines.append(f"| {r['kernel']} | {ops} | {100 * r['cycles'] / total:.1f} % | {fmt_us(r['seconds'])} "
                              f"| {g or 0:.1f} | {pct(g, peak)} | {r['bytes'] / 1e6:.2f} | {gbs:.1f} |")
             rest = rows[top:]
             if rest:
                 rs = sum(r["seconds"] for r in rest)
                 lines.append(f"| {len(rest)} others | | {100 * sum(r['cycles'] for r in rest) / total:.1f} % "
-                             f"| {rs * 1e6:.1f} | {gflops(sum(r['flops'] for r in rest), rs) or 0:.1f} | | "
+                             f"| {fmt_us(rs)} | {gflops(sum(r['flops'] for r in rest), rs) or 0:.1f} | | "
                              f"{sum(r['bytes'] for r in rest) / 1e6:.2f} | |")
             lines.append("")
     return lines
@@ -572,6 +579,7 @@ def measure(args, workloads):
                    "table": summarise(samples), "cold": cold, "profiles": profiles,
                    "settings": {"quick": args.quick, "rounds": args.rounds, "windows": args.windows,
                                 "window_s": args.window_s, "warmup": args.warmup, "quiet_wait": args.quiet_wait,
+                                "quiet_budget": args.quiet_budget,
                                 "retries": args.retries, "cold_rounds": args.cold_rounds,
                                 "profile_steps": args.profile_steps, "workloads": workloads},
                    "other_load": {"median": statistics.median(runner.loads) if runner.loads else None,
@@ -597,6 +605,8 @@ def main():
     ap.add_argument("--window-s", type=float, default=None, help="seconds per window (0.5)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--quiet-wait", type=float, default=None, help="max seconds to wait for a quiet machine (120)")
+    ap.add_argument("--quiet-budget", type=float, default=None,
+                    help="max seconds of such waits per worker process, and for all cold starts together (600)")
     ap.add_argument("--retries", type=int, default=None, help="redo a window that other work disturbed (1)")
     ap.add_argument("--cold-rounds", type=int, default=None, help="cold starts per kind (3)")
     ap.add_argument("--profile-steps", type=int, default=None, help="steps per kernel profile (20)")
@@ -607,8 +617,8 @@ def main():
     ap.add_argument("--render", metavar="JSON", help="measure nothing: write the docs and chart from these results")
     args = ap.parse_args()
     quick = args.quick
-    defaults = dict(rounds=(1, 2), windows=(2, 5), window_s=(0.1, 0.5), quiet_wait=(3.0, 120.0), retries=(0, 1),
-                    cold_rounds=(1, 3), profile_steps=(5, 20))
+    defaults = dict(rounds=(1, 2), windows=(2, 5), window_s=(0.1, 0.5), quiet_wait=(3.0, 120.0),
+                    quiet_budget=(30.0, 600.0), retries=(0, 1), cold_rounds=(1, 3), profile_steps=(5, 20))
     for name, (fast, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, fast if quick else full)

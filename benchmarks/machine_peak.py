@@ -6,7 +6,7 @@ The FMA loop is LLVM IR made here (llvmlite.ir): ``ACCUMULATORS`` independent ch
 enough chains to cover the FMA latency on every FMA unit, run from one Python thread per core
 (ctypes releases the GIL during the call). FLOPs = 2 · lanes · chains · iterations.
 
-    python benchmarks/machine_peak.py [quiet-wait-seconds]   # prints RESULT <json>
+    python benchmarks/machine_peak.py [quiet-wait-s [quiet-budget-s]]   # prints RESULT <json>
 """
 import ctypes
 import json
@@ -23,7 +23,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.bench_gemm import best_time, compile_kernels  # noqa: E402
-from benchmarks.common import wait_quiet  # noqa: E402
+from benchmarks.common import QuietWaits  # noqa: E402
 from kcompiler.codegen.llvm import jit  # noqa: E402
 
 ACCUMULATORS = 12  # FMA latency 4-5 cycles x 2 units per core; 12 chains + 2 constants fit 16 registers
@@ -126,15 +126,17 @@ def cpu_model():
         return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
 
 
-def measure(quiet_wait=120.0):
-    """Everything above, each measurement after waiting (at most ``quiet_wait`` s) for a quiet
-    machine; ``loads_before`` records the other processes' load, in cores, seen just before."""
+def measure(quiet_wait=120.0, quiet_budget=600.0):
+    """Everything above, each measurement after waiting (at most ``quiet_wait`` s each,
+    ``quiet_budget`` s in all) for a quiet machine; ``loads_before`` records the other
+    processes' load, in cores, seen just before."""
+    wait = QuietWaits(quiet_wait, quiet_budget)
     import llvmlite
     triple, cpu, _ = jit.host_target_info()
     result, loads = {}, {}
     for name, run in [("fma_peak_1", lambda: fma_peak(1)), ("fma_peak_all", lambda: fma_peak(os.cpu_count() or 1)),
                       ("sgemm", sgemm), ("copy_gbs", copy_bandwidth), ("cycle_hz", cycle_counter_hz)]:
-        loads[name] = wait_quiet(quiet_wait) if quiet_wait > 0 else None
+        loads[name] = wait()
         result[name] = run()
     return {"cpu_model": cpu_model(), "llvm_cpu": cpu, "triple": triple, "nproc": os.cpu_count(), **result,
             "loads_before": loads, "numpy": np.__version__, "llvmlite": llvmlite.__version__,
@@ -142,5 +144,4 @@ def measure(quiet_wait=120.0):
 
 
 if __name__ == "__main__":
-    wait = float(sys.argv[1]) if len(sys.argv) > 1 else 120.0
-    print("RESULT " + json.dumps(measure(wait)))
+    print("RESULT " + json.dumps(measure(*map(float, sys.argv[1:3]))))

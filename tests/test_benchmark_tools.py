@@ -49,7 +49,7 @@ def test_training_counts_both_convolution_gradients_and_the_lstm_gradient():
 
 def test_timed_windows_reports_every_window_and_the_median():
     calls = []
-    result = timed_windows(lambda: calls.append(1), windows=3, window_s=0.001, warmup=2, quiet_wait=0)
+    result = timed_windows(lambda: calls.append(1), windows=3, window_s=0.001, warmup=2)
     assert len(result["windows"]) == 3
     assert all(w["calls"] >= 3 and w["other_load"] >= 0 and w["load_before"] is None for w in result["windows"])
     assert len(calls) == 2 + 2 + sum(w["calls"] for w in result["windows"])  # warm-up, estimate, windows
