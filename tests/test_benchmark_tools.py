@@ -49,7 +49,7 @@ def test_training_counts_both_convolution_gradients_and_the_lstm_gradient():
 
 def test_timed_windows_reports_every_window_and_the_median():
     calls = []
-    result = timed_windows(lambda: calls.append(1), windows=3, window_s=0.001, warmup=2)
+    result = timed_windows(lambda: calls.append(1), windows=3, window_s=0.001, warmup=2, retries=0)
     assert len(result["windows"]) == 3
     assert all(w["calls"] >= 3 and w["other_load"] >= 0 and w["load_before"] is None for w in result["windows"])
     assert len(calls) == 2 + 2 + sum(w["calls"] for w in result["windows"])  # warm-up, estimate, windows
@@ -64,3 +64,44 @@ def test_residual_cnn_has_20_convolutions_batch_norm_and_residual_adds():
     assert kinds.count("BatchNormalization") == kinds.count("Conv2D")
     assert kinds.count("Add") == 9
     assert "R20" not in WORKLOADS  # the tests that compile every workload leave it out
+
+
+def _cell(seconds, load=0.0):
+    return {"seconds": seconds, "fastest": seconds,
+            "windows": [{"median": seconds, "calls": 3, "other_load": load, "load_before": None, "flagged": load > 0.3}]}
+
+
+def _results():
+    from benchmarks.compare_peers import summarise
+    kc = {"cells": {"predict": _cell(1e-5), "train_step": _cell(1e-5), "predict_on_batch": _cell(2e-5),
+                    "train_on_batch": _cell(4e-5)}, "flops": {"train": 1255, "predict": 465}}
+    slower_kc = {"cells": {k: _cell(2 * v["seconds"], load=1.0) for k, v in kc["cells"].items()}, "flops": kc["flops"]}
+    tf = {"cells": {"predict_on_batch": _cell(5e-4), "tf_function": _cell(4e-4), "train_on_batch": _cell(1e-3)}}
+    samples = {"W1": {"kc_fused": [slower_kc, kc], "tf": [tf]}}
+    machine = {"cpu_model": "test CPU", "llvm_cpu": "generic", "nproc": 2, "fma_peak_1": {"gflops": 50, "lanes": 8},
+               "fma_peak_all": {"gflops": 100, "lanes": 8}, "sgemm": {"kcompiler_gflops": 80, "numpy_gflops": 90},
+               "copy_gbs": 10.0, "cycle_hz": 2e9, "llvmlite": "0", "numpy": "0"}
+    return {"date": "2026-12-03", "machine": machine, "versions": {"Python (kcompiler)": "3", "tensorflow": "TF 0"},
+            "kcompiler_version": "0", "samples": samples, "errors": [], "table": summarise(samples), "cold": {},
+            "profiles": {}, "settings": {"quick": False, "rounds": 2, "windows": 1, "window_s": 0.5, "warmup": 3,
+                                         "quiet_wait": 120, "quiet_budget": 600, "retries": 1, "profile_steps": 20}}
+
+
+def test_comparison_keeps_the_fastest_process_and_divides_by_the_fastest_peer():
+    from benchmarks.compare_peers import markdown
+    text = markdown(_results(), "chart.png")
+    # kcompiler's faster process (10 µs) against TF's train_on_batch (1 ms) and tf.function (0.4 ms)
+    assert "| W1 tiny MLP, batch 5 | 0.0100 (0.0100) | — | 1.00 (0.400) | — | — | — | 100x (40x) |" in text
+    assert "W1 train vs fastest peer (through train_on_batch / predict_on_batch): 25.00x (target >= 20x: met)" in text
+    assert "4 window(s) stayed above 0.3 cores" in text  # the slower process's four cells
+
+
+def test_docs_section_replaces_the_marked_one_and_keeps_the_rest(tmp_path):
+    from benchmarks.compare_peers import write_docs
+    path = tmp_path / "benchmarks.md"
+    path.write_text("# Benchmarks\n\nintro\n\n## Older results\n\nkept\n")
+    write_docs(str(path), "<!-- compare_peers: begin -->\nfirst\n<!-- compare_peers: end -->\n")
+    write_docs(str(path), "<!-- compare_peers: begin -->\nsecond\n<!-- compare_peers: end -->\n")
+    text = path.read_text()
+    assert "first" not in text and text.count("second") == 1
+    assert text.index("intro") < text.index("second") < text.index("## Older results") < text.index("kept")
