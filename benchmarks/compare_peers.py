@@ -347,12 +347,13 @@ def markdown(results, chart_name):
                      + f" | {ratio(pt, mine.get('train'))} ({ratio(pi, mine.get('infer'))}) |")
     lines += [
         "",
-        "Through the Keras API (`model.train_on_batch` / `model.predict_on_batch`, what a user calls), the FLOPs "
-        "of a step counted from kcompiler's IR (benchmarks/flops.py: multiply-adds of the contractions and "
-        "recurrent projections count 2, element-wise ops 1 per element), and the GFLOP/s they mean:",
+        "kcompiler through the Keras API (`model.train_on_batch` / `model.predict_on_batch`, what a user calls) "
+        "against the fastest peer; the FLOPs of a step counted from kcompiler's IR (benchmarks/flops.py: "
+        "multiply-adds of the contractions and recurrent projections count 2, element-wise ops 1 per element) "
+        "and the GFLOP/s they mean for kcompiler's `train_step` / `predict` and for the fastest peer:",
         "",
         "| workload | GFLOP train / inference | kcompiler train_on_batch (predict_on_batch) ms | vs fastest peer "
-        "| kcompiler train GFLOP/s: % of FMA peak, % of kcompiler SGEMM | inference % of FMA peak "
+        "| kcompiler train_step GFLOP/s: % of FMA peak, % of kcompiler SGEMM | predict: % of FMA peak "
         "| fastest peer's train: % of FMA peak | unfused / fused train |",
         "|---|---|---|---|---|---|---|---|",
     ]
