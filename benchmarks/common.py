@@ -1,8 +1,16 @@
-"""Timing helpers shared by the benchmarks: best-of-N medians, optional frameworks."""
+"""Timing helpers shared by the benchmarks: best-of-N medians, optional frameworks, and the
+quiet-machine windows of NOTES-bench (wait until other processes leave the CPUs alone, time,
+record how much CPU other processes took meanwhile).
+
+Standard library only: the comparison runner's workers import this module from the
+TensorFlow and PyTorch environments too."""
+import math
 import os
 import platform
 import statistics
 import time
+
+HZ = os.sysconf("SC_CLK_TCK")
 
 
 def timeit(fn, *, warmup=3, repeat=7, number=None, min_time=0.2):
@@ -37,3 +45,116 @@ def optional(module):
 
 def machine():
     return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def cpu_busy():
+    """Busy jiffies of the whole machine so far (all CPUs), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields[:8]) - idle
+
+
+def own_cpu():
+    """CPU seconds this process (all its threads) and its waited-for children used so far."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def wait_quiet(limit_s=120.0, threshold=0.2):
+    """Wait until the CPU use of the other processes stays under ``threshold`` cores for two
+    consecutive seconds (at most ``limit_s``); returns the last second's load in cores."""
+    deadline = time.monotonic() + limit_s
+    quiet = 0
+    while True:
+        b0, own0 = cpu_busy(), own_cpu()
+        time.sleep(1.0)
+        load = max(0.0, (cpu_busy() - b0) / HZ - (own_cpu() - own0))
+        quiet = quiet + 1 if load < threshold else 0
+        if quiet >= 2 or time.monotonic() > deadline:
+            return load
+
+
+class QuietWaits:
+    """Waits for a quiet machine (``wait_quiet``), each at most ``limit_s`` and all of them
+    together at most ``budget_s``: on a machine that never gets quiet a run still ends, its
+    windows then flagged by the load they saw. Calling it returns the load before, or None
+    when it did not wait."""
+
+    def __init__(self, limit_s=120.0, budget_s=600.0, threshold=0.2):
+        self.limit_s, self.left, self.threshold = limit_s, budget_s, threshold
+
+    def __call__(self):
+        if self.limit_s <= 0 or self.left <= 0:
+            return None
+        start = time.monotonic()
+        load = wait_quiet(min(self.limit_s, self.left), self.threshold)
+        self.left -= time.monotonic() - start
+        return load
+
+
+def timed_windows(fn, *, windows=5, window_s=0.5, warmup=3, wait=None, max_other_load=0.3, retries=1):
+    """Time ``fn`` as NOTES-bench says: ``warmup`` untimed calls, then ``windows`` timed windows
+    of about ``window_s`` seconds each (at least 3 calls), every call timed on its own. Before
+    each window ``wait()`` (a QuietWaits; None: no wait) waits for a quiet machine; a window
+    during which other processes used more than ``max_other_load`` cores is redone up to
+    ``retries`` times and kept flagged after that. Returns a dict: ``seconds`` (the median over
+    the windows of each window's median call), ``fastest`` (the fastest window's median),
+    ``windows`` (per window: median, calls, other load in cores, load before, flagged)."""
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(2):
+        fn()
+    estimate = max((time.perf_counter() - start) / 2, 1e-7)
+    calls = max(3, min(200_000, math.ceil(window_s / estimate)))
+    results = []
+    for _ in range(windows):
+        for attempt in range(retries + 1):
+            before = wait() if wait else None
+            b0, own0, t0 = cpu_busy(), own_cpu(), time.perf_counter()
+            times = []
+            for _ in range(calls):
+                s = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - s)
+            wall = time.perf_counter() - t0
+            other = max(0.0, (cpu_busy() - b0) / HZ - (own_cpu() - own0)) / wall
+            if other <= max_other_load:
+                break
+        results.append({"median": statistics.median(times), "calls": calls, "other_load": other,
+                        "load_before": before, "flagged": other > max_other_load})
+    medians = [w["median"] for w in results]
+    return {"seconds": statistics.median(medians), "fastest": min(medians), "windows": results}
+
+
+def worker_arguments(description, variants):
+    """The command line every framework worker of benchmarks/compare_peers.py takes."""
+    import argparse
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("variant", choices=variants)
+    parser.add_argument("workload")
+    parser.add_argument("--mode", choices=["steady", "cold", "profile"], default="steady",
+                        help="steady: time the steps; cold: one train step, then print the wall-clock time; "
+                             "profile: kernel cycles (kcompiler only)")
+    parser.add_argument("--windows", type=int, default=5)
+    parser.add_argument("--window-s", type=float, default=0.5)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--quiet-wait", type=float, default=120.0, help="max seconds per wait for a quiet machine")
+    parser.add_argument("--quiet-budget", type=float, default=600.0, help="max seconds of such waits per process")
+    parser.add_argument("--retries", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=20, help="profiled steps (--mode profile)")
+    return parser.parse_args()
+
+
+def window_timer(args):
+    """``timed_windows`` with the worker's command-line settings, one wait budget per process."""
+    wait = QuietWaits(args.quiet_wait, args.quiet_budget)
+    return lambda fn: timed_windows(fn, windows=args.windows, window_s=args.window_s, warmup=args.warmup,
+                                    wait=wait, retries=args.retries)
+
+
+def emit(result):
+    """The worker's answer: one line the runner looks for."""
+    import json
+    print("RESULT " + json.dumps(result), flush=True)

@@ -38,6 +38,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
+sys.path.insert(0, ROOT)
+
+from benchmarks.common import HZ, cpu_busy, wait_quiet  # noqa: E402
 
 # Runs in the measurement process: ``-c CHILD <worktree> <workloads.py> <common.py> <mode> <workload> [n]``.
 CHILD = r'''
@@ -92,31 +95,6 @@ print("RESULT " + json.dumps(result))
 
 def git(*args):
     return subprocess.run(["git", "-C", ROOT, *args], check=True, capture_output=True, text=True).stdout.strip()
-
-
-def cpu_busy():
-    """Busy jiffies of the whole machine so far (all CPUs), from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields[:8]) - idle
-
-
-HZ = os.sysconf("SC_CLK_TCK")
-
-
-def wait_quiet(limit_s=120.0, threshold=0.2):
-    """Wait until the machine's CPU use stays under ``threshold`` cores for two consecutive
-    seconds (at most ``limit_s``); returns the last second's load in cores."""
-    deadline = time.monotonic() + limit_s
-    quiet = 0
-    while True:
-        b0 = cpu_busy()
-        time.sleep(1.0)
-        load = (cpu_busy() - b0) / HZ
-        quiet = quiet + 1 if load < threshold else 0
-        if quiet >= 2 or time.monotonic() > deadline:
-            return load
 
 
 class Version:

@@ -6,6 +6,9 @@ the right shapes and dtypes; ``batch_size`` may be lowered (tests) without chang
     w = WORKLOADS["W2"]
     model = w.build()                   # compiled with the workload's optimizer and loss
     x, y = w.data(batch_size=64)        # one batch, reproducible
+
+DEEP_WORKLOADS holds the residual CNN of issue 9 (R20: ResNet-20 for CIFAR), kept apart so that
+the tests that compile every workload of WORKLOADS do not compile it too.
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -85,4 +88,34 @@ WORKLOADS = {w.name: w for w in [
              lambda: keras.Sequential([keras.Input((100,), dtype="int32"), layers.Embedding(10000, 32),
                                        layers.Bidirectional(layers.GRU(32)), layers.Dense(1, activation="sigmoid")]),
              lambda: keras.optimizers.Adam(), lambda: "binary_crossentropy", _token_ids(100)),
+]}
+
+
+def _resnet20():
+    """ResNet-20 for CIFAR (He et al. 2016, section 4.2): a 3x3 convolution, then three stages of
+    three basic blocks (two 3x3 convolutions each) with 16, 32 and 64 filters, the first block
+    of the second and third stage striding by 2 with a 1x1 convolution as its shortcut (the
+    "projection" shortcut, option B); every convolution without bias and followed by
+    BatchNormalization; global average pooling and Dense(10). 21 Conv2D layers, 21
+    BatchNormalization layers, 9 residual additions."""
+    def conv_bn(x, filters, kernel=3, strides=1, relu=True):
+        x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        return layers.Activation("relu")(x) if relu else x
+
+    inputs = keras.Input((32, 32, 3))
+    x = conv_bn(inputs, 16)
+    for stage, filters in enumerate((16, 32, 64)):
+        for block in range(3):
+            strides = 2 if stage > 0 and block == 0 else 1
+            y = conv_bn(conv_bn(x, filters, strides=strides), filters, relu=False)
+            shortcut = conv_bn(x, filters, kernel=1, strides=strides, relu=False) if strides != 1 else x
+            x = layers.Activation("relu")(layers.Add()([y, shortcut]))
+    return keras.Model(inputs, layers.Dense(10)(layers.GlobalAveragePooling2D()(x)))
+
+
+DEEP_WORKLOADS = {w.name: w for w in [
+    Workload("R20", "ResNet-20 (21 Conv2D + BatchNormalization, 9 residual adds) 32x32x3, batch 64, Adam 1e-3, "
+             "sparse CE from logits", 64, _resnet20, lambda: keras.optimizers.Adam(1e-3), _sparse_ce_logits,
+             _images((32, 32, 3))),
 ]}

@@ -7,16 +7,18 @@ from .ir.graph import operands
 from .passes.memory_plan import PARAM_OPS, VIEW_OPS, _nbytes, _types
 
 
+def node_bytes(g, nid):
+    """Bytes node ``nid``'s kernel reads and writes once (its outputs and operands; parameters
+    and views move nothing themselves): a lower bound on its memory traffic."""
+    if g.nodes[nid]["op"] in PARAM_OPS + VIEW_OPS:
+        return 0
+    return (sum(_nbytes(t) for t in _types(g.nodes[nid]["type"]))
+            + sum(_nbytes(g.nodes[u]["type"]) for u in operands(g, nid) if not isinstance(g.nodes[u]["type"], tuple)))
+
+
 def bytes_moved(g):
     """Bytes every kernel reads and writes once (a lower bound on its memory traffic)."""
-    total = 0
-    for nid in g.nodes:
-        if g.nodes[nid]["op"] in PARAM_OPS + VIEW_OPS:
-            continue
-        total += sum(_nbytes(t) for t in _types(g.nodes[nid]["type"]))
-        total += sum(_nbytes(g.nodes[u]["type"]) for u in operands(g, nid)
-                     if not isinstance(g.nodes[u]["type"], tuple))
-    return total
+    return sum(node_bytes(g, nid) for nid in g.nodes)
 
 
 def benchmark(model, x, y=None, modes=("unfused", "fused"), steps=20, warmup=3):

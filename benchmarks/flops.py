@@ -1,0 +1,95 @@
+"""Floating-point operations of a compiled kcompiler program, counted from its IR.
+
+The count is the model's arithmetic, the same whoever runs it, so the comparison runner
+divides it by every framework's step time to get GFLOP/s and the fraction of the machine's
+FMA peak. Rules:
+
+* contractions: 2 FLOPs per multiply-add. matmul 2·|out|·k; conv2d and both of its gradients
+  2·|dy|·KH·KW·Cin (|dy| = the forward output's size);
+* recurrent ops (lstm, gru, simple_rnn): the input and recurrent projections of every step,
+  2·B·T·(F + U)·G·U; their ``_grad`` ops twice that (the gradients of the inputs and of the
+  weights). The gate math and the forward pass the gradient kernel recomputes are not counted:
+  the figure is the useful work, not the work a kernel happens to do;
+* element-wise ops one FLOP per output element and member (a ``fused`` node counts each of
+  its members; a ``fused_contraction`` its head plus each epilogue member per element of the
+  product); reductions and pooling one per input element;
+* parameters, views and data movement (gather, scatter, concatenate, slice, ...) none.
+
+    flops = graph_flops(program.graph)
+    per_kernel = [(k.name, kernel_flops(program.graph, k), kernel_bytes(program.graph, k))
+                  for k in program.kernels]
+"""
+from kcompiler.bench import node_bytes
+from kcompiler.ir.graph import operands
+from kcompiler.ir.registry import get_op
+from kcompiler.ir.types import num_elements
+from kcompiler.ops.fused_contraction import head_type
+from kcompiler.ops.rnn import GATES
+
+CONV_OPS = ("conv2d", "conv2d_backward_input", "conv2d_backward_kernel")
+
+
+def _elements(t):
+    return num_elements((t[0] if isinstance(t, tuple) else t).shape)
+
+
+def contraction_flops(op, in_types, attrs, out_type):
+    if op == "matmul":
+        a = in_types[0]
+        k = a.shape[-2] if attrs.get("transpose_a", False) else a.shape[-1]
+        return 2 * _elements(out_type) * k
+    if op in CONV_OPS:
+        kh, kw, cin, _ = attrs["kernel_shape"] if op == "conv2d_backward_kernel" else in_types[1].shape
+        dy = out_type if op == "conv2d" else in_types[0] if op == "conv2d_backward_input" else in_types[1]
+        return 2 * _elements(dy) * kh * kw * cin
+    raise ValueError(f"no FLOP rule for the contraction {op!r}")
+
+
+def recurrent_flops(op, in_types):
+    base = op[:-len("_grad")] if op.endswith("_grad") else op
+    x, kernel, recurrent = in_types[:3]
+    batch, time, features = x.shape
+    units = recurrent.shape[0]
+    forward = 2 * batch * time * (features + units) * GATES[base] * units
+    return 2 * forward if op.endswith("_grad") else forward
+
+
+def _members(body):
+    return sum(1 for m in body if m["op"] != "constant")
+
+
+def node_flops(g, nid):
+    node = g.nodes[nid]
+    op, attrs, out = node["op"], node.get("attrs", {}), node["type"]
+    in_types = [g.nodes[u]["type"] for u in operands(g, nid)]
+    if op == "fused_contraction":
+        head = in_types[:attrs["n_head"]]
+        acc = head_type(head, attrs)
+        return (contraction_flops(attrs["head"], head, attrs["head_attrs"], acc)
+                + _members(attrs["body"]) * _elements(acc))
+    if op == "fused":
+        return _members(attrs["body"]) * _elements(out)
+    if op in GATES or op.endswith("_grad") and op[:-len("_grad")] in GATES:
+        return recurrent_flops(op, in_types)
+    kind = get_op(op).kind
+    if kind == "contraction":
+        return contraction_flops(op, in_types, attrs, out)
+    if kind == "elementwise":
+        return _elements(out)
+    if kind == "reduction":
+        return max(_elements(in_types[0]), _elements(out)) if in_types else 0
+    return 0
+
+
+def graph_flops(g):
+    """FLOPs of one run of graph ``g`` (a training step or a forward pass)."""
+    return sum(node_flops(g, nid) for nid in g.nodes)
+
+
+def kernel_flops(g, kernel):
+    return sum(node_flops(g, nid) for nid in kernel.nodes)
+
+
+def kernel_bytes(g, kernel):
+    """Bytes the kernel reads and writes at least once (kcompiler.bench.node_bytes)."""
+    return sum(node_bytes(g, nid) for nid in kernel.nodes)

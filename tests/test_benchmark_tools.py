@@ -1,0 +1,107 @@
+"""The comparison runner's own arithmetic (benchmarks/): FLOPs counted from the IR against
+counts made by hand from the layer shapes, the timing windows' bookkeeping, and the residual
+CNN's definition."""
+import pytest
+
+import kcompiler
+from benchmarks.common import timed_windows
+from benchmarks.flops import graph_flops, kernel_bytes, kernel_flops
+from benchmarks.workloads import DEEP_WORKLOADS, WORKLOADS
+
+
+def _conv_stack_forward(batch, size, channels):
+    """Multiply-adds x 2 of W2/W3's layers, plus one FLOP per bias and ReLU element."""
+    flops, side, cin = 0, size, channels
+    for cout, pool in ((32, True), (64, True), (64, False)):
+        side -= 2
+        out = batch * side * side * cout
+        flops += 2 * out * 9 * cin + 2 * out  # conv, then bias_add and relu
+        cin = cout
+        if pool:
+            flops += out  # max pooling reads every element once
+            side //= 2
+    dense_in = side * side * cin
+    return flops + 2 * batch * dense_in * 64 + 2 * batch * 64 + 2 * batch * 64 * 10 + batch * 10
+
+
+@pytest.mark.parametrize("name, size, channels", [("W2", 28, 1), ("W3", 32, 3)])
+def test_conv_stack_inference_flops_match_the_layer_shapes(name, size, channels):
+    w = WORKLOADS[name]
+    program = kcompiler.compile(w.build(), batch_size=3)
+    assert graph_flops(program.graph) == _conv_stack_forward(3, size, channels)
+    assert sum(kernel_flops(program.graph, k) for k in program.kernels) == graph_flops(program.graph)
+    assert all(kernel_bytes(program.graph, k) > 0 for k in program.kernels)
+
+
+def test_training_counts_both_convolution_gradients_and_the_lstm_gradient():
+    w = WORKLOADS["W4"]
+    train = kcompiler.compile(w.build(), training=True, batch_size=2)
+    ops = {train.graph.nodes[n]["op"]: n for n in train.graph.nodes}
+    from benchmarks.flops import node_flops
+    forward = 2 * 2 * 200 * (16 + 64) * 4 * 64  # batch 2, 200 steps, (features + units) x 4 gates x units
+    assert node_flops(train.graph, ops["lstm"]) == forward
+    assert node_flops(train.graph, ops["lstm_grad"]) == 2 * forward
+    w2 = kcompiler.compile(WORKLOADS["W2"].build(), training=True, batch_size=2)
+    kinds = [w2.graph.nodes[n]["op"] for n in w2.graph.nodes]
+    assert kinds.count("conv2d_backward_kernel") == 3 and kinds.count("conv2d_backward_input") == 2
+    assert graph_flops(w2.graph) > 2.5 * _conv_stack_forward(2, 28, 1)
+
+
+def test_timed_windows_reports_every_window_and_the_median():
+    calls = []
+    result = timed_windows(lambda: calls.append(1), windows=3, window_s=0.001, warmup=2, retries=0)
+    assert len(result["windows"]) == 3
+    assert all(w["calls"] >= 3 and w["other_load"] >= 0 and w["load_before"] is None for w in result["windows"])
+    assert len(calls) == 2 + 2 + sum(w["calls"] for w in result["windows"])  # warm-up, estimate, windows
+    medians = sorted(w["median"] for w in result["windows"])
+    assert result["seconds"] == medians[1] and result["fastest"] == medians[0]
+
+
+def test_residual_cnn_has_20_convolutions_batch_norm_and_residual_adds():
+    model = DEEP_WORKLOADS["R20"].make_model()
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("Conv2D") >= 20
+    assert kinds.count("BatchNormalization") == kinds.count("Conv2D")
+    assert kinds.count("Add") == 9
+    assert "R20" not in WORKLOADS  # the tests that compile every workload leave it out
+
+
+def _cell(seconds, load=0.0):
+    return {"seconds": seconds, "fastest": seconds,
+            "windows": [{"median": seconds, "calls": 3, "other_load": load, "load_before": None, "flagged": load > 0.3}]}
+
+
+def _results():
+    from benchmarks.compare_peers import summarise
+    kc = {"cells": {"predict": _cell(1e-5), "train_step": _cell(1e-5), "predict_on_batch": _cell(2e-5),
+                    "train_on_batch": _cell(4e-5)}, "flops": {"train": 1255, "predict": 465}}
+    slower_kc = {"cells": {k: _cell(2 * v["seconds"], load=1.0) for k, v in kc["cells"].items()}, "flops": kc["flops"]}
+    tf = {"cells": {"predict_on_batch": _cell(5e-4), "tf_function": _cell(4e-4), "train_on_batch": _cell(1e-3)}}
+    samples = {"W1": {"kc_fused": [slower_kc, kc], "tf": [tf]}}
+    machine = {"cpu_model": "test CPU", "llvm_cpu": "generic", "nproc": 2, "fma_peak_1": {"gflops": 50, "lanes": 8},
+               "fma_peak_all": {"gflops": 100, "lanes": 8}, "sgemm": {"kcompiler_gflops": 80, "numpy_gflops": 90},
+               "copy_gbs": 10.0, "cycle_hz": 2e9, "llvmlite": "0", "numpy": "0"}
+    return {"date": "2026-12-03", "machine": machine, "versions": {"Python (kcompiler)": "3", "tensorflow": "TF 0"},
+            "kcompiler_version": "0", "samples": samples, "errors": [], "table": summarise(samples), "cold": {},
+            "profiles": {}, "settings": {"quick": False, "rounds": 2, "windows": 1, "window_s": 0.5, "warmup": 3,
+                                         "quiet_wait": 120, "quiet_budget": 600, "retries": 1, "profile_steps": 20}}
+
+
+def test_comparison_keeps_the_fastest_process_and_divides_by_the_fastest_peer():
+    from benchmarks.compare_peers import markdown
+    text = markdown(_results(), "chart.png")
+    # kcompiler's faster process (10 µs) against TF's train_on_batch (1 ms) and tf.function (0.4 ms)
+    assert "| W1 tiny MLP, batch 5 | 0.0100 (0.0100) | — | 1.00 (0.400) | — | — | — | 100x (40x) |" in text
+    assert "W1 train vs fastest peer (through train_on_batch / predict_on_batch): 25.00x (target >= 20x: met)" in text
+    assert "4 window(s) stayed above 0.3 cores" in text  # the slower process's four cells
+
+
+def test_docs_section_replaces_the_marked_one_and_keeps_the_rest(tmp_path):
+    from benchmarks.compare_peers import write_docs
+    path = tmp_path / "benchmarks.md"
+    path.write_text("# Benchmarks\n\nintro\n\n## Older results\n\nkept\n")
+    write_docs(str(path), "<!-- compare_peers: begin -->\nfirst\n<!-- compare_peers: end -->\n")
+    write_docs(str(path), "<!-- compare_peers: begin -->\nsecond\n<!-- compare_peers: end -->\n")
+    text = path.read_text()
+    assert "first" not in text and text.count("second") == 1
+    assert text.index("intro") < text.index("second") < text.index("## Older results") < text.index("kept")
