@@ -1,6 +1,6 @@
 """Lambda: a layer whose call is a user function, traced like any keras.ops code.
 
-Its config stores the function as Keras 3 does: a named function by its (registered) name,
+Its config stores the function as Keras 3 does (and reads tf.keras 2's form too): a named function by its (registered) name,
 which loading resolves through custom_objects or the registry; a Python ``lambda`` as
 marshalled bytecode (``{"class_name": "__lambda__", "config": {"code", "defaults",
 "closure"}}``). Loading such bytecode runs code from the file, so, as in Keras, it is refused
@@ -85,6 +85,18 @@ class Lambda(Layer):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        # tf.keras 2 writes (code, defaults, closure) lists or names, tagged by *_type keys
+        for key in ("function", "output_shape"):
+            kind = config.pop(f"{key}_type", None)
+            if kind == "lambda":
+                config[key] = {"class_name": "__lambda__", "config": dict(zip(("code", "defaults", "closure"),
+                                                                               config[key]))}
+            elif kind == "function":
+                config[key] = {"class_name": "function", "config": config[key]}
+        config.pop("module", None)
+        config.pop("output_shape_module", None)
+        if config.get("output_shape") is None:
+            config.pop("output_shape", None)
         config["function"] = _function_from_config(config["function"])
         if "output_shape" in config:
             shape = config["output_shape"]

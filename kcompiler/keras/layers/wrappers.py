@@ -25,11 +25,8 @@ def _serialize(layer):
 
 
 def _deserialize(config):
-    from .. import layers
-    cls = getattr(layers, config["class_name"], None)
-    if cls is None:
-        raise ValueError(f"Bidirectional: unknown layer class {config['class_name']!r}")
-    return cls.from_config(dict(config.get("config", {})))
+    from ..serialization import deserialize_layer
+    return deserialize_layer(config)
 
 
 def _copy(layer, name, go_backwards):
