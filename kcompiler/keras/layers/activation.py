@@ -105,8 +105,6 @@ class ELU(Layer):
         return ops.elu(inputs, alpha=self.alpha)
 
     def get_config(self):
-        # Keras 3.15's ELU writes no alpha (a non-default alpha is lost on reload there); we
-        # write it: Keras's constructor takes it, so its files and ours load both ways.
         return {**super().get_config(), "alpha": self.alpha}
 
 
