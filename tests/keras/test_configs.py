@@ -119,10 +119,38 @@ def batchnorm_dropout():
                              L.Reshape((2, 4)), L.Flatten(), L.Dense(1)])
 
 
+def new_layers_sequence():  # tests/fixtures/keras/text/models.md: layers_sequence
+    return keras.Sequential([
+        L.Embedding(50, 8, input_length=12), L.Conv1D(16, 3, padding="causal", activation="relu"),
+        L.MaxPooling1D(2), L.LayerNormalization(), L.SpatialDropout1D(0.1), L.TimeDistributed(L.Dense(4)),
+        L.LeakyReLU(), L.AveragePooling1D(2), L.GlobalAveragePooling1D(), L.RepeatVector(2), L.Permute((2, 1)),
+        L.Flatten(), L.Dense(3), L.Softmax()])
+
+
+def new_layers_image():  # tests/fixtures/keras/text/models.md: layers_image
+    inputs = keras.Input((8, 8, 3))
+    x = L.Rescaling(1.0 / 255)(inputs)
+    x = L.Normalization(mean=0.5, variance=0.25)(x)
+    skip = L.Conv2D(4, 3, padding="same")(x)
+    x = L.GroupNormalization(groups=2)(skip)
+    x = L.ReLU(max_value=6.0)(x)
+    x = L.MaxPooling2D(2)(x)
+    x = L.Conv2DTranspose(4, 3, strides=2, padding="same")(x)
+    x = L.Concatenate()([x, skip])
+    x = L.ZeroPadding2D(1)(x)
+    x = L.Cropping2D(1)(x)
+    x = L.UpSampling2D(2, interpolation="bilinear")(x)
+    x = L.PReLU(shared_axes=[1, 2])(x)
+    x = L.GaussianNoise(0.1)(x)
+    x = L.SpatialDropout2D(0.1)(x)
+    x = L.Conv2D(1, 1)(x)
+    return keras.Model(inputs, L.ELU(alpha=0.5)(x))
+
+
 MODELS = {f.__name__: f for f in (dense3, dense_16_4_1, mnist_cnn, conv2d_example, embedding_simplernn,
                                   embedding_simplernn_seq, embedding_simplernn_stack, embedding_lstm,
                                   functional_shared, functional_single_input, bidirectional_lstm,
-                                  batchnorm_dropout)}
+                                  batchnorm_dropout, new_layers_sequence, new_layers_image)}
 
 
 def rebuild(model, route):

@@ -15,7 +15,7 @@ from kcompiler.errors import ConfigError, ShapeError, UnsupportedError
 from kcompiler.keras import backend, ops
 from kcompiler.keras.serialization import safe_mode_scope
 from keras_fixtures import cases, indexed, layer_case, load
-from tests.keras.test_configs import _comparable
+from tests.keras.test_configs import MODELS, TEXT_FIXTURES, _comparable
 
 L = keras.layers
 BATCH_A = sorted(n for n in cases("layers") if "config" in load("layers", n))
@@ -221,3 +221,27 @@ def test_errors_name_the_layer():
         L.TimeDistributed(L.Dense(2))(keras.Input((None, 3)))
     with pytest.raises(ValueError, match="padding must be 'valid' or 'same' or 'causal'"):
         L.Conv1D(2, 3, padding="full")
+
+
+@pytest.mark.parametrize("name", ["layers_sequence", "layers_image"])
+def test_summary_in_the_seed_format(name):
+    """The tf.keras 2.4 table (the seed's layout) rendered from tf_keras's model of the same source."""
+    backend.clear_session()
+    lines = []
+    MODELS[f"new_{name}"]().summary(print_fn=lines.append)
+    expected = (TEXT_FIXTURES / f"summary_{name}.txt").read_text().splitlines()
+    assert [line.rstrip() for line in lines] == [line.rstrip() for line in expected]
+
+
+@pytest.mark.parametrize("version", ["keras2", "keras3"])
+def test_functional_json_of_both_kerases_rebuilds_the_model(version):
+    backend.clear_session()
+    loaded = keras.models.model_from_json((TEXT_FIXTURES / f"json_{version}_layers_image.json").read_text())
+    backend.clear_session()
+    ours = MODELS["new_layers_image"]()
+    # (Keras 3 names the input input_layer, tf.keras 2 and we input_1: configs.py documents it)
+    assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in ours.layers]
+    assert [layer.name for layer in loaded.layers][1:] == [layer.name for layer in ours.layers][1:]
+    assert [w.shape for w in loaded.weights] == [w.shape for w in ours.weights]
+    assert [layer.get_config() for layer in loaded.layers][1:] == [layer.get_config() for layer in ours.layers][1:]
+
