@@ -2,11 +2,12 @@
 import numpy as np
 
 from ..ir.registry import reference
+from .norm import rows_of
 
 
-def _grouped(x, groups):
-    """x (N, S, C) as (N, S, G, C/G) in float64, and the row axes (1, 3) of one (n, g)."""
-    n, s, c = x.shape
+def _grouped(x, groups, positions):
+    """x (N..., S..., C) as (N, S, G, C/G) in float64: the row of (n, g) is [n, :, g, :]."""
+    n, s, c = rows_of(x.shape, {"positions": positions})
     return x.astype(np.float64).reshape(n, s, groups, c // groups)
 
 
@@ -24,9 +25,9 @@ def _split(arrays, scale, center):
 
 
 @reference("layer_norm")
-def layer_norm(x, *params, groups=1, epsilon=1e-3, scale=True, center=True):
+def layer_norm(x, *params, groups=1, positions=0, epsilon=1e-3, scale=True, center=True):
     gamma, beta = _split(params, scale, center)
-    xg = _grouped(x, groups)
+    xg = _grouped(x, groups, positions)
     mean, rstd = _statistics(xg, epsilon)
     y = ((xg - mean) * rstd).reshape(x.shape)
     if gamma is not None:
@@ -37,17 +38,18 @@ def layer_norm(x, *params, groups=1, epsilon=1e-3, scale=True, center=True):
 
 
 @reference("layer_norm_grad")
-def layer_norm_grad(x, *operands, groups=1, epsilon=1e-3, scale=True, center=True):
+def layer_norm_grad(x, *operands, groups=1, positions=0, epsilon=1e-3, scale=True, center=True):
     *params, dy = operands
     gamma, _ = _split(params, scale, False)
-    xg = _grouped(x, groups)
+    xg = _grouped(x, groups, positions)
     mean, rstd = _statistics(xg, epsilon)
     xhat = (xg - mean) * rstd
-    dyg = _grouped(dy, groups)
-    g = dyg * (1.0 if gamma is None else _grouped(np.broadcast_to(gamma, x.shape), groups))
+    dyg = _grouped(dy, groups, positions)
+    g = dyg * (1.0 if gamma is None else _grouped(np.broadcast_to(gamma, x.shape), groups, positions))
     dx = rstd * (g - g.mean(axis=(1, 3), keepdims=True) - xhat * (g * xhat).mean(axis=(1, 3), keepdims=True))
-    channels = x.shape[2]
+    channels = x.shape[-1]
     dgamma = (dyg * xhat).sum(axis=(0, 1)).reshape(channels) if scale else np.zeros(channels)
     dbeta = dyg.sum(axis=(0, 1)).reshape(channels) if center else np.zeros(channels)
-    stats = (mean.reshape(x.shape[0], groups), rstd.reshape(x.shape[0], groups))
+    stats_shape = x.shape[:x.ndim - 1 - positions] + (groups,)
+    stats = (mean.reshape(stats_shape), rstd.reshape(stats_shape))
     return tuple(a.astype(x.dtype) for a in (dx.reshape(x.shape), dgamma, dbeta) + stats)

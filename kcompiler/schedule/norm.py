@@ -1,7 +1,7 @@
 """Kernel descriptions of layer_norm and layer_norm_grad (kcompiler/ops/norm.py).
 
-A *row* is one (sample n, channel group g) of x viewed as (N, S, C): the S * C/G elements
-x[n, s, g * C/G + c]. Both kernels walk the rows in parallel (n, then g) and, inside a row,
+A *row* is one (sample n, channel group g) of x viewed as (N, S, C) (ops/norm.py: the sample
+axes, the position axes, the channels): the S * C/G elements x[n, s, g * C/G + c]. Both kernels walk the rows in parallel (n, then g) and, inside a row,
 make passes over it as softmax does: the row is small enough to stay in cache, so x is read
 from memory once per kernel whatever the number of passes. With one group the row is one
 contiguous run and each pass is one loop over it.
@@ -17,7 +17,7 @@ is zeroed, and every (n, s) adds its contiguous channel row into it, reading the
 statistics back from outputs 3 and 4.
 """
 from ..ir.registry import description
-from ..ops.norm import norm_attrs
+from ..ops.norm import norm_attrs, rows_of
 from .kernel import Assign, Const, Kernel, Load, Local, Store, Var, call, loop, node_buffers
 
 F32 = "float32"
@@ -26,8 +26,8 @@ F32 = "float32"
 class Rows:
     """The geometry of one kernel: x (N, S, C) in groups of ``width`` = C/G channels."""
 
-    def __init__(self, x_shape, groups):
-        self.batch, self.positions, self.channels = x_shape
+    def __init__(self, x_shape, attrs, groups):
+        self.batch, self.positions, self.channels = rows_of(x_shape, attrs)
         self.groups = groups
         self.width = self.channels // groups
         self.size = self.positions * self.width    # elements in a row
@@ -78,8 +78,8 @@ def _x(i):
 
 @description("layer_norm")
 def describe_layer_norm(node, in_types, name):
-    groups, epsilon, scale, center = norm_attrs("layer_norm", node["attrs"], in_types[0].shape[2])
-    rows = Rows(in_types[0].shape, groups)
+    groups, _, epsilon, scale, center = norm_attrs("layer_norm", node["attrs"], in_types[0].shape)
+    rows = Rows(in_types[0].shape, node["attrs"], groups)
     statements, mean, rstd = _statistics(rows, epsilon, _x)
     gamma = "in1" if scale else None
     beta = f"in{1 + scale}" if center else None
@@ -98,8 +98,8 @@ def describe_layer_norm(node, in_types, name):
 
 @description("layer_norm_grad")
 def describe_layer_norm_grad(node, in_types, name):
-    groups, epsilon, scale, _ = norm_attrs("layer_norm_grad", node["attrs"], in_types[0].shape[2])
-    rows = Rows(in_types[0].shape, groups)
+    groups, _, epsilon, scale, _ = norm_attrs("layer_norm_grad", node["attrs"], in_types[0].shape)
+    rows = Rows(in_types[0].shape, node["attrs"], groups)
     dy_buffer = f"in{1 + scale}"
     dy = lambda i: Load(dy_buffer, i, F32)  # noqa: E731
     statements, mean, rstd = _statistics(rows, epsilon, _x)

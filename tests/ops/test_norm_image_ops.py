@@ -12,19 +12,21 @@ from op_check import check_vjp, run_op
 
 RNG = np.random.default_rng(3)
 
-# (x shape (N, S, C), attrs): one group (layer norm), groups over positions (group norm),
-# without gamma or beta, one channel per group, a single position.
+# (x shape, attrs): layer norm over the last axis of ranks 2 and 3 (every other axis a sample),
+# groups over positions (group norm over 1 and 2 position axes), without gamma or beta, one
+# channel per group, groups without positions.
 NORM_CASES = [
-    ((3, 1, 5), {"groups": 1, "epsilon": 1e-3}),
-    ((2, 3, 4), {"groups": 2, "epsilon": 0.01}),
-    ((2, 2, 3), {"groups": 1, "scale": False}),
-    ((2, 1, 6), {"groups": 3, "center": False}),
-    ((1, 4, 3), {"groups": 3, "scale": False, "center": False}),
+    ((3, 5), {"epsilon": 1e-3}),
+    ((2, 3, 4), {"groups": 2, "positions": 1, "epsilon": 0.01}),
+    ((2, 2, 3), {"scale": False}),
+    ((2, 6), {"groups": 3, "center": False}),
+    ((1, 4, 3), {"groups": 3, "positions": 1, "scale": False, "center": False}),
+    ((2, 2, 3, 4), {"groups": 2, "positions": 2}),
 ]
 
 
 def norm_inputs(shape, attrs):
-    channels = shape[2]
+    channels = shape[-1]
     inputs = [RNG.standard_normal(shape) * 2 + 0.5]
     inputs += [RNG.standard_normal(channels) for flag in ("scale", "center") if attrs.get(flag, True)]
     return inputs
@@ -37,7 +39,7 @@ def test_layer_norm_vjp(shape, attrs):
 
 def test_layer_norm_is_the_direct_formula_per_sample_and_group():
     x, gamma, beta = RNG.standard_normal((2, 3, 4)), RNG.standard_normal(4), RNG.standard_normal(4)
-    (y,) = run_op("layer_norm", [x, gamma, beta], {"groups": 2, "epsilon": 0.1})
+    (y,) = run_op("layer_norm", [x, gamma, beta], {"groups": 2, "positions": 1, "epsilon": 0.1})
     for n in range(2):
         for g in range(2):
             part = x[n, :, 2 * g:2 * g + 2]
@@ -48,7 +50,7 @@ def test_layer_norm_is_the_direct_formula_per_sample_and_group():
 def test_layer_norm_grad_outputs_the_row_statistics():
     x, dy = RNG.standard_normal((2, 3, 4)), RNG.standard_normal((2, 3, 4))
     dx, dgamma, dbeta, mean, rstd = run_op("layer_norm_grad", [x, np.ones(4), dy],
-                                           {"groups": 2, "center": False, "epsilon": 0.1})
+                                           {"groups": 2, "positions": 1, "center": False, "epsilon": 0.1})
     np.testing.assert_allclose(mean[1, 0], x[1, :, :2].mean(), rtol=1e-12)
     np.testing.assert_allclose(rstd[0, 1], 1 / np.sqrt(x[0, :, 2:].var() + 0.1), rtol=1e-12)
     assert dbeta.tolist() == [0.0] * 4  # no beta: its gradient is zeros
@@ -67,8 +69,12 @@ def test_layer_norm_shape_rule_errors():
         _shape_of("layer_norm", [(2, 1, 4), (4,), (4,)], {"center": False})
     with pytest.raises(ShapeError, match="gamma must be a float32 vector of 4 channels"):
         _shape_of("layer_norm", [(2, 1, 4), (3,), (4,)], {})
-    with pytest.raises(ShapeError, match="rank 3"):
-        _shape_of("layer_norm", [(2, 4), (4,), (4,)], {})
+    with pytest.raises(ShapeError, match="rank >= 2"):
+        _shape_of("layer_norm", [(4,), (4,), (4,)], {})
+    with pytest.raises(ShapeError, match="positions must be an axis count in \\[0, 1\\]"):
+        _shape_of("layer_norm", [(2, 3, 4), (4,), (4,)], {"positions": 2})
+    assert [t.shape for t in _shape_of("layer_norm_grad", [(5, 2, 3, 4), (4,), (5, 2, 3, 4)],
+                                       {"groups": 2, "positions": 1})] == [(5, 2, 3, 4), (4,), (4,), (5, 2, 2), (5, 2, 2)]
 
 
 UPSAMPLE_CASES = [((1, 3, 4, 2), (2, 2)), ((2, 2, 3, 1), (3, 2)), ((1, 2, 2, 3), (1, 3)), ((1, 1, 1, 2), (2, 4))]
