@@ -1,9 +1,10 @@
 """Kernel descriptions of layer_norm and layer_norm_grad (kcompiler/ops/norm.py).
 
 A *row* is one (sample n, channel group g) of x viewed as (N, S, C) (ops/norm.py: the sample
-axes, the position axes, the channels): the S * C/G elements x[n, s, g * C/G + c]. Both kernels walk the rows in parallel (n, then g) and, inside a row,
-make passes over it as softmax does: the row is small enough to stay in cache, so x is read
-from memory once per kernel whatever the number of passes. With one group the row is one
+axes, the position axes, the channels): the S * C/G elements x[n, s, g * C/G + c]. Both
+kernels walk the rows in parallel (n, then g) and, inside a row, make passes over it as
+softmax does: the row is small enough to stay in cache, so x is read from memory once per
+kernel whatever the number of passes. With one group the row is one
 contiguous run and each pass is one loop over it.
 
 layer_norm, per row: the mean (a sum pass), the biased variance (a second pass over

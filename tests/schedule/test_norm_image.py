@@ -38,7 +38,8 @@ def test_each_op_is_one_described_kernel():
                                {"groups": 2, "positions": 1}),
                               ("layer_norm_grad", [x, np.ones(4, np.float32), x], {"groups": 2, "positions": 1}),
                               ("upsample_bilinear", [x.reshape(1, 3, 2, 4)], {"size": (2, 2)}),
-                              ("upsample_bilinear_grad", [x.reshape(1, 3, 2, 4)], {"size": (3, 2), "input_hw": (1, 1)})]:
+                              ("upsample_bilinear_grad", [x.reshape(1, 3, 2, 4)],
+                               {"size": (3, 2), "input_hw": (1, 1)})]:
         _, nodes = _kernels(op, inputs, attrs)
         assert [n["op"] for n in nodes] == [op]
 

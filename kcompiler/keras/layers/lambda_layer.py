@@ -1,11 +1,12 @@
 """Lambda: a layer whose call is a user function, traced like any keras.ops code.
 
-Its config stores the function as Keras 3 does (and reads tf.keras 2's form too): a named function by its (registered) name,
-which loading resolves through custom_objects or the registry; a Python ``lambda`` as
-marshalled bytecode (``{"class_name": "__lambda__", "config": {"code", "defaults",
-"closure"}}``). Loading such bytecode runs code from the file, so, as in Keras, it is refused
-unless safe mode is off (``load_model(..., safe_mode=False)``, ``serialization.safe_mode_scope``);
-the loaded function sees ``keras`` (kcompiler.keras), ``ops`` and ``np`` as globals.
+Its config stores the function as Keras 3 does (and reads tf.keras 2's form too): a named
+function by its (registered) name, which loading resolves through custom_objects or the
+registry; a Python ``lambda`` as marshalled bytecode (``{"class_name": "__lambda__",
+"config": {"code", "defaults", "closure"}}``). Loading such bytecode runs code from the file,
+so, as in Keras, it is refused unless safe mode is off (``load_model(..., safe_mode=False)``,
+``serialization.safe_mode_scope``); the loaded function sees ``keras`` (kcompiler.keras),
+``ops`` and ``np`` as globals.
 """
 import base64
 import inspect
