@@ -64,6 +64,9 @@ def layer_case(case):
     layer.built = True
     if indexed(case, "w"):
         layer.set_weights(indexed(case, "w"))
+    if spec.get("adapt"):  # Normalization: the statistics come from adapt() on the stored data
+        data = indexed(case, "adapt_data")
+        layer.adapt(data[0] if len(data) == 1 else data)
     kwargs = dict(spec.get("call", {}))
     if "mask" in case:
         kwargs["mask"] = case["mask"]

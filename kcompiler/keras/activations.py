@@ -7,12 +7,23 @@ def linear(x):
 
 
 def relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
-    if negative_slope == 0.0 and max_value is None and threshold == 0.0:
-        return ops.relu(x)
-    if negative_slope == 0.0 and max_value == 6.0 and threshold == 0.0:
-        return ops.relu6(x)
-    y = ops.where(ops.greater_equal(x, threshold), x, ops.multiply(ops.subtract(x, threshold), negative_slope))
-    return y if max_value is None else ops.minimum(y, float(max_value))
+    """Keras 3's relu: the positive part (x where x > threshold, else 0), clipped to
+    [0, max_value], minus negative_slope * relu(threshold - x). Element-wise ops that fuse
+    into one kernel."""
+    if max_value is None and threshold == 0.0:
+        return ops.relu(x) if negative_slope == 0.0 else ops.leaky_relu(x, negative_slope)
+    clip = max_value is not None
+    if threshold != 0.0:
+        y = ops.where(ops.greater(x, threshold), x, 0.0)
+    elif max_value == 6.0:
+        y, clip = ops.relu6(x), False
+    else:
+        y = ops.relu(x)
+    if clip:
+        y = ops.clip(y, 0.0, float(max_value))
+    if negative_slope != 0.0:
+        y = ops.subtract(y, ops.multiply(ops.relu(ops.subtract(threshold, x)), float(negative_slope)))
+    return y
 
 
 def elu(x, alpha=1.0):

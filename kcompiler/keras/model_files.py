@@ -25,7 +25,8 @@ the disk during a save leaves the previous file at the path intact.
 
 Differences from Keras, on purpose: ``include_optimizer=False`` also leaves the optimizer's
 variables out of a ``.keras`` file (Keras 3 ignores the argument there); ``safe_mode`` is
-accepted and changes nothing (no layer here deserializes Python code); saving with
+as in Keras: on by default, it refuses to load a Lambda whose function is stored as Python
+bytecode; saving with
 ``overwrite=False`` over an existing file raises FileExistsError instead of asking on the
 terminal. Every problem with a file raises one exception that names the file:
 FileNotFoundError for a path with no file, otherwise ModelFileError (kcompiler.errors): not a
@@ -287,10 +288,13 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
                              "is not supported; load a `.keras` or `.h5` file)")
     if not os.path.exists(filepath):
         raise FileNotFoundError(f"No model file at {filepath}: the file does not exist")
+    from .serialization import safe_mode_scope
     if zipfile.is_zipfile(filepath):
-        return _load_keras(filepath, custom_objects, compile)
+        with safe_mode_scope(safe_mode):
+            return _load_keras(filepath, custom_objects, compile)
     if _h5py().is_hdf5(filepath):
-        return _load_legacy_h5(filepath, custom_objects, compile)
+        with safe_mode_scope(safe_mode):
+            return _load_legacy_h5(filepath, custom_objects, compile)
     kind = ("a `.keras` file must be a zip archive" if filepath.endswith(".keras") else
             "an HDF5 model file is damaged or not HDF5" if filepath.endswith(LEGACY_SUFFIXES) else
             "expected a `.keras` zip archive or a `.h5` HDF5 file")

@@ -156,19 +156,25 @@ def broadcast_to(x, shape):
     return apply_op("broadcast_to", [x], shape=tuple(shape))
 
 
+def _reshape_keeping_leading(x, new_shape, same_until):
+    """reshape to ``new_shape``; its symbolic dims before position ``same_until`` are the input's
+    own at the same position (0: copied), a later one is inferred (-1)."""
+    return apply_op("reshape", [x], shape=tuple(d if d is not None else (0 if i < same_until else -1)
+                                               for i, d in enumerate(new_shape)))
+
+
 def expand_dims(x, axis):
     s = list(shape(x))
     axis = axis % (len(s) + 1)
     s.insert(axis, 1)
-    return apply_op("reshape", [x], shape=tuple(0 if (d is None and i == 0) else (-1 if d is None else d)
-                                               for i, d in enumerate(s)))
+    return _reshape_keeping_leading(x, s, axis)
 
 
 def squeeze(x, axis=None):
     s = list(shape(x))
     axes = [i for i, d in enumerate(s) if d == 1] if axis is None else [a % len(s) for a in np.atleast_1d(axis)]
     kept = [d for i, d in enumerate(s) if i not in axes]
-    return apply_op("reshape", [x], shape=tuple(-1 if d is None else d for d in kept))
+    return _reshape_keeping_leading(x, kept, sorted(axes)[0] if len(axes) else len(s))
 
 
 def concatenate(xs, axis=0):
@@ -276,15 +282,22 @@ def one_hot(x, num_classes, dtype="float32"):
     return cast(equal(expand_dims(x, -1), classes), dtype)
 
 
-def dropout(x, rate, seed):
+def random_op(op, x, **attrs):
+    """Apply a random op of the registry (dropout, gaussian_noise, gaussian_dropout) to ``x``
+    with the step counter operand: the graph's rng_step input while tracing, the eager
+    counter (advanced) otherwise."""
     from .backend import active_builder, rng_step_node, _eager_step
     b = getattr(x, "builder", None) or active_builder()
     if b is None:
         step = np.asarray(_eager_step[0], dtype=np.int64)
         _eager_step[0] += 1
-        return apply_op("dropout", [x, step], rate=float(rate), seed=int(seed))
-    step = SymbolicTensor(b, rng_step_node(b))
-    return apply_op("dropout", [x, step], rate=float(rate), seed=int(seed))
+    else:
+        step = SymbolicTensor(b, rng_step_node(b))
+    return apply_op(op, [x, step], **attrs)
+
+
+def dropout(x, rate, seed):
+    return random_op("dropout", x, rate=float(rate), seed=int(seed))
 
 
 # ---- added for losses, metrics and optimizers ------------------------------------------

@@ -53,6 +53,29 @@ def custom_object_scope(*dicts):
 
 CustomObjectScope = custom_object_scope
 
+# Whether deserializing may refuse to run code stored in a config (a Lambda's bytecode), as
+# Keras's safe mode: on unless a load says safe_mode=False or enable_unsafe_deserialization().
+_safe_mode = [True]
+
+
+def in_safe_mode():
+    return _safe_mode[-1]
+
+
+@contextmanager
+def safe_mode_scope(safe_mode):
+    """Within the block, safe mode is ``safe_mode`` (None: unchanged)."""
+    _safe_mode.append(_safe_mode[-1] if safe_mode is None else bool(safe_mode))
+    try:
+        yield
+    finally:
+        _safe_mode.pop()
+
+
+def enable_unsafe_deserialization():
+    """Let every later load run the code a config stores (keras.config.enable_unsafe_deserialization)."""
+    _safe_mode[0] = False
+
 
 def get_custom_objects():
     """The global registry (keras.saving.get_custom_objects), keyed by registered name."""

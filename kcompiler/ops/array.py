@@ -76,8 +76,14 @@ register("transpose", shape=_transpose_rule, vjp=_transpose_vjp, kind="injective
 
 
 def _broadcast_to_rule(in_types, attrs):
-    t, shape = in_types[0], tuple(attrs["shape"])
-    if broadcast_shapes("broadcast_to", t.shape, shape) != shape or len(shape) < t.rank:
+    """attrs.shape: ints; 0 keeps the operand's size on that axis (aligned from the right), so
+    a symbolic batch dimension can pass through."""
+    t = in_types[0]
+    lead = len(attrs["shape"]) - t.rank
+    if lead < 0 or any(d == 0 and i < lead for i, d in enumerate(attrs["shape"])):
+        raise ShapeError(f"broadcast_to: cannot broadcast {fmt_shape(t.shape)} to {tuple(attrs['shape'])}")
+    shape = tuple(t.shape[i - lead] if d == 0 else d for i, d in enumerate(attrs["shape"]))
+    if broadcast_shapes("broadcast_to", t.shape, shape) != shape:
         raise ShapeError(f"broadcast_to: cannot broadcast {fmt_shape(t.shape)} to {fmt_shape(shape)}")
     return TensorType(shape, t.dtype)
 

@@ -11,7 +11,15 @@ def reshape(x, shape):
 
 
 reference("transpose")(lambda x, perm: np.ascontiguousarray(np.transpose(x, perm)))
-reference("broadcast_to")(lambda x, shape: np.ascontiguousarray(np.broadcast_to(x, shape)))
+
+
+@reference("broadcast_to")
+def broadcast_to(x, shape):
+    lead = len(shape) - x.ndim
+    shape = tuple(x.shape[i - lead] if d == 0 else d for i, d in enumerate(shape))  # 0: the operand's size
+    return np.ascontiguousarray(np.broadcast_to(x, shape))
+
+
 reference("concatenate")(lambda *xs, axis: np.concatenate(xs, axis=axis))
 
 

@@ -7,7 +7,11 @@ IndexRangeError that names the layer (or loss), the index and the range.
 Dropout draws its mask from a counter-based generator (Philox4x32-10 keyed by
 attrs.seed, counter = (element index, step)), so the mask is a pure function of
 (seed, step, index): the backward pass recomputes it instead of storing it, and a
-generated kernel reproduces the reference bit for bit.
+generated kernel reproduces the reference bit for bit. ``gaussian_noise`` and
+``gaussian_dropout`` (Keras's GaussianNoise and GaussianDropout) draw a standard normal per
+element the same way (Box-Muller over two Philox uniforms of the element's counter, keyed by
+(seed, 1) and (seed, 2); dropout's key is (seed, 0)): x + stddev * z, and x * (1 + stddev * z) with stddev =
+sqrt(rate / (1 - rate)).
 """
 from ..errors import ShapeError
 from ..ir.graph import operands
@@ -88,22 +92,38 @@ register("scatter_add", shape=_scatter_add_rule, kind="opaque",
          doc="(indices, updates) -> zeros((rows, D)) with updates added at their rows")
 
 
-def _dropout_rule(in_types, attrs):
-    x, step = in_types
-    expect_float("dropout", x)
+def _random_rule(op, check):
+    def rule(in_types, attrs):
+        x, step = in_types
+        expect_float(op, x)
+        check(attrs)
+        if step.shape != () or not step.dtype.startswith("int"):
+            raise ShapeError(f"{op}: the step operand must be an integer scalar, got {step}")
+        return TensorType(x.shape, x.dtype)
+    return rule
+
+
+def _check_rate(attrs):
     if not 0 <= attrs["rate"] < 1:
         raise ShapeError(f"dropout: rate must be in [0, 1), got {attrs['rate']}")
-    if step.shape != () or not step.dtype.startswith("int"):
-        raise ShapeError(f"dropout: the step operand must be an integer scalar, got {step}")
-    return TensorType(x.shape, x.dtype)
 
 
-def _dropout_vjp(b, nid, dy):
-    # The mask depends only on (seed, step, index): applying the same op to dy
+def _check_stddev(attrs):
+    if not attrs["stddev"] >= 0:
+        raise ShapeError(f"gaussian noise: stddev must be >= 0, got {attrs['stddev']}")
+
+
+def _multiplicative_noise_vjp(b, nid, dy):
+    # The noise depends only on (seed, step, index): applying the same op to dy
     # reproduces it, so nothing is stored between forward and backward.
     (_, step) = b.operands(nid)
-    return [b.add("dropout", (dy, step), b.attrs(nid)), None]
+    return [b.add(b.g.nodes[nid]["op"], (dy, step), b.attrs(nid)), None]
 
 
-register("dropout", shape=_dropout_rule, vjp=_dropout_vjp, kind="elementwise",
+register("dropout", shape=_random_rule("dropout", _check_rate), vjp=_multiplicative_noise_vjp, kind="elementwise",
          doc="(x, step) -> x * keep / (1 - rate), keep = philox(seed, index, step) >= rate")
+register("gaussian_noise", shape=_random_rule("gaussian_noise", _check_stddev),
+         vjp=lambda b, nid, dy: [dy, None], kind="elementwise",
+         doc="(x, step) -> x + stddev * z, z standard normal from philox(seed, index, step)")
+register("gaussian_dropout", shape=_random_rule("gaussian_dropout", _check_stddev), vjp=_multiplicative_noise_vjp,
+         kind="elementwise", doc="(x, step) -> x * (1 + stddev * z), z as in gaussian_noise")

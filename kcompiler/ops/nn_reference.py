@@ -8,14 +8,14 @@ PHILOX_M0, PHILOX_M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 PHILOX_W0, PHILOX_W1 = np.uint32(0x9E3779B9), np.uint32(0xBB67AE85)
 
 
-def philox_uniform(seed, step, n):
+def philox_uniform(seed, step, n, key1=0):
     """Uniform floats in [0, 1) for element indices 0..n-1: Philox4x32-10 with
-    counter (index, step, 0, 0) and key (seed, 0); output word 0, top 24 bits."""
+    counter (index, step, 0, 0) and key (seed, key1); output word 0, top 24 bits."""
     c0 = np.arange(n, dtype=np.uint64).astype(np.uint32)
     c1 = np.full(n, step & 0xFFFFFFFF, dtype=np.uint32)
     c2 = np.zeros(n, dtype=np.uint32)
     c3 = np.zeros(n, dtype=np.uint32)
-    k0, k1 = np.uint32(seed & 0xFFFFFFFF), np.uint32(0)
+    k0, k1 = np.uint32(seed & 0xFFFFFFFF), np.uint32(key1)
     with np.errstate(over="ignore"):
         for _ in range(10):
             p0 = PHILOX_M0 * c0.astype(np.uint64)
@@ -82,3 +82,24 @@ def scatter_add(idx, upd, rows):
 def dropout(x, step, rate, seed):
     keep = philox_uniform(seed, int(step), x.size).reshape(x.shape) >= rate
     return np.where(keep, x / np.float32(1 - rate), 0).astype(x.dtype)
+
+
+def philox_normal(seed, step, n):
+    """Standard normals for element indices 0..n-1 (float32): Box-Muller over the uniforms of
+    keys (seed, 1) and (seed, 2), sqrt(-2 log(1 - u1)) * cos(2 pi u2) (dropout's key is
+    (seed, 0): no stream is shared with it or with another seed)."""
+    u1, u2 = philox_uniform(seed, step, n, key1=1), philox_uniform(seed, step, n, key1=2)
+    radius = np.sqrt(np.float32(-2.0) * np.log(np.float32(1.0) - u1))
+    return (radius * np.cos(np.float32(2 * np.pi) * u2)).astype(np.float32)
+
+
+@reference("gaussian_noise")
+def gaussian_noise(x, step, stddev, seed):
+    z = philox_normal(seed, int(step), x.size).reshape(x.shape)
+    return (x + np.float32(stddev) * z).astype(x.dtype)
+
+
+@reference("gaussian_dropout")
+def gaussian_dropout(x, step, stddev, seed):
+    z = philox_normal(seed, int(step), x.size).reshape(x.shape)
+    return (x * (np.float32(1.0) + np.float32(stddev) * z)).astype(x.dtype)

@@ -8,3 +8,5 @@ from . import elementwise  # noqa: F401
 from . import movement  # noqa: F401
 from . import pool  # noqa: F401
 from . import reduce  # noqa: F401
+from . import norm  # noqa: F401
+from . import image  # noqa: F401

@@ -15,6 +15,7 @@ backends evaluate their bodies through it too.
 """
 from ..ir.registry import all_ops, description
 from ..ops.fused import member_types
+from .scalar import COUNTER_OPS
 from .kernel import (Call, Const, Kernel, Load, Local, Store, Var, broadcast_strides, collapse_loops, contiguous_strides,
                      linear_index, loop, node_buffers)
 
@@ -30,8 +31,8 @@ def body_of(node, n_inputs):
 def member_values(body, types, operand, acc=None, index=None, bind=None):
     """The value of each member of fused ``body`` as an expression: ``types`` are the members'
     types (ops.fused.member_types), ``operand(k)`` the expression of ref ``["in", k]``, ``acc``
-    that of ``["acc", 0]``, ``index`` the element's flat index (the counter of dropout's
-    generator). ``bind(j, expr)`` gives what later members read as member j: the expression
+    that of ``["acc", 0]``, ``index`` the element's flat index (the counter of the random
+    ops' generator). ``bind(j, expr)`` gives what later members read as member j: the expression
     itself (the default), or a variable the caller has bound to its value."""
     values = []
     for j, m in enumerate(body):
@@ -39,7 +40,7 @@ def member_values(body, types, operand, acc=None, index=None, bind=None):
             value = Const(m["attrs"]["value"], m["attrs"]["dtype"])
         else:
             args = [acc if kind == "acc" else operand(i) if kind == "in" else values[i] for kind, i in m["args"]]
-            if m["op"] == "dropout":
+            if m["op"] in COUNTER_OPS:
                 args.append(index)
             value = Call(m["op"], tuple(args), tuple(sorted(m["attrs"].items())), types[j].dtype)
         values.append(bind(j, value) if bind is not None else value)

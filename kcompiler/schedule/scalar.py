@@ -10,8 +10,9 @@ the ops it does not know. Registry ops named like a primitive (``add``, ``exp``,
 rendered by each backend, against them.
 
 A unary op ``f`` has its value defined here (unless it is a primitive: exp, tanh, ...) and its
-derivative in ``DERIVATIVES``; ``f_grad(x, dy)`` is ``dy * f'(x)``. ``dropout`` takes a third
-operand, the element's flat index (the Philox counter): the kernel description passes it.
+derivative in ``DERIVATIVES``; ``f_grad(x, dy)`` is ``dy * f'(x)``. The random ops
+(``COUNTER_OPS``: dropout, gaussian_noise, gaussian_dropout) take a third operand, the element's
+flat index (the Philox counter): the kernel description passes it.
 """
 import math
 
@@ -227,12 +228,12 @@ def u32(value):
     return Const(value & 0xFFFFFFFF, "uint32")
 
 
-def philox_uniform(index, step, seed):
+def philox_uniform(index, step, seed, key1=0):
     """The uniform float in [0, 1) of kcompiler.ops.nn_reference.philox_uniform for element
-    ``index`` (int expressions): output word 0 of the rounds, its top 24 bits."""
+    ``index`` (int expressions), key (seed, key1): output word 0 of the rounds, its top 24 bits."""
     c0, c1, c2, c3 = call("cast", index, dtype="uint32"), call("cast", step, dtype="uint32"), u32(0), u32(0)
     for r in range(10):
-        k0, k1 = u32(seed + r * PHILOX_W0), u32(r * PHILOX_W1)  # the key schedule is static
+        k0, k1 = u32(seed + r * PHILOX_W0), u32(key1 + r * PHILOX_W1)  # the key schedule is static
         m0, m1 = u32(PHILOX_M0), u32(PHILOX_M1)
         hi0, lo0 = call("umulhi", c0, m0), mul(c0, m0)
         hi1, lo1 = call("umulhi", c2, m1), mul(c2, m1)
@@ -243,8 +244,33 @@ def philox_uniform(index, step, seed):
     return mul(top, Const(1.0 / (1 << 24), "float32"))
 
 
+# Ops whose value depends on the element's flat index, passed as their last operand.
+COUNTER_OPS = frozenset({"dropout", "gaussian_noise", "gaussian_dropout"})
+
+
 @define("dropout")
 def dropout(args, attrs):
     x, step, index = args
     keep = call("ge", philox_uniform(index, step, attrs["seed"]), Const(float(attrs["rate"]), "float32"))
     return select(keep, div(x, c(1 - attrs["rate"], x)), c(0, x))
+
+
+def philox_normal(index, step, seed):
+    """The standard normal of kcompiler.ops.nn_reference.philox_normal for element ``index``:
+    Box-Muller over the uniforms of keys (seed, 1) and (seed, 2)."""
+    u1, u2 = philox_uniform(index, step, seed, key1=1), philox_uniform(index, step, seed, key1=2)
+    one = Const(1.0, "float32")
+    radius = call("sqrt", mul(Const(-2.0, "float32"), call("log", sub(one, u1))))
+    return mul(radius, call("cos", mul(Const(2 * math.pi, "float32"), u2)))
+
+
+@define("gaussian_noise")
+def gaussian_noise(args, attrs):
+    x, step, index = args
+    return add(x, mul(c(attrs["stddev"], x), philox_normal(index, step, attrs["seed"])))
+
+
+@define("gaussian_dropout")
+def gaussian_dropout(args, attrs):
+    x, step, index = args
+    return mul(x, add(c(1, x), mul(c(attrs["stddev"], x), philox_normal(index, step, attrs["seed"]))))

@@ -119,10 +119,38 @@ def batchnorm_dropout():
                              L.Reshape((2, 4)), L.Flatten(), L.Dense(1)])
 
 
+def new_layers_sequence():  # tests/fixtures/keras/text/models.md: layers_sequence
+    return keras.Sequential([
+        L.Embedding(50, 8, input_length=12), L.Conv1D(16, 3, padding="causal", activation="relu"),
+        L.MaxPooling1D(2), L.LayerNormalization(), L.SpatialDropout1D(0.1), L.TimeDistributed(L.Dense(4)),
+        L.LeakyReLU(), L.AveragePooling1D(2), L.GlobalAveragePooling1D(), L.RepeatVector(2), L.Permute((2, 1)),
+        L.Flatten(), L.Dense(3), L.Softmax()])
+
+
+def new_layers_image():  # tests/fixtures/keras/text/models.md: layers_image
+    inputs = keras.Input((8, 8, 3))
+    x = L.Rescaling(1.0 / 255)(inputs)
+    x = L.Normalization(mean=0.5, variance=0.25)(x)
+    skip = L.Conv2D(4, 3, padding="same")(x)
+    x = L.GroupNormalization(groups=2)(skip)
+    x = L.ReLU(max_value=6.0)(x)
+    x = L.MaxPooling2D(2)(x)
+    x = L.Conv2DTranspose(4, 3, strides=2, padding="same")(x)
+    x = L.Concatenate()([x, skip])
+    x = L.ZeroPadding2D(1)(x)
+    x = L.Cropping2D(1)(x)
+    x = L.UpSampling2D(2, interpolation="bilinear")(x)
+    x = L.PReLU(shared_axes=[1, 2])(x)
+    x = L.GaussianNoise(0.1)(x)
+    x = L.SpatialDropout2D(0.1)(x)
+    x = L.Conv2D(1, 1)(x)
+    return keras.Model(inputs, L.ELU(alpha=0.5)(x))
+
+
 MODELS = {f.__name__: f for f in (dense3, dense_16_4_1, mnist_cnn, conv2d_example, embedding_simplernn,
                                   embedding_simplernn_seq, embedding_simplernn_stack, embedding_lstm,
                                   functional_shared, functional_single_input, bidirectional_lstm,
-                                  batchnorm_dropout)}
+                                  batchnorm_dropout, new_layers_sequence, new_layers_image)}
 
 
 def rebuild(model, route):
@@ -677,10 +705,41 @@ LAYER_EXAMPLES = {
     "GRU": (lambda: L.GRU(3, reset_after=False, recurrent_activation="hard_sigmoid"), (2, 4, 5)),
     "Bidirectional": (lambda: L.Bidirectional(L.LSTM(3, return_sequences=True), merge_mode="ave"), (2, 4, 5)),
     "InputLayer": (lambda: L.InputLayer(input_shape=(3, 2), dtype="int32"), None),
+    "Softmax": (lambda: L.Softmax(axis=[1, 2]), (2, 3, 4)),
+    "ReLU": (lambda: L.ReLU(max_value=2.0, negative_slope=0.1, threshold=0.5), (2, 5)),
+    "LeakyReLU": (lambda: L.LeakyReLU(0.1), (2, 5)),
+    "PReLU": (lambda: L.PReLU(alpha_initializer="ones", alpha_regularizer="l2", shared_axes=[1]), (2, 3, 4)),
+    "ELU": (lambda: L.ELU(alpha=0.5), (2, 5)),
+    "RepeatVector": (lambda: L.RepeatVector(3), (2, 4)),
+    "Permute": (lambda: L.Permute((2, 1)), (2, 3, 4)),
+    "ZeroPadding2D": (lambda: L.ZeroPadding2D(((1, 2), (0, 1))), (1, 3, 3, 2)),
+    "Cropping2D": (lambda: L.Cropping2D(((1, 0), 2)), (1, 5, 6, 2)),
+    "UpSampling2D": (lambda: L.UpSampling2D((2, 3), interpolation="bilinear"), (1, 3, 3, 2)),
+    "Masking": (lambda: L.Masking(mask_value=-1.0), (2, 4, 3)),
+    "Identity": (lambda: L.Identity(), (2, 3)),
+    "Lambda": (lambda: L.Lambda(keras.activations.tanh, output_shape=(3,)), (2, 3)),
+    "Dot": (lambda: L.Dot(axes=(2, 2), normalize=True), [(2, 3, 4), (2, 5, 4)]),
+    "Rescaling": (lambda: L.Rescaling(1.0 / 255, offset=-0.5), (2, 3)),
+    "Normalization": (lambda: L.Normalization(axis=(1, 2), invert=True), (2, 3, 4)),
+    "GaussianNoise": (lambda: L.GaussianNoise(0.1, seed=3), (2, 3)),
+    "GaussianDropout": (lambda: L.GaussianDropout(0.2), (2, 3)),
+    "SpatialDropout1D": (lambda: L.SpatialDropout1D(0.3, seed=1), (2, 3, 4)),
+    "SpatialDropout2D": (lambda: L.SpatialDropout2D(0.3), (2, 3, 3, 4)),
+    "MaxPooling1D": (lambda: L.MaxPooling1D(3, strides=1, padding="same"), (2, 5, 3)),
+    "AveragePooling1D": (lambda: L.AveragePooling1D(2), (2, 5, 3)),
+    "GlobalMaxPooling1D": (lambda: L.GlobalMaxPooling1D(keepdims=True), (2, 5, 3)),
+    "GlobalAveragePooling1D": (lambda: L.GlobalAveragePooling1D(), (2, 5, 3)),
+    "LayerNormalization": (lambda: L.LayerNormalization(axis=[1, 2], epsilon=0.01, center=False), (2, 3, 4)),
+    "GroupNormalization": (lambda: L.GroupNormalization(groups=2, scale=False), (2, 3, 4)),
+    "TimeDistributed": (lambda: L.TimeDistributed(L.Dense(3, activation="relu")), (2, 4, 5)),
+    "Conv1D": (lambda: L.Conv1D(3, 2, padding="causal", dilation_rate=2, activation="relu"), (2, 6, 2)),
+    "Conv2DTranspose": (lambda: L.Conv2DTranspose(3, 3, strides=2, padding="same", output_padding=1), (1, 3, 3, 2)),
 }
 
 
-WITH_WEIGHTS = {"Dense", "Embedding", "BatchNormalization", "Conv2D", "SimpleRNN", "LSTM", "GRU", "Bidirectional"}
+WITH_WEIGHTS = {"Dense", "Embedding", "BatchNormalization", "Conv2D", "SimpleRNN", "LSTM", "GRU", "Bidirectional",
+                "PReLU", "Normalization", "LayerNormalization", "GroupNormalization", "TimeDistributed", "Conv1D",
+                "Conv2DTranspose"}
 
 
 def _layer_classes():

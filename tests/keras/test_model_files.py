@@ -50,7 +50,7 @@ def close(got, expected):
 # ---- files written by real Keras -------------------------------------------------------------
 
 def test_fixture_files_are_there():
-    assert len(FIXTURE_FILES) == 8, FIXTURE_FILES
+    assert len(FIXTURE_FILES) == 14, FIXTURE_FILES
 
 
 @pytest.mark.parametrize("name", FIXTURE_FILES)
@@ -58,7 +58,8 @@ def test_load_file_written_by_keras(name):
     spec, x, z = fixture(name)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = keras.models.load_model(FILES / name)
+        # a Python lambda in the file loads only outside safe mode (test_lambda_files_need_unsafe_mode)
+        model = keras.models.load_model(FILES / name, safe_mode=not name.startswith("lambda_layer"))
     close(model.predict(x, verbose=0), z["y"])
     # Compiled as it was saved.
     assert model.compiled
@@ -66,13 +67,20 @@ def test_load_file_written_by_keras(name):
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(spec["learning_rate"])
     assert model.compiled_loss.name == spec["loss"]
     assert [m.name for m in model.compiled_metric_objects] == spec["metrics"]
-    fresh_optimizer = name == "dense3.h5"   # tf_keras's SGD keeps momentum slots without momentum
+    fresh_optimizer = name in ("dense3.h5", "lambda_layer.h5")  # tf_keras SGD keeps momentum slots without momentum
     messages = [str(w.message) for w in caught]
     assert any("freshly initialized optimizer" in m for m in messages) == fresh_optimizer, messages
     assert int(model.optimizer.iterations.numpy()) == (0 if fresh_optimizer else spec["iterations"])
     # Training goes on from the saved optimizer state exactly as Keras went on.
     model.fit(x, z["labels"], batch_size=8, epochs=1, shuffle=False, verbose=0)
     close(model.predict(x, verbose=0), z["y_after_fit"])
+
+
+@pytest.mark.parametrize("name", ["lambda_layer.keras", "lambda_layer.h5"])
+def test_lambda_files_need_unsafe_mode(name):
+    with pytest.raises(ConfigError, match="Requested the deserialization of a `Lambda` layer whose `function` is a "
+                                          "Python lambda.*safe_mode=False"):
+        keras.models.load_model(FILES / name)
 
 
 def test_load_without_compiling():

@@ -68,6 +68,8 @@ def cases(name):
         return [normal(2, 3, 7), normal(7)], {}
     if name == "dropout":
         return [normal(13, 7), np.array(5, np.int64)], {"rate": 0.3, "seed": 1234}
+    if name in ("gaussian_noise", "gaussian_dropout"):
+        return [normal(13, 7), np.array(5, np.int64)], {"stddev": 0.7, "seed": 99}
     raise AssertionError(f"no test inputs for element-wise op {name!r}")
 
 

@@ -1,4 +1,4 @@
-"""Core layers: Dense, Activation, Dropout, Flatten, Reshape, Embedding.
+"""Core layers: Dense, Activation, Dropout, Flatten, Reshape, Embedding, Masking, Identity.
 
 Each emits primitives only (Dense = matmul, bias_add, activation); fusion passes
 put them back together.
@@ -189,3 +189,35 @@ class Embedding(Layer):
                   "embeddings_constraint": constraints.serialize(self.embeddings_constraint),
                   "mask_zero": self.mask_zero, "input_length": self.input_length}
         return config
+
+
+class Masking(Layer):
+    """Zeros the time steps whose features all equal ``mask_value`` and masks them."""
+
+    def __init__(self, mask_value=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.mask_value = mask_value
+        self.supports_masking = True
+        self._step_masks = {}   # id(input tensor) -> its (batch, time, 1) keep mask, from call to compute_mask
+
+    def _keep(self, inputs):
+        return ops.any(ops.not_equal(inputs, self.mask_value), axis=-1, keepdims=True)
+
+    def call(self, inputs):
+        keep = self._keep(inputs)
+        self._step_masks[id(inputs)] = keep
+        return ops.where(keep, inputs, 0.0)
+
+    def compute_mask(self, inputs, mask=None):
+        keep = self._step_masks.pop(id(inputs), None)
+        return ops.squeeze(keep if keep is not None else self._keep(inputs), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "mask_value": self.mask_value}
+
+
+class Identity(Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+

@@ -1,5 +1,7 @@
-"""Pooling layers: MaxPooling2D and AveragePooling2D (the max_pool2d / avg_pool2d ops)
-and the global poolings (mean / max over the spatial axes)."""
+"""Pooling layers: MaxPooling2D and AveragePooling2D (the max_pool2d / avg_pool2d ops), their
+1-D forms (the same ops on the (N, 1, W, C) view of (N, W, C): a reshape, no copy), and the
+global poolings (mean / max over the spatial axes; GlobalAveragePooling1D with a mask is the
+masked sum over the steps divided by the number of unmasked steps, as Keras)."""
 from ...errors import ShapeError
 from ...ir.types import fmt_shape
 from ...ops.conv import output_size
@@ -8,7 +10,9 @@ from .base import InputSpec, Layer
 from .convolutional import standardize_data_format, standardize_padding, standardize_tuple
 
 __all__ = ["MaxPooling2D", "MaxPool2D", "AveragePooling2D", "AvgPool2D",
-           "GlobalAveragePooling2D", "GlobalAvgPool2D", "GlobalMaxPooling2D", "GlobalMaxPool2D"]
+           "GlobalAveragePooling2D", "GlobalAvgPool2D", "GlobalMaxPooling2D", "GlobalMaxPool2D",
+           "MaxPooling1D", "MaxPool1D", "AveragePooling1D", "AvgPool1D",
+           "GlobalAveragePooling1D", "GlobalAvgPool1D", "GlobalMaxPooling1D", "GlobalMaxPool1D"]
 
 
 class _Pooling2D(Layer):
@@ -68,8 +72,80 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
         return ops.max(inputs, axis=(1, 2), keepdims=self.keepdims)
 
 
+class _Pooling1D(Layer):
+    op = None
+
+    def __init__(self, pool_size=2, strides=None, padding="valid", data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = standardize_tuple(self, pool_size, "pool_size", n=1)
+        self.strides = self.pool_size if strides is None else standardize_tuple(self, strides, "strides", n=1)
+        self.padding = standardize_padding(self, padding)
+        self.data_format = standardize_data_format(self, data_format)
+        self.input_spec = InputSpec(ndim=3)
+
+    def build(self, input_shape):
+        out = output_size(input_shape[1], self.pool_size[0], self.strides[0], 1, self.padding)
+        if out is not None and out < 1:
+            raise ShapeError(f"{self._describe()}: input of shape {fmt_shape(input_shape)} is shorter than "
+                             f"pool_size={self.pool_size} (padding={self.padding!r}): the output would be empty")
+
+    def call(self, inputs):
+        row = ops.reshape(inputs, (0, 1) + tuple(-1 if d is None else d for d in inputs.shape[1:]))
+        y = backend.apply_op(self.op, [row], pool=(1,) + self.pool_size, strides=(1,) + self.strides,
+                             padding=self.padding)
+        return ops.reshape(y, (0,) + tuple(-1 if d is None else d for d in y.shape[2:]))
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size, "padding": self.padding,
+                "strides": self.strides, "data_format": self.data_format}
+
+
+class MaxPooling1D(_Pooling1D):
+    op = "max_pool2d"
+
+
+class AveragePooling1D(_Pooling1D):
+    op = "avg_pool2d"
+
+    def __init__(self, pool_size, strides=None, padding="valid", data_format=None, **kwargs):
+        # Keras 3 has no default pool size here (MaxPooling1D's is 2)
+        super().__init__(pool_size, strides, padding, data_format, **kwargs)
+
+
+class _GlobalPooling1D(_GlobalPooling2D):
+    def __init__(self, data_format=None, keepdims=False, **kwargs):
+        super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
+        self.input_spec = InputSpec(ndim=3)
+
+
+class GlobalAveragePooling1D(_GlobalPooling1D):
+    def __init__(self, data_format=None, keepdims=False, **kwargs):
+        super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            return ops.mean(inputs, axis=1, keepdims=self.keepdims)
+        keep = ops.expand_dims(mask if mask.dtype == "bool" else ops.cast(mask, "bool"), 2)
+        total = ops.sum(ops.where(keep, inputs, 0.0), axis=1, keepdims=self.keepdims)
+        return ops.divide(total, ops.sum(ops.cast(keep, inputs.dtype), axis=1, keepdims=self.keepdims))
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+
+class GlobalMaxPooling1D(_GlobalPooling1D):
+    # Keras 3 ignores a mask here (the maximum runs over every step)
+    def call(self, inputs):
+        return ops.max(inputs, axis=1, keepdims=self.keepdims)
+
+
 # Keras's aliases are the same classes (so the automatic names stay max_pooling2d, ...).
 MaxPool2D = MaxPooling2D
 AvgPool2D = AveragePooling2D
 GlobalAvgPool2D = GlobalAveragePooling2D
 GlobalMaxPool2D = GlobalMaxPooling2D
+MaxPool1D = MaxPooling1D
+AvgPool1D = AveragePooling1D
+GlobalAvgPool1D = GlobalAveragePooling1D
+GlobalMaxPool1D = GlobalMaxPooling1D

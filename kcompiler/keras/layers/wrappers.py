@@ -1,15 +1,20 @@
-"""Wrappers: Bidirectional.
+"""Wrappers: Bidirectional and TimeDistributed.
+
+TimeDistributed applies its layer to every time step at once: (B, T, ...) is viewed as
+(B*T, ...) (a reshape: no copy), the layer traces once on that view, and its output is viewed
+back as (B, T, ...); a (B, T) mask goes to the layer as (B*T,).
 
 Bidirectional runs a forward copy and a go_backwards copy of a recurrent layer and
 merges their outputs: two recurrent ops and a merge op. The backward copy writes its
 output sequence in input time order (the op's ``output_in_time_order``), which is
 what Keras gets by flipping it back, so no reverse op is needed.
 """
-from ...errors import UnsupportedError
+from ...errors import ShapeError, UnsupportedError
+from ...ir.types import fmt_shape
 from .. import ops
 from .base import Layer
 
-__all__ = ["Bidirectional"]
+__all__ = ["Bidirectional", "TimeDistributed"]
 
 MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 
@@ -20,11 +25,8 @@ def _serialize(layer):
 
 
 def _deserialize(config):
-    from .. import layers
-    cls = getattr(layers, config["class_name"], None)
-    if cls is None:
-        raise ValueError(f"Bidirectional: unknown layer class {config['class_name']!r}")
-    return cls.from_config(dict(config.get("config", {})))
+    from ..serialization import deserialize_layer
+    return deserialize_layer(config)
 
 
 def _copy(layer, name, go_backwards):
@@ -143,3 +145,46 @@ class Bidirectional(Layer):
         if config.get("backward_layer") is not None:
             config["backward_layer"] = _deserialize(config["backward_layer"])
         return cls(**config)
+
+
+class TimeDistributed(Layer):
+    def __init__(self, layer, **kwargs):
+        if not isinstance(layer, Layer):
+            raise ValueError("Please initialize `TimeDistributed` layer with a `keras.layers.Layer` instance. "
+                             f"Received: {layer}")
+        super().__init__(**kwargs)
+        self.layer = layer
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        if not isinstance(input_shape, (tuple, list)) or len(input_shape) < 3:
+            raise ValueError("`TimeDistributed` Layer should be passed an `input_shape` with at least 3 dimensions, "
+                             f"received: {input_shape}")
+        if not self.layer.built:
+            self.layer.build((input_shape[0], *input_shape[2:]))
+            self.layer.built = True
+
+    def call(self, inputs, training=None, mask=None):
+        time, step_shape = inputs.shape[1], tuple(inputs.shape[2:])
+        if time is None or None in step_shape:
+            raise ShapeError(f"{self._describe()}: the time and feature sizes of the input must be known, got "
+                             f"{fmt_shape(inputs.shape)}")
+        kwargs = {}
+        if self.layer._call_accepts("training"):
+            kwargs["training"] = training
+        if mask is not None and self.layer._call_accepts("mask"):
+            kwargs["mask"] = ops.reshape(mask, (-1,) + tuple(mask.shape[2:]))
+        y = self.layer(ops.reshape(inputs, (-1,) + step_shape), **kwargs)
+        if None in y.shape[1:]:
+            raise ShapeError(f"{self._describe()}: the wrapped layer's output {fmt_shape(y.shape)} must have known "
+                             "sizes after the batch")
+        return ops.reshape(y, (-1, time) + tuple(y.shape[1:]))
+
+    def get_config(self):
+        return {**super().get_config(), "layer": _serialize(self.layer)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(_deserialize(config.pop("layer")), **config)
+
