@@ -8,7 +8,8 @@ unit's cache key is a hash of that IR, so without the IR there is no key. This m
     the generator's own source (every module of kcompiler/codegen/llvm, kcompiler/schedule
     and kcompiler/ops, hashed once per process), llvmlite's version, the host target, the
     generation options (kcompiler/options.py), and the node: op, attrs, result types,
-    operand types, inline constants, kernel description.
+    operand types, inline constants, kernel description (for the support library, which
+    comes from no node: its name and optimisation level).
 
 A hit gives a jit.LazyUnit: compile_units loads the object by key and generates the IR only
 if the object is gone (compile_units then checks that the IR hashes to the remembered key).
@@ -40,9 +41,33 @@ def generator_version():
 
 def signature(node, in_types, constants, options, target):
     """The memo key of ``node``'s unit (see the module docstring)."""
-    parts = (generator_version(), repr(target), repr(options), node["op"], repr(sorted(node["attrs"].items())),
-             repr(node["type"]), repr(list(in_types)), repr(sorted(constants.items())), repr(node.get("kernel")))
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+    return _hash(repr(target), repr(options), node["op"], repr(sorted(node["attrs"].items())), repr(node["type"]),
+                 repr(list(in_types)), repr(sorted(constants.items())), repr(node.get("kernel")))
+
+
+def library_signature(name, opt_level, target):
+    """The memo key of a unit generated from no node: the support library (SGEMM, thread runner)."""
+    return _hash("library", name, str(opt_level), repr(target))
+
+
+def _hash(*parts):
+    return hashlib.sha256("\0".join((generator_version(),) + parts).encode()).hexdigest()
+
+
+def remembered(sig, make, opt_level):
+    """A jit.LazyUnit for signature ``sig`` when the memo knows its key, else the IR text of
+    ``make()``, remembered under ``sig`` (its symbol: its first ``define``'s name)."""
+    from .jit import LazyUnit, cache_key
+    memo = UnitMemo.open()
+    try:
+        known = memo.get(sig)
+        if known is not None:
+            return LazyUnit(known[1], make)
+        text = make()
+        memo.put(sig, "-", cache_key(text, opt_level))
+        return text
+    finally:
+        memo.close()
 
 
 class UnitMemo:
