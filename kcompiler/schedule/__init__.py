@@ -8,3 +8,4 @@ from . import elementwise  # noqa: F401
 from . import movement  # noqa: F401
 from . import pool  # noqa: F401
 from . import reduce  # noqa: F401
+from . import batch_norm  # noqa: F401
