@@ -82,9 +82,9 @@ def _stats_vjp(b, nid, cotangents):
     count = num_elements(b.shape(x)) // num_elements(b.shape(dmean))
     mean = b.tuple_item(nid, 0)
     centred = b.op("sub", x, mean)
-    dx = b.op("add", b.op("mul", dmean, b.scalar(1.0 / count, b.dtype(x))),
-              b.op("mul", b.op("mul", dvar, b.scalar(2.0 / count, b.dtype(x))), centred))
-    return [b.op("broadcast_to", dx, shape=tuple(b.shape(x))) if tuple(b.shape(dx)) != tuple(b.shape(x)) else dx]
+    # dmean and dvar are shaped to broadcast against x; the product with centred has x's shape
+    return [b.op("add", b.op("mul", dmean, b.scalar(1.0 / count, b.dtype(x))),
+                 b.op("mul", b.op("mul", dvar, b.scalar(2.0 / count, b.dtype(x))), centred))]
 
 
 def _apply_rule(in_types, attrs):
