@@ -1,5 +1,5 @@
-"""Kernel descriptions of BatchNormalization's training ops (kcompiler/ops/batch_norm.py), and
-the scalar definition of the element-wise ``batch_norm_apply``.
+"""Kernel descriptions of BatchNormalization's training statistics and gradient
+(kcompiler/ops/batch_norm.py); the element-wise ``batch_norm_apply`` is defined in scalar.py.
 
 x is viewed as (outer, C, inner) around its channel axis (NHWC: (N*H*W, C, 1)); element
 (o, c, i) is at flat index (o * C + c) * inner + i. Per-channel sums are written as
@@ -21,21 +21,6 @@ storing dx = gamma * rstd * (dy - dbeta/M - (x - mean) * rstd * dgamma/M).
 from ..ir.registry import description
 from ..ops.batch_norm import channel_axis, layout
 from .kernel import Const, Kernel, Load, Store, Var, call, linear_index, loop, node_buffers
-from .scalar import c as constant_like
-from .scalar import define
-
-
-@define("batch_norm_apply")
-def batch_norm_apply(args, attrs):
-    """(x - mean) * (rsqrt(var + epsilon) * gamma) + beta, as the layer's composition wrote it."""
-    x, mean, var, *params = args
-    inv = call("rsqrt", call("add", var, constant_like(attrs.get("epsilon", 1e-3), var)))
-    if attrs.get("scale", True):
-        inv = call("mul", inv, params.pop(0))
-    y = call("mul", call("sub", x, mean), inv)
-    if attrs.get("center", True):
-        y = call("add", y, params.pop(0))
-    return y
 
 
 class Channels:
