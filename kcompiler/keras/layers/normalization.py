@@ -48,7 +48,6 @@ class BatchNormalization(Layer):
     def call(self, inputs, training=None, mask=None):
         rank = len(inputs.shape)
         axis = self.axis % rank
-        reduce_axes = tuple(i for i in range(rank) if i != axis)
         bshape = tuple(inputs.shape[i] if i == axis else 1 for i in range(rank))
 
         def as_broadcast(v):
