@@ -62,7 +62,8 @@ def load(name, path):
     spec.loader.exec_module(module)
     return module
 
-W = load("kc_bench_workloads", workloads_py).WORKLOADS[name]
+workloads = load("kc_bench_workloads", workloads_py)
+W = {**workloads.WORKLOADS, **getattr(workloads, "DEEP_WORKLOADS", {})}[name]
 timeit = load("kc_bench_common", common_py).timeit
 result = {"kcompiler": kcompiler.__file__, "runtime": kcompiler.runtime.__file__}
 if mode == "cold":
@@ -148,8 +149,8 @@ def main():
     ap.add_argument("--old", default="c675b33")
     ap.add_argument("--new", default="d1bdb19")
     ap.add_argument("--rounds", type=int, default=7, help="processes per version per workload")
-    ap.add_argument("--cold-rounds", type=int, default=3)
-    ap.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6")
+    ap.add_argument("--cold-rounds", type=int, default=3, help="0: no cold start")
+    ap.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6", help="also R20 (DEEP_WORKLOADS)")
     ap.add_argument("--profile-below", type=float, default=0.95,
                     help="profile workloads whose train or predict ratio is below this")
     ap.add_argument("--profile-steps", type=int, default=50)
@@ -231,7 +232,7 @@ def main():
                 if o / n < args.profile_below:
                     below.append((name, kind))
             rows.append((name, cells))
-        co, cn = statistics.median(cold["old"]), statistics.median(cold["new"])
+        co, cn = (statistics.median(cold["old"]), statistics.median(cold["new"])) if args.cold_rounds else (0, 0)
 
         table = ["| workload | train step, old | train step, new | old/new (fastest, per round) | predict, old | predict, new | old/new (fastest, per round) |",
                  "|---|---|---|---|---|---|---|"]
@@ -248,9 +249,10 @@ def main():
             f"of the ratios of the two processes of each round)")
         log("\n".join(table))
         log("")
-        log(f"cold start (new process, empty cache, to the end of the first W2 train step), median of "
-            f"{args.cold_rounds}: old {co:.2f} s ({', '.join(f'{t:.2f}' for t in cold['old'])}), "
-            f"new {cn:.2f} s ({', '.join(f'{t:.2f}' for t in cold['new'])}); new/old {cn / co:.3f}")
+        if args.cold_rounds:
+            log(f"cold start (new process, empty cache, to the end of the first W2 train step), median of "
+                f"{args.cold_rounds}: old {co:.2f} s ({', '.join(f'{t:.2f}' for t in cold['old'])}), "
+                f"new {cn:.2f} s ({', '.join(f'{t:.2f}' for t in cold['new'])}); new/old {cn / co:.3f}")
         log(f"load from other processes during the measurements: median {statistics.median(loads):.2f} cores, "
             f"max {max(loads):.2f}")
 

@@ -10,3 +10,4 @@ from . import pool  # noqa: F401
 from . import reduce  # noqa: F401
 from . import norm  # noqa: F401
 from . import image  # noqa: F401
+from . import batch_norm  # noqa: F401

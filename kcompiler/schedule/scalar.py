@@ -218,6 +218,18 @@ def clip_grad(args, attrs):
     return select(inside, dy, c(0, dy))
 
 
+@define("batch_norm_apply")
+def batch_norm_apply(args, attrs):
+    """(x - mean) * (rsqrt(var + epsilon) * gamma) + beta (ops/batch_norm.py), as
+    BatchNormalization's composition of primitive ops computed it."""
+    x, mean, var, *params = args
+    inv = call("rsqrt", add(var, c(attrs.get("epsilon", 1e-3), var)))
+    if attrs.get("scale", True):
+        inv = mul(inv, params.pop(0))
+    y = mul(sub(x, mean), inv)
+    return add(y, params.pop(0)) if attrs.get("center", True) else y
+
+
 # ---- dropout: Philox4x32-10, counter (flat index, step, 0, 0), key (seed, 0) ----------------
 
 PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57

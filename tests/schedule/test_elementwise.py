@@ -70,6 +70,9 @@ def cases(name):
         return [normal(13, 7), np.array(5, np.int64)], {"rate": 0.3, "seed": 1234}
     if name in ("gaussian_noise", "gaussian_dropout"):
         return [normal(13, 7), np.array(5, np.int64)], {"stddev": 0.7, "seed": 99}
+    if name == "batch_norm_apply":  # x (2, 3, 5, 7), per-channel mean, var (> 0), gamma, beta
+        return [normal(2, 3, 5, 7), normal(1, 1, 1, 7), positive(1, 1, 1, 7), normal(7), normal(1, 1, 1, 7)], \
+            {"axis": -1, "epsilon": 0.01}
     raise AssertionError(f"no test inputs for element-wise op {name!r}")
 
 

@@ -1,7 +1,9 @@
 """BatchNormalization, LayerNormalization and GroupNormalization, as Keras 3 computes them.
 
 BatchNormalization: biased batch variance for both the output and the moving-variance update;
-a frozen layer (trainable=False) runs in inference mode. LayerNormalization and
+a frozen layer (trainable=False) runs in inference mode. Training mode traces the ops of
+kcompiler/ops/batch_norm.py (statistics, element-wise normalisation, one gradient op);
+inference mode is element-wise math on the moving statistics. LayerNormalization and
 GroupNormalization are the ``layer_norm`` op (kcompiler/ops/norm.py): one kernel forward, one
 backward. LayerNormalization flattens several trailing axes into one (a reshape: no copy);
 axes that are not trailing are moved there by a transpose first (a copy each way), and
@@ -53,15 +55,15 @@ class BatchNormalization(Layer):
     def call(self, inputs, training=None, mask=None):
         rank = len(inputs.shape)
         axis = self.axis % rank
-        reduce_axes = tuple(i for i in range(rank) if i != axis)
         bshape = tuple(inputs.shape[i] if i == axis else 1 for i in range(rank))
 
         def as_broadcast(v):
             return ops.reshape(v, bshape) if axis != rank - 1 else v
 
         if training and self.trainable:
-            mean = ops.mean(inputs, axis=reduce_axes, keepdims=True)
-            variance = ops.mean(ops.square(ops.subtract(inputs, mean)), axis=reduce_axes, keepdims=True)
+            # one op for the statistics, one element-wise op for the normalisation (it fuses
+            # with the activation after it); their gradient is one batch_norm_grad kernel
+            mean, variance = backend.apply_op("batch_norm_stats", [inputs], axis=axis)
             flat_mean = ops.reshape(mean, (bshape[axis],))
             flat_var = ops.reshape(variance, (bshape[axis],))
             m = self.momentum
@@ -69,8 +71,11 @@ class BatchNormalization(Layer):
                                                      ops.multiply(flat_mean, 1.0 - m)))
             backend.assign(self.moving_variance, ops.add(ops.multiply(self.moving_variance, m),
                                                          ops.multiply(flat_var, 1.0 - m)))
-        else:
-            mean, variance = as_broadcast(self.moving_mean), as_broadcast(self.moving_variance)
+            params = ([as_broadcast(self.gamma)] if self.scale else []) + \
+                ([as_broadcast(self.beta)] if self.center else [])
+            return backend.apply_op("batch_norm_apply", [inputs, mean, variance, *params], axis=axis,
+                                    epsilon=self.epsilon, scale=self.scale, center=self.center)
+        mean, variance = as_broadcast(self.moving_mean), as_broadcast(self.moving_variance)
         inv = ops.rsqrt(ops.add(variance, self.epsilon))
         if self.scale:
             inv = ops.multiply(inv, as_broadcast(self.gamma))
