@@ -6,11 +6,15 @@ lowerings are in rnn_backward.
 
 Forward: one GEMM projects the inputs of ALL timesteps (x viewed as (B*T, F) times the
 kernel, onto the input bias) into a workspace; then a loop over time does one small
-GEMM per step (h_{t-1} @ recurrent_kernel) and the gate math as loops over units.
+product per step (h_{t-1} @ recurrent_kernel, rows_product.py: the recurrent kernel is
+packed once per call into RP and stays in cache, no call into the SGEMM per step) and the
+gate math as explicit vector code over units (``width`` floats per vector, the last vector
+of a row masked when units is not a multiple of it).
 
 Samples never interact inside the loop, so the loops run in parts over batch rows, one
-part per core (each part does its rows' input projection, forward and backward sweep);
-only the weight gradients, which sum over samples, come after the parts have joined.
+part per core (each part does its rows' input projection, forward and backward sweep, with
+no barrier per step); only the weight gradients, which sum over samples, come after the
+parts have joined.
 
 Dropout masks are per sample and per gate (mask[g % D]): gate g's matmul sees x * mask,
 so with D = G the input projection is one GEMM per gate on its own masked copy of x,
@@ -19,6 +23,9 @@ For GRU with reset_after=False the candidate's recurrent input is r * h (dropped
 source of its own, computed after z and r.
 
 Workspace (one malloc per call, freed before returning; sizes are static):
+  RP     (U, G*Up)    recurrent_kernel packed for the forward product: gate g's columns at
+                      g*Up, zero padded to Up (units rounded up to whole vectors)
+  RT     (G*U, Up)    recurrent_kernel^T packed for the backward product (gradient only)
   XP     (B*T, G*U)   input projection + input bias; the gradient reuses it for the
                       input-side gate derivatives (row b*T + t)
   A      (slots, B, GA) gate pre-activations per step (+ c_new for lstm, + the
@@ -30,6 +37,8 @@ Workspace (one malloc per call, freed before returning; sizes are static):
   XD     (B*T, F)     x times a dropout mask; DX_PART (B*T, F) one gate group's part of dx
   TMP, CARRY (B, U)   per-step scratch; the previous output / its cotangent (masks)
 """
+import math
+
 import llvmlite.ir as ir
 
 from ...ir.registry import lowering
@@ -40,8 +49,9 @@ from . import threads
 from .irutil import c64, f32, for_range, get_function, i8, i8p, i32, i64, void
 from .render import scalar
 from .scalar import ScalarEmitter
-from .support_library import declare_gemm, declare_parallel_runner
 from .jit import vector_width_attrs
+from .rows_product import Shape, host_vector_width, lane_mask, rows_product, tile_shape, vload, vstore
+from .support_library import declare_gemm, declare_parallel_runner, declare_serial_gemm
 
 # Below this many gate elements (T * B * G * U) the loops stay on the calling thread:
 # starting a helper thread costs ~10-20 us.
@@ -49,6 +59,9 @@ PARALLEL_MIN_WORK = 1 << 15
 # Tests set this: every index and every GEMM operand's extent is checked against its buffer
 # (status 1 and a clamped index on a violation) -- proof that nothing outside is touched.
 CHECK_BOUNDS = False
+# Floats per vector of the gate math and the per-step products; None: the host's (16 with
+# AVX-512, else 8). Tests set other widths (any width is correct on any host).
+VECTOR_WIDTH = None
 ALIGN_FLOATS = 16  # 64 bytes
 
 
@@ -85,6 +98,8 @@ class Layout:
         self.B, self.T, self.F = in_types[0].shape
         self.U, self.G = a["units"], GATES[op]
         self.GU = self.G * self.U
+        self.W = VECTOR_WIDTH or host_vector_width()
+        self.Up = -(-self.U // self.W) * self.W  # units rounded up to whole vectors
         self.lstm, self.gru = op == "lstm", op == "gru"
         self.gru_ra = self.gru and a["reset_after"]
         self.gru_nra = self.gru and not a["reset_after"]
@@ -119,11 +134,12 @@ class Layout:
 
     def _plan_workspace(self):
         B, T, F, U, GU = self.B, self.T, self.F, self.U, self.GU
-        sizes = {"XP": B * T * GU, "A": self.slots * B * self.GA, "SRC": self.slots * B * self.NS * U}
+        sizes = {"XP": B * T * GU, "A": self.slots * B * self.GA, "SRC": self.slots * B * self.NS * U,
+                 "RP": U * self.G * self.Up}
         if self.D:
             sizes["XD"] = B * T * F
         if self.grad:
-            sizes.update(HS=(T + 1) * B * U, DR=T * B * GU, TMP=B * U)
+            sizes.update(HS=(T + 1) * B * U, DR=T * B * GU, TMP=B * U, RT=GU * self.Up)
             if self.lstm:
                 sizes["CS"] = (T + 1) * B * U
             if len(self.in_groups) > 1:
@@ -136,6 +152,40 @@ class Layout:
             self.offsets[name] = total
             total += (n + ALIGN_FLOATS - 1) // ALIGN_FLOATS * ALIGN_FLOATS
         self.ws_floats = total
+
+
+def unit_vectors(L, gates, bstride, cstride):
+    """The columns of a per-step product (rows_product.Shape's chunk, step, count, tail) whose
+    vectors are the units of ``gates``: gate g's units j..j+W-1 are at column g*bstride + j
+    of the packed matrix and g*cstride + j of C. A chunk holds whole vectors of the same
+    units in every gate, as many as make whole register tiles (rows_product.tile_shape);
+    the last units of a row, when units is not a multiple of W, make the masked vectors of
+    the tail."""
+    W, gates = L.W, list(gates)
+    whole, rest = divmod(L.U, W)
+    per_tile = tile_shape(W)[0]
+    per_chunk = max(1, min(per_tile // math.gcd(per_tile, len(gates)), whole))
+    count = whole // per_chunk
+    chunk = tuple((g * bstride + q * W, g * cstride + q * W) for q in range(per_chunk) for g in gates)
+    tail = [(g * bstride + q * W, g * cstride + q * W, W) for q in range(count * per_chunk, whole) for g in gates]
+    tail += [(g * bstride + whole * W, g * cstride + whole * W, rest) for g in gates if rest]
+    return (chunk if count else ()), (per_chunk * W, per_chunk * W), count, tuple(tail)
+
+
+def pack_recurrent_kernel(em, transposed):
+    """RP[k, g*Up + j] = recurrent_kernel[k, g*U + j] (the forward product's weights), or with
+    ``transposed`` RT[g*U + k, j] = recurrent_kernel[j, g*U + k] (the backward product's);
+    zeros in the padding j >= U."""
+    L, b, U, Up = em.L, em.b, em.L.U, em.L.Up
+    for g in range(L.G):
+        with em.for_range(U, name="pk") as k, em.for_range(Up, name="pj") as j:
+            inside = b.icmp_signed("<", j, c64(U))
+            jr = b.select(inside, j, c64(0))  # the padding reads an element inside the matrix
+            if transposed:
+                value, dest = em.ld("recurrent_kernel", (jr, L.GU), g * U, k), ("RT", g * U * Up, (k, Up), j)
+            else:
+                value, dest = em.ld("recurrent_kernel", (k, L.GU), g * U, jr), ("RP", (k, L.G * Up), g * Up, j)
+            em.st(b.select(inside, value, em.zero()), *dest)
 
 
 def _lin(b, *terms):
@@ -157,20 +207,38 @@ def _lin(b, *terms):
 
 class Emitter:
     """Emits one part of a recurrent kernel: rows [b0, b1) of the batch, with builder ``b``
-    and named buffer pointers ``p`` (operands, outputs and workspace regions)."""
+    and named buffer pointers ``p`` (operands, outputs and workspace regions); ``in_part``:
+    inside one of the kernel's parts (False after they have joined).
 
-    def __init__(self, b, L, p, b0, b1):
-        self.b, self.L, self.p, self.b0, self.b1 = b, L, p, b0, b1
+    Inside ``each_unit`` values are vectors of ``L.W`` consecutive units (``lanes``), and
+    ``load``/``store``/``ld``/``st`` move vectors (masked to the valid units in a row's last
+    vector, ``tail``); elsewhere they move single floats."""
+
+    def __init__(self, b, L, p, b0, b1, in_part=True):
+        self.b, self.L, self.p, self.b0, self.b1, self.in_part = b, L, p, b0, b1, in_part
         self.e = ScalarEmitter(b)
         self.rows = b.sub(b1, b0) if not isinstance(b0, int) else c64(b1 - b0)
+        self.lanes, self.tail, self.tail_lanes = 0, None, 0
 
     # -- memory
     def at(self, name, *terms):
         index = _lin(self.b, *terms)
         if CHECK_BOUNDS:
-            bad = self._outside(index, index, self.L.sizes[name])
+            last = index
+            if self.lanes:
+                last = self.b.add(index, c64((self.tail_lanes or self.lanes) - 1))
+            bad = self._outside(index, last, self.L.sizes[name])
             index = self.b.select(bad, c64(0), index)
         return self.b.gep(self.p[name], [index], inbounds=True)
+
+    def load(self, ptr):
+        return vload(self.b, ptr, self.lanes, self.tail) if self.lanes else self.b.load(ptr)
+
+    def store(self, value, ptr):
+        if self.lanes:
+            vstore(self.b, value, ptr, self.tail)
+        else:
+            self.b.store(value, ptr)
 
     def _outside(self, first, last, size, when=None):
         """i1: [first, last] is not inside a buffer of ``size`` elements (then report status 1)."""
@@ -183,27 +251,50 @@ class Emitter:
         return bad
 
     def ld(self, name, *terms):
-        return self.b.load(self.at(name, *terms))
+        return self.load(self.at(name, *terms))
 
     def st(self, value, name, *terms):
-        self.b.store(value, self.at(name, *terms))
+        self.store(value, self.at(name, *terms))
+
+    def _checked_rows(self, M, extents):
+        """M, or 0 (after reporting status 1) when a matrix extent is outside its buffer;
+        ``extents``: (buffer reference as for ``at``, rows, columns, row stride)."""
+        b = self.b
+        for ref, rows, cols, ld in extents:
+            first = _lin(b, *ref[1:])
+            last = b.add(first, b.add(b.mul(b.sub(rows, c64(1)), c64(ld)), b.sub(cols, c64(1))))
+            nonempty = b.and_(b.icmp_signed(">", rows, c64(0)), b.icmp_signed(">", cols, c64(0)))
+            M = b.select(self._outside(first, last, self.L.sizes[ref[0]], nonempty), c64(0), M)
+        return M
 
     def gemm(self, ta, tb, M, N, K, A, lda, Bm, ldb, C, ldc, beta=0.0):
-        """C = op(A) @ op(B) (+ C with beta=1); A, Bm, C are (buffer name, *index terms) of the
-        first element, as for ``at``."""
+        """C = op(A) @ op(B) (+ C with beta=1) through the SGEMM; A, Bm, C are (buffer name,
+        *index terms) of the first element, as for ``at``. Inside a part of several the
+        single-threaded SGEMM: the parts already use the cores."""
         b = self.b
         as64 = lambda v: c64(v) if isinstance(v, int) else v  # noqa: E731
         M, N, K = as64(M), as64(N), as64(K)
         if CHECK_BOUNDS:  # the whole stored extent of each matrix must be inside its buffer
-            for ref, rows, cols, ld in ((A, K if ta else M, M if ta else K, lda),
-                                        (Bm, N if tb else K, K if tb else N, ldb), (C, M, N, ldc)):
-                first = _lin(b, *ref[1:])
-                last = b.add(first, b.add(b.mul(b.sub(rows, c64(1)), c64(ld)), b.sub(cols, c64(1))))
-                nonempty = b.and_(b.icmp_signed(">", rows, c64(0)), b.icmp_signed(">", cols, c64(0)))
-                M = b.select(self._outside(first, last, self.L.sizes[ref[0]], nonempty), c64(0), M)
-        b.call(declare_gemm(b.module), [
+            M = self._checked_rows(M, ((A, K if ta else M, M if ta else K, lda),
+                                       (Bm, N if tb else K, K if tb else N, ldb), (C, M, N, ldc)))
+        sgemm = declare_serial_gemm if self.L.nparts > 1 and self.in_part else declare_gemm
+        b.call(sgemm(b.module), [
             ir.Constant(i32, int(ta)), ir.Constant(i32, int(tb)), M, N, K, ir.Constant(f32, 1.0),
             self.at(*A), c64(lda), self.at(*Bm), c64(ldb), ir.Constant(f32, beta), self.at(*C), c64(ldc)])
+
+    def product(self, shape, A, Bp, C):
+        """The per-step product ``shape`` (rows_product.py) over this part's rows; A, Bp, C are
+        buffer references as for ``at`` (A and C at this part's first row)."""
+        rows = self.rows
+        if CHECK_BOUNDS:
+            vectors = [(bc + c * shape.step[0], cc + c * shape.step[1], shape.width)
+                       for c in range(shape.count) for bc, cc in shape.chunk] + list(shape.tail)
+            bcols = max(bc + shape.width for bc, _, _ in vectors)  # whole vectors of the packed matrix
+            ccols = max(cc + lanes for _, cc, lanes in vectors)
+            rows = self._checked_rows(rows, ((A, rows, c64(shape.K), shape.lda),
+                                             (Bp, c64(shape.K), c64(bcols), shape.ldb),
+                                             (C, rows, c64(ccols), shape.ldc)))
+        self.b.call(rows_product(self.b.module, shape), [rows, self.at(*A), self.at(*Bp), self.at(*C)])
 
     # -- loops
     def for_range(self, stop, start=0, name="i"):
@@ -214,18 +305,29 @@ class Emitter:
             fn(bi)
 
     def each_unit(self, fn, t=None, name="u"):
-        """fn(bi, j, m) over this part's rows and all units; m is mask[b, t] (i1) or None."""
+        """fn(bi, j, m) over this part's rows and the vectors of units j, j+1, ..., j+W-1
+        (values are vectors there, see the class docstring); m is mask[b, t] (i1) or None."""
         L, b = self.L, self.b
+        whole, rest = divmod(L.U, L.W)
 
         def row(bi):
             m = None
             if L.masked and t is not None:
                 m = b.icmp_unsigned("!=", self.ld("mask", (bi, L.T), t), ir.Constant(i8, 0))
-            with self.for_range(L.U, name=name) as j:
-                fn(bi, j, m)
+            self.lanes = L.W
+            if whole:
+                with self.for_range(whole, name=name) as q:
+                    fn(bi, b.mul(q, c64(L.W)), m)
+            if rest:  # the row's last units: a vector with only their lanes loaded and stored
+                self.tail, self.tail_lanes = lane_mask(L.W, rest), rest
+                fn(bi, c64(whole * L.W), m)
+                self.tail, self.tail_lanes = None, 0
+            self.lanes = 0
         self.each_row(row, name=name + "b")
 
     def zero(self):
+        if self.lanes:
+            return ir.Constant(ir.VectorType(f32, self.lanes), [0.0] * self.lanes)
         return ir.Constant(f32, 0.0)
 
     def select(self, m, x, y):
@@ -300,14 +402,15 @@ class Emitter:
 
     def recurrent_gemms(self, slot, a_off, times_r):
         """A[slot][:, gates] = source @ recurrent_kernel[:, gates] for the groups whose source
-        is (or is not, times_r=False) the candidate's r * h."""
+        is (or is not, times_r=False) the candidate's r * h, from the packed RP."""
         L = self.L
         for g0, n, key in L.rec_groups:
             if key[1] != times_r:
                 continue
             src = self.source(key, slot)
-            self.gemm(False, False, self.rows, n * L.U, L.U, self.view_ref(src), src[2],
-                      ("recurrent_kernel", g0 * L.U), L.GU, ("A", a_off, (self.b0, L.GA), g0 * L.U), L.GA)
+            shape = Shape(L.U, src[2], L.G * L.Up, L.GA, L.W,
+                          *unit_vectors(L, range(g0, g0 + n), L.Up, L.U))
+            self.product(shape, self.view_ref(src), ("RP", 0), ("A", a_off, (self.b0, L.GA)))
 
     def copy_sources(self, slot, h_in):
         """SRC[slot] = h * recurrent_mask[d] for every masked source (not the r * h one)."""
@@ -317,9 +420,9 @@ class Emitter:
                 continue
 
             def body(bi, j, m, key=key):
-                v = self.b.load(self.view_at(h_in, bi, j))
+                v = self.load(self.view_at(h_in, bi, j))
                 v = self.b.fmul(v, self.dropout("recurrent_dropout_mask", d, bi, j))
-                self.b.store(v, self.view_at(self.source(key, slot), bi, j))
+                self.store(v, self.view_at(self.source(key, slot), bi, j))
             self.each_unit(body, name="src")
 
     def forward_loop(self):
@@ -330,7 +433,7 @@ class Emitter:
         # initial state
         for which in STATES[L.op]:
             view = self.state_view(which, c64(0))
-            self.each_unit(lambda bi, j, m, which=which, view=view: b.store(self.ld(f"{which}0", (bi, U), j),
+            self.each_unit(lambda bi, j, m, which=which, view=view: self.store(self.ld(f"{which}0", (bi, U), j),
                                                                            self.view_at(view, bi, j)), name="init")
         with self.for_range(L.T, name="s") as s:
             t = self.step_time(s)
@@ -346,12 +449,12 @@ class Emitter:
 
             def finish(bi, j, m, h_new, c_new=None):
                 """Masked carry, state update and the output of one element."""
-                h_old = b.load(self.view_at(h_in, bi, j))
+                h_old = self.load(self.view_at(h_in, bi, j))
                 h_state = self.select(m, h_new, h_old) if m is not None else h_new
-                b.store(h_state, self.view_at(h_out, bi, j))
+                self.store(h_state, self.view_at(h_out, bi, j))
                 if c_new is not None:
-                    c_old = b.load(self.view_at(c_in, bi, j))
-                    b.store(self.select(m, c_new, c_old) if m is not None else c_new, self.view_at(c_out, bi, j))
+                    c_old = self.load(self.view_at(c_in, bi, j))
+                    self.store(self.select(m, c_new, c_old) if m is not None else c_new, self.view_at(c_out, bi, j))
                 if L.grad:
                     return
                 out = h_new
@@ -363,55 +466,55 @@ class Emitter:
 
             if L.op == "simple_rnn":
                 def body(bi, j, m):
-                    a = e.add(xp(bi, t, 0, j), b.load(a_at(bi, 0, j)))
+                    a = e.add(xp(bi, t, 0, j), self.load(a_at(bi, 0, j)))
                     if L.grad:
-                        b.store(a, a_at(bi, 0, j))
+                        self.store(a, a_at(bi, 0, j))
                     finish(bi, j, m, L.act(e, a))
                 self.each_unit(body, t)
             elif L.lstm:
                 def body(bi, j, m):
-                    a = [e.add(xp(bi, t, g, j), b.load(a_at(bi, g * U, j))) for g in range(4)]
+                    a = [e.add(xp(bi, t, g, j), self.load(a_at(bi, g * U, j))) for g in range(4)]
                     if L.grad:
                         for g in range(4):
-                            b.store(a[g], a_at(bi, g * U, j))
+                            self.store(a[g], a_at(bi, g * U, j))
                     i, f, cc, o = L.ract(e, a[0]), L.ract(e, a[1]), L.act(e, a[2]), L.ract(e, a[3])
-                    c_new = e.add(e.mul(f, b.load(self.view_at(c_in, bi, j))), e.mul(i, cc))
+                    c_new = e.add(e.mul(f, self.load(self.view_at(c_in, bi, j))), e.mul(i, cc))
                     if L.grad:
-                        b.store(c_new, a_at(bi, L.col_c_new, j))
+                        self.store(c_new, a_at(bi, L.col_c_new, j))
                     finish(bi, j, m, e.mul(o, L.act(e, c_new)), c_new)
                 self.each_unit(body, t)
             elif L.gru_ra:
                 def body(bi, j, m):
-                    rz, rr, rh = (e.add(b.load(a_at(bi, g * U, j)), self.ld("bias", L.GU + g * U, j)) for g in range(3))
+                    rz, rr, rh = (e.add(self.load(a_at(bi, g * U, j)), self.ld("bias", L.GU + g * U, j)) for g in range(3))
                     az, ar = e.add(xp(bi, t, 0, j), rz), e.add(xp(bi, t, 1, j), rr)
                     z, r = L.ract(e, az), L.ract(e, ar)
                     ah = e.add(xp(bi, t, 2, j), e.mul(r, rh))
                     if L.grad:
                         for col, v in ((0, az), (U, ar), (2 * U, rh), (L.col_ah, ah)):
-                            b.store(v, a_at(bi, col, j))
-                    finish(bi, j, m, self._gru_state(z, b.load(self.view_at(h_in, bi, j)), L.act(e, ah)))
+                            self.store(v, a_at(bi, col, j))
+                    finish(bi, j, m, self._gru_state(z, self.load(self.view_at(h_in, bi, j)), L.act(e, ah)))
                 self.each_unit(body, t)
             else:  # gru, reset_after=False: r gates the candidate's recurrent input
                 r_key = L.rec_groups[-1][2]
                 r_src = self.source(r_key, slot)
 
                 def gates_zr(bi, j, m):
-                    az, ar = (e.add(xp(bi, t, g, j), b.load(a_at(bi, g * U, j))) for g in range(2))
-                    b.store(az, a_at(bi, 0, j))
-                    b.store(ar, a_at(bi, U, j))
-                    h = b.load(self.view_at(h_in, bi, j))
+                    az, ar = (e.add(xp(bi, t, g, j), self.load(a_at(bi, g * U, j))) for g in range(2))
+                    self.store(az, a_at(bi, 0, j))
+                    self.store(ar, a_at(bi, U, j))
+                    h = self.load(self.view_at(h_in, bi, j))
                     if r_key[0] is not None:
                         h = e.mul(h, self.dropout("recurrent_dropout_mask", r_key[0], bi, j))
-                    b.store(e.mul(L.ract(e, ar), h), self.view_at(r_src, bi, j))
+                    self.store(e.mul(L.ract(e, ar), h), self.view_at(r_src, bi, j))
                 self.each_unit(gates_zr, name="zr")
                 self.recurrent_gemms(slot, a_off, times_r=True)
 
                 def candidate(bi, j, m):
-                    ah = e.add(xp(bi, t, 2, j), b.load(a_at(bi, 2 * U, j)))
+                    ah = e.add(xp(bi, t, 2, j), self.load(a_at(bi, 2 * U, j)))
                     if L.grad:
-                        b.store(ah, a_at(bi, 2 * U, j))
-                    z = L.ract(e, b.load(a_at(bi, 0, j)))
-                    finish(bi, j, m, self._gru_state(z, b.load(self.view_at(h_in, bi, j)), L.act(e, ah)))
+                        self.store(ah, a_at(bi, 2 * U, j))
+                    z = L.ract(e, self.load(a_at(bi, 0, j)))
+                    finish(bi, j, m, self._gru_state(z, self.load(self.view_at(h_in, bi, j)), L.act(e, ah)))
                 self.each_unit(candidate, t)
 
     def _gru_state(self, z, h, hh):
@@ -496,6 +599,11 @@ def _lower(op, grad=False, emitter=Emitter, weight_gradients=None):
         pointers["status"] = k.status
         L.sizes.update((n, num_elements(t.shape)) for n, t in zip(ins, k.in_types))
         L.sizes.update((n, num_elements(t.shape)) for n, t in zip(outs, k.out_types))
+
+        whole = Emitter(k.b, L, pointers, 0, L.B, in_part=False)
+        pack_recurrent_kernel(whole, transposed=False)
+        if grad:
+            pack_recurrent_kernel(whole, transposed=True)
 
         def part(em):
             em.input_projection()

@@ -13,7 +13,8 @@ and the kernel skeleton are shared with the forward kernel: see rnn.
 from ...ir.registry import lowering
 from ...ops.rnn import GATES
 from .irutil import c64
-from .rnn import Emitter, _lin, _lower
+from .rnn import Emitter, _lin, _lower, unit_vectors
+from .rows_product import Shape
 
 
 class GradEmitter(Emitter):
@@ -78,7 +79,7 @@ class GradEmitter(Emitter):
                     do = e.mul(dnh, L.act(e, c_new))
                     dc = e.add(dnc, L.dact(e, c_new, e.mul(dnh, o)))
                     store_da(bi, j, 0, L.dract(e, a[0], e.mul(dc, cc)))
-                    store_da(bi, j, 1, L.dract(e, a[1], e.mul(dc, b.load(self.view_at(c_prev, bi, j)))))
+                    store_da(bi, j, 1, L.dract(e, a[1], e.mul(dc, self.load(self.view_at(c_prev, bi, j)))))
                     store_da(bi, j, 2, L.dact(e, a[2], e.mul(dc, i)))
                     store_da(bi, j, 3, L.dract(e, a[3], do))
                     dc_prev = e.mul(dc, f)
@@ -89,7 +90,7 @@ class GradEmitter(Emitter):
                 def body(bi, j, m):
                     dnh, _, kept_h, _ = incoming(bi, j, m)
                     az, ar, rh, ah = (a_ld(bi, col, j) for col in (0, U, 2 * U, L.col_ah))
-                    h = b.load(self.view_at(h_prev, bi, j))
+                    h = self.load(self.view_at(h_prev, bi, j))
                     z, r, hh = L.ract(e, az), L.ract(e, ar), L.act(e, ah)
                     dah = L.dact(e, ah, e.mul(dnh, e.sub(e.c(1, z), z)))
                     dr = e.mul(dah, rh)
@@ -104,20 +105,19 @@ class GradEmitter(Emitter):
                 def zh(bi, j, m):
                     dnh, _, kept_h, _ = incoming(bi, j, m)
                     az, ah = a_ld(bi, 0, j), a_ld(bi, 2 * U, j)
-                    h = b.load(self.view_at(h_prev, bi, j))
+                    h = self.load(self.view_at(h_prev, bi, j))
                     z, hh = L.ract(e, az), L.act(e, ah)
                     store_da(bi, j, 0, L.dract(e, az, e.mul(dnh, e.sub(h, hh))))
                     store_da(bi, j, 2, L.dact(e, ah, e.mul(dnh, e.sub(e.c(1, z), z))))
                     self.st(e.add(kept_h, e.mul(dnh, z)), "dh0", (bi, U), j)
                 self.each_unit(zh, t, name="zh")
                 # d(r * h_dropped) = d ah @ U_h^T
-                self.gemm(False, True, self.rows, U, U, ("DR", dr_off, (self.b0, GU), 2 * U), GU,
-                          ("recurrent_kernel", 2 * U), GU, ("TMP", (self.b0, U)), U)
+                self.transposed_product(2, 1, dr_off, ("TMP", (self.b0, U)))
 
                 def reset(bi, j, m):
                     ar = a_ld(bi, U, j)
                     r = L.ract(e, ar)
-                    h = b.load(self.view_at(h_prev, bi, j))
+                    h = self.load(self.view_at(h_prev, bi, j))
                     rm = r
                     if r_key[0] is not None:
                         mask = self.dropout("recurrent_dropout_mask", r_key[0], bi, j)
@@ -128,19 +128,24 @@ class GradEmitter(Emitter):
                 self.each_unit(reset, name="rs")
             self.recurrent_backward_gemms(dr_off)
 
+    def transposed_product(self, g0, n, dr_off, C, accumulate=False):
+        """C (+)= dgates[:, gates g0..g0+n) @ recurrent_kernel[:, gates]^T over this part's rows,
+        from the packed RT (rows_product.py)."""
+        L = self.L
+        shape = Shape(n * L.U, L.GU, L.Up, L.U, L.W, *unit_vectors(L, [0], 0, 0), accumulate=accumulate)
+        self.product(shape, ("DR", dr_off, (self.b0, L.GU), g0 * L.U), ("RT", (g0 * L.U, L.Up)), C)
+
     def recurrent_backward_gemms(self, dr_off):
         """dh_prev += sum over gate groups of (dgates @ recurrent_kernel^T) * recurrent mask."""
         L, e = self.L, self.e
-        U, GU = L.U, L.GU
+        U = L.U
         for g0, n, (d, times_r) in L.rec_groups:
             if times_r:
                 continue  # done with the candidate above
-            A = ("DR", dr_off, (self.b0, GU), g0 * U)
-            R = ("recurrent_kernel", g0 * U)
             if d is None:
-                self.gemm(False, True, self.rows, U, n * U, A, GU, R, GU, ("dh0", (self.b0, U)), U, beta=1.0)
+                self.transposed_product(g0, n, dr_off, ("dh0", (self.b0, U)), accumulate=True)
                 continue
-            self.gemm(False, True, self.rows, U, n * U, A, GU, R, GU, ("TMP", (self.b0, U)), U)
+            self.transposed_product(g0, n, dr_off, ("TMP", (self.b0, U)))
 
             def add(bi, j, m, d=d):
                 v = e.mul(self.ld("TMP", (bi, U), j), self.dropout("recurrent_dropout_mask", d, bi, j))
@@ -172,7 +177,7 @@ class GradEmitter(Emitter):
 
 def _weight_gradients(k, L, p):
     """d_kernel, d_recurrent_kernel, d_bias: sums over every sample and step, once the parts are done."""
-    em = Emitter(k.b, L, p, 0, L.B)
+    em = Emitter(k.b, L, p, 0, L.B, in_part=False)
     e = em.e
     U, GU, F = L.U, L.GU, L.F
     for g0, n, d in L.in_groups:
