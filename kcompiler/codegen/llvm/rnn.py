@@ -4,38 +4,45 @@ static layout, the emitter's memory and loop helpers, the forward recurrence, th
 skeleton) and registers the forward lowerings; the backward sweep and the ``<op>_grad``
 lowerings are in rnn_backward.
 
-Forward: one GEMM projects the inputs of ALL timesteps (x viewed as (B*T, F) times the
-kernel, onto the input bias) into a workspace; then a loop over time does one small
-product per step (h_{t-1} @ recurrent_kernel, rows_product.py: the recurrent kernel is
-packed once per call into RP and stays in cache, no call into the SGEMM per step) and the
-gate math as explicit vector code over units (``width`` floats per vector, the last vector
-of a row masked when units is not a multiple of it).
+Every product is a per-step product of a part's rows (rows_product.py) by a matrix packed
+once per call and held in cache: forward, per step, x_t @ kernel into XA and h_{t-1} @
+recurrent_kernel into A, then the gate math as explicit vector code over units (``W``
+floats per vector, the last vector of a row masked when units is not a multiple of W).
+Nothing is projected for all steps up front: the data of a step stays in the caches, and
+no SGEMM is called (its per-call packing would cost more than these products).
 
 Samples never interact inside the loop, so the loops run in parts over batch rows, one
-part per core (each part does its rows' input projection, forward and backward sweep, with
-no barrier per step); only the weight gradients, which sum over samples, come after the
-parts have joined.
+part per core (each part does its rows' forward and backward sweep, with no barrier per
+step); the weight gradients, which sum over samples, are summed per part during the
+backward sweep (rnn_backward) and the parts' sums added once the parts have joined.
 
-Dropout masks are per sample and per gate (mask[g % D]): gate g's matmul sees x * mask,
-so with D = G the input projection is one GEMM per gate on its own masked copy of x,
-and the recurrent step one GEMM per gate on its masked copy of h ("sources" below).
-For GRU with reset_after=False the candidate's recurrent input is r * h (dropped), a
-source of its own, computed after z and r.
+Dropout masks are per sample and per gate (mask[g % D]): gate g's product sees x * mask,
+so with D = G there is one input product per gate on its own masked copy of x_t (XS), and
+one recurrent product per gate on its masked copy of h ("sources" below). For GRU with
+reset_after=False the candidate's recurrent input is r * h (dropped), a source of its own,
+computed after z and r.
 
-Workspace (one malloc per call, freed before returning; sizes are static):
-  RP     (U, G*Up)    recurrent_kernel packed for the forward product: gate g's columns at
-                      g*Up, zero padded to Up (units rounded up to whole vectors)
-  RT     (G*U, Up)    recurrent_kernel^T packed for the backward product (gradient only)
-  XP     (B*T, G*U)   input projection + input bias; the gradient reuses it for the
-                      input-side gate derivatives (row b*T + t)
-  A      (slots, B, GA) gate pre-activations per step (+ c_new for lstm, + the
-                      candidate's recurrent part for gru reset_after)
-  HS, CS ((T+1), B, U) states before each step (gradient only; forward keeps its
-                      state in the h_T/c_T outputs)
+Workspace (one malloc per call, freed before returning; sizes are static; Up and Fp are
+units and features rounded up to whole vectors, GUp = G*Up):
+  RP     (U, GUp)     recurrent_kernel packed for the forward product: gate g's columns at
+                      g*Up, zeros in the padding; WP (F, GUp) the kernel, alike
+  XA     (B, GUp)     this step's input products x_t @ kernel (+ the input bias in the gates)
+  A      (slots, B, GA) per step, the gates (+ c_new for lstm, + the candidate's recurrent
+                      part for gru reset_after): pre-activations, or in the gradient kernel
+                      what the backward sweep needs of them (Activation.kept)
   SRC    (slots, B, NS*U) masked copies of h each gate group multiplies
-  DR     (T, B, G*U)  recurrent-side gate derivatives (gradient)
-  XD     (B*T, F)     x times a dropout mask; DX_PART (B*T, F) one gate group's part of dx
-  TMP, CARRY (B, U)   per-step scratch; the previous output / its cotangent (masks)
+  XS     (B, F)       x_t times a dropout mask
+  CARRY  (B, U)       the previous output (masks)
+Gradient only:
+  HS, CS ((T+1), B, U) states before each step (the forward kernel keeps its state in the
+                      h_T/c_T outputs)
+  RT     (GUp, Up)    recurrent_kernel^T packed for the backward product (row g*Up + k:
+                      column g*U + k), zero rows and columns in the padding; WT (GUp, Fp)
+                      the kernel^T, alike
+  DR, DX (B, GUp)     this step's recurrent-side and input-side gate derivatives (zero in
+                      the padding, which the products then skip as zero terms)
+  TMP (B, U), TMPX (B, F) a product before its dropout mask
+  GRADS  (parts, PG)  each part's sums of d_kernel, d_recurrent_kernel and d_bias
 """
 import math
 
@@ -44,20 +51,21 @@ import llvmlite.ir as ir
 from ...ir.registry import lowering
 from ...ir.types import num_elements
 from ...ops.rnn import ACTIVATIONS, GATES, STATES, full_attrs, operand_names
-from ...schedule.kernel import STATUS_INDEX_OUT_OF_RANGE
+from ...schedule.kernel import STATUS_INDEX_OUT_OF_RANGE, Var, call
+from ...schedule.scalar import DERIVATIVES, mul
 from . import threads
 from .irutil import c64, f32, for_range, get_function, i8, i8p, i32, i64, void
-from .render import scalar
-from .scalar import ScalarEmitter
 from .jit import vector_width_attrs
+from .render import ValueRenderer, scalar
 from .rows_product import Shape, host_vector_width, lane_mask, rows_product, tile_shape, vload, vstore
-from .support_library import declare_gemm, declare_parallel_runner, declare_serial_gemm
+from .scalar import ScalarEmitter
+from .support_library import declare_parallel_runner
 
 # Below this many gate elements (T * B * G * U) the loops stay on the calling thread:
 # starting a helper thread costs ~10-20 us.
 PARALLEL_MIN_WORK = 1 << 15
-# Tests set this: every index and every GEMM operand's extent is checked against its buffer
-# (status 1 and a clamped index on a violation) -- proof that nothing outside is touched.
+# Tests set this: every index and every product operand's extent is checked against its
+# buffer (status 1 and a clamped index on a violation) -- proof that nothing outside is touched.
 CHECK_BOUNDS = False
 # Floats per vector of the gate math and the per-step products; None: the host's (16 with
 # AVX-512, else 8). Tests set other widths (any width is correct on any host).
@@ -65,15 +73,52 @@ VECTOR_WIDTH = None
 ALIGN_FLOATS = 16  # 64 bytes
 
 
-def _activation(name):
-    """The activation ``f(e, x)`` and its gradient ``df(e, x, dy) = dy * f'(x)`` as IR emitters,
-    rendered from the neutral definitions of the op and its ``_grad`` (schedule/scalar.py)."""
-    spec = ACTIVATIONS[name]
-    if spec is None:
-        return (lambda e, x: x), (lambda e, x, dy: dy)
-    op, attrs = spec
-    return ((lambda e, x: scalar(e.b, op, [x], **attrs)),
-            (lambda e, x, dy: scalar(e.b, f"{op}_grad", [x, dy], **attrs)))
+class Activation:
+    """An activation of a cell, as IR emitters rendered from the neutral definitions of the
+    op and its derivative (schedule/scalar.py): ``act(e, x)`` is f(x).
+
+    What the gradient kernel keeps of a gate (``kept(value, x)``) is f(x) itself when the
+    derivative is a function of f(x) alone (sigmoid: s (1 - s), tanh: 1 - t^2, the identity:
+    1): the backward sweep then evaluates no transcendental function, and its f'(x),
+    written with the kept f(x), has the bits of evaluating f(x) again. Otherwise the kernel
+    keeps x. ``from_kept(e, k)`` gives back (f(x), dy -> dy * f'(x))."""
+
+    def __init__(self, name):
+        spec = ACTIVATIONS[name]
+        self.op, self.attrs = spec if spec else (None, {})
+        self.x = Var("x", "float32")
+        self.of_value = self.op is None or _only_through(DERIVATIVES[self.op](self.x, **self.attrs), self._call())
+
+    def _call(self):
+        return call(self.op, self.x, **self.attrs)
+
+    def __call__(self, e, x):
+        return x if self.op is None else scalar(e.b, self.op, [x], **self.attrs)
+
+    def kept(self, value, x):
+        return value if self.of_value else x
+
+    def from_kept(self, e, k):
+        if self.op is None:
+            return k, lambda dy: dy
+        if not self.of_value:
+            return self(e, k), lambda dy: scalar(e.b, f"{self.op}_grad", [k, dy], **self.attrs)
+
+        def grad(dy):  # dy * f'(x) with every f(x) in it read as k (x itself is never bound)
+            lanes = dy.type.count if isinstance(dy.type, ir.VectorType) else 0
+            r = ValueRenderer(e.b, {"dy": dy}, lanes=lanes)
+            r.cache[self._call()] = k
+            return r.expr(mul(Var("dy", "float32"), DERIVATIVES[self.op](self.x, **self.attrs)))
+        return k, grad
+
+
+def _only_through(expr, inner):
+    """Whether every use of a variable in ``expr`` is inside the subexpression ``inner``."""
+    if expr == inner:
+        return True
+    if isinstance(expr, Var):
+        return False
+    return all(_only_through(a, inner) for a in getattr(expr, "args", ()))
 
 
 def _groups(keys):
@@ -85,6 +130,11 @@ def _groups(keys):
         else:
             out.append((g, 1, key))
     return out
+
+
+def _whole(n, width):
+    """n rounded up to whole vectors."""
+    return -(-n // width) * width
 
 
 class Layout:
@@ -99,7 +149,8 @@ class Layout:
         self.U, self.G = a["units"], GATES[op]
         self.GU = self.G * self.U
         self.W = VECTOR_WIDTH or host_vector_width()
-        self.Up = -(-self.U // self.W) * self.W  # units rounded up to whole vectors
+        self.Up, self.Fp = _whole(self.U, self.W), _whole(self.F, self.W)
+        self.GUp = self.G * self.Up
         self.lstm, self.gru = op == "lstm", op == "gru"
         self.gru_ra = self.gru and a["reset_after"]
         self.gru_nra = self.gru and not a["reset_after"]
@@ -108,8 +159,7 @@ class Layout:
         self.D = in_types[self.operand_index["dropout_mask"]].shape[0] if a["dropout_mask"] else 0
         self.D2 = (in_types[self.operand_index["recurrent_dropout_mask"]].shape[0]
                    if a["recurrent_dropout_mask"] else 0)
-        self.act, self.dact = _activation(a["activation"])
-        self.ract, self.dract = _activation(a["recurrent_activation"])
+        self.act, self.ract = Activation(a["activation"]), Activation(a["recurrent_activation"])
         U = self.U
         # column of each gate's pre-activation in A (and of the extras)
         if self.lstm:
@@ -130,22 +180,28 @@ class Layout:
         self.slots = self.T if grad else 1
         work = self.T * self.B * self.GU
         self.nparts = min(threads.default_nthreads(), self.B) if work >= PARALLEL_MIN_WORK else 1
+        # a part's weight-gradient sums: d_kernel (F, GU), d_recurrent_kernel (U, GU), d_bias
+        self.n_bias = 2 * self.GU if self.gru_ra else self.GU
+        self.grad_offsets = {"d_kernel": 0, "d_recurrent_kernel": self.F * self.GU,
+                             "d_bias": (self.F + U) * self.GU}
+        self.PG = (self.F + U) * self.GU + self.n_bias
         self._plan_workspace()
 
     def _plan_workspace(self):
-        B, T, F, U, GU = self.B, self.T, self.F, self.U, self.GU
-        sizes = {"XP": B * T * GU, "A": self.slots * B * self.GA, "SRC": self.slots * B * self.NS * U,
-                 "RP": U * self.G * self.Up}
+        B, F, U, T, GUp = self.B, self.F, self.U, self.T, self.GUp
+        sizes = {"RP": U * GUp, "WP": F * GUp, "XA": B * GUp, "A": self.slots * B * self.GA,
+                 "SRC": self.slots * B * self.NS * U}
         if self.D:
-            sizes["XD"] = B * T * F
-        if self.grad:
-            sizes.update(HS=(T + 1) * B * U, DR=T * B * GU, TMP=B * U, RT=GU * self.Up)
-            if self.lstm:
-                sizes["CS"] = (T + 1) * B * U
-            if len(self.in_groups) > 1:
-                sizes["DX_PART"] = B * T * F
+            sizes["XS"] = B * F
         if self.carry:
             sizes["CARRY"] = B * U
+        if self.grad:
+            sizes.update(HS=(T + 1) * B * U, RT=GUp * self.Up, WT=GUp * self.Fp, DR=B * GUp, DX=B * GUp,
+                         TMP=B * U, GRADS=self.nparts * self.PG)
+            if self.lstm:
+                sizes["CS"] = (T + 1) * B * U
+            if self.D:
+                sizes["TMPX"] = B * F
         self.sizes = dict(sizes)  # elements per buffer (operands and outputs added by the lowering)
         self.offsets, total = {}, 0
         for name, n in sizes.items():
@@ -154,38 +210,40 @@ class Layout:
         self.ws_floats = total
 
 
-def unit_vectors(L, gates, bstride, cstride):
+def column_vectors(width, n, gates, bstride, cstride):
     """The columns of a per-step product (rows_product.Shape's chunk, step, count, tail) whose
-    vectors are the units of ``gates``: gate g's units j..j+W-1 are at column g*bstride + j
-    of the packed matrix and g*cstride + j of C. A chunk holds whole vectors of the same
-    units in every gate, as many as make whole register tiles (rows_product.tile_shape);
-    the last units of a row, when units is not a multiple of W, make the masked vectors of
-    the tail."""
-    W, gates = L.W, list(gates)
-    whole, rest = divmod(L.U, W)
-    per_tile = tile_shape(W)[0]
+    vectors cover ``n`` columns of each gate in ``gates``: gate g's columns j..j+W-1 are at
+    g*bstride + j of the packed matrix and g*cstride + j of C. A chunk holds whole vectors of
+    the same columns in every gate, as many as make whole register tiles
+    (rows_product.tile_shape); the last columns, when n is not a multiple of the width, make
+    the masked vectors of the tail."""
+    gates = list(gates)
+    whole, rest = divmod(n, width)
+    per_tile = tile_shape(width)[0]
     per_chunk = max(1, min(per_tile // math.gcd(per_tile, len(gates)), whole))
     count = whole // per_chunk
-    chunk = tuple((g * bstride + q * W, g * cstride + q * W) for q in range(per_chunk) for g in gates)
-    tail = [(g * bstride + q * W, g * cstride + q * W, W) for q in range(count * per_chunk, whole) for g in gates]
-    tail += [(g * bstride + whole * W, g * cstride + whole * W, rest) for g in gates if rest]
-    return (chunk if count else ()), (per_chunk * W, per_chunk * W), count, tuple(tail)
+    chunk = tuple((g * bstride + q * width, g * cstride + q * width) for q in range(per_chunk) for g in gates)
+    tail = [(g * bstride + q * width, g * cstride + q * width, width)
+            for q in range(count * per_chunk, whole) for g in gates]
+    tail += [(g * bstride + whole * width, g * cstride + whole * width, rest) for g in gates if rest]
+    return (chunk if count else ()), (per_chunk * width, per_chunk * width), count, tuple(tail)
 
 
-def pack_recurrent_kernel(em, transposed):
-    """RP[k, g*Up + j] = recurrent_kernel[k, g*U + j] (the forward product's weights), or with
-    ``transposed`` RT[g*U + k, j] = recurrent_kernel[j, g*U + k] (the backward product's);
-    zeros in the padding j >= U."""
+def pack(em, src, n, dest, transposed):
+    """Pack matrix ``src`` (n, G*U) -- kernel or recurrent_kernel -- for the products:
+    dest[r, g*Up + j] = src[r, g*U + j], or with ``transposed``
+    dest[g*Up + k, c] = src[c, g*U + k] (rows of whole vectors, n rounded up to them);
+    zeros in the padding."""
     L, b, U, Up = em.L, em.b, em.L.U, em.L.Up
+    rows, cols = (Up, _whole(n, L.W)) if transposed else (n, Up)
     for g in range(L.G):
-        with em.for_range(U, name="pk") as k, em.for_range(Up, name="pj") as j:
-            inside = b.icmp_signed("<", j, c64(U))
-            jr = b.select(inside, j, c64(0))  # the padding reads an element inside the matrix
-            if transposed:
-                value, dest = em.ld("recurrent_kernel", (jr, L.GU), g * U, k), ("RT", g * U * Up, (k, Up), j)
-            else:
-                value, dest = em.ld("recurrent_kernel", (k, L.GU), g * U, jr), ("RP", (k, L.G * Up), g * Up, j)
-            em.st(b.select(inside, value, em.zero()), *dest)
+        with em.for_range(rows, name="pr") as r, em.for_range(cols, name="pc") as c:
+            k, col = (c, r) if transposed else (r, c)  # src[k, g*U + col]
+            inside = b.and_(b.icmp_signed("<", col, c64(U)), b.icmp_signed("<", k, c64(n)))
+            # the padding reads an element inside the matrix, then stores a zero
+            value = em.ld(src, (b.select(inside, k, c64(0)), L.GU), g * U, b.select(inside, col, c64(0)))
+            where = ((g * Up, cols), (r, cols), c) if transposed else ((r, L.GUp), g * Up, c)
+            em.st(b.select(inside, value, em.zero()), dest, *where)
 
 
 def _lin(b, *terms):
@@ -206,16 +264,16 @@ def _lin(b, *terms):
 
 
 class Emitter:
-    """Emits one part of a recurrent kernel: rows [b0, b1) of the batch, with builder ``b``
-    and named buffer pointers ``p`` (operands, outputs and workspace regions); ``in_part``:
-    inside one of the kernel's parts (False after they have joined).
+    """Emits one part of a recurrent kernel: rows [b0, b1) of the batch (part number
+    ``part``), with builder ``b`` and named buffer pointers ``p`` (operands, outputs and
+    workspace regions).
 
-    Inside ``each_unit`` values are vectors of ``L.W`` consecutive units (``lanes``), and
-    ``load``/``store``/``ld``/``st`` move vectors (masked to the valid units in a row's last
-    vector, ``tail``); elsewhere they move single floats."""
+    Inside ``each_vector`` values are vectors of ``L.W`` consecutive units or features
+    (``lanes``), and ``load``/``store``/``ld``/``st`` move vectors (masked to the valid
+    columns in a row's last vector, ``tail``); elsewhere they move single floats."""
 
-    def __init__(self, b, L, p, b0, b1, in_part=True):
-        self.b, self.L, self.p, self.b0, self.b1, self.in_part = b, L, p, b0, b1, in_part
+    def __init__(self, b, L, p, b0, b1, part=None):
+        self.b, self.L, self.p, self.b0, self.b1, self.part = b, L, p, b0, b1, part
         self.e = ScalarEmitter(b)
         self.rows = b.sub(b1, b0) if not isinstance(b0, int) else c64(b1 - b0)
         self.lanes, self.tail, self.tail_lanes = 0, None, 0
@@ -224,21 +282,10 @@ class Emitter:
     def at(self, name, *terms):
         index = _lin(self.b, *terms)
         if CHECK_BOUNDS:
-            last = index
-            if self.lanes:
-                last = self.b.add(index, c64((self.tail_lanes or self.lanes) - 1))
+            last = self.b.add(index, c64((self.tail_lanes or self.lanes or 1) - 1))
             bad = self._outside(index, last, self.L.sizes[name])
             index = self.b.select(bad, c64(0), index)
         return self.b.gep(self.p[name], [index], inbounds=True)
-
-    def load(self, ptr):
-        return vload(self.b, ptr, self.lanes, self.tail) if self.lanes else self.b.load(ptr)
-
-    def store(self, value, ptr):
-        if self.lanes:
-            vstore(self.b, value, ptr, self.tail)
-        else:
-            self.b.store(value, ptr)
 
     def _outside(self, first, last, size, when=None):
         """i1: [first, last] is not inside a buffer of ``size`` elements (then report status 1)."""
@@ -250,51 +297,39 @@ class Emitter:
             b.store(ir.Constant(i32, STATUS_INDEX_OUT_OF_RANGE), self.p["status"])
         return bad
 
+    def load(self, ptr):
+        return vload(self.b, ptr, self.lanes, self.tail) if self.lanes else self.b.load(ptr)
+
+    def store(self, value, ptr):
+        if self.lanes:
+            vstore(self.b, value, ptr, self.tail)
+        else:
+            self.b.store(value, ptr)
+
     def ld(self, name, *terms):
         return self.load(self.at(name, *terms))
 
     def st(self, value, name, *terms):
         self.store(value, self.at(name, *terms))
 
-    def _checked_rows(self, M, extents):
-        """M, or 0 (after reporting status 1) when a matrix extent is outside its buffer;
-        ``extents``: (buffer reference as for ``at``, rows, columns, row stride)."""
+    def product(self, shape, rows, K, A, Bp, C):
+        """The product ``shape`` (rows_product.py) of ``rows`` rows (an i64) over ``K`` terms;
+        A, Bp, C are buffer references as for ``at`` (their first element)."""
         b = self.b
-        for ref, rows, cols, ld in extents:
-            first = _lin(b, *ref[1:])
-            last = b.add(first, b.add(b.mul(b.sub(rows, c64(1)), c64(ld)), b.sub(cols, c64(1))))
-            nonempty = b.and_(b.icmp_signed(">", rows, c64(0)), b.icmp_signed(">", cols, c64(0)))
-            M = b.select(self._outside(first, last, self.L.sizes[ref[0]], nonempty), c64(0), M)
-        return M
-
-    def gemm(self, ta, tb, M, N, K, A, lda, Bm, ldb, C, ldc, beta=0.0):
-        """C = op(A) @ op(B) (+ C with beta=1) through the SGEMM; A, Bm, C are (buffer name,
-        *index terms) of the first element, as for ``at``. Inside a part of several the
-        single-threaded SGEMM: the parts already use the cores."""
-        b = self.b
-        as64 = lambda v: c64(v) if isinstance(v, int) else v  # noqa: E731
-        M, N, K = as64(M), as64(N), as64(K)
-        if CHECK_BOUNDS:  # the whole stored extent of each matrix must be inside its buffer
-            M = self._checked_rows(M, ((A, K if ta else M, M if ta else K, lda),
-                                       (Bm, N if tb else K, K if tb else N, ldb), (C, M, N, ldc)))
-        sgemm = declare_serial_gemm if self.L.nparts > 1 and self.in_part else declare_gemm
-        b.call(sgemm(b.module), [
-            ir.Constant(i32, int(ta)), ir.Constant(i32, int(tb)), M, N, K, ir.Constant(f32, 1.0),
-            self.at(*A), c64(lda), self.at(*Bm), c64(ldb), ir.Constant(f32, beta), self.at(*C), c64(ldc)])
-
-    def product(self, shape, A, Bp, C):
-        """The per-step product ``shape`` (rows_product.py) over this part's rows; A, Bp, C are
-        buffer references as for ``at`` (A and C at this part's first row)."""
-        rows = self.rows
-        if CHECK_BOUNDS:
-            vectors = [(bc + c * shape.step[0], cc + c * shape.step[1], shape.width)
-                       for c in range(shape.count) for bc, cc in shape.chunk] + list(shape.tail)
-            bcols = max(bc + shape.width for bc, _, _ in vectors)  # whole vectors of the packed matrix
-            ccols = max(cc + lanes for _, cc, lanes in vectors)
-            rows = self._checked_rows(rows, ((A, rows, c64(shape.K), shape.lda),
-                                             (Bp, c64(shape.K), c64(bcols), shape.ldb),
-                                             (C, rows, c64(ccols), shape.ldc)))
-        self.b.call(rows_product(self.b.module, shape), [rows, self.at(*A), self.at(*Bp), self.at(*C)])
+        K = c64(K) if isinstance(K, int) else K
+        if CHECK_BOUNDS:  # the whole extent each operand is read or written at must be inside
+            vectors = shape.vectors()
+            last_b = max(bc for bc, _, _ in vectors) + shape.width - 1  # whole vectors of Bp are read
+            last_c = max(cc + lanes for _, cc, lanes in vectors) - 1
+            nonempty = b.and_(b.icmp_signed(">", rows, c64(0)), b.icmp_signed(">", K, c64(0)))
+            km1, rm1 = b.sub(K, c64(1)), b.sub(rows, c64(1))
+            for ref, last in ((A, _lin(b, (rm1, shape.lda), (km1, shape.ldk))),
+                              (Bp, _lin(b, (km1, shape.ldb), last_b)),
+                              (C, _lin(b, (rm1, shape.ldc), last_c))):
+                first = _lin(b, *ref[1:])
+                rows = b.select(self._outside(first, b.add(first, last), self.L.sizes[ref[0]], nonempty),
+                                c64(0), rows)
+        b.call(rows_product(b.module, shape), [rows, K, self.at(*A), self.at(*Bp), self.at(*C)])
 
     # -- loops
     def for_range(self, stop, start=0, name="i"):
@@ -304,11 +339,11 @@ class Emitter:
         with self.for_range(self.b1, self.b0, name=name) as bi:
             fn(bi)
 
-    def each_unit(self, fn, t=None, name="u"):
-        """fn(bi, j, m) over this part's rows and the vectors of units j, j+1, ..., j+W-1
-        (values are vectors there, see the class docstring); m is mask[b, t] (i1) or None."""
+    def each_vector(self, fn, n, t=None, name="u"):
+        """fn(bi, j, m) over this part's rows and the vectors of columns j, j+1, ..., j+W-1 of
+        n (values are vectors there, see the class docstring); m is mask[b, t] (i1) or None."""
         L, b = self.L, self.b
-        whole, rest = divmod(L.U, L.W)
+        whole, rest = divmod(n, L.W)
 
         def row(bi):
             m = None
@@ -318,12 +353,15 @@ class Emitter:
             if whole:
                 with self.for_range(whole, name=name) as q:
                     fn(bi, b.mul(q, c64(L.W)), m)
-            if rest:  # the row's last units: a vector with only their lanes loaded and stored
+            if rest:  # the row's last columns: a vector with only their lanes loaded and stored
                 self.tail, self.tail_lanes = lane_mask(L.W, rest), rest
                 fn(bi, c64(whole * L.W), m)
                 self.tail, self.tail_lanes = None, 0
             self.lanes = 0
         self.each_row(row, name=name + "b")
+
+    def each_unit(self, fn, t=None, name="u"):
+        self.each_vector(fn, self.L.U, t, name)
 
     def zero(self):
         if self.lanes:
@@ -345,16 +383,17 @@ class Emitter:
         width = self.L.F if which == "dropout_mask" else self.L.U
         return self.ld(which, (d, self.L.B * width), (bi, width), j)
 
-    # -- the masked copies of x and h
-    def masked_x(self, dest, d):
-        """dest[b*T + t, f] = x[b, t, f] * dropout_mask[d, b, f] for this part's rows."""
+    # -- the inputs of the products
+    def input_source(self, t, d):
+        """(buffer reference, row stride) of x_t, or with dropout mask ``d`` of x_t * mask[d]
+        (made now in XS), at this part's first row."""
         L = self.L
-
-        def row(bi):
-            with self.for_range(L.T, name="xt") as t, self.for_range(L.F, name="xf") as f:
-                v = self.b.fmul(self.ld("x", (bi, L.T * L.F), (t, L.F), f), self.dropout("dropout_mask", d, bi, f))
-                self.st(v, dest, (bi, L.T * L.F), (t, L.F), f)
-        self.each_row(row, name="xb")
+        if d is None:
+            return ("x", (self.b0, L.T * L.F), (t, L.F)), L.T * L.F
+        self.each_vector(lambda bi, j, m: self.st(self.e.mul(self.ld("x", (bi, L.T * L.F), (t, L.F), j),
+                                                             self.dropout("dropout_mask", d, bi, j)),
+                                                  "XS", (bi, L.F), j), L.F, name="xs")
+        return ("XS", (self.b0, L.F)), L.F
 
     def source(self, key, slot):
         """(buffer, offset, row stride) of the h a gate group multiplies at a state slot."""
@@ -377,40 +416,29 @@ class Emitter:
         return self.at(name, off, (bi, ld), j)
 
     def view_ref(self, view):
-        """This part's first row of a view, as a GEMM operand."""
+        """This part's first row of a view, as a product operand."""
         name, off, ld = view
         return name, off, (self.b0, ld)
 
     # -- forward ---------------------------------------------------------------------------
-    def input_projection(self):
-        """XP rows of this part = input bias + (x * mask) @ kernel, one GEMM per input group."""
-        L, b = self.L, self.b
-
-        def row(bi):  # the input bias (for gru reset_after, row 0 of bias) under every step
-            with self.for_range(L.T, name="pt") as t, self.for_range(L.GU, name="pc") as c:
-                self.st(self.ld("bias", c), "XP", (bi, L.T * L.GU), (t, L.GU), c)
-        self.each_row(row, name="pb")
-        nrows = b.mul(self.rows, c64(L.T))
+    def input_products(self, t):
+        """XA[:, gates] = (x_t * mask) @ kernel[:, gates] for every input group, from WP."""
+        L = self.L
         for g0, n, d in L.in_groups:
-            if d is None:
-                src = ("x", (self.b0, L.T * L.F))
-            else:
-                self.masked_x("XD", d)
-                src = ("XD", (self.b0, L.T * L.F))
-            self.gemm(False, False, nrows, n * L.U, L.F, src, L.F, ("kernel", g0 * L.U), L.GU,
-                      ("XP", (self.b0, L.T * L.GU), g0 * L.U), L.GU, beta=1.0)
+            src, lda = self.input_source(t, d)
+            shape = Shape(lda, L.GUp, L.GUp, L.W, *column_vectors(L.W, L.U, range(g0, g0 + n), L.Up, L.Up))
+            self.product(shape, self.rows, L.F, src, ("WP", 0), ("XA", (self.b0, L.GUp)))
 
     def recurrent_gemms(self, slot, a_off, times_r):
         """A[slot][:, gates] = source @ recurrent_kernel[:, gates] for the groups whose source
-        is (or is not, times_r=False) the candidate's r * h, from the packed RP."""
+        is (or is not, times_r=False) the candidate's r * h, from RP."""
         L = self.L
         for g0, n, key in L.rec_groups:
             if key[1] != times_r:
                 continue
             src = self.source(key, slot)
-            shape = Shape(L.U, src[2], L.G * L.Up, L.GA, L.W,
-                          *unit_vectors(L, range(g0, g0 + n), L.Up, L.U))
-            self.product(shape, self.view_ref(src), ("RP", 0), ("A", a_off, (self.b0, L.GA)))
+            shape = Shape(src[2], L.GUp, L.GA, L.W, *column_vectors(L.W, L.U, range(g0, g0 + n), L.Up, L.U))
+            self.product(shape, self.rows, L.U, self.view_ref(src), ("RP", 0), ("A", a_off, (self.b0, L.GA)))
 
     def copy_sources(self, slot, h_in):
         """SRC[slot] = h * recurrent_mask[d] for every masked source (not the r * h one)."""
@@ -442,9 +470,13 @@ class Emitter:
             a_off = _lin(b, (slot, L.B * L.GA))
             h_in, h_out = self.state_view("h", slot), self.state_view("h", nxt)
             c_in, c_out = (self.state_view("c", slot), self.state_view("c", nxt)) if L.lstm else (None, None)
+            self.input_products(t)
             self.copy_sources(slot, h_in)
             self.recurrent_gemms(slot, a_off, times_r=False)
-            xp = lambda bi, t, g, j: self.ld("XP", (bi, L.T * L.GU), (t, L.GU), g * U, j)  # noqa: E731
+
+            def xp(bi, t, g, j):
+                """Gate g's input part: x_t @ kernel + the input bias (for gru reset_after row 0)."""
+                return e.add(self.ld("XA", (bi, L.GUp), g * L.Up, j), self.ld("bias", g * U, j))
             a_at = lambda bi, col, j: self.at("A", a_off, (bi, L.GA), col, j)  # noqa: E731
 
             def finish(bi, j, m, h_new, c_new=None):
@@ -467,21 +499,23 @@ class Emitter:
             if L.op == "simple_rnn":
                 def body(bi, j, m):
                     a = e.add(xp(bi, t, 0, j), self.load(a_at(bi, 0, j)))
+                    h = L.act(e, a)
                     if L.grad:
-                        self.store(a, a_at(bi, 0, j))
-                    finish(bi, j, m, L.act(e, a))
+                        self.store(L.act.kept(h, a), a_at(bi, 0, j))
+                    finish(bi, j, m, h)
                 self.each_unit(body, t)
             elif L.lstm:
                 def body(bi, j, m):
                     a = [e.add(xp(bi, t, g, j), self.load(a_at(bi, g * U, j))) for g in range(4)]
-                    if L.grad:
-                        for g in range(4):
-                            self.store(a[g], a_at(bi, g * U, j))
-                    i, f, cc, o = L.ract(e, a[0]), L.ract(e, a[1]), L.act(e, a[2]), L.ract(e, a[3])
+                    gates = [L.ract, L.ract, L.act, L.ract]
+                    i, f, cc, o = (fn(e, x) for fn, x in zip(gates, a))
                     c_new = e.add(e.mul(f, self.load(self.view_at(c_in, bi, j))), e.mul(i, cc))
+                    tc = L.act(e, c_new)
                     if L.grad:
-                        self.store(c_new, a_at(bi, L.col_c_new, j))
-                    finish(bi, j, m, e.mul(o, L.act(e, c_new)), c_new)
+                        for g, (fn, value) in enumerate(zip(gates, (i, f, cc, o))):
+                            self.store(fn.kept(value, a[g]), a_at(bi, g * U, j))
+                        self.store(L.act.kept(tc, c_new), a_at(bi, L.col_c_new, j))
+                    finish(bi, j, m, e.mul(o, tc), c_new)
                 self.each_unit(body, t)
             elif L.gru_ra:
                 def body(bi, j, m):
@@ -489,10 +523,12 @@ class Emitter:
                     az, ar = e.add(xp(bi, t, 0, j), rz), e.add(xp(bi, t, 1, j), rr)
                     z, r = L.ract(e, az), L.ract(e, ar)
                     ah = e.add(xp(bi, t, 2, j), e.mul(r, rh))
+                    hh = L.act(e, ah)
                     if L.grad:
-                        for col, v in ((0, az), (U, ar), (2 * U, rh), (L.col_ah, ah)):
+                        for col, v in ((0, L.ract.kept(z, az)), (U, L.ract.kept(r, ar)), (2 * U, rh),
+                                       (L.col_ah, L.act.kept(hh, ah))):
                             self.store(v, a_at(bi, col, j))
-                    finish(bi, j, m, self._gru_state(z, self.load(self.view_at(h_in, bi, j)), L.act(e, ah)))
+                    finish(bi, j, m, self._gru_state(z, self.load(self.view_at(h_in, bi, j)), hh))
                 self.each_unit(body, t)
             else:  # gru, reset_after=False: r gates the candidate's recurrent input
                 r_key = L.rec_groups[-1][2]
@@ -500,21 +536,23 @@ class Emitter:
 
                 def gates_zr(bi, j, m):
                     az, ar = (e.add(xp(bi, t, g, j), self.load(a_at(bi, g * U, j))) for g in range(2))
-                    self.store(az, a_at(bi, 0, j))
-                    self.store(ar, a_at(bi, U, j))
+                    z, r = L.ract(e, az), L.ract(e, ar)
+                    self.store(L.ract.kept(z, az), a_at(bi, 0, j))  # the candidate reads z back
+                    self.store(L.ract.kept(r, ar), a_at(bi, U, j))
                     h = self.load(self.view_at(h_in, bi, j))
                     if r_key[0] is not None:
                         h = e.mul(h, self.dropout("recurrent_dropout_mask", r_key[0], bi, j))
-                    self.store(e.mul(L.ract(e, ar), h), self.view_at(r_src, bi, j))
+                    self.store(e.mul(r, h), self.view_at(r_src, bi, j))
                 self.each_unit(gates_zr, name="zr")
                 self.recurrent_gemms(slot, a_off, times_r=True)
 
                 def candidate(bi, j, m):
                     ah = e.add(xp(bi, t, 2, j), self.load(a_at(bi, 2 * U, j)))
+                    hh = L.act(e, ah)
                     if L.grad:
-                        self.store(ah, a_at(bi, 2 * U, j))
-                    z = L.ract(e, self.load(a_at(bi, 0, j)))
-                    finish(bi, j, m, self._gru_state(z, self.load(self.view_at(h_in, bi, j)), L.act(e, ah)))
+                        self.store(L.act.kept(hh, ah), a_at(bi, 2 * U, j))
+                    z, _ = L.ract.from_kept(e, self.load(a_at(bi, 0, j)))
+                    finish(bi, j, m, self._gru_state(z, self.load(self.view_at(h_in, bi, j)), hh))
                 self.each_unit(candidate, t)
 
     def _gru_state(self, z, h, hh):
@@ -551,16 +589,17 @@ def _run_parts(k, L, pointers, body, emitter=Emitter):
 
     The body is a function of its own taking every buffer as a ``noalias`` argument: the
     buffers and workspace regions are disjoint (inputs only read), and saying so lets LLVM
-    vectorise the loops over units without runtime overlap checks."""
+    optimise the loops without runtime overlap checks."""
     names = list(pointers)
     types = [pointers[n].type for n in names]
-    body_fn = ir.Function(k.module, ir.FunctionType(void, [i64, i64] + types), name=f"{k.function.name}.rows")
+    body_fn = ir.Function(k.module, ir.FunctionType(void, [i64, i64, i64] + types), name=f"{k.function.name}.rows")
     body_fn.linkage = "internal"
     vector_width_attrs(body_fn)
-    for arg in body_fn.args[2:]:
+    for arg in body_fn.args[3:]:
         arg.add_attribute("noalias")
     b = ir.IRBuilder(body_fn.append_basic_block("entry"))
-    body(emitter(b, L, dict(zip(names, body_fn.args[2:])), body_fn.args[0], body_fn.args[1]))
+    b0, b1, part = body_fn.args[:3]
+    body(emitter(b, L, dict(zip(names, body_fn.args[3:])), b0, b1, part))
     b.ret_void()
 
     ctx_t = ir.LiteralStructType(types)
@@ -573,7 +612,7 @@ def _run_parts(k, L, pointers, body, emitter=Emitter):
     part, nparts = fn.args[1], fn.args[2]
     b0 = b.sdiv(b.mul(part, c64(L.B)), nparts)
     b1 = b.sdiv(b.mul(b.add(part, c64(1)), c64(L.B)), nparts)
-    b.call(body_fn, [b0, b1] + p)
+    b.call(body_fn, [b0, b1, part] + p)
     b.ret_void()
 
     kb = k.b
@@ -586,9 +625,10 @@ def _run_parts(k, L, pointers, body, emitter=Emitter):
         kb.call(fn, [kb.bitcast(ctx, i8p), c64(0), c64(1)])
 
 
-def _lower(op, grad=False, emitter=Emitter, weight_gradients=None):
+def _lower(op, grad=False, emitter=Emitter, prepare=None, weight_gradients=None):
     """The lowering of ``op``, or with ``grad`` of ``<op>_grad``: then rnn_backward passes
-    ``emitter`` (with the backward sweep) and ``weight_gradients(k, L, pointers)``."""
+    ``emitter`` (with the backward sweep), ``prepare(em)`` (run before the parts) and
+    ``weight_gradients(em)`` (after them), both given an Emitter over all rows."""
     def lower(k):
         L = Layout(op, k.in_types, k.attrs, grad)
         ins, outs = _buffer_names(L)
@@ -600,20 +640,19 @@ def _lower(op, grad=False, emitter=Emitter, weight_gradients=None):
         L.sizes.update((n, num_elements(t.shape)) for n, t in zip(ins, k.in_types))
         L.sizes.update((n, num_elements(t.shape)) for n, t in zip(outs, k.out_types))
 
-        whole = Emitter(k.b, L, pointers, 0, L.B, in_part=False)
-        pack_recurrent_kernel(whole, transposed=False)
+        whole = Emitter(k.b, L, pointers, 0, L.B)  # all rows, before and after the parts
+        pack(whole, "recurrent_kernel", L.U, "RP", transposed=False)
+        pack(whole, "kernel", L.F, "WP", transposed=False)
         if grad:
-            pack_recurrent_kernel(whole, transposed=True)
+            prepare(whole)
 
         def part(em):
-            em.input_projection()
             em.forward_loop()
             if grad:
                 em.backward_loop()
-                em.input_backward()
         _run_parts(k, L, pointers, part, emitter)
         if grad:
-            weight_gradients(k, L, pointers)
+            weight_gradients(whole)
         k.b.call(get_function(k.module, "free", void, [i8p]), [raw])
     return lower
 

@@ -1,6 +1,7 @@
-"""Products of a few rows by a weight matrix packed once and kept in cache: the per-step
-products of the recurrent kernels (h_{t-1} @ recurrent_kernel forward, dgates @
-recurrent_kernel^T backward), emitted as explicit vector code.
+"""Products of a few rows by a matrix held in cache: the per-step products of the recurrent
+kernels (x_t @ kernel and h_{t-1} @ recurrent_kernel forward; dgates @ recurrent_kernel^T,
+dgates @ kernel^T and the weight gradients' h_{t-1}^T @ dgates, x_t^T @ dgates backward),
+emitted as explicit vector code.
 
 The SGEMM (gemm.py) packs both operands and allocates its packing buffers on every call; for
 a recurrent step (16 rows x 64 x 256 in W4) that costs more than the multiplication, and its
@@ -8,10 +9,14 @@ a recurrent step (16 rows x 64 x 256 in W4) that costs more than the multiplicat
 matrix once per kernel call (rows ``ldb`` floats apart, each block of columns zero padded to
 whole vectors), and ``rows_product`` emits, for one static shape, the function
 
-    void f(i64 rows, float* A, float* Bp, float* C)
+    void f(i64 rows, i64 K, float* A, float* Bp, float* C)
     for every column vector (bcol, ccol, lanes):
-        C[r*ldc + ccol + l] (=, or += with ``accumulate``) sum_{k<K} A[r*lda + k] * Bp[k*ldb + bcol + l]
+        C[r*ldc + ccol + l] (=, or += with ``accumulate``)
+            sum_{k<K} A[r*lda + k*ldk] * Bp[k*ldb + bcol + l]
     for r < rows, l < lanes
+
+(``ldk`` 1: A row-major; ``lda`` 1: A^T, as for the weight gradients). Every full vector
+``Bp[k*ldb + bcol .. + width]`` must be inside Bp, its lanes past the valid columns finite.
 
 The column vectors come in *chunks*: ``count`` chunks alike (``chunk`` lists each vector's
 (bcol, ccol) in the first, ``step`` is what the next chunk adds to both) and then one
@@ -101,7 +106,6 @@ def splat(b, x, width):
 @dataclass(frozen=True)
 class Shape:
     """The static shape of one rows product (see the module docstring)."""
-    K: int
     lda: int
     ldb: int
     ldc: int
@@ -111,6 +115,12 @@ class Shape:
     count: int
     tail: tuple = ()      # ((bcol, ccol, lanes), ...)
     accumulate: bool = False
+    ldk: int = 1
+
+    def vectors(self):
+        """Every column vector: (bcol, ccol, lanes)."""
+        return [(bc + c * self.step[0], cc + c * self.step[1], self.width)
+                for c in range(self.count) for bc, cc in self.chunk] + list(self.tail)
 
 
 def rows_product(module, shape):
@@ -119,21 +129,22 @@ def rows_product(module, shape):
     fn = module.globals.get(name)
     if fn is not None:
         return fn
-    fn = ir.Function(module, ir.FunctionType(void, [i64, fptr, fptr, fptr]), name=name)
+    fn = ir.Function(module, ir.FunctionType(void, [i64, i64, fptr, fptr, fptr]), name=name)
     fn.linkage = "internal"
     vector_width_attrs(fn)
-    for a in fn.args[1:]:
+    for a in fn.args[2:]:
         a.add_attribute("noalias")
-    rows, A, Bp, C = fn.args
+    rows, K, A, Bp, C = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    _Emitter(b, shape, A, Bp, C).run(rows)
+    with b.if_then(b.icmp_signed(">", K, c64(0))):
+        _Emitter(b, shape, K, A, Bp, C).run(rows)
     b.ret_void()
     return fn
 
 
 class _Emitter:
-    def __init__(self, b, shape, A, Bp, C):
-        self.b, self.s, self.A, self.Bp, self.C = b, shape, A, Bp, C
+    def __init__(self, b, shape, K, A, Bp, C):
+        self.b, self.s, self.K, self.A, self.Bp, self.C = b, shape, K, A, Bp, C
         self.fma = get_function(b.module, f"llvm.fma.v{shape.width}f32", vector_type(shape.width),
                                 [vector_type(shape.width)] * 3)
 
@@ -210,16 +221,17 @@ class _Emitter:
                 acc[i][v].add_incoming(init[i][v], pre)
         krow = b.mul(k, c64(s.ldb))
         weights = [vload(b, gep(p, krow), W) for p in b_cols]
+        kcol = k if s.ldk == 1 else b.mul(k, c64(s.ldk))
         new = []
         for i in range(nrows):
-            a = splat(b, b.load(gep(a_rows[i], k)), W)
+            a = splat(b, b.load(gep(a_rows[i], kcol)), W)
             new.append([b.call(self.fma, [a, w, acc[i][v]]) for v, w in enumerate(weights)])
         k1 = b.add(k, c64(1))
         k.add_incoming(k1, loop)
         for i in range(nrows):
             for v in range(len(cols)):
                 acc[i][v].add_incoming(new[i][v], loop)
-        b.cbranch(b.icmp_signed("<", k1, c64(s.K)), loop, after)
+        b.cbranch(b.icmp_signed("<", k1, self.K), loop, after)
         b.position_at_end(after)
         for i in range(nrows):
             for v in range(len(cols)):
