@@ -5,7 +5,6 @@ every row count up to a few tiles, with C's other columns untouched; and the sca
 lane (hence its accuracy) over a dense sweep with NaN, infinities, zeros and subnormals."""
 import ctypes
 import math
-from types import SimpleNamespace
 
 import llvmlite.ir as ir
 import numpy as np
@@ -21,21 +20,23 @@ WIDTHS = (8, 16)
 
 
 def product_shapes(width):
-    """(name, shape, gates, units, C row length, forward?) of products like the kernels'."""
+    """(name, shape, K, gates, units, C row length, kind) of products like the kernels':
+    kind "fwd" (A rows @ packed gate columns), "bwd" (A @ packed transposed matrix) or
+    "sum" (A^T @ gate columns, A read with lda 1 and ldk its row length)."""
     out = []
     for units, gates in ((1, 4), (5, 3), (width, 1), (2 * width + 3, 4), (3 * width, 3)):
-        L = SimpleNamespace(W=width, U=units)
         up = -(-units // width) * width
-        cols = rnn_codegen.unit_vectors(L, range(gates), up, units)
-        # forward: C (rows, gates*units + 7) = A (rows, units) @ packed (units, gates*up)
-        out.append((f"fwd-u{units}-g{gates}", Shape(units, units + 1, gates * up, gates * units + 7, width, *cols),
-                    gates, units, gates * units + 7, True))
-        # backward: C (rows, units) (+)= A (rows, gates*units) @ packed (gates*units, up)
-        cols = rnn_codegen.unit_vectors(L, [0], 0, 0)
+        cols = rnn_codegen.column_vectors(width, units, range(gates), up, units)
+        out.append((f"fwd-u{units}-g{gates}", Shape(units + 1, gates * up, gates * units + 7, width, *cols),
+                    units, gates, units, gates * units + 7, "fwd"))
+        cols = rnn_codegen.column_vectors(width, units, [0], 0, 0)
         for acc in (False, True):
             out.append((f"bwd-u{units}-g{gates}-acc{int(acc)}",
-                        Shape(gates * units, gates * units, up, units, width, *cols, accumulate=acc),
-                        gates, units, units, False))
+                        Shape(gates * up, up, units, width, *cols, accumulate=acc),
+                        gates * up, gates, units, units, "bwd"))
+        cols = rnn_codegen.column_vectors(width, units, range(gates), up, units)
+        out.append((f"sum-u{units}-g{gates}", Shape(1, gates * up, gates * units, width, *cols, accumulate=True,
+                                                    ldk=15), None, gates, units, gates * units, "sum"))
     return out
 
 
@@ -45,44 +46,54 @@ def products():
     module = ir.Module(name="test_rows_product")
     cases = {}
     for width in WIDTHS:
-        for name, shape, gates, units, ldc, forward in product_shapes(width):
+        for name, shape, *rest in product_shapes(width):
             fn = rows_product(module, shape)
             entry = ir.Function(module, fn.ftype, name=f"w{width}-{name}")
             b = ir.IRBuilder(entry.append_basic_block())
             b.call(fn, entry.args)
             b.ret_void()
-            cases[f"w{width}-{name}"] = (shape, gates, units, ldc, forward)
+            cases[f"w{width}-{name}"] = (shape, *rest)
     lib = jit.compile_ir(str(module), opt_level=1, name="test_rows_product")
-    return {name: case + (lib.function(name, None, ctypes.c_int64, *[ctypes.c_void_p] * 3),)
-            for name, case in cases.items()}, lib
+    return {name: case + (lib.function(name, None, ctypes.c_int64, ctypes.c_int64, *[ctypes.c_void_p] * 3),)
+            for name, case in cases.items()}
+
+
+def packed_columns(w, gates, units, up):
+    """w (K, gates*units) with each gate's columns padded to ``up`` with zeros."""
+    out = np.zeros((w.shape[0], gates, up), np.float32)
+    out[:, :, :units] = w.reshape(w.shape[0], gates, units)
+    return out.reshape(w.shape[0], gates * up)
 
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_products_match_numpy_and_touch_only_their_columns(products, width):
-    cases, _ = products
     rng = np.random.default_rng(0)
-    for name, (shape, gates, units, ldc, forward, fn) in cases.items():
+    for name, (shape, K, gates, units, ldc, kind, fn) in products.items():
         if not name.startswith(f"w{width}-"):
             continue
         up = -(-units // width) * width
         for rows in range(1, 14):
-            a = rng.standard_normal((rows, shape.lda)).astype(np.float32)
-            w = rng.standard_normal((shape.K, gates * units if forward else units)).astype(np.float32)
-            packed = np.full((shape.K, shape.ldb), np.nan, np.float32)  # padding must be zero:
-            if forward:                                                  # NaN here would show
-                packed.reshape(shape.K, gates, up)[:] = 0
-                packed.reshape(shape.K, gates, up)[:, :, :units] = w.reshape(shape.K, gates, units)
-            else:
-                packed[:] = 0
-                packed[:, :units] = w
+            if kind == "fwd":    # C = A[:, :K] @ W, W packed by gate
+                a = rng.standard_normal((rows, shape.lda)).astype(np.float32)
+                w = rng.standard_normal((K, gates * units)).astype(np.float32)
+                k, packed, product = K, packed_columns(w, gates, units, up), a[:, :K] @ w.astype(np.float64)
+            elif kind == "bwd":  # C (+)= A[:, :K] @ P with P (gates*up, up): zero rows and columns padded
+                a = rng.standard_normal((rows, shape.lda)).astype(np.float32)
+                p = np.zeros((K, up), np.float32)
+                p[:, :units] = rng.standard_normal((K, units))
+                k, packed, product = K, p, a[:, :K] @ p[:, :units].astype(np.float64)
+            else:                # C += A^T @ D: A (k, 15) read with stride ldk, D (k, gates*up) padded by gate
+                k = rows + 2
+                a = rng.standard_normal((k, shape.ldk)).astype(np.float32)
+                d = rng.standard_normal((k, gates * units)).astype(np.float32)
+                packed = packed_columns(d, gates, units, up)
+                product = a[:, :rows].T.astype(np.float64) @ d
             c = np.full((rows, ldc), 7.0, np.float32)
             before = c.copy()
-            fn(rows, a.ctypes.data, packed.ctypes.data, c.ctypes.data)
-            product = a[:, :shape.K].astype(np.float64) @ w
-            expected = before.copy()
-            written = slice(0, product.shape[1])
-            expected[:, written] = product + (before[:, written] if shape.accumulate else 0)
-            np.testing.assert_allclose(c, expected, rtol=1e-5, atol=1e-5 * math.sqrt(shape.K),
+            fn(rows, k, a.ctypes.data, packed.ctypes.data, c.ctypes.data)
+            expected = before.astype(np.float64)
+            expected[:, :product.shape[1]] = product + (before[:, :product.shape[1]] if shape.accumulate else 0)
+            np.testing.assert_allclose(c, expected, rtol=1e-5, atol=1e-5 * math.sqrt(k),
                                        err_msg=f"{name}, {rows} rows")
 
 

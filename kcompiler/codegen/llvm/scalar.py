@@ -80,8 +80,11 @@ class ScalarEmitter:
             return intrinsic(self.b, self._fname("exp", x), x.type, [x])
         b = self.b
         # exp(x) = 2^n * e^r, n = round(x / ln 2), |r| <= ln2 / 2; clamped where the result
-        # is 0 or inf anyway (NaN passes through the min/max)
-        v = self.minf(self.maxf(x, self.c(-104.0, x)), self.c(89.0, x))
+        # is 0 or inf anyway. A NaN fails both ordered compares and passes through: the
+        # maxf/minf of a constant in one compare and select each (maxps/minps on x86)
+        lo, hi = self.c(-104.0, x), self.c(89.0, x)
+        v = b.select(b.fcmp_ordered("<", x, lo), lo, x)
+        v = b.select(b.fcmp_ordered(">", v, hi), hi, v)
         n = self.floor(self.add(self.mul(v, self.c(1.44269504088896341, x)), self.c(0.5, x)))
         r = self.sub(self.sub(v, self.mul(n, self.c(0.693359375, x))), self.mul(n, self.c(-2.12194440e-4, x)))
         p = self.c(1.9875691500e-4, x)
