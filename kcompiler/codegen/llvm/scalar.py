@@ -74,7 +74,8 @@ class ScalarEmitter:
 
     # float32 exp and tanh are inline polynomials (Cephes expf/tanhf, about 1 ulp) rather than
     # libm calls, so loops using them (sigmoid, tanh, softplus, elu, gates of recurrent cells)
-    # vectorise.
+    # vectorise. Their steps are fused multiply-adds (llvm.fma: one rounding, the same bits on
+    # every host; a fifth fewer instructions than separate multiplies and adds).
     def exp(self, x):
         if _element(x.type) != f32:
             return intrinsic(self.b, self._fname("exp", x), x.type, [x])
@@ -85,12 +86,13 @@ class ScalarEmitter:
         lo, hi = self.c(-104.0, x), self.c(89.0, x)
         v = b.select(b.fcmp_ordered("<", x, lo), lo, x)
         v = b.select(b.fcmp_ordered(">", v, hi), hi, v)
-        n = self.floor(self.add(self.mul(v, self.c(1.44269504088896341, x)), self.c(0.5, x)))
-        r = self.sub(self.sub(v, self.mul(n, self.c(0.693359375, x))), self.mul(n, self.c(-2.12194440e-4, x)))
+        n = self.floor(self.fma(v, self.c(1.44269504088896341, x), self.c(0.5, x)))
+        r = self.fma(n, self.c(-0.693359375, x), v)
+        r = self.fma(n, self.c(2.12194440e-4, x), r)
         p = self.c(1.9875691500e-4, x)
         for coeff in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
-            p = self.add(self.mul(p, r), self.c(coeff, x))
-        y = self.add(self.add(self.mul(p, self.mul(r, r)), r), self.c(1.0, x))
+            p = self.fma(p, r, self.c(coeff, x))
+        y = self.add(self.fma(p, self.mul(r, r), r), self.c(1.0, x))
         # 2^n as two powers of two, each a normal float for n in [-150, 129]; a NaN x gives a NaN
         # y, and n must then not reach fptosi (its result would be poison)
         int_t = _like(x.type, i32)
@@ -110,9 +112,12 @@ class ScalarEmitter:
         x2 = self.mul(x, x)
         p = self.c(-5.70498872745e-3, x)
         for coeff in (2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1, -3.33332819422e-1):
-            p = self.add(self.mul(p, x2), self.c(coeff, x))
-        small = self.add(self.mul(self.mul(p, x2), x), x)
+            p = self.fma(p, x2, self.c(coeff, x))
+        small = self.fma(self.mul(p, x2), x, x)
         return self.select(self.b.fcmp_unordered("<", z, self.c(0.625, x)), small, big)
+
+    def fma(self, x, y, z):
+        return intrinsic(self.b, self._fname("fma", x), x.type, [x, y, z])
 
     def pow(self, x, y):
         return intrinsic(self.b, self._fname("pow", x), x.type, [x, y])
