@@ -27,15 +27,17 @@ units and features rounded up to whole vectors, GUp = G*Up):
   RP     (U, GUp)     recurrent_kernel packed for the forward product: gate g's columns at
                       g*Up, zeros in the padding; WP (F, GUp) the kernel, alike
   XA     (B, GUp)     this step's input products x_t @ kernel (+ the input bias in the gates)
-  A      (slots, B, GA) per step, the gates (+ c_new for lstm, + the candidate's recurrent
-                      part for gru reset_after): pre-activations, or in the gradient kernel
-                      what the backward sweep needs of them (Activation.kept)
+  A      (B, GU)      this step's recurrent products h_{t-1} @ recurrent_kernel
   SRC    (slots, B, NS*U) masked copies of h each gate group multiplies
   XS     (B, F)       x_t times a dropout mask
   CARRY  (B, U)       the previous output (masks)
 Gradient only:
   HS, CS ((T+1), B, U) states before each step (the forward kernel keeps its state in the
                       h_T/c_T outputs)
+  KEPT   (T, B, GA)   per step what the backward sweep needs of the gates (Activation.kept:
+                      f(x) or x) and, at column GU on, of c_new (lstm: its kept activation)
+                      or the candidate's recurrent part (gru reset_after); written once per
+                      step, while the products write into the small A that stays in cache
   RT     (GUp, Up)    recurrent_kernel^T packed for the backward product (row g*Up + k:
                       column g*U + k), zero rows and columns in the padding; WT (GUp, Fp)
                       the kernel^T, alike
@@ -189,14 +191,14 @@ class Layout:
 
     def _plan_workspace(self):
         B, F, U, T, GUp = self.B, self.F, self.U, self.T, self.GUp
-        sizes = {"RP": U * GUp, "WP": F * GUp, "XA": B * GUp, "A": self.slots * B * self.GA,
+        sizes = {"RP": U * GUp, "WP": F * GUp, "XA": B * GUp, "A": B * self.GU,
                  "SRC": self.slots * B * self.NS * U}
         if self.D:
             sizes["XS"] = B * F
         if self.carry:
             sizes["CARRY"] = B * U
         if self.grad:
-            sizes.update(HS=(T + 1) * B * U, RT=GUp * self.Up, WT=GUp * self.Fp, DR=B * GUp, DX=B * GUp,
+            sizes.update(HS=(T + 1) * B * U, KEPT=T * B * self.GA, RT=GUp * self.Up, WT=GUp * self.Fp, DR=B * GUp, DX=B * GUp,
                          TMP=B * U, GRADS=self.nparts * self.PG)
             if self.lstm:
                 sizes["CS"] = (T + 1) * B * U
@@ -429,16 +431,16 @@ class Emitter:
             shape = Shape(lda, L.GUp, L.GUp, L.W, *column_vectors(L.W, L.U, range(g0, g0 + n), L.Up, L.Up))
             self.product(shape, self.rows, L.F, src, ("WP", 0), ("XA", (self.b0, L.GUp)))
 
-    def recurrent_gemms(self, slot, a_off, times_r):
-        """A[slot][:, gates] = source @ recurrent_kernel[:, gates] for the groups whose source
-        is (or is not, times_r=False) the candidate's r * h, from RP."""
+    def recurrent_gemms(self, slot, times_r):
+        """A[:, gates] = source @ recurrent_kernel[:, gates] for the groups whose source is (or
+        is not, times_r=False) the candidate's r * h, from RP."""
         L = self.L
         for g0, n, key in L.rec_groups:
             if key[1] != times_r:
                 continue
             src = self.source(key, slot)
-            shape = Shape(src[2], L.GUp, L.GA, L.W, *column_vectors(L.W, L.U, range(g0, g0 + n), L.Up, L.U))
-            self.product(shape, self.rows, L.U, self.view_ref(src), ("RP", 0), ("A", a_off, (self.b0, L.GA)))
+            shape = Shape(src[2], L.GUp, L.GU, L.W, *column_vectors(L.W, L.U, range(g0, g0 + n), L.Up, L.U))
+            self.product(shape, self.rows, L.U, self.view_ref(src), ("RP", 0), ("A", (self.b0, L.GU)))
 
     def copy_sources(self, slot, h_in):
         """SRC[slot] = h * recurrent_mask[d] for every masked source (not the r * h one)."""
@@ -467,17 +469,22 @@ class Emitter:
             t = self.step_time(s)
             slot = s if L.grad else c64(0)
             nxt = b.add(s, c64(1)) if L.grad else c64(0)
-            a_off = _lin(b, (slot, L.B * L.GA))
+            kept_off = _lin(b, (slot, L.B * L.GA))
             h_in, h_out = self.state_view("h", slot), self.state_view("h", nxt)
             c_in, c_out = (self.state_view("c", slot), self.state_view("c", nxt)) if L.lstm else (None, None)
             self.input_products(t)
             self.copy_sources(slot, h_in)
-            self.recurrent_gemms(slot, a_off, times_r=False)
+            self.recurrent_gemms(slot, times_r=False)
 
             def xp(bi, t, g, j):
                 """Gate g's input part: x_t @ kernel + the input bias (for gru reset_after row 0)."""
                 return e.add(self.ld("XA", (bi, L.GUp), g * L.Up, j), self.ld("bias", g * U, j))
-            a_at = lambda bi, col, j: self.at("A", a_off, (bi, L.GA), col, j)  # noqa: E731
+            a_at = lambda bi, col, j: self.at("A", (bi, L.GU), col, j)  # noqa: E731
+
+            def keep(bi, col, j, value):
+                """What the backward sweep reads of this step (gradient kernel only)."""
+                if L.grad:
+                    self.st(value, "KEPT", kept_off, (bi, L.GA), col, j)
 
             def finish(bi, j, m, h_new, c_new=None):
                 """Masked carry, state update and the output of one element."""
@@ -500,8 +507,7 @@ class Emitter:
                 def body(bi, j, m):
                     a = e.add(xp(bi, t, 0, j), self.load(a_at(bi, 0, j)))
                     h = L.act(e, a)
-                    if L.grad:
-                        self.store(L.act.kept(h, a), a_at(bi, 0, j))
+                    keep(bi, 0, j, L.act.kept(h, a))
                     finish(bi, j, m, h)
                 self.each_unit(body, t)
             elif L.lstm:
@@ -511,10 +517,9 @@ class Emitter:
                     i, f, cc, o = (fn(e, x) for fn, x in zip(gates, a))
                     c_new = e.add(e.mul(f, self.load(self.view_at(c_in, bi, j))), e.mul(i, cc))
                     tc = L.act(e, c_new)
-                    if L.grad:
-                        for g, (fn, value) in enumerate(zip(gates, (i, f, cc, o))):
-                            self.store(fn.kept(value, a[g]), a_at(bi, g * U, j))
-                        self.store(L.act.kept(tc, c_new), a_at(bi, L.col_c_new, j))
+                    for g, (fn, value) in enumerate(zip(gates, (i, f, cc, o))):
+                        keep(bi, g * U, j, fn.kept(value, a[g]))
+                    keep(bi, L.col_c_new, j, L.act.kept(tc, c_new))
                     finish(bi, j, m, e.mul(o, tc), c_new)
                 self.each_unit(body, t)
             elif L.gru_ra:
@@ -524,10 +529,9 @@ class Emitter:
                     z, r = L.ract(e, az), L.ract(e, ar)
                     ah = e.add(xp(bi, t, 2, j), e.mul(r, rh))
                     hh = L.act(e, ah)
-                    if L.grad:
-                        for col, v in ((0, L.ract.kept(z, az)), (U, L.ract.kept(r, ar)), (2 * U, rh),
-                                       (L.col_ah, L.act.kept(hh, ah))):
-                            self.store(v, a_at(bi, col, j))
+                    for col, v in ((0, L.ract.kept(z, az)), (U, L.ract.kept(r, ar)), (2 * U, rh),
+                                   (L.col_ah, L.act.kept(hh, ah))):
+                        keep(bi, col, j, v)
                     finish(bi, j, m, self._gru_state(z, self.load(self.view_at(h_in, bi, j)), hh))
                 self.each_unit(body, t)
             else:  # gru, reset_after=False: r gates the candidate's recurrent input
@@ -537,20 +541,20 @@ class Emitter:
                 def gates_zr(bi, j, m):
                     az, ar = (e.add(xp(bi, t, g, j), self.load(a_at(bi, g * U, j))) for g in range(2))
                     z, r = L.ract(e, az), L.ract(e, ar)
-                    self.store(L.ract.kept(z, az), a_at(bi, 0, j))  # the candidate reads z back
-                    self.store(L.ract.kept(r, ar), a_at(bi, U, j))
+                    for col, v in ((0, L.ract.kept(z, az)), (U, L.ract.kept(r, ar))):
+                        self.store(v, a_at(bi, col, j))  # the candidate reads z back
+                        keep(bi, col, j, v)
                     h = self.load(self.view_at(h_in, bi, j))
                     if r_key[0] is not None:
                         h = e.mul(h, self.dropout("recurrent_dropout_mask", r_key[0], bi, j))
                     self.store(e.mul(r, h), self.view_at(r_src, bi, j))
                 self.each_unit(gates_zr, name="zr")
-                self.recurrent_gemms(slot, a_off, times_r=True)
+                self.recurrent_gemms(slot, times_r=True)
 
                 def candidate(bi, j, m):
                     ah = e.add(xp(bi, t, 2, j), self.load(a_at(bi, 2 * U, j)))
                     hh = L.act(e, ah)
-                    if L.grad:
-                        self.store(L.act.kept(hh, ah), a_at(bi, 2 * U, j))
+                    keep(bi, 2 * U, j, L.act.kept(hh, ah))
                     z, _ = L.ract.from_kept(e, self.load(a_at(bi, 0, j)))
                     finish(bi, j, m, self._gru_state(z, self.load(self.view_at(h_in, bi, j)), hh))
                 self.each_unit(candidate, t)

@@ -9,7 +9,7 @@ packed RT and WT, and the part's sums of the weight gradients d_recurrent_kernel
 h_{t-1}^T @ dgates, d_kernel += x_t^T @ dgates, d_bias += the rows of dgates. Once the
 parts have joined, their sums are added into the outputs.
 
-The layout, the workspace regions (A, HS/CS, SRC, DR, DX, GRADS, ...), the parts over batch
+The layout, the workspace regions (KEPT, HS/CS, SRC, DR, DX, GRADS, ...), the parts over batch
 rows and the kernel skeleton are shared with the forward kernel: see rnn.
 """
 from ...ir.registry import lowering
@@ -37,9 +37,9 @@ class GradEmitter(Emitter):
         with self.for_range(L.T, name="r") as i:
             s = b.sub(c64(L.T - 1), i)
             t = self.step_time(s)
-            a_off = _lin(b, (s, L.B * L.GA))
+            kept_off = _lin(b, (s, L.B * L.GA))
             h_prev = self.state_view("h", s)
-            a_ld = lambda bi, col, j: self.ld("A", a_off, (bi, L.GA), col, j)  # noqa: E731
+            a_ld = lambda bi, col, j: self.ld("KEPT", kept_off, (bi, L.GA), col, j)  # noqa: E731
 
             def incoming(bi, j, m):
                 """(d new h, d new c) entering this step's cell; what masked samples keep goes
