@@ -104,6 +104,15 @@ def test_whole_vectors_masked_tail_and_register_tiles(monkeypatch, op, reset_aft
     check_compiled(op, xs, attrs_for(op, reset_after, True, d, units=units, go_backwards=width == 16))
 
 
+def test_gradient_keeps_f_x_only_where_the_derivative_is_a_function_of_it():
+    """sigmoid, tanh and the identity: the backward sweep reads f(x) (no transcendental);
+    relu, hard_sigmoid, softplus, elu, swish need x (their gradients are tested above)."""
+    keeps_value = {name: rnn_codegen.Activation(name).of_value
+                   for name in ("sigmoid", "tanh", "linear", "relu", "hard_sigmoid", "softplus", "elu", "swish")}
+    assert keeps_value == {"sigmoid": True, "tanh": True, "linear": True, "relu": False, "hard_sigmoid": False,
+                           "softplus": False, "elu": False, "swish": False}
+
+
 # ---- Keras layer fixtures on the compiled kernels ---------------------------------------------------
 
 FIXTURES = ["lstm_seq_mask", "lstm_backwards_last", "gru_reset_after_false_seq", "gru_seq_state",
