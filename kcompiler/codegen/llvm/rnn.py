@@ -26,7 +26,7 @@ Workspace (one malloc per call, freed before returning; sizes are static; Up and
 units and features rounded up to whole vectors, GUp = G*Up):
   RP     (U, GUp)     recurrent_kernel packed for the forward product: gate g's columns at
                       g*Up, zeros in the padding; WP (F, GUp) the kernel, alike
-  XA     (B, GUp)     this step's input products x_t @ kernel (+ the input bias in the gates)
+  XA     (B, GUp)     this step's input products x_t @ kernel (the gate math adds the bias)
   A      (B, GU)      this step's recurrent products h_{t-1} @ recurrent_kernel
   SRC    (slots, B, NS*U) masked copies of h each gate group multiplies
   XS     (B, F)       x_t times a dropout mask
@@ -34,10 +34,10 @@ units and features rounded up to whole vectors, GUp = G*Up):
 Gradient only:
   HS, CS ((T+1), B, U) states before each step (the forward kernel keeps its state in the
                       h_T/c_T outputs)
-  KEPT   (T, B, GA)   per step what the backward sweep needs of the gates (Activation.kept:
-                      f(x) or x) and, at column GU on, of c_new (lstm: its kept activation)
-                      or the candidate's recurrent part (gru reset_after); written once per
-                      step, while the products write into the small A that stays in cache
+  KEPT   (T, B, GA)   per step what the backward sweep needs of the gates, f(x) or x each
+                      (Activation.kept); lstm adds c_new's at column 4U, gru reset_after has
+                      the candidate's recurrent part at 2U and the candidate at 3U. Written
+                      once per step, while the products write into the small A (in cache)
   RT     (GUp, Up)    recurrent_kernel^T packed for the backward product (row g*Up + k:
                       column g*U + k), zero rows and columns in the padding; WT (GUp, Fp)
                       the kernel^T, alike
@@ -61,7 +61,7 @@ from .jit import vector_width_attrs
 from .render import ValueRenderer, scalar
 from .rows_product import Shape, host_vector_width, lane_mask, rows_product, tile_shape, vload, vstore
 from .scalar import ScalarEmitter
-from .support_library import declare_parallel_runner
+from .support_library import declare_pack, declare_parallel_runner
 
 # Below this many gate elements (T * B * G * U) the loops stay on the calling thread:
 # starting a helper thread costs ~10-20 us.
@@ -182,6 +182,7 @@ class Layout:
         self.slots = self.T if grad else 1
         work = self.T * self.B * self.GU
         self.nparts = min(threads.default_nthreads(), self.B) if work >= PARALLEL_MIN_WORK else 1
+        self.part_rows = tuple(sorted({self.B // self.nparts, -(-self.B // self.nparts)}))  # rows of a part
         # a part's weight-gradient sums: d_kernel (F, GU), d_recurrent_kernel (U, GU), d_bias
         self.n_bias = 2 * self.GU if self.gru_ra else self.GU
         self.grad_offsets = {"d_kernel": 0, "d_recurrent_kernel": self.F * self.GU,
@@ -232,20 +233,17 @@ def column_vectors(width, n, gates, bstride, cstride):
 
 
 def pack(em, src, n, dest, transposed):
-    """Pack matrix ``src`` (n, G*U) -- kernel or recurrent_kernel -- for the products:
-    dest[r, g*Up + j] = src[r, g*U + j], or with ``transposed``
-    dest[g*Up + k, c] = src[c, g*U + k] (rows of whole vectors, n rounded up to them);
-    zeros in the padding."""
-    L, b, U, Up = em.L, em.b, em.L.U, em.L.Up
-    rows, cols = (Up, _whole(n, L.W)) if transposed else (n, Up)
-    for g in range(L.G):
-        with em.for_range(rows, name="pr") as r, em.for_range(cols, name="pc") as c:
-            k, col = (c, r) if transposed else (r, c)  # src[k, g*U + col]
-            inside = b.and_(b.icmp_signed("<", col, c64(U)), b.icmp_signed("<", k, c64(n)))
-            # the padding reads an element inside the matrix, then stores a zero
-            value = em.ld(src, (b.select(inside, k, c64(0)), L.GU), g * U, b.select(inside, col, c64(0)))
-            where = ((g * Up, cols), (r, cols), c) if transposed else ((r, L.GUp), g * Up, c)
-            em.st(b.select(inside, value, em.zero()), dest, *where)
+    """Pack matrix ``src`` (n, G*U) -- kernel or recurrent_kernel -- for the products with
+    the support library's kc_pack_gates (rows_product.emit_pack): dest[r, g*Up + j] =
+    src[r, g*U + j], or with ``transposed`` dest[g*Up + k, c] = src[c, g*U + k] (rows of n
+    rounded up to whole vectors); zeros in the padding."""
+    L, b = em.L, em.b
+    cols = _whole(n, L.W) if transposed else L.Up
+    if CHECK_BOUNDS:  # both matrices whole inside their buffers
+        for name, size in ((src, n * L.GU), (dest, L.GUp * cols if transposed else n * L.GUp)):
+            em._outside(c64(0), c64(size - 1), L.sizes[name])
+    b.call(declare_pack(b.module), [em.p[src], em.p[dest], c64(n), c64(L.G), c64(L.U), c64(L.Up), c64(cols),
+                                    c64(int(transposed))])
 
 
 def _lin(b, *terms):
@@ -428,7 +426,7 @@ class Emitter:
         L = self.L
         for g0, n, d in L.in_groups:
             src, lda = self.input_source(t, d)
-            shape = Shape(lda, L.GUp, L.GUp, L.W, *column_vectors(L.W, L.U, range(g0, g0 + n), L.Up, L.Up))
+            shape = Shape(L.part_rows, lda, L.GUp, L.GUp, L.W, *column_vectors(L.W, L.U, range(g0, g0 + n), L.Up, L.Up))
             self.product(shape, self.rows, L.F, src, ("WP", 0), ("XA", (self.b0, L.GUp)))
 
     def recurrent_gemms(self, slot, times_r):
@@ -439,7 +437,7 @@ class Emitter:
             if key[1] != times_r:
                 continue
             src = self.source(key, slot)
-            shape = Shape(src[2], L.GUp, L.GU, L.W, *column_vectors(L.W, L.U, range(g0, g0 + n), L.Up, L.U))
+            shape = Shape(L.part_rows, src[2], L.GUp, L.GU, L.W, *column_vectors(L.W, L.U, range(g0, g0 + n), L.Up, L.U))
             self.product(shape, self.rows, L.U, self.view_ref(src), ("RP", 0), ("A", (self.b0, L.GU)))
 
     def copy_sources(self, slot, h_in):

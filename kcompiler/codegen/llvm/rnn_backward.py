@@ -14,7 +14,9 @@ rows and the kernel skeleton are shared with the forward kernel: see rnn.
 """
 from ...ir.registry import lowering
 from ...ops.rnn import GATES
-from .irutil import c64
+import llvmlite.ir as ir
+
+from .irutil import c64, get_function, i8, i8p, i64, void
 from .rnn import Emitter, _lin, _lower, column_vectors, pack
 from .rows_product import Shape
 
@@ -133,7 +135,7 @@ class GradEmitter(Emitter):
         """C (+)= dgates[:, gates g0..g0+n) @ recurrent_kernel[:, gates]^T over this part's
         rows, from RT."""
         L = self.L
-        shape = Shape(L.GUp, L.Up, L.U, L.W, *column_vectors(L.W, L.U, [0], 0, 0), accumulate=accumulate)
+        shape = Shape(L.part_rows, L.GUp, L.Up, L.U, L.W, *column_vectors(L.W, L.U, [0], 0, 0), accumulate=accumulate)
         self.product(shape, self.rows, n * L.Up, ("DR", (self.b0, L.GUp), g0 * L.Up), ("RT", (g0 * L.Up, L.Up)), C)
 
     def recurrent_backward_gemms(self):
@@ -161,7 +163,7 @@ class GradEmitter(Emitter):
         sums = ("GRADS", (self.part, L.PG))
 
         def add_rows_transposed(src, ld, n, dgates, g0, g, where):
-            shape = Shape(1, L.GUp, L.GU, L.W, *column_vectors(L.W, L.U, range(g0, g0 + g), L.Up, L.U),
+            shape = Shape((n,), 1, L.GUp, L.GU, L.W, *column_vectors(L.W, L.U, range(g0, g0 + g), L.Up, L.U),
                           accumulate=True, ldk=ld)
             self.product(shape, c64(n), self.rows, src, (dgates, (self.b0, L.GUp)), sums + (L.grad_offsets[where],))
 
@@ -187,7 +189,7 @@ class GradEmitter(Emitter):
         dx_t = ("dx", (self.b0, L.T * F), (t, F))
         for k, (g0, n, d) in enumerate(L.in_groups):
             into_dx = d is None
-            shape = Shape(L.GUp, L.Fp, L.T * F if into_dx else F, L.W, *column_vectors(L.W, F, [0], 0, 0),
+            shape = Shape(L.part_rows, L.GUp, L.Fp, L.T * F if into_dx else F, L.W, *column_vectors(L.W, F, [0], 0, 0),
                           accumulate=into_dx and k > 0)
             self.product(shape, self.rows, n * L.Up, ("DX", (self.b0, L.GUp), g0 * L.Up),
                          ("WT", (g0 * L.Up, L.Fp)), dx_t if into_dx else ("TMPX", (self.b0, F)))
@@ -210,9 +212,11 @@ def _prepare(em):
     L = em.L
     pack(em, "recurrent_kernel", L.U, "RT", transposed=True)
     pack(em, "kernel", L.F, "WT", transposed=True)
+    b = em.b
+    memset = get_function(b.module, "llvm.memset.p0.i64", void, [i8p, i8, i64, ir.IntType(1)])
     for region in ("DR", "DX", "GRADS"):
-        with em.for_range(L.sizes[region], name="z") as i:
-            em.st(em.zero(), region, i)
+        b.call(memset, [b.bitcast(em.p[region], i8p), ir.Constant(i8, 0), c64(4 * L.sizes[region]),
+                        ir.Constant(ir.IntType(1), 0)])
 
 
 def _weight_gradients(em):

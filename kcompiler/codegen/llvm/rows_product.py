@@ -25,8 +25,10 @@ read and written with masked loads and stores, so nothing outside C's valid colu
 touched. A chunk's vectors are taken a few at a time (``tile_shape``), each group for a few
 rows at a time, with one accumulator per row and vector: per k, one load per vector and one
 broadcast per row feed rows x vectors FMAs, and enough independent accumulators hide the
-FMA latency. The rows are cut into tiles of nearly equal size. The sum over k runs in order
-k = 0..K-1 with a fused multiply-add per term.
+FMA latency. ``rows`` lists the row counts a call may have (the parts of a batch differ by
+one row at most): each has its own static cut into tiles (``tile_plan``), and a call with
+another count computes nothing. The sum over k runs in order k = 0..K-1 with a fused
+multiply-add per term.
 """
 import hashlib
 from dataclasses import dataclass
@@ -37,6 +39,45 @@ from .irutil import c64, f32, for_range, get_function, i1, i32, i64, void
 from .jit import host_has_avx512, vector_width_attrs
 
 fptr = f32.as_pointer()
+
+
+PACK_NAME = "kc_pack_gates"
+#: void kc_pack_gates(float* src, float* dst, i64 n, i64 G, i64 U, i64 Up, i64 cols, i64 transposed)
+PACK_FN_TYPE = ir.FunctionType(void, [fptr, fptr, i64, i64, i64, i64, i64, i64])
+
+
+def emit_pack(module):
+    """Add ``kc_pack_gates`` to ``module`` (the support library's): packs a matrix ``src``
+    (n, G*U) whose columns are G gates of U units for the products,
+    ``dst[r, g*Up + j] = src[r, g*U + j]`` (n rows of G*Up), or with ``transposed``
+    ``dst[g*Up + k, c] = src[c, g*U + k]`` (G*Up rows of ``cols`` >= n), zeros in the
+    padding. The sizes are arguments: compiled once, for every kernel's matrices (emitted
+    into each kernel with its static sizes, LLVM unrolled the copies in full and took half
+    the gradient kernel's compile time over them)."""
+    fn = ir.Function(module, PACK_FN_TYPE, name=PACK_NAME)
+    src, dst, n, G, U, Up, cols, transposed = fn.args
+    for a in (src, dst):
+        a.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    GU = b.mul(G, U)
+    zero = ir.Constant(f32, 0.0)
+    gep = lambda p, i: b.gep(p, [i], inbounds=True)  # noqa: E731
+    with b.if_else(b.icmp_signed("!=", transposed, c64(0))) as (t_case, f_case):
+        with t_case:
+            with for_range(b, G, name="g") as g, for_range(b, Up, name="k") as k, \
+                    for_range(b, cols, name="c") as c:
+                inside = b.and_(b.icmp_signed("<", k, U), b.icmp_signed("<", c, n))
+                at = b.select(inside, b.add(b.mul(c, GU), b.add(b.mul(g, U), k)), c64(0))
+                out = b.add(b.mul(b.add(b.mul(g, Up), k), cols), c)
+                b.store(b.select(inside, b.load(gep(src, at)), zero), gep(dst, out))
+        with f_case:
+            with for_range(b, n, name="r") as r, for_range(b, G, name="g") as g, for_range(b, Up, name="j") as j:
+                inside = b.icmp_signed("<", j, U)
+                at = b.select(inside, b.add(b.mul(r, GU), b.add(b.mul(g, U), j)), c64(0))
+                out = b.add(b.mul(r, b.mul(G, Up)), b.add(b.mul(g, Up), j))
+                b.store(b.select(inside, b.load(gep(src, at)), zero), gep(dst, out))
+    b.ret_void()
+    return fn
 
 
 def host_vector_width():
@@ -103,9 +144,29 @@ def splat(b, x, width):
     return b.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, width), [0] * width))
 
 
+def tile_plan(rows, mr):
+    """How ``rows`` rows are cut into tiles of at most ``mr``: [(rows per tile, tiles)], in
+    order. Whole tiles while 2 mr or more are left, then the rest as one tile, or as two
+    nearly equal ones when it exceeds mr (16 rows in tiles of 6: 6, 5, 5, not 6, 6, 4: more
+    accumulators at work)."""
+    plan, left = [], rows
+    while left >= 2 * mr:
+        left -= mr
+        plan.append(mr)
+    plan += [(left + 1) // 2, left // 2] if left > mr else [left] if left else []
+    runs = []
+    for size in plan:
+        if runs and runs[-1][0] == size:
+            runs[-1][1] += 1
+        else:
+            runs.append([size, 1])
+    return [tuple(r) for r in runs]
+
+
 @dataclass(frozen=True)
 class Shape:
     """The static shape of one rows product (see the module docstring)."""
+    rows: tuple
     lda: int
     ldb: int
     ldc: int
@@ -131,7 +192,8 @@ def rows_product(module, shape):
         return fn
     fn = ir.Function(module, ir.FunctionType(void, [i64, i64, fptr, fptr, fptr]), name=name)
     fn.linkage = "internal"
-    vector_width_attrs(fn)
+    fn.attributes.add("noinline")  # a call per step costs nothing; inlined, the kernels' LLVM
+    vector_width_attrs(fn)         # optimisation took 5-10x longer (one huge function)
     for a in fn.args[2:]:
         a.add_attribute("noalias")
     rows, K, A, Bp, C = fn.args
@@ -150,12 +212,20 @@ class _Emitter:
 
     def run(self, rows):
         b, s = self.b, self.s
-        if s.count:
-            with for_range(b, s.count, name="chunk") as c:
-                bstep, cstep = b.mul(c, c64(s.step[0])), b.mul(c, c64(s.step[1]))
-                self.tiles(rows, [(bcol, ccol, s.width) for bcol, ccol in s.chunk], bstep, cstep)
-        if s.tail:
-            self.tiles(rows, list(s.tail), c64(0), c64(0))
+        done = b.function.append_basic_block("done")
+        switch = b.switch(rows, done)
+        for n in s.rows:
+            block = b.function.append_basic_block(f"rows{n}")
+            switch.add_case(c64(n), block)
+            b.position_at_end(block)
+            if s.count:
+                with for_range(b, s.count, name="chunk") as c:
+                    bstep, cstep = b.mul(c, c64(s.step[0])), b.mul(c, c64(s.step[1]))
+                    self.tiles(n, [(bcol, ccol, s.width) for bcol, ccol in s.chunk], bstep, cstep)
+            if s.tail:
+                self.tiles(n, list(s.tail), c64(0), c64(0))
+            b.branch(done)
+        b.position_at_end(done)
 
     def tiles(self, rows, cols, boff, coff):
         """Every row of one chunk, its vectors a group of ``tile_shape`` at a time."""
@@ -164,36 +234,16 @@ class _Emitter:
             self.row_tiles(rows, cols[v:v + per_tile], boff, coff)
 
     def row_tiles(self, rows, cols, boff, coff):
-        """Tiles of mr rows while at least 2 mr are left, then the rest in one tile (up to mr
-        rows) or two nearly equal ones (which keeps the accumulators many)."""
+        """The tiles of ``tile_plan``: a loop over each run of equal tiles."""
         b = self.b
-        mr = tile_rows(len(cols), self.s.width)
-        pre = b.block
-        head = b.function.append_basic_block("rows")
-        body = b.function.append_basic_block("rows.tile")
-        done = b.function.append_basic_block("rows.done")
-        b.branch(head)
-        b.position_at_end(head)
-        r0 = b.phi(i64, name="r0")
-        r0.add_incoming(c64(0), pre)
-        left = b.sub(rows, r0)
-        b.cbranch(b.icmp_signed(">", left, c64(0)), body, done)
-        b.position_at_end(body)
-        half = b.sdiv(b.add(left, c64(1)), c64(2))
-        n = b.select(b.icmp_signed(">=", left, c64(2 * mr)), c64(mr),
-                     b.select(b.icmp_signed(">", left, c64(mr)), half, left))
-        nxt = b.function.append_basic_block("rows.next")
-        switch = b.switch(n, nxt)
-        for size in range(1, mr + 1):
-            block = b.function.append_basic_block(f"rows.{size}")
-            switch.add_case(c64(size), block)
-            b.position_at_end(block)
-            self.tile(size, r0, cols, boff, coff)
-            b.branch(nxt)
-        b.position_at_end(nxt)
-        r0.add_incoming(b.add(r0, n), nxt)
-        b.branch(head)
-        b.position_at_end(done)
+        first = 0
+        for size, count in tile_plan(rows, tile_rows(len(cols), self.s.width)):
+            if count == 1:
+                self.tile(size, c64(first), cols, boff, coff)
+            else:
+                with for_range(b, first + count * size, start=first, step=size, name="rt") as r0:
+                    self.tile(size, r0, cols, boff, coff)
+            first += count * size
 
     def tile(self, nrows, r0, cols, boff, coff):
         b, s = self.b, self.s
