@@ -12,7 +12,7 @@ import pytest
 
 from kcompiler.codegen.llvm import jit
 from kcompiler.codegen.llvm import rnn as rnn_codegen
-from kcompiler.codegen.llvm.irutil import c64, f32, for_range, i64, void
+from kcompiler.codegen.llvm.irutil import f32, for_range, i64, void
 from kcompiler.codegen.llvm.render import scalar
 from kcompiler.codegen.llvm.rows_product import Shape, fptr, rows_product, vload, vstore
 

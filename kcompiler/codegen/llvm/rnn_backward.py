@@ -12,10 +12,10 @@ parts have joined, their sums are added into the outputs.
 The layout, the workspace regions (KEPT, HS/CS, SRC, DR, DX, GRADS, ...), the parts over batch
 rows and the kernel skeleton are shared with the forward kernel: see rnn.
 """
-from ...ir.registry import lowering
-from ...ops.rnn import GATES
 import llvmlite.ir as ir
 
+from ...ir.registry import lowering
+from ...ops.rnn import GATES
 from .irutil import c64, get_function, i8, i8p, i64, void
 from .rnn import Emitter, _lin, _lower, column_vectors, pack
 from .rows_product import Shape
