@@ -90,6 +90,29 @@ def test_parts_over_batch_rows_stay_inside_their_buffers(monkeypatch, op, reset_
     check_compiled(op, xs, attrs_for(op, reset_after, True, d, units=3, go_backwards=parallel))
 
 
+@pytest.mark.parametrize("width", [8, 16])
+@pytest.mark.parametrize("op,reset_after", VARIANTS)
+def test_whole_vectors_masked_tail_and_register_tiles(monkeypatch, op, reset_after, width):
+    """units = 2 whole vectors + 3 units (the masked last vector) and 13 rows in 2 parts (register
+    tiles of several sizes), bounds checked; with 8 lanes also a dropout mask per gate."""
+    monkeypatch.setattr(rnn_codegen, "VECTOR_WIDTH", width)
+    monkeypatch.setattr(rnn_codegen, "CHECK_BOUNDS", True)
+    monkeypatch.setattr(rnn_codegen, "PARALLEL_MIN_WORK", 0)
+    units, d = 2 * width + 3, (GATES[op] if width == 8 else 0)
+    xs = operands(op, batch=13, time=3, features=5, units=units, reset_after=reset_after, masked=True, dropout=d,
+                  seed=4)
+    check_compiled(op, xs, attrs_for(op, reset_after, True, d, units=units, go_backwards=width == 16))
+
+
+def test_gradient_keeps_f_x_only_where_the_derivative_is_a_function_of_it():
+    """sigmoid, tanh and the identity: the backward sweep reads f(x) (no transcendental);
+    relu, hard_sigmoid, softplus, elu, swish need x (their gradients are tested above)."""
+    keeps_value = {name: rnn_codegen.Activation(name).of_value
+                   for name in ("sigmoid", "tanh", "linear", "relu", "hard_sigmoid", "softplus", "elu", "swish")}
+    assert keeps_value == {"sigmoid": True, "tanh": True, "linear": True, "relu": False, "hard_sigmoid": False,
+                           "softplus": False, "elu": False, "swish": False}
+
+
 # ---- Keras layer fixtures on the compiled kernels ---------------------------------------------------
 
 FIXTURES = ["lstm_seq_mask", "lstm_backwards_last", "gru_reset_after_false_seq", "gru_seq_state",

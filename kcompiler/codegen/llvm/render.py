@@ -157,7 +157,7 @@ class Renderer:
 
     def expr(self, e):
         if isinstance(e, Const):
-            return ir.Constant(i32, int(e.value) & 0xFFFFFFFF) if e.dtype == "uint32" else const(e.value, e.dtype)
+            return self.constant(e)
         if isinstance(e, Var):
             if e.name in self.locals:
                 return self.b.load(self.locals[e.name])
@@ -176,6 +176,9 @@ class Renderer:
         if not varies(e, self.locals, self.written):  # reusable: reads nothing a statement changes
             self.cache[e] = value
         return value
+
+    def constant(self, e):
+        return ir.Constant(i32, int(e.value) & 0xFFFFFFFF) if e.dtype == "uint32" else const(e.value, e.dtype)
 
     def primitive(self, e, args):
         b, s, op = self.b, self.e, e.op
@@ -320,10 +323,11 @@ class ValueRenderer(Renderer):
     """Renders expressions at a builder's position outside any kernel description (the
     templates: epilogues, recurrent gates): a ``Var`` stands for an LLVM value the caller
     computed (``values``, or bound later with ``bind``), a ``Load`` reads one of the caller's
-    ``pointers`` ({buffer name: (typed pointer, dtype)})."""
+    ``pointers`` ({buffer name: (typed pointer, dtype)}). With ``lanes`` the values are vectors
+    of that many lanes, and so are the constants."""
 
-    def __init__(self, b, values=(), pointers=()):
-        self.k, self.b = None, b
+    def __init__(self, b, values=(), pointers=(), lanes=0):
+        self.k, self.b, self.lanes = None, b, lanes
         self.pointers = {name: p for name, (p, _) in dict(pointers).items()}
         self.dtypes = {name: dtype for name, (_, dtype) in dict(pointers).items()}
         self.written = set()
@@ -331,6 +335,10 @@ class ValueRenderer(Renderer):
         self.locals = {}
         self.cache = {}
         self.e = ScalarEmitter(b)
+
+    def constant(self, e):
+        value = super().constant(e)
+        return ir.Constant(ir.VectorType(value.type, self.lanes), [value.constant] * self.lanes) if self.lanes else value
 
     def bind(self, name, e):
         """Emit ``e`` now; later expressions read its value as ``Var(name)``."""
@@ -343,6 +351,8 @@ _DTYPE_OF = {"float": "float32", "double": "float64", "i1": "bool", "i32": "int3
 
 def scalar(b, op, args, **attrs):
     """Element-wise op ``op`` over the LLVM values ``args``, emitted at ``b``'s position from
-    its neutral definition (or its NATIVE spelling)."""
-    names = [Var(f"a{i}", _DTYPE_OF[str(v.type)]) for i, v in enumerate(args)]
-    return ValueRenderer(b, {n.name: v for n, v in zip(names, args)}).expr(call(op, *names, **attrs))
+    its neutral definition (or its NATIVE spelling). The values may be vectors (all of the same
+    lane count): the op is then computed lane by lane."""
+    lanes = max(a.type.count if isinstance(a.type, ir.VectorType) else 0 for a in args)
+    names = [Var(f"a{i}", _DTYPE_OF[str(v.type.element if lanes else v.type)]) for i, v in enumerate(args)]
+    return ValueRenderer(b, {n.name: v for n, v in zip(names, args)}, lanes=lanes).expr(call(op, *names, **attrs))

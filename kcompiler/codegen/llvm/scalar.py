@@ -2,7 +2,10 @@
 
 ``ScalarEmitter`` wraps an IR builder with float arithmetic, NaN-propagating max/min and the
 math functions (LLVM intrinsics, libm, and inline polynomials for float32 exp and tanh, so
-loops using them vectorise). The description renderer (render.py) spells the primitives of
+loops using them vectorise). Every method also takes float32 vectors (``<N x float>``), lane
+by lane with the same instructions, hence bit for bit the scalar results: kernels that
+vectorise by hand (the recurrent cells) use it so. libm functions without a vector form
+(log1p, expm1, erf) are then called once per lane. The description renderer (render.py) spells the primitives of
 schedule/kernel.py with it; the element-wise ops themselves are defined once, target-neutrally,
 in schedule/scalar.py. The templates (pooling, reductions, recurrent cells) use it directly.
 """
@@ -11,13 +14,28 @@ import llvmlite.ir as ir
 from .irutil import f32, i32, intrinsic
 
 
+def _lanes(t):
+    """The lane count of a vector type, 0 for a scalar."""
+    return t.count if isinstance(t, ir.VectorType) else 0
+
+
+def _like(t, element):
+    """``element`` (an IR type), as a vector when ``t`` is one."""
+    return ir.VectorType(element, t.count) if isinstance(t, ir.VectorType) else element
+
+
+def _element(t):
+    return t.element if isinstance(t, ir.VectorType) else t
+
+
 class ScalarEmitter:
     def __init__(self, b):
         self.b = b
 
     # constants and arithmetic in the type of a value
     def c(self, v, like):
-        return ir.Constant(like.type, float(v))
+        t = like.type
+        return ir.Constant(t, [float(v)] * t.count) if _lanes(t) else ir.Constant(t, float(v))
 
     def add(self, x, y): return self.b.fadd(x, y)
     def sub(self, x, y): return self.b.fsub(x, y)
@@ -26,10 +44,21 @@ class ScalarEmitter:
     def neg(self, x): return self.b.fneg(x)
 
     def _fname(self, base, x):
-        return f"llvm.{base}.{'f32' if x.type == f32 else 'f64'}"
+        suffix = "f32" if _element(x.type) == f32 else "f64"
+        n = _lanes(x.type)
+        return f"llvm.{base}.{f'v{n}' if n else ''}{suffix}"
 
     def _libm(self, base, x):
-        return intrinsic(self.b, base + ("f" if x.type == f32 else ""), x.type, [x])
+        name = base + ("f" if _element(x.type) == f32 else "")
+        n = _lanes(x.type)
+        if not n:
+            return intrinsic(self.b, name, x.type, [x])
+        out = ir.Constant(x.type, ir.Undefined)  # no vector libm: one call per lane
+        for k in range(n):
+            lane = ir.Constant(i32, k)
+            v = intrinsic(self.b, name, x.type.element, [self.b.extract_element(x, lane)])
+            out = self.b.insert_element(out, v, lane)
+        return out
 
     def log(self, x): return intrinsic(self.b, self._fname("log", x), x.type, [x])
     def sqrt(self, x): return intrinsic(self.b, self._fname("sqrt", x), x.type, [x])
@@ -45,30 +74,36 @@ class ScalarEmitter:
 
     # float32 exp and tanh are inline polynomials (Cephes expf/tanhf, about 1 ulp) rather than
     # libm calls, so loops using them (sigmoid, tanh, softplus, elu, gates of recurrent cells)
-    # vectorise.
+    # vectorise. Their steps are fused multiply-adds (llvm.fma: one rounding, the same bits on
+    # every host; a fifth fewer instructions than separate multiplies and adds).
     def exp(self, x):
-        if x.type != f32:
+        if _element(x.type) != f32:
             return intrinsic(self.b, self._fname("exp", x), x.type, [x])
         b = self.b
         # exp(x) = 2^n * e^r, n = round(x / ln 2), |r| <= ln2 / 2; clamped where the result
-        # is 0 or inf anyway (NaN passes through the min/max)
-        v = self.minf(self.maxf(x, self.c(-104.0, x)), self.c(89.0, x))
-        n = self.floor(self.add(self.mul(v, self.c(1.44269504088896341, x)), self.c(0.5, x)))
-        r = self.sub(self.sub(v, self.mul(n, self.c(0.693359375, x))), self.mul(n, self.c(-2.12194440e-4, x)))
+        # is 0 or inf anyway. A NaN fails both ordered compares and passes through: the
+        # maxf/minf of a constant in one compare and select each (maxps/minps on x86)
+        lo, hi = self.c(-104.0, x), self.c(89.0, x)
+        v = b.select(b.fcmp_ordered("<", x, lo), lo, x)
+        v = b.select(b.fcmp_ordered(">", v, hi), hi, v)
+        n = self.floor(self.fma(v, self.c(1.44269504088896341, x), self.c(0.5, x)))
+        r = self.fma(n, self.c(-0.693359375, x), v)
+        r = self.fma(n, self.c(2.12194440e-4, x), r)
         p = self.c(1.9875691500e-4, x)
         for coeff in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
-            p = self.add(self.mul(p, r), self.c(coeff, x))
-        y = self.add(self.add(self.mul(p, self.mul(r, r)), r), self.c(1.0, x))
+            p = self.fma(p, r, self.c(coeff, x))
+        y = self.add(self.fma(p, self.mul(r, r), r), self.c(1.0, x))
         # 2^n as two powers of two, each a normal float for n in [-150, 129]; a NaN x gives a NaN
         # y, and n must then not reach fptosi (its result would be poison)
-        ni = b.fptosi(self.select(b.fcmp_ordered("ord", n, n), n, self.c(0.0, x)), i32)
-        n1 = b.ashr(ni, ir.Constant(i32, 1))
-        scale = [b.bitcast(b.shl(b.add(k, ir.Constant(i32, 127)), ir.Constant(i32, 23)), f32)
-                 for k in (n1, b.sub(ni, n1))]
+        int_t = _like(x.type, i32)
+        ci = lambda v: ir.Constant(int_t, [v] * int_t.count if _lanes(int_t) else v)  # noqa: E731
+        ni = b.fptosi(self.select(b.fcmp_ordered("ord", n, n), n, self.c(0.0, x)), int_t)
+        n1 = b.ashr(ni, ci(1))
+        scale = [b.bitcast(b.shl(b.add(k, ci(127)), ci(23)), x.type) for k in (n1, b.sub(ni, n1))]
         return self.mul(self.mul(y, scale[0]), scale[1])
 
     def tanh(self, x):
-        if x.type != f32:
+        if _element(x.type) != f32:
             return self._libm("tanh", x)
         z = self.fabs(x)
         # |x| >= 0.625: 1 - 2 / (exp(2|x|) + 1) with the sign of x; below: an odd polynomial
@@ -77,9 +112,12 @@ class ScalarEmitter:
         x2 = self.mul(x, x)
         p = self.c(-5.70498872745e-3, x)
         for coeff in (2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1, -3.33332819422e-1):
-            p = self.add(self.mul(p, x2), self.c(coeff, x))
-        small = self.add(self.mul(self.mul(p, x2), x), x)
+            p = self.fma(p, x2, self.c(coeff, x))
+        small = self.fma(self.mul(p, x2), x, x)
         return self.select(self.b.fcmp_unordered("<", z, self.c(0.625, x)), small, big)
+
+    def fma(self, x, y, z):
+        return intrinsic(self.b, self._fname("fma", x), x.type, [x, y, z])
 
     def pow(self, x, y):
         return intrinsic(self.b, self._fname("pow", x), x.type, [x, y])
@@ -95,8 +133,9 @@ class ScalarEmitter:
         return self.b.select(cond, x, y)
 
     def sigmoid(self, x):
+        # 1 / (1 + e) for x >= 0, e / (1 + e) below (schedule/scalar.py): one division, the
+        # numerator chosen first, gives the same bits as choosing between the two quotients
         e = self.exp(self.neg(self.fabs(x)))
         one = self.c(1, x)
-        pos = self.div(one, self.add(one, e))
-        neg = self.div(e, self.add(one, e))
-        return self.select(self.b.fcmp_ordered(">=", x, self.c(0, x)), pos, neg)
+        numerator = self.select(self.b.fcmp_ordered(">=", x, self.c(0, x)), one, e)
+        return self.div(numerator, self.add(one, e))

@@ -6,7 +6,8 @@ generated modules only declare them. This keeps each model's compile time to its
 kernels. ``kc_sgemm`` splits large products over the cores itself; ``kc_sgemm_1t`` is
 for work a kernel has already split over the cores (convolutions).
 
-The fork-join runner ``kc_parallel_run`` (threads.py) lives here too, and generated
+``kc_pack_gates`` (rows_product.py) packs the recurrent kernels' weight matrices, once per
+kernel call. The fork-join runner ``kc_parallel_run`` (threads.py) lives here too, and generated
 modules call this one: a detached helper thread still executes the runner's last
 instructions after it has signalled that its part is done, and a model's module may be
 freed as soon as its step returns; the support library is never freed.
@@ -20,6 +21,7 @@ import llvmlite.ir as ir
 from . import threads
 from .gemm import GEMM_FN_TYPE, emit_gemm, gemm_ctypes_argtypes
 from .jit import compile_units, host_target_info
+from .rows_product import PACK_FN_TYPE, PACK_NAME, emit_pack
 from .unit_memo import library_signature, remembered
 
 GEMM_NAME = "kc_sgemm"
@@ -43,7 +45,7 @@ def ensure_support_library():
             library = compile_units([(unit, SUPPORT_OPT_LEVEL)], name="kcompiler_support")
             for name in (GEMM_NAME, SERIAL_GEMM_NAME):
                 _call_once(library, name)
-            for name in (GEMM_NAME, SERIAL_GEMM_NAME, threads.RUNNER_NAME):
+            for name in (GEMM_NAME, SERIAL_GEMM_NAME, PACK_NAME, threads.RUNNER_NAME):
                 llvm.add_symbol(name, library.address(name))
             library.confirm()
             _library = library
@@ -54,6 +56,7 @@ def _support_ir():
     module = ir.Module(name="kcompiler_support")
     emit_gemm(module, GEMM_NAME)
     emit_gemm(module, SERIAL_GEMM_NAME, nthreads=1)
+    emit_pack(module)
     threads.get_parallel_runner(module).linkage = ""  # exported
     return str(module)
 
@@ -83,6 +86,11 @@ def declare_gemm(module):
 def declare_serial_gemm(module):
     """Declare the support library's single-threaded SGEMM in ``module``."""
     return _declare(module, SERIAL_GEMM_NAME)
+
+
+def declare_pack(module):
+    """Declare the support library's ``kc_pack_gates`` (rows_product.emit_pack) in ``module``."""
+    return _declare(module, PACK_NAME, PACK_FN_TYPE)
 
 
 def declare_parallel_runner(module):
