@@ -41,7 +41,9 @@ NOT_YET = {"cuda": "the CUDA backend has not landed yet: compile with target='cp
 
 @dataclass(frozen=True)
 class Capabilities:
-    epilogue_heads: frozenset   # contraction ops whose template takes a fused element-wise epilogue
+    epilogue_heads: frozenset   # ops whose kernel takes a fused element-wise epilogue: contraction
+                                # templates (fused_contraction), pooling gradients (fused_pool_grad,
+                                # a target-neutral description the backend renders)
     templates: frozenset        # ops the backend lowers with its own template (no description)
     dtypes: frozenset           # dtypes its kernels compute in
     executes: bool              # whether compiled code can run on this machine

@@ -1,9 +1,12 @@
 """The `fused_contraction` op: a matmul or conv2d with an element-wise epilogue, made by the
 fusion pass so the product's output is finished (bias, activation, ...) while it is still
-in cache, instead of in a second pass over memory.
+in cache, instead of in a second pass over memory. The `fused_pool_grad` op: the same for a
+pooling gradient whose windows do not overlap (each element of its result is stored once),
+whose epilogue runs on each value where the gradient stores it (the activation gradient
+before a pooling layer: no second pass over the pooled layer's full-size gradient).
 
-attrs: ``head`` (the contraction's op name), ``head_attrs``, ``n_head`` (how many of the
-node's operands are the head's), ``body``/``outputs`` as in the `fused` op, where a ref
+attrs: ``head`` (the head's op name), ``head_attrs``, ``n_head`` (how many of the node's
+operands are the head's), ``body``/``outputs`` as in the `fused` op, where a ref
 ``["acc", 0]`` is the head's result and ``["in", k]`` is operand ``n_head + k``.
 """
 from ..ir.registry import get_op, register
@@ -22,3 +25,5 @@ def _rule(in_types, attrs):
 
 register("fused_contraction", shape=_rule, kind="contraction",
          doc="a matmul/conv2d head with an element-wise epilogue (see attrs); made by passes/fusion.py")
+register("fused_pool_grad", shape=_rule, kind="reduction",
+         doc="a pooling gradient with an element-wise epilogue at its stores (see attrs); made by passes/fusion.py")

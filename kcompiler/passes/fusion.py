@@ -6,13 +6,25 @@ value per broadcast element), and none of its other consumers feeds the group (s
 cycle can form). Values needed outside a group (other consumers, graph outputs, state
 updates) become outputs of the fused node. Why a
 pair was not fused is recorded in graph['notes'] for the dumps.
+
+Epilogues (``fuse_epilogues``): an element-wise node absorbs the head it consumes (a
+contraction, or a pooling gradient whose windows do not overlap) when the backend declares
+that head (Capabilities.epilogue_heads). Each decision is scored by the bytes it saves (the
+head's result is neither written nor read back: twice its size); a node with several heads
+takes the one that saves most. The notes give each fusion's score and each refusal's reason.
 """
 import networkx as nx
 
 from ..ir.graph import GraphBuilder, operands, topo_order
 from ..ir.registry import get_op
+from ..ir.types import num_elements
+from ..ops.pool import windows_overlap
+from .memory_plan import ITEMSIZE
 
 NOT_FUSABLE = {"fused"}
+# The fused op an epilogue makes with each kind of head: pooling gradients store each element
+# of their result once (windows that do not overlap), and the epilogue runs at those stores.
+POOL_GRADS = frozenset({"max_pool2d_grad", "avg_pool2d_grad"})
 
 
 def _fusable(g, nid):
@@ -133,12 +145,14 @@ def _epilogue_operand_ok(shape, head_shape):
 
 
 def _epilogue_head(g, nid, live_out, heads):
-    """The contraction node ``nid`` can absorb as its epilogue, or None (with a note why not)."""
+    """The head node ``nid`` absorbs as its epilogue (the one saving the most bytes), or None;
+    a note says why each other candidate was refused, and what the fusion saves."""
     node = g.nodes[nid]
     if node["op"] != "fused" and get_op(node["op"]).kind != "elementwise":
         return None
     out_types = node["type"] if isinstance(node["type"], tuple) else (node["type"],)
-    for u in set(operands(g, nid)):
+    candidates = []
+    for u in sorted(set(operands(g, nid))):
         head = g.nodes[u]
         if head["op"] not in heads or head["type"].dtype != "float32":
             continue
@@ -150,17 +164,31 @@ def _epilogue_head(g, nid, live_out, heads):
         elif not all(_epilogue_operand_ok(g.nodes[v]["type"].shape, head["type"].shape)
                      for v in operands(g, nid) if v != u):
             why = "an operand broadcasts along other axes than the last"
+        elif head["op"] in POOL_GRADS and windows_overlap(head["op"], head["attrs"]):
+            why = "its windows overlap: it adds into its result, so no epilogue can run where it stores"
         if why:
             g.graph["notes"].append(f"%{u} {head['op']} not fused with its consumer %{nid}: {why}")
             continue
-        return u
-    return None
+        candidates.append((_bytes(head["type"]) * 2, u))
+    if not candidates:
+        return None
+    saved, u = max(candidates)
+    score = f"saves {saved} bytes" if saved else "saves a pass over its result (size not static)"
+    g.graph["notes"].append(f"%{u} {g.nodes[u]['op']} fused with its consumer %{nid} {node['op']}: {score} "
+                            f"(its result is neither written nor read back)")
+    return u
+
+
+def _bytes(t):
+    """Bytes of a tensor of type ``t`` (0 when its shape is not static)."""
+    return num_elements(t.shape) * ITEMSIZE[t.dtype] if t.is_static else 0
 
 
 def fuse_epilogues(g, heads):
-    """Merge each contraction whose op is in ``heads`` (the backend's capability: which of its
-    templates take an epilogue) into the element-wise node consuming it (bias, activation,
-    activation gradients), as one `fused_contraction` node."""
+    """Merge each head whose op is in ``heads`` (the backend's capability: which of its kernels
+    take an epilogue) into the element-wise node consuming it (bias, activation, activation
+    gradients), as one `fused_contraction` node (a contraction head) or `fused_pool_grad` node
+    (a pooling gradient)."""
     g = g.copy()
     g.graph["notes"] = list(g.graph.get("notes", []))
     live_out = set(g.graph["outputs"]) | set(g.graph["updates"].values())
@@ -182,7 +210,8 @@ def fuse_epilogues(g, heads):
         attrs = {"head": g.nodes[head]["op"], "head_attrs": dict(g.nodes[head]["attrs"]),
                  "n_head": len(head_operands), "body": body, "outputs": outputs}
         prev_layer, b.layer = b.layer, g.nodes[nid].get("layer") or g.nodes[head].get("layer")
-        new = b.add("fused_contraction", head_operands + extras, attrs)
+        fused_op = "fused_pool_grad" if g.nodes[head]["op"] in POOL_GRADS else "fused_contraction"
+        new = b.add(fused_op, head_operands + extras, attrs)
         b.layer = prev_layer
         g.nodes[new]["fused"] = [g.nodes[head]["op"]] + (g.nodes[nid].get("fused") or [g.nodes[nid]["op"]])
         for _, v, key in list(g.out_edges(nid, keys=True)):

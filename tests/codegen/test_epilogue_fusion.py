@@ -97,3 +97,57 @@ def test_conv_input_gradient_with_a_relu_gradient_epilogue(batch, hw, cin, cout,
     (got,), ops = run_fused(b.g, feeds)
     assert ops.count("fused_contraction") == 1
     assert_close32(got, run_reference(b.g, feeds)[0][0])
+
+
+def pool_gradient_with_epilogue(op, shape, pool, strides, padding, epilogue):
+    """dx of a pooling op followed by an element-wise op of it (and of y): the backward pass of a
+    ReLU before a pooling layer, or an activation gradient with a bias-like operand."""
+    b = GraphBuilder(name="pool_grad_epilogue")
+    n, h, w, c = shape
+    y = b.input("y", TensorType(shape))
+    attrs = dict(pool=pool, strides=strides, padding=padding)
+    pooled = b.type(b.op(op.replace("_grad", ""), y, **attrs)).shape
+    dp = b.input("dp", TensorType(pooled))
+    feeds = {"y": np.maximum(RNG.standard_normal(shape), 0).astype(np.float32),
+             "dp": RNG.standard_normal(pooled).astype(np.float32)}
+    if op == "max_pool2d_grad":
+        dx = b.op(op, y, dp, **attrs)
+    else:
+        dx = b.op(op, dp, input_hw=(h, w), **attrs)
+    if epilogue == "relu_grad":
+        out = b.op("relu_grad", y, dx)
+    else:  # a per-channel operand and a scalar: (dx + bias) * 0.5
+        bias = b.input("bias", TensorType((c,)))
+        feeds["bias"] = RNG.standard_normal(c).astype(np.float32)
+        out = b.op("mul", b.op("bias_add", dx, bias), b.scalar(0.5))
+    b.g.graph["outputs"] = [out]
+    return b.g, feeds
+
+
+@pytest.mark.parametrize("op,shape,pool,strides,padding,epilogue", [
+    ("max_pool2d_grad", (3, 6, 6, 5), (2, 2), (2, 2), "valid", "relu_grad"),
+    ("max_pool2d_grad", (2, 7, 5, 17), (2, 2), (2, 2), "same", "relu_grad"),    # uncovered: none; padding
+    ("max_pool2d_grad", (2, 7, 7, 3), (2, 2), (3, 3), "valid", "bias"),         # elements no window covers
+    ("avg_pool2d_grad", (2, 9, 6, 4), (3, 2), (3, 2), "same", "bias"),
+], ids=str)
+def test_pool_gradient_with_an_epilogue_at_its_stores(op, shape, pool, strides, padding, epilogue):
+    g, feeds = pool_gradient_with_epilogue(op, shape, pool, strides, padding, epilogue)
+    (got,), ops = run_fused(g, feeds)
+    assert ops.count("fused_pool_grad") == 1 and op not in ops
+    assert_close32(got, run_reference(g, feeds)[0][0])
+
+
+def test_overlapping_pool_windows_take_no_epilogue():
+    g, feeds = pool_gradient_with_epilogue("max_pool2d_grad", (2, 6, 6, 3), (3, 3), (2, 2), "valid", "relu_grad")
+    (got,), ops = run_fused(g, feeds)
+    assert "fused_pool_grad" not in ops and "max_pool2d_grad" in ops
+    fused = lower_graph(g, fuse=True)[1]["fused"]
+    assert any("windows overlap" in note for note in fused.graph["notes"])
+    assert_close32(got, run_reference(g, feeds)[0][0])
+
+
+def test_fusion_notes_score_each_fusion_in_bytes():
+    g, _ = pool_gradient_with_epilogue("max_pool2d_grad", (3, 6, 6, 5), (2, 2), (2, 2), "valid", "relu_grad")
+    fused = lower_graph(g, fuse=True)[1]["fused"]
+    assert any(note.endswith("relu_grad: saves 4320 bytes (its result is neither written nor read back)")
+               for note in fused.graph["notes"])  # 2 x 3*6*6*5 floats

@@ -14,7 +14,8 @@ class LLVMBackend(Backend):
 
     def capabilities(self):
         return Capabilities(
-            epilogue_heads=frozenset({"matmul", "conv2d", "conv2d_backward_input"}),
+            epilogue_heads=frozenset({"matmul", "conv2d", "conv2d_backward_input", "max_pool2d_grad",
+                                      "avg_pool2d_grad"}),
             templates=frozenset(name for name, op in all_ops().items() if "llvm" in op.lowerings),
             dtypes=frozenset(COMPILED_DTYPES),
             executes=True)
