@@ -47,6 +47,8 @@ class Capabilities:
     templates: frozenset        # ops the backend lowers with its own template (no description)
     dtypes: frozenset           # dtypes its kernels compute in
     executes: bool              # whether compiled code can run on this machine
+    bias_grad_heads: frozenset = frozenset()  # weight-gradient ops whose kernel also sums their dy
+                                              # into the bias gradient (fused_bias_grad)
 
 
 class Backend:

@@ -12,6 +12,11 @@ contraction, or a pooling gradient whose windows do not overlap) when the backen
 that head (Capabilities.epilogue_heads). Each decision is scored by the bytes it saves (the
 head's result is neither written nor read back: twice its size); a node with several heads
 takes the one that saves most. The notes give each fusion's score and each refusal's reason.
+
+Bias gradients (``fuse_bias_gradients``): a weight gradient whose op the backend declares
+(Capabilities.bias_grad_heads) and the sum of its dy over all but the channel axis (the bias
+gradient of the same layer) become one `fused_bias_grad` node reading dy once (scored by
+dy's bytes).
 """
 import networkx as nx
 
@@ -221,3 +226,54 @@ def fuse_epilogues(g, heads):
         g.graph["updates"] = {var: (new if val == nid else val) for var, val in g.graph["updates"].items()}
         g.remove_nodes_from([nid, head])
     return g
+
+
+# ---- bias gradients: a weight gradient and the sum of its dy -----------------------------------
+
+def fuse_bias_gradients(g, heads):
+    """Merge each weight gradient whose op is in ``heads`` (the backend's capability) with a sum
+    of its dy (operand 1) over every axis but the last into one `fused_bias_grad` node."""
+    g = g.copy()
+    g.graph["notes"] = list(g.graph.get("notes", []))
+    b = GraphBuilder(g)
+    for nid in topo_order(g):
+        if nid not in g or g.nodes[nid]["op"] not in heads:
+            continue
+        head = g.nodes[nid]
+        x, dy = operands(g, nid)
+        dy_type = g.nodes[dy]["type"]
+        bias_axes = tuple(range(len(dy_type.shape) - 1))
+        sums = [v for v in sorted(set(g.successors(dy))) if g.nodes[v]["op"] == "sum"
+                and _normalized_axes(g.nodes[v]["attrs"].get("axes"), len(dy_type.shape)) == bias_axes
+                and not g.nodes[v]["attrs"].get("keepdims", False)]
+        if not sums or dy_type.dtype != "float32":
+            continue
+        total = sums[0]
+        if _reaches(g, [total], [x]):
+            g.graph["notes"].append(f"%{total} sum not fused with %{nid} {head['op']}: the input of the weight "
+                                    "gradient depends on it")
+            continue
+        prev_layer, b.layer = b.layer, head.get("layer")
+        fused = b.add("fused_bias_grad", [x, dy], {"head": head["op"], "head_attrs": dict(head["attrs"]),
+                                                   "axes": bias_axes})
+        g.nodes[fused]["fused"] = [head["op"], "sum"]
+        results = [b.tuple_item(fused, 0), b.tuple_item(fused, 1)]
+        b.layer = prev_layer
+        for old, new in zip((nid, total), results):
+            for _, v, key in list(g.out_edges(old, keys=True)):
+                if v not in results:
+                    g.remove_edge(old, v, key)
+                    g.add_edge(new, v, key=key)
+            g.graph["outputs"] = [new if o == old else o for o in g.graph["outputs"]]
+            g.graph["updates"] = {var: (new if val == old else val) for var, val in g.graph["updates"].items()}
+        g.remove_nodes_from([nid, total])
+        score = f"saves {_bytes(dy_type)} bytes" if dy_type.is_static else "saves a pass over dy (size not static)"
+        g.graph["notes"].append(f"%{total} sum fused with %{nid} {head['op']} as %{fused} fused_bias_grad: {score} "
+                                "(dy is read once for both)")
+    return g
+
+
+def _normalized_axes(axes, rank):
+    if axes is None:
+        return tuple(range(rank))
+    return tuple(sorted(a % rank for a in (axes if isinstance(axes, (list, tuple)) else (axes,))))

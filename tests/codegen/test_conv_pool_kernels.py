@@ -159,13 +159,16 @@ def test_implicit_gemm_tiles(x_shape, k_shape, attrs):
     check_compiled("conv2d", [normal(*x_shape), normal(*k_shape)], attrs)
 
 
+@pytest.mark.parametrize("split_batch", [False, True])
 @pytest.mark.parametrize("x_shape,k_shape,attrs", TILE_CASES[1:3])
-def test_implicit_gemm_blocks_groups_and_parts(x_shape, k_shape, attrs, monkeypatch):
-    """Several parts (3 threads, splitting rows of the forward and tiles of the weight gradient),
-    forward blocks of one tile, padded copies one image at a time, weight-gradient blocks of
-    one output row."""
+def test_implicit_gemm_blocks_groups_and_parts(x_shape, k_shape, attrs, split_batch, monkeypatch):
+    """Several parts (3 threads, splitting rows of the forward, and the tiles or the batch of the
+    weight gradient), forward blocks of one tile, padded copies one image at a time,
+    weight-gradient blocks of one output row."""
     monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")  # no unit remembered from other settings
     monkeypatch.setattr(threads, "default_nthreads", lambda: 3)
+    monkeypatch.setattr(conv_kernels, "split_by_batch", lambda g, nparts: split_batch and g.batch >= nparts)
+    x_shape = (3 * x_shape[0],) + x_shape[1:]  # at least one image per part
     monkeypatch.setattr(conv_kernels, "PARALLEL_MIN_MACS", 0)
     monkeypatch.setattr(conv_kernels, "BLOCK_TILES", 1)
     monkeypatch.setattr(conv_kernels, "GROUP_BUDGET_FLOATS", 1)

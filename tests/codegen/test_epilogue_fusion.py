@@ -151,3 +151,51 @@ def test_fusion_notes_score_each_fusion_in_bytes():
     fused = lower_graph(g, fuse=True)[1]["fused"]
     assert any(note.endswith("relu_grad: saves 4320 bytes (its result is neither written nor read back)")
                for note in fused.graph["notes"])  # 2 x 3*6*6*5 floats
+
+
+def weight_and_bias_gradients(x_shape, k_shape, padding="valid", strides=(1, 1), axes=(0, 1, 2)):
+    """The two gradients a Conv2D layer with a bias takes from its dy: dK and sum(dy, (0, 1, 2))."""
+    b = GraphBuilder(name="bias_gradient")
+    attrs = dict(strides=strides, padding=padding, dilation=(1, 1))
+    x = b.input("x", TensorType(x_shape))
+    y_shape = b.type(b.op("conv2d", x, b.input("k", TensorType(k_shape)), **attrs)).shape
+    dy = b.input("dy", TensorType(y_shape))
+    b.g.graph["outputs"] = [b.op("conv2d_backward_kernel", x, dy, kernel_shape=k_shape, **attrs),
+                            b.op("sum", dy, axes=axes, keepdims=False)]
+    feeds = {"x": RNG.standard_normal(x_shape).astype(np.float32), "dy": RNG.standard_normal(y_shape).astype(np.float32),
+             "k": np.zeros(k_shape, np.float32)}
+    return b.g, feeds
+
+
+@pytest.mark.parametrize("split_batch", [False, True])
+@pytest.mark.parametrize("x_shape,k_shape,padding", [
+    ((6, 7, 6, 3), (3, 3, 3, 35), "valid"),    # an edge panel of output channels
+    ((4, 6, 5, 2), (3, 2, 2, 16), "same"),     # padded image copies
+    ((5, 4, 4, 3), (1, 1, 3, 7), "valid"),     # 1x1: one GEMM, then the sum
+], ids=str)
+def test_weight_gradient_with_its_bias_gradient(x_shape, k_shape, padding, split_batch, monkeypatch):
+    from kcompiler.codegen.llvm import conv, threads
+    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")  # no unit remembered from other settings
+    monkeypatch.setattr(threads, "default_nthreads", lambda: 3)
+    monkeypatch.setattr(conv, "PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(conv, "BLOCK_FLOATS", 1)   # blocks of one output row
+    monkeypatch.setattr(conv, "split_by_batch", lambda g, nparts: split_batch and g.batch >= nparts)
+    g, feeds = weight_and_bias_gradients(x_shape, k_shape, padding)
+    _, ops = run_fused(g, feeds)
+    assert ops.count("fused_bias_grad") == 1 and "sum" not in ops and "conv2d_backward_kernel" not in ops
+    compiled, stages = lower_graph(g, fuse=True)
+    compiled.run(feeds)
+    for out, expected in zip(compiled.run(feeds), run_reference(g, feeds)[0]):  # a second step: nothing left over
+        assert_close32(out, expected)
+    fused = stages["fused"]
+    dy_bytes = 4 * int(np.prod(feeds["dy"].shape))
+    assert any(f"fused_bias_grad: saves {dy_bytes} bytes (dy is read once for both)" in note
+               for note in fused.graph["notes"])
+
+
+def test_a_sum_over_other_axes_is_no_bias_gradient():
+    g, feeds = weight_and_bias_gradients((2, 5, 5, 3), (3, 3, 3, 4), axes=(1, 2))
+    got, ops = run_fused(g, feeds)
+    assert "fused_bias_grad" not in ops and "sum" in ops
+    for out, expected in zip(got, run_reference(g, feeds)[0]):
+        assert_close32(out, expected)

@@ -18,7 +18,8 @@ class LLVMBackend(Backend):
                                       "avg_pool2d_grad"}),
             templates=frozenset(name for name, op in all_ops().items() if "llvm" in op.lowerings),
             dtypes=frozenset(COMPILED_DTYPES),
-            executes=True)
+            executes=True,
+            bias_grad_heads=frozenset({"conv2d_backward_kernel"}))
 
     def generate(self, g, options):
         with generating(options):
