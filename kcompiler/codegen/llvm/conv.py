@@ -1,4 +1,4 @@
-"""CPU kernels of conv2d and its two gradients.
+"""CPU kernels of conv2d and its two gradients, as implicit GEMMs.
 
 All three ops are matrix products over the *column matrix* of the input,
 ``cols`` (B*OH*OW, KH*KW*Cin), whose row r = (n, oh, ow) holds the input pixels
@@ -6,14 +6,14 @@ kernel window r sees, tap by tap (zeros where a tap falls into the padding). The
 HWIO kernel is already the (KH*KW*Cin, Cout) matrix, and NHWC dy is (B*OH*OW, Cout):
 
     conv2d                  y  = cols @ K
-    conv2d_backward_input   dcols = dy @ K^T, then col2im scatter-adds dcols into dx
+    conv2d_backward_input   dx = col2im(dy @ K^T), summed tap by tap
     conv2d_backward_kernel  dK = cols^T @ dy
 
-conv2d and conv2d_backward_kernel are implicit GEMMs: register tiles (conv_tiles.py) read
-the input where it lies, through a table of tap offsets, and dy in place; no column
-matrix is built. When some window reaches into the padding, the tiles read zero-padded
-copies of the images instead, made a group of images at a time in scratch memory, so a
-tile never tests an index.
+No column matrix is built: register tiles (conv_tiles.py) read the input where it lies,
+through a table of tap offsets, and dy in place. When some window reaches into the
+padding, the forward and weight-gradient tiles read zero-padded copies of the images
+instead, made a group of images at a time in scratch memory, so a tile never tests an
+index; the input gradient skips the taps whose pixel lies in the padding.
 
 * conv2d: each part (one per core) takes a contiguous range of output rows, packs the
   kernel into NR-wide panels once (small: KH*KW*Cin x Cout), and computes blocks of
@@ -24,18 +24,17 @@ tile never tests an index.
   images) that every tile of a part reads while they are in L1. The parts split the batch
   (their small partial dK added after the join) or, when dK is large against the input and
   dy, the tiles (nothing to merge; every part reads all of the input and dy).
-* conv2d_backward_input: rows go in chunks whose block of ``dcols`` stays in L2
-  (``COLS_BUDGET_FLOATS``); each chunk is one single-threaded SGEMM and a col2im. The parts
-  own whole images (the dx regions of two images are disjoint, so the scatter-adds of two
-  parts never collide); small ops run as one part and let the support library's
-  multi-threaded SGEMM decide about each chunk's product.
+* conv2d_backward_input: the parts own whole images (the dx regions of two images are
+  disjoint); for each tile of dy rows, each tap's product is added into the dx pixels that
+  tap's windows read. Groups of images whose dx stays in L2 (``DX_GROUP_FLOATS``) are
+  zeroed, summed into and finished by the epilogue in turn.
 
-Element accesses outside the tiles (col2im, padding copies, packing, zeroing) go through
+Element accesses outside the tiles (padding copies, packing, zeroing, bias sums) go through
 irutil's load/store, so a bounds-checked build checks them, scratch slices included; the
 tiles' own accesses are checked at their first and last element per call.
 
 A 1x1 kernel with stride 1 and no padding needs no column matrix: x is its own, and each
-op is one GEMM.
+op is one GEMM (the support library's, on both cores).
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,17 +46,14 @@ from ...ops.conv import output_size, same_padding, window_attrs
 from . import threads
 from .irutil import (bounds_checking, c64, f32, for_range, get_function, i8p, i32, i64, load, register_buffer, store,
                      void)
-from .conv_tiles import (Image, emit_forward_tile, emit_weight_gradient_tile, host_tile, store_origins, tap_offset,
-                         window_origin)
-from .support_library import declare_parallel_runner, declare_serial_gemm
+from .conv_tiles import (Image, emit_forward_tile, emit_input_gradient_tile, emit_weight_gradient_tile, host_tile,
+                         store_origins, tap_offset, window_origin)
+from .support_library import declare_parallel_runner
 from .jit import vector_width_attrs
 
-# Floats of dcols one chunk of conv2d_backward_input may hold (512 KiB: half the L2 of a
-# core on the AVX-512 hosts, so col2im reads what the GEMM has just written from L2).
-COLS_BUDGET_FLOATS = 1 << 17
-# A chunk of conv2d_backward_input has at least this many rows so that each GEMM call
-# amortises packing the kernel over enough rows.
-MIN_CHUNK_ROWS = 96
+# Floats of dx one group of images of the input gradient holds (in L2 while it is summed into
+# and finished by the epilogue).
+DX_GROUP_FLOATS = 1 << 14
 # Row tiles a forward block computes before the epilogue finishes them in cache. Measured on
 # one Zen 2 core, bias + ReLU epilogues: 2 tiles (12 rows) cost W3's first convolution 1.21 ms
 # and W2's 0.82, 3 to 64 tiles 1.75 and 1.10-1.22 (conv alone: 1.15, 0.78); W3's second
@@ -165,16 +161,6 @@ def fill_zero(b, ptr, start, stop, name="zero"):
         store_f32(b, ir.Constant(f32, 0.0), ptr, e)
 
 
-def call_gemm(b, fn, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, beta=0.0):
-    b.call(fn, [ir.Constant(i32, int(trans_a)), ir.Constant(i32, int(trans_b)), as_i64(M), as_i64(N), as_i64(K),
-                ir.Constant(f32, 1.0), A, as_i64(lda), B, as_i64(ldb), ir.Constant(f32, beta), C, as_i64(ldc)])
-
-
-def serial_gemm(module):
-    """The single-threaded SGEMM, for work already split over the cores."""
-    return declare_serial_gemm(module)
-
-
 def split(b, part, nparts, units, unit_size):
     """[lo, hi) of part ``part`` when ``units`` units of ``unit_size`` rows are dealt out evenly."""
     lo = b.sdiv(b.mul(part, c64(units)), nparts)
@@ -278,79 +264,6 @@ def run_parts(k, buffers, nparts, body, scratch_floats=0, after=None):
         kb.call(get_function(module, "free", void, [i8p]), [raw])
 
 
-# ---- col2im -------------------------------------------------------------------------------------
-
-def emit_col2im(b, g, dx, cols, first, count):
-    """Scatter-add rows [first, first + count) of the column matrix, held in ``cols`` (row t of
-    the chunk at cols + t * width), into dx: dx[n, oh*sh - pt + i*dh, ow*sw - pl + j*dw, c] +=
-    cols[t, (i*KW + j)*Cin + c], taps in the padding skipped."""
-    span = g.kw * g.cin        # one kernel row of taps
-    row_floats = g.in_w * g.cin
-    with for_range(b, count, name="row") as t:
-        r = b.add(first, t)
-        img = b.udiv(r, c64(g.out_h * g.out_w))
-        pix = b.urem(r, c64(g.out_h * g.out_w))
-        oh, ow = b.udiv(pix, c64(g.out_w)), b.urem(pix, c64(g.out_w))
-        ih0 = b.sub(b.mul(oh, c64(g.sh)), c64(g.pad_top))
-        iw0 = b.sub(b.mul(ow, c64(g.sw)), c64(g.pad_left))
-        image = b.mul(img, c64(g.in_h * row_floats))
-        row = b.mul(t, c64(g.width))
-        if g.always_inside:
-            lo, hi = 0, g.kw
-        elif g.dw == 1:
-            # taps j in [lo, hi) of a kernel row are inside the input, and contiguous there
-            lo = smin(b, smax(b, b.neg(iw0), 0), g.kw)
-            hi = smax(b, smin(b, b.sub(c64(g.in_w), iw0), g.kw), lo)
-        with for_range(b, g.kh, name="ki") as i:
-            ih = b.add(ih0, b.mul(i, c64(g.dh)))
-            dst = b.add(row, b.mul(i, c64(span)))
-            src = b.add(image, b.mul(ih, c64(row_floats)))  # the input row, when ih is inside
-
-            def add_row():
-                if g.dw == 1:
-                    _add_span(b, dx, cols, b.add(src, b.mul(iw0, c64(g.cin))), dst, lo, hi, g)
-                else:
-                    _add_taps(b, dx, cols, src, iw0, dst, g)
-
-            if g.always_inside:
-                add_row()
-            else:
-                with b.if_then(b.icmp_unsigned("<", ih, c64(g.in_h))):  # a negative ih is a huge unsigned
-                    add_row()
-
-
-def _add_span(b, dx, cols, src, dst, lo, hi, g):
-    """Taps j in [lo, hi) of one kernel row (dilation 1: KW*Cin contiguous floats of both dx and
-    cols, from src and dst). ``src + e`` is only formed for e in the valid range, so no index
-    ever points outside dx."""
-    lo_e, hi_e = (b.mul(as_i64(v), c64(g.cin)) if not isinstance(v, int) else v * g.cin for v in (lo, hi))
-    with for_range(b, as_i64(hi_e), start=as_i64(lo_e), name="e") as e:
-        _add(b, dx, b.add(src, e), cols, b.add(dst, e))
-
-
-def _add_taps(b, dx, cols, src, iw0, dst, g):
-    """One kernel row of taps with dilation > 1: tap by tap, Cin floats each."""
-    with for_range(b, g.kw, name="kj") as j:
-        iw = b.add(iw0, b.mul(j, c64(g.dw)))
-        d = b.add(dst, b.mul(j, c64(g.cin)))
-
-        def add():
-            s = b.add(src, b.mul(iw, c64(g.cin)))
-            with for_range(b, g.cin, name="c") as c:
-                _add(b, dx, b.add(s, c), cols, b.add(d, c))
-
-        if g.always_inside:
-            add()
-        else:
-            with b.if_then(b.icmp_unsigned("<", iw, c64(g.in_w))):
-                add()
-
-
-def _add(b, dx, xi, cols, ci):
-    """dx[xi] += cols[ci]."""
-    store_f32(b, b.fadd(load_f32(b, dx, xi), load_f32(b, cols, ci)), dx, xi)
-
-
 # ---- what the implicit-GEMM tiles read -------------------------------------------------------
 
 def image_layout(g):
@@ -443,10 +356,6 @@ def check_weight_gradient_tile(b, g, image, t, checked_x, dy, n0, n1, oh0, nrows
                  b.add(b.mul(last_m, c64(g.cout)), b.add(column, c64(nr - 1))))
 
 
-def _chunk_rows(g, rows_per_part):
-    return max(1, min(rows_per_part, max(MIN_CHUNK_ROWS, COLS_BUDGET_FLOATS // g.width)))
-
-
 def _aligned(n):
     return (n + 15) // 16 * 16  # whole 64-byte lines, so every part's slice stays aligned
 
@@ -523,8 +432,11 @@ def lower_conv2d(k, epilogue=None):
 
 @lowering("llvm", "conv2d_backward_input")
 def lower_conv2d_backward_input(k, epilogue=None):
-    """``epilogue`` finishes each part's images once their col2im is complete (the parts own
-    whole images, so those pixels are final)."""
+    """dx summed tap by tap: for every tile of dy rows and every tap, the input-gradient tile
+    adds that tap's product into the dx pixels the tap's windows read (conv_tiles.py). The
+    parts own whole images (the dx regions of two images are disjoint); each goes through
+    groups of images whose dx stays in L2: zeroed, summed into, then finished by
+    ``epilogue`` while in cache."""
     dy, kernel = k.inputs
     dx = k.outputs[0]
     g = conv_geometry("conv2d_backward_input", k.out_types[0].shape, k.in_types[1].shape, k.attrs)
@@ -534,27 +446,90 @@ def lower_conv2d_backward_input(k, epilogue=None):
         if epilogue is not None:
             epilogue.emit(k.b, epilogue.pointers, 0, g.batch * g.in_h * g.in_w)
         return
-    image_rows = g.out_h * g.out_w
-    image_floats = g.in_h * g.in_w * g.cin
+    t = host_tile()
+    panels, edge = divmod(g.cin, t.nr)
+    all_panels = panels + bool(edge)
+    full_tile = emit_input_gradient_tile(k.module, g, t, t.nr) if panels else None
+    edge_tile = emit_input_gradient_tile(k.module, g, t, edge) if edge else None
+    taps = g.kh * g.kw
+    panel_floats = g.cout * t.nr
+    packed_floats = _aligned(taps * all_panels * panel_floats)
+    pixels, image_floats = g.out_h * g.out_w, g.in_h * g.in_w * g.cin
+    group = max(1, DX_GROUP_FLOATS // image_floats)
     nparts = parts_for(g.rows * g.width * g.cout, g.batch)
-    chunk = _chunk_rows(g, -(-g.batch // nparts) * image_rows)
-    cols_floats = _aligned(chunk * g.width)
-    gemm = serial_gemm(k.module) if nparts > 1 else k.gemm()
 
     def body(p):
         b, (dy, kernel, dx), rest = p.b, p.buffers[:3], p.buffers[3:]
-        cols = p.slice(p.scratch, b.mul(p.index, c64(cols_floats)), cols_floats)
+        with b.goto_entry_block():
+            arrays = b.alloca(ir.ArrayType(i64, 2 * t.mr))
+        rows = b.bitcast(arrays, i64.as_pointer())
+        targets = at_i64(b, rows, t.mr)
+        packed = p.slice(p.scratch, b.mul(p.index, c64(packed_floats)), packed_floats)
+        emit_pack_transposed_taps(b, g, t, kernel, packed)
         img_lo, img_hi = split(b, p.index, p.count, g.batch, 1)
-        fill_zero(b, dx, b.mul(img_lo, c64(image_floats)), b.mul(img_hi, c64(image_floats)), name="dx0")
-        with chunks(b, b.mul(img_lo, c64(image_rows)), b.mul(img_hi, c64(image_rows)), chunk) as (first, count):
-            call_gemm(b, gemm, False, True, count, g.width, g.cout, at(b, dy, b.mul(first, c64(g.cout))), g.cout,
-                      kernel, g.cout, cols, g.width)
-            emit_col2im(b, g, dx, cols, first, count)
-        if epilogue is not None:
-            pixels = g.in_h * g.in_w
-            epilogue.emit(b, [dx] + rest, b.mul(img_lo, c64(pixels)), b.mul(b.sub(img_hi, img_lo), c64(pixels)))
+        with for_range(b, img_hi, start=img_lo, step=group, name="group") as n0:
+            n1 = smin(b, b.add(n0, c64(group)), img_hi)
+            fill_zero(b, dx, b.mul(n0, c64(image_floats)), b.mul(n1, c64(image_floats)), name="dx0")
+            end = b.mul(n1, c64(pixels))
+            with for_range(b, end, start=b.mul(n0, c64(pixels)), step=t.mr, name="tile") as r0:
+                mr = smin(b, b.sub(end, r0), t.mr)
+                windows = []
+                for i in range(t.mr):
+                    r = b.add(r0, smin(b, c64(i), b.sub(mr, c64(1))))
+                    b.store(b.mul(r, c64(g.cout)), at_i64(b, rows, i))
+                    n, pix = b.udiv(r, c64(pixels)), b.urem(r, c64(pixels))
+                    oh, ow = b.udiv(pix, c64(g.out_w)), b.urem(pix, c64(g.out_w))
+                    windows.append((b.mul(n, c64(g.in_h)), b.sub(b.mul(oh, c64(g.sh)), c64(g.pad_top)),
+                                    b.sub(b.mul(ow, c64(g.sw)), c64(g.pad_left))))
+                if bounds_checking():
+                    _check_range(b, dy, b.mul(r0, c64(g.cout)), b.sub(b.mul(b.add(r0, mr), c64(g.cout)), c64(1)))
+                with for_range(b, taps, name="tap") as tap:
+                    ti, tj = b.udiv(tap, c64(g.kw)), b.urem(tap, c64(g.kw))
+                    for i, (image_row, ih0, iw0) in enumerate(windows):
+                        ih, iw = b.add(ih0, b.mul(ti, c64(g.dh))), b.add(iw0, b.mul(tj, c64(g.dw)))
+                        valid = b.icmp_signed("<", c64(i), mr)
+                        if not g.always_inside:
+                            valid = b.and_(valid, b.and_(b.icmp_unsigned("<", ih, c64(g.in_h)),
+                                                         b.icmp_unsigned("<", iw, c64(g.in_w))))
+                        target = b.mul(b.add(b.mul(b.add(image_row, ih), c64(g.in_w)), iw), c64(g.cin))
+                        b.store(b.select(valid, target, c64(-1)), at_i64(b, targets, i))
+                        if bounds_checking():
+                            with b.if_then(valid):
+                                _check_range(b, dx, target, b.add(target, c64(g.cin - 1)))
+                    bp = at(b, packed, b.mul(tap, c64(all_panels * panel_floats)))
+                    if panels:
+                        with for_range(b, panels, name="panel") as jp:
+                            b.call(full_tile, [dy, rows, at(b, bp, b.mul(jp, c64(panel_floats))),
+                                               at(b, dx, b.mul(jp, c64(t.nr))), targets])
+                    if edge:
+                        b.call(edge_tile, [dy, rows, at(b, bp, c64(panels * panel_floats)),
+                                           at(b, dx, c64(panels * t.nr)), targets])
+            if epilogue is not None:
+                done = g.in_h * g.in_w
+                epilogue.emit(b, [dx] + rest, b.mul(n0, c64(done)), b.mul(b.sub(n1, n0), c64(done)))
 
-    run_parts(k, [dy, kernel, dx] + extra, nparts, body, scratch_floats=nparts * cols_floats)
+    run_parts(k, [dy, kernel, dx] + extra, nparts, body, scratch_floats=nparts * packed_floats)
+
+
+def at_i64(b, ptr, index):
+    return b.gep(ptr, [as_i64(index)], inbounds=True)
+
+
+def emit_pack_transposed_taps(b, g, t, kernel, packed):
+    """Each tap's K^T (Cout x Cin) into NR-wide panels of input channels for the input-gradient
+    tile: packed[((tap * PANELS + p) * Cout + co) * NR + j] = kernel[tap, p * NR + j, co], zero
+    past Cin."""
+    all_panels = -(-g.cin // t.nr)
+    with for_range(b, g.kh * g.kw, name="ptap") as tap:
+        with for_range(b, all_panels, name="pp") as p:
+            valid = smin(b, b.sub(c64(g.cin), b.mul(p, c64(t.nr))), t.nr)
+            panel = b.mul(b.add(b.mul(tap, c64(all_panels)), p), c64(g.cout * t.nr))
+            with for_range(b, g.cout, name="pco") as co:
+                dst = b.add(panel, b.mul(co, c64(t.nr)))
+                src = b.add(b.mul(b.add(b.mul(tap, c64(g.cin)), b.mul(p, c64(t.nr))), c64(g.cout)), co)
+                with for_range(b, valid, name="pj") as j:
+                    store_f32(b, load_f32(b, kernel, b.add(src, b.mul(j, c64(g.cout)))), packed, b.add(dst, j))
+                fill_zero(b, packed, b.add(dst, valid), b.add(dst, c64(t.nr)), name="pz")
 
 
 @lowering("llvm", "fused_bias_grad")

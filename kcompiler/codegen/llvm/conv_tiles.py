@@ -25,6 +25,13 @@ both, every tap of every window lies inside the image, so the tiles never test a
     offsets[m0 + i]]``, the vectors are dy's row, read in place. ``add``: C += the sum, else
     C = the sum.
 
+``input-gradient tile``  ``void f(float* dy, i64* rows, float* Bp, float* dx, i64* targets)``
+    dx[targets[i] + j] += sum_co dy[rows[i] + co] * Bp[co * NR + j] for the rows i whose target
+    is not -1: one tap's share of dx for MR rows of dy (dx is conv_transpose(dy), each dy row
+    adding into the dx pixel every tap of its window reads; targets past the padding are -1),
+    over one NR-wide panel of the input channels (Bp: that tap's K^T, packed). Summing taps
+    in place of a column matrix and its col2im scatter: nothing is written twice.
+
 Rows past ``mr`` (a last partial tile) repeat the last valid row, so they read only memory the
 tile reads anyway; their results are dropped. Columns past the valid ``nr`` of an edge panel
 (static) are zero in Bp (forward) or loaded as zeros (weight gradient), and never stored.
@@ -265,5 +272,33 @@ def emit_weight_gradient_tile(module, g, image, t, nr):
 
     accs = accumulate(b, nimg, _zero(t), image_loop, "n")
     _store_tile(b, t, accs, C, g.cout, mr, nr, add)
+    b.ret_void()
+    return fn
+
+
+def emit_input_gradient_tile(module, g, t, nr):
+    """The input-gradient tile for geometry ``g`` and a panel of ``nr`` valid input channels
+    (static); see the module docstring. Not inlined, like the forward tile."""
+    fn = _function(module, "conv.dx_tile", [fptr, i64.as_pointer(), fptr, fptr, i64.as_pointer()],
+                   ("dy", "rows", "Bp", "dx", "targets"))
+    fn.attributes.add("noinline")
+    for a in (fn.args[0], fn.args[2], fn.args[3]):
+        a.add_attribute("noalias")
+    dy, row_array, bp, dx, target_array = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    fma = _fma(module, t.vw)
+    rows = [b.gep(dy, [b.load(_gep(b, row_array, i))], inbounds=True) for i in range(t.mr)]
+
+    def step(co, accs):
+        a = [b.load(b.gep(row, [co], inbounds=True)) for row in rows]
+        bk = b.gep(bp, [b.mul(co, c64(t.nr))], inbounds=True)
+        return _fmas(b, fma, a, [_vload(b, _gep(b, bk, j * t.vw), 64, t.vw) for j in range(t.nv)], accs, t)
+
+    accs = accumulate(b, g.cout, _zero(t), step, "co")
+    for i in range(t.mr):
+        target = b.load(_gep(b, target_array, i))
+        with b.if_then(b.icmp_signed(">=", target, c64(0)), likely=True):
+            _store_tile(b, Tile(t.vw, 1, t.nr), accs[i * t.nv:(i + 1) * t.nv], b.gep(dx, [target], inbounds=True),
+                        0, c64(1), nr, add=ir.Constant(i1, 1))
     b.ret_void()
     return fn
