@@ -41,10 +41,14 @@ BACKENDS = {
 
 @dataclass(frozen=True)
 class Capabilities:
-    epilogue_heads: frozenset   # contraction ops whose template takes a fused element-wise epilogue
+    epilogue_heads: frozenset   # ops whose kernel takes a fused element-wise epilogue: contraction
+                                # templates (fused_contraction), pooling gradients (fused_pool_grad,
+                                # a target-neutral description the backend renders)
     templates: frozenset        # ops the backend lowers with its own template (no description)
     dtypes: frozenset           # dtypes its kernels compute in
     executes: bool              # whether compiled code can run on this machine
+    bias_grad_heads: frozenset = frozenset()  # weight-gradient ops whose kernel also sums their dy
+                                              # into the bias gradient (fused_bias_grad)
 
 
 class Backend:

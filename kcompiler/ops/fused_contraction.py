@@ -1,12 +1,21 @@
 """The `fused_contraction` op: a matmul or conv2d with an element-wise epilogue, made by the
 fusion pass so the product's output is finished (bias, activation, ...) while it is still
-in cache, instead of in a second pass over memory.
+in cache, instead of in a second pass over memory. The `fused_pool_grad` op: the same for a
+pooling gradient whose windows do not overlap (each element of its result is stored once),
+whose epilogue runs on each value where the gradient stores it (the activation gradient
+before a pooling layer: no second pass over the pooled layer's full-size gradient).
 
-attrs: ``head`` (the contraction's op name), ``head_attrs``, ``n_head`` (how many of the
-node's operands are the head's), ``body``/``outputs`` as in the `fused` op, where a ref
+attrs: ``head`` (the head's op name), ``head_attrs``, ``n_head`` (how many of the node's
+operands are the head's), ``body``/``outputs`` as in the `fused` op, where a ref
 ``["acc", 0]`` is the head's result and ``["in", k]`` is operand ``n_head + k``.
+
+The `fused_bias_grad` op: a convolution's weight gradient and its bias gradient (the sum of
+dy, its second operand, over ``axes``: all but the channel axis), made by the fusion pass so
+that dy is read once for both. attrs: ``head`` (conv2d_backward_kernel), ``head_attrs``,
+``axes``; its operands are the head's; its results (dK, db).
 """
 from ..ir.registry import get_op, register
+from ..ir.types import TensorType
 from .fused import member_types
 
 
@@ -22,3 +31,15 @@ def _rule(in_types, attrs):
 
 register("fused_contraction", shape=_rule, kind="contraction",
          doc="a matmul/conv2d head with an element-wise epilogue (see attrs); made by passes/fusion.py")
+register("fused_pool_grad", shape=_rule, kind="reduction",
+         doc="a pooling gradient with an element-wise epilogue at its stores (see attrs); made by passes/fusion.py")
+
+
+def _bias_grad_rule(in_types, attrs):
+    dy = in_types[1]
+    return (head_type(in_types, dict(attrs, n_head=len(in_types))),
+            TensorType(tuple(d for i, d in enumerate(dy.shape) if i not in attrs["axes"]), dy.dtype))
+
+
+register("fused_bias_grad", shape=_bias_grad_rule, kind="contraction",
+         doc="a weight gradient and the bias gradient of its dy in one pass (see attrs); made by passes/fusion.py")

@@ -23,6 +23,13 @@ def pool_attrs(op, attrs):
     return pool, strides, padding
 
 
+def windows_overlap(op, attrs):
+    """Whether a pooling op's windows overlap (a stride below the window on some axis): its
+    gradient then adds several windows' shares into one element."""
+    pool, strides, _ = pool_attrs(op, attrs)
+    return strides[0] < pool[0] or strides[1] < pool[1]
+
+
 def _pooled_shape(op, x_shape, attrs):
     pool, strides, padding = pool_attrs(op, attrs)
     oh, ow = spatial_output(op, x_shape, pool, strides, (1, 1), padding, f"a {pool[0]}x{pool[1]} pool")

@@ -6,13 +6,30 @@ value per broadcast element), and none of its other consumers feeds the group (s
 cycle can form). Values needed outside a group (other consumers, graph outputs, state
 updates) become outputs of the fused node. Why a
 pair was not fused is recorded in graph['notes'] for the dumps.
+
+Epilogues (``fuse_epilogues``): an element-wise node absorbs the head it consumes (a
+contraction, or a pooling gradient whose windows do not overlap) when the backend declares
+that head (Capabilities.epilogue_heads). Each decision is scored by the bytes it saves (the
+head's result is neither written nor read back: twice its size); a node with several heads
+takes the one that saves most. The notes give each fusion's score and each refusal's reason.
+
+Bias gradients (``fuse_bias_gradients``): a weight gradient whose op the backend declares
+(Capabilities.bias_grad_heads) and the sum of its dy over all but the channel axis (the bias
+gradient of the same layer) become one `fused_bias_grad` node reading dy once (scored by
+dy's bytes).
 """
 import networkx as nx
 
 from ..ir.graph import GraphBuilder, operands, topo_order
 from ..ir.registry import get_op
+from ..ir.types import num_elements
+from ..ops.pool import windows_overlap
+from .memory_plan import ITEMSIZE
 
 NOT_FUSABLE = {"fused"}
+# The fused op an epilogue makes with each kind of head: pooling gradients store each element
+# of their result once (windows that do not overlap), and the epilogue runs at those stores.
+POOL_GRADS = frozenset({"max_pool2d_grad", "avg_pool2d_grad"})
 
 
 def _fusable(g, nid):
@@ -133,12 +150,14 @@ def _epilogue_operand_ok(shape, head_shape):
 
 
 def _epilogue_head(g, nid, live_out, heads):
-    """The contraction node ``nid`` can absorb as its epilogue, or None (with a note why not)."""
+    """The head node ``nid`` absorbs as its epilogue (the one saving the most bytes), or None;
+    a note says why each other candidate was refused, and what the fusion saves."""
     node = g.nodes[nid]
     if node["op"] != "fused" and get_op(node["op"]).kind != "elementwise":
         return None
     out_types = node["type"] if isinstance(node["type"], tuple) else (node["type"],)
-    for u in set(operands(g, nid)):
+    candidates = []
+    for u in sorted(set(operands(g, nid))):
         head = g.nodes[u]
         if head["op"] not in heads or head["type"].dtype != "float32":
             continue
@@ -150,17 +169,31 @@ def _epilogue_head(g, nid, live_out, heads):
         elif not all(_epilogue_operand_ok(g.nodes[v]["type"].shape, head["type"].shape)
                      for v in operands(g, nid) if v != u):
             why = "an operand broadcasts along other axes than the last"
+        elif head["op"] in POOL_GRADS and windows_overlap(head["op"], head["attrs"]):
+            why = "its windows overlap: it adds into its result, so no epilogue can run where it stores"
         if why:
             g.graph["notes"].append(f"%{u} {head['op']} not fused with its consumer %{nid}: {why}")
             continue
-        return u
-    return None
+        candidates.append((_bytes(head["type"]) * 2, u))
+    if not candidates:
+        return None
+    saved, u = max(candidates)
+    score = f"saves {saved} bytes" if saved else "saves a pass over its result (size not static)"
+    g.graph["notes"].append(f"%{u} {g.nodes[u]['op']} fused with its consumer %{nid} {node['op']}: {score} "
+                            f"(its result is neither written nor read back)")
+    return u
+
+
+def _bytes(t):
+    """Bytes of a tensor of type ``t`` (0 when its shape is not static)."""
+    return num_elements(t.shape) * ITEMSIZE[t.dtype] if t.is_static else 0
 
 
 def fuse_epilogues(g, heads):
-    """Merge each contraction whose op is in ``heads`` (the backend's capability: which of its
-    templates take an epilogue) into the element-wise node consuming it (bias, activation,
-    activation gradients), as one `fused_contraction` node."""
+    """Merge each head whose op is in ``heads`` (the backend's capability: which of its kernels
+    take an epilogue) into the element-wise node consuming it (bias, activation, activation
+    gradients), as one `fused_contraction` node (a contraction head) or `fused_pool_grad` node
+    (a pooling gradient)."""
     g = g.copy()
     g.graph["notes"] = list(g.graph.get("notes", []))
     live_out = set(g.graph["outputs"]) | set(g.graph["updates"].values())
@@ -182,7 +215,8 @@ def fuse_epilogues(g, heads):
         attrs = {"head": g.nodes[head]["op"], "head_attrs": dict(g.nodes[head]["attrs"]),
                  "n_head": len(head_operands), "body": body, "outputs": outputs}
         prev_layer, b.layer = b.layer, g.nodes[nid].get("layer") or g.nodes[head].get("layer")
-        new = b.add("fused_contraction", head_operands + extras, attrs)
+        fused_op = "fused_pool_grad" if g.nodes[head]["op"] in POOL_GRADS else "fused_contraction"
+        new = b.add(fused_op, head_operands + extras, attrs)
         b.layer = prev_layer
         g.nodes[new]["fused"] = [g.nodes[head]["op"]] + (g.nodes[nid].get("fused") or [g.nodes[nid]["op"]])
         for _, v, key in list(g.out_edges(nid, keys=True)):
@@ -192,3 +226,54 @@ def fuse_epilogues(g, heads):
         g.graph["updates"] = {var: (new if val == nid else val) for var, val in g.graph["updates"].items()}
         g.remove_nodes_from([nid, head])
     return g
+
+
+# ---- bias gradients: a weight gradient and the sum of its dy -----------------------------------
+
+def fuse_bias_gradients(g, heads):
+    """Merge each weight gradient whose op is in ``heads`` (the backend's capability) with a sum
+    of its dy (operand 1) over every axis but the last into one `fused_bias_grad` node."""
+    g = g.copy()
+    g.graph["notes"] = list(g.graph.get("notes", []))
+    b = GraphBuilder(g)
+    for nid in topo_order(g):
+        if nid not in g or g.nodes[nid]["op"] not in heads:
+            continue
+        head = g.nodes[nid]
+        x, dy = operands(g, nid)
+        dy_type = g.nodes[dy]["type"]
+        bias_axes = tuple(range(len(dy_type.shape) - 1))
+        sums = [v for v in sorted(set(g.successors(dy))) if g.nodes[v]["op"] == "sum"
+                and _normalized_axes(g.nodes[v]["attrs"].get("axes"), len(dy_type.shape)) == bias_axes
+                and not g.nodes[v]["attrs"].get("keepdims", False)]
+        if not sums or dy_type.dtype != "float32":
+            continue
+        total = sums[0]
+        if _reaches(g, [total], [x]):
+            g.graph["notes"].append(f"%{total} sum not fused with %{nid} {head['op']}: the input of the weight "
+                                    "gradient depends on it")
+            continue
+        prev_layer, b.layer = b.layer, head.get("layer")
+        fused = b.add("fused_bias_grad", [x, dy], {"head": head["op"], "head_attrs": dict(head["attrs"]),
+                                                   "axes": bias_axes})
+        g.nodes[fused]["fused"] = [head["op"], "sum"]
+        results = [b.tuple_item(fused, 0), b.tuple_item(fused, 1)]
+        b.layer = prev_layer
+        for old, new in zip((nid, total), results):
+            for _, v, key in list(g.out_edges(old, keys=True)):
+                if v not in results:
+                    g.remove_edge(old, v, key)
+                    g.add_edge(new, v, key=key)
+            g.graph["outputs"] = [new if o == old else o for o in g.graph["outputs"]]
+            g.graph["updates"] = {var: (new if val == old else val) for var, val in g.graph["updates"].items()}
+        g.remove_nodes_from([nid, total])
+        score = f"saves {_bytes(dy_type)} bytes" if dy_type.is_static else "saves a pass over dy (size not static)"
+        g.graph["notes"].append(f"%{total} sum fused with %{nid} {head['op']} as %{fused} fused_bias_grad: {score} "
+                                "(dy is read once for both)")
+    return g
+
+
+def _normalized_axes(axes, rank):
+    if axes is None:
+        return tuple(range(rank))
+    return tuple(sorted(a % rank for a in (axes if isinstance(axes, (list, tuple)) else (axes,))))

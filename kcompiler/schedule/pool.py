@@ -27,10 +27,14 @@ Numerics follow the references (kcompiler/ops/pool_reference.py):
 """
 from dataclasses import dataclass, replace
 
-from ..ir.registry import description
+from ..ir.registry import description, get_op
 from ..ops.conv import output_size, same_padding
+from ..ops.fused import member_types
+from ..ops.fused_contraction import head_type
 from ..ops.pool import pool_attrs
-from .kernel import INDEX, Assign, Buffer, Const, Kernel, Load, Local, Store, Var, call, loop
+from .elementwise import member_values
+from .kernel import (INDEX, AtomicAdd, Assign, Buffer, Const, If, Kernel, Load, Local, Loop, Store, Var, call, loop,
+                     node_buffers, varies)
 
 UNROLL_TAPS = 16
 F32 = "float32"
@@ -329,3 +333,58 @@ def describe_avg_pool2d_grad(node, in_types, name):
         return [w.tap_loops(lambda i, j: [w.channels([_into_dx(g, w.tap(i, j), share)])])]
 
     return kernel(name, g, x_shape, [dy_shape], window, lambda n: zero_dx(g, n), not g.overlapping)
+
+
+# ---- a pooling gradient with an element-wise epilogue (fused_pool_grad) ------------------------
+
+@description("fused_pool_grad", constants=True)
+def describe_fused_pool_grad(node, in_types, name, constants):
+    """The head's kernel, every store of its result replaced by the stores of the epilogue's
+    outputs at that element (windows that do not overlap store each element once, and the
+    head never reads its result back: the fusion pass fuses no other)."""
+    attrs = node["attrs"]
+    n = attrs["n_head"]
+    acc_type = head_type(in_types, attrs)
+    head = get_op(attrs["head"]).describe({"op": attrs["head"], "attrs": attrs["head_attrs"], "type": acc_type},
+                                          in_types[:n], name)
+    extra_types = in_types[n:]
+    types = member_types(extra_types, attrs, acc=acc_type)
+    width = acc_type.shape[-1]
+    stores = []  # one local per store: a renderer may declare each name once per scope
+
+    def operand(index, k):
+        t = extra_types[k]
+        if n + k in constants:
+            return Const(constants[n + k], t.dtype)
+        if tuple(t.shape) == ():
+            return Load(f"in{n + k}", Const(0, INDEX), t.dtype)
+        if tuple(t.shape) == (width,) and len(acc_type.shape) > 1:
+            return Load(f"in{n + k}", call("mod", index, Const(width, INDEX)), t.dtype)
+        return Load(f"in{n + k}", index, t.dtype)
+
+    def rewrite(statements):
+        out = []
+        for s in statements:
+            if _reads_result(s):
+                raise ValueError(f"{attrs['head']} reads its result back: it takes no epilogue at its stores")
+            if isinstance(s, Store) and s.buffer == "out0":
+                acc = Var(f"epilogue_acc{len(stores)}", acc_type.dtype)
+                stores.append(acc)
+                values = member_values(attrs["body"], types, lambda k: operand(s.index, k), acc=acc, index=s.index)
+                out.append(Local(acc, s.value))
+                out += [Store(f"out{j}", s.index, values[m]) for j, m in enumerate(attrs["outputs"])]
+            elif isinstance(s, Loop):
+                out.append(Loop(s.var, s.extent, tuple(rewrite(s.body)), s.parallel))
+            elif isinstance(s, If):
+                out.append(If(s.cond, tuple(rewrite(s.then)), tuple(rewrite(s.orelse))))
+            else:
+                out.append(s)
+        return out
+
+    return Kernel(name, node_buffers(node, in_types), tuple(rewrite(head.body)))
+
+
+def _reads_result(s):
+    """Whether statement ``s`` (not looking into nested bodies) reads the result or adds to it."""
+    exprs = [getattr(s, f) for f in ("index", "value", "init", "cond") if hasattr(s, f)]
+    return (isinstance(s, AtomicAdd) and s.buffer == "out0") or any(varies(e, set(), {"out0"}) for e in exprs)

@@ -128,17 +128,65 @@ def test_max_pool_grad_nan_and_minus_inf_windows():
 
 
 def test_parallel_and_chunked_paths(monkeypatch):
-    """Force several parts (3 threads), tiny chunks that cross image boundaries, and the
-    per-part dK accumulators, on small shapes."""
+    """Force several parts (3 threads), forward blocks of one tile that cross image boundaries,
+    input-gradient groups of one image, on small shapes."""
+    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")  # no unit remembered from other settings
     monkeypatch.setattr(threads, "default_nthreads", lambda: 3)
     monkeypatch.setattr(conv_kernels, "PARALLEL_MIN_MACS", 0)
-    monkeypatch.setattr(conv_kernels, "MIN_CHUNK_ROWS", 5)
-    monkeypatch.setattr(conv_kernels, "COLS_BUDGET_FLOATS", 64)
+    monkeypatch.setattr(conv_kernels, "BLOCK_TILES", 1)
+    monkeypatch.setattr(conv_kernels, "DX_GROUP_FLOATS", 1)
     monkeypatch.setattr(render, "PARALLEL_MIN_ACCESSES", 0)
     check_compiled("conv2d", [normal(4, 6, 7, 3), normal(3, 3, 3, 4)], conv_attrs(padding="same"))
     check_compiled("conv2d", [normal(3, 7, 6, 2), normal(2, 3, 2, 3)], conv_attrs(strides=(2, 1), dilation=(1, 2)))
     check_compiled("max_pool2d", [normal(4, 5, 5, 17)], pool_attrs((3, 3), (2, 2), "same"))
     check_compiled("avg_pool2d", [normal(4, 5, 5, 17)], pool_attrs((3, 3), (2, 2), "same"))
+
+
+# Shapes for the implicit-GEMM tiles (codegen/llvm/conv_tiles.py): output channels (and, for
+# the input gradient, input channels) of whole register panels (16, 32), with an edge panel
+# (35: 2 x 16 + 3 on AVX2 hosts, 32 + 3 with AVX-512), 1 and 7 input channels (KH*KW*Cin not a
+# multiple of the tile's rows), windows into the padding (padded image copies, input-gradient
+# taps skipped), strides and dilation.
+TILE_CASES = [
+    ((3, 6, 7, 1), (3, 3, 1, 35), conv_attrs()),
+    ((2, 5, 6, 35), (2, 3, 35, 4), conv_attrs(strides=(2, 1), padding="same")),  # input-gradient panels
+    ((2, 7, 6, 7), (3, 2, 7, 16), conv_attrs(padding="same")),
+    ((3, 9, 8, 2), (3, 3, 2, 35), conv_attrs(strides=(2, 1), padding="same", dilation=(1, 2))),
+    ((2, 5, 9, 3), (2, 3, 3, 32), conv_attrs(strides=(1, 3))),
+]
+
+
+@pytest.mark.parametrize("x_shape,k_shape,attrs", TILE_CASES)
+def test_implicit_gemm_tiles(x_shape, k_shape, attrs):
+    check_compiled("conv2d", [normal(*x_shape), normal(*k_shape)], attrs)
+
+
+@pytest.mark.parametrize("split_batch", [False, True])
+@pytest.mark.parametrize("x_shape,k_shape,attrs", TILE_CASES[1:4])
+def test_implicit_gemm_blocks_groups_and_parts(x_shape, k_shape, attrs, split_batch, monkeypatch):
+    """Several parts (3 threads, splitting rows of the forward, and the tiles or the batch of the
+    weight gradient), forward blocks of one tile, padded copies one image at a time,
+    weight-gradient blocks of one output row."""
+    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")  # no unit remembered from other settings
+    monkeypatch.setattr(threads, "default_nthreads", lambda: 3)
+    monkeypatch.setattr(conv_kernels, "split_by_batch", lambda g, nparts: split_batch and g.batch >= nparts)
+    x_shape = (3 * x_shape[0],) + x_shape[1:]  # at least one image per part
+    monkeypatch.setattr(conv_kernels, "PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(conv_kernels, "BLOCK_TILES", 1)
+    monkeypatch.setattr(conv_kernels, "GROUP_BUDGET_FLOATS", 1)
+    monkeypatch.setattr(conv_kernels, "BLOCK_FLOATS", 1)
+    monkeypatch.setattr(conv_kernels, "DX_GROUP_FLOATS", 1)
+    check_compiled("conv2d", [normal(*x_shape), normal(*k_shape)], attrs)
+
+
+def test_weight_gradient_blocks_of_whole_images(monkeypatch):
+    """Small images: the weight gradient's blocks hold several images, the last one partial."""
+    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
+    monkeypatch.setattr(conv_kernels, "BLOCK_FLOATS", 3 * (4 * 4 * 3 + 2 * 2 * 17))
+    assert conv_kernels.pixel_blocks(conv_kernels.conv_geometry(
+        "conv2d", (7, 4, 4, 3), (3, 3, 3, 17), conv_attrs()), conv_kernels.Image(4, 3, 48)) == (3, 2)
+    x, dy = normal(7, 4, 4, 3), normal(7, 2, 2, 17)
+    check_op("conv2d_backward_kernel", [x, dy], dict(conv_attrs(), kernel_shape=(3, 3, 3, 17)))
 
 
 @st.composite

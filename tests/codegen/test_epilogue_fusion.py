@@ -97,3 +97,105 @@ def test_conv_input_gradient_with_a_relu_gradient_epilogue(batch, hw, cin, cout,
     (got,), ops = run_fused(b.g, feeds)
     assert ops.count("fused_contraction") == 1
     assert_close32(got, run_reference(b.g, feeds)[0][0])
+
+
+def pool_gradient_with_epilogue(op, shape, pool, strides, padding, epilogue):
+    """dx of a pooling op followed by an element-wise op of it (and of y): the backward pass of a
+    ReLU before a pooling layer, or an activation gradient with a bias-like operand."""
+    b = GraphBuilder(name="pool_grad_epilogue")
+    n, h, w, c = shape
+    y = b.input("y", TensorType(shape))
+    attrs = dict(pool=pool, strides=strides, padding=padding)
+    pooled = b.type(b.op(op.replace("_grad", ""), y, **attrs)).shape
+    dp = b.input("dp", TensorType(pooled))
+    feeds = {"y": np.maximum(RNG.standard_normal(shape), 0).astype(np.float32),
+             "dp": RNG.standard_normal(pooled).astype(np.float32)}
+    if op == "max_pool2d_grad":
+        dx = b.op(op, y, dp, **attrs)
+    else:
+        dx = b.op(op, dp, input_hw=(h, w), **attrs)
+    if epilogue == "relu_grad":
+        out = b.op("relu_grad", y, dx)
+    else:  # a per-channel operand and a scalar: (dx + bias) * 0.5
+        bias = b.input("bias", TensorType((c,)))
+        feeds["bias"] = RNG.standard_normal(c).astype(np.float32)
+        out = b.op("mul", b.op("bias_add", dx, bias), b.scalar(0.5))
+    b.g.graph["outputs"] = [out]
+    return b.g, feeds
+
+
+@pytest.mark.parametrize("op,shape,pool,strides,padding,epilogue", [
+    ("max_pool2d_grad", (3, 6, 6, 5), (2, 2), (2, 2), "valid", "relu_grad"),
+    ("max_pool2d_grad", (2, 7, 5, 17), (2, 2), (2, 2), "same", "relu_grad"),    # uncovered: none; padding
+    ("max_pool2d_grad", (2, 7, 7, 3), (2, 2), (3, 3), "valid", "bias"),         # elements no window covers
+    ("avg_pool2d_grad", (2, 9, 6, 4), (3, 2), (3, 2), "same", "bias"),
+], ids=str)
+def test_pool_gradient_with_an_epilogue_at_its_stores(op, shape, pool, strides, padding, epilogue):
+    g, feeds = pool_gradient_with_epilogue(op, shape, pool, strides, padding, epilogue)
+    (got,), ops = run_fused(g, feeds)
+    assert ops.count("fused_pool_grad") == 1 and op not in ops
+    assert_close32(got, run_reference(g, feeds)[0][0])
+
+
+def test_overlapping_pool_windows_take_no_epilogue():
+    g, feeds = pool_gradient_with_epilogue("max_pool2d_grad", (2, 6, 6, 3), (3, 3), (2, 2), "valid", "relu_grad")
+    (got,), ops = run_fused(g, feeds)
+    assert "fused_pool_grad" not in ops and "max_pool2d_grad" in ops
+    fused = lower_graph(g, fuse=True)[1]["fused"]
+    assert any("windows overlap" in note for note in fused.graph["notes"])
+    assert_close32(got, run_reference(g, feeds)[0][0])
+
+
+def test_fusion_notes_score_each_fusion_in_bytes():
+    g, _ = pool_gradient_with_epilogue("max_pool2d_grad", (3, 6, 6, 5), (2, 2), (2, 2), "valid", "relu_grad")
+    fused = lower_graph(g, fuse=True)[1]["fused"]
+    assert any(note.endswith("relu_grad: saves 4320 bytes (its result is neither written nor read back)")
+               for note in fused.graph["notes"])  # 2 x 3*6*6*5 floats
+
+
+def weight_and_bias_gradients(x_shape, k_shape, padding="valid", strides=(1, 1), axes=(0, 1, 2)):
+    """The two gradients a Conv2D layer with a bias takes from its dy: dK and sum(dy, (0, 1, 2))."""
+    b = GraphBuilder(name="bias_gradient")
+    attrs = dict(strides=strides, padding=padding, dilation=(1, 1))
+    x = b.input("x", TensorType(x_shape))
+    y_shape = b.type(b.op("conv2d", x, b.input("k", TensorType(k_shape)), **attrs)).shape
+    dy = b.input("dy", TensorType(y_shape))
+    b.g.graph["outputs"] = [b.op("conv2d_backward_kernel", x, dy, kernel_shape=k_shape, **attrs),
+                            b.op("sum", dy, axes=axes, keepdims=False)]
+    feeds = {"x": RNG.standard_normal(x_shape).astype(np.float32), "dy": RNG.standard_normal(y_shape).astype(np.float32),
+             "k": np.zeros(k_shape, np.float32)}
+    return b.g, feeds
+
+
+@pytest.mark.parametrize("split_batch", [False, True])
+@pytest.mark.parametrize("x_shape,k_shape,padding", [
+    ((6, 7, 6, 3), (3, 3, 3, 35), "valid"),    # an edge panel of output channels
+    ((4, 6, 5, 2), (3, 2, 2, 16), "same"),     # padded image copies
+    ((5, 4, 4, 3), (1, 1, 3, 7), "valid"),     # 1x1: one GEMM, then the sum
+], ids=str)
+def test_weight_gradient_with_its_bias_gradient(x_shape, k_shape, padding, split_batch, monkeypatch):
+    from kcompiler.codegen.llvm import conv, threads
+    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")  # no unit remembered from other settings
+    monkeypatch.setattr(threads, "default_nthreads", lambda: 3)
+    monkeypatch.setattr(conv, "PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(conv, "BLOCK_FLOATS", 1)   # blocks of one output row
+    monkeypatch.setattr(conv, "split_by_batch", lambda g, nparts: split_batch and g.batch >= nparts)
+    g, feeds = weight_and_bias_gradients(x_shape, k_shape, padding)
+    _, ops = run_fused(g, feeds)
+    assert ops.count("fused_bias_grad") == 1 and "sum" not in ops and "conv2d_backward_kernel" not in ops
+    compiled, stages = lower_graph(g, fuse=True)
+    compiled.run(feeds)
+    for out, expected in zip(compiled.run(feeds), run_reference(g, feeds)[0]):  # a second step: nothing left over
+        assert_close32(out, expected)
+    fused = stages["fused"]
+    dy_bytes = 4 * int(np.prod(feeds["dy"].shape))
+    assert any(f"fused_bias_grad: saves {dy_bytes} bytes (dy is read once for both)" in note
+               for note in fused.graph["notes"])
+
+
+def test_a_sum_over_other_axes_is_no_bias_gradient():
+    g, feeds = weight_and_bias_gradients((2, 5, 5, 3), (3, 3, 3, 4), axes=(1, 2))
+    got, ops = run_fused(g, feeds)
+    assert "fused_bias_grad" not in ops and "sum" in ops
+    for out, expected in zip(got, run_reference(g, feeds)[0]):
+        assert_close32(out, expected)

@@ -100,3 +100,28 @@ def test_a_remembered_key_the_ir_does_not_hash_to_is_refused(tmp_path, monkeypat
     lazy = T.LazyUnit("0" * 64, lambda: "define void @kc_f() {\n  ret void\n}\n")
     with pytest.raises(KCompilerError, match="generated different IR"):
         T.compile_units([(lazy, 0), ("define i32 @kc_entry() {\n  ret i32 0\n}\n", 0)])
+
+
+def test_a_process_with_another_thread_count_misses_the_memo(tmp_path, monkeypatch):
+    """Kernels split their work by the threads of the process (conv.parts_for): units generated
+    under ``taskset -c 0`` (one part) must not be reused by a process with two CPUs."""
+    from kcompiler.codegen.llvm import module, threads
+
+    monkeypatch.setenv("KCOMPILER_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("KCOMPILER_NO_CACHE", raising=False)
+    node = {"op": "conv2d", "attrs": {"strides": (1, 1), "padding": "valid", "dilation": (1, 1)},
+            "type": TensorType((8, 30, 30, 16), "float32")}
+    in_types = [TensorType((8, 32, 32, 8), "float32"), TensorType((3, 3, 8, 16), "float32")]
+    generated = {}
+    for n in (1, 2, 1):
+        monkeypatch.setattr(threads, "default_nthreads", lambda n=n: n)
+        memo = unit_memo.UnitMemo.open()
+        try:
+            symbol, unit = module._remembered_unit(memo, node, in_types, {})
+        finally:
+            memo.close()
+        if isinstance(unit, str):  # generated now: the memo missed
+            generated.setdefault(n, symbol)
+        else:
+            assert generated[n] == symbol
+    assert set(generated) == {1, 2} and generated[1] != generated[2]

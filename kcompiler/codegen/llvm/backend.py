@@ -14,10 +14,12 @@ class LLVMBackend(Backend):
 
     def capabilities(self):
         return Capabilities(
-            epilogue_heads=frozenset({"matmul", "conv2d", "conv2d_backward_input"}),
+            epilogue_heads=frozenset({"matmul", "conv2d", "conv2d_backward_input", "max_pool2d_grad",
+                                      "avg_pool2d_grad"}),
             templates=frozenset(name for name, op in all_ops().items() if "llvm" in op.lowerings),
             dtypes=frozenset(COMPILED_DTYPES),
-            executes=True)
+            executes=True,
+            bias_grad_heads=frozenset({"conv2d_backward_kernel"}))
 
     def generate(self, g, options):
         with generating(options):

@@ -27,9 +27,10 @@ Structure (the Goto/BLIS loop nest, see docs/codegen-llvm.md)::
 
 Packing handles the transposition, so the micro-kernel sees one layout: for
 each k, MR consecutive floats of A and NR consecutive floats of B. The
-micro-kernel keeps the MR x NR tile in MR * NR/16 ``<16 x float>`` registers
-(12 x 32 -> 24 zmm accumulators), broadcasts one A value per row and issues
-``llvm.fma.v16f32`` (declared by hand). Edge tiles are computed on the
+micro-kernel keeps the MR x NR tile in MR * NR/W vector registers of W floats
+(AVX-512: 12 x 32 -> 24 zmm accumulators; AVX2: 6 x 16 -> 12 ymm, see
+:func:`register_tile`), broadcasts one A value per row and issues
+``llvm.fma.v<W>f32`` (declared by hand). Edge tiles are computed on the
 zero-padded panels and written back with scalar code for the valid
 ``mr x nr`` part only: nothing outside the matrices is ever read or written.
 
@@ -37,7 +38,8 @@ Packing buffers: one ``malloc`` per call (``malloc``/``free`` declared in the
 IR) on the calling thread, holding every slice's A block and B panel, sized for
 the actual problem (``min(M, MC) x min(K, KC)`` and ``min(K, KC) x min(N, NC)``,
 rounded up to whole micro-panels) and aligned to 64 bytes by hand. No workspace
-argument is needed. Tiles with at most 16 valid columns run a half-width k loop.
+argument is needed. Tiles with at most W valid columns (of a wider tile) run a
+narrow k loop.
 
 Threads: when ``M*N*K >= parallel_min_mnk`` the work is split into
 ``nthreads`` slices of whole NR column blocks (or MR row blocks when M is the
@@ -63,8 +65,6 @@ f32 = ir.FloatType()
 fptr = f32.as_pointer()
 i8p = i8.as_pointer()
 void = ir.VoidType()
-VW = 16  # floats per <16 x float> (one zmm register)
-v16 = ir.VectorType(f32, VW)
 
 #: (trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
 GEMM_ARG_TYPES = (i32, i32, i64, i64, i64, f32, fptr, i64, fptr, i64, f32, fptr, i64)
@@ -73,7 +73,8 @@ _ARG_NAMES = ("trans_a", "trans_b", "M", "N", "K", "alpha", "A", "lda", "B", "ld
 
 # Default blocking for the 2-core AVX-512 machine (48 KiB L1d, 1 MiB L2 / core):
 # B micro-panel KC*NR*4 = 32 KiB in L1, A block MC*KC*4 = 144 KiB in L2,
-# B panel KC*NC*4 = 512 KiB in L2.
+# B panel KC*NC*4 = 512 KiB in L2. MR/NR are those of an AVX-512 host; see
+# register_tile() for the host's.
 DEFAULT_MR = 12
 DEFAULT_NR = 32
 DEFAULT_KC = 256
@@ -84,6 +85,19 @@ DEFAULT_NC = 512
 # the shared operand. By median time 2 threads break even near 192^3 (7e6) and
 # win by 25 % at 256^3; see docs/codegen-llvm.md.
 DEFAULT_PARALLEL_MIN_MNK = 1 << 23
+
+
+def register_tile():
+    """(vector floats, MR, NR, vector registers) of the micro-kernel for this host.
+
+    With AVX-512: <16 x float> vectors, a 12 x 32 tile (24 of the 32 zmm registers
+    accumulate). Without it (AVX2, 16 ymm registers) a <16 x float> would be split into
+    two ymm halves and the 12 x 32 tile would need 48 accumulators: it spilled and ran at
+    half of OpenBLAS's speed on a Zen 2 host (54 against 97 GFLOP/s on one core). There
+    the tile is 6 x 16 in <8 x float> vectors: 12 accumulators, 2 B vectors and the
+    broadcast A value (the Haswell-class kernel of OpenBLAS and BLIS)."""
+    from .jit import host_has_avx512
+    return (16, 12, 32, 32) if host_has_avx512() else (8, 6, 16, 16)
 
 
 def gemm_ctypes_argtypes():
@@ -114,18 +128,18 @@ def _gep(b, p, idx):
     return b.gep(p, [idx], inbounds=True)
 
 
-def _vload(b, p, align):
-    return b.load(b.bitcast(p, v16.as_pointer()), align=align)
+def _vload(b, p, align, vw):
+    return b.load(b.bitcast(p, ir.VectorType(f32, vw).as_pointer()), align=align)
 
 
 def _vstore(b, v, p, align):
-    b.store(v, b.bitcast(p, v16.as_pointer()), align=align)
+    b.store(v, b.bitcast(p, v.type.as_pointer()), align=align)
 
 
-def _splat(b, x):
-    undef = ir.Constant(v16, ir.Undefined)
+def _splat(b, x, vw):
+    undef = ir.Constant(ir.VectorType(f32, vw), ir.Undefined)
     ins = b.insert_element(undef, x, ir.Constant(i32, 0))
-    return b.shuffle_vector(ins, undef, ir.Constant(ir.VectorType(i32, VW), [0] * VW))
+    return b.shuffle_vector(ins, undef, ir.Constant(ir.VectorType(i32, vw), [0] * vw))
 
 
 def _get_fn(module, name, fnty):
@@ -135,9 +149,10 @@ def _get_fn(module, name, fnty):
     return fn
 
 
-def _fma_v16(module):
+def _fma(module, vw):
     # declare_intrinsic() fails for the vector FMA in llvmlite 0.50: declare by hand.
-    return _get_fn(module, "llvm.fma.v16f32", ir.FunctionType(v16, [v16, v16, v16]))
+    vt = ir.VectorType(f32, vw)
+    return _get_fn(module, f"llvm.fma.v{vw}f32", ir.FunctionType(vt, [vt, vt, vt]))
 
 
 def _malloc(module):
@@ -157,7 +172,7 @@ def _internal(module, name, fnty, argnames):
 
 
 # ----------------------------------------------------------------- pieces
-def _emit_pack(module, name, R):
+def _emit_pack(module, name, R, vw):
     """``void pack(i1 contig, i64 nrows, i64 kc, float* X, i64 ldx, float* dst)``.
 
     Packs the nrows x kc sub-matrix ``S(r, k) = contig ? X[k*ldx + r] : X[r*ldx + k]``
@@ -186,9 +201,9 @@ def _emit_pack(module, name, R):
                         with for_range(b, kc, name="k") as k:
                             s = _gep(b, X, b.add(b.mul(k, ldx), r0))
                             dk = _gep(b, d, b.mul(k, Rc))
-                            if R % VW == 0:
-                                for v in range(R // VW):
-                                    _vstore(b, _vload(b, _gep(b, s, v * VW), 4), _gep(b, dk, v * VW), 4)
+                            if R % vw == 0:
+                                for v in range(R // vw):
+                                    _vstore(b, _vload(b, _gep(b, s, v * vw), 4, vw), _gep(b, dk, v * vw), 4)
                             else:
                                 for i in range(R):
                                     b.store(b.load(_gep(b, s, i)), _gep(b, dk, i))
@@ -224,18 +239,19 @@ def _emit_pack(module, name, R):
     return fn
 
 
-def _emit_microkernel(module, name, MR, NR):
+def _emit_microkernel(module, name, MR, NR, VW):
     """``void ukr(i64 kc, float* Ap, float* Bp, float* C, i64 ldc, i64 mr, i64 nr,
     float alpha, float beta, i1 load_c)``.
 
     acc = sum_k Ap[k*MR + i] * Bp[k*NR + j] over the MR x NR tile (the panels are
     zero padded), then for the valid mr x nr part:
     ``C = alpha*acc + beta*C`` if load_c else ``C = alpha*acc`` (C not read).
-    Tiles with ``nr <= 16`` (narrow N edges, e.g. 10 output classes) run a
-    half-width loop that skips the FMAs on the padding columns.
+    Tiles with ``nr <= VW`` (narrow N edges, e.g. 10 output classes) run a
+    one-vector loop that skips the FMAs on the padding columns.
     """
     NV = NR // VW
-    fma = _fma_v16(module)
+    vt = ir.VectorType(f32, VW)
+    fma = _fma(module, VW)
     fn = _internal(module, name,
                    ir.FunctionType(void, [i64, fptr, fptr, fptr, i64, i64, i64, f32, f32, i1]),
                    ("kc", "Ap", "Bp", "C", "ldc", "mr", "nr", "alpha", "beta", "load_c"))
@@ -244,12 +260,12 @@ def _emit_microkernel(module, name, MR, NR):
         a.add_attribute("noalias")
     entry = fn.append_basic_block("entry")
     b = ir.IRBuilder(entry)
-    zero_v = ir.Constant(v16, [0.0] * VW)
+    zero_v = ir.Constant(vt, [0.0] * VW)
     tile = b.alloca(ir.ArrayType(f32, MR * NR), name="tile")
     tile.align = 64
     tp = b.bitcast(tile, fptr)
-    alpha_v = _splat(b, alpha)
-    beta_v = _splat(b, beta)
+    alpha_v = _splat(b, alpha, VW)
+    beta_v = _splat(b, beta, VW)
 
     def kloop(nv, tag):
         """The k loop over nv vectors per row; returns the final accumulators
@@ -262,17 +278,17 @@ def _emit_microkernel(module, name, MR, NR):
         k = b.phi(i64, name="k")
         pa = b.phi(fptr, name="pa")
         pb = b.phi(fptr, name="pb")
-        accs = [[b.phi(v16, name=f"acc{i}_{j}") for j in range(nv)] for i in range(MR)]
+        accs = [[b.phi(vt, name=f"acc{i}_{j}") for j in range(nv)] for i in range(MR)]
         k.add_incoming(_c64(0), pre)
         pa.add_incoming(Ap, pre)
         pb.add_incoming(Bp, pre)
         for row in accs:
             for acc in row:
                 acc.add_incoming(zero_v, pre)
-        bv = [_vload(b, _gep(b, pb, j * VW), 64) for j in range(nv)]
+        bv = [_vload(b, _gep(b, pb, j * VW), 64, VW) for j in range(nv)]
         new = []
         for i in range(MR):
-            av = _splat(b, b.load(_gep(b, pa, i), name=f"a{i}"))
+            av = _splat(b, b.load(_gep(b, pa, i), name=f"a{i}"), VW)
             new.append([b.call(fma, [av, bv[j], accs[i][j]]) for j in range(nv)])
         k1 = b.add(k, _c64(1))
         k.add_incoming(k1, loop)
@@ -313,7 +329,7 @@ def _emit_microkernel(module, name, MR, NR):
                 with ld:
                     for j in range(NV):
                         p = _gep(b, crow, j * VW)
-                        cv = _vload(b, p, 4)
+                        cv = _vload(b, p, 4, VW)
                         _vstore(b, b.call(fma, [res[i][j], alpha_v, b.fmul(cv, beta_v)]), p, 4)
                 with nold:
                     for j in range(NV):
@@ -459,7 +475,7 @@ def _emit_part(module, name, serial, MR, NR):
 
 def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None = None,
               parallel_min_mnk: int = DEFAULT_PARALLEL_MIN_MNK,
-              mr: int = DEFAULT_MR, nr: int = DEFAULT_NR, kc: int = DEFAULT_KC,
+              mr: int | None = None, nr: int | None = None, kc: int = DEFAULT_KC,
               mc: int = DEFAULT_MC, nc: int = DEFAULT_NC) -> ir.Function:
     """Add ``void <name>(i32 trans_a, i32 trans_b, i64 M, i64 N, i64 K, float alpha,
     float* A, i64 lda, float* B, i64 ldb, float beta, float* C, i64 ldc)`` to ``module``.
@@ -467,18 +483,22 @@ def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None
     ``nthreads`` (default: the CPUs available, 1 without pthreads) is the number
     of slices a large call is split into; ``parallel_min_mnk`` the ``M*N*K`` below
     which a call stays on the calling thread. ``mr``/``nr`` set the register tile
-    (``nr`` a multiple of 16; ``mr * nr/16`` accumulators must fit the 32 zmm
-    registers with room for ``nr/16 + 1`` more), ``kc``/``mc``/``nc`` the cache
-    blocking (``mc`` is rounded to a multiple of ``mr``, ``nc`` of ``nr``).
+    (default: the host's, :func:`register_tile`; ``nr`` a multiple of the vector
+    width; ``mr * nr/width`` accumulators must fit the vector registers with room
+    for ``nr/width + 1`` more), ``kc``/``mc``/``nc`` the cache blocking (``mc`` is
+    rounded to a multiple of ``mr``, ``nc`` of ``nr``).
     Internal helpers are named ``<name>.*`` with internal linkage, so several
     variants can live in one module. Returns the new function.
     """
-    if nr % VW or nr <= 0:
-        raise ValueError(f"nr must be a positive multiple of {VW}, got {nr}")
+    vw, host_mr, host_nr, registers = register_tile()
+    mr = host_mr if mr is None else mr
+    nr = host_nr if nr is None else nr
+    if nr % vw or nr <= 0:
+        raise ValueError(f"nr must be a positive multiple of {vw}, got {nr}")
     if mr <= 0 or kc <= 0 or mc <= 0 or nc <= 0:
         raise ValueError("tile sizes must be positive")
-    if mr * (nr // VW) + nr // VW + 1 > 32:
-        raise ValueError(f"a {mr}x{nr} tile needs more than 32 vector registers")
+    if mr * (nr // vw) + nr // vw + 1 > registers:
+        raise ValueError(f"a {mr}x{nr} tile needs more than {registers} vector registers")
     if module.globals.get(name) is not None:
         raise ValueError(f"module already has a global named {name!r}")
     mc = max(mr, (mc // mr) * mr)
@@ -487,9 +507,9 @@ def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None
         nthreads = _threads.default_nthreads()
     nthreads = max(1, min(int(nthreads), _threads.MAX_PARTS))
 
-    ukr = _emit_microkernel(module, f"{name}.ukr", mr, nr)
-    pack_a = _emit_pack(module, f"{name}.pack_a", mr)
-    pack_b = _emit_pack(module, f"{name}.pack_b", nr)
+    ukr = _emit_microkernel(module, f"{name}.ukr", mr, nr, vw)
+    pack_a = _emit_pack(module, f"{name}.pack_a", mr, vw)
+    pack_b = _emit_pack(module, f"{name}.pack_b", nr, vw)
     scale = _emit_scale(module, f"{name}.scale")
     serial = _emit_serial(module, f"{name}.serial", ukr, pack_a, pack_b, mr, nr, kc, mc, nc)
     part = _emit_part(module, f"{name}.part", serial, mr, nr) if nthreads > 1 else None

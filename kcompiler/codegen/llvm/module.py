@@ -29,7 +29,7 @@ from ...ir.graph import operands
 from ...ir.registry import get_op
 from ...ir.graph import inline_constants
 from . import matmul  # noqa: F401  (registers the matmul template)
-from . import conv, epilogue, rnn, rnn_backward  # noqa: F401
+from . import conv, epilogue, rnn, rnn_backward, threads  # noqa: F401
 from .irutil import bounds_checking, c64, generation_options, i8p, i32, i64, void
 from .jit import LazyUnit, cache_key, host_target_info
 from .kernel_builder import KernelBuilder, types_of
@@ -131,7 +131,9 @@ def _remembered_unit(memo, node, in_types, constants):
     """(symbol, unit) of ``node``'s kernel: a jit.LazyUnit when the memo knows its symbol and
     cache key (unit_memo.py), else its IR text, generated now and remembered."""
     options = generation_options()
-    sig = signature(node, in_types, constants, options, host_target_info())
+    # the IR depends on the threads kernels split work into (conv.parts_for): a process
+    # restricted to one CPU must not reuse the units of one that has two, nor the reverse
+    sig = signature(node, in_types, constants, options, (*host_target_info(), f"threads={threads.default_nthreads()}"))
     known = memo.get(sig)
     if known is not None:
         symbol, key = known

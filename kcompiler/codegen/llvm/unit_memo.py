@@ -6,7 +6,8 @@ unit's cache key is a hash of that IR, so without the IR there is no key. This m
 *signature* of everything the IR is generated from to the unit's symbol and cache key:
 
     the generator's own source (every module of kcompiler/codegen/llvm, kcompiler/schedule
-    and kcompiler/ops, hashed once per process), llvmlite's version, the host target, the
+    and kcompiler/ops, hashed once per process), llvmlite's version, the host target and the
+    number of threads kernels split work into (module.py passes both as ``target``), the
     generation options (kcompiler/options.py), and the node: op, attrs, result types,
     operand types, inline constants, kernel description (for the support library, which
     comes from no node: its name and optimisation level).
