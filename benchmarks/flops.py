@@ -62,11 +62,15 @@ def node_flops(g, nid):
     node = g.nodes[nid]
     op, attrs, out = node["op"], node.get("attrs", {}), node["type"]
     in_types = [g.nodes[u]["type"] for u in operands(g, nid)]
-    if op == "fused_contraction":
+    if op in ("fused_contraction", "fused_pool_grad"):
         head = in_types[:attrs["n_head"]]
         acc = head_type(head, attrs)
-        return (contraction_flops(attrs["head"], head, attrs["head_attrs"], acc)
-                + _members(attrs["body"]) * _elements(acc))
+        head_flops = (contraction_flops(attrs["head"], head, attrs["head_attrs"], acc) if op == "fused_contraction"
+                      else _elements(head[0]))  # a pooling gradient: one operation per gradient element
+        return head_flops + _members(attrs["body"]) * _elements(acc)
+    if op == "fused_bias_grad":  # the weight gradient, and the bias gradient's sum over dy
+        dk = out[0]
+        return contraction_flops(attrs["head"], in_types, attrs["head_attrs"], dk) + _elements(in_types[1])
     if op == "fused":
         return _members(attrs["body"]) * _elements(out)
     if op in GATES or op.endswith("_grad") and op[:-len("_grad")] in GATES:
