@@ -253,7 +253,6 @@ def main():
                 if o / n < args.profile_below:
                     below.append((name, kind))
             rows.append((name, cells))
-        co, cn = statistics.median(cold["old"]), statistics.median(cold["new"])
 
         table = ["| workload | train step, old | train step, new | old/new (fastest, per round) | predict, old | predict, new | old/new (fastest, per round) |",
                  "|---|---|---|---|---|---|---|"]
@@ -270,9 +269,11 @@ def main():
             f"of the ratios of the two processes of each round)")
         log("\n".join(table))
         log("")
-        log(f"cold start (new process, empty cache, to the end of the first W2 train step), median of "
-            f"{args.cold_rounds}: old {co:.2f} s ({', '.join(f'{t:.2f}' for t in cold['old'])}), "
-            f"new {cn:.2f} s ({', '.join(f'{t:.2f}' for t in cold['new'])}); new/old {cn / co:.3f}")
+        if args.cold_rounds:
+            co, cn = statistics.median(cold["old"]), statistics.median(cold["new"])
+            log(f"cold start (new process, empty cache, to the end of the first W2 train step), median of "
+                f"{args.cold_rounds}: old {co:.2f} s ({', '.join(f'{t:.2f}' for t in cold['old'])}), "
+                f"new {cn:.2f} s ({', '.join(f'{t:.2f}' for t in cold['new'])}); new/old {cn / co:.3f}")
         log(f"load from other processes during the measurements: median {statistics.median(loads):.2f} cores, "
             f"max {max(loads):.2f}")
 
