@@ -232,7 +232,6 @@ def main():
                 if o / n < args.profile_below:
                     below.append((name, kind))
             rows.append((name, cells))
-        co, cn = (statistics.median(cold["old"]), statistics.median(cold["new"])) if args.cold_rounds else (0, 0)
 
         table = ["| workload | train step, old | train step, new | old/new (fastest, per round) | predict, old | predict, new | old/new (fastest, per round) |",
                  "|---|---|---|---|---|---|---|"]
@@ -250,6 +249,7 @@ def main():
         log("\n".join(table))
         log("")
         if args.cold_rounds:
+            co, cn = statistics.median(cold["old"]), statistics.median(cold["new"])
             log(f"cold start (new process, empty cache, to the end of the first W2 train step), median of "
                 f"{args.cold_rounds}: old {co:.2f} s ({', '.join(f'{t:.2f}' for t in cold['old'])}), "
                 f"new {cn:.2f} s ({', '.join(f'{t:.2f}' for t in cold['new'])}); new/old {cn / co:.3f}")

@@ -1,8 +1,8 @@
 """The `fused_contraction` kernel: the head (matmul or conv2d) writes its product into the
 node's first output buffer; the epilogue then finishes those rows in place — reading the
 product, evaluating the element-wise members, storing every output — while they are in
-cache. A convolution calls the epilogue after each chunk of rows it computes (its input
-gradient: after each part's images are complete)."""
+cache. A convolution calls the epilogue after each block of rows it computes (its input
+gradient: after each group of images is complete)."""
 from ...ir.registry import get_op, lowering
 from ...ops.fused import member_types
 from ...schedule.elementwise import member_values
