@@ -18,11 +18,7 @@ without a GPU:
 
 One emulation library for the module (and one sanitized one in the subprocess)."""
 import dataclasses
-import os
 import re
-import subprocess
-import sys
-import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +37,7 @@ from kcompiler.passes.memory_plan import plan_memory
 from kcompiler.passes.schedule import schedule_kernels
 from kcompiler.passes.simplify import simplify
 from kcompiler.schedule.kernel import node_buffers
+from tests.cuda.sanitized import run_sanitized_script
 from op_check import assert_close32, build_op_graph
 from tests.cuda.test_render_cuda import needs_cxx, needs_toolkit
 
@@ -332,14 +329,7 @@ for m in mutants:
 @pytest.fixture(scope="module")
 def sanitized():
     """The sanitized subprocess's output: 'clean' after every case, then one line per mutant."""
-    try:
-        env = dict(os.environ, **toolchain.sanitizer_environment())
-    except UnsupportedError as e:
-        pytest.skip(str(e))
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join([root, os.path.join(root, "tests"), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(SANITIZED_RUN)], capture_output=True, text=True,
-                          env=env, cwd=root, timeout=600)
+    return run_sanitized_script(SANITIZED_RUN, timeout=600)
 
 
 @needs_cxx

@@ -13,11 +13,7 @@
 Skipped where nvcc/ptxas or g++ are missing."""
 import dataclasses
 import json
-import os
 import re
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -33,6 +29,7 @@ from kcompiler.passes.memory_plan import plan_memory
 from kcompiler.passes.schedule import schedule_kernels
 from kcompiler.passes.simplify import simplify
 from kcompiler.schedule.kernel import node_buffers
+from tests.cuda.sanitized import run_sanitized_script
 from op_check import assert_close32
 from tests.cuda.test_render_cuda import HAS_CXX, Case, needs_cxx, needs_toolkit, normal, op_case
 
@@ -368,14 +365,7 @@ def run_sanitized(names):
     """SANITIZED_RUN in a subprocess that preloads the sanitizers' runtime: the sanitized
     GEMMs of odd shapes (``names`` None: answers "clean"), or the mutants ``names`` (answers
     {mutant's function: whether a sanitizer stopped it})."""
-    try:
-        env = dict(os.environ, **toolchain.sanitizer_environment())
-    except UnsupportedError as e:
-        pytest.skip(str(e))
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join([root, os.path.join(root, "tests"), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(SANITIZED_RUN), json.dumps(names)],
-                         capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    out = run_sanitized_script(SANITIZED_RUN, json.dumps(names), timeout=600)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -24,11 +24,7 @@
 Skipped where nvcc/ptxas or g++ are missing."""
 import dataclasses
 import hashlib
-import os
 import re
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -37,7 +33,6 @@ from kcompiler import keras
 from kcompiler.codegen.backend import get_backend
 from kcompiler.codegen.cuda import toolchain
 from kcompiler.codegen.cuda.render import CudaKernel, module_source, render
-from kcompiler.errors import UnsupportedError
 from kcompiler.ir.graph import operands
 from kcompiler.ir.interpreter_reference import run_reference
 from kcompiler.passes.fusion import fuse_elementwise, fuse_epilogues
@@ -46,6 +41,7 @@ from kcompiler.passes.schedule import schedule_kernels
 from kcompiler.passes.simplify import simplify
 from kcompiler.pipeline import front_stages
 from kcompiler.schedule.kernel import Assign, Buffer, Const, If, Kernel, Load, Local, Store, Var, call, loop
+from tests.cuda.sanitized import run_sanitized_script
 from op_check import assert_close32
 from tests.cuda.test_render_cuda import (HAS_CXX, HAS_TOOLKIT, Case, Prepared, build, check_case, described,
                                          needs_cxx, needs_toolkit, op_case, prepare)
@@ -290,14 +286,7 @@ def run_mutant_sanitized(case_id, mutation):
 
 
 def sanitized(case_id, mutation):
-    try:
-        env = dict(os.environ, **toolchain.sanitizer_environment())
-    except UnsupportedError as e:
-        pytest.skip(str(e))
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join([root, os.path.join(root, "tests"), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(SANITIZED_MUTANT), case_id, str(mutation)],
-                          capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    return run_sanitized_script(SANITIZED_MUTANT, case_id, mutation)
 
 
 @needs_cxx

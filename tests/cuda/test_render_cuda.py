@@ -15,10 +15,6 @@
   pooling and reduction kernels runs clean.
 
 Skipped where nvcc/ptxas or g++ are missing."""
-import os
-import subprocess
-import sys
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -37,6 +33,7 @@ from kcompiler.passes.memory_plan import plan_memory
 from kcompiler.passes.schedule import schedule_kernels
 from kcompiler.passes.simplify import simplify
 from kcompiler.pipeline import front_stages
+from tests.cuda.sanitized import run_sanitized_script
 from op_check import assert_close32, build_op_graph
 from tests.schedule.test_elementwise import ELEMENTWISE
 from tests.schedule.test_elementwise import cases as elementwise_inputs
@@ -412,14 +409,7 @@ print("clean")
 
 
 def run_sanitized(mode):
-    try:
-        env = dict(os.environ, **toolchain.sanitizer_environment())
-    except UnsupportedError as e:
-        pytest.skip(str(e))
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join([root, os.path.join(root, "tests"), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(SANITIZED_RUN), mode], capture_output=True,
-                          text=True, env=env, cwd=root, timeout=300)
+    return run_sanitized_script(SANITIZED_RUN, mode)
 
 
 @needs_cxx

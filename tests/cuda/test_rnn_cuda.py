@@ -18,11 +18,7 @@
   subprocess) of the fallback and per-gate-mask cases is clean.
 
 Skipped where nvcc/ptxas or g++ are missing."""
-import os
 import re
-import subprocess
-import sys
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -37,6 +33,7 @@ from kcompiler.ir.registry import get_op
 from kcompiler.ir.types import TensorType
 from kcompiler.ops.rnn import GATES
 from kcompiler.schedule.kernel import node_buffers
+from tests.cuda.sanitized import run_sanitized_script
 from op_check import assert_close32
 from tests.codegen.test_rnn_kernels import attrs_for, operands
 from tests.cuda.test_render_cuda import HAS_CXX, HAS_TOOLKIT, needs_cxx, needs_toolkit
@@ -281,14 +278,7 @@ print("clean")
 
 
 def run_sanitized(mode):
-    try:
-        env = dict(os.environ, **toolchain.sanitizer_environment())
-    except UnsupportedError as e:
-        pytest.skip(str(e))
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join([root, os.path.join(root, "tests"), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(SANITIZED_RUN), mode], capture_output=True,
-                          text=True, env=env, cwd=root, timeout=300)
+    return run_sanitized_script(SANITIZED_RUN, mode)
 
 
 @needs_cxx
