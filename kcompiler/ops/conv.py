@@ -12,6 +12,8 @@ takes ``kernel_shape=(kh, kw, cin, cout)``.
 The geometry helpers here (window_attrs, output_size, same_padding) are plain Python
 so that the pooling ops, the references and the lowerings all share one definition.
 """
+from dataclasses import dataclass
+
 from ..errors import ShapeError
 from ..ir.registry import register
 from ..ir.types import TensorType, fmt_shape
@@ -156,3 +158,58 @@ register("conv2d_backward_input", shape=_backward_input_rule, vjp=_backward_inpu
          doc="gradient of conv2d w.r.t. x from (dy, kernel); attrs as conv2d plus input_hw=(h, w)")
 register("conv2d_backward_kernel", shape=_backward_kernel_rule, vjp=_backward_kernel_vjp, kind="contraction",
          doc="gradient of conv2d w.r.t. the kernel from (x, dy); attrs as conv2d plus kernel_shape")
+
+
+# ---- the geometry the backends generate convolution kernels from -----------------------------
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Sizes, strides, dilation and leading padding of one convolution: what every backend's
+    convolution kernels are generated from."""
+    batch: int
+    in_h: int
+    in_w: int
+    cin: int
+    kh: int
+    kw: int
+    cout: int
+    out_h: int
+    out_w: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pad_top: int
+    pad_left: int
+
+    @property
+    def width(self):
+        """Row length of the column matrix: KH*KW*Cin."""
+        return self.kh * self.kw * self.cin
+
+    @property
+    def rows(self):
+        return self.batch * self.out_h * self.out_w
+
+    @property
+    def always_inside(self):
+        """No tap of any window falls into the padding (every 'valid' convolution)."""
+        return (self.pad_top == 0 and self.pad_left == 0
+                and (self.out_h - 1) * self.sh + (self.kh - 1) * self.dh < self.in_h
+                and (self.out_w - 1) * self.sw + (self.kw - 1) * self.dw < self.in_w)
+
+    @property
+    def pointwise(self):
+        """x is its own column matrix (1x1 kernel, stride 1, no padding)."""
+        return self.kh == self.kw == 1 and self.sh == self.sw == 1 and self.pad_top == self.pad_left == 0
+
+
+def conv_geometry(op, x_shape, kernel_shape, attrs):
+    (sh, sw), padding, (dh, dw) = window_attrs(op, attrs)
+    batch, in_h, in_w, cin = x_shape
+    kh, kw, _, cout = kernel_shape
+    return ConvGeometry(
+        batch=batch, in_h=in_h, in_w=in_w, cin=cin, kh=kh, kw=kw, cout=cout,
+        out_h=output_size(in_h, kh, sh, dh, padding), out_w=output_size(in_w, kw, sw, dw, padding),
+        sh=sh, sw=sw, dh=dh, dw=dw,
+        pad_top=same_padding(in_h, kh, sh, dh, padding)[0], pad_left=same_padding(in_w, kw, sw, dw, padding)[0])

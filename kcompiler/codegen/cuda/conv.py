@@ -69,7 +69,7 @@ from dataclasses import dataclass
 
 from ...errors import UnsupportedError
 from ...ir.registry import lowering
-from ...ops.conv import output_size, same_padding, window_attrs
+from ...ops.conv import conv_geometry
 from ...ops.fused_contraction import head_type
 from .epilogue import Epilogue
 from .gemm import FUSED_HEADS
@@ -110,36 +110,6 @@ NARROW = Tiling(128, 32)
 
 def tiling(columns):
     return NARROW if columns <= NARROW.bn else WIDE
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Sizes, strides, dilation and leading padding of one convolution (llvm/conv.py has the same
-    record; importing it would bring llvmlite into this backend)."""
-    batch: int
-    in_h: int
-    in_w: int
-    cin: int
-    kh: int
-    kw: int
-    cout: int
-    out_h: int
-    out_w: int
-    sh: int
-    sw: int
-    dh: int
-    dw: int
-    pad_top: int
-    pad_left: int
-
-
-def geometry(op, x_shape, kernel_shape, attrs):
-    (sh, sw), padding, (dh, dw) = window_attrs(op, attrs)
-    batch, in_h, in_w, cin = x_shape
-    kh, kw, _, cout = kernel_shape
-    return Geometry(batch, in_h, in_w, cin, kh, kw, cout,
-                    output_size(in_h, kh, sh, dh, padding), output_size(in_w, kw, sw, dw, padding), sh, sw, dh, dw,
-                    same_padding(in_h, kh, sh, dh, padding)[0], same_padding(in_w, kw, sw, dw, padding)[0])
 
 
 @dataclass(frozen=True)
@@ -300,7 +270,7 @@ def lower_conv2d(ctx, epilogue=None):
     """y = cols(x) @ K; ``epilogue`` (cuda/epilogue.py) finishes each element where it is stored."""
     _check_float32(ctx, "conv2d", ctx.in_types)
     x, kernel = ctx.in_types
-    g = geometry("conv2d", x.shape, kernel.shape, ctx.attrs)
+    g = conv_geometry("conv2d", x.shape, kernel.shape, ctx.attrs)
     rows, cols, depth = g.batch * g.out_h * g.out_w, g.cout, g.kh * g.kw * g.cin
     t = tiling(cols)
     I = _index_type(rows * cols, *(b.size for b in ctx.buffers))
@@ -373,7 +343,7 @@ def lower_conv2d_backward_input(ctx, epilogue=None):
     _check_float32(ctx, "conv2d_backward_input", ctx.in_types)
     dy, kernel = ctx.in_types
     h, w = ctx.attrs["input_hw"]
-    g = geometry("conv2d_backward_input", (dy.shape[0], h, w, kernel.shape[2]), kernel.shape, ctx.attrs)
+    g = conv_geometry("conv2d_backward_input", (dy.shape[0], h, w, kernel.shape[2]), kernel.shape, ctx.attrs)
     ph_h = Phases.of(g.in_h, g.kh, g.sh, g.dh, g.pad_top)
     ph_w = Phases.of(g.in_w, g.kw, g.sw, g.dw, g.pad_left)
     pixels = ph_h.rows * ph_w.rows
@@ -426,7 +396,7 @@ def lower_conv2d_backward_kernel(ctx):
     too few tiles (the splits add into dK, zeroed by a first launch)."""
     _check_float32(ctx, "conv2d_backward_kernel", ctx.in_types)
     x, dy = ctx.in_types
-    g = geometry("conv2d_backward_kernel", x.shape, ctx.attrs["kernel_shape"], ctx.attrs)
+    g = conv_geometry("conv2d_backward_kernel", x.shape, ctx.attrs["kernel_shape"], ctx.attrs)
     rows, cols, depth = g.kh * g.kw * g.cin, g.cout, g.batch * g.out_h * g.out_w
     t = tiling(cols)
     I = _index_type(depth, *(b.size for b in ctx.buffers))

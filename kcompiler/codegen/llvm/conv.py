@@ -37,12 +37,11 @@ A 1x1 kernel with stride 1 and no padding needs no column matrix: x is its own, 
 op is one GEMM (the support library's, on both cores).
 """
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
 from ...ir.registry import lowering
-from ...ops.conv import output_size, same_padding, window_attrs
+from ...ops.conv import conv_geometry
 from . import threads
 from .irutil import (bounds_checking, c64, f32, for_range, get_function, i8p, i32, i64, load, register_buffer, store,
                      void)
@@ -71,59 +70,6 @@ BLOCK_FLOATS = 1 << 13
 PARALLEL_MIN_MACS = 1 << 22
 
 fptr = f32.as_pointer()
-
-
-# ---- geometry ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ConvGeometry:
-    batch: int
-    in_h: int
-    in_w: int
-    cin: int
-    kh: int
-    kw: int
-    cout: int
-    out_h: int
-    out_w: int
-    sh: int
-    sw: int
-    dh: int
-    dw: int
-    pad_top: int
-    pad_left: int
-
-    @property
-    def width(self):
-        """Row length of the column matrix: KH*KW*Cin."""
-        return self.kh * self.kw * self.cin
-
-    @property
-    def rows(self):
-        return self.batch * self.out_h * self.out_w
-
-    @property
-    def always_inside(self):
-        """No tap of any window falls into the padding (every 'valid' convolution)."""
-        return (self.pad_top == 0 and self.pad_left == 0
-                and (self.out_h - 1) * self.sh + (self.kh - 1) * self.dh < self.in_h
-                and (self.out_w - 1) * self.sw + (self.kw - 1) * self.dw < self.in_w)
-
-    @property
-    def pointwise(self):
-        """x is its own column matrix (1x1 kernel, stride 1, no padding)."""
-        return self.kh == self.kw == 1 and self.sh == self.sw == 1 and self.pad_top == self.pad_left == 0
-
-
-def conv_geometry(op, x_shape, kernel_shape, attrs):
-    (sh, sw), padding, (dh, dw) = window_attrs(op, attrs)
-    batch, in_h, in_w, cin = x_shape
-    kh, kw, _, cout = kernel_shape
-    return ConvGeometry(
-        batch=batch, in_h=in_h, in_w=in_w, cin=cin, kh=kh, kw=kw, cout=cout,
-        out_h=output_size(in_h, kh, sh, dh, padding), out_w=output_size(in_w, kw, sw, dw, padding),
-        sh=sh, sw=sw, dh=dh, dw=dw,
-        pad_top=same_padding(in_h, kh, sh, dh, padding)[0], pad_left=same_padding(in_w, kw, sw, dw, padding)[0])
 
 
 # ---- small IR helpers ----------------------------------------------------------------------------
@@ -568,7 +514,6 @@ def lower_conv2d_backward_kernel(k, attrs=None, bias=None):
     tiles_of = {nr: emit_weight_gradient_tile(k.module, g, image, t, nr) for nr in {t.nr if panels else 0, edge} if nr}
     row_tiles = -(-g.width // t.mr)
     tiles = row_tiles * (panels + bool(edge))
-    dy_image = g.out_h * g.out_w * g.cout
     dk_floats = g.width * g.cout
     block_images, block_rows = pixel_blocks(g, image)
     group = max(block_images, GROUP_BUDGET_FLOATS // image.floats // block_images * block_images) if padded \

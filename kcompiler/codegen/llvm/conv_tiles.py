@@ -188,7 +188,7 @@ def _zero(t):
 
 
 def emit_forward_tile(module, g, image, t, nr):
-    """The forward tile for geometry ``g`` (conv.ConvGeometry) reading ``image``, for a panel
+    """The forward tile for geometry ``g`` (ops.conv.ConvGeometry) reading ``image``, for a panel
     of ``nr`` valid columns (static); see the module docstring. Not inlined: inlined into the
     loop over the panels, LLVM hoisted the panel-invariant loads of the image out of it and
     spilled them (W3's first convolution ran at half speed)."""
