@@ -40,6 +40,7 @@ def run(code, env):
 
 def main():
     env = dict(os.environ, KCOMPILER_OPT_LEVEL="3", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as users run: Python caches compiled bytecode
     cold = []
     for _ in range(3):
         with tempfile.TemporaryDirectory() as cache:

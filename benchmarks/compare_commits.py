@@ -112,7 +112,8 @@ class Version:
         self.tmp = tmp
 
     def env(self, cache, profile=False):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KCOMPILER_")}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("KCOMPILER_") and k != "PYTHONDONTWRITEBYTECODE"}  # as users run: .pyc cached
         env.update(PYTHONPATH=self.worktree, KCOMPILER_OPT_LEVEL="3", KCOMPILER_CACHE_DIR=cache)
         if profile:
             env["KCOMPILER_PROFILE"] = "1"
