@@ -152,6 +152,51 @@ def test_k_zero_and_alpha_zero_scale_c(kernels):
         assert np.all(C == 0.0)
 
 
+# ----------------------------------------------------------------- the epilogue hook
+EPILOGUE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
+
+
+@pytest.fixture(scope="module")
+def epilogue_gemms():
+    """The epilogue entries of a one-thread build and of a 3-slice build with tiny blocks."""
+    mod = ir.Module(name="test_gemm_epilogue")
+    variants = {"ser": VARIANTS["ser"], "par": VARIANTS["par"]}
+    for name, kw in variants.items():
+        G.emit_gemm(mod, f"g_{name}", epilogue_name=f"g_{name}_epilogue", **kw)
+    cm = T.compile_ir(str(mod), opt_level=1, name="test_gemm_epilogue")
+    return {name: cm.function(f"g_{name}_epilogue", None, *ARGTYPES, EPILOGUE, ctypes.c_void_p)
+            for name in variants}
+
+
+@pytest.mark.parametrize("name", ["ser", "par"])
+@pytest.mark.parametrize("M,N,K,ta,tb", [(1, 1, 1, 0, 0), (37, 65, 130, 1, 0), (30, 200, 40, 0, 1),
+                                         (70, 3, 17, 1, 1), (9, 21, 0, 0, 0)])
+def test_epilogue_sees_each_final_block_once(epilogue_gemms, name, M, N, K, ta, tb):
+    """Every element of C is in exactly one block handed to the epilogue, and when the hook
+    runs its block already holds the final product (here the hook scales it by -2)."""
+    rng = np.random.default_rng(M * N + K)
+    A = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+    B = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+    C = np.full((M, N), 5.0, np.float32)
+    expected = 0.5 * (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64) + 2.0 * 5.0
+    seen = np.zeros((M, N), np.int32)
+    mismatches = []
+
+    def hook(context, row0, rows, col0, cols):
+        assert context == 1234
+        block = C[row0:row0 + rows, col0:col0 + cols]
+        if not np.allclose(block, expected[row0:row0 + rows, col0:col0 + cols], rtol=1e-4, atol=1e-4):
+            mismatches.append((row0, rows, col0, cols))
+        seen[row0:row0 + rows, col0:col0 + cols] += 1
+        block *= -2.0
+
+    epilogue_gemms[name](ta, tb, M, N, K, 0.5, A.ctypes.data, A.shape[1], B.ctypes.data, B.shape[1], 2.0,
+                         C.ctypes.data, N, EPILOGUE(hook), 1234)
+    assert not mismatches, f"blocks handed over before they were final: {mismatches}"
+    assert np.all(seen == 1), "some element was finished twice or never"
+    tol_ok(C, -2.0 * expected)
+
+
 def test_empty_is_a_noop(kernels):
     for f in kernels.values():
         # null pointers: nothing may be touched

@@ -1,14 +1,19 @@
 """The `fused_contraction` kernel: the head (matmul or conv2d) writes its product into the
-node's first output buffer; the epilogue then finishes those rows in place — reading the
+node's first output buffer; the epilogue then finishes those elements in place — reading the
 product, evaluating the element-wise members, storing every output — while they are in
-cache. A convolution calls the epilogue after each block of rows it computes (its input
-gradient: after each group of images is complete)."""
+cache. A matmul whose product is one SGEMM hands the epilogue to the SGEMM as a function
+(``kc_sgemm_epilogue``), which calls it on each block of the product as soon as the block
+is final, on the core that computed it; a convolution calls the epilogue after each block
+of rows it computes (its input gradient: after each group of images is complete)."""
+import llvmlite.ir as ir
+
 from ...ir.registry import get_op, lowering
 from ...ops.fused import member_types
 from ...schedule.elementwise import member_values
 from ...schedule.kernel import Const, Load, Var
 from .conv import lower_conv2d, lower_conv2d_backward_input
-from .irutil import c64, for_range, load, store
+from .gemm import EPILOGUE_FN_TYPE
+from .irutil import MEM_TYPE, bounds_checking, c64, for_range, i8p, i32, load, store
 from .render import ValueRenderer
 
 
@@ -26,8 +31,25 @@ class HeadView:
         self.outputs, self.out_types = k.outputs[:1], [head_type]
         self.inline_constants = {}
 
-    def __getattr__(self, name):  # call_gemm, gemm, fail, ...
+    def __getattr__(self, name):  # gemm, fail, ...
         return getattr(self._k, name)
+
+    def finish_in_gemm(self, epilogue):
+        """Let the head's one SGEMM over the whole product apply ``epilogue`` block by block;
+        ``self.epilogue_applied`` tells afterwards whether it did."""
+        self._block_epilogue, self.epilogue_applied = epilogue, False
+
+    def call_gemm(self, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, alpha=1.0, beta=0.0):
+        epilogue = getattr(self, "_block_epilogue", None)
+        whole = (C is self.outputs[0] and isinstance(M, int) and isinstance(N, int) and N == ldc
+                 and N == epilogue.width and M * N == epilogue.elements) if epilogue is not None else False
+        if not whole:
+            self._k.call_gemm(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, alpha, beta)
+            return
+        function, context = epilogue.block_function(self._k)
+        self._k.call_gemm(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, alpha, beta,
+                          epilogue=(function, context))
+        self.epilogue_applied = True
 
 
 # What the epilogue's expressions read: the product's element, its column and flat index.
@@ -45,6 +67,9 @@ class Epilogue:
         self.body, self.out_index = attrs["body"], attrs["outputs"]
         n = attrs["n_head"]
         self.width = head_type.shape[-1]
+        self.elements = 1
+        for d in head_type.shape:
+            self.elements *= d
         self.out_types = k.out_types
         self.extra_types = list(k.in_types[n:])
         self.member_types = member_types(self.extra_types, attrs, acc=head_type)
@@ -63,15 +88,38 @@ class Epilogue:
             index = FLAT
         return Load(f"in{i}", index, t.dtype)
 
-    def emit(self, b, pointers, first_row, rows):
-        """Finish rows [first_row, first_row + rows) of the product (i64 values or ints)."""
+    def block_function(self, k):
+        """``void epilogue(i8* context, i64 row0, i64 rows, i64 col0, i64 cols)`` in k's module
+        and the context it needs (this kernel's output and operand pointers), for the SGEMM."""
+        b = k.b
+        types = list(self.out_types) + self.extra_types
+        slots = ir.ArrayType(i8p, len(self.pointers))
+        context = b.alloca(slots, name="epilogue.context")
+        for j, p in enumerate(self.pointers):
+            b.store(b.bitcast(p, i8p), b.gep(context, [c64(0), ir.Constant(i32, j)], inbounds=True))
+        fn = ir.Function(k.module, EPILOGUE_FN_TYPE, name=f"{k.function.name}.epilogue")
+        fn.linkage = "internal"
+        ctx, row0, rows, col0, cols = fn.args
+        fb = ir.IRBuilder(fn.append_basic_block("entry"))
+        table = fb.bitcast(ctx, slots.as_pointer())
+        pointers = [fb.bitcast(fb.load(fb.gep(table, [c64(0), ir.Constant(i32, j)], inbounds=True)),
+                               MEM_TYPE[t.dtype].as_pointer()) for j, t in enumerate(types)]
+        self.emit(fb, pointers, row0, rows, col0, cols)
+        fb.ret_void()
+        return fn, b.bitcast(context, i8p)
+
+    def emit(self, b, pointers, first_row, rows, first_col=None, cols=None):
+        """Finish rows [first_row, first_row + rows) of the product (i64 values or ints), or of
+        those rows the columns [first_col, first_col + cols)."""
         outs, extras = pointers[:len(self.out_types)], pointers[len(self.out_types):]
         width = self.width
         first_row = c64(first_row) if isinstance(first_row, int) else first_row
+        first_col = c64(0) if first_col is None else first_col
+        cols = c64(width) if cols is None else (c64(cols) if isinstance(cols, int) else cols)
         loads = {f"in{i}": (p, t.dtype) for i, (p, t) in enumerate(zip(extras, self.extra_types))}
         with for_range(b, rows, name="er") as r:
             row_base = b.mul(b.add(first_row, r), c64(width))
-            with for_range(b, width, name="ec") as c:
+            with for_range(b, b.add(first_col, cols), start=first_col, name="ec") as c:
                 flat = b.add(row_base, c)
                 acc = load(b, outs[0], flat, "float32")
                 values = ValueRenderer(b, {ACC.name: acc, COLUMN.name: c, FLAT.name: flat}, loads)
@@ -96,6 +144,9 @@ def lower_fused_contraction(k):
         rows *= d
     if k.attrs["head"] in CHUNKED_HEADS:
         CHUNKED_HEADS[k.attrs["head"]](head, epilogue=epilogue)
-    else:
-        get_op(k.attrs["head"]).lowerings["llvm"](head)
+        return
+    if not bounds_checking():  # (the block function's pointers are not registered for checks)
+        head.finish_in_gemm(epilogue)
+    get_op(k.attrs["head"]).lowerings["llvm"](head)
+    if not getattr(head, "epilogue_applied", False):
         epilogue.emit(k.b, epilogue.pointers, 0, rows)

@@ -41,6 +41,14 @@ rounded up to whole micro-panels) and aligned to 64 bytes by hand. No workspace
 argument is needed. Tiles with at most W valid columns (of a wider tile) run a
 narrow k loop.
 
+Epilogue hook: ``<name>_epilogue`` (emitted when asked) takes two more arguments,
+``void (*epilogue)(i8* context, i64 row0, i64 rows, i64 col0, i64 cols)`` and its
+``i8* context``, and calls it for each C block ``[row0, row0+rows) x [col0, col0+cols)``
+as soon as that block is final (after the last KC step), on the thread that computed
+it, while the block is still in L2: a fused contraction finishes its product (bias,
+activation, optimizer update) there instead of in a second, single-threaded pass over
+memory. Every element of C is in exactly one such block.
+
 Threads: when ``M*N*K >= parallel_min_mnk`` the work is split into
 ``nthreads`` slices of whole NR column blocks (or MR row blocks when M is the
 larger dimension); each slice is an independent GEMM with its own part of the packing
@@ -55,7 +63,8 @@ import llvmlite.ir as ir
 from . import threads as _threads
 from .irutil import for_range
 
-__all__ = ["GEMM_ARG_TYPES", "GEMM_FN_TYPE", "emit_gemm", "gemm_ctypes_argtypes"]
+__all__ = ["EPILOGUE_FN_TYPE", "GEMM_ARG_TYPES", "GEMM_EPILOGUE_FN_TYPE", "GEMM_FN_TYPE", "emit_gemm",
+           "gemm_ctypes_argtypes"]
 
 i1 = ir.IntType(1)
 i8 = ir.IntType(8)
@@ -70,6 +79,11 @@ void = ir.VoidType()
 GEMM_ARG_TYPES = (i32, i32, i64, i64, i64, f32, fptr, i64, fptr, i64, f32, fptr, i64)
 GEMM_FN_TYPE = ir.FunctionType(void, list(GEMM_ARG_TYPES))
 _ARG_NAMES = ("trans_a", "trans_b", "M", "N", "K", "alpha", "A", "lda", "B", "ldb", "beta", "C", "ldc")
+#: void epilogue(i8* context, i64 row0, i64 rows, i64 col0, i64 cols)
+EPILOGUE_FN_TYPE = ir.FunctionType(void, [i8p, i64, i64, i64, i64])
+_EPI_ARG_TYPES = (EPILOGUE_FN_TYPE.as_pointer(), i8p)
+#: the GEMM arguments, then the epilogue and its context
+GEMM_EPILOGUE_FN_TYPE = ir.FunctionType(void, list(GEMM_ARG_TYPES) + list(_EPI_ARG_TYPES))
 
 # Default blocking for the 2-core AVX-512 machine (48 KiB L1d, 1 MiB L2 / core):
 # B micro-panel KC*NR*4 = 32 KiB in L1, A block MC*KC*4 = 144 KiB in L2,
@@ -387,12 +401,13 @@ def _ws_floats(b, M, N, K, MR, NR, KC, MC, NC):
 
 
 def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC):
-    """``void serial(<gemm args>, float* ws)``: the single-threaded driver
-    (M, N, K >= 1, alpha != 0); ``ws`` is a 64-byte aligned workspace of at least
-    ``_ws_floats(M, N, K)`` floats."""
-    fn = _internal(module, name, ir.FunctionType(void, list(GEMM_ARG_TYPES) + [fptr]),
-                   _ARG_NAMES + ("ws",))
-    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws = fn.args
+    """``void serial(<gemm args>, float* ws, epilogue, context, i64 row0, i64 col0)``: the
+    single-threaded driver (M, N, K >= 1, alpha != 0); ``ws`` is a 64-byte aligned workspace
+    of at least ``_ws_floats(M, N, K)`` floats. A non-null ``epilogue`` is called on each
+    final C block, with this call's C origin at (row0, col0) of the whole product."""
+    fn = _internal(module, name, ir.FunctionType(void, list(GEMM_ARG_TYPES) + [fptr, *_EPI_ARG_TYPES, i64, i64]),
+                   _ARG_NAMES + ("ws", "epilogue", "context", "row0", "col0"))
+    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws, epi, ectx, row0, col0 = fn.args
     entry = fn.append_basic_block("entry")
     b = ir.IRBuilder(entry)
     transA = b.icmp_signed("!=", ta, ir.Constant(i32, 0))
@@ -402,6 +417,7 @@ def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC):
     a_sz, _ = _ws_floats(b, M, N, K, MR, NR, KC, MC, NC)
     Ap = ws
     Bp = _gep(b, ws, a_sz)
+    has_epilogue = b.icmp_unsigned("!=", b.ptrtoint(epi, i64), _c64(0))
 
     beta_is_zero = b.fcmp_ordered("==", beta, _cf(0.0))
     with for_range(b, N, start=0, step=NC, name="jc") as jc:
@@ -414,6 +430,7 @@ def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC):
             first = b.icmp_signed("==", pc, _c64(0))
             beta_eff = b.select(first, beta, _cf(1.0))
             load_c = b.not_(b.and_(first, beta_is_zero))
+            final = b.and_(has_epilogue, b.icmp_signed(">=", b.add(pc, _c64(KC)), K))
             with for_range(b, M, start=0, step=MC, name="ic") as ic:
                 mc = _min(b, _c64(MC), b.sub(M, ic))
                 aoff = b.select(transA, b.add(b.mul(pc, lda), ic), b.add(b.mul(ic, lda), pc))
@@ -427,12 +444,14 @@ def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC):
                         ap = _gep(b, Ap, b.mul(ir_, kc))
                         cp = _gep(b, cblk, b.add(b.mul(ir_, ldc), jr))
                         b.call(ukr, [kc, ap, bp, cp, ldc, mr, nr, alpha, beta_eff, load_c])
+                with b.if_then(final):
+                    b.call(epi, [ectx, b.add(row0, ic), mc, b.add(col0, jc), nc])
     b.ret_void()
     return fn
 
 
-# the parallel context: the GEMM arguments + split_n flag, workspace, floats per slice
-_CTX_T = ir.LiteralStructType(list(GEMM_ARG_TYPES) + [i32, fptr, i64])
+# the parallel context: the GEMM arguments + split_n flag, workspace, floats per slice, epilogue
+_CTX_T = ir.LiteralStructType(list(GEMM_ARG_TYPES) + [i32, fptr, i64, *_EPI_ARG_TYPES])
 
 
 def _emit_part(module, name, serial, MR, NR):
@@ -443,7 +462,7 @@ def _emit_part(module, name, serial, MR, NR):
     rec = b.bitcast(ctx, _CTX_T.as_pointer())
     z = ir.Constant(i32, 0)
     vals = [b.load(b.gep(rec, [z, ir.Constant(i32, k)], inbounds=True)) for k in range(len(_CTX_T.elements))]
-    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, split_n, ws, ws_per = vals
+    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, split_n, ws, ws_per, epi, ectx = vals
     my_ws = _gep(b, ws, b.mul(part, ws_per))
 
     def bounds(total, unit):
@@ -462,13 +481,13 @@ def _emit_part(module, name, serial, MR, NR):
             with b.if_then(b.icmp_signed("<", n0, n1)):
                 boff = b.select(transB, b.mul(n0, ldb), n0)
                 b.call(serial, [ta, tb, M, b.sub(n1, n0), K, alpha, A, lda,
-                                _gep(b, B, boff), ldb, beta, _gep(b, C, n0), ldc, my_ws])
+                                _gep(b, B, boff), ldb, beta, _gep(b, C, n0), ldc, my_ws, epi, ectx, _c64(0), n0])
         with sm:
             m0, m1 = bounds(M, MR)
             with b.if_then(b.icmp_signed("<", m0, m1)):
                 aoff = b.select(transA, m0, b.mul(m0, lda))
                 b.call(serial, [ta, tb, b.sub(m1, m0), N, K, alpha, _gep(b, A, aoff), lda,
-                                B, ldb, beta, _gep(b, C, b.mul(m0, ldc)), ldc, my_ws])
+                                B, ldb, beta, _gep(b, C, b.mul(m0, ldc)), ldc, my_ws, epi, ectx, m0, _c64(0)])
     b.ret_void()
     return fn
 
@@ -476,9 +495,11 @@ def _emit_part(module, name, serial, MR, NR):
 def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None = None,
               parallel_min_mnk: int = DEFAULT_PARALLEL_MIN_MNK,
               mr: int | None = None, nr: int | None = None, kc: int = DEFAULT_KC,
-              mc: int = DEFAULT_MC, nc: int = DEFAULT_NC) -> ir.Function:
+              mc: int = DEFAULT_MC, nc: int = DEFAULT_NC, epilogue_name: str | None = None) -> ir.Function:
     """Add ``void <name>(i32 trans_a, i32 trans_b, i64 M, i64 N, i64 K, float alpha,
-    float* A, i64 lda, float* B, i64 ldb, float beta, float* C, i64 ldc)`` to ``module``.
+    float* A, i64 lda, float* B, i64 ldb, float beta, float* C, i64 ldc)`` to ``module``
+    and, when ``epilogue_name`` is given, the same GEMM with an epilogue hook under that
+    name (``GEMM_EPILOGUE_FN_TYPE``, see the module docstring); both share one body.
 
     ``nthreads`` (default: the CPUs available, 1 without pthreads) is the number
     of slices a large call is split into; ``parallel_min_mnk`` the ``M*N*K`` below
@@ -499,8 +520,9 @@ def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None
         raise ValueError("tile sizes must be positive")
     if mr * (nr // vw) + nr // vw + 1 > registers:
         raise ValueError(f"a {mr}x{nr} tile needs more than {registers} vector registers")
-    if module.globals.get(name) is not None:
-        raise ValueError(f"module already has a global named {name!r}")
+    for n in (name, epilogue_name):
+        if n is not None and module.globals.get(n) is not None:
+            raise ValueError(f"module already has a global named {n!r}")
     mc = max(mr, (mc // mr) * mr)
     nc = max(nr, (nc // nr) * nr)
     if nthreads is None:
@@ -510,16 +532,34 @@ def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None
     ukr = _emit_microkernel(module, f"{name}.ukr", mr, nr, vw)
     pack_a = _emit_pack(module, f"{name}.pack_a", mr, vw)
     pack_b = _emit_pack(module, f"{name}.pack_b", nr, vw)
-    scale = _emit_scale(module, f"{name}.scale")
     serial = _emit_serial(module, f"{name}.serial", ukr, pack_a, pack_b, mr, nr, kc, mc, nc)
     part = _emit_part(module, f"{name}.part", serial, mr, nr) if nthreads > 1 else None
-    malloc, free = _malloc(module), _free(module)
-    trap = _get_fn(module, "llvm.trap", ir.FunctionType(void, []))
+    body = _internal(module, f"{name}.body", GEMM_EPILOGUE_FN_TYPE, _ARG_NAMES + ("epilogue", "context"))
+    _emit_body(module, body, name, serial, part, nthreads, parallel_min_mnk, mr, nr, kc, mc, nc)
 
+    # the public entries: thin wrappers the optimiser inlines
     fn = ir.Function(module, GEMM_FN_TYPE, name=name)
     for a, n in zip(fn.args, _ARG_NAMES):
         a.name = n
-    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    b.call(body, list(fn.args) + [ir.Constant(EPILOGUE_FN_TYPE.as_pointer(), None), ir.Constant(i8p, None)])
+    b.ret_void()
+    if epilogue_name is not None:
+        with_epilogue = ir.Function(module, GEMM_EPILOGUE_FN_TYPE, name=epilogue_name)
+        for a, n in zip(with_epilogue.args, _ARG_NAMES + ("epilogue", "context")):
+            a.name = n
+        b = ir.IRBuilder(with_epilogue.append_basic_block("entry"))
+        b.call(body, list(with_epilogue.args))
+        b.ret_void()
+    return fn
+
+
+def _emit_body(module, fn, name, serial, part, nthreads, parallel_min_mnk, mr, nr, kc, mc, nc):
+    """The GEMM with its epilogue hook: the edge cases, the thread split and the workspace."""
+    scale = _emit_scale(module, f"{name}.scale")
+    malloc, free = _malloc(module), _free(module)
+    trap = _get_fn(module, "llvm.trap", ir.FunctionType(void, []))
+    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, epi, ectx = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     ctx = b.alloca(_CTX_T, name="ctx") if part is not None else None
     empty = b.or_(b.icmp_signed("<=", M, _c64(0)), b.icmp_signed("<=", N, _c64(0)))
@@ -529,6 +569,8 @@ def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None
     no_product = b.or_(b.icmp_signed("<=", K, _c64(0)), b.fcmp_ordered("==", alpha, _cf(0.0)))
     with b.if_then(no_product, likely=False):
         b.call(scale, [M, N, beta, C, ldc])
+        with b.if_then(b.icmp_unsigned("!=", b.ptrtoint(epi, i64), _c64(0))):
+            b.call(epi, [ectx, _c64(0), M, _c64(0), N])
         b.ret_void()
     args = [ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc]
 
@@ -554,18 +596,18 @@ def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None
         b.call(trap, [])  # out of memory for packing buffers
         b.unreachable()
     ws = b.inttoptr(b.and_(b.add(b.ptrtoint(raw, i64), _c64(63)), _c64(~63)), fptr)
+    serial_tail = [ws, epi, ectx, _c64(0), _c64(0)]
 
     if part is None:
-        b.call(serial, args + [ws])
+        b.call(serial, args + serial_tail)
     else:
         with b.if_else(b.icmp_signed(">", nparts, _c64(1))) as (par, ser):
             with par:
                 z = ir.Constant(i32, 0)
-                for k, v in enumerate(args + [b.zext(split_n, i32), ws, ws_per]):
+                for k, v in enumerate(args + [b.zext(split_n, i32), ws, ws_per, epi, ectx]):
                     b.store(v, b.gep(ctx, [z, ir.Constant(i32, k)], inbounds=True))
                 _threads.emit_parallel_call(b, part, ctx, nparts)
             with ser:
-                b.call(serial, args + [ws])
+                b.call(serial, args + serial_tail)
     b.call(free, [raw])
     b.ret_void()
-    return fn

@@ -68,11 +68,17 @@ class KernelBuilder:
         from .support_library import declare_gemm
         return declare_gemm(self.module)
 
-    def call_gemm(self, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, alpha=1.0, beta=0.0):
+    def call_gemm(self, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, alpha=1.0, beta=0.0, epilogue=None):
+        """C = alpha op(A) op(B) + beta C through the support library's SGEMM; ``epilogue``:
+        (function, context) the SGEMM calls on each finished block of C (gemm.py)."""
+        from .support_library import declare_epilogue_gemm
         f32 = ir.FloatType()
-        self.b.call(self.gemm(), [ir.Constant(i32, int(trans_a)), ir.Constant(i32, int(trans_b)),
-                                  _i64(M), _i64(N), _i64(K), ir.Constant(f32, alpha), A, _i64(lda), B, _i64(ldb),
-                                  ir.Constant(f32, beta), C, _i64(ldc)])
+        args = [ir.Constant(i32, int(trans_a)), ir.Constant(i32, int(trans_b)), _i64(M), _i64(N), _i64(K),
+                ir.Constant(f32, alpha), A, _i64(lda), B, _i64(ldb), ir.Constant(f32, beta), C, _i64(ldc)]
+        if epilogue is None:
+            self.b.call(self.gemm(), args)
+        else:
+            self.b.call(declare_epilogue_gemm(self.module), args + list(epilogue))
 
 
 def _i64(v):

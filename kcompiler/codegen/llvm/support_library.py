@@ -3,8 +3,8 @@
 The SGEMMs are large and the same for every model, so they live in their own module,
 compiled at O3 (disk-cached like any module) and published to MCJIT's symbol table;
 generated modules only declare them. This keeps each model's compile time to its own
-kernels. ``kc_sgemm`` splits large products over the cores itself; ``kc_sgemm_1t`` is
-for work a kernel has already split over the cores (convolutions).
+kernels. ``kc_sgemm`` splits large products over the cores itself; ``kc_sgemm_epilogue`` is
+the same GEMM calling a kernel's epilogue on each finished block of the product (gemm.py).
 
 ``kc_pack_gates`` (rows_product.py) packs the recurrent kernels' weight matrices, once per
 kernel call. The fork-join runner ``kc_parallel_run`` (threads.py) lives here too, and generated
@@ -19,13 +19,13 @@ import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
 from . import threads
-from .gemm import GEMM_FN_TYPE, emit_gemm, gemm_ctypes_argtypes
+from .gemm import GEMM_EPILOGUE_FN_TYPE, GEMM_FN_TYPE, emit_gemm, gemm_ctypes_argtypes
 from .jit import compile_units, host_target_info
 from .rows_product import PACK_FN_TYPE, PACK_NAME, emit_pack
 from .unit_memo import library_signature, remembered
 
 GEMM_NAME = "kc_sgemm"
-SERIAL_GEMM_NAME = "kc_sgemm_1t"
+EPILOGUE_GEMM_NAME = "kc_sgemm_epilogue"
 SUPPORT_OPT_LEVEL = 3
 RUNNER_FN_TYPE = ir.FunctionType(ir.VoidType(), [threads.PART_FN_TYPE.as_pointer(), ir.IntType(8).as_pointer(),
                                                  ir.IntType(64)])
@@ -43,9 +43,8 @@ def ensure_support_library():
             sig = library_signature("kcompiler_support", SUPPORT_OPT_LEVEL, host_target_info())
             unit = remembered(sig, _support_ir, SUPPORT_OPT_LEVEL)
             library = compile_units([(unit, SUPPORT_OPT_LEVEL)], name="kcompiler_support")
-            for name in (GEMM_NAME, SERIAL_GEMM_NAME):
-                _call_once(library, name)
-            for name in (GEMM_NAME, SERIAL_GEMM_NAME, PACK_NAME, threads.RUNNER_NAME):
+            _call_once(library, GEMM_NAME)
+            for name in (GEMM_NAME, EPILOGUE_GEMM_NAME, PACK_NAME, threads.RUNNER_NAME):
                 llvm.add_symbol(name, library.address(name))
             library.confirm()
             _library = library
@@ -54,8 +53,7 @@ def ensure_support_library():
 
 def _support_ir():
     module = ir.Module(name="kcompiler_support")
-    emit_gemm(module, GEMM_NAME)
-    emit_gemm(module, SERIAL_GEMM_NAME, nthreads=1)
+    emit_gemm(module, GEMM_NAME, epilogue_name=EPILOGUE_GEMM_NAME)
     emit_pack(module)
     threads.get_parallel_runner(module).linkage = ""  # exported
     return str(module)
@@ -83,9 +81,9 @@ def declare_gemm(module):
     return _declare(module, GEMM_NAME)
 
 
-def declare_serial_gemm(module):
-    """Declare the support library's single-threaded SGEMM in ``module``."""
-    return _declare(module, SERIAL_GEMM_NAME)
+def declare_epilogue_gemm(module):
+    """Declare the support library's SGEMM with an epilogue hook in ``module``."""
+    return _declare(module, EPILOGUE_GEMM_NAME, GEMM_EPILOGUE_FN_TYPE)
 
 
 def declare_pack(module):
