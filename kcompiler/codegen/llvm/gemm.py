@@ -17,7 +17,7 @@ apart), ``C`` is M x N with rows ``ldc`` apart. ``beta == 0`` never reads C
 Structure (the Goto/BLIS loop nest, see docs/codegen-llvm.md)::
 
     for jc in 0..N step NC:                 B panel  KC x NC   (L2/L3)
-      for pc in 0..K step KC:
+      for pc in 0..K step KC':               (K in equal blocks KC' <= KC)
         pack B[pc:pc+kc, jc:jc+nc] -> Bp    (NR-wide micro-panels, zero padded)
         for ic in 0..M step MC:             A block  MC x KC   (L2)
           pack A[ic:ic+mc, pc:pc+kc] -> Ap  (MR-tall micro-panels, zero padded)
@@ -420,17 +420,21 @@ def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC):
     has_epilogue = b.icmp_unsigned("!=", b.ptrtoint(epi, i64), _c64(0))
 
     beta_is_zero = b.fcmp_ordered("==", beta, _cf(0.0))
+    # K in equal blocks of at most KC (784 = 4 x 196, not 3 x 256 + 16: a shallow last block
+    # would pay a whole pass of C loads and stores for a few multiply-adds)
+    k_blocks = b.sdiv(b.add(K, _c64(KC - 1)), _c64(KC))
+    KCb = b.sdiv(b.add(K, b.sub(k_blocks, _c64(1))), k_blocks)
     with for_range(b, N, start=0, step=NC, name="jc") as jc:
         nc = _min(b, _c64(NC), b.sub(N, jc))
-        with for_range(b, K, start=0, step=KC, name="pc") as pc:
-            kc = _min(b, _c64(KC), b.sub(K, pc))
+        with for_range(b, K, start=0, step=KCb, name="pc") as pc:
+            kc = _min(b, KCb, b.sub(K, pc))
             # B sub-matrix at (pc, jc) of op(B)
             boff = b.select(transB, b.add(b.mul(jc, ldb), pc), b.add(b.mul(pc, ldb), jc))
             b.call(pack_b, [contigB, nc, kc, _gep(b, B, boff), ldb, Bp])
             first = b.icmp_signed("==", pc, _c64(0))
             beta_eff = b.select(first, beta, _cf(1.0))
             load_c = b.not_(b.and_(first, beta_is_zero))
-            final = b.and_(has_epilogue, b.icmp_signed(">=", b.add(pc, _c64(KC)), K))
+            final = b.and_(has_epilogue, b.icmp_signed(">=", b.add(pc, KCb), K))
             with for_range(b, M, start=0, step=MC, name="ic") as ic:
                 mc = _min(b, _c64(MC), b.sub(M, ic))
                 aoff = b.select(transA, b.add(b.mul(pc, lda), ic), b.add(b.mul(ic, lda), pc))
