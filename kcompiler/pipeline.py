@@ -14,6 +14,7 @@ from .codegen.backend import get_backend
 from .options import resolve
 from .passes.fusion import fuse_bias_gradients, fuse_elementwise, fuse_epilogues
 from .passes.memory_plan import plan_memory
+from .passes.recurrent_reserve import keep_recurrent_reserves
 from .passes.schedule import schedule_kernels
 from .passes.shape_inference import infer_shapes, specialize_input_type
 from .passes.simplify import simplify
@@ -47,16 +48,18 @@ def front_stages(model, *, training=False, batch_size=None, label_type=None, inp
 
 
 def lower_graph(g, *, target="cpu", fuse=True, stages=None, options=None):
-    """The back half of the pipeline on static graph ``g``: fusion (asking the backend which
-    heads take epilogues and which weight gradients take their bias gradient), memory
+    """The back half of the pipeline on static graph ``g``: recurrent reserves and fusion
+    (asking the backend which recurrent ops keep a reserve, which heads take epilogues and
+    which weight gradients take their bias gradient), memory
     planning, scheduling, then the backend generates, compiles and binds. Returns
     (executable, stages)."""
     options = resolve(options)
     backend = get_backend(target)
     stages = stages if stages is not None else OrderedDict()
     g = simplify(g)
+    capabilities = backend.capabilities()
+    g = keep_recurrent_reserves(g, capabilities.recurrent_reserve)
     if fuse:
-        capabilities = backend.capabilities()
         g = fuse_epilogues(fuse_elementwise(g), heads=capabilities.epilogue_heads)
         g = fuse_bias_gradients(g, heads=capabilities.bias_grad_heads)
     stages["fused"] = g

@@ -49,6 +49,8 @@ class Capabilities:
     executes: bool              # whether compiled code can run on this machine
     bias_grad_heads: frozenset = frozenset()  # weight-gradient ops whose kernel also sums their dy
                                               # into the bias gradient (fused_bias_grad)
+    recurrent_reserve: frozenset = frozenset()  # recurrent ops whose forward kernel can leave its
+                                                # per-step values for the gradient (ops/rnn.py)
 
 
 class Backend:

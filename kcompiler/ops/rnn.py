@@ -35,12 +35,16 @@ zero with ``zero_output_for_mask``.
 
 Gradients: ``<op>_grad`` takes the forward operands followed by the cotangent of
 every output and returns one gradient per differentiable operand (x, kernel,
-recurrent_kernel, bias, h0[, c0]). It recomputes the forward pass instead of
-reading saved activations: a kernel for it runs the loop forward into a scratch
-workspace of (time, batch, k*units) floats (states and gate pre-activations), then
-backward through time. That keeps the forward op's outputs exactly what layers use
-and trades one extra forward sweep for storing the workspace between the two
-kernels (the same trade as activation checkpointing).
+recurrent_kernel, bias, h0[, c0]). By default it recomputes the forward pass: a kernel
+for it runs the loop forward into a scratch workspace (every step's states, what the
+gates' derivatives need, the masked copies of h), then backward through time (the
+trade of activation checkpointing). With attr ``reserve`` (set by the pass
+passes/recurrent_reserve.py for a backend that declares it can) the forward op has one
+more output, a *reserve* of ``reserve_floats`` float32 — cuDNN's reserve space: what the
+forward sweep of the training step leaves for the backward one, with contents the
+backend defines (region sizes: ``reserve_regions``) — and the gradient op takes it as its
+last operand and runs no forward sweep. The reference interpreter leaves the reserve zero
+and recomputes, so a gradient that reads a wrong reserve differs from the reference.
 """
 from ..errors import ShapeError
 from ..ir.registry import register
@@ -64,7 +68,8 @@ ACTIVATIONS = {
 DEFAULT_ATTRS = {"activation": "tanh", "recurrent_activation": "sigmoid", "go_backwards": False,
                  "reset_after": True, "masked": False, "dropout_mask": False,
                  "recurrent_dropout_mask": False, "zero_output_for_mask": False,
-                 "output_in_time_order": False}
+                 "output_in_time_order": False, "reserve": False}
+RESERVE_ALIGN = 16  # floats: each reserve region starts on a 64-byte boundary
 
 
 def full_attrs(attrs):
@@ -80,6 +85,35 @@ def operand_names(op, attrs):
         if attrs[flag]:
             names.append(name)
     return names
+
+
+def reserve_regions(op, attrs, in_types):
+    """{region: floats} of the reserve the forward sweep leaves for the gradient, in order:
+    HS (time+1, batch, units) the state h before each step and after the last (and CS, the
+    same of c, for lstm); KEPT (time, batch, GA) per step what the gates' derivatives need
+    (GA = 5 units for lstm: i f c o and c_new; 4 units for gru reset_after: z r, the
+    candidate's recurrent part and the candidate; G units otherwise); SRC (time, batch,
+    NS*units) the masked copies of h the recurrent products read (NS: one per distinct
+    recurrent dropout mask a gate group uses, and for gru reset_after=False the r*h)."""
+    a = full_attrs(attrs)
+    batch, time, _ = in_types[0].shape
+    units, gates = a["units"], GATES[op]
+    names = operand_names(op, a)
+    d2 = in_types[names.index("recurrent_dropout_mask")].shape[0] if a["recurrent_dropout_mask"] else 0
+    gru_nra = op == "gru" and not a["reset_after"]
+    sources = {(g % d2 if d2 else None, gru_nra and g == 2) for g in range(gates)} - {(None, False)}
+    ga = 5 * units if op == "lstm" else 4 * units if op == "gru" and a["reset_after"] else gates * units
+    regions = {"HS": (time + 1) * batch * units}
+    if op == "lstm":
+        regions["CS"] = (time + 1) * batch * units
+    regions["KEPT"] = time * batch * ga
+    regions["SRC"] = time * batch * len(sources) * units
+    return regions
+
+
+def reserve_floats(op, attrs, in_types):
+    """Size of the reserve: its regions, each rounded up to RESERVE_ALIGN floats."""
+    return sum(-(-n // RESERVE_ALIGN) * RESERVE_ALIGN for n in reserve_regions(op, attrs, in_types).values())
 
 
 def differentiable_count(op):
@@ -141,7 +175,10 @@ def _forward_rule(op):
                        f"got {fmt_shape(t[name].shape)}")
                 expect(name, (d, batch, width))
         state = TensorType((batch, units), x.dtype)
-        return (TensorType((batch, time, units), x.dtype),) + (state,) * len(STATES[op])
+        outs = (TensorType((batch, time, units), x.dtype),) + (state,) * len(STATES[op])
+        if attrs["reserve"]:
+            outs += (TensorType((reserve_floats(op, attrs, in_types),), "float32"),)
+        return outs
     return rule
 
 
@@ -150,8 +187,15 @@ def _grad_rule(op):
 
     def rule(in_types, attrs):
         n = len(operand_names(op, attrs))
-        outs = forward(in_types[:n], attrs)
+        plain = {**attrs, "reserve": False}
+        outs = forward(in_types[:n], plain)
         cotangents = in_types[n:]
+        if full_attrs(attrs)["reserve"]:
+            cotangents, reserve = in_types[n:-1], in_types[-1]
+            size = reserve_floats(op, attrs, in_types[:n])
+            _check(reserve.shape == (size,) and reserve.dtype == "float32", op + "_grad",
+                   f"the reserve (last operand) must be float32 of shape ({size},), got "
+                   f"{reserve.dtype} {fmt_shape(reserve.shape)}")
         _check(len(cotangents) == len(outs), op + "_grad", f"expects {len(outs)} cotangents after the "
                f"{n} forward operands, got {len(cotangents)}")
         for i, (ct, out) in enumerate(zip(cotangents, outs)):

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..ir.registry import reference
 from .elementwise_reference import UNARY_REFERENCE
-from .rnn import ACTIVATIONS, GATES, RECURRENT_OPS, STATES, full_attrs, operand_names
+from ..ir.types import TensorType
+from .rnn import ACTIVATIONS, GATES, RECURRENT_OPS, STATES, full_attrs, operand_names, reserve_floats
 
 
 class Activation:
@@ -234,12 +235,17 @@ def _register(op):
     @reference(op)
     def forward(*operands, **attrs):
         seq, states, _, _ = _run_forward(op, operands, attrs)
-        return (seq,) + tuple(states)
+        if not attrs.get("reserve"):
+            return (seq,) + tuple(states)
+        # the reserve's contents are the backend's: the reference leaves it zero (ops/rnn.py)
+        size = reserve_floats(op, attrs, [TensorType(np.shape(x), "float32") for x in operands])
+        return (seq,) + tuple(states) + (np.zeros(size, np.float32),)
 
     @reference(f"{op}_grad")
     def backward(*operands, **attrs):
         n = len(operand_names(op, attrs))
-        return _run_backward(op, operands[:n], operands[n:], attrs)
+        cotangents = operands[n:-1] if attrs.get("reserve") else operands[n:]  # recomputes: no reserve
+        return _run_backward(op, operands[:n], cotangents, attrs)
 
 
 for _op in RECURRENT_OPS:

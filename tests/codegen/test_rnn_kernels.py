@@ -9,11 +9,12 @@ import pytest
 
 import kcompiler.codegen.llvm.rnn as rnn_codegen
 from keras_fixtures import indexed, load, make_layer
+from kcompiler.ir.graph import operands as graph_operands
 from kcompiler.ir.types import TensorType
 from kcompiler.keras import backend
 from kcompiler.keras.layers.base import flatten
 from kcompiler.keras.tensor import SymbolicTensor
-from kcompiler.ops.rnn import GATES
+from kcompiler.ops.rnn import GATES, reserve_floats
 from kcompiler.passes.autodiff import gradients
 from kcompiler.pipeline import lower_graph
 from op_check import assert_close32, check_compiled
@@ -67,6 +68,34 @@ def test_dropout_masks_output_order_and_zero_output(op, reset_after, per_gate):
     extra = (dict(output_in_time_order=True, go_backwards=True) if per_gate
              else dict(zero_output_for_mask=True, go_backwards=True))
     check_compiled(op, xs, attrs_for(op, reset_after, True, d, **extra))
+
+
+@pytest.mark.parametrize("op,reset_after", VARIANTS)
+def test_gradient_that_recomputes_its_forward_sweep(monkeypatch, op, reset_after):
+    """Without the reserve pass (a gradient whose forward node is not in the graph, or a
+    backend without the capability) the gradient kernel runs the forward sweep itself."""
+    import kcompiler.pipeline
+    monkeypatch.setattr(kcompiler.pipeline, "keep_recurrent_reserves", lambda g, ops: g)
+    d = GATES[op]
+    xs = operands(op, reset_after=reset_after, masked=True, dropout=d, seed=3)
+    check_compiled(op, xs, attrs_for(op, reset_after, True, d, go_backwards=True))
+
+
+def test_training_graph_keeps_the_forward_sweep_in_a_reserve():
+    """On the CPU the pass gives the forward node its reserve output and the gradient node
+    reads it (check_compiled above then compares those gradients with the reference)."""
+    from op_check import vjp_graph
+    b = vjp_graph("lstm", operands("lstm"), attrs_for("lstm"), [0, 1, 2, 3])
+    _, stages = lower_graph(b.g)
+    g = stages["fused"]
+    nodes = {d["op"]: (n, d) for n, d in g.nodes(data=True) if d["op"] in ("lstm", "lstm_grad")}
+    (f, fwd), (grad_id, grad) = nodes["lstm"], nodes["lstm_grad"]
+    assert fwd["attrs"]["reserve"] and grad["attrs"]["reserve"]
+    size = reserve_floats("lstm", fwd["attrs"], [g.nodes[u]["type"] for u in graph_operands(g, f)])
+    assert len(fwd["type"]) == 4 and fwd["type"][3] == TensorType((size,), "float32")
+    reserve_item = graph_operands(g, grad_id)[-1]
+    assert g.nodes[reserve_item]["op"] == "tuple_item" and g.nodes[reserve_item]["attrs"]["index"] == 3
+    assert graph_operands(g, reserve_item) == [f]
 
 
 @pytest.mark.parametrize("op", ["simple_rnn", "lstm", "gru"])

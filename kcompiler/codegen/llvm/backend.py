@@ -2,6 +2,7 @@
 entry point (module.py), compiles each through llvmlite with the disk cache and loads them
 into one engine (jit.py, cache.py), and binds them to host buffers (executable.py). The worked example of docs/architecture.md's "adding a backend"."""
 from ...ir.registry import all_ops
+from ...ops.rnn import RECURRENT_OPS
 from ..backend import Backend, Capabilities
 from .executable import CompiledGraph
 from .irutil import generating
@@ -19,7 +20,8 @@ class LLVMBackend(Backend):
             templates=frozenset(name for name, op in all_ops().items() if "llvm" in op.lowerings),
             dtypes=frozenset(COMPILED_DTYPES),
             executes=True,
-            bias_grad_heads=frozenset({"conv2d_backward_kernel"}))
+            bias_grad_heads=frozenset({"conv2d_backward_kernel"}),
+            recurrent_reserve=frozenset(RECURRENT_OPS))
 
     def generate(self, g, options):
         with generating(options):

@@ -31,13 +31,18 @@ units and features rounded up to whole vectors, GUp = G*Up):
   SRC    (slots, B, NS*U) masked copies of h each gate group multiplies
   XS     (B, F)       x_t times a dropout mask
   CARRY  (B, U)       the previous output (masks)
-Gradient only:
-  HS, CS ((T+1), B, U) states before each step (the forward kernel keeps its state in the
-                      h_T/c_T outputs)
+Kept per step (gradient kernel, and the forward kernel of a training step with a reserve):
+  HS, CS ((T+1), B, U) states before each step (a forward kernel without a reserve keeps its
+                      state in the h_T/c_T outputs)
   KEPT   (T, B, GA)   per step what the backward sweep needs of the gates, f(x) or x each
                       (Activation.kept); lstm adds c_new's at column 4U, gru reset_after has
                       the candidate's recurrent part at 2U and the candidate at 3U. Written
                       once per step, while the products write into the small A (in cache)
+  SRC then has a slot per step (T, B, NS*U).
+With attr ``reserve`` (ops/rnn.py, passes/recurrent_reserve.py) HS, CS, KEPT and SRC are not
+in the workspace but in the reserve: the forward kernel writes them there as it runs, and the
+gradient kernel reads them and runs no forward sweep.
+Gradient only:
   RT     (GUp, Up)    recurrent_kernel^T packed for the backward product (row g*Up + k:
                       column g*U + k), zero rows and columns in the padding; WT (GUp, Fp)
                       the kernel^T, alike
@@ -52,7 +57,7 @@ import llvmlite.ir as ir
 
 from ...ir.registry import lowering
 from ...ir.types import num_elements
-from ...ops.rnn import ACTIVATIONS, GATES, STATES, full_attrs, operand_names
+from ...ops.rnn import ACTIVATIONS, GATES, RESERVE_ALIGN, STATES, full_attrs, operand_names, reserve_regions
 from ...schedule.kernel import STATUS_INDEX_OUT_OF_RANGE, Var, call
 from ...schedule.scalar import DERIVATIVES, mul
 from . import threads
@@ -145,6 +150,9 @@ class Layout:
     def __init__(self, op, in_types, attrs, grad):
         self.op, self.grad = op, grad
         self.attrs = a = full_attrs(attrs)
+        self.reserve = a["reserve"]
+        self.keeps = grad or self.reserve  # every step's states and gate values are kept
+        self.in_types = in_types
         names = operand_names(op, a)
         self.operand_index = {n: i for i, n in enumerate(names)}
         self.B, self.T, self.F = in_types[0].shape
@@ -179,7 +187,7 @@ class Layout:
         copies = [k for k in dict.fromkeys(keys) if k != (None, False)]
         self.src_slot = {k: i for i, k in enumerate(copies)}
         self.NS = len(copies)
-        self.slots = self.T if grad else 1
+        self.slots = self.T if self.keeps else 1
         work = self.T * self.B * self.GU
         self.nparts = min(threads.default_nthreads(), self.B) if work >= PARALLEL_MIN_WORK else 1
         self.part_rows = tuple(sorted({self.B // self.nparts, -(-self.B // self.nparts)}))  # rows of a part
@@ -198,16 +206,27 @@ class Layout:
             sizes["XS"] = B * F
         if self.carry:
             sizes["CARRY"] = B * U
-        if self.grad:
-            sizes.update(HS=(T + 1) * B * U, KEPT=T * B * self.GA, RT=GUp * self.Up, WT=GUp * self.Fp, DR=B * GUp, DX=B * GUp,
-                         TMP=B * U, GRADS=self.nparts * self.PG)
+        if self.keeps:
+            sizes.update(HS=(T + 1) * B * U, KEPT=T * B * self.GA)
             if self.lstm:
                 sizes["CS"] = (T + 1) * B * U
+        if self.grad:
+            sizes.update(RT=GUp * self.Up, WT=GUp * self.Fp, DR=B * GUp, DX=B * GUp, TMP=B * U,
+                         GRADS=self.nparts * self.PG)
             if self.D:
                 sizes["TMPX"] = B * F
         self.sizes = dict(sizes)  # elements per buffer (operands and outputs added by the lowering)
+        # the kept regions in the reserve, at the offsets its definition gives (ops/rnn.py)
+        self.reserve_offsets, total = {}, 0
+        if self.reserve:
+            for name, n in reserve_regions(self.op, self.attrs, self.in_types).items():
+                assert n == sizes[name], (name, n, sizes[name])  # the op's sizes are this layout's
+                self.reserve_offsets[name] = total
+                total += -(-n // RESERVE_ALIGN) * RESERVE_ALIGN
         self.offsets, total = {}, 0
         for name, n in sizes.items():
+            if name in self.reserve_offsets:
+                continue
             self.offsets[name] = total
             total += (n + ALIGN_FLOATS - 1) // ALIGN_FLOATS * ALIGN_FLOATS
         self.ws_floats = total
@@ -407,7 +426,7 @@ class Emitter:
         """(buffer, offset, row stride) of state h/c before step ``slot``. The forward kernel
         updates its state in place in the h_T/c_T outputs; the gradient keeps every step's."""
         L = self.L
-        if not L.grad:
+        if not L.keeps:
             return ("hT" if which == "h" else "cT"), c64(0), L.U
         return ("HS" if which == "h" else "CS"), _lin(self.b, (slot, L.B * L.U)), L.U
 
@@ -465,8 +484,8 @@ class Emitter:
                                                                            self.view_at(view, bi, j)), name="init")
         with self.for_range(L.T, name="s") as s:
             t = self.step_time(s)
-            slot = s if L.grad else c64(0)
-            nxt = b.add(s, c64(1)) if L.grad else c64(0)
+            slot = s if L.keeps else c64(0)
+            nxt = b.add(s, c64(1)) if L.keeps else c64(0)
             kept_off = _lin(b, (slot, L.B * L.GA))
             h_in, h_out = self.state_view("h", slot), self.state_view("h", nxt)
             c_in, c_out = (self.state_view("c", slot), self.state_view("c", nxt)) if L.lstm else (None, None)
@@ -480,8 +499,8 @@ class Emitter:
             a_at = lambda bi, col, j: self.at("A", (bi, L.GU), col, j)  # noqa: E731
 
             def keep(bi, col, j, value):
-                """What the backward sweep reads of this step (gradient kernel only)."""
-                if L.grad:
+                """What the backward sweep reads of this step (when steps are kept)."""
+                if L.keeps:
                     self.st(value, "KEPT", kept_off, (bi, L.GA), col, j)
 
             def finish(bi, j, m, h_new, c_new=None):
@@ -556,6 +575,11 @@ class Emitter:
                     z, _ = L.ract.from_kept(e, self.load(a_at(bi, 0, j)))
                     finish(bi, j, m, self._gru_state(z, self.load(self.view_at(h_in, bi, j)), hh))
                 self.each_unit(candidate, t)
+        if L.keeps and not L.grad:  # a forward kernel that keeps its steps: the final states
+            for which in STATES[L.op]:
+                view = self.state_view(which, c64(L.T))
+                self.each_unit(lambda bi, j, m, which=which, view=view: self.st(
+                    self.load(self.view_at(view, bi, j)), f"{which}T", (bi, U), j), name="final")
 
     def _gru_state(self, z, h, hh):
         e = self.e
@@ -567,10 +591,10 @@ class Emitter:
 def _buffer_names(L):
     names = [n for n, _ in sorted(L.operand_index.items(), key=lambda kv: kv[1])]
     if L.grad:
-        ins = names + ["d_seq", "d_hT"] + (["d_cT"] if L.lstm else [])
+        ins = names + ["d_seq", "d_hT"] + (["d_cT"] if L.lstm else []) + (["reserve"] if L.reserve else [])
         outs = ["dx", "d_kernel", "d_recurrent_kernel", "d_bias", "dh0"] + (["dc0"] if L.lstm else [])
     else:
-        ins, outs = names, ["seq", "hT"] + (["cT"] if L.lstm else [])
+        ins, outs = names, ["seq", "hT"] + (["cT"] if L.lstm else []) + (["reserve"] if L.reserve else [])
     return ins, outs
 
 
@@ -638,18 +662,23 @@ def _lower(op, grad=False, emitter=Emitter, prepare=None, weight_gradients=None)
         pointers.update(zip(ins, k.inputs))
         raw, regions = _workspace(k, L)
         pointers.update(regions)
+        pointers.update((name, k.b.gep(pointers["reserve"], [c64(off)], inbounds=True))
+                        for name, off in L.reserve_offsets.items())
         pointers["status"] = k.status
         L.sizes.update((n, num_elements(t.shape)) for n, t in zip(ins, k.in_types))
         L.sizes.update((n, num_elements(t.shape)) for n, t in zip(outs, k.out_types))
 
         whole = Emitter(k.b, L, pointers, 0, L.B)  # all rows, before and after the parts
-        pack(whole, "recurrent_kernel", L.U, "RP", transposed=False)
-        pack(whole, "kernel", L.F, "WP", transposed=False)
+        sweeps_forward = not (grad and L.reserve)  # a gradient with a reserve reads the forward's steps
+        if sweeps_forward:
+            pack(whole, "recurrent_kernel", L.U, "RP", transposed=False)
+            pack(whole, "kernel", L.F, "WP", transposed=False)
         if grad:
             prepare(whole)
 
         def part(em):
-            em.forward_loop()
+            if sweeps_forward:
+                em.forward_loop()
             if grad:
                 em.backward_loop()
         _run_parts(k, L, pointers, part, emitter)
