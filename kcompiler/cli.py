@@ -52,8 +52,17 @@ def main(argv=None):
     bench.add_argument("--fused", action="store_true")
     bench.add_argument("--batch-size", type=int, default=32)
     bench.add_argument("--steps", type=int, default=20)
+    tune = sub.add_parser("tune", help="measure this CPU's SGEMM cache blocking and save it for later runs")
+    tune.add_argument("--budget", type=float, default=20.0, help="seconds the search may take (20)")
     args = parser.parse_args(argv)
-    if args.command == "ir":
+    if args.command == "tune":
+        from kcompiler.codegen.llvm import tuning
+        blocking, results = tuning.search(args.budget)
+        default = results.get((tuning.DEFAULT_KC, tuning.DEFAULT_MC, tuning.DEFAULT_NC), 0.0)
+        best = results.get((blocking.kc, blocking.mc, blocking.nc), 0.0)
+        print(f"{blocking.describe()}\n{best:.1f} GFLOP/s on one core (defaults: {default:.1f}); saved in "
+              f"{tuning.saved_path()}")
+    elif args.command == "ir":
         model = load_model(args.model)
         sys.stdout.write(kcompiler.dump_ir(model, fmt=args.format, stage=args.stage, batch_size=args.batch_size))
     elif args.command == "bench":

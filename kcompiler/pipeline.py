@@ -66,6 +66,7 @@ def lower_graph(g, *, target="cpu", fuse=True, stages=None, options=None):
     g = plan_memory(g)
     stages["planned"] = g
     g = schedule_kernels(g)
+    g.graph["notes"] = list(g.graph.get("notes", [])) + backend.notes()  # a new list: earlier stages keep theirs
     stages["scheduled"] = g
     return backend.lower(g, options), stages
 

@@ -59,6 +59,10 @@ class Backend:
     def capabilities(self) -> Capabilities:
         raise NotImplementedError
 
+    def notes(self):
+        """Lines for the dump about choices the backend made for this machine (tuning)."""
+        return []
+
     def generate(self, g, options):
         raise NotImplementedError
 

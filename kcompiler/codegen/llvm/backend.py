@@ -23,6 +23,10 @@ class LLVMBackend(Backend):
             bias_grad_heads=frozenset({"conv2d_backward_kernel"}),
             recurrent_reserve=frozenset(RECURRENT_OPS))
 
+    def notes(self):
+        from .tuning import current
+        return [current().describe()]
+
     def generate(self, g, options):
         with generating(options):
             return generate(g, module_name=g.graph.get("name", "kcompiler"), profile=options.profile)

@@ -20,6 +20,7 @@ import llvmlite.ir as ir
 
 from . import threads
 from .gemm import GEMM_EPILOGUE_FN_TYPE, GEMM_FN_TYPE, emit_gemm, gemm_ctypes_argtypes
+from . import tuning
 from .jit import compile_units, host_target_info
 from .rows_product import PACK_FN_TYPE, PACK_NAME, emit_pack
 from .unit_memo import library_signature, remembered
@@ -40,7 +41,9 @@ def ensure_support_library():
     global _library
     with _lock:
         if _library is None:
-            sig = library_signature("kcompiler_support", SUPPORT_OPT_LEVEL, host_target_info())
+            blocking = tuning.current()  # the SGEMM's cache blocking is part of the library's identity
+            sig = library_signature(f"kcompiler_support kc={blocking.kc} mc={blocking.mc} nc={blocking.nc}",
+                                    SUPPORT_OPT_LEVEL, host_target_info())
             unit = remembered(sig, _support_ir, SUPPORT_OPT_LEVEL)
             library = compile_units([(unit, SUPPORT_OPT_LEVEL)], name="kcompiler_support")
             _call_once(library, GEMM_NAME)
@@ -53,7 +56,8 @@ def ensure_support_library():
 
 def _support_ir():
     module = ir.Module(name="kcompiler_support")
-    emit_gemm(module, GEMM_NAME, epilogue_name=EPILOGUE_GEMM_NAME)
+    blocking = tuning.current()
+    emit_gemm(module, GEMM_NAME, epilogue_name=EPILOGUE_GEMM_NAME, kc=blocking.kc, mc=blocking.mc, nc=blocking.nc)
     emit_pack(module)
     threads.get_parallel_runner(module).linkage = ""  # exported
     return str(module)
