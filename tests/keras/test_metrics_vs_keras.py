@@ -212,3 +212,20 @@ def test_metric_variable_reads_follow_assignments_only_while_tracing():
     m.total.assign(10.0)  # eager assignment writes at once
     assert m.result().numpy() == 5.0
     assert isinstance(m.total, metrics.MetricVariable)
+
+
+def test_assigning_a_value_of_another_shape_to_metric_state_raises():
+    class Broken(metrics.Metric):
+        def __init__(self):
+            super().__init__(name="broken")
+            self.counts = self.add_weight(shape=(3,), name="counts")
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            self.counts.assign(keras.ops.sum(y_pred))
+
+        def result(self):
+            return self.counts
+
+    with pytest.raises(ValueError, match=r"'broken/counts': cannot assign a value of shape \(\) to a variable of "
+                                         r"shape \(3,\)"):
+        Broken().update_state(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32))

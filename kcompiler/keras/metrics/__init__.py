@@ -52,7 +52,10 @@ class MetricVariable(Variable):
 
     def assign(self, value):
         if is_symbolic(value) or backend.active_builder() is not None:
-            value = cast(value, self.dtype)
+            value = as_tensor(value, self.dtype)
+            if tuple(value.shape) != self.shape:
+                raise ValueError(f"Variable {self.path!r}: cannot assign a value of shape {tuple(value.shape)} "
+                                 f"to a variable of shape {self.shape}")
             backend.assign(self, value)
             return value
         Variable.assign(self, value)
