@@ -51,13 +51,15 @@ def test_three_weighted_updates_match_keras(name):
     assert all(not np.any(v.numpy()) for v in metric.variables)
 
 
-def _fit_model(case):
+def fit_fixture_model(case, target="cpu"):
+    """The fit fixtures' model with its initial weights, compiled with the case's metrics."""
     keras.backend.clear_session()
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
                               keras.layers.Dense(4, activation="softmax")])
     model.set_weights(indexed(case, "w_init"))
     compiled = [m if isinstance(m, str) else make_metric(m) for m in case["spec"]["metrics"]]
-    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="categorical_crossentropy", metrics=compiled)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="categorical_crossentropy", metrics=compiled,
+                  target=target)
     return model
 
 
@@ -66,7 +68,7 @@ def test_fit_and_evaluate_with_stateful_metrics_match_keras(name):
     """AUC, Precision, TopK, MeanIoU, R2Score, F1Score, ... updated inside the compiled train and
     test steps, reset per epoch: History and evaluate() equal Keras's."""
     case = load("metrics", name)
-    model = _fit_model(case)
+    model = fit_fixture_model(case)
     history = model.fit(case["x"], case["y"], batch_size=16, epochs=2, shuffle=False, verbose=0,
                         validation_data=(case["x_val"], case["y_val"])).history
     assert sorted(history) == sorted(case["spec"]["history_keys"])
@@ -229,3 +231,4 @@ def test_assigning_a_value_of_another_shape_to_metric_state_raises():
     with pytest.raises(ValueError, match=r"'broken/counts': cannot assign a value of shape \(\) to a variable of "
                                          r"shape \(3,\)"):
         Broken().update_state(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32))
+
