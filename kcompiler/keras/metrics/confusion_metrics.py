@@ -164,7 +164,8 @@ class AUC(_ConfusionCurve):
         config = dict(super().get_config(), num_thresholds=self.num_thresholds, curve=self.curve,
                       summation_method=self.summation_method, multi_label=self.multi_label,
                       num_labels=self.num_labels,
-                      label_weights=None if self.label_weights is None else self.label_weights.tolist())
+                      label_weights=None if self.label_weights is None else self.label_weights.tolist(),
+                      from_logits=self._from_logits)
         if self._init_from_thresholds:
             config["thresholds"] = self.thresholds[1:-1]
         return config
