@@ -17,6 +17,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 
 def is_interactive():
     """Whether progress updates can rewrite the current line (a terminal or a notebook)."""
@@ -124,8 +126,10 @@ class Progbar:
         self.update(self._seen_so_far + n, values)
 
     def _average(self, k):
+        """The running mean; a metric with several values (F1Score per class) shows their mean,
+        as tf.keras's Progbar does."""
         total, count = self._values[k]
-        return float(total) / max(1, count)
+        return float(np.mean(np.asarray(total, dtype=np.float64) / max(1, count)))
 
     def _estimate_step_duration(self, current, now):
         """Seconds per step, leaving out the first (compilation, warm-up) once there are others."""

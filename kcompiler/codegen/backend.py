@@ -8,7 +8,8 @@ kcompiler/schedule/) into something that runs:
     compile(source, options, name) -> module     compile (through the backend's disk cache,
                                                  under the trust model of docs/kernel-cache.md)
     bind(g, module, kernels) -> executable       buffers bound; ``executable.run(feeds,
-                                                 scalars=False)`` runs one step
+                                                 scalars=False)`` runs one step (``scalars``:
+                                                 ``step_logs`` of the outputs)
 
 ``lower`` chains the three. ``capabilities`` tell the target-neutral passes what they may
 ask of the backend: which contraction templates take an element-wise epilogue, which dtypes
@@ -98,6 +99,12 @@ def registered_targets():
 
 STATUS_MESSAGES = {STATUS_INDEX_OUT_OF_RANGE: "an index (Embedding input or label) is outside its valid range",
                    STATUS_OUT_OF_BOUNDS: "a kernel indexed outside a buffer (caught by the bounds-checked build)"}
+
+
+def step_logs(names, outputs):
+    """{output name: value} of a step: a float for a scalar output (the loss, most metrics), an
+    array for a metric with several values (F1Score per class, Precision at several thresholds)."""
+    return {name: float(v) if np.ndim(v) == 0 else np.array(v) for name, v in zip(names, outputs)}
 
 
 def step_error(g, status, record, offset=None):

@@ -76,5 +76,7 @@ class ReferenceProgram:
         for vnode, value in updates.items():
             self.graph.graph["variables"][vnode].assign(value)
         if scalars:
-            return {name: float(v) for name, v in zip(self.output_names, outputs)}
+            # as codegen.backend.step_logs (ir/ does not import the backends)
+            return {name: float(v) if np.ndim(v) == 0 else np.array(v)
+                    for name, v in zip(self.output_names, outputs)}
         return outputs

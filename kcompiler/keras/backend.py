@@ -112,7 +112,10 @@ def to_node(b, x, dtype_hint=None):
                              "trace cannot use tensors captured from another")
         return x.node
     if isinstance(x, Variable):
-        return b.variable(x)
+        node = b.variable(x)
+        if x.reads_pending_update:  # metric state: a read after this trace's assign sees the new value
+            return b.g.graph["updates"].get(node, node)
+        return node
     if isinstance(x, (bool, int, float, np.bool_)):
         if isinstance(x, (bool, np.bool_)):
             return b.array_constant(np.asarray(bool(x)))

@@ -199,6 +199,22 @@ class Model(Layer):
         shapes = [g.nodes[o]["type"].shape for o in g.graph["outputs"]]
         return shapes[0] if len(shapes) == 1 else shapes
 
+    @property
+    def metrics(self):
+        """The compiled metric objects, in compile's order ([] before compile). Metrics that keep
+        state (Precision, AUC, ...) hold the latest fit/evaluate's state; the mean-of-samples ones
+        (accuracy, mae, ...) are averaged by the loop, and their values are in the logs."""
+        return list(getattr(self, "compiled_metric_objects", []))
+
+    @property
+    def metrics_names(self):
+        """'loss' and each compiled metric's name: the labels of evaluate()'s list of results
+        ([] before compile; tf.keras 2 fills it at the first fit/evaluate, Keras 3 lists
+        'compile_metrics' instead of the names)."""
+        if not getattr(self, "compiled", False):
+            return []
+        return ["loss"] + [m.name for m in self.metrics]
+
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, run_eagerly=False, target="cpu", fuse=True,
                 **kwargs):
         """Configure training: optimizer, loss and metrics (names, objects or keras.ops functions)."""

@@ -15,6 +15,9 @@ _uids = itertools.count()
 
 class Variable(KerasTensor):
     _device_copy = None  # the value a device keeps (codegen/residence.py), or None
+    # True for state whose reads in a trace follow the trace's own assignments (metric state,
+    # keras.metrics.MetricVariable); weights and optimizer slots are read as the step found them.
+    reads_pending_update = False
 
     def __init__(self, initializer=None, shape=None, dtype="float32", trainable=True, name="variable",
                  path=None, constraint=None, regularizer=None):

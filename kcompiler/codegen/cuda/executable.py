@@ -30,7 +30,7 @@ import numpy as np
 
 from ...errors import KCompilerError, UnsupportedError
 from .. import residence
-from ..backend import step_error
+from ..backend import step_error, step_logs
 from .module import COPIES_FUNCTION
 from .render import Launch
 
@@ -149,7 +149,7 @@ class CudaExecutable:
             if self._updated:
                 residence.device_written(self._updated)
             if scalars:
-                return {name: float(v) for name, v in zip(self.output_names, context.outputs)}
+                return step_logs(self.output_names, context.outputs)
             return [np.array(v) for v in context.outputs]
         finally:
             self._free.append(context)

@@ -27,7 +27,7 @@ import numpy as np
 
 from ...errors import KCompilerError
 from .. import residence
-from ..backend import step_error
+from ..backend import step_error, step_logs
 
 def _aligned_empty(nbytes, align=64):
     raw = np.empty(nbytes + align, dtype=np.uint8)
@@ -131,7 +131,7 @@ class CompiledGraph:
             if self._updated_variables and residence.in_use():
                 residence.host_written_variables(self._updated_variables)
             if scalars:
-                return {name: float(v) for name, v in zip(self.output_names, context.outputs)}
+                return step_logs(self.output_names, context.outputs)
             return [np.array(v) for v in context.outputs]
         finally:
             self._free.append(context)

@@ -161,6 +161,48 @@ class Layer:
     def variables(self):
         return self.weights
 
+    @property
+    def trainable_variables(self):
+        return self.trainable_weights
+
+    @property
+    def non_trainable_variables(self):
+        return self.non_trainable_weights
+
+    @property
+    def losses(self):
+        """The weight regularization penalties of this layer and its sublayers, at the current
+        weights (eager scalars). Activity penalties exist only inside a traced step, where the
+        training pass adds them to the loss, so they are not listed here."""
+        return [var.regularizer(var) for var in self.weights if var.regularizer is not None]
+
+    # ---- shapes of the functional-API calls (tf.keras 2's Layer.input_shape/output_shape) ----
+
+    def _call_shapes(self, which):
+        """The one shape (or list of shapes) of the layer's ``which`` ('input' or 'output') over
+        its recorded calls; AttributeError as tf.keras when it was never called or the calls differ."""
+        shapes = set()
+        for rec in self._inbound:
+            tensors = rec.input_tensors() if which == "input" else flatten(rec.outputs)
+            found = [tuple(t.shape) for t in tensors]
+            shapes.add(found[0] if len(found) == 1 else tuple(found))
+        if not shapes:
+            raise AttributeError(f"The layer \"{self.name}\" has never been called and thus has no defined "
+                                 f"{which} shape.")
+        if len(shapes) > 1:
+            raise AttributeError(f"The layer \"{self.name}\" has multiple inbound nodes, with different {which} "
+                                 f"shapes ({sorted(shapes, key=str)}): {which}_shape is ill-defined for it.")
+        shape = shapes.pop()
+        return [tuple(s) for s in shape] if shape and isinstance(shape[0], tuple) else shape
+
+    @property
+    def input_shape(self):
+        return self._call_shapes("input")
+
+    @property
+    def output_shape(self):
+        return self._call_shapes("output")
+
     def _all_weights_in_order(self):
         """Keras's weights order: own trainable, own non-trainable, then each sublayer's."""
         own = self._own_weights()

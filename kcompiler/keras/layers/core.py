@@ -179,6 +179,7 @@ class Embedding(Layer):
     def compute_mask(self, inputs, mask=None):
         if not self.mask_zero:
             return None
+        inputs = ops.convert_to_tensor(inputs)  # ids given as an array or a list
         return ops.not_equal(inputs, 0 if inputs.dtype.startswith("int") else 0.0)
 
     def get_config(self):

@@ -8,22 +8,30 @@ it and writes the new state back, as ``Layer._call_eager`` does. ``result()`` re
 state through ``read``, so inside a traced step it sees this step's update.
 Formulas are Keras 3's.
 
-A user metric subclasses ``Metric``: ``add_weight`` for its state, ``update_state`` written
-with keras.ops that stores new state with ``self.assign(var, value)`` / ``self.assign_add``,
-and ``result`` reading the state with ``metrics.read(var)``.
+A user metric subclasses ``Metric`` as in tf.keras: ``add_weight`` for its state (a
+``MetricVariable``), ``update_state`` written with keras.ops that stores new state with
+``var.assign(value)`` / ``var.assign_add`` / ``var.assign_sub`` (or ``self.assign(var, value)``),
+and ``result`` computing with the variables (``var + 1``, ``ops.divide(tp, total)``, ...). A
+metric variable read after its assignment in the same trace reads the assigned value, so
+``result()`` traced after ``update_state`` in one step sees that step's update.
+
+Submodules: confusion_metrics (AUC, the at-sensitivity/-specificity/-precision/-recall
+family), iou_metrics (IoU, MeanIoU, BinaryIoU, OneHot*), score_metrics (F1Score,
+FBetaScore, R2Score); this module holds the base classes, the mean-of-samples metrics and
+the confusion-matrix counts they share.
 """
 import functools
 import inspect
 
 import numpy as np
 
-from ..ir.types import TensorType
-from ..runtime.specializations import SpecializationCache
-from . import backend, initializers, losses, ops
-from .losses import as_tensor, cast, squeeze_or_expand_to_same_rank
-from .optimizers.base import current_value
-from .tensor import SymbolicTensor, Tensor, is_symbolic, to_array
-from .variables import Variable
+from ...ir.types import TensorType
+from ...runtime.specializations import SpecializationCache
+from .. import backend, initializers, losses, ops
+from ..losses import as_tensor, cast, squeeze_or_expand_to_same_rank
+from ..optimizers.base import current_value
+from ..tensor import SymbolicTensor, Tensor, is_symbolic, to_array
+from ..variables import Variable
 
 
 def read(variable):
@@ -34,6 +42,37 @@ def read(variable):
         return value
     b = backend.active_builder()
     return Tensor(np.array(value.numpy())) if b is None else SymbolicTensor(b, b.variable(value))
+
+
+class MetricVariable(Variable):
+    """A metric's state variable. ``assign``/``assign_add``/``assign_sub`` record the new value
+    in the graph being traced (the compiled step, or the small graph an eager ``update_state``
+    traces); outside a trace they write at once, as Keras's variables do."""
+    reads_pending_update = True
+
+    def assign(self, value):
+        if is_symbolic(value) or backend.active_builder() is not None:
+            value = as_tensor(value, self.dtype)
+            if tuple(value.shape) != self.shape:
+                raise ValueError(f"Variable {self.path!r}: cannot assign a value of shape {tuple(value.shape)} "
+                                 f"to a variable of shape {self.shape}")
+            backend.assign(self, value)
+            return value
+        Variable.assign(self, value)
+        return self
+
+    def assign_add(self, value):
+        return self.assign(ops.add(self, value))
+
+    def assign_sub(self, value):
+        return self.assign(ops.subtract(self, value))
+
+
+def standard_dtype(dtype, default="float32"):
+    """Keras's dtype names: None -> ``default``, 'int' -> int32, 'float' -> float32."""
+    if dtype is None:
+        return default
+    return {"int": "int32", "float": "float32"}.get(str(dtype), str(np.dtype(dtype)))
 
 
 def _ones_like(x):
@@ -57,7 +96,7 @@ def _traced_update(update_state):
 class Metric:
     def __init__(self, name=None, dtype=None):
         self.name = name or backend.unique_name(backend.snake_case(type(self).__name__))
-        self.dtype = "float32" if dtype is None else str(np.dtype(dtype))
+        self.dtype = standard_dtype(dtype)
         self._variables = []
         self._eager_graphs = SpecializationCache()  # (update function, argument types) -> traced update graph
 
@@ -69,15 +108,19 @@ class Metric:
     # ---- state ----------------------------------------------------------------------------
 
     def add_variable(self, shape=(), initializer="zeros", dtype=None, aggregation="sum", name=None):
-        dtype = dtype or self.dtype
+        dtype = standard_dtype(dtype, self.dtype)
         value = initializers.get(initializer)(tuple(shape), dtype=dtype)
-        var = Variable(value, dtype=dtype, trainable=False, name=name or "variable",
-                       path=f"{self.name}/{name or 'variable'}")
+        var = MetricVariable(value, dtype=dtype, trainable=False, name=name or "variable",
+                             path=f"{self.name}/{name or 'variable'}")
         self._variables.append(var)
         return var
 
-    def add_weight(self, shape=(), initializer=None, dtype=None, name=None):
-        return self.add_variable(shape=shape, initializer=initializer or "zeros", dtype=dtype, name=name)
+    def add_weight(self, shape=(), initializer=None, dtype=None, name=None, aggregation="sum",
+                   synchronization="auto"):
+        """tf.keras's and Keras 3's add_weight (aggregation and synchronization are accepted
+        for compatibility: one device holds the state)."""
+        return self.add_variable(shape=shape, initializer=initializer or "zeros", dtype=dtype,
+                                 aggregation=aggregation, name=name)
 
     @property
     def variables(self):
@@ -107,6 +150,9 @@ class Metric:
     def assign_add(self, variable, value):
         return self.assign(variable, ops.add(current_value(variable), value))
 
+    def assign_sub(self, variable, value):
+        return self.assign(variable, ops.subtract(current_value(variable), value))
+
     # ---- the API ----------------------------------------------------------------------------
 
     def update_state(self, *args, **kwargs):
@@ -121,7 +167,7 @@ class Metric:
 
     def _update_eagerly(self, update_state, args, kwargs):
         """Trace ``update_state`` for these argument types (cached), run it and store the new state."""
-        from ..runtime.executor import run_graph
+        from ...runtime.executor import run_graph
         names = [f"arg{i}" for i in range(len(args))] + list(kwargs)
         arrays = [None if x is None else to_array(x, what=f"{self.name}.update_state")
                   for x in list(args) + list(kwargs.values())]
@@ -288,6 +334,72 @@ def sparse_categorical_accuracy(y_true, y_pred):
     return matches
 
 
+def in_top_k(targets, predictions, k):
+    """tf.math.in_top_k: whether each row's target class is among its k largest predictions; a
+    class tied with the k-th counts as in (its rank is the number of strictly larger values).
+    A target outside the classes or a row with a non-finite value gives False."""
+    n = predictions.shape[-1]
+    targets = cast(targets, "int32")
+    chosen = ops.equal(ops.expand_dims(targets, -1), np.arange(n, dtype=np.int32))
+    target_value = ops.sum(ops.where(chosen, predictions, 0.0), axis=-1, keepdims=True)
+    larger = ops.sum(ops.cast(ops.greater(predictions, target_value), "float32"), axis=-1)
+    finite = ops.all(ops.less(ops.abs(predictions), np.float32(np.inf)), axis=-1)
+    in_range = ops.logical_and(ops.greater_equal(targets, 0), ops.less(targets, n))
+    return ops.logical_and(ops.logical_and(ops.less(larger, float(k)), finite), in_range)
+
+
+def _flat_top_k_matches(y_true, y_pred, matches_fn):
+    """Keras's reshaping around in_top_k: predictions flattened to (-1, classes), labels to (-1,),
+    matches shaped back like the labels."""
+    true_shape = tuple(y_true.shape)
+    if len(y_pred.shape) > 2:
+        y_pred = ops.reshape(y_pred, (-1, y_pred.shape[-1]))
+    reshape_matches = len(true_shape) > 1
+    if reshape_matches:
+        y_true = ops.reshape(y_true, (-1,))
+    matches = ops.cast(matches_fn(y_true, y_pred), "float32")
+    return ops.reshape(matches, tuple(-1 if d is None else d for d in true_shape)) if reshape_matches else matches
+
+
+def top_k_categorical_accuracy(y_true, y_pred, k=5):
+    y_pred = as_tensor(y_pred, "float32")
+    y_true = ops.argmax(as_tensor(y_true, "float32"), axis=-1)
+    return _flat_top_k_matches(y_true, y_pred, lambda t, p: in_top_k(t, p, k))
+
+
+def sparse_top_k_categorical_accuracy(y_true, y_pred, k=5, from_sorted_ids=False):
+    """With ``from_sorted_ids`` y_pred holds class ids sorted by score: a match is the label among
+    the first k of them."""
+    y_pred = as_tensor(y_pred)
+    y_true = as_tensor(y_true, y_pred.dtype if from_sorted_ids else "int32")
+
+    def matches(t, p):
+        if from_sorted_ids:
+            return ops.any(ops.equal(ops.expand_dims(t, 1), p[:, :k]), axis=1)
+        return in_top_k(t, p, k)
+    return _flat_top_k_matches(y_true, cast(y_pred, "float32"), matches)
+
+
+def pearson_correlation(y_true, y_pred, axis=-1):
+    y_true, y_pred = squeeze_or_expand_to_same_rank(as_tensor(y_true, "float32"), as_tensor(y_pred, "float32"))
+    y_true_norm = y_true - ops.mean(y_true, axis=axis, keepdims=True)
+    y_pred_norm = y_pred - ops.mean(y_pred, axis=axis, keepdims=True)
+    y_true_norm = y_true_norm / ops.std(y_true_norm, axis=axis, keepdims=True)
+    y_pred_norm = y_pred_norm / ops.std(y_pred_norm, axis=axis, keepdims=True)
+    return ops.mean(y_true_norm * y_pred_norm, axis=axis)
+
+
+def concordance_correlation(y_true, y_pred, axis=-1):
+    y_true, y_pred = squeeze_or_expand_to_same_rank(as_tensor(y_true, "float32"), as_tensor(y_pred, "float32"))
+    y_true_mean = ops.mean(y_true, axis=axis, keepdims=True)
+    y_pred_mean = ops.mean(y_pred, axis=axis, keepdims=True)
+    y_true_var = ops.var(y_true - y_true_mean, axis=axis, keepdims=True)
+    y_pred_var = ops.var(y_pred - y_pred_mean, axis=axis, keepdims=True)
+    covar = (y_true - y_pred_mean) * (y_pred - y_pred_mean)  # sic: Keras centres y_true on y_pred's mean
+    norm = y_true_var + y_pred_var + ops.square(y_true_mean - y_pred_mean)
+    return ops.mean(2 * covar / (norm + losses.EPSILON), axis=axis)
+
+
 def _mean_metric_class(class_name, fn, default_name, arg_names=()):
     """A MeanMetricWrapper subclass with Keras's constructor (name, dtype, *fn keyword args)."""
     defaults = dict(arg_names)
@@ -337,6 +449,18 @@ SparseCategoricalCrossentropy = _mean_metric_class("SparseCategoricalCrossentrop
                                                    [("from_logits", False), ("axis", -1)])
 
 
+TopKCategoricalAccuracy = _mean_metric_class("TopKCategoricalAccuracy", top_k_categorical_accuracy,
+                                             "top_k_categorical_accuracy", [("k", 5)])
+SparseTopKCategoricalAccuracy = _mean_metric_class("SparseTopKCategoricalAccuracy",
+                                                   sparse_top_k_categorical_accuracy,
+                                                   "sparse_top_k_categorical_accuracy",
+                                                   [("k", 5), ("from_sorted_ids", False)])
+PearsonCorrelation = _mean_metric_class("PearsonCorrelation", pearson_correlation, "pearson_correlation",
+                                        [("axis", -1)])
+ConcordanceCorrelation = _mean_metric_class("ConcordanceCorrelation", concordance_correlation,
+                                            "concordance_correlation", [("axis", -1)])
+
+
 class RootMeanSquaredError(Mean):
     def __init__(self, name="root_mean_squared_error", dtype=None):
         super().__init__(name=name, dtype=dtype)
@@ -351,42 +475,84 @@ class RootMeanSquaredError(Mean):
 
 # ---- confusion-matrix counts --------------------------------------------------------------
 
+NEG_INF = -1e10  # Keras's stand-in for predictions outside the top k
+
+
 def _thresholds(thresholds, default=0.5):
-    values = [default] if thresholds is None else (
-        list(thresholds) if isinstance(thresholds, (list, tuple)) else [thresholds])
+    """The thresholds as a list of floats; the ones given must lie in [0, 1] (the default need not:
+    Keras's top_k metrics use NEG_INF)."""
+    if thresholds is None:
+        return [float(default)]
+    values = list(thresholds) if isinstance(thresholds, (list, tuple)) else [thresholds]
     if any(not 0 <= t <= 1 for t in values):
         raise ValueError(f"Threshold values must be in [0, 1]. Received: {values}")
     return [float(t) for t in values]
 
 
-def confusion_counts(conditions, y_true, y_pred, thresholds, class_id=None, sample_weight=None):
-    """{condition: (len(thresholds),) weighted counts} for conditions among 'tp', 'fp', 'tn', 'fn';
-    a prediction is positive when y_pred > threshold, a label when it is non-zero."""
+def filter_top_k(x, k):
+    """x where the value is among the k largest of its last axis, else NEG_INF. Ties go to the
+    lower index, as ops.top_k orders them: an element's rank is the number of larger elements
+    plus the number of equal ones before it."""
+    n = x.shape[-1]
+    row, col = ops.expand_dims(x, -1), ops.expand_dims(x, -2)  # [..., i, j]: x_i and x_j
+    before = np.tril(np.ones((n, n), bool), -1)  # j < i
+    ahead = ops.logical_or(ops.greater(col, row), ops.logical_and(ops.equal(col, row), before))
+    rank = ops.sum(ops.cast(ahead, "float32"), axis=-1)
+    return ops.where(ops.less(rank, float(k)), x, NEG_INF)
+
+
+def confusion_counts(conditions, y_true, y_pred, thresholds, class_id=None, sample_weight=None, top_k=None,
+                     multi_label=False, label_weights=None, evenly_spaced=False, with_epsilon=False):
+    """{condition: weighted counts} for conditions among 'tp', 'fp', 'tn', 'fn', as Keras's
+    update_confusion_matrix_variables: a label is positive when non-zero; counts have shape
+    (len(thresholds),), or (len(thresholds), labels) with ``multi_label``.
+
+    A prediction is positive at threshold t when y_pred > t. With ``evenly_spaced`` thresholds
+    (0, 1/(T-1), ..., 1) Keras buckets predictions instead: clipped to [0, 1], positive at
+    threshold i when y_pred * (T-1) > i (the same test Keras's bucket index makes, so values
+    on the grid count as Keras counts them); ``with_epsilon`` (AUC's grid, whose ends are
+    -epsilon and 1 + epsilon) makes every prediction positive at the first threshold."""
     y_true, y_pred = cast(as_tensor(y_true), "float32"), cast(as_tensor(y_pred), "float32")
     y_pred, y_true = squeeze_or_expand_to_same_rank(y_pred, y_true)
     if sample_weight is not None:
         sample_weight = ops.expand_dims(as_tensor(sample_weight, "float32"), -1)
         _, sample_weight = squeeze_or_expand_to_same_rank(y_true, sample_weight, expand_rank_1=False)
+    if top_k is not None:
+        y_pred = filter_top_k(y_pred, top_k)
     if class_id is not None:
         if len(y_pred.shape) == 1:
             raise ValueError("When class_id is provided, y_pred must be a 2D array with shape (num_samples, "
                              f"num_classes), found shape: {tuple(y_pred.shape)}")
+        if not 0 <= class_id < y_pred.shape[-1]:
+            raise ValueError(f"class_id={class_id} is outside the {y_pred.shape[-1]} classes of y_pred")
         pick = (Ellipsis, slice(class_id, class_id + 1))
         y_true, y_pred = y_true[pick], y_pred[pick]
+    weight = sample_weight
+    if label_weights is not None and not multi_label:
+        weight = label_weights if weight is None else ops.multiply(weight, label_weights)
     rank = len(y_pred.shape)
+    if evenly_spaced:
+        levels = np.arange(len(thresholds), dtype=np.float32)
+        if with_epsilon:
+            levels[0] = -1.0
+        y_pred = ops.multiply(ops.clip(y_pred, 0.0, 1.0), float(len(thresholds) - 1))
+    else:
+        levels = np.asarray(thresholds, np.float32)
     # A leading thresholds axis: (T, 1, ...) against (1, ...) data.
-    levels = np.asarray(thresholds, np.float32).reshape((len(thresholds),) + (1,) * rank)
+    levels = levels.reshape((len(thresholds),) + (1,) * rank)
     pred_pos = ops.greater(ops.expand_dims(y_pred, 0), levels)
     label_pos = ops.expand_dims(ops.not_equal(y_true, 0.0), 0)
-    weight = None if sample_weight is None else ops.expand_dims(sample_weight, 0)
+    if weight is not None:
+        weight = ops.expand_dims(ops.where(True, weight, y_pred), 0)  # broadcast to the predictions
     pairs = {"tp": (label_pos, pred_pos), "fp": (ops.logical_not(label_pos), pred_pos),
              "fn": (label_pos, ops.logical_not(pred_pos)),
              "tn": (ops.logical_not(label_pos), ops.logical_not(pred_pos))}
+    summed = list(range(1, rank if multi_label else rank + 1))
     out = {}
     for cond in conditions:
         both = ops.logical_and(*pairs[cond])
         hits = ops.cast(both, "float32") if weight is None else ops.where(both, weight, 0.0)
-        out[cond] = ops.sum(hits, axis=list(range(1, rank + 1))) if rank else hits
+        out[cond] = ops.sum(hits, axis=summed) if summed else hits
     return out
 
 
@@ -432,10 +598,8 @@ class _PrecisionRecall(Metric):
 
     def __init__(self, thresholds=None, top_k=None, class_id=None, name=None, dtype=None):
         super().__init__(name=name, dtype=dtype)
-        if top_k is not None:
-            raise NotImplementedError(f"{type(self).__name__}: top_k is not supported")
         self.init_thresholds, self.top_k, self.class_id = thresholds, top_k, class_id
-        self.thresholds = _thresholds(thresholds)
+        self.thresholds = _thresholds(thresholds, default=0.5 if top_k is None else NEG_INF)
         n = len(self.thresholds)
         self.true_positives = self.add_variable(shape=(n,), initializer="zeros", name="true_positives")
         other_name = "false_positives" if self._other == "fp" else "false_negatives"
@@ -444,7 +608,7 @@ class _PrecisionRecall(Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         counts = confusion_counts(["tp", self._other], y_true, y_pred, self.thresholds, self.class_id,
-                                  sample_weight)
+                                  sample_weight, top_k=self.top_k)
         self.assign_add(self.true_positives, counts["tp"])
         self.assign_add(self._other_counts, counts[self._other])
 
@@ -465,6 +629,13 @@ class Recall(_PrecisionRecall):
     _other = "fn"
 
 
+# ---- the submodules' metrics (they build on the classes above) -------------------------------
+
+from .confusion_metrics import (AUC, PrecisionAtRecall, RecallAtPrecision, SensitivityAtSpecificity,  # noqa: E402
+                                SensitivitySpecificityBase, SpecificityAtSensitivity)
+from .iou_metrics import BinaryIoU, IoU, MeanIoU, OneHotIoU, OneHotMeanIoU  # noqa: E402
+from .score_metrics import F1Score, FBetaScore, R2Score  # noqa: E402
+
 # ---- names ----------------------------------------------------------------------------------
 
 _CLASSES = [Metric, Mean, Sum, MeanMetricWrapper, Accuracy, BinaryAccuracy, CategoricalAccuracy,
@@ -472,7 +643,10 @@ _CLASSES = [Metric, Mean, Sum, MeanMetricWrapper, Accuracy, BinaryAccuracy, Cate
             MeanSquaredLogarithmicError, RootMeanSquaredError, KLDivergence, Poisson, Hinge, SquaredHinge,
             CategoricalHinge, LogCoshError, CosineSimilarity, BinaryCrossentropy, CategoricalCrossentropy,
             SparseCategoricalCrossentropy, TruePositives, TrueNegatives, FalsePositives, FalseNegatives,
-            Precision, Recall]
+            Precision, Recall, TopKCategoricalAccuracy, SparseTopKCategoricalAccuracy, PearsonCorrelation,
+            ConcordanceCorrelation, AUC, PrecisionAtRecall, RecallAtPrecision, SensitivityAtSpecificity,
+            SpecificityAtSensitivity, IoU, MeanIoU, BinaryIoU, OneHotIoU, OneHotMeanIoU, F1Score, FBetaScore,
+            R2Score]
 
 ALL_OBJECTS = {c.__name__: c for c in _CLASSES}
 ALL_OBJECTS.update({backend.snake_case(c.__name__): c for c in _CLASSES})
@@ -483,8 +657,16 @@ ALL_OBJECTS.update({"mse": MeanSquaredError, "MSE": MeanSquaredError, "mae": Mea
                     "acc": Accuracy, "kld": KLDivergence, "KLD": KLDivergence, "logcosh": LogCoshError,
                     "log_cosh": LogCoshError, "kl_divergence": KLDivergence})
 
-mse = MSE = losses.mean_squared_error
-mae = MAE = losses.mean_absolute_error
+mse = MSE = mean_squared_error = losses.mean_squared_error
+mae = MAE = mean_absolute_error = losses.mean_absolute_error
+# keras.metrics also exports the losses' per-sample functions
+mean_absolute_percentage_error = losses.mean_absolute_percentage_error
+mean_squared_logarithmic_error = losses.mean_squared_logarithmic_error
+binary_crossentropy = losses.binary_crossentropy
+categorical_crossentropy = losses.categorical_crossentropy
+sparse_categorical_crossentropy = losses.sparse_categorical_crossentropy
+hinge, squared_hinge, categorical_hinge = losses.hinge, losses.squared_hinge, losses.categorical_hinge
+kl_divergence, poisson, log_cosh, huber = losses.kl_divergence, losses.poisson, losses.log_cosh, losses.huber
 
 
 def _unknown(identifier):
