@@ -36,10 +36,10 @@ def profile(program, run, steps, cycle_hz):
     """Per kernel of ``program``: cycles and seconds per step over ``steps`` runs after a warm-up."""
     from kcompiler.flops import kernel_bytes, kernel_flops
     run()
-    before = dict(program._compiled.profile())
+    before = dict(program.profile())
     for _ in range(steps):
         run()
-    after = dict(program._compiled.profile())
+    after = dict(program.profile())
     g = program.graph
     rows = []
     for k in program.kernels:

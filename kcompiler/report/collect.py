@@ -185,17 +185,19 @@ def collect(model, x=None, y=None, *, batch_size=None, training=None, target="cp
                       **({"cuda_emulation": True} if target == "cuda" and _no_gpu() else {}))
     program = kcompiler.compile(model, target=target, training=training, batch_size=batch_size, options=options)
     if x is None or (training and y is None):
-        x, y = synthetic_batch(model, program, batch_size)
+        made_x, made_y = synthetic_batch(model, program, batch_size)
+        x = made_x if x is None else x
+        y = made_y if y is None else y
     cycles_per_step, cycle_hz = {}, None
     if target == "cpu":
         from ..codegen.llvm.peak import cycle_counter_hz, fma_peak
         with _Restored(model):
             run = (lambda: program.train_step(x, y)) if training else (lambda: program.predict(x))
             run()  # the first step pays for page faults and lazy set-up: not counted
-            before = dict(program._compiled.profile())
+            before = dict(program.profile())
             for _ in range(steps):
                 run()
-            cycles_per_step = {name: (c - before[name]) / steps for name, c in program._compiled.profile()}
+            cycles_per_step = {name: (c - before[name]) / steps for name, c in program.profile()}
         cycle_hz = cycle_counter_hz(0.1)
         if peak_gflops is None:
             peak_gflops = fma_peak(os.cpu_count() or 1, seconds=0.1, rounds=3)["gflops"]

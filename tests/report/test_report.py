@@ -167,3 +167,18 @@ def test_cuda_target_shows_the_cuda_source(tmp_path):
     assert data["settings"]["target"] == "cuda" and data["kernels"]
     for k in data["kernels"]:
         assert k["language"] == "cuda" and "__global__" in k["source"] and "seconds" not in k
+
+
+def test_given_inputs_are_profiled_with_synthetic_labels():
+    model = compiled_mlp()
+    x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    data = collect(model, x, steps=1, compare=False, peak_gflops=1.0)
+    assert data["settings"]["training"] and data["settings"]["batch_size"] == 3
+    assert all(k["seconds"] > 0 for k in data["kernels"])
+
+
+def test_profile_needs_the_profile_option():
+    program = kcompiler.compile(compiled_mlp(), batch_size=2)
+    program.predict(np.zeros((2, 4), np.float32))
+    with pytest.raises(kcompiler.errors.KCompilerError, match="KCOMPILER_PROFILE=1"):
+        program.profile()
