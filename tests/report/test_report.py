@@ -154,6 +154,16 @@ def test_command_line_writes_the_report(tmp_path, capsys):
     assert str(out) in capsys.readouterr().out
 
 
+def test_command_line_training_step_of_a_model_file(tmp_path):
+    """--training restores the file's optimizer and loss and reports the whole step."""
+    compiled_mlp().save(str(tmp_path / "mlp.keras"))
+    out = tmp_path / "train.html"
+    main(["report", str(tmp_path / "mlp.keras"), "--training", "-o", str(out), "--batch-size", "4", "--steps", "1",
+          "--no-compare"])
+    data = page_data(out.read_text())
+    assert data["settings"]["training"] and "differentiated" in [s["name"] for s in data["stages"]]
+
+
 def test_command_line_training_needs_a_compiled_model(tmp_path):
     with pytest.raises(SystemExit, match="--training needs a model compiled with an optimizer and a loss"):
         main(["report", "examples.seed_models:tiny_mlp", "-o", str(tmp_path / "r.html"), "--training"])
