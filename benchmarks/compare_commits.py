@@ -85,11 +85,11 @@ elif mode == "profile":
     infer = kcompiler.compile(model, batch_size=W.batch_size)
     for _ in range(steps):
         infer.predict(x)
-    result["predict"] = [(k, c / steps) for k, c in infer._compiled.profile()]
+    result["predict"] = [(k, c / steps) for k, c in infer.profile()]
     train = kcompiler.compile(model, training=True, batch_size=W.batch_size)
     for _ in range(steps):
         train.train_step(x, y)
-    result["train"] = [(k, c / steps) for k, c in train._compiled.profile()]
+    result["train"] = [(k, c / steps) for k, c in train.profile()]
 print("RESULT " + json.dumps(result))
 '''
 

@@ -26,7 +26,7 @@ What one run does, every measurement in a fresh process, one after another:
    empty kernel cache (which is also where saved tuning choices would live) and with a warm
    one, and TF-Keras; R20's first train step, kcompiler (empty cache) and TF-Keras;
 4. the kernel profile of kcompiler's fused steps (KCOMPILER_PROFILE=1): cycles per kernel per
-   step, with each kernel's FLOPs and bytes moved (benchmarks/flops.py);
+   step, with each kernel's FLOPs and bytes moved (kcompiler/flops.py);
 5. writes the results as JSON, the section between the ``compare_peers`` markers of
    ``--docs`` (added at the top when missing; the rest of the file is kept) and the chart.
 """
@@ -352,7 +352,7 @@ def markdown(results, chart_name):
     lines += [
         "",
         "kcompiler through the Keras API (`model.train_on_batch` / `model.predict_on_batch`, what a user calls) "
-        "against the fastest peer; the FLOPs of a step counted from kcompiler's IR (benchmarks/flops.py: "
+        "against the fastest peer; the FLOPs of a step counted from kcompiler's IR (kcompiler/flops.py: "
         "multiply-adds of the contractions and recurrent projections count 2, element-wise ops 1 per element) "
         "and the GFLOP/s they mean for kcompiler's `train_step` / `predict` and for the fastest peer:",
         "",

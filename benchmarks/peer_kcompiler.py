@@ -4,7 +4,7 @@ unfused code), in a fresh process of the environment kcompiler is installed in.
 steady: times ``kcompiler.compile(model, training=True, batch_size=B).train_step`` and
 ``kcompiler.compile(model, batch_size=B).predict``, then the Keras-level
 ``model.train_on_batch`` and ``model.predict_on_batch``; reports the FLOPs of a training step
-and of a forward pass counted from the IR (benchmarks/flops.py).
+and of a forward pass counted from the IR (kcompiler/flops.py).
 cold: builds the model and runs one ``train_on_batch``; prints the wall-clock time at its end.
 profile: with KCOMPILER_PROFILE=1 (set by the runner), cycles per step of every kernel of the
 training step and of the forward pass, with each kernel's FLOPs and bytes moved.
@@ -34,12 +34,12 @@ def build(w, fuse):
 
 def profile(program, run, steps, cycle_hz):
     """Per kernel of ``program``: cycles and seconds per step over ``steps`` runs after a warm-up."""
-    from benchmarks.flops import kernel_bytes, kernel_flops
+    from kcompiler.flops import kernel_bytes, kernel_flops
     run()
-    before = dict(program._compiled.profile())
+    before = dict(program.profile())
     for _ in range(steps):
         run()
-    after = dict(program._compiled.profile())
+    after = dict(program.profile())
     g = program.graph
     rows = []
     for k in program.kernels:
@@ -60,7 +60,7 @@ def main():
         emit({"end": time.time()})
         return
     import kcompiler
-    from benchmarks.flops import graph_flops
+    from kcompiler.flops import graph_flops
     w = workload(args.workload)
     model = build(w, fuse)
     x, y = w.data()

@@ -24,7 +24,7 @@ def main(steps=20):
     y = rng.integers(0, 10, 64).astype(np.int32)
     for _ in range(steps):
         program.train_step(x, y)
-    rows = program._compiled.profile()
+    rows = program.profile()
     total = sum(c for _, c in rows)
     print(f"{len(rows)} kernels, {total / steps / 1e6:.1f} Mcycles per step")
     for name, cycles in rows[:25]:

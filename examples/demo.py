@@ -43,6 +43,10 @@ def main():
     print("one training step, fused against unfused kernels (batch 64):")
     print(format_results(kcompiler.benchmark(model, x_train[:64], y_train[:64], steps=10)))
 
+    # what the compiler did, on one page: every stage's graph, each kernel's source and cost
+    report = kcompiler.report(model, x_train[:64], y_train[:64], path="out/report.html")
+    print(f"\nthe compiler's report of the training step: {os.path.abspath(report)} (open it in a browser)")
+
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,12 @@ __version__ = "0.1.0"
 
 TARGETS = ("cpu", "cuda")
 
+# kcompiler.report is the function (kcompiler/report/__init__.py, which imports nothing heavy):
+# bound here, at package import, so it is not replaced by the subpackage of the same name.
+# The subpackage's modules import as `from kcompiler.report import collect` (not `import
+# kcompiler.report.collect as ...`, which looks the attribute up on the function).
+from .report import report  # noqa: E402,F401
+
 
 def __getattr__(name):
     # kcompiler.GradientTape without importing the front end at package import time

@@ -2,6 +2,7 @@
 
     kcompiler ir MODEL [--format text|json|dot] [--stage NAME] [--batch-size N]
     kcompiler bench MODEL [--unfused] [--fused] [--batch-size N] [--steps N]
+    kcompiler report MODEL [--batch-size N] [--training] [--target cpu|cuda] [--steps N] [--no-compare] -o FILE
 
 MODEL is a `.keras`/`.h5` model file or `module:function` returning a model."""
 import argparse
@@ -11,9 +12,10 @@ import sys
 MODEL_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
-def load_model(spec):
+def load_model(spec, compile=False):
+    """The model ``spec`` names; ``compile``: a model file's training configuration is restored too."""
     if spec.endswith(MODEL_FILE_SUFFIXES):
-        return _load_model_file(spec)
+        return _load_model_file(spec, compile)
     if ":" not in spec:
         raise SystemExit(f"kcompiler: MODEL must be a .keras/.h5 file or module:function, got {spec!r}")
     module_name, func_name = spec.split(":", 1)
@@ -28,11 +30,11 @@ def load_model(spec):
     return fn()
 
 
-def _load_model_file(path):
+def _load_model_file(path, compile=False):
     from kcompiler.errors import KCompilerError
     from kcompiler.keras.model_files import load_model as load
     try:
-        return load(path, compile=False)   # the IR and the benchmark need the architecture and weights
+        return load(path, compile=compile)   # the IR and the benchmark need the architecture and weights
     except (OSError, KCompilerError, ValueError) as e:
         raise SystemExit(f"kcompiler: cannot load {path}: {e}")
 
@@ -54,6 +56,15 @@ def main(argv=None):
     bench.add_argument("--steps", type=int, default=20)
     tune = sub.add_parser("tune", help="measure this CPU's SGEMM cache blocking and save it for later runs")
     tune.add_argument("--budget", type=float, default=20.0, help="seconds the search may take (20)")
+    report = sub.add_parser("report", help="write one self-contained HTML page showing what the compiler did")
+    report.add_argument("model", help="a .keras/.h5 file or module:function returning a model")
+    report.add_argument("-o", "--output", required=True, help="the HTML file to write")
+    report.add_argument("--batch-size", type=int, default=32)
+    report.add_argument("--training", action="store_true",
+                        help="the whole training step (the model must carry an optimizer and a loss)")
+    report.add_argument("--target", default="cpu", choices=kcompiler.TARGETS)
+    report.add_argument("--steps", type=int, default=5, help="steps profiled and benchmarked")
+    report.add_argument("--no-compare", action="store_true", help="do not measure the unfused step")
     args = parser.parse_args(argv)
     if args.command == "tune":
         from kcompiler.codegen.llvm import tuning
@@ -76,6 +87,15 @@ def main(argv=None):
               for _, t in model.input_types()]
         results = kcompiler.benchmark(model, xs if len(xs) > 1 else xs[0], modes=modes, steps=args.steps)
         print(format_results(results))
+    elif args.command == "report":
+        import os
+        model = load_model(args.model, compile=args.training)
+        if args.training and getattr(model, "compiled_loss", None) is None:
+            raise SystemExit(f"kcompiler: --training needs a model compiled with an optimizer and a loss; "
+                             f"{args.model} gives model '{model.name}' without one")
+        path = kcompiler.report(model, path=args.output, batch_size=args.batch_size, training=args.training,
+                                target=args.target, steps=args.steps, compare=not args.no_compare)
+        print(f"report written to {path} ({os.path.getsize(path) / 1e3:.0f} kB)")
     return 0
 
 

@@ -76,6 +76,15 @@ class Program:
     def kernels(self):
         return self._compiled.kernels if self._compiled is not None else []
 
+    def profile(self):
+        """[(kernel name, cycles)] of the first specialisation's kernels summed over its runs so far,
+        most expensive first; needs a CPU program compiled with the profile option
+        (KCOMPILER_PROFILE=1)."""
+        if self._compiled is None or not hasattr(self._compiled, "profile"):
+            raise KCompilerError(f"no kernel profile: profiling needs a CPU program compiled with a batch size "
+                                 f"and the profile option (KCOMPILER_PROFILE=1); this one targets {self.target}")
+        return self._compiled.profile()
+
     def dump(self, fmt="text", stage=None):
         if stage is None:
             stage = next(reversed(self.stages))

@@ -5,7 +5,7 @@ import pytest
 
 import kcompiler
 from benchmarks.common import timed_windows
-from benchmarks.flops import graph_flops, kernel_bytes, kernel_flops
+from kcompiler.flops import graph_flops, kernel_bytes, kernel_flops
 from benchmarks.workloads import DEEP_WORKLOADS, WORKLOADS
 
 
@@ -37,7 +37,7 @@ def test_training_counts_both_convolution_gradients_and_the_lstm_gradient():
     w = WORKLOADS["W4"]
     train = kcompiler.compile(w.build(), training=True, batch_size=2)
     ops = {train.graph.nodes[n]["op"]: n for n in train.graph.nodes}
-    from benchmarks.flops import node_flops
+    from kcompiler.flops import node_flops
     forward = 2 * 2 * 200 * (16 + 64) * 4 * 64  # batch 2, 200 steps, (features + units) x 4 gates x units
     assert node_flops(train.graph, ops["lstm"]) == forward
     assert node_flops(train.graph, ops["lstm_grad"]) == 2 * forward

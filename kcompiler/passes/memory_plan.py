@@ -3,7 +3,8 @@
 Parameters (inputs, variables, constants, fills) live in buffers the runtime owns
 and passes in a pointer table ("param" slots). Views (reshape, tuple items) alias
 their operand's buffer. Every other node's outputs get an offset in one arena;
-tensors whose lifetimes do not overlap share bytes (first fit, in kernel order).
+tensors whose lifetimes do not overlap share bytes (first fit, in kernel order);
+plan["lifetimes"] keeps each arena buffer's (first kernel, last kernel) for the report.
 Graph outputs and state-update values stay live to the end of the step.
 
 No kernel output is ever placed in a parameter buffer: variables change only when the
@@ -84,7 +85,9 @@ def plan_memory(g):
             last_use.setdefault((nid, k), s)  # an output nobody reads dies at once
         active = [a for a in active if last_use.get(a[2], step_of.get(a[2][0], -1)) > s]
     error_record = (arena_bytes + ALIGN - 1) // ALIGN * ALIGN
-    g.graph["plan"] = {"order": order, "buffers": buffers, "params": params,
+    # each arena buffer's first and last kernel (indices into order), for the report's chart
+    lifetimes = {key: (step_of[key[0]], last_use[key]) for key, where in buffers.items() if where[0] == "arena"}
+    g.graph["plan"] = {"order": order, "buffers": buffers, "params": params, "lifetimes": lifetimes,
                        "arena_bytes": error_record + ERROR_RECORD_BYTES, "error_record": error_record,
                        "root": {key: root(key) for key in buffers}}
     return g

@@ -19,12 +19,12 @@ FMA peak. Rules:
     per_kernel = [(k.name, kernel_flops(program.graph, k), kernel_bytes(program.graph, k))
                   for k in program.kernels]
 """
-from kcompiler.bench import node_bytes
-from kcompiler.ir.graph import operands
-from kcompiler.ir.registry import get_op
-from kcompiler.ir.types import num_elements
-from kcompiler.ops.fused_contraction import head_type
-from kcompiler.ops.rnn import GATES
+from .bench import node_bytes
+from .ir.graph import operands
+from .ir.registry import get_op
+from .ir.types import num_elements
+from .ops.fused_contraction import head_type
+from .ops.rnn import GATES
 
 CONV_OPS = ("conv2d", "conv2d_backward_input", "conv2d_backward_kernel")
 
