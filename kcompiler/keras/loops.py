@@ -203,26 +203,38 @@ def _batch_arrays(model, adapter, batch, labelled=True, class_weight=None):
 class RunningMeans:
     """The epoch-so-far means of each step's values, weighted by batch size. Metrics that keep
     state across batches (``stateful``: Precision, Recall, ...) already report their value over
-    the epoch so far: their latest value is taken as it is."""
+    the epoch so far: their latest value is taken as it is. The losses of the single outputs of
+    a model with several (``per_batch``) are plain means over the batches, as Keras 3's
+    per-output loss trackers compute them (a partial batch counts as much as a full one)."""
 
-    def __init__(self, stateful=()):
+    def __init__(self, stateful=(), per_batch=()):
         self.totals = None
         self.count = 0
+        self.batches = 0
         self.stateful = set(stateful)
+        self.per_batch = set(per_batch)
 
     def add(self, values, n):
         if self.totals is None:
             self.totals = dict.fromkeys(values, 0.0)
         self.count += n
+        self.batches += 1
         for k, v in values.items():
-            self.totals[k] = v if k in self.stateful else self.totals[k] + v * n
-        return {k: t if k in self.stateful else t / self.count for k, t in self.totals.items()}
+            if k in self.stateful:
+                self.totals[k] = v
+            else:
+                self.totals[k] += v if k in self.per_batch else v * n
+        return {k: t if k in self.stateful else t / (self.batches if k in self.per_batch else self.count)
+                for k, t in self.totals.items()}
 
-
-def _stateful_metric_names(model):
-    """Names of the compiled metrics that accumulate state over an epoch; resets their state."""
+def _epoch_means(model):
+    """The running means of one epoch of ``model``'s logs; resets the state of its compiled
+    metrics that accumulate over an epoch."""
     reset_stateful_metrics(model)
-    return [e.log_name for e in stateful_metric_entries(model)]
+    outputs = getattr(model, "compiled_outputs", None) or []
+    per_output_losses = [f"{o.name}_loss" for o in outputs if o.loss is not None]
+    per_output_losses = per_output_losses if len(per_output_losses) > 1 else []
+    return RunningMeans([e.log_name for e in stateful_metric_entries(model)], per_output_losses), {}
 
 
 def _check_batch_size(value, name="batch_size"):
@@ -321,7 +333,7 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
         training_logs = None
         for epoch in range(initial_epoch, epochs):
             callbacks.on_epoch_begin(epoch)
-            means, logs = RunningMeans(_stateful_metric_names(model)), {}
+            means, logs = _epoch_means(model)
             for step, batch in adapter.epoch():
                 callbacks.on_train_batch_begin(step)
                 xs_b, y_b, w_b, size = _batch_arrays(model, adapter, batch, class_weight=class_weight)
@@ -356,7 +368,7 @@ def _close(*adapters):
 
 def _evaluate_loop(model, runner, adapter, callbacks):
     callbacks.on_test_begin()
-    means, logs = RunningMeans(_stateful_metric_names(model)), {}
+    means, logs = _epoch_means(model)
     for step, batch in adapter.epoch():
         callbacks.on_test_batch_begin(step)
         xs, y, w, size = _batch_arrays(model, adapter, batch)

@@ -45,7 +45,7 @@ def trace_training(model, label_type=None, training=True):
 
     Outputs of the graph: the total loss (each output's loss times its weight, summed, plus the
     regularisation penalties), then with several outputs each output's own unweighted loss
-    (``<output>_loss``), then one value per metric: a mean-of-samples metric's mean over the
+    (``<output>_loss``, when more than one output has a loss), then one value per metric: a mean-of-samples metric's mean over the
     batch, or the result so far of a metric that keeps state (its update is in the step).
     Metrics take the sample weights only when given as ``weighted_metrics``, as in Keras 3."""
     outputs_spec = getattr(model, "compiled_outputs", None)
@@ -97,7 +97,7 @@ def trace_training(model, label_type=None, training=True):
             batch = ops.sum(ops.where(ops.equal(sample_weight, sample_weight), 1.0, 1.0))
             for nid in activity:
                 total = ops.add(total, ops.divide(SymbolicTensor(b, nid), batch))
-        values = [("loss", total)] + (output_losses if several else [])
+        values = [("loss", total)] + (output_losses if len(output_losses) > 1 else [])
         stateful = []
         for (log_name, fn), entry in zip(getattr(model, "compiled_metric_fns", []),
                                          getattr(model, "compiled_metric_entries", [])):
