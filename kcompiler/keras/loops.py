@@ -49,10 +49,17 @@ def _input_specs(model, x):
 
 
 def input_arrays(model, x):
-    """The model's inputs as a list of arrays of its input dtypes, shapes checked once."""
+    """The model's inputs as a list of arrays of its input dtypes, shapes checked once: from an
+    array, a list of one per input, or a dict keyed by input name."""
     if x is None:
         raise ValueError(f"model '{model.name}': no input data (x is None)")
     specs = _input_specs(model, x)
+    if isinstance(x, dict):  # by input name, as Keras takes several inputs
+        names = [name for name, _ in specs]
+        if sorted(x) != sorted(names):
+            raise ValueError(f"model '{model.name}': inputs given as a dict need the keys {names} (the names of "
+                             f"its inputs), got {sorted(x)}")
+        x = [x[name] for name in names]
     xs = _as_list(x)
     if len(xs) != len(specs):
         raise ShapeError(f"model '{model.name}' takes {len(specs)} inputs, got {len(xs)}")
