@@ -349,6 +349,8 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
                 if model.stop_training:
                     break
             adapter.on_epoch_end()
+            if not logs:  # the data ran out before this epoch began (warned): training ends here
+                break
             epoch_logs = dict(logs)
             if validation is not None and _should_eval(epoch, validation_freq):
                 val_logs = _evaluate_loop(model, runner, validation, callbacks)

@@ -123,3 +123,18 @@ def test_single_output_loss_weight_and_weighted_metric():
     assert logs["mae"] == pytest.approx(err.mean(), rel=1e-5)
     assert logs["weighted_mae"] == pytest.approx((err * w).sum() / w.sum(), rel=1e-5)
     assert logs["loss"] == pytest.approx(2.0 * (err ** 2 * w).mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_saved_multi_output_model_loads_compiled_as_it_was(tmp_path, suffix):
+    compile_kwargs = dict(loss={"reg": "mse", "cls": "sparse_categorical_crossentropy"},
+                          loss_weights={"reg": 0.5, "cls": 2.0}, metrics={"reg": "mae", "cls": ["accuracy"]},
+                          weighted_metrics={"cls": "accuracy"})
+    model = _compiled_model(**compile_kwargs)
+    x, y_reg, y_cls = _data()
+    w = np.linspace(0.5, 2.0, len(x)).astype(np.float32)
+    expected = model.evaluate(x, [y_reg, y_cls], sample_weight=w, verbose=0, return_dict=True)
+    model.save(tmp_path / f"model{suffix}")
+    loaded = keras.models.load_model(tmp_path / f"model{suffix}")
+    got = loaded.evaluate(x, {"reg": y_reg, "cls": y_cls}, sample_weight=w, verbose=0, return_dict=True)
+    assert got == pytest.approx(expected, rel=1e-6)

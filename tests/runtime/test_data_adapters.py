@@ -146,7 +146,11 @@ def test_finite_generator_without_steps_runs_until_exhausted():
     history = model.fit(batches(), epochs=1, verbose=0)
     assert seen == [4, 4, 2] and len(history.history["loss"]) == 1
     with pytest.warns(UserWarning, match="ran out of data"):
-        model.fit(batches(), epochs=1, steps_per_epoch=5, verbose=0)
+        history = model.fit(batches(), epochs=1, steps_per_epoch=5, verbose=0)
+    assert len(history.history["loss"]) == 1
+    with pytest.warns(UserWarning, match="ran out of data"):  # nothing left for a second epoch: training ends
+        history = model.fit(batches(), epochs=3, verbose=0)
+    assert history.epoch == [0] and len(history.history["loss"]) == 1
 
 
 class FailingSequence(ListSequence):
