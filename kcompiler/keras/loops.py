@@ -174,8 +174,13 @@ def _check_streamed(x, y, sample_weight, method):
 
 
 def _streamed_adapter(x, steps, shuffle, workers, use_multiprocessing, max_queue_size):
+    """A Sequence/PyDataset (``shuffle``: its batches in a new order each epoch) or a generator
+    (whose batches come in its own order: ``shuffle`` is ignored, with Keras 3's warning)."""
     if data_adapters.is_sequence(x):
         return data_adapters.SequenceAdapter(x, steps, shuffle, workers, use_multiprocessing, max_queue_size)
+    if shuffle:
+        warnings.warn("`shuffle=True` was passed, but will be ignored since the data `x` was provided as a "
+                      "generator. The generator is expected to yield already-shuffled data.", stacklevel=4)
     return data_adapters.GeneratorAdapter(x, steps, workers, use_multiprocessing, max_queue_size)
 
 

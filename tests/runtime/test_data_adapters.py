@@ -208,3 +208,22 @@ def test_pydataset_keeps_its_constructor_settings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert (ListSequence([]).workers, ListSequence([]).use_multiprocessing) == (1, False)
+
+
+def test_shuffled_sequence_sees_every_batch_once_per_epoch_and_generators_warn():
+    keras.utils.set_random_seed(3)
+    order = []
+
+    class Recording(ListSequence):
+        def __getitem__(self, index):
+            order.append(index)
+            return super().__getitem__(index)
+
+    batches = _batches(False) * 3  # nine batches: a fixed order is unlikely to come out of a shuffle
+    model = _model()
+    model.fit(Recording(batches), epochs=2, shuffle=True, verbose=0)
+    first, second = order[:9], order[9:]
+    assert sorted(first) == sorted(second) == list(range(9))
+    assert first != list(range(9)) or second != list(range(9))
+    with pytest.warns(UserWarning, match="`shuffle=True` was passed, but will be ignored"):
+        model.fit(iter(_batches(False)), epochs=1, shuffle=True, verbose=0)
