@@ -192,10 +192,18 @@ class Program:
             y = self._labels(y, expected, n, None)
             compiled = self._specialize(n, y, feeds)  # arrays have .shape and .dtype like a TensorType
             feeds["y"] = y
-        if sample_weight is None:
-            feeds["sample_weight"] = unit_weights(self._ones, n, self._specialized.max_entries)
-        else:
-            feeds["sample_weight"] = to_array(sample_weight, dtype=np.float32).reshape(n)
+        weight_names = self.stages["traced"].graph.get("sample_weight_names", ["sample_weight"])
+        if isinstance(sample_weight, (list, tuple)):  # one per labelled output
+            if len(sample_weight) != len(weight_names):
+                raise ShapeError(f"sample_weight: {len(sample_weight)} arrays for the {len(weight_names)} "
+                                 f"labelled outputs of model '{self.model.name}'")
+        else:  # one for every output
+            sample_weight = [sample_weight] * len(weight_names)
+        for name, w in zip(weight_names, sample_weight):
+            if w is None:
+                feeds[name] = unit_weights(self._ones, n, self._specialized.max_entries)
+            else:
+                feeds[name] = to_array(w, dtype=np.float32, what="sample_weight").reshape(n)
         if "rng_step" in compiled.inputs:
             feeds["rng_step"] = rng_step
         return compiled.run(feeds, scalars=True)

@@ -152,11 +152,11 @@ class Batches:
 
 
 def take(data, index):
-    """Rows ``index`` of arrays ``data``: an array, None, or a list of arrays."""
+    """Rows ``index`` of ``data``: an array, None, or a list of arrays (or None)."""
     if data is None:
         return None
     if isinstance(data, list):
-        return [a[index] for a in data]
+        return [None if a is None else a[index] for a in data]
     return data[index]
 
 

@@ -139,6 +139,35 @@ def weight_array(sample_weight, n):
     return np.ascontiguousarray(w.reshape(n))
 
 
+def weight_arrays(model, sample_weight, n):
+    """The sample weights the compiled step takes: one array (or None) that weighs every output;
+    for a model with several outputs also a list of one per output (or per labelled output) or a
+    dict by output name, whose entries may be None (weights of 1)."""
+    from ..passes.training import label_names
+    names = label_names(model)
+    per_output = isinstance(sample_weight, dict) or (
+        names != ["y"] and isinstance(sample_weight, (list, tuple)) and len(sample_weight) > 0
+        and all(w is None or np.ndim(w) >= 1 for w in sample_weight))
+    if not per_output:
+        return weight_array(sample_weight, n)
+    outputs = model.compiled_outputs
+    indices = [int(name[2:]) for name in names]
+    if isinstance(sample_weight, dict):
+        unknown = [k for k in sample_weight if k not in [o.name for o in outputs]]
+        if unknown:
+            raise ValueError(f"model '{model.name}': sample_weight keys {unknown} name no output; its outputs are "
+                             f"{[o.name for o in outputs]}")
+        given = [sample_weight.get(outputs[i].name) for i in indices]
+    elif len(sample_weight) == len(outputs):
+        given = [sample_weight[i] for i in indices]
+    elif len(sample_weight) == len(indices):
+        given = list(sample_weight)
+    else:
+        raise ValueError(f"model '{model.name}' has {len(outputs)} outputs {[o.name for o in outputs]}: give "
+                         f"sample_weight as one array for all, or one per output; got {len(sample_weight)} arrays")
+    return [weight_array(w, n) for w in given]
+
+
 def class_weight_array(y, class_weight):
     """Keras: each sample's weight is its class's (one-hot labels: argmax; missing classes: 1)."""
     if isinstance(y, list):
@@ -188,7 +217,7 @@ def _array_data(model, x, y, sample_weight, labelled=True):
     """(xs, labels, sample weights) as arrays, checked once."""
     xs = input_arrays(model, x)
     n = len(xs[0])
-    return xs, label_arrays(model, y, n) if labelled else None, weight_array(sample_weight, n)
+    return xs, label_arrays(model, y, n) if labelled else None, weight_arrays(model, sample_weight, n)
 
 
 def _batch_arrays(model, adapter, batch, labelled=True, class_weight=None):
@@ -204,7 +233,7 @@ def _batch_arrays(model, adapter, batch, labelled=True, class_weight=None):
                 raise ValueError(f"model '{model.name}': the batches of the generator or Sequence hold no labels; "
                                  "they must be (x, y) or (x, y, sample_weight) tuples")
             y = label_arrays(model, y, len(xs[0]))
-        w = weight_array(w, len(xs[0]))
+        w = weight_arrays(model, w, len(xs[0]))
     if labelled and class_weight is not None:
         if w is not None:
             raise ValueError("You cannot `class_weight` and `sample_weight` at the same time.")
@@ -477,7 +506,7 @@ def train_on_batch(model, x, y=None, sample_weight=None, class_weight=None, rese
     if len(xs) == 1 and xs[0] is x and y is labels and type(x) is np.ndarray and type(y) is np.ndarray \
             and sample_weight is None and class_weight is None:
         model._train_batch_seen = (model_steps(model), x.shape, x.dtype, y.shape, y.dtype, _sparse_labels(model))
-    sample_weight = weight_array(sample_weight, len(xs[0]))
+    sample_weight = weight_arrays(model, sample_weight, len(xs[0]))
     if class_weight is not None:
         if sample_weight is not None:
             raise ValueError("You cannot `class_weight` and `sample_weight` at the same time.")
@@ -491,7 +520,7 @@ def test_on_batch(model, x, y=None, sample_weight=None, reset_metrics=True, retu
     xs = input_arrays(model, x)
     y = label_arrays(model, y, len(xs[0]))
     logs = _step_after_reset(model, reset_metrics, lambda: model_steps(model).test(
-        feeds_by_name(model, xs), y, weight_array(sample_weight, len(xs[0]))))
+        feeds_by_name(model, xs), y, weight_arrays(model, sample_weight, len(xs[0]))))
     return logs if return_dict else _flatten(logs)
 
 

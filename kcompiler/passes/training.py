@@ -6,8 +6,8 @@ symbolic batch (stage "traced"); ``differentiate(g, model)`` takes the
 shape-specialised graph and adds the backward pass and the updates (stage
 "differentiated"). Graph inputs: the model's inputs, ``y`` (labels), ``sample_weight``
 (per sample; ones when the caller gives none) and ``rng_step`` (the step counter
-that keys dropout masks); a model with several outputs has a label input per output
-(``label_names``). Graph outputs: the loss, then (several outputs) each output's loss,
+that keys dropout masks); a model with several outputs has a label and a sample-weight
+input per labelled output (``label_names``, ``sample_weight_names``). Graph outputs: the loss, then (several outputs) each output's loss,
 then one value per metric.
 """
 from ..errors import KCompilerError, ShapeError
@@ -36,6 +36,12 @@ def label_names(model):
         return ["y"]
     measured = {e.output_index for e in getattr(model, "compiled_metric_entries", [])}
     return [f"y_{o.index}" for o in outputs if o.loss is not None or o.index in measured]
+
+
+def sample_weight_names(model):
+    """The names of the traced step's sample-weight inputs, one per label input:
+    ``sample_weight``, or ``sample_weight_<i>`` for output ``i`` of several."""
+    return ["sample_weight" if name == "y" else f"sample_weight_{name[2:]}" for name in label_names(model)]
 
 
 def trace_training(model, label_type=None, training=True):
@@ -68,7 +74,12 @@ def trace_training(model, label_type=None, training=True):
         if t is None:
             t = default_label_type(model, outputs_spec[index].loss, y_preds[index].type)
         y_trues[index] = SymbolicTensor(b, b.input(name, TensorType((None,) + tuple(t.shape[1:]), str(t.dtype))))
-    sample_weight = SymbolicTensor(b, b.input("sample_weight", TensorType((None,), "float32")))
+    weight_names = sample_weight_names(model)
+    weights = {}
+    for label, name in zip(names, weight_names):
+        weights[0 if label == "y" else int(label[2:])] = SymbolicTensor(
+            b, b.input(name, TensorType((None,), "float32")))
+    sample_weight = next(iter(weights.values()))
     several = len(outputs_spec) > 1
     with backend.tracing(b):
         total, output_losses = None, []
@@ -77,7 +88,7 @@ def trace_training(model, label_type=None, training=True):
                 continue
             y_true, y_pred = y_trues[spec.index], y_preds[spec.index]
             try:
-                loss = spec.loss(y_true, y_pred, sample_weight=sample_weight)
+                loss = spec.loss(y_true, y_pred, sample_weight=weights[spec.index])
             except ShapeError as e:
                 where = f" of output {spec.name!r}" if several else ""
                 raise ShapeError(f"loss {getattr(spec.loss, 'name', spec.loss)}{where}: labels of shape "
@@ -105,12 +116,14 @@ def trace_training(model, label_type=None, training=True):
             if fn is not None:  # a mean over samples: the batch's mean, averaged by the runtime
                 values.append((log_name, ops.mean(ops.cast(fn(y_true, y_pred), "float32"))))
             else:  # state across batches: update it in the step, report its result so far
-                entry.metric.update_state(y_true, y_pred, sample_weight=sample_weight if entry.weighted else None)
+                entry.metric.update_state(y_true, y_pred,
+                                          sample_weight=weights[entry.output_index] if entry.weighted else None)
                 values.append((log_name, ops.cast(entry.metric.result(), "float32")))
                 stateful.append(log_name)
     b.g.graph["outputs"] = [v.node for _, v in values]
     b.g.graph["output_names"] = [name for name, _ in values]
     b.g.graph["label_names"] = names
+    b.g.graph["sample_weight_names"] = weight_names
     b.g.graph["stateful_outputs"] = stateful
     b.g.graph["loss"] = total.node
     return b.g

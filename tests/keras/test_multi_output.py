@@ -28,11 +28,14 @@ def test_two_output_fit_matches_keras(name):
         return [reg, np.eye(3, dtype=np.float32)[cls] if spec["one_loss"] else cls]
 
     kwargs = dict(batch_size=spec["batch_size"], epochs=spec["epochs"], shuffle=False, verbose=0)
+    weights, val_weights = case["sw"], case["sw_val"]
+    if spec["sample_weight"] == "per_output":
+        weights, val_weights = [weights, case["sw_cls"]], [val_weights, case["sw_cls_val"]]
     if spec["sample_weight"]:
-        kwargs["sample_weight"] = case["sw"]
+        kwargs["sample_weight"] = weights
     if len(case["x_val"]):
         kwargs["validation_data"] = (case["x_val"], labels(case["y_reg_val"], case["y_cls_val"])) + (
-            (case["sw_val"],) if spec["sample_weight"] else ())
+            (val_weights,) if spec["sample_weight"] else ())
     history = model.fit(case["x"], labels(case["y_reg"], case["y_cls"]), **kwargs).history
     assert sorted(history) == spec["history_keys"]
     for key in spec["history_keys"]:
@@ -138,3 +141,20 @@ def test_saved_multi_output_model_loads_compiled_as_it_was(tmp_path, suffix):
     loaded = keras.models.load_model(tmp_path / f"model{suffix}")
     got = loaded.evaluate(x, {"reg": y_reg, "cls": y_cls}, sample_weight=w, verbose=0, return_dict=True)
     assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_sample_weights_per_output_as_dict_equal_list_and_weigh_only_their_output():
+    x, y_reg, y_cls = _data()
+    w_reg, w_cls = np.linspace(0.1, 2.0, len(x)).astype(np.float32), np.linspace(3.0, 0.5, len(x)).astype(np.float32)
+    model = _compiled_model(loss=["mse", "sparse_categorical_crossentropy"])
+    as_list = model.evaluate(x, [y_reg, y_cls], sample_weight=[w_reg, w_cls], verbose=0, return_dict=True)
+    as_dict = model.evaluate(x, [y_reg, y_cls], sample_weight={"cls": w_cls, "reg": w_reg}, verbose=0,
+                             return_dict=True)
+    assert as_list == pytest.approx(as_dict)
+    only_reg = model.evaluate(x, [y_reg, y_cls], sample_weight={"reg": w_reg}, verbose=0, return_dict=True)
+    unweighted = model.evaluate(x, [y_reg, y_cls], verbose=0, return_dict=True)
+    assert only_reg["reg_loss"] == pytest.approx(as_list["reg_loss"])
+    assert only_reg["cls_loss"] == pytest.approx(unweighted["cls_loss"])
+    assert only_reg["reg_loss"] != pytest.approx(unweighted["reg_loss"], rel=1e-3)
+    with pytest.raises(ValueError, match="nope"):
+        model.evaluate(x, [y_reg, y_cls], sample_weight={"nope": w_reg}, verbose=0)
