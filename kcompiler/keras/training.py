@@ -97,6 +97,8 @@ def _per_output(value, names, argument):
 def _resolve_losses(loss, loss_weights, names):
     """CompiledOutput per output: one loss for all outputs, or one per output (list or dict)."""
     losses = _per_output(loss, names, "loss") if len(names) > 1 else None
+    if len(names) == 1 and isinstance(loss, dict) and len(loss) == 1:  # by the output's name
+        loss = next(iter(loss.values()))
     if losses is None:
         if isinstance(loss, dict) or (isinstance(loss, (list, tuple)) and len(loss) != 1):
             raise ValueError(f"`loss` as a {type(loss).__name__} needs one entry per output; the model has "

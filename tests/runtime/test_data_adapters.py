@@ -143,13 +143,13 @@ def test_finite_generator_without_steps_runs_until_exhausted():
             seen.append(len(b[0]))
             yield b
 
-    history = model.fit(batches(), epochs=1, verbose=0)
+    history = model.fit(batches(), epochs=1, shuffle=False, verbose=0)
     assert seen == [4, 4, 2] and len(history.history["loss"]) == 1
     with pytest.warns(UserWarning, match="ran out of data"):
-        history = model.fit(batches(), epochs=1, steps_per_epoch=5, verbose=0)
+        history = model.fit(batches(), epochs=1, steps_per_epoch=5, shuffle=False, verbose=0)
     assert len(history.history["loss"]) == 1
     with pytest.warns(UserWarning, match="ran out of data"):  # nothing left for a second epoch: training ends
-        history = model.fit(batches(), epochs=3, verbose=0)
+        history = model.fit(batches(), epochs=3, shuffle=False, verbose=0)
     assert history.epoch == [0] and len(history.history["loss"]) == 1
 
 
@@ -172,13 +172,13 @@ def test_generator_errors_name_the_problem():
     model = _model()
     x, y, _ = _data()
     with pytest.raises(ValueError, match="`y` argument is not supported"):
-        model.fit(_endless(_batches(False)), y, steps_per_epoch=1, verbose=0)
+        model.fit(_endless(_batches(False)), y, steps_per_epoch=1, shuffle=False, verbose=0)
     with pytest.raises(ValueError, match="validation_split"):
         model.fit(ListSequence(_batches(False)), validation_split=0.2, verbose=0)
     with pytest.raises(ValueError, match="hold no labels"):
-        model.fit(iter([x[:4]]), verbose=0)
+        model.fit(iter([x[:4]]), shuffle=False, verbose=0)
     with pytest.raises(ValueError, match=r"\(x, y\) or \(x, y, sample_weight\)"):
-        model.fit(iter([(x, y, None, None)]), verbose=0)
+        model.fit(iter([(x, y, None, None)]), shuffle=False, verbose=0)
 
 
 def test_nested_python_lists_and_several_inputs():
@@ -227,3 +227,13 @@ def test_shuffled_sequence_sees_every_batch_once_per_epoch_and_generators_warn()
     assert first != list(range(9)) or second != list(range(9))
     with pytest.warns(UserWarning, match="`shuffle=True` was passed, but will be ignored"):
         model.fit(iter(_batches(False)), epochs=1, shuffle=True, verbose=0)
+
+
+def test_a_generator_error_in_its_background_thread_keeps_its_traceback():
+    def failing():
+        yield _batches(False)[0]
+        raise RuntimeError("the generator broke")
+
+    with pytest.raises(RuntimeError, match="the generator broke") as raised:
+        _model().fit(failing(), epochs=1, shuffle=False, verbose=0, workers=2)
+    assert any(entry.name == "failing" for entry in raised.traceback)
