@@ -40,3 +40,14 @@ def test_arrays_print_as_tensorflow_does():
     short = keras.ops.convert_to_tensor([1.0, 2.0])
     assert repr(short) == "<kcompiler.Tensor: shape=(2,), dtype=float32, numpy=array([1., 2.], dtype=float32)>"
     assert isinstance(short.numpy(), np.ndarray)
+
+
+def test_weights_print_as_the_seed_shows_them():
+    from examples.seed_models import tiny_mlp
+    kernel, bias = tiny_mlp().layers[0].weights
+    # the seed: <tf.Variable 'layer1/kernel:0' shape=(4, 5) dtype=float32, numpy=\narray([[...]],\n dtype=float32)>
+    assert repr(kernel) == f"<kcompiler.Variable 'layer1/kernel:0' shape=(4, 5) dtype=float32, numpy=\n" \
+                           f"{kernel.numpy()!r}>"
+    # the seed: ... 'layer1/bias:0' shape=(5,) dtype=float32, numpy=array([0., 0., 0., 0., 0.], dtype=float32)>
+    assert repr(bias) == "<kcompiler.Variable 'layer1/bias:0' shape=(5,) dtype=float32, " \
+                         "numpy=array([0., 0., 0., 0., 0.], dtype=float32)>"

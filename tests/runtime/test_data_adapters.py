@@ -237,3 +237,19 @@ def test_a_generator_error_in_its_background_thread_keeps_its_traceback():
     with pytest.raises(RuntimeError, match="the generator broke") as raised:
         _model().fit(failing(), epochs=1, shuffle=False, verbose=0, workers=2)
     assert any(entry.name == "failing" for entry in raised.traceback)
+
+
+def test_batches_of_many_sizes_each_get_their_specialisation():
+    """A generator whose batches all differ in size trains as train_on_batch on the same batches."""
+    x, y, _ = _data()
+    sizes = [1, 3, 2, 4]
+    starts = np.cumsum([0] + sizes)
+    batches = [(x[a:b], y[a:b]) for a, b in zip(starts[:-1], starts[1:])]
+    streamed = _model()
+    initial = streamed.get_weights()
+    streamed.fit(iter(batches), epochs=1, shuffle=False, verbose=0)
+    stepped = _model(initial)
+    for bx, by in batches:
+        stepped.train_on_batch(bx, by)
+    for got, want in zip(streamed.get_weights(), stepped.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
