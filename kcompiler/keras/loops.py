@@ -298,8 +298,16 @@ def _verbosity(verbose):
     return 1 if verbose == "auto" else int(verbose)
 
 
-def _flatten(logs):
-    values = list(logs.values())
+def _flatten(logs, model):
+    """The logs as Keras 3 returns them when ``return_dict`` is False: one value, or a list in
+    the order of ``model.metrics`` (the loss, the compiled metrics by their own names, each
+    output's loss), then the logs no such name matched (with several outputs: the metrics,
+    named ``<output>_<metric>``), sorted by name."""
+    outputs = getattr(model, "compiled_outputs", None) or []
+    order = ["loss"] + [e.metric.name for e in getattr(model, "compiled_metric_entries", [])] + \
+        [f"{o.name}_loss" for o in outputs if o.loss is not None]
+    first = list(dict.fromkeys(name for name in order if name in logs))
+    values = [logs[name] for name in first] + [logs[k] for k in sorted(logs) if k not in first]
     return values[0] if len(values) == 1 else values
 
 
@@ -445,7 +453,7 @@ def evaluate(model, x=None, y=None, batch_size=None, verbose="auto", sample_weig
         logs = _evaluate_loop(model, model_steps(model), adapter, callbacks)
     finally:
         _close(adapter)
-    return logs if return_dict else _flatten(logs)
+    return logs if return_dict else _flatten(logs, model)
 
 
 def predict(model, x, batch_size=None, verbose="auto", steps=None, callbacks=None, max_queue_size=10, workers=1,
@@ -498,7 +506,7 @@ def train_on_batch(model, x, y=None, sample_weight=None, class_weight=None, rese
         if seen[5]:
             check_class_ids(model, y)
         logs = _step_after_reset(model, reset_metrics, lambda: seen[0].train([x], y, None))
-        return logs if return_dict else _flatten(logs)
+        return logs if return_dict else _flatten(logs, model)
     _check_compiled(model, "train_on_batch")
     xs = input_arrays(model, x)
     labels = y
@@ -512,7 +520,7 @@ def train_on_batch(model, x, y=None, sample_weight=None, class_weight=None, rese
             raise ValueError("You cannot `class_weight` and `sample_weight` at the same time.")
         sample_weight = class_weight_array(y, class_weight)
     logs = _step_after_reset(model, reset_metrics, lambda: model_steps(model).train(xs, y, sample_weight))
-    return logs if return_dict else _flatten(logs)
+    return logs if return_dict else _flatten(logs, model)
 
 
 def test_on_batch(model, x, y=None, sample_weight=None, reset_metrics=True, return_dict=False):
@@ -521,7 +529,7 @@ def test_on_batch(model, x, y=None, sample_weight=None, reset_metrics=True, retu
     y = label_arrays(model, y, len(xs[0]))
     logs = _step_after_reset(model, reset_metrics, lambda: model_steps(model).test(
         feeds_by_name(model, xs), y, weight_arrays(model, sample_weight, len(xs[0]))))
-    return logs if return_dict else _flatten(logs)
+    return logs if return_dict else _flatten(logs, model)
 
 
 def _step_after_reset(model, reset_metrics, step):

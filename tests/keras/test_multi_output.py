@@ -158,3 +158,18 @@ def test_sample_weights_per_output_as_dict_equal_list_and_weigh_only_their_outpu
     assert only_reg["reg_loss"] != pytest.approx(unweighted["reg_loss"], rel=1e-3)
     with pytest.raises(ValueError, match="nope"):
         model.evaluate(x, [y_reg, y_cls], sample_weight={"nope": w_reg}, verbose=0)
+
+
+def test_evaluate_lists_values_in_keras_order():
+    """Keras 3 (checked by running it): the loss, each output's loss, then the metrics sorted by
+    their log names; a single output keeps the compile order."""
+    x, y_reg, y_cls = _data()
+    model = _compiled_model(loss=["mse", "sparse_categorical_crossentropy"], metrics=["mae", "accuracy"])
+    logs = model.evaluate(x, [y_reg, y_cls], verbose=0, return_dict=True)
+    values = model.evaluate(x, [y_reg, y_cls], verbose=0)
+    order = ["loss", "reg_loss", "cls_loss", "cls_accuracy", "reg_mae"]
+    assert values == pytest.approx([logs[k] for k in order])
+    single = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    single.compile("sgd", "mse", metrics=["mse", "mae"])
+    logs = single.evaluate(x, y_reg, verbose=0, return_dict=True)
+    assert single.evaluate(x, y_reg, verbose=0) == pytest.approx([logs["loss"], logs["mse"], logs["mae"]])
