@@ -17,9 +17,10 @@ data by giving each rank the batches ``epoch()`` yields for it.
 
 Prefetching (``workers``, ``use_multiprocessing``, ``max_queue_size``, as tf.keras documents them
 for fit; a PyDataset takes them in its constructor, as in Keras 3): with ``workers > 1`` a
-Sequence's batches are fetched by a pool of threads, or of processes with
-``use_multiprocessing=True``, at most ``max_queue_size`` ahead and delivered in order; a
-generator is run in one background thread that fills a queue of ``max_queue_size``. An
+Sequence's batches are fetched by a pool of threads, or with ``use_multiprocessing=True`` of
+processes forked at each epoch, at most ``max_queue_size`` ahead and delivered in order; a
+generator (``workers > 1`` or ``use_multiprocessing``) is run in one background thread that
+fills a queue of ``max_queue_size`` (a generator cannot be shared between processes). An
 exception raised while fetching a batch is raised again in the caller, with the worker's
 traceback attached (a process pool's ``RemoteTraceback``)."""
 import concurrent.futures
@@ -245,8 +246,16 @@ class GeneratorAdapter:
         pass
 
 
-def _fetch(sequence, index):
-    return sequence[index]
+_worker_sequence = None  # in a worker process: the Sequence it was started with
+
+
+def _start_worker(sequence):
+    global _worker_sequence
+    _worker_sequence = sequence
+
+
+def _fetch_in_worker(index):
+    return _worker_sequence[index]
 
 
 class SequenceAdapter:
@@ -271,19 +280,26 @@ class SequenceAdapter:
         self._pool = None
 
     def _executor(self):
-        if self._pool is None and (self._workers > 1 or self._use_multiprocessing):
-            if self._use_multiprocessing:
-                # fork: the workers inherit the Sequence as it is (a class defined in a test or __main__ too)
-                context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                                      else None)
-                self._pool = concurrent.futures.ProcessPoolExecutor(self._workers, mp_context=context)
-            else:
-                self._pool = concurrent.futures.ThreadPoolExecutor(self._workers, thread_name_prefix="kcompiler-data")
-        return self._pool
+        """The pool that fetches this epoch's batches and the function it runs, or (None, None).
+        Threads share the Sequence and last the whole fit; processes are forked at each epoch
+        (as tf.keras 2's OrderedEnqueuer does) and inherit the Sequence as ``on_epoch_end`` left
+        it, without pickling it (a class defined in a test or in __main__ works too)."""
+        if self._workers == 1 and not self._use_multiprocessing:
+            return None, None
+        if not self._use_multiprocessing:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(self._workers,
+                                                                   thread_name_prefix="kcompiler-data")
+            return self._pool, self.sequence.__getitem__
+        self.close()
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+        self._pool = concurrent.futures.ProcessPoolExecutor(self._workers, mp_context=context,
+                                                            initializer=_start_worker, initargs=(self.sequence,))
+        return self._pool, _fetch_in_worker
 
     def epoch(self):
         indices = [(step, index.start) for step, index in self.batches.epoch()]
-        pool = self._executor()
+        pool, fetch = self._executor()
         what = f"batch of {type(self.sequence).__name__}"
         if pool is None:
             for step, i in indices:
@@ -292,7 +308,7 @@ class SequenceAdapter:
         pending = []
         ahead = iter(indices)
         for step, i in ahead:  # start max_queue_size fetches, then one more per batch taken
-            pending.append((step, i, pool.submit(_fetch, self.sequence, i)))
+            pending.append((step, i, pool.submit(fetch, i)))
             if len(pending) >= self._max_queue_size:
                 break
         try:
@@ -300,7 +316,7 @@ class SequenceAdapter:
                 step, i, future = pending.pop(0)
                 batch = future.result()  # a worker's exception is raised here
                 for next_step, j in ahead:
-                    pending.append((next_step, j, pool.submit(_fetch, self.sequence, j)))
+                    pending.append((next_step, j, pool.submit(fetch, j)))
                     break
                 yield step, unpack_batch(batch, f"{what} {i}")
         finally:

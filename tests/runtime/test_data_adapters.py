@@ -9,6 +9,7 @@ import pytest
 
 from examples.seed_models import tiny_mlp
 from kcompiler import keras
+from kcompiler.keras import data_adapters
 
 N, BATCH = 10, 4  # batches of 4, 4 and 2: a batch of another size gets its own specialisation
 
@@ -253,3 +254,27 @@ def test_batches_of_many_sizes_each_get_their_specialisation():
         stepped.train_on_batch(bx, by)
     for got, want in zip(streamed.get_weights(), stepped.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+class ReorderingSequence(ListSequence):
+    """Reverses its batch order at each epoch end: worker processes must see the new order."""
+
+    def __getitem__(self, index):
+        return self.batches[index], index
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        self.batches = self.batches[::-1]
+
+
+def test_worker_processes_see_the_sequence_as_on_epoch_end_left_it():
+    sequence = ReorderingSequence(["a", "b", "c"])
+    adapter = data_adapters.SequenceAdapter(sequence, workers=2, use_multiprocessing=True)
+    try:
+        seen = []
+        for _ in range(2):
+            seen.append([(x, y) for _, (x, y, _) in adapter.epoch()])
+            adapter.on_epoch_end()
+    finally:
+        adapter.close()
+    assert seen == [[("a", 0), ("b", 1), ("c", 2)], [("c", 0), ("b", 1), ("a", 2)]]
