@@ -200,6 +200,7 @@ class GeneratorAdapter:
         self._queue = None
         self._max_queue_size = max(1, int(max_queue_size))
         self._exhausted = None  # the StopIteration that ended the generator
+        self._closed = threading.Event()  # tells the background thread to stop
 
     def _next_batch(self):
         """The generator's next batch, or a StopIteration instance when it is exhausted."""
@@ -219,16 +220,26 @@ class GeneratorAdapter:
         return value
 
     def _fill(self):
-        while True:
+        while not self._closed.is_set():
             try:
                 item = ("batch", next(self._source))
             except StopIteration as stop:
-                self._queue.put(("batch", stop))
+                self._put(("batch", stop))
                 return
             except BaseException as e:  # re-raised by the consumer, with this thread's traceback
-                self._queue.put(("error", e))
+                self._put(("error", e))
                 return
-            self._queue.put(item)
+            self._put(item)
+
+    def _put(self, item):
+        """Queue ``item``, waiting for room until the adapter is closed (an endless generator's
+        thread then ends instead of waiting forever on a full queue)."""
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                pass
 
     def epoch(self):
         step = 0
@@ -244,6 +255,9 @@ class GeneratorAdapter:
 
     def on_epoch_end(self):
         pass
+
+    def close(self):
+        self._closed.set()
 
 
 _worker_sequence = None  # in a worker process: the Sequence it was started with

@@ -278,3 +278,13 @@ def test_worker_processes_see_the_sequence_as_on_epoch_end_left_it():
     finally:
         adapter.close()
     assert seen == [[("a", 0), ("b", 1), ("c", 2)], [("c", 0), ("b", 1), ("a", 2)]]
+
+
+def test_an_endless_generator_thread_ends_with_fit():
+    import threading
+    _model().fit(_endless(_batches(False)), steps_per_epoch=2, epochs=1, shuffle=False, verbose=0, workers=2,
+                 max_queue_size=1)
+    for thread in threading.enumerate():
+        if thread.name == "kcompiler-generator":
+            thread.join(timeout=30)
+            assert not thread.is_alive()
