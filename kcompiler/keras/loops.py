@@ -26,7 +26,6 @@ import numpy as np
 from ..errors import ShapeError
 from ..ir.types import TensorType, fmt_shape
 from ..runtime.data import as_numbers, to_array
-from . import backend
 from .callbacks.callback_list import CallbackList
 from . import data_adapters
 from .training import check_class_ids, reset_stateful_metrics, stateful_metric_entries
@@ -196,7 +195,8 @@ def _is_streamed(x):
 def _check_streamed(x, y, sample_weight, method):
     if y is not None:
         raise ValueError(f"`y` argument is not supported when using a generator or a keras.utils.Sequence/"
-                         f"PyDataset as input to {method}(): the batches hold the labels; received y={type(y).__name__}")
+                         f"PyDataset as input to {method}(): the batches hold the labels; "
+                         f"received y={type(y).__name__}")
     if sample_weight is not None:
         raise ValueError(f"`sample_weight` argument is not supported when using a generator or a keras.utils."
                          f"Sequence/PyDataset as input to {method}(): the batches hold the sample weights")

@@ -7,8 +7,8 @@ shape-specialised graph and adds the backward pass and the updates (stage
 "differentiated"). Graph inputs: the model's inputs, ``y`` (labels), ``sample_weight``
 (per sample; ones when the caller gives none) and ``rng_step`` (the step counter
 that keys dropout masks); a model with several outputs has a label and a sample-weight
-input per labelled output (``label_names``, ``sample_weight_names``). Graph outputs: the loss, then (several outputs) each output's loss,
-then one value per metric.
+input per labelled output (``label_names``, ``sample_weight_names``). Graph outputs: the
+loss, then (several outputs) each output's loss, then one value per metric.
 """
 from ..errors import KCompilerError, ShapeError
 from ..ir.graph import GraphBuilder
@@ -50,10 +50,10 @@ def trace_training(model, label_type=None, training=True):
     ``label_type``: the labels' type, or a list of one per label input (``label_names``).
 
     Outputs of the graph: the total loss (each output's loss times its weight, summed, plus the
-    regularisation penalties), then with several outputs each output's own unweighted loss
-    (``<output>_loss``, when more than one output has a loss), then one value per metric: a mean-of-samples metric's mean over the
-    batch, or the result so far of a metric that keeps state (its update is in the step).
-    Metrics take the sample weights only when given as ``weighted_metrics``, as in Keras 3."""
+    regularisation penalties), then each output's own unweighted loss (``<output>_loss``, when
+    more than one output has a loss), then one value per metric: a mean-of-samples metric's mean
+    over the batch, or the result so far of a metric that keeps state (its update is in the
+    step). Metrics take the sample weights only when given as ``weighted_metrics``, as in Keras 3."""
     outputs_spec = getattr(model, "compiled_outputs", None)
     if getattr(model, "compiled_loss", None) is None or not outputs_spec:
         raise KCompilerError(f"model '{model.name}' was not compiled with a loss: call "
