@@ -26,8 +26,8 @@ import numpy as np
 from ..errors import ShapeError
 from ..ir.types import TensorType, fmt_shape
 from ..runtime.data import as_numbers, to_array
-from .callbacks.callback_list import CallbackList
 from . import data_adapters
+from .callbacks.callback_list import CallbackList
 from .training import check_class_ids, reset_stateful_metrics, stateful_metric_entries
 
 from .steps import feeds_by_name, model_steps
