@@ -54,16 +54,21 @@ class Program:
                     (self._compiled, self.stages)
 
     def _label_type(self, g):
-        """The type of the traced graph's labels (None for inference programs)."""
-        for n in g.graph["inputs"]:
-            if g.nodes[n]["attrs"]["name"] == "y":
-                return g.nodes[n]["type"]
-        return None
+        """The type of the traced graph's labels (None for inference programs); a list of one
+        per label input for a model with several labelled outputs."""
+        names = g.graph.get("label_names")
+        if not names:
+            return None
+        by_name = {g.nodes[n]["attrs"]["name"]: g.nodes[n]["type"] for n in g.graph["inputs"]}
+        types = [by_name[name] for name in names]
+        return types[0] if names == ["y"] else types
 
     @staticmethod
     def _key(batch_size, label_type):
         if label_type is None:
             return (batch_size, None)
+        if isinstance(label_type, (list, tuple)):
+            return (batch_size,) + tuple(Program._key(None, t)[1:] for t in label_type)
         dtype = label_type.dtype
         return (batch_size, tuple(label_type.shape[1:]), dtype.num if hasattr(dtype, "num") else np.dtype(dtype).num)
 
@@ -183,6 +188,37 @@ class Program:
         if self._label_type_cache is None:
             self._label_type_cache = self._label_type(self.stages["traced"])
         expected = self._label_type_cache
+        if isinstance(expected, list):  # several labelled outputs: one label array each
+            names = self.stages["traced"].graph["label_names"]
+            ys = list(y) if isinstance(y, (list, tuple)) else [y]
+            if len(ys) != len(names):
+                raise ShapeError(f"labels: {len(ys)} label arrays for the {len(names)} labelled outputs of "
+                                 f"model '{self.model.name}'")
+            ys = [self._labels(a, t, n, int(name[2:])) for a, t, name in zip(ys, expected, names)]
+            compiled = self._specialize(n, ys, feeds)
+            feeds.update(zip(names, ys))
+        else:
+            y = self._labels(y, expected, n, None)
+            compiled = self._specialize(n, y, feeds)  # arrays have .shape and .dtype like a TensorType
+            feeds["y"] = y
+        weight_names = self.stages["traced"].graph.get("sample_weight_names", ["sample_weight"])
+        if isinstance(sample_weight, (list, tuple)):  # one per labelled output
+            if len(sample_weight) != len(weight_names):
+                raise ShapeError(f"sample_weight: {len(sample_weight)} arrays for the {len(weight_names)} "
+                                 f"labelled outputs of model '{self.model.name}'")
+        else:  # one for every output
+            sample_weight = [sample_weight] * len(weight_names)
+        for name, w in zip(weight_names, sample_weight):
+            if w is None:
+                feeds[name] = unit_weights(self._ones, n, self._specialized.max_entries)
+            else:
+                feeds[name] = to_array(w, dtype=np.float32, what="sample_weight").reshape(n)
+        if "rng_step" in compiled.inputs:
+            feeds["rng_step"] = rng_step
+        return compiled.run(feeds, scalars=True)
+
+    def _labels(self, y, expected, n, output_index):
+        """One label array of the step's expected dtype, for ``n`` samples."""
         if not (type(y) is np.ndarray and y.dtype == expected.dtype):
             # class ids may come as floats or int64 (as Keras accepts them): range-checked when narrowed.
             # Labels already of the expected dtype skip the class-id check, which costs a fifth of a small
@@ -190,19 +226,11 @@ class Program:
             y = as_numbers(y, what="labels")
             check = getattr(self.model, "check_class_ids", None)  # a Keras model checks its sparse labels
             if check is not None:
-                check(y)
+                check(y) if output_index is None else check(y, output_index)
             y = to_array(y, dtype=expected.dtype, what="labels")
         if len(y) != n:
             raise ShapeError(f"labels: {len(y)} samples for {n} inputs")
-        compiled = self._specialize(n, y, feeds)  # arrays have .shape and .dtype like a TensorType
-        feeds["y"] = y
-        if sample_weight is None:
-            feeds["sample_weight"] = unit_weights(self._ones, n, self._specialized.max_entries)
-        else:
-            feeds["sample_weight"] = to_array(sample_weight, dtype=np.float32).reshape(n)
-        if "rng_step" in compiled.inputs:
-            feeds["rng_step"] = rng_step
-        return compiled.run(feeds, scalars=True)
+        return y
 
     def __repr__(self):
         return f"<Program {self.model.name}: stages={list(self.stages)}, target={self.target}>"

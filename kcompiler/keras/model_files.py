@@ -180,16 +180,20 @@ def _training_config(model):
     # resolves the optimizer by that name.
     if re.fullmatch(rf"{backend.snake_case(class_name)}(_\d+)?", str(optimizer["config"].get("name"))):
         optimizer["config"]["name"] = class_name
-    metrics = compiled["metrics"]
-    return {"loss": _legacy_object(compiled["loss"]),
-            "metrics": None if metrics is None else [_legacy_object(m) for m in metrics],
-            "weighted_metrics": None, "loss_weights": None, "optimizer_config": optimizer}
+    return {"loss": _legacy_object(compiled["loss"]), "metrics": _legacy_object(compiled["metrics"]),
+            "weighted_metrics": _legacy_object(compiled["weighted_metrics"]),
+            "loss_weights": compiled["loss_weights"], "optimizer_config": optimizer}
 
 
 def _legacy_object(value):
-    """Keras 3's form of a loss or metric object -> tf.keras 2's ``{"class_name", "config"}``."""
-    if isinstance(value, dict):
+    """Keras 3's form of a loss or metric object -> tf.keras 2's ``{"class_name", "config"}``;
+    lists and dicts (per output, by output name) of them element by element."""
+    if isinstance(value, dict) and "class_name" in value:
         return {"class_name": value["class_name"], "config": value["config"]}
+    if isinstance(value, dict):
+        return {k: _legacy_object(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_legacy_object(v) for v in value]
     return value
 
 
@@ -493,22 +497,21 @@ def _named_function(name, builtins, what):
 
 
 def _metrics(config):
-    """A list for compile(metrics=...). tf.keras 2 writes one list per output; a single output's
-    list is unwrapped. A MeanMetricWrapper of a built-in function is written back as its name
-    ('mae', 'accuracy'), which compile resolves exactly as the original compile did."""
+    """compile(metrics=...) as recorded: a list; one list per output (tf.keras 2 writes one even
+    for a single output, which is unwrapped); or a dict by output name. A MeanMetricWrapper of a
+    built-in function is written back as its name ('mae', 'accuracy'), which compile resolves
+    exactly as the original compile did."""
     from . import metrics
     if config is None:
         return None
     if isinstance(config, list) and len(config) == 1 and isinstance(config[0], list):
         config = config[0]
+    if isinstance(config, dict) and "class_name" not in config:  # per output name
+        return {k: _metrics(v) for k, v in config.items()}
     if not isinstance(config, list):
         config = [config]
-    out = []
-    for entry in config:
-        if isinstance(entry, list):
-            raise ValueError("per-output metric lists are not supported; compile the loaded model by hand")
-        out.append(_metric(entry, metrics))
-    return out
+    return [_metrics(entry) if isinstance(entry, (list, dict)) and "class_name" not in entry
+            else None if entry is None else _metric(entry, metrics) for entry in config]
 
 
 def _metric(entry, metrics):

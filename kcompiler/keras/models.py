@@ -213,20 +213,29 @@ class Model(Layer):
         'compile_metrics' instead of the names)."""
         if not getattr(self, "compiled", False):
             return []
-        return ["loss"] + [m.name for m in self.metrics]
+        return ["loss"] + [e.log_name for e in getattr(self, "compiled_metric_entries", [])]
 
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, run_eagerly=False, target="cpu", fuse=True,
-                **kwargs):
-        """Configure training: optimizer, loss and metrics (names, objects or keras.ops functions)."""
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None, weighted_metrics=None,
+                run_eagerly=False, steps_per_execution=1, jit_compile="auto", auto_scale_loss=True, target="cpu",
+                fuse=True, **kwargs):
+        """Configure training: optimizer, loss and metrics (names, objects or keras.ops functions), one
+        per output or for all outputs (keras/training.py)."""
         from .training import compile_model
-        compile_model(self, optimizer, loss, metrics, run_eagerly=run_eagerly, target=target, fuse=fuse, **kwargs)
+        if kwargs:
+            raise TypeError(f"Model.compile() got unexpected keyword argument(s) {sorted(kwargs)} (model "
+                            f"'{self.name}'); it takes optimizer, loss, metrics, loss_weights, weighted_metrics, "
+                            "run_eagerly, steps_per_execution, jit_compile, auto_scale_loss, target and fuse")
+        compile_model(self, optimizer, loss, metrics, loss_weights, weighted_metrics, run_eagerly=run_eagerly,
+                      steps_per_execution=steps_per_execution, jit_compile=jit_compile,
+                      auto_scale_loss=auto_scale_loss, target=target, fuse=fuse)
 
     # fit/evaluate/predict and weight files: the loops live in keras/loops.py
 
-    def check_class_ids(self, y):
-        """Raises ValueError if sparse labels ``y`` hold an id outside the output's classes."""
+    def check_class_ids(self, y, output_index=None):
+        """Raises ValueError if sparse labels ``y`` (of output ``output_index`` of several) hold an id
+        outside the output's classes."""
         from .training import check_class_ids
-        check_class_ids(self, y)
+        check_class_ids(self, y, output_index)
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,

@@ -160,18 +160,41 @@ def _compile_config(model):
     a model rebuilt from a config is not compiled (the seed's model_from_json)."""
     if not getattr(model, "compiled", False):
         return {}
-    from . import losses, optimizers
-    loss = model.compiled_loss
-    if type(loss) is losses.LossFunctionWrapper and isinstance(loss.name, str):
-        loss = loss.name   # compile(loss="mse") wraps the function; Keras writes the name given
-    elif loss is not None:
-        loss = {"module": "keras.losses", **losses.serialize(loss), "registered_name": None}
-    metrics = [m if isinstance(m, str) else getattr(m, "__name__", None) or _metric_config(m)
-               for m in model.compiled_metrics]
+    from . import optimizers
+    outputs = getattr(model, "compiled_outputs", None) or []
+    if len(outputs) > 1:  # one loss per output: by output name, as Keras 3 writes a dict of them
+        loss = {o.name: _loss_config(o.loss) for o in outputs} if model.compiled_loss is not None else None
+    else:
+        loss = _loss_config(model.compiled_loss)
     return {"optimizer": {"module": "keras.optimizers", **optimizers.serialize(model.optimizer),
                           "registered_name": None},
-            "loss": loss, "loss_weights": None, "metrics": metrics or None, "weighted_metrics": None,
+            "loss": loss, "loss_weights": getattr(model, "compiled_loss_weights", None),
+            "metrics": _metrics_config(model.compiled_metrics),
+            "weighted_metrics": _metrics_config(getattr(model, "compiled_weighted_metrics", None)),
             "run_eagerly": model.run_eagerly, "steps_per_execution": 1, "jit_compile": False}
+
+
+def _loss_config(loss):
+    from . import losses
+    if type(loss) is losses.LossFunctionWrapper and isinstance(loss.name, str):
+        return loss.name   # compile(loss="mse") wraps the function; Keras writes the name given
+    if loss is None:
+        return None
+    return {"module": "keras.losses", **losses.serialize(loss), "registered_name": None}
+
+
+def _metrics_config(metrics):
+    """compile()'s metrics as given (a list, one name, a dict or list per output), each metric by
+    its name or config; None when there are none."""
+    if metrics is None:
+        return None
+    if isinstance(metrics, dict):
+        return {k: _metrics_config(v) for k, v in metrics.items()} or None
+    if isinstance(metrics, (list, tuple)):
+        return [_metrics_config(m) for m in metrics] or None
+    if isinstance(metrics, str):
+        return metrics
+    return getattr(metrics, "__name__", None) or _metric_config(metrics)
 
 
 def _metric_config(metric):

@@ -4,6 +4,8 @@
 ``Tensor``: a concrete value, what eager calls return (``.numpy()``, ``.shape``, ``.dtype``).
 Both take Python arithmetic operators, which dispatch to ``keras.ops``.
 """
+import numpy as np
+
 from ..ir.types import fmt_shape
 from ..runtime.data import as_numbers, to_array  # noqa: F401  (re-exported: the front end's conversions)
 
@@ -82,7 +84,10 @@ class Tensor(KerasTensor):
         self._keras_mask = None
 
     def numpy(self):
-        return self._value
+        """The value as numpy holds it: an array, or a numpy scalar for a 0-d tensor (as TensorFlow's
+        ``.numpy()`` returns ``np.float32(0.865458)``)."""
+        value = self._value
+        return value[()] if getattr(value, "ndim", None) == 0 else value
 
     @property
     def shape(self):
@@ -108,7 +113,17 @@ class Tensor(KerasTensor):
         return bool(self._value)
 
     def __repr__(self):
-        return f"<Tensor: shape={self.shape}, dtype={self.dtype}, numpy=\n{self._value!r}>"
+        """As TensorFlow prints an eager tensor (the seed's REPL lines), under kcompiler's name:
+        ``<kcompiler.Tensor: shape=(), dtype=float32, numpy=0.865458>``; an array's numpy text
+        starts on a line of its own when it spans several."""
+        text = _numpy_text(self._value, repr)
+        if "\n" in text:
+            text = "\n" + text
+        return f"<kcompiler.Tensor: shape={self.shape}, dtype={self.dtype}, numpy={text}>"
+
+    def __str__(self):
+        """As TensorFlow's ``str(tensor)``: ``kcompiler.Tensor(0.865458, shape=(), dtype=float32)``."""
+        return f"kcompiler.Tensor({_numpy_text(self._value, str)}, shape={self.shape}, dtype={self.dtype})"
 
     def __eq__(self, o):
         return self._ops().equal(self, o)
@@ -117,6 +132,13 @@ class Tensor(KerasTensor):
         return self._ops().not_equal(self, o)
 
     __hash__ = object.__hash__
+
+
+def _numpy_text(value, array_text):
+    """A 0-d value as its number (``0.865458``, ``True``: numpy's shortest round-trip text),
+    an array as ``array_text`` (repr or str) writes it."""
+    value = value if isinstance(value, np.ndarray) else np.asarray(value)
+    return str(value[()]) if value.ndim == 0 else array_text(value)
 
 
 def is_symbolic(x):

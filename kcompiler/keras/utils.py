@@ -1,8 +1,9 @@
 """keras.utils."""
 from ..runtime.progbar import Progbar
 from .backend import set_random_seed
+from .data_adapters import PyDataset, Sequence
 
-__all__ = ["set_random_seed", "get_file", "Progbar"]
+__all__ = ["set_random_seed", "get_file", "Progbar", "PyDataset", "Sequence"]
 
 
 # ---- get_file: the Keras download cache ------------------------------------------------------

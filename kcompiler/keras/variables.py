@@ -76,6 +76,11 @@ class Variable(KerasTensor):
         return self.numpy() if dtype is None else self.numpy().astype(dtype)
 
     def __repr__(self):
-        return f"<Variable path={self.path}, shape={self.shape}, dtype={self.dtype}, value={self.numpy()!r}>"
+        """As the seed shows tf.keras 2 printing a weight, under kcompiler's name:
+        ``<kcompiler.Variable 'layer1/kernel:0' shape=(4, 5) dtype=float32, numpy=...>``."""
+        text = repr(self.numpy()) if self._value.ndim else str(self.numpy()[()])
+        if "\n" in text:
+            text = "\n" + text
+        return f"<kcompiler.Variable '{self.path}:0' shape={self.shape} dtype={self.dtype}, numpy={text}>"
 
     __hash__ = object.__hash__

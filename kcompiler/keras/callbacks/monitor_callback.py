@@ -28,8 +28,8 @@ class MonitorCallback(Callback):
             maximize = True
         else:
             name = self.monitor[4:] if self.monitor.startswith("val_") else self.monitor
-            metrics = getattr(self.model, "compiled_metric_objects", None) or ()
-            metric = next((m for m in metrics if getattr(m, "name", None) == name), None)
+            entries = getattr(self.model, "compiled_metric_entries", None) or ()  # by log name: cls_accuracy
+            metric = next((e.metric for e in entries if e.log_name == name), None)
             direction = getattr(metric, "_direction", None)
             maximize = direction == "up" if direction else (
                 name != "loss" and any(word in name for word in _MAXIMIZED))
