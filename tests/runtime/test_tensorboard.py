@@ -176,6 +176,13 @@ def test_profile_batch_writes_each_kernels_cycles_and_keeps_training_exact(tmp_p
     assert sum(float(v) for tag in tags for _, v in values(train, tag)) > 0
 
 
+def test_profile_batch_needs_generated_cpu_kernels(tmp_path):
+    model = cnn()
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), run_eagerly=True)
+    with pytest.raises(ValueError, match="profile_batch=2 .*run_eagerly=True"):
+        fit(model, tmp_path, profile_batch=2)
+
+
 @pytest.mark.parametrize("profile_batch", [-1, (3, 2), (0, 2), "a,b", (1, 2, 3), 1.5])
 def test_bad_profile_batch(profile_batch):
     with pytest.raises(ValueError, match="profile_batch"):

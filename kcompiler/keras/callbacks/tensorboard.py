@@ -229,6 +229,14 @@ class TensorBoard(Callback):
 
     def on_train_begin(self, logs=None):
         self._global_train_batch = 0
+        if self._start_batch:
+            steps = self._steps()
+            if steps.target != "cpu" or getattr(self.model, "run_eagerly", False):
+                where = "with run_eagerly=True" if getattr(self.model, "run_eagerly", False) else \
+                    f"on target {steps.target!r}"
+                raise ValueError(f"TensorBoard: profile_batch={self.profile_batch!r} counts the cycles of the CPU "
+                                 f"target's generated kernels; model '{self.model.name}' trains {where}. "
+                                 f"Use profile_batch=0 there.")
 
     def on_train_batch_begin(self, batch, logs=None):
         self._global_train_batch += 1
