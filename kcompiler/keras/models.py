@@ -284,6 +284,12 @@ class Model(Layer):
         save_model(self, filepath, overwrite=overwrite, save_format=save_format,
                    include_optimizer=include_optimizer, **kwargs)
 
+    def export(self, filepath, format="tf_saved_model", **kwargs):
+        """Keras 3 exports TensorFlow SavedModels (and ONNX, OpenVINO) here; kcompiler writes none."""
+        raise ValueError(f"model.export(format={format!r}) is not supported: kcompiler does not write TensorFlow "
+                         f"SavedModels or other exported artifacts; save to a `.keras` or `.h5` file with "
+                         f"model.save. Received: filepath={filepath}")
+
     def summary(self, line_length=None, positions=None, print_fn=None):
         from .summary import print_summary
         print_summary(self, line_length=line_length, positions=positions, print_fn=print_fn)

@@ -21,6 +21,7 @@ class CompiledSteps:
         self.target = getattr(model, "compile_target", "cpu")
         self.fuse = getattr(model, "compile_fuse", True)
         self._train = self._test = self._predict = None
+        self._plain_train = None  # the training program while profile_training(True) swaps in another
 
     @property
     def train_program(self):
@@ -29,6 +30,24 @@ class CompiledSteps:
                 if self._train is None:
                     import kcompiler
                     self._train = kcompiler.compile(self.model, target=self.target, fuse=self.fuse, training=True)
+        return self._train
+
+    def profile_training(self, enabled):
+        """Run the next training steps on a program whose entry also counts each kernel's cycles
+        (``Program.kernel_cycles``; TensorBoard's ``profile_batch``), or again on the plain one.
+        Both programs update the same weights; the step counter (dropout's random stream) carries over."""
+        current = self.train_program
+        with compile_lock:
+            if enabled and not current.options.profile:
+                import kcompiler
+                self._plain_train = current
+                self._train = kcompiler.compile(self.model, target=self.target, fuse=self.fuse, training=True,
+                                                options=current.options.replace(profile=True))
+            elif not enabled and self._plain_train is not None:
+                self._train, self._plain_train = self._plain_train, None
+            else:
+                return self._train
+            self._train.iterations = current.iterations
         return self._train
 
     def train(self, xs, y, sample_weight):

@@ -204,6 +204,8 @@ def test_save_format_and_options(tmp_path):
         model.save(tmp_path / "model")
     with pytest.raises(ValueError, match="SavedModel"):
         model.save(tmp_path / "model", save_format="tf")
+    with pytest.raises(ValueError, match="SavedModel"):
+        model.export(tmp_path / "exported")
     with pytest.raises(FileExistsError, match="no_optimizer.keras"):
         model.save(tmp_path / "no_optimizer.keras", overwrite=False)
 

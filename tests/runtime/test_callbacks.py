@@ -1,6 +1,5 @@
 """Callbacks: the seed's hook order and progress-bar trace, LambdaCallback, EarlyStopping,
-LearningRateScheduler, ModelCheckpoint, TensorBoard."""
-import glob
+LearningRateScheduler, ModelCheckpoint (TensorBoard: test_tensorboard.py)."""
 import io
 import itertools
 import os
@@ -13,7 +12,6 @@ import pytest
 
 from kcompiler import keras
 from kcompiler.keras import backend
-from kcompiler.keras.callbacks.tensorboard import crc32c, read_events
 from kcompiler.runtime.progbar import Progbar
 
 # The seed document's trace (section "Callback"): a CustomCallback printing each hook, fit for
@@ -393,50 +391,6 @@ def test_weight_files_of_recurrent_models(tmp_path):
         fresh.load_weights(str(tmp_path / name))
         for got, expected in zip(fresh.get_weights(), model.get_weights()):
             np.testing.assert_array_equal(got, expected)
-
-
-def test_tensorboard_event_files(tmp_path):
-    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-    model = small_model()
-    x, y = data(12)
-    history = model.fit(x, y, batch_size=4, epochs=2, validation_split=0.25, shuffle=False, verbose=0,
-                        callbacks=[keras.callbacks.TensorBoard(str(tmp_path / "logs"), update_freq="batch")])
-    [train_file] = glob.glob(str(tmp_path / "logs" / "train" / "events.out.tfevents.*"))
-    [val_file] = glob.glob(str(tmp_path / "logs" / "validation" / "events.out.tfevents.*"))
-    train = read_events(train_file)
-    assert train[0]["file_version"] == "brain.Event:2"
-    batches = [(e["step"], e["scalars"]) for e in train if "batch_loss" in e["scalars"]]
-    epochs = [(e["step"], e["scalars"]) for e in train if "epoch_loss" in e["scalars"]]
-    assert [step for step, _ in batches] == [1, 2, 3, 4, 5, 6] and [step for step, _ in epochs] == [0, 1]
-    np.testing.assert_allclose([s["epoch_loss"] for _, s in epochs], history.history["loss"], rtol=1e-6)
-    np.testing.assert_allclose([s["epoch_accuracy"] for _, s in epochs], history.history["accuracy"], rtol=1e-6)
-    np.testing.assert_allclose([s["epoch_learning_rate"] for _, s in epochs], [0.1, 0.1], rtol=1e-6)
-    np.testing.assert_allclose(batches[2][1]["batch_loss"], history.history["loss"][0], rtol=1e-6)
-    val = read_events(val_file)
-    val_epochs = [e["scalars"]["epoch_loss"] for e in val if "epoch_loss" in e["scalars"]]
-    np.testing.assert_allclose(val_epochs, history.history["val_loss"], rtol=1e-6)
-    assert [e["step"] for e in val if "evaluation_loss_vs_iterations" in e["scalars"]] == [3, 6]
-    with open(train_file, "r+b") as f:  # a flipped byte fails the record's checksum
-        f.seek(30)
-        byte = f.read(1)
-        f.seek(30)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.raises(ValueError, match="corrupt"):
-        read_events(train_file)
-
-
-def test_tensorboard_reads_the_event_files(tmp_path):
-    pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    model = small_model()
-    x, y = data(8)
-    history = model.fit(x, y, batch_size=4, epochs=2, verbose=0,
-                        callbacks=[keras.callbacks.TensorBoard(str(tmp_path / "logs"))])
-    accumulator = EventAccumulator(str(tmp_path / "logs" / "train"))
-    accumulator.Reload()
-    events = accumulator.Scalars("epoch_loss")
-    assert [e.step for e in events] == [0, 1]
-    np.testing.assert_allclose([e.value for e in events], history.history["loss"], rtol=1e-6)
 
 
 def test_params_model_and_stopping_mid_epoch():

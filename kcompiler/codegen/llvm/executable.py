@@ -88,15 +88,19 @@ class CompiledGraph:
         self.output_names = g.graph.get("output_names", [f"output_{i}" for i in range(len(g.graph["outputs"]))])
         self._free = [_Context(self)]  # contexts not in use by a step
 
-    def profile(self):
-        """[(kernel name, cycles)] summed over the runs so far, most expensive first; needs a
-        program compiled with KCOMPILER_PROFILE=1 (concurrent runs may lose counts)."""
+    def profile(self, reset=False):
+        """[(kernel name, cycles)] summed over the runs so far (since the last ``reset``), most
+        expensive first; needs a program compiled with KCOMPILER_PROFILE=1 (concurrent runs may
+        lose counts). ``reset``: the counts start again from zero after this call."""
         try:
             address = self.module.address("kc_profile_cycles")
         except KeyError:
             raise KCompilerError("compile with KCOMPILER_PROFILE=1 to profile kernels") from None
         cycles = np.ctypeslib.as_array((ctypes.c_int64 * len(self.kernels)).from_address(address))
-        return sorted(zip((k.name for k in self.kernels), cycles.tolist()), key=lambda kv: -kv[1])
+        rows = sorted(zip((k.name for k in self.kernels), cycles.tolist()), key=lambda kv: -kv[1])
+        if reset:
+            cycles[:] = 0
+        return rows
 
     def _view(self, nid, params, arena):
         plan = self.graph.graph["plan"]
