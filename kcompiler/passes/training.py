@@ -7,6 +7,13 @@ shape-specialised graph and adds the backward pass and the updates (stage
 "differentiated"). Graph inputs: the model's inputs, ``y`` (labels), ``sample_weight``
 (per sample; ones when the caller gives none) and ``rng_step`` (the step counter
 that keys dropout masks). Graph outputs: the loss, then one value per metric.
+
+Under data-parallel training (keras.distribution.DataParallel, kcompiler/distribute/) the
+step also takes ``gradient_scale`` (this rank's share of the global batch): every gradient is
+multiplied by it and, with the new values of the state the forward pass updates (moving
+statistics, each times 1 / ranks), goes through one ``all_reduce`` node (ops/collective.py)
+whose outputs the optimizer and the state updates read: summed over the ranks, they are the
+global batch's gradients and the ranks' mean statistics.
 """
 from ..errors import KCompilerError, ShapeError
 from ..ir.graph import GraphBuilder
@@ -14,6 +21,7 @@ from ..ir.types import TensorType
 from ..keras import backend, ops
 from ..keras.layers.base import flatten
 from ..keras.tensor import SymbolicTensor
+from ..keras.distribution import model_distribution
 from .autodiff import gradients
 
 
@@ -91,9 +99,33 @@ def differentiate(g, model):
     wrt = [node_of[v.uid] for v in trainable if v.uid in node_of]
     used = [v for v in trainable if v.uid in node_of]
     grads = gradients(b, g.graph["loss"], wrt)
-    pairs = [(SymbolicTensor(b, gn), var) for gn, var in zip(grads, used) if gn is not None]
+    pairs = [(gn, var) for gn, var in zip(grads, used) if gn is not None]
     if not pairs:
         raise KCompilerError(f"model '{model.name}': no trainable weight receives a gradient from the loss")
+    distribution = model_distribution(model)
+    if distribution is not None:
+        pairs = _all_reduce(b, g, pairs, distribution.world_size)
+    pairs = [(SymbolicTensor(b, gn), var) for gn, var in pairs]
     with backend.tracing(b):
         model.optimizer.trace_updates(pairs)
     return g
+
+
+def _all_reduce(b, g, pairs, world_size):
+    """[(gradient, variable)] read after one all_reduce node of the scaled gradients and of the
+    forward pass's state updates (averaged over ``world_size`` ranks); rewires those updates."""
+    g.graph["inputs"] = list(g.graph["inputs"])  # the copy shares the traced graph's list
+    scale = b.input("gradient_scale", TensorType((), "float32"))
+    states = list(g.graph["updates"].items())
+    for var, value in states:
+        if b.dtype(value) != "float32":
+            raise KCompilerError(f"variable {g.nodes[var]['attrs']['name']!r}: data-parallel training averages "
+                                 f"the state a step updates over the ranks; it must be float32, not {b.dtype(value)}")
+    mean = b.scalar(1.0 / world_size)
+    operands = [b.op("mul", gn, scale) for gn, _ in pairs] + [b.op("mul", value, mean) for _, value in states]
+    extra_slots = world_size + 1 + len(g.graph["outputs"])  # distribute/step.py: status per rank, count, sums
+    reduced = b.add("all_reduce", operands, {"extra_slots": extra_slots})
+    items = [b.tuple_item(reduced, i) for i in range(len(operands))]
+    for (var, _), item in zip(states, items[len(pairs):]):
+        g.graph["updates"][var] = item
+    return [(item, var) for item, (_, var) in zip(items, pairs)]
