@@ -39,6 +39,14 @@ def to_text(g, stage=None):
     lines.append("outputs: " + ", ".join(f"%{o}" for o in g.graph["outputs"]))
     if g.graph.get("updates"):
         lines.append("updates: " + ", ".join(f"%{v} <- %{u}" for v, u in g.graph["updates"].items()))
+    collective = g.graph.get("plan", {}).get("collective")
+    if collective:  # a data-parallel step (passes/memory_plan.py): where the all-reduce splits it
+        order = g.graph["plan"]["order"]
+        split = collective["split"]
+        lines.append(f"collective: %{collective['node']} all_reduce in place over arena bytes "
+                     f"[{collective['offset']}, {collective['offset'] + collective['bytes']}) (its operands, then "
+                     f"{collective['extra_slots']} float32 slots); kernels %{order[0]}..%{order[split - 1]} run before "
+                     f"it (kc_entry), %{order[split]}..%{order[-1]} after (kc_entry_update)")
     for note in g.graph.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines) + "\n"

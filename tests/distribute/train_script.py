@@ -63,8 +63,9 @@ def main():
         rank = strategy.rank
     keras.utils.set_random_seed(7)
     model = getattr(seed_models, args.model)()
-    if args.model == "mnist_cnn":
-        model.compile(optimizer=keras.optimizers.Adam(1e-3),
+    if args.model == "mnist_cnn":  # a gentle step: with random labels and a large rate the ranks' and the one
+        # process's float32 sums (the first bias's gradient cancels over 43k terms) drift apart quickly
+        model.compile(optimizer=keras.optimizers.SGD(0.01),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     else:
         model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse", metrics=["mae"])
