@@ -63,8 +63,8 @@ def main():
         rank = strategy.rank
     keras.utils.set_random_seed(7)
     model = getattr(seed_models, args.model)()
-    if args.model == "mnist_cnn":  # a gentle step: with random labels and a large rate the ranks' and the one
-        # process's float32 sums (the first bias's gradient cancels over 43k terms) drift apart quickly
+    if args.model == "mnist_cnn":  # a gentle step: with random labels, a large rate and momentum (or Adam) the
+        # ~1e-6 rounding differences of the ranks' sums grow step after step (docs/distributed.md, Numerics)
         model.compile(optimizer=keras.optimizers.SGD(0.01),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     else:
