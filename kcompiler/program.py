@@ -163,13 +163,13 @@ class Program:
         self.iterations += 1
         return logs
 
-    def test_step(self, x, y, sample_weight=None):
+    def test_step(self, x, y, sample_weight=None, collective=None):
         """Keras's test step in one native call: the loss (with regularisation) and each metric
         over one batch, in inference mode (dropout off, BatchNormalization's moving statistics);
         needs a program compiled with ``evaluation=True``."""
         if not self.evaluation:
             raise KCompilerError("test_step needs a Program compiled with evaluation=True")
-        return self._step(x, y, sample_weight, rng_step=0)
+        return self._step(x, y, sample_weight, rng_step=0, collective=collective)
 
     def _step(self, x, y, sample_weight, rng_step, collective=None):
         feeds = self._input_arrays(x)

@@ -16,9 +16,12 @@ logs of every rank equal those of one process running the global batch.
 A rank whose shard is empty (a last global batch smaller than the number of ranks) still takes
 part: it runs the step on one sample with a weight of 0 and a gradient share of 0.
 
-``test_step`` runs the inference-mode step on the shard and sums [samples, loss * samples,
-metric * samples, ...] over the ranks with a second, tiny Allreduce (evaluation has no
-gradients to share it with).
+Metrics that keep state across batches (Precision, AUC, ...) are traced so that their state's
+increments are operands of the same all-reduce (passes/training.py) and their results are
+computed after it, from the summed state: those outputs come out global by themselves.
+
+``test_step`` runs the inference-mode step the same way: its all-reduce holds the metric
+states' increments and the extra slots.
 """
 import numpy as np
 
@@ -31,7 +34,8 @@ class DistributedStepError(KCompilerError):
 
 
 class StepCollective:
-    """The call between a split step's two native calls, for one step of one rank."""
+    """The call between a split step's two native calls, for one step of one rank. ``outputs``
+    are those the first call computed (the loss, batch metrics)."""
 
     def __init__(self, comm, local_count, global_count):
         self.comm = comm
@@ -41,9 +45,8 @@ class StepCollective:
     def __call__(self, region, extras, status, outputs):
         from .mpi import mpi
         world, rank = self.comm.size, self.comm.rank
-        if len(extras) != world + 1 + len(outputs):
-            raise KCompilerError(f"this step was compiled for {len(extras) - 1 - len(outputs)} ranks, "
-                                 f"the job has {world}")
+        if len(extras) < world + 1 + len(outputs):
+            raise KCompilerError(f"this step was compiled for fewer ranks than the job's {world}")
         extras[:] = 0.0
         extras[rank] = 1.0 if status else 0.0
         extras[world] = self.local_count
@@ -82,14 +85,11 @@ def train_step(comm, program, xs, y, sample_weight):
 
 
 def test_step(comm, program, xs, y, sample_weight):
-    """Keras's test step over the global batch: each rank's shard, sums over the ranks."""
-    from .mpi import mpi
+    """Keras's test step over the global batch: each rank's shard, its all-reduce (the metric
+    states' increments and the loss and metric sums) between the step's two native calls."""
     local_xs, local_y, local_w, count = _shard(xs, y, sample_weight, comm.rank, comm.size)
-    values = program.test_step(local_xs[0] if len(local_xs) == 1 else local_xs, local_y, local_w)
-    names = list(values)
-    sums = np.array([count] + [values[k] * count for k in names], dtype=np.float64)
-    comm.Allreduce(mpi().IN_PLACE, sums, op=mpi().SUM)
-    return {k: float(s / sums[0]) for k, s in zip(names, sums[1:])}
+    return program.test_step(local_xs[0] if len(local_xs) == 1 else local_xs, local_y, local_w,
+                             collective=StepCollective(comm, count, len(y)))
 
 
 def broadcast_variables(comm, variables):

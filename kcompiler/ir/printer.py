@@ -45,11 +45,15 @@ def to_text(g, stage=None):
         split = collective["split"]
         lines.append(f"collective: %{collective['node']} all_reduce in place over arena bytes "
                      f"[{collective['offset']}, {collective['offset'] + collective['bytes']}) (its operands, then "
-                     f"{collective['extra_slots']} float32 slots); kernels %{order[0]}..%{order[split - 1]} run before "
-                     f"it (kc_entry), %{order[split]}..%{order[-1]} after (kc_entry_update)")
+                     f"{collective['extra_slots']} float32 slots); kernels {_span(order[:split])} run before it "
+                     f"(kc_entry), {_span(order[split:])} after (kc_entry_update)")
     for note in g.graph.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines) + "\n"
+
+
+def _span(nodes):
+    return f"%{nodes[0]}..%{nodes[-1]}" if nodes else "none"
 
 
 def _plain(value):

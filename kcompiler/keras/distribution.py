@@ -15,8 +15,9 @@ shuffles. Losses and metrics in the logs are global; evaluation is sharded the s
 ``predict`` runs whole on every rank. The progress bar and the callbacks that write files
 (``chief_only``: ModelCheckpoint, TensorBoard) act on rank 0 only.
 
-Not supported under DataParallel (a clear error at compile or fit): metrics that keep state
-across batches (Precision, AUC, ...), ``run_eagerly=True``, the CUDA target. The moving
+Metrics that keep state across batches (Precision, AUC, ...) sum their state over the ranks
+inside the step. Not supported under DataParallel (a clear error at compile or fit):
+``run_eagerly=True``, the CUDA target. The moving
 statistics of BatchNormalization are averaged over the ranks (equal to one process's only
 where the shards' statistics combine linearly); dropout masks are drawn per shard.
 
@@ -61,12 +62,6 @@ class DataParallel:
 
     def check_model(self, model):
         """Raises for what a data-parallel step does not support."""
-        from .training import batch_metric_fn
-        stateful = [m.name for m in getattr(model, "compiled_metric_objects", []) if batch_metric_fn(m) is None]
-        if stateful:
-            raise NotImplementedError(f"model '{model.name}': metrics that keep state across batches ({stateful}) "
-                                      "are not supported under keras.distribution.DataParallel yet (their state "
-                                      "would be summed per rank); use metrics that average over samples")
         if getattr(model, "run_eagerly", False):
             raise NotImplementedError(f"model '{model.name}': run_eagerly=True is not supported under "
                                       "keras.distribution.DataParallel")

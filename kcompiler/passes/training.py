@@ -9,14 +9,17 @@ shape-specialised graph and adds the backward pass and the updates (stage
 that keys dropout masks). Graph outputs: the loss, then one value per metric.
 
 Under data-parallel training (keras.distribution.DataParallel, kcompiler/distribute/) the
-step also takes ``gradient_scale`` (this rank's share of the global batch): every gradient is
+traced step (training or test) has one ``all_reduce`` node (ops/collective.py): it sums the
+state increments of the metrics that keep state across batches, whose results then read the
+summed state, and its extra slots carry the runtime's sums of the loss and the batch metrics.
+The training step also takes ``gradient_scale`` (this rank's share of the global batch): every gradient is
 multiplied by it and, with the new values of the state the forward pass updates (moving
-statistics, each times 1 / ranks), goes through one ``all_reduce`` node (ops/collective.py)
-whose outputs the optimizer and the state updates read: summed over the ranks, they are the
-global batch's gradients and the ranks' mean statistics.
+statistics, each times 1 / ranks), joins that node's operands; the optimizer and the state
+updates read its outputs: summed over the ranks, they are the global batch's gradients and the
+ranks' mean statistics.
 """
 from ..errors import KCompilerError, ShapeError
-from ..ir.graph import GraphBuilder
+from ..ir.graph import GraphBuilder, operands as graph_operands
 from ..ir.types import TensorType
 from ..keras import backend, ops
 from ..keras.layers.base import flatten
@@ -70,15 +73,22 @@ def trace_training(model, label_type=None, training=True):
             for nid in activity:
                 total = ops.add(total, ops.divide(SymbolicTensor(b, nid), batch))
         metric_values, stateful = [], []
-        for (name, fn), metric in zip(getattr(model, "compiled_metric_fns", []),
-                                      getattr(model, "compiled_metric_objects", [])):
+        metrics = list(zip(getattr(model, "compiled_metric_fns", []), getattr(model, "compiled_metric_objects", [])))
+        for (name, fn), metric in metrics:
+            if fn is None:  # state across batches: update it in the step, report its result so far (below)
+                metric.update_state(y_true, y_pred, sample_weight=sample_weight)
+        distribution = model_distribution(model)
+        if distribution is not None:  # every rank's state increments, summed before the results read them
+            collective = _all_reduce_metric_states(b, [m for (_, fn), m in metrics if fn is None])
+        for (name, fn), metric in metrics:
             if fn is not None:  # a mean over samples: the batch's mean, averaged by the runtime
                 metric_values.append(ops.mean(ops.cast(fn(y_true, y_pred), "float32")))
-            else:  # state across batches: update it in the step, report its result so far
-                metric.update_state(y_true, y_pred, sample_weight=sample_weight)
+            else:
                 metric_values.append(ops.cast(metric.result(), "float32"))
                 stateful.append(name)
     b.g.graph["outputs"] = [total.node] + [m.node for m in metric_values]
+    if distribution is not None:  # distribute/step.py: a status per rank, the sample count, a sum per output
+        b.g.nodes[collective]["attrs"]["extra_slots"] = distribution.world_size + 1 + len(b.g.graph["outputs"])
     b.g.graph["output_names"] = ["loss"] + [name for name, _ in getattr(model, "compiled_metric_fns", [])]
     b.g.graph["stateful_outputs"] = stateful
     b.g.graph["loss"] = total.node
@@ -111,20 +121,51 @@ def differentiate(g, model):
     return g
 
 
+def _all_reduce_metric_states(b, metrics):
+    """One all_reduce node over the increments this step makes to ``metrics``' state variables;
+    their updates become variable + the summed increment. Returns the node."""
+    g = b.g
+    updates, nodes = g.graph["updates"], g.graph.get("variable_nodes", {})
+    increments = []
+    for metric in metrics:
+        for var in metric.variables:
+            vnode = nodes.get(var.uid)
+            if vnode is None or vnode not in updates:
+                continue
+            if var.dtype != "float32":
+                raise KCompilerError(f"metric {metric.name!r}: data-parallel training sums its state over the ranks; "
+                                     f"variable {var.path!r} must be float32, not {var.dtype}")
+            increments.append((vnode, b.op("sub", updates[vnode], vnode)))
+    reduced = b.add("all_reduce", [d for _, d in increments], {"extra_slots": 0})
+    for k, (vnode, _) in enumerate(increments):
+        updates[vnode] = b.op("add", vnode, b.tuple_item(reduced, k))
+    g.graph["reduced_updates"] = [vnode for vnode, _ in increments]
+    return reduced
+
+
 def _all_reduce(b, g, pairs, world_size):
-    """[(gradient, variable)] read after one all_reduce node of the scaled gradients and of the
-    forward pass's state updates (averaged over ``world_size`` ranks); rewires those updates."""
+    """[(gradient, variable)] read after the step's all_reduce node, which takes the scaled
+    gradients and the forward pass's state updates (averaged over ``world_size`` ranks) before
+    the operands the trace gave it (the metric states' increments); rewires those updates."""
     g.graph["inputs"] = list(g.graph["inputs"])  # the copy shares the traced graph's list
+    traced = next(n for n in g.nodes if g.nodes[n]["op"] == "all_reduce")
     scale = b.input("gradient_scale", TensorType((), "float32"))
-    states = list(g.graph["updates"].items())
+    reduced_already = set(g.graph.get("reduced_updates", ()))
+    states = [(var, value) for var, value in g.graph["updates"].items() if var not in reduced_already]
     for var, value in states:
         if b.dtype(value) != "float32":
             raise KCompilerError(f"variable {g.nodes[var]['attrs']['name']!r}: data-parallel training averages "
                                  f"the state a step updates over the ranks; it must be float32, not {b.dtype(value)}")
     mean = b.scalar(1.0 / world_size)
     operands = [b.op("mul", gn, scale) for gn, _ in pairs] + [b.op("mul", value, mean) for _, value in states]
-    extra_slots = world_size + 1 + len(g.graph["outputs"])  # distribute/step.py: status per rank, count, sums
-    reduced = b.add("all_reduce", operands, {"extra_slots": extra_slots})
+    first_traced = len(operands)
+    reduced = b.add("all_reduce", operands + graph_operands(g, traced), dict(g.nodes[traced]["attrs"]))
+    for _, item, key in list(g.out_edges(traced, keys=True)):  # the metric states' items, moved along
+        g.remove_edge(traced, item, key)
+        g.add_edge(reduced, item, key=key)
+        attrs = g.nodes[item]["attrs"]  # shared with the graph copied from: replaced, not changed
+        g.nodes[item]["attrs"] = dict(attrs, index=attrs["index"] + first_traced)
+    g.remove_node(traced)
     items = [b.tuple_item(reduced, i) for i in range(len(operands))]
     for (var, _), item in zip(states, items[len(pairs):]):
         g.graph["updates"][var] = item

@@ -159,7 +159,8 @@ class _TwoRanks:
 def _tiny(distribution=None):
     keras.utils.set_random_seed(5)
     model = seed_models.tiny_mlp()
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.5), loss="mse", metrics=["mae"])
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.5), loss="mse",
+                  metrics=["mae", keras.metrics.Precision(name="precision")])
     model.compile_distribution = distribution
     return model
 
@@ -172,13 +173,14 @@ def test_the_plan_puts_every_gradient_in_one_region_and_splits_the_step_there():
     node = collective["node"]
     assert g.nodes[node]["op"] == "all_reduce"
     operands = [u for u, _, _ in sorted(g.in_edges(node, keys=True), key=lambda e: e[2])]
-    assert len(operands) == 6  # one gradient per weight
+    # one gradient per weight, then the increments of Precision's true and false positives
+    assert len(operands) == 6 + 2
     spans = sorted((plan["buffers"][plan["root"][(u, 0)]][1], plan["buffers"][plan["root"][(u, 0)]][2])
                    for u in operands)
     assert spans[0][0] == collective["offset"] == 0
     assert spans[-1][0] + spans[-1][1] <= collective["extra_offset"]
     assert collective["extra_offset"] + 4 * collective["extra_slots"] <= collective["bytes"]
-    assert collective["extra_slots"] == 2 + 1 + 2  # a status per rank, the count, loss and mae
+    assert collective["extra_slots"] == 2 + 1 + 3  # a status per rank, the count, loss, mae, precision
     for key, where in plan["buffers"].items():  # nothing else lives in the region
         if where[0] == "arena" and key not in {plan["root"][(u, 0)] for u in operands}:
             assert where[1] >= collective["bytes"], key
@@ -186,8 +188,20 @@ def test_the_plan_puts_every_gradient_in_one_region_and_splits_the_step_there():
     after = [g.nodes[n]["op"] for n in order[collective["split"]:]]
     assert after and all(n not in order[:collective["split"]] for n in order[collective["split"]:])
     text = program.dump(stage="scheduled")
-    assert re.search(r"= all_reduce \{extra_slots=5\}", text)
+    precision = g.graph["outputs"][2]  # computed after the all-reduce, from the summed state
+    assert plan["root"][(precision, 0)][0] in order[collective["split"]:]
+    assert re.search(r"= all_reduce \{extra_slots=6\}", text)
     assert "kc_entry_update" in text and "collective: %" in text
+
+
+def test_the_evaluation_step_is_split_at_an_all_reduce_of_the_metric_states():
+    from kcompiler.program import Program
+    program = Program(_tiny(_TwoRanks()), evaluation=True, batch_size=8)
+    g = program.stages["planned"]
+    collective = g.graph["plan"]["collective"]
+    node = collective["node"]
+    assert [g.nodes[u]["type"].shape for u, _ in g.in_edges(node)] == [(1,), (1,)]  # true and false positives
+    assert collective["extra_slots"] == 2 + 1 + 3
 
 
 def test_the_split_step_run_whole_equals_the_usual_step():
@@ -215,10 +229,3 @@ def test_without_mpi4py_the_api_names_the_distributed_extra(monkeypatch):
     monkeypatch.setattr(mpi, "_world", [])
     with pytest.raises(ImportError, match=r"mpi4py.*`distributed` extra"):
         keras.distribution.DataParallel()
-
-
-def test_stateful_metrics_are_refused_under_data_parallel():
-    model = seed_models.tiny_mlp()
-    model.compile(optimizer="sgd", loss="mse", metrics=[keras.metrics.Precision()])
-    with pytest.raises(NotImplementedError, match="keep state across batches"):
-        keras.distribution.DataParallel.check_model(None, model)

@@ -68,7 +68,8 @@ def main():
         model.compile(optimizer=keras.optimizers.SGD(0.01),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     else:
-        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse", metrics=["mae"])
+        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="mse",
+                      metrics=["mae", keras.metrics.Precision(name="precision")])  # a mean and a stateful metric
     x, y = data(args.model)
     val = (x[:100], y[:100])
     logs = BatchLogs(args.fail_rank, args.fail_step, rank)

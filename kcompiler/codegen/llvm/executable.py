@@ -44,7 +44,7 @@ def _aligned_empty(nbytes, align=64):
 class _Context:
     """One caller's buffers: arena, input staging, the pointer table over them and the
     shared parameters, the native call's arguments, and views of the outputs."""
-    __slots__ = ("arena", "staging", "param_table", "args", "outputs", "region", "extras")
+    __slots__ = ("arena", "staging", "param_table", "args", "outputs", "region", "extras", "outputs_before_split")
 
     def __init__(self, compiled):
         plan = compiled.graph.graph["plan"]
@@ -60,6 +60,7 @@ class _Context:
         self.outputs = [compiled._view(o, params, self.arena) for o in compiled.graph.graph["outputs"]]
         collective = plan.get("collective")
         self.region = self.extras = None
+        self.outputs_before_split = [self.outputs[i] for i in compiled._outputs_before_split]
         if collective is not None:
             self.region = self.arena[collective["offset"]:collective["offset"] + collective["bytes"]].view(np.float32)
             first = (collective["extra_offset"] - collective["offset"]) // 4
@@ -100,6 +101,11 @@ class CompiledGraph:
         self.collective = plan.get("collective")  # where the step is split for the all-reduce, or None
         self._update_entry = None if self.collective is None else compiled_module.function(
             "kc_entry_update", ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
+        # the outputs the first call computes (the loss, batch metrics; not the results of stateful
+        # metrics, which read the reduced state): what the collective may sum and rewrite
+        after_split = set(plan["order"][self.collective["split"]:]) if self.collective else set()
+        self._outputs_before_split = [i for i, o in enumerate(g.graph["outputs"])
+                                      if plan["root"][(o, 0)][0] not in after_split]
         self.output_names = g.graph.get("output_names", [f"output_{i}" for i in range(len(g.graph["outputs"]))])
         self._free = [_Context(self)]  # contexts not in use by a step
 
@@ -128,7 +134,8 @@ class CompiledGraph:
         """One step: feeds maps input names to arrays; returns copies of the outputs, or with
         ``scalars`` (outputs that are scalars: loss, metrics) {output name: float}.
         ``collective(region, extras, status, outputs)``: for a step split at an all-reduce, reduces
-        the region in place between the two native calls (and may rewrite the outputs); it raises
+        the region in place between the two native calls (and may rewrite ``outputs``, those the
+        first call computed); it raises
         when another process's step failed. Without it the region is left as it is (one process)."""
         try:
             context = self._free.pop()
@@ -146,7 +153,7 @@ class CompiledGraph:
             self.module.confirm()  # the code ran: drop the crash marker of the cache entry it came from
             if self._update_entry is not None:
                 if collective is not None:
-                    collective(context.region, context.extras, status, context.outputs)
+                    collective(context.region, context.extras, status, context.outputs_before_split)
                 if not status:
                     status = self._update_entry(*context.args)
             if status:
