@@ -25,7 +25,6 @@ from ..ir.types import TensorType, fmt_shape
 from ..runtime.data import as_numbers, to_array
 from . import backend
 from .callbacks.callback_list import CallbackList
-from .distribution import is_chief
 from .training import batch_metric_fn, check_class_ids, reset_stateful_metrics
 
 from .steps import feeds_by_name, model_steps
@@ -202,8 +201,6 @@ def _check_compiled(model, method):
 
 
 def _verbosity(verbose):
-    if not is_chief():  # data-parallel training: rank 0 alone shows the progress bar
-        return 0
     return 1 if verbose == "auto" else int(verbose)
 
 

@@ -79,6 +79,11 @@ def test_two_ranks_train_like_one_process_with_the_global_batch(model, tmp_path)
         np.testing.assert_allclose(h_ranks[key], h_one[key], rtol=1e-5, err_msg=key)
     assert _printed_logs(ranks_out) == _printed_logs(single_out)  # rank 0 alone prints, the same lines
     assert len(_printed_logs(ranks_out)) == 4
+    # rank 0's checkpoint resumes in one process (any number of ranks: the weights are whole on each)
+    resumed = getattr(seed_models, model)()
+    resumed.load_weights(str(ranks / "last.weights.h5"))
+    for k, w in zip(weights, resumed.weights):
+        np.testing.assert_array_equal(w.numpy(), rank0[k], err_msg=k)
 
 
 # ---- faults ----------------------------------------------------------------------------------
@@ -221,6 +226,24 @@ def test_the_split_step_run_whole_equals_the_usual_step():
         np.testing.assert_allclose([a[k] for k in a], [b[k] for k in b], rtol=1e-6)
     for a, b in zip(split_weights, weights):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_ranks_other_than_0_run_no_progress_bar_nor_file_writing_callbacks(monkeypatch, tmp_path):
+    from kcompiler.distribute import mpi
+    from kcompiler.keras.callbacks.callback_list import CallbackList
+
+    class Rank1:
+        rank, size = 1, 2
+
+    monkeypatch.setattr(mpi, "_world", [Rank1()])
+    checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / "w.weights.h5"), save_weights_only=True)
+    board = keras.callbacks.TensorBoard(str(tmp_path / "logs"))
+    stopping = keras.callbacks.EarlyStopping(patience=1)
+    kept = CallbackList([checkpoint, board, stopping], add_history=True, add_progbar=True).callbacks
+    assert stopping in kept and checkpoint not in kept and board not in kept
+    assert [type(cb).__name__ for cb in kept] == ["EarlyStopping", "History"]  # no progress bar
+    monkeypatch.setattr(mpi, "_world", [])  # one process: everything runs
+    assert len(CallbackList([checkpoint, board, stopping], add_history=True, add_progbar=True).callbacks) == 5
 
 
 def test_without_mpi4py_the_api_names_the_distributed_extra(monkeypatch):

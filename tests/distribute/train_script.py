@@ -5,8 +5,8 @@ the ranks of an MPI job (``--distributed``), with the same seed and data either 
 
 MODEL is a function of examples/seed_models.py (tiny_mlp, mnist_cnn). Trains 20 steps of global
 batch 64 (2 epochs of 10 batches, the last of each epoch partial: 33 samples) with validation
-data, then writes OUT_DIR/result-<rank>.npz (per-batch logs, History, final weights) and rank 0
-prints the History. ``--fail-rank R --fail-step S``: rank R kills itself (SIGKILL) at step S.
+data and a ModelCheckpoint (OUT_DIR/last.weights.h5, written by rank 0), then writes
+OUT_DIR/result-<rank>.npz (per-batch logs, History, final weights) and rank 0 prints the History. ``--fail-rank R --fail-step S``: rank R kills itself (SIGKILL) at step S.
 """
 import argparse
 import json
@@ -73,7 +73,9 @@ def main():
     x, y = data(args.model)
     val = (x[:100], y[:100])
     logs = BatchLogs(args.fail_rank, args.fail_step, rank)
-    history = model.fit(x, y, batch_size=64, epochs=2, validation_data=val, callbacks=[logs], verbose=2)
+    checkpoint = keras.callbacks.ModelCheckpoint(os.path.join(args.out, "last.weights.h5"), save_weights_only=True)
+    history = model.fit(x, y, batch_size=64, epochs=2, validation_data=val, callbacks=[logs, checkpoint],
+                        verbose=2)
     np.savez(os.path.join(args.out, f"result-{rank}.npz"), batches=np.array(logs.batches, dtype=np.float64),
              history=json.dumps(history.history), *[w.numpy() for w in model.weights])
     if rank == 0:

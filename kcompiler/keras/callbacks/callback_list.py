@@ -23,7 +23,7 @@ class CallbackList:
             self.callbacks = [cb for cb in self.callbacks if not cb.chief_only]
         self._progbar = next((cb for cb in self.callbacks if isinstance(cb, ProgbarLogger)), None)
         self._history = next((cb for cb in self.callbacks if isinstance(cb, History)), None)
-        if self._progbar is None and add_progbar:
+        if self._progbar is None and add_progbar and is_chief():
             self._progbar = ProgbarLogger(count_mode="steps")
             self.callbacks.insert(0, self._progbar)
         if self._history is None and add_history:
