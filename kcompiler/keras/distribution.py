@@ -9,9 +9,9 @@ and compiling the model (``compile`` remembers the distribution in effect). Ever
 unchanged script. ``fit``'s ``batch_size`` is the global batch: each rank computes the forward
 and backward of its shard (kcompiler/distribute/), the gradients are summed with one
 all-reduce inside the step, and every rank applies the same update. The initial weights (and
-the optimizer's state) are broadcast from rank 0 when the model's training step is made, and
-the random generator's state when the distribution is set, so that every rank draws the same
-shuffles. Losses and metrics in the logs are global; evaluation is sharded the same way;
+the optimizer's state) are broadcast from rank 0 when the model's steps are made (the first
+fit, evaluate or train_on_batch after compile), and the random generator's state when the
+distribution is set, so that every rank draws the same shuffles. Losses and metrics in the logs are global; evaluation is sharded the same way;
 ``predict`` runs whole on every rank. The progress bar and the callbacks that write files
 (``chief_only``: ModelCheckpoint, TensorBoard) act on rank 0 only.
 

@@ -6,8 +6,8 @@ the model until it is compiled again. With ``compile(run_eagerly=True)`` the sam
 graphs run on the numpy reference interpreter instead (pipeline.back_stages).
 
 Under ``keras.distribution.DataParallel`` (keras/distribution.py) the train and test steps
-take the global batch and run this rank's shard (kcompiler/distribute/step.py); the first
-training step broadcasts rank 0's weights.
+take the global batch and run this rank's shard (kcompiler/distribute/step.py); making the
+steps broadcasts rank 0's weights (and optimizer state).
 
 Several threads may run ``predict`` and ``evaluate`` on one model at once: the programs are
 made once (under ``compile_lock``) and each native call uses buffers of its own
@@ -26,8 +26,9 @@ class CompiledSteps:
         self.target = getattr(model, "compile_target", "cpu")
         self.fuse = getattr(model, "compile_fuse", True)
         self.distribution = model_distribution(model)
-        if self.distribution is not None:
+        if self.distribution is not None:  # every rank starts from rank 0's weights
             self.distribution.check_model(model)
+            self.distribution.broadcast_weights(model)
         self._train = self._test = self._predict = None
 
     @property
@@ -36,8 +37,6 @@ class CompiledSteps:
             with compile_lock:
                 if self._train is None:
                     import kcompiler
-                    if self.distribution is not None:
-                        self.distribution.broadcast_weights(self.model)
                     self._train = kcompiler.compile(self.model, target=self.target, fuse=self.fuse, training=True)
         return self._train
 

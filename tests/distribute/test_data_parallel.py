@@ -106,6 +106,8 @@ def test_a_step_that_fails_on_one_rank_updates_no_rank():
     assert "rank 0 weights unchanged: True" in out and "rank 1 weights unchanged: True" in out
     losses = re.findall(r"rank \d next step loss: (\S+)", out)
     assert len(losses) == 2 and losses[0] == losses[1]  # both go on, still in step
+    digests = re.findall(r"rank \d weights digest: (\w+)", out)
+    assert len(digests) == 2 and digests[0] == digests[1]  # seeded apart, same weights: rank 0's broadcast
 
 
 # ---- in this process ---------------------------------------------------------------------------

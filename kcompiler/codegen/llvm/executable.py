@@ -21,8 +21,7 @@ a process that never used a device skips both.
 A data-parallel step (a plan split at an all-reduce, codegen/llvm/module.py) runs as
 ``kc_entry``, then the caller's ``collective`` on the context's region (a float32 view of the
 arena: the gradients, then the extra slots, also given as their own view; reduced in place,
-no copy), then
-``kc_entry_update``; a status that any rank reports stops it before the update.
+no copy), then ``kc_entry_update``; a status that any rank reports stops it before the update.
 
 The compiled engine lives as long as this object (its ``_entry`` function references the
 CompiledModule); nothing else keeps it alive.
@@ -135,8 +134,8 @@ class CompiledGraph:
         ``scalars`` (outputs that are scalars: loss, metrics) {output name: float}.
         ``collective(region, extras, status, outputs)``: for a step split at an all-reduce, reduces
         the region in place between the two native calls (and may rewrite ``outputs``, those the
-        first call computed); it raises
-        when another process's step failed. Without it the region is left as it is (one process)."""
+        first call computed); it raises when another process's step failed. Without it the region
+        is left as it is (one process)."""
         try:
             context = self._free.pop()
         except IndexError:  # every context is in use by another thread
