@@ -98,6 +98,17 @@ def test_a_rank_killed_mid_epoch_stops_the_job_naming_it(tmp_path):
 
 
 @needs_mpi
+def test_an_exception_on_one_rank_aborts_the_job_naming_it(tmp_path):
+    """The other rank waits in its next all-reduce: the excepthook's MPI_Abort ends it."""
+    code, out = _mpirun("train_script.py", "tiny_mlp", str(tmp_path), "--distributed", "--fail-rank", "1",
+                        "--fail-step", "5", "--fail-how", "raise", timeout=60)
+    assert code != 0
+    assert "kcompiler: rank 1 of 2 raised an uncaught exception; aborting every rank of the job" in out, out
+    assert "RuntimeError: a user callback failed on rank 1" in out
+    assert not (tmp_path / "result-0.npz").exists()
+
+
+@needs_mpi
 def test_a_step_that_fails_on_one_rank_updates_no_rank():
     code, out = _mpirun("step_error_script.py", timeout=60)
     assert code == 0, out
