@@ -9,3 +9,4 @@ from . import params_reference, elementwise_reference, reduce_reference  # noqa:
 from . import linalg_reference, array_reference, nn_reference  # noqa: F401
 from . import conv_reference, pool_reference, rnn_reference, fused_reference  # noqa: F401
 from . import fused_contraction_reference, norm_reference, image_reference, batch_norm_reference  # noqa: F401
+from . import collective_reference  # noqa: F401
