@@ -178,24 +178,27 @@ class Program:
 
     # ---- training -----------------------------------------------------------------------
 
-    def train_step(self, x, y, sample_weight=None):
+    def train_step(self, x, y, sample_weight=None, collective=None):
         """One whole training step (forward, loss, backward, update) in one native call.
-        Returns {'loss': this batch's loss incl. regularisation, <metric>: its batch value}."""
+        Returns {'loss': this batch's loss incl. regularisation, <metric>: its batch value}.
+        A data-parallel step (compiled under keras.distribution.DataParallel) is two native
+        calls with ``collective`` (distribute/step.py: StepCollective) between them; without
+        one it runs as one process's step."""
         if not self.training:
             raise KCompilerError("this Program was compiled for inference: compile with training=True")
-        logs = self._step(x, y, sample_weight, rng_step=self.iterations)
+        logs = self._step(x, y, sample_weight, rng_step=self.iterations, collective=collective)
         self.iterations += 1
         return logs
 
-    def test_step(self, x, y, sample_weight=None):
+    def test_step(self, x, y, sample_weight=None, collective=None):
         """Keras's test step in one native call: the loss (with regularisation) and each metric
         over one batch, in inference mode (dropout off, BatchNormalization's moving statistics);
         needs a program compiled with ``evaluation=True``."""
         if not self.evaluation:
             raise KCompilerError("test_step needs a Program compiled with evaluation=True")
-        return self._step(x, y, sample_weight, rng_step=0)
+        return self._step(x, y, sample_weight, rng_step=0, collective=collective)
 
-    def _step(self, x, y, sample_weight, rng_step):
+    def _step(self, x, y, sample_weight, rng_step, collective=None):
         feeds = self._input_arrays(x)
         n = len(next(iter(feeds.values())))
         if self._label_type_cache is None:
@@ -228,6 +231,10 @@ class Program:
                 feeds[name] = to_array(w, dtype=np.float32, what="sample_weight").reshape(n)
         if "rng_step" in compiled.inputs:
             feeds["rng_step"] = rng_step
+        if "gradient_scale" in compiled.inputs:  # this rank's share of the global batch
+            feeds["gradient_scale"] = 1.0 if collective is None else collective.gradient_scale
+        if collective is not None:
+            return compiled.run(feeds, scalars=True, collective=collective)
         return compiled.run(feeds, scalars=True)
 
     def _labels(self, y, expected, n, output_index):

@@ -39,9 +39,21 @@ def to_text(g, stage=None):
     lines.append("outputs: " + ", ".join(f"%{o}" for o in g.graph["outputs"]))
     if g.graph.get("updates"):
         lines.append("updates: " + ", ".join(f"%{v} <- %{u}" for v, u in g.graph["updates"].items()))
+    collective = g.graph.get("plan", {}).get("collective")
+    if collective:  # a data-parallel step (passes/memory_plan.py): where the all-reduce splits it
+        order = g.graph["plan"]["order"]
+        split = collective["split"]
+        lines.append(f"collective: %{collective['node']} all_reduce in place over arena bytes "
+                     f"[{collective['offset']}, {collective['offset'] + collective['bytes']}) (its operands, then "
+                     f"{collective['extra_slots']} float32 slots); kernels {_span(order[:split])} run before it "
+                     f"(kc_entry), {_span(order[split:])} after (kc_entry_update)")
     for note in g.graph.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines) + "\n"
+
+
+def _span(nodes):
+    return f"%{nodes[0]}..%{nodes[-1]}" if nodes else "none"
 
 
 def _plain(value):

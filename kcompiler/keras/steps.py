@@ -5,12 +5,17 @@ evaluation, ``predict`` for predictions. ``model_steps(model)`` caches them on
 the model until it is compiled again. With ``compile(run_eagerly=True)`` the same static
 graphs run on the numpy reference interpreter instead (pipeline.back_stages).
 
+Under ``keras.distribution.DataParallel`` (keras/distribution.py) the train and test steps
+take the global batch and run this rank's shard (kcompiler/distribute/step.py); making the
+steps broadcasts rank 0's weights (and optimizer state).
+
 Several threads may run ``predict`` and ``evaluate`` on one model at once: the programs are
 made once (under ``compile_lock``) and each native call uses buffers of its own
 (kcompiler/codegen/llvm/executable.py). Metrics that keep state across batches (Precision, AUC, ...) live
 in the model, so concurrent evaluations of such a model share it.
 """
 from ..runtime.specializations import compile_lock
+from .distribution import model_distribution
 
 
 class CompiledSteps:
@@ -20,6 +25,10 @@ class CompiledSteps:
         self.model = model
         self.target = getattr(model, "compile_target", "cpu")
         self.fuse = getattr(model, "compile_fuse", True)
+        self.distribution = model_distribution(model)
+        if self.distribution is not None:  # every rank starts from rank 0's weights
+            self.distribution.check_model(model)
+            self.distribution.broadcast_weights(model)
         self._train = self._test = self._predict = None
         self._plain_train = None  # the training program while profile_training(True) swaps in another
 
@@ -51,6 +60,8 @@ class CompiledSteps:
         return self._train
 
     def train(self, xs, y, sample_weight):
+        if self.distribution is not None:
+            return self.distribution.train_step(self.train_program, xs, y, sample_weight)
         return self.train_program.train_step(xs[0] if len(xs) == 1 else xs, y, sample_weight)
 
     def test(self, feeds, y, sample_weight):
@@ -61,6 +72,8 @@ class CompiledSteps:
                     self._test = Program(self.model, target=self.target, fuse=self.fuse,
                                                            evaluation=True)
         xs = list(feeds.values())
+        if self.distribution is not None:
+            return self.distribution.test_step(self._test, xs, y, sample_weight)
         return self._test.test_step(xs[0] if len(xs) == 1 else xs, y, sample_weight)
 
     def predict(self, xs):
@@ -77,7 +90,7 @@ def model_steps(model):
     options) makes new ones."""
     token = (getattr(model, "optimizer", None), getattr(model, "compiled_loss", None),
              tuple(getattr(model, "compiled_metric_objects", None) or ()), bool(getattr(model, "run_eagerly", False)),
-             getattr(model, "compile_target", "cpu"), getattr(model, "compile_fuse", True))
+             getattr(model, "compile_target", "cpu"), getattr(model, "compile_fuse", True), model_distribution(model))
     cached = getattr(model, "_runtime_steps", None)
     if cached is None or _changed(cached[0], token):
         with compile_lock:  # concurrent first calls share one set of steps

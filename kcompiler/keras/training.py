@@ -4,7 +4,7 @@ The compiled training step computes each metric's value over the batch in genera
 code (the mean of the metric's per-sample function); the runtime averages batch
 values over the epoch as Keras's running means do.
 """
-from . import losses as losses_mod, metrics as metrics_mod
+from . import distribution as distribution_mod, losses as losses_mod, metrics as metrics_mod
 
 
 def batch_metric_fn(metric):
@@ -191,6 +191,9 @@ def compile_model(model, optimizer="rmsprop", loss=None, metrics=None, loss_weig
     model.run_eagerly = bool(run_eagerly)
     model.compile_target = target
     model.compile_fuse = fuse
+    model.compile_distribution = distribution_mod.distribution()  # what a tf.distribute-style scope set
+    if model.compile_distribution is not None:
+        model.compile_distribution.check_model(model)
     model.compiled = True
 
 

@@ -1,5 +1,6 @@
 """Simplification before fusion: drop identity casts and every node that no output or
-state update depends on (the loss's unused intermediates, gradients nobody applies)."""
+state update depends on (the loss's unused intermediates, gradients nobody applies), except
+inputs and a data-parallel step's all-reduce."""
 import networkx as nx
 
 from ..ir.graph import operands, topo_order
@@ -23,6 +24,8 @@ def simplify(g):
     live = set(g.graph["outputs"]) | set(g.graph["updates"].values()) | set(g.graph["updates"])
     for root in list(live):
         live |= nx.ancestors(g, root)
-    keep_inputs = set(g.graph["inputs"])  # inputs stay: the runtime feeds them by name
+    # inputs stay: the runtime feeds them by name; so does a data-parallel step's all-reduce, which
+    # carries the runtime's sums even when no value reads its outputs (ops/collective.py)
+    keep_inputs = set(g.graph["inputs"]) | {n for n in g.nodes if g.nodes[n]["op"] == "all_reduce"}
     g.remove_nodes_from([n for n in list(g.nodes) if n not in live and n not in keep_inputs])
     return g

@@ -9,13 +9,24 @@ shape-specialised graph and adds the backward pass and the updates (stage
 that keys dropout masks); a model with several outputs has a label and a sample-weight
 input per labelled output (``label_names``, ``sample_weight_names``). Graph outputs: the
 loss, then (several outputs) each output's loss, then one value per metric.
+
+Under data-parallel training (keras.distribution.DataParallel, kcompiler/distribute/) the
+traced step (training or test) has one ``all_reduce`` node (ops/collective.py): it sums the
+state increments of the metrics that keep state across batches, whose results then read the
+summed state, and its extra slots carry the runtime's sums of the loss and the batch metrics.
+The training step also takes ``gradient_scale`` (this rank's share of the global batch): every gradient is
+multiplied by it and, with the new values of the state the forward pass updates (moving
+statistics, each times 1 / ranks), joins that node's operands; the optimizer and the state
+updates read its outputs: summed over the ranks, they are the global batch's gradients and the
+ranks' mean statistics.
 """
 from ..errors import KCompilerError, ShapeError
-from ..ir.graph import GraphBuilder
+from ..ir.graph import GraphBuilder, operands as graph_operands
 from ..ir.types import TensorType
 from ..keras import backend, ops
 from ..keras.layers.base import flatten
 from ..keras.tensor import SymbolicTensor
+from ..keras.distribution import model_distribution
 from .autodiff import gradients
 
 
@@ -109,18 +120,25 @@ def trace_training(model, label_type=None, training=True):
             for nid in activity:
                 total = ops.add(total, ops.divide(SymbolicTensor(b, nid), batch))
         values = [("loss", total)] + (output_losses if len(output_losses) > 1 else [])
-        stateful = []
-        for (log_name, fn), entry in zip(getattr(model, "compiled_metric_fns", []),
-                                         getattr(model, "compiled_metric_entries", [])):
-            y_true, y_pred = y_trues[entry.output_index], y_preds[entry.output_index]
-            if fn is not None:  # a mean over samples: the batch's mean, averaged by the runtime
-                values.append((log_name, ops.mean(ops.cast(fn(y_true, y_pred), "float32"))))
-            else:  # state across batches: update it in the step, report its result so far
-                entry.metric.update_state(y_true, y_pred,
+        entries = list(zip(getattr(model, "compiled_metric_fns", []), getattr(model, "compiled_metric_entries", [])))
+        for (_, fn), entry in entries:
+            if fn is None:  # state across batches: update it in the step, report its result so far (below)
+                entry.metric.update_state(y_trues[entry.output_index], y_preds[entry.output_index],
                                           sample_weight=weights[entry.output_index] if entry.weighted else None)
+        distribution = model_distribution(model)
+        if distribution is not None:  # every rank's state increments, summed before the results read them
+            collective = _all_reduce_metric_states(b, [e.metric for (_, fn), e in entries if fn is None])
+        stateful = []
+        for (log_name, fn), entry in entries:
+            if fn is not None:  # a mean over samples: the batch's mean, averaged by the runtime
+                y_true, y_pred = y_trues[entry.output_index], y_preds[entry.output_index]
+                values.append((log_name, ops.mean(ops.cast(fn(y_true, y_pred), "float32"))))
+            else:
                 values.append((log_name, ops.cast(entry.metric.result(), "float32")))
                 stateful.append(log_name)
     b.g.graph["outputs"] = [v.node for _, v in values]
+    if distribution is not None:  # distribute/step.py: a status per rank, the sample count, a sum per output
+        b.g.nodes[collective]["attrs"]["extra_slots"] = distribution.world_size + 1 + len(b.g.graph["outputs"])
     b.g.graph["output_names"] = [name for name, _ in values]
     b.g.graph["label_names"] = names
     b.g.graph["sample_weight_names"] = weight_names
@@ -143,9 +161,64 @@ def differentiate(g, model):
     wrt = [node_of[v.uid] for v in trainable if v.uid in node_of]
     used = [v for v in trainable if v.uid in node_of]
     grads = gradients(b, g.graph["loss"], wrt)
-    pairs = [(SymbolicTensor(b, gn), var) for gn, var in zip(grads, used) if gn is not None]
+    pairs = [(gn, var) for gn, var in zip(grads, used) if gn is not None]
     if not pairs:
         raise KCompilerError(f"model '{model.name}': no trainable weight receives a gradient from the loss")
+    distribution = model_distribution(model)
+    if distribution is not None:
+        pairs = _all_reduce(b, g, pairs, distribution.world_size)
+    pairs = [(SymbolicTensor(b, gn), var) for gn, var in pairs]
     with backend.tracing(b):
         model.optimizer.trace_updates(pairs)
     return g
+
+
+def _all_reduce_metric_states(b, metrics):
+    """One all_reduce node over the increments this step makes to ``metrics``' state variables;
+    their updates become variable + the summed increment. Returns the node."""
+    g = b.g
+    updates, nodes = g.graph["updates"], g.graph.get("variable_nodes", {})
+    increments = []
+    for metric in metrics:
+        for var in metric.variables:
+            vnode = nodes.get(var.uid)
+            if vnode is None or vnode not in updates:
+                continue
+            if var.dtype != "float32":
+                raise KCompilerError(f"metric {metric.name!r}: data-parallel training sums its state over the ranks; "
+                                     f"variable {var.path!r} must be float32, not {var.dtype}")
+            increments.append((vnode, b.op("sub", updates[vnode], vnode)))
+    reduced = b.add("all_reduce", [d for _, d in increments], {"extra_slots": 0})
+    for k, (vnode, _) in enumerate(increments):
+        updates[vnode] = b.op("add", vnode, b.tuple_item(reduced, k))
+    g.graph["reduced_updates"] = [vnode for vnode, _ in increments]
+    return reduced
+
+
+def _all_reduce(b, g, pairs, world_size):
+    """[(gradient, variable)] read after the step's all_reduce node, which takes the scaled
+    gradients and the forward pass's state updates (averaged over ``world_size`` ranks) before
+    the operands the trace gave it (the metric states' increments); rewires those updates."""
+    g.graph["inputs"] = list(g.graph["inputs"])  # the copy shares the traced graph's list
+    traced = next(n for n in g.nodes if g.nodes[n]["op"] == "all_reduce")
+    scale = b.input("gradient_scale", TensorType((), "float32"))
+    reduced_already = set(g.graph.get("reduced_updates", ()))
+    states = [(var, value) for var, value in g.graph["updates"].items() if var not in reduced_already]
+    for var, value in states:
+        if b.dtype(value) != "float32":
+            raise KCompilerError(f"variable {g.nodes[var]['attrs']['name']!r}: data-parallel training averages "
+                                 f"the state a step updates over the ranks; it must be float32, not {b.dtype(value)}")
+    mean = b.scalar(1.0 / world_size)
+    operands = [b.op("mul", gn, scale) for gn, _ in pairs] + [b.op("mul", value, mean) for _, value in states]
+    first_traced = len(operands)
+    reduced = b.add("all_reduce", operands + graph_operands(g, traced), dict(g.nodes[traced]["attrs"]))
+    for _, item, key in list(g.out_edges(traced, keys=True)):  # the metric states' items, moved along
+        g.remove_edge(traced, item, key)
+        g.add_edge(reduced, item, key=key)
+        attrs = g.nodes[item]["attrs"]  # shared with the graph copied from: replaced, not changed
+        g.nodes[item]["attrs"] = dict(attrs, index=attrs["index"] + first_traced)
+    g.remove_node(traced)
+    items = [b.tuple_item(reduced, i) for i in range(len(operands))]
+    for (var, _), item in zip(states, items[len(pairs):]):
+        g.graph["updates"][var] = item
+    return [(item, var) for item, (_, var) in zip(items, pairs)]

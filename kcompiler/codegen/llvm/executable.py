@@ -18,6 +18,11 @@ Variables a device also keeps (codegen/residence.py: the CUDA backend's resident
 made current on the host before a step reads them, and marked written after it updated them;
 a process that never used a device skips both.
 
+A data-parallel step (a plan split at an all-reduce, codegen/llvm/module.py) runs as
+``kc_entry``, then the caller's ``collective`` on the context's region (a float32 view of the
+arena: the gradients, then the extra slots, also given as their own view; reduced in place,
+no copy), then ``kc_entry_update``; a status that any rank reports stops it before the update.
+
 The compiled engine lives as long as this object (its ``_entry`` function references the
 CompiledModule); nothing else keeps it alive.
 """
@@ -38,7 +43,7 @@ def _aligned_empty(nbytes, align=64):
 class _Context:
     """One caller's buffers: arena, input staging, the pointer table over them and the
     shared parameters, the native call's arguments, and views of the outputs."""
-    __slots__ = ("arena", "staging", "param_table", "args", "outputs")
+    __slots__ = ("arena", "staging", "param_table", "args", "outputs", "region", "extras", "outputs_before_split")
 
     def __init__(self, compiled):
         plan = compiled.graph.graph["plan"]
@@ -52,6 +57,13 @@ class _Context:
         self.param_table = (ctypes.c_void_p * max(len(params), 1))(*[p.ctypes.data for p in params])
         self.args = (ctypes.addressof(self.param_table), self.arena.ctypes.data)
         self.outputs = [compiled._view(o, params, self.arena) for o in compiled.graph.graph["outputs"]]
+        collective = plan.get("collective")
+        self.region = self.extras = None
+        self.outputs_before_split = [self.outputs[i] for i in compiled._outputs_before_split]
+        if collective is not None:
+            self.region = self.arena[collective["offset"]:collective["offset"] + collective["bytes"]].view(np.float32)
+            first = (collective["extra_offset"] - collective["offset"]) // 4
+            self.extras = self.region[first:first + collective["extra_slots"]]
 
 
 class CompiledGraph:
@@ -85,6 +97,14 @@ class CompiledGraph:
         self._updated_variables = [g.graph["variables"][v] for v, value in g.graph["updates"].items()
                                    if plan["root"][(v, 0)] != plan["root"][(value, 0)]]
         self._entry = compiled_module.function("kc_entry", ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
+        self.collective = plan.get("collective")  # where the step is split for the all-reduce, or None
+        self._update_entry = None if self.collective is None else compiled_module.function(
+            "kc_entry_update", ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
+        # the outputs the first call computes (the loss, batch metrics; not the results of stateful
+        # metrics, which read the reduced state): what the collective may sum and rewrite
+        after_split = set(plan["order"][self.collective["split"]:]) if self.collective else set()
+        self._outputs_before_split = [i for i, o in enumerate(g.graph["outputs"])
+                                      if plan["root"][(o, 0)][0] not in after_split]
         self.output_names = g.graph.get("output_names", [f"output_{i}" for i in range(len(g.graph["outputs"]))])
         self._free = [_Context(self)]  # contexts not in use by a step
 
@@ -113,9 +133,13 @@ class CompiledGraph:
         nbytes = int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
         return arena[where[1]:where[1] + nbytes].view(t.dtype).reshape(t.shape)
 
-    def run(self, feeds, scalars=False):
+    def run(self, feeds, scalars=False, collective=None):
         """One step: feeds maps input names to arrays; returns copies of the outputs, or with
-        ``scalars`` (outputs that are scalars: loss, metrics) {output name: float}."""
+        ``scalars`` (outputs that are scalars: loss, metrics) {output name: float}.
+        ``collective(region, extras, status, outputs)``: for a step split at an all-reduce, reduces
+        the region in place between the two native calls (and may rewrite ``outputs``, those the
+        first call computed); it raises when another process's step failed. Without it the region
+        is left as it is (one process)."""
         try:
             context = self._free.pop()
         except IndexError:  # every context is in use by another thread
@@ -130,6 +154,11 @@ class CompiledGraph:
                 residence.sync_host(self._variables)
             status = self._entry(*context.args)
             self.module.confirm()  # the code ran: drop the crash marker of the cache entry it came from
+            if self._update_entry is not None:
+                if collective is not None:
+                    collective(context.region, context.extras, status, context.outputs_before_split)
+                if not status:
+                    status = self._update_entry(*context.args)
             if status:
                 raise step_error(self.graph, status, context.arena)
             if self._updated_variables and residence.in_use():

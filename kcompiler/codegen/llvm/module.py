@@ -18,6 +18,11 @@ the commit runs only when the status is still 0. Right after each kernel that ma
 point tests the status and, when set, stores the node id in the error record
 (memory_plan.ERROR_RECORD_BYTES) and returns: the runtime then knows which node failed on
 which value. On the normal path that costs one compare per fallible kernel.
+
+A data-parallel step (a plan with a "collective" record, passes/memory_plan.py) has two
+entry points with kc_entry's signature: ``kc_entry`` runs the kernels before the all-reduce
+(forward and backward) and commits nothing; ``kc_entry_update`` runs the rest (the
+optimizer's update) and commits. The runtime reduces the gradient region between the two.
 """
 import hashlib
 from dataclasses import dataclass, field
@@ -86,7 +91,7 @@ def _check_supported(g):
         for t in types_of(node["type"]):
             if t.dtype not in COMPILED_DTYPES:
                 problems.append(f"%{nid} {node['op']} ({node.get('layer') or 'no layer'}): dtype {t.dtype}")
-        if node["op"] in ("input", "variable", "constant", "fill", "reshape", "tuple_item"):
+        if node["op"] in ("input", "variable", "constant", "fill", "reshape", "tuple_item", "all_reduce"):
             continue
         if "kernel" not in node and "llvm" not in get_op(node["op"]).lowerings:
             problems.append(f"%{nid} {node['op']} ({node.get('layer') or 'no layer'}): no LLVM lowering")
@@ -160,9 +165,26 @@ def _kernel_unit(node, in_types, constants):
 
 
 def _emit_entry(module, g, calls, profile=False):
-    """kc_entry into ``module``; ``calls``: (node id, kernel symbol, kernel function type) in plan order."""
+    """kc_entry into ``module``; ``calls``: (node id, kernel symbol, kernel function type) in plan
+    order. A plan split at an all-reduce gets kc_entry (up to it) and kc_entry_update (after it)."""
+    counters = None
+    if profile:
+        counters = ir.GlobalVariable(module, ir.ArrayType(i64, max(len(calls), 1)), name="kc_profile_cycles")
+        counters.initializer = ir.Constant(counters.type.pointee, None)
+    collective = g.graph["plan"].get("collective")
+    if collective is None:
+        _emit_entry_function(module, "kc_entry", g, list(enumerate(calls)), counters, commit=True)
+        return
+    split = collective["split"]
+    _emit_entry_function(module, "kc_entry", g, list(enumerate(calls))[:split], counters, commit=False)
+    _emit_entry_function(module, "kc_entry_update", g, list(enumerate(calls))[split:], counters, commit=True)
+
+
+def _emit_entry_function(module, name, g, calls, counters, commit):
+    """One entry function running ``calls`` ((index, (node id, symbol, function type))) and, with
+    ``commit``, copying the state updates into their variables once every kernel succeeded."""
     plan = g.graph["plan"]
-    fn = ir.Function(module, ir.FunctionType(i32, [i8p.as_pointer(), i8p]), name="kc_entry")
+    fn = ir.Function(module, ir.FunctionType(i32, [i8p.as_pointer(), i8p]), name=name)
     params, arena = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     status = b.bitcast(b.gep(arena, [c64(plan["error_record"])], inbounds=True), i32.as_pointer(), name="status")
@@ -183,22 +205,30 @@ def _emit_entry(module, g, calls, profile=False):
         return p
 
     check_every = bounds_checking()  # any kernel may then report an access outside a buffer
-    if profile:
-        counters = ir.GlobalVariable(module, ir.ArrayType(i64, max(len(calls), 1)), name="kc_profile_cycles")
-        counters.initializer = ir.Constant(counters.type.pointee, None)
-        clock = ir.Function(module, ir.FunctionType(i64, []), name="llvm.readcyclecounter")
-    for index, (nid, symbol, fnty) in enumerate(calls):
+    clock = None
+    if counters is not None:
+        clock = module.globals.get("llvm.readcyclecounter") or ir.Function(
+            module, ir.FunctionType(i64, []), name="llvm.readcyclecounter")
+    for index, (nid, symbol, fnty) in calls:
         kfn = module.globals.get(symbol) or ir.Function(module, fnty, name=symbol)  # declared, defined in its unit
         outs = [pointer((nid, k)) for k in range(len(types_of(g.nodes[nid]["type"])))]
         ins = [pointer(key) for key in _operand_keys(g, nid)]
-        start = b.call(clock, []) if profile else None
+        start = b.call(clock, []) if clock is not None else None
         b.call(kfn, outs + ins + [status])
-        if profile:
+        if clock is not None:
             slot = b.gep(counters, [ir.Constant(i32, 0), ir.Constant(i32, index)], inbounds=True)
             b.store(b.add(b.load(slot), b.sub(b.call(clock, []), start)), slot)
         if check_every or get_op(g.nodes[nid]["op"]).may_fail:
             _return_if_failed(b, status, failed_node, nid)
     _return_if_failed(b, status, failed_node, -1)  # the commit needs a clean status, whatever set it
+    if commit:
+        _emit_commit(module, b, g, pointer)
+    b.ret(ir.Constant(i32, 0))
+
+
+def _emit_commit(module, b, g, pointer):
+    """Copy each state update into its variable (those computed in the variable's own buffer need none)."""
+    plan = g.graph["plan"]
     memcpy = module.globals.get("llvm.memcpy.p0.p0.i64") or ir.Function(
         module, ir.FunctionType(void, [i8p, i8p, i64, ir.IntType(1)]), name="llvm.memcpy.p0.p0.i64")
     from ...passes.memory_plan import _nbytes
@@ -208,7 +238,6 @@ def _emit_entry(module, g, calls, profile=False):
             continue
         b.call(memcpy, [pointer((var, 0)), pointer((value, 0)), c64(_nbytes(g.nodes[var]["type"])),
                         ir.Constant(ir.IntType(1), 0)])
-    b.ret(ir.Constant(i32, 0))
 
 
 def _return_if_failed(b, status, failed_node, nid):

@@ -9,6 +9,9 @@ names: the default training batch hooks call them, so overriding either works.
 
 
 class Callback:
+    # Under data-parallel training, whether only rank 0 runs it (it prints or writes files)
+    chief_only = False
+
     def __init__(self):
         self.validation_data = None
         self.model = None

@@ -3,8 +3,11 @@
 The progress bar runs first (its line appears before the other callbacks' output, as
 in the seed's trace from tf.keras 2) and History last (it sees what other callbacks
 added to the epoch's logs, e.g. LearningRateScheduler's ``learning_rate``). Every
-callback receives the same logs dict.
+callback receives the same logs dict. Under data-parallel training the callbacks marked
+``chief_only`` (the progress bar, those that write files) run on rank 0 only
+(keras/distribution.py).
 """
+from ..distribution import is_chief
 from .callback import Callback
 from .history import History
 from .progbar_logger import ProgbarLogger
@@ -16,9 +19,11 @@ class CallbackList:
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be keras.callbacks.Callback instances, got {cb!r}")
+        if not is_chief():
+            self.callbacks = [cb for cb in self.callbacks if not cb.chief_only]
         self._progbar = next((cb for cb in self.callbacks if isinstance(cb, ProgbarLogger)), None)
         self._history = next((cb for cb in self.callbacks if isinstance(cb, History)), None)
-        if self._progbar is None and add_progbar:
+        if self._progbar is None and add_progbar and is_chief():
             self._progbar = ProgbarLogger(count_mode="steps")
             self.callbacks.insert(0, self._progbar)
         if self._history is None and add_history:

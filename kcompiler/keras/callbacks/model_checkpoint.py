@@ -249,6 +249,7 @@ class ModelCheckpoint(MonitorCallback):
     """Save the model (or its weights) after every epoch, or every ``save_freq`` batches; with
     ``save_best_only`` only when ``monitor`` improved. ``filepath`` may hold ``{epoch:02d}``
     and any logs key (``{val_loss:.2f}``)."""
+    chief_only = True  # rank 0 writes the checkpoints (every rank holds the same weights)
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
                  mode="auto", save_freq="epoch", initial_value_threshold=None, options=None, **kwargs):

@@ -10,6 +10,7 @@ from .callback import Callback
 
 
 class ProgbarLogger(Callback):
+    chief_only = True  # one progress bar per job, rank 0's
     def __init__(self, count_mode="samples", stateful_metrics=None):
         super().__init__()
         if count_mode not in ("samples", "steps"):
