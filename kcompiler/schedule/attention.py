@@ -21,6 +21,7 @@ from .kernel import Assign, Const, Kernel, Load, Local, Store, Var, call, loop, 
 
 F32 = "float32"
 ZERO = Const(0.0, F32)
+DOT_LANES = 8
 
 
 class Rows:
@@ -62,22 +63,31 @@ class Rows:
 
     def score(self, name, q_buffer, k_buffer, b, t, s, h):
         """Statements leaving the masked, scaled score z of (t, s) in local ``name``."""
-        z = Var(name, F32)
-        d = Var("d")
-        statements = [Local(z, ZERO),
-                      loop("d", self.depth, [Assign(z, call("add", z, call(
-                          "mul", Load(q_buffer, self.q_row(b, t, h) + d, F32),
-                          Load(k_buffer, self.k_row(b, s, h) + d, F32))))]),
-                      Assign(z, call("mul", z, Const(self.scale, F32)))]
+        statements, z = self.dot(name, q_buffer, self.q_row(b, t, h), k_buffer, self.k_row(b, s, h), self.depth)
+        statements.append(Assign(z, call("mul", z, Const(self.scale, F32))))
         keep = self.keep(b, t, s)
         if keep is not None:
             statements.append(Assign(z, call("select", keep, z, Const(MASKED_SCORE, F32))))
         return statements, z, keep
 
     def dot(self, name, a_buffer, a_row, b_buffer, b_row, size):
+        """Statements leaving a[a_row:+size] . b[b_row:+size] in local ``name``. A row of a
+        multiple of DOT_LANES elements is summed in DOT_LANES interleaved partial sums (one
+        vector register's worth, which a backend can keep in one: a float sum in one order is
+        bound by the add's latency), added pairwise at the end."""
         acc, e = Var(name, F32), Var("e")
-        return [Local(acc, ZERO), loop("e", size, [Assign(acc, call("add", acc, call(
-            "mul", Load(a_buffer, a_row + e, F32), Load(b_buffer, b_row + e, F32))))])], acc
+        product = lambda i: call("mul", Load(a_buffer, a_row + i, F32), Load(b_buffer, b_row + i, F32))  # noqa: E731
+        if size % DOT_LANES or size < 2 * DOT_LANES:
+            return [Local(acc, ZERO), loop("e", size, [Assign(acc, call("add", acc, product(e)))])], acc
+        partial = [Var(f"{name}_{i}", F32) for i in range(DOT_LANES)]
+        base = e * DOT_LANES
+        statements = [Local(v, ZERO) for v in partial]
+        statements.append(loop("e", size // DOT_LANES, [Assign(v, call("add", v, product(base + i if i else base)))
+                                                         for i, v in enumerate(partial)]))
+        values = list(partial)
+        while len(values) > 1:
+            values = [call("add", values[i], values[i + 1]) for i in range(0, len(values), 2)]
+        return statements + [Local(acc, values[0])], acc
 
 
 def _rows(in_types, attrs, mask_present):
