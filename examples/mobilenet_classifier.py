@@ -7,6 +7,9 @@ ReLU6 is one kernel.
 as examples/transformer_classifier.py). ``python examples/mobilenet_classifier.py`` trains it
 on synthetic data."""
 
+# The sizes of issue 10's benchmark (benchmarks/workloads.py MN, and the peers' workers)
+BENCHMARK = {"size": 96, "width": 32, "classes": 10}
+
 
 def build_model(keras, size=16, channels=3, width=8, classes=2):
     layers = keras.layers

@@ -6,6 +6,9 @@ MultiHeadAttention + LayerNormalization + feed-forward (residual), GlobalAverage
 this same function). ``python examples/transformer_classifier.py`` trains it on synthetic data.
 """
 
+# The sizes of issue 10's benchmark (benchmarks/workloads.py TX, and the peers' workers)
+BENCHMARK = {"length": 128, "vocabulary": 10000, "width": 128, "heads": 2, "key_dim": 64, "hidden": 256}
+
 
 def build_model(keras, length=16, vocabulary=50, width=16, heads=2, key_dim=8, hidden=32, blocks=2, classes=2):
     class PositionEmbedding(keras.layers.Layer):
