@@ -1,23 +1,24 @@
 """Kernel descriptions of attention and attention_grad (kcompiler/ops/attention.py).
 
-attention: one parallel iteration per query row (b, t, h). The row keeps three scalars, the
-running maximum m of its scores, the running sum l of exp(z - m), and its output row in o
-(which is its own accumulator: rescaled by exp(m_old - m_new) whenever the maximum grows).
-Each key s costs a dot product q.k[s], one or two exps and an update of the output row, so
-memory holds q, k, v, o and the (B, H, T) lse, never a score matrix. After the last key the
-row is divided by l and lse = m + log(l) is stored.
+attention: one parallel iteration per query row (b, t, h). The row keeps two scalars, the
+running maximum m of its scores and the running sum l of exp(z - m), and its output row in o
+(its own accumulator). Each key s costs a dot product q.k[s], one exp and an update of the
+output row; a key that raises the maximum first rescales l and the row by exp(m_old - m_new)
+(a factor of exactly 1 otherwise, so it is skipped). Memory holds q, k, v, o and the (B, H, T)
+lse, never a score matrix. After the last key the row is divided by l and lse = m + log(l)
+is stored.
 
-attention_grad, in two parallel passes as FlashAttention-2's backward:
-1. per query row: delta = do . o - dlse (stored: output 3), then dq = scale * sum_s dz k[s],
-   each p = exp(z - lse) recomputed (a masked score's p is 0, or 1/S in a fully masked row:
-   there every score is -1e9 and float32's lse lost log(S) to rounding);
-2. per key row (b, s, h): dk = scale * sum_t dz q[t] and dv = sum_t p do[t], reading delta
-   back from output 3 (pass 1 has finished: the two passes are one after the other).
-Each row is written by one iteration only, so neither pass needs an atomic add.
+attention_grad: one parallel iteration per (batch, head), so that each score is recomputed
+once and every row of dq, dk and dv is written by one iteration (no atomic adds). For each
+query t: delta = do . o - dlse (stored: output 3), then for each key s the probability
+p = exp(z - lse) (a masked score's p is 0, or 1/S in a fully masked row: there every score is
+-1e9 and float32's lse lost log(S) to rounding), dp = do . v[s] and dz = p * (dp - delta),
+added into dq[t] (scale * dz * k[s]), dk[s] (scale * dz * q[t]) and dv[s] (p * do[t]). One
+head's dk and dv rows stay in cache while its queries go by.
 """
 from ..ir.registry import description
 from ..ops.attention import MASKED_SCORE, split_forward_operands, split_grad_operands
-from .kernel import Assign, Const, Kernel, Load, Local, Store, Var, call, loop, node_buffers
+from .kernel import Assign, Const, If, Kernel, Load, Local, Store, Var, call, loop, node_buffers
 
 F32 = "float32"
 ZERO = Const(0.0, F32)
@@ -102,16 +103,20 @@ def describe_attention(node, in_types, name):
     m, total = Var("m", F32), Var("total", F32)
     o = r.o_row(b, t, h)
     score, z, _ = r.score("z", "in0", "in1", b, t, s, h)
-    m_new, rescale, p = Var("m_new", F32), Var("rescale", F32), Var("p", F32)
+    rescale, p = Var("rescale", F32), Var("p", F32)
+    # the row is rescaled only when a score raises the maximum (otherwise the factor is exactly
+    # exp(0) = 1): one exp per key, and one more per new maximum
+    raise_maximum = If(call("gt", z, m), (
+        Local(rescale, call("exp", call("sub", m, z))),
+        Assign(total, call("mul", total, rescale)),
+        loop("e", r.value_depth, [Store("out0", o + e, call("mul", Load("out0", o + e, F32), rescale))]),
+        Assign(m, z)))
     per_key = score + [
-        Local(m_new, call("max", m, z)),
-        Local(rescale, call("exp", call("sub", m, m_new))),
-        Local(p, call("exp", call("sub", z, m_new))),
-        Assign(total, call("add", call("mul", total, rescale), p)),
+        raise_maximum,
+        Local(p, call("exp", call("sub", z, m))),
+        Assign(total, call("add", total, p)),
         loop("e", r.value_depth, [Store("out0", o + e, call(
-            "add", call("mul", Load("out0", o + e, F32), rescale),
-            call("mul", p, Load("in2", r.v_row(b, s, h) + e, F32))))]),
-        Assign(m, m_new)]
+            "add", Load("out0", o + e, F32), call("mul", p, Load("in2", r.v_row(b, s, h) + e, F32))))])]
     row = [Local(m, Const(float("-inf"), F32)), Local(total, ZERO),
            loop("e", r.value_depth, [Store("out0", o + e, ZERO)]),
            loop("s", r.keys, per_key),
@@ -128,49 +133,42 @@ def describe_attention_grad(node, in_types, name):
     r = _rows(in_types, node["attrs"], mask is not None)
     first = 4 if mask is not None else 3
     o_buf, lse_buf, do_buf, dlse_buf = (f"in{first + i}" for i in range(4))
-    b, t, h, s, e = Var("b"), Var("t"), Var("h"), Var("s"), Var("e")
+    bh, t, s, e = Var("bh"), Var("t"), Var("s"), Var("e")
+    b, h = bh // r.heads, bh % r.heads
     scale = Const(r.scale, F32)
+    q_row, o_row, k_row, v_row = r.q_row(b, t, h), r.o_row(b, t, h), r.k_row(b, s, h), r.v_row(b, s, h)
+    stat = r.stat(b, h, t)
 
-    def probability_terms(t, s):
-        """Statements leaving p and dz of score (t, s) in locals (delta read from output 3)."""
-        score, z, keep = r.score("z", "in0", "in1", b, t, s, h)
-        dp_statements, dp = r.dot("dp", do_buf, r.o_row(b, t, h), "in2", r.v_row(b, s, h), r.value_depth)
-        p, dz = Var("p", F32), Var("dz", F32)
-        dz_value = call("mul", p, call("sub", dp, Load("out3", r.stat(b, h, t), F32)))
-        if keep is not None:
-            dz_value = call("select", keep, dz_value, ZERO)
-        lse = Load(lse_buf, r.stat(b, h, t), F32)
-        p_value = call("exp", call("sub", z, lse))
-        if keep is not None:
-            # a masked score's probability is 0, or 1/S in a fully masked row (all its scores are
-            # -1e9, so its weights are uniform), whose float32 lse has lost the log(S) to rounding
-            fully_masked = call("lt", lse, Const(MASKED_SCORE / 2, F32))
-            p_value = call("select", keep, p_value, call("select", fully_masked, Const(1.0 / r.keys, F32), ZERO))
-        return score + [Local(p, p_value)] + dp_statements + [Local(dz, dz_value)], p, dz
+    score, z, keep = r.score("z", "in0", "in1", b, t, s, h)
+    lse = Load(lse_buf, stat, F32)
+    p_value = call("exp", call("sub", z, lse))
+    if keep is not None:
+        # a masked score's probability is 0, or 1/S in a fully masked row (all its scores are
+        # -1e9, so its weights are uniform), whose float32 lse has lost the log(S) to rounding
+        fully_masked = call("lt", lse, Const(MASKED_SCORE / 2, F32))
+        p_value = call("select", keep, p_value, call("select", fully_masked, Const(1.0 / r.keys, F32), ZERO))
+    dp_statements, dp = r.dot("dp", do_buf, o_row, "in2", v_row, r.value_depth)
+    p, dz = Var("p", F32), Var("dz", F32)
+    dz_value = call("mul", p, call("sub", dp, Load("out3", stat, F32)))
+    if keep is not None:
+        dz_value = call("select", keep, dz_value, ZERO)
 
-    # pass 1, per query row: delta, then dq
-    delta_statements, do_o = r.dot("do_o", do_buf, r.o_row(b, t, h), o_buf, r.o_row(b, t, h), r.value_depth)
-    q_row = r.q_row(b, t, h)
-    terms, _, dz = probability_terms(t, s)
-    query_pass = delta_statements + [
-        Store("out3", r.stat(b, h, t), call("sub", do_o, Load(dlse_buf, r.stat(b, h, t), F32))),
+    def add_into(buffer, row, size, factor, source, source_row):
+        return loop("e", size, [Store(buffer, row + e, call("add", Load(buffer, row + e, F32), call(
+            "mul", factor, Load(source, source_row + e, F32))))])
+
+    dz_scaled = Var("dz_scaled", F32)
+    per_pair = score + [Local(p, p_value)] + dp_statements + [
+        Local(dz, dz_value), Local(dz_scaled, call("mul", dz, scale)),
+        add_into("out0", q_row, r.depth, dz_scaled, "in1", k_row),
+        add_into("out1", k_row, r.depth, dz_scaled, "in0", q_row),
+        add_into("out2", v_row, r.value_depth, p, do_buf, o_row)]
+    delta_statements, do_o = r.dot("do_o", do_buf, o_row, o_buf, o_row, r.value_depth)
+    per_query = delta_statements + [
+        Store("out3", stat, call("sub", do_o, Load(dlse_buf, stat, F32))),
         loop("e", r.depth, [Store("out0", q_row + e, ZERO)]),
-        loop("s", r.keys, terms + [Local(Var("dz_scaled", F32), call("mul", dz, scale)), loop("e", r.depth, [
-            Store("out0", q_row + e, call("add", Load("out0", q_row + e, F32), call(
-                "mul", Var("dz_scaled", F32), Load("in1", r.k_row(b, s, h) + e, F32))))])])]
-
-    # pass 2, per key row: dk and dv
-    k_row, v_row = r.k_row(b, s, h), r.v_row(b, s, h)
-    terms, p, dz = probability_terms(t, s)
-    key_pass = [
-        loop("e", r.depth, [Store("out1", k_row + e, ZERO)]),
-        loop("e", r.value_depth, [Store("out2", v_row + e, ZERO)]),
-        loop("t", r.queries, terms + [
-            Local(Var("dz_scaled", F32), call("mul", dz, scale)),
-            loop("e", r.depth, [Store("out1", k_row + e, call("add", Load("out1", k_row + e, F32), call(
-                "mul", Var("dz_scaled", F32), Load("in0", r.q_row(b, t, h) + e, F32))))]),
-            loop("e", r.value_depth, [Store("out2", v_row + e, call("add", Load("out2", v_row + e, F32), call(
-                "mul", p, Load(do_buf, r.o_row(b, t, h) + e, F32))))])])]
-    body = (loop("b", r.batch, [loop("t", r.queries, [loop("h", r.heads, query_pass)], parallel=True)], parallel=True),
-            loop("b", r.batch, [loop("s", r.keys, [loop("h", r.heads, key_pass)], parallel=True)], parallel=True))
-    return Kernel(name, node_buffers(node, in_types), body)
+        loop("s", r.keys, per_pair)]
+    zero_keys = loop("s", r.keys, [loop("e", r.depth, [Store("out1", k_row + e, ZERO)]),
+                                   loop("e", r.value_depth, [Store("out2", v_row + e, ZERO)])])
+    body = loop("bh", r.batch * r.heads, [zero_keys, loop("t", r.queries, per_query)], parallel=True)
+    return Kernel(name, node_buffers(node, in_types), (body,))
