@@ -12,7 +12,10 @@ from tests.ops.test_attention_ops import ATTENTION_CASES, FULLY_MASKED_CASES, at
 @pytest.mark.parametrize("case", ATTENTION_CASES + FULLY_MASKED_CASES +
                          [(2, 7, 9, 3, 5, 4, {"scale": 0.3, "causal": True}, True),
                           # depths that are multiples of the dot products' partial sums
-                          (1, 5, 6, 2, 16, 24, {"scale": 0.25}, True)])
+                          (1, 5, 6, 2, 16, 24, {"scale": 0.25}, True),
+                          # blocks of 4 query rows (two of them) and of 2
+                          (2, 8, 5, 2, 16, 8, {"scale": 0.25, "causal": True}, True),
+                          (1, 6, 7, 1, 3, 2, {"scale": 0.5}, "row")])
 def test_attention_and_its_gradient(case):
     *sizes, attrs, masked = case
     check_compiled("attention", attention_inputs(*sizes, masked), attrs, wrt=[0, 1, 2])
