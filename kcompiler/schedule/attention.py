@@ -1,22 +1,24 @@
 """Kernel descriptions of attention and attention_grad (kcompiler/ops/attention.py).
 
-attention: one parallel iteration per block of up to 8 query rows (b, t..t+7, h: query_block) — the
-rows share each key's and value's loads, and their independent chains overlap. A row keeps two scalars, the
-running maximum m of its scores and the running sum l of exp(z - m), and its output row in o
-(its own accumulator). Each key s costs a dot product q.k[s], one exp and an update of the
-output row; a key that raises the maximum first rescales l and the row by exp(m_old - m_new)
-(a factor of exactly 1 otherwise, so it is skipped). Memory holds q, k, v, o and the (B, H, T)
-lse, never a score matrix. After the last key the row is divided by l and lse = m + log(l)
-is stored.
+attention: one parallel iteration per block of up to 8 query rows (b, t..t+7, h: query_block):
+the rows share each key's and value's loads, and their independent chains overlap. A row
+keeps two scalars, the running maximum m of its scores and the running sum l of exp(z - m),
+and its output row in o (its own accumulator). Each key s costs a dot product q.k[s], one
+exp and an update of the output row; a key that raises the maximum first rescales l and the
+row by exp(m_old - m_new) (a factor of exactly 1 otherwise, so it is skipped). Memory holds
+q, k, v, o and the (B, H, T) lse, never a score matrix. After the last key the row is divided
+by l and lse = m + log(l) is stored.
 
 attention_grad: one parallel iteration per (batch, head), so that each score is recomputed
 once and every row of dq, dk and dv is written by one iteration (no atomic adds). For each
-block of query rows (as in the forward) and each of its queries t: delta = do . o - dlse (stored: output 3), then for each key s the probability
-p = exp(z - lse) (a masked score's p is 0, or 1/S in a fully masked row: there every score is
--1e9 and float32's lse lost log(S) to rounding), dp = do . v[s] and dz = p * (dp - delta),
-added into dq[t] (scale * dz * k[s]), dk[s] (scale * dz * q[t]) and dv[s] (p * do[t]), the
-block's terms summed before they are added into a dk or dv row. One head's dk and dv rows
-stay in cache while its queries go by.
+block of query rows (as in the forward) and each of its queries t: delta = do . o - dlse
+(stored: output 3), then for each key s the probability p = exp(z - lse) (a masked score's
+p is 0, or 1/S in a fully masked row: there every score is -1e9 and float32's lse lost
+log(S) to rounding), dp = do . v[s] and dz = p * (dp - delta), added into dq[t]
+(scale * dz * k[s]), dk[s] (scale * dz * q[t]) and dv[s] (p * do[t]), the block's terms
+summed before they are added into a dk or dv row. One head's dk and dv rows stay in cache
+while its queries go by. On a GPU this gives only batch x heads threads to the backward: a
+CUDA template splitting it by key blocks is future work.
 """
 from ..ir.registry import description
 from ..ops.attention import MASKED_SCORE, split_forward_operands, split_grad_operands
@@ -150,7 +152,8 @@ def describe_attention(node, in_types, name):
             [loop("e", r.value_depth, [Store("out0", o[i] + e, ZERO) for i in range(block)]),
              loop("s", r.keys, per_key)] +
             [Local(inverse[i], call("div", Const(1.0, F32), total[i])) for i in range(block)] +
-            [loop("e", r.value_depth, [Store("out0", o[i] + e, call("mul", out(i), inverse[i])) for i in range(block)])] +
+            [loop("e", r.value_depth, [Store("out0", o[i] + e, call("mul", out(i), inverse[i]))
+                                       for i in range(block)])] +
             [Store("out1", r.stat(b, h, t), call("add", m[i], call("log", total[i]))) for i, t in enumerate(ts)])
     nest = loop("b", r.batch, [loop("tb", r.queries // block, [loop("h", r.heads, rows)], parallel=True)],
                 parallel=True)

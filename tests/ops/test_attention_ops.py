@@ -22,7 +22,8 @@ ATTENTION_CASES = [
     (2, 3, 4, 2, 3, 2, {"scale": 0.4}, True),
     (1, 4, 4, 1, 2, 2, {"scale": 1.0, "causal": True}, True),
 ]
-FULLY_MASKED_CASES = [(2, 3, 4, 2, 3, 2, {"scale": 0.4}, "row"), (1, 4, 4, 1, 2, 2, {"scale": 1.0, "causal": True}, "row")]
+FULLY_MASKED_CASES = [(2, 3, 4, 2, 3, 2, {"scale": 0.4}, "row"),
+                      (1, 4, 4, 1, 2, 2, {"scale": 1.0, "causal": True}, "row")]
 
 
 def attention_inputs(batch, t_len, s_len, heads, depth, value_depth, masked):
