@@ -78,7 +78,8 @@ def model_and_training(keras, name):
     if name in ("TX", "MN"):  # the reference architectures of examples/, built by the same functions
         from examples import mobilenet_classifier, transformer_classifier
         example = transformer_classifier if name == "TX" else mobilenet_classifier
-        return example.build_model(keras, **example.BENCHMARK), keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy"
+        model = example.build_model(keras, **example.BENCHMARK)
+        return model, keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy"
     raise SystemExit(f"unknown workload {name!r}")
 
 
