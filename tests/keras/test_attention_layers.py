@@ -1,4 +1,4 @@
-"""DepthwiseConv2D, SeparableConv2D and MultiHeadAttention against Keras 3 fixtures
+"""DepthwiseConv2D, SeparableConv2D, MultiHeadAttention and Attention against Keras 3 fixtures
 (tests/fixtures/keras/attention/, made by tests/fixtures/make_attention_fixtures.py): outputs
 and gradients w.r.t. inputs and every weight on generated kernels, masks and causal masks
 included, and Keras's get_config; the fused attention's memory plan from sequence length 512;
@@ -35,16 +35,33 @@ def _mha_call(case):
     return layer, xs, kwargs
 
 
+def _luong_call(case):
+    """(layer with the fixture's weights, inputs, call keyword arguments) of an Attention case."""
+    spec = case["spec"]
+    layer = keras.layers.Attention(**spec["kwargs"])
+    xs = indexed(case, "x")
+    layer.build([x.shape for x in xs])
+    layer.set_weights(indexed(case, "w"))
+    kwargs = dict(spec["call"])
+    if spec["masks"]:
+        kwargs["mask"] = [case["query_mask"], case["value_mask"]]
+    return layer, xs, kwargs
+
+
 def _run(layer, xs, kwargs, tensors):
     if isinstance(layer, keras.layers.MultiHeadAttention):
         key = {"key": tensors[2]} if len(tensors) > 2 else {}
         return layer(tensors[0], tensors[1], **key, **kwargs)
+    if isinstance(layer, keras.layers.Attention):
+        return layer(list(tensors), **kwargs)
     return layer(tensors[0], **kwargs)
 
 
 def _layer_and_inputs(case):
     if case["spec"]["class_name"] == "MultiHeadAttention":
         return _mha_call(case)
+    if case["spec"]["class_name"] == "Attention":
+        return _luong_call(case)
     return layer_case(case)
 
 

@@ -740,6 +740,7 @@ LAYER_EXAMPLES = {
                                                   pointwise_regularizer="l2"), (1, 6, 6, 2)),
     # called with (query, value): no single-input build here (tests/keras/test_attention_layers.py)
     "MultiHeadAttention": (lambda: L.MultiHeadAttention(2, 4, value_dim=3, dropout=0.1, output_shape=5), None),
+    "Attention": (lambda: L.Attention(use_scale=True, score_mode="concat", dropout=0.1, seed=3), None),
 }
 
 

@@ -26,7 +26,7 @@ from .. import backend, constraints, initializers, ops, regularizers
 from .activation import LARGE_NEGATIVE
 from .base import Layer
 
-__all__ = ["MultiHeadAttention"]
+__all__ = ["Attention", "MultiHeadAttention"]
 
 
 class MultiHeadAttention(Layer):
@@ -210,3 +210,85 @@ class MultiHeadAttention(Layer):
                 "activity_regularizer": regularizers.serialize(self.activity_regularizer),
                 "kernel_constraint": constraints.serialize(self.kernel_constraint),
                 "bias_constraint": constraints.serialize(self.bias_constraint), "seed": self.seed}
+
+
+class Attention(Layer):
+    """Keras's dot-product (Luong) attention: ``layer([query, value(, key)], mask=[query_mask,
+    value_mask])``. With ``score_mode='dot'``, no returned scores and no dropout in training it
+    is the fused ``attention`` op with one head (a learned ``scale`` multiplies the query
+    first: the same scores); otherwise Keras's composition (scores, masked positions lowered
+    by 1e9, softmax, dropout, matmul; ``'concat'`` scores as Keras computes them). Positions of
+    a masked query give zeros. A row whose keys are all masked is uniform in the fused path
+    (Keras's lowered scores are uniform too unless the scores span more than float32's
+    rounding of 1e9)."""
+
+    def __init__(self, use_scale=False, score_mode="dot", dropout=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if score_mode not in ("dot", "concat"):
+            raise ValueError(f"{self._describe()}: Invalid value for argument score_mode. Expected one of "
+                             f"{{'dot', 'concat'}}. Received: score_mode={score_mode}")
+        self.use_scale, self.score_mode = bool(use_scale), score_mode
+        self.dropout, self.seed = float(dropout), seed
+        self._op_seed = seed if seed is not None else backend.next_seed()
+        self.supports_masking = True
+
+    def _validate(self, inputs):
+        if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
+            raise ValueError(f"{self._describe()} layer must be called on a list of inputs, namely [query, value] "
+                             f"or [query, value, key]. Received: {inputs!r}")
+
+    def build(self, input_shape):
+        self._validate(input_shape)
+        self.scale = self.add_weight(shape=(), initializer="ones", name="scale") if self.use_scale else None
+        self.concat_score_weight = (self.add_weight(shape=(), initializer="ones", name="concat_score_weight")
+                                    if self.score_mode == "concat" else None)
+
+    def call(self, inputs, mask=None, training=False, return_attention_scores=False, use_causal_mask=False):
+        self._validate(inputs)
+        q, v = inputs[0], inputs[1]
+        k = inputs[2] if len(inputs) > 2 else v
+        q_mask, v_mask = (mask[0], mask[1]) if mask else (None, None)
+        if self.score_mode == "dot" and not return_attention_scores and not (training and self.dropout > 0):
+            output, scores = self._fused(q, k, v, v_mask, use_causal_mask), None
+        else:
+            output, scores = self._composed(q, k, v, v_mask, use_causal_mask, training)
+        if q_mask is not None:
+            output = ops.where(ops.expand_dims(q_mask, -1), output, 0.0)
+        return (output, scores) if return_attention_scores else output
+
+    def _fused(self, q, k, v, v_mask, causal):
+        if self.scale is not None:
+            q = ops.multiply(q, self.scale)
+        operands = [ops.expand_dims(t, 2) for t in (q, k, v)]   # one head: (B, L, 1, dim)
+        if v_mask is not None:
+            keep = ops.expand_dims(ops.cast(v_mask, "float32"), 1)
+            operands.append(ops.broadcast_to(keep, (0, q.shape[1], k.shape[1])))
+        context, _ = backend.apply_op("attention", operands, scale=1.0, causal=bool(causal))
+        return ops.squeeze(context, 2)
+
+    def _composed(self, q, k, v, v_mask, causal, training):
+        if self.score_mode == "dot":
+            scores = backend.apply_op("matmul", [q, k], transpose_b=True)
+            if self.scale is not None:
+                scores = ops.multiply(scores, self.scale)
+        else:
+            total = ops.add(ops.expand_dims(q, -2), ops.expand_dims(k, -3))
+            if self.scale is not None:
+                total = ops.multiply(self.scale, total)
+            scores = ops.multiply(self.concat_score_weight, ops.sum(ops.tanh(total), axis=-1))
+        keep = None if v_mask is None else ops.expand_dims(ops.cast(v_mask, "bool"), -2)
+        if causal:
+            lower = ops.convert_to_tensor(np.tril(np.ones((1, q.shape[1], k.shape[1]), bool)))
+            keep = lower if keep is None else ops.logical_and(keep, lower)
+        if keep is not None:
+            scores = ops.where(keep, scores, ops.subtract(scores, 1e9))
+        weights = ops.softmax(scores, axis=-1)
+        dropped = ops.dropout(weights, self.dropout, self._op_seed) if training and self.dropout > 0 else weights
+        return ops.matmul(dropped, v), weights
+
+    def compute_mask(self, inputs, mask=None):
+        return None if not mask or mask[0] is None else mask[0]
+
+    def get_config(self):
+        return {**super().get_config(), "use_scale": self.use_scale, "score_mode": self.score_mode,
+                "dropout": self.dropout, "seed": self.seed}
