@@ -38,7 +38,7 @@ def _mha_call(case):
 def _luong_call(case):
     """(layer with the fixture's weights, inputs, call keyword arguments) of an Attention case."""
     spec = case["spec"]
-    layer = keras.layers.Attention(**spec["kwargs"])
+    layer = getattr(keras.layers, spec["class_name"])(**spec["kwargs"])
     xs = indexed(case, "x")
     layer.build([x.shape for x in xs])
     layer.set_weights(indexed(case, "w"))
@@ -60,7 +60,7 @@ def _run(layer, xs, kwargs, tensors):
 def _layer_and_inputs(case):
     if case["spec"]["class_name"] == "MultiHeadAttention":
         return _mha_call(case)
-    if case["spec"]["class_name"] == "Attention":
+    if case["spec"]["class_name"] in ("Attention", "AdditiveAttention"):
         return _luong_call(case)
     return layer_case(case)
 

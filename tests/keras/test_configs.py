@@ -741,6 +741,7 @@ LAYER_EXAMPLES = {
     # called with (query, value): no single-input build here (tests/keras/test_attention_layers.py)
     "MultiHeadAttention": (lambda: L.MultiHeadAttention(2, 4, value_dim=3, dropout=0.1, output_shape=5), None),
     "Attention": (lambda: L.Attention(use_scale=True, score_mode="concat", dropout=0.1, seed=3), None),
+    "AdditiveAttention": (lambda: L.AdditiveAttention(use_scale=False, dropout=0.2), None),
 }
 
 

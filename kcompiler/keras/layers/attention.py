@@ -26,7 +26,7 @@ from .. import backend, constraints, initializers, ops, regularizers
 from .activation import LARGE_NEGATIVE
 from .base import Layer
 
-__all__ = ["Attention", "MultiHeadAttention"]
+__all__ = ["AdditiveAttention", "Attention", "MultiHeadAttention"]
 
 
 class MultiHeadAttention(Layer):
@@ -266,16 +266,17 @@ class Attention(Layer):
         context, _ = backend.apply_op("attention", operands, scale=1.0, causal=bool(causal))
         return ops.squeeze(context, 2)
 
-    def _composed(self, q, k, v, v_mask, causal, training):
+    def _scores(self, q, k):
         if self.score_mode == "dot":
             scores = backend.apply_op("matmul", [q, k], transpose_b=True)
-            if self.scale is not None:
-                scores = ops.multiply(scores, self.scale)
-        else:
-            total = ops.add(ops.expand_dims(q, -2), ops.expand_dims(k, -3))
-            if self.scale is not None:
-                total = ops.multiply(self.scale, total)
-            scores = ops.multiply(self.concat_score_weight, ops.sum(ops.tanh(total), axis=-1))
+            return scores if self.scale is None else ops.multiply(scores, self.scale)
+        total = ops.add(ops.expand_dims(q, -2), ops.expand_dims(k, -3))
+        if self.scale is not None:
+            total = ops.multiply(self.scale, total)
+        return ops.multiply(self.concat_score_weight, ops.sum(ops.tanh(total), axis=-1))
+
+    def _composed(self, q, k, v, v_mask, causal, training):
+        scores = self._scores(q, k)
         keep = None if v_mask is None else ops.expand_dims(ops.cast(v_mask, "bool"), -2)
         if causal:
             lower = ops.convert_to_tensor(np.tril(np.ones((1, q.shape[1], k.shape[1]), bool)))
@@ -292,3 +293,29 @@ class Attention(Layer):
     def get_config(self):
         return {**super().get_config(), "use_scale": self.use_scale, "score_mode": self.score_mode,
                 "dropout": self.dropout, "seed": self.seed}
+
+
+class AdditiveAttention(Attention):
+    """Keras's additive (Bahdanau) attention: scores sum(scale * tanh(q + k)) over the features,
+    with a learned (dim,) ``scale``; always Keras's composition (the scores are not dot
+    products, so the fused op does not apply)."""
+
+    def __init__(self, use_scale=True, dropout=0.0, **kwargs):
+        kwargs.pop("score_mode", None)
+        super().__init__(use_scale=use_scale, dropout=dropout, **kwargs)
+        self.score_mode = "additive"
+
+    def build(self, input_shape):
+        self._validate(input_shape)
+        self.concat_score_weight = None
+        self.scale = (self.add_weight(shape=(input_shape[0][-1],), initializer="glorot_uniform", name="scale")
+                      if self.use_scale else None)
+
+    def _scores(self, q, k):
+        tanh = ops.tanh(ops.add(ops.expand_dims(q, -2), ops.expand_dims(k, -3)))
+        return ops.sum(tanh if self.scale is None else ops.multiply(self.scale, tanh), axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["score_mode"]
+        return config
