@@ -182,3 +182,14 @@ def _touches_full_size(program, kernel):
     g = program.graph
     return any(num_elements(g.nodes[n]["type"].shape) >= 2 * 8 * 8 * 4 for n in kernel.nodes
                if not isinstance(g.nodes[n]["type"], tuple) and g.nodes[n]["op"] not in ("input", "variable"))
+
+
+def test_a_keras_file_with_these_layers_loads_and_predicts_as_keras():
+    from keras_fixtures import ROOT
+    folder = ROOT / "attention_files"
+    model = keras.models.load_model(folder / "attention_layers.keras")
+    with np.load(folder / "attention_layers.npz") as data:
+        x, expected = data["x"], data["y"]
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert {"MultiHeadAttention", "DepthwiseConv2D", "SeparableConv2D", "Attention"} <= kinds
+    assert_close(model.predict(x, verbose=0), expected, "predictions of the loaded model")

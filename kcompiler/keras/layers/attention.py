@@ -1,7 +1,8 @@
 """MultiHeadAttention (Keras 3's arguments, weights, masks and numbers).
 
 The projections are matmuls on reshaped views of Keras's (E, heads, dim) kernels, with the
-biases as their epilogues. The attention itself is the fused ``attention`` op
+biases as their epilogues; each projection's kernel and bias live in a sublayer named as
+Keras's (query_dense 'query', ..., output_dense 'attention_output'), so Keras's files load. The attention itself is the fused ``attention`` op
 (ops/attention.py: online softmax, no (B, heads, T, S) tensor in memory, forward or backward)
 whenever the probabilities are not needed: Keras 3 then calls ``dot_product_attention`` too,
 where a masked score is replaced by a large negative, so a fully masked row attends uniformly.
@@ -27,6 +28,25 @@ from .activation import LARGE_NEGATIVE
 from .base import Layer
 
 __all__ = ["AdditiveAttention", "Attention", "MultiHeadAttention"]
+
+
+class _Projection(Layer):
+    """One of MultiHeadAttention's four projections, a sublayer as Keras's EinsumDense ones
+    (query_dense, key_dense, value_dense, output_dense, named query, key, value and
+    attention_output) holding its kernel and bias, so that the weights of a file Keras saved
+    find their places."""
+
+    def __init__(self, owner, name, kernel_shape, bias_shape):
+        super().__init__(name=name)
+        self.kernel = self.add_weight(shape=kernel_shape, initializer=owner.kernel_initializer,
+                                      regularizer=owner.kernel_regularizer, constraint=owner.kernel_constraint,
+                                      name="kernel")
+        self.bias = (self.add_weight(shape=bias_shape, initializer=owner.bias_initializer,
+                                     regularizer=owner.bias_regularizer, constraint=owner.bias_constraint,
+                                     name="bias") if owner.use_bias else None)
+        for var in self._own_weights():   # Keras's paths: multi_head_attention/query/kernel
+            var.path = f"{owner.name}/{var.path}"
+        self.built = True
 
 
 class MultiHeadAttention(Layer):
@@ -72,15 +92,6 @@ class MultiHeadAttention(Layer):
 
     # ---- weights -----------------------------------------------------------------------------
 
-    def _projection(self, name, features, heads, dim):
-        kernel = self.add_weight(shape=(features, heads, dim), initializer=self.kernel_initializer,
-                                 regularizer=self.kernel_regularizer, constraint=self.kernel_constraint,
-                                 name=f"{name}/kernel")
-        bias = (self.add_weight(shape=(heads, dim), initializer=self.bias_initializer,
-                                regularizer=self.bias_regularizer, constraint=self.bias_constraint,
-                                name=f"{name}/bias") if self.use_bias else None)
-        return kernel, bias
-
     def build(self, query_shape, value_shape=None, key_shape=None):
         """Keras's build(query_shape, value_shape, key_shape); the layer's __call__ builds with the
         query's shape alone, so the weights are made at the first call, which knows all three."""
@@ -96,23 +107,21 @@ class MultiHeadAttention(Layer):
                              f"equal. Received: value_shape={tuple(value_shape)} and key_shape={tuple(key_shape)}")
         out_features = query_shape[-1] if self.output_shape_arg is None else \
             self.output_shape_arg[0]
-        self.query_kernel, self.query_bias = self._projection("query", query_shape[-1], self.num_heads, self.key_dim)
-        self.key_kernel, self.key_bias = self._projection("key", key_shape[-1], self.num_heads, self.key_dim)
-        self.value_kernel, self.value_bias = self._projection("value", value_shape[-1], self.num_heads,
-                                                              self.value_dim)
-        self.output_kernel = self.add_weight(
-            shape=(self.num_heads, self.value_dim, out_features), initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer, constraint=self.kernel_constraint, name="attention_output/kernel")
-        self.output_bias = (self.add_weight(shape=(out_features,), initializer=self.bias_initializer,
-                                            regularizer=self.bias_regularizer, constraint=self.bias_constraint,
-                                            name="attention_output/bias") if self.use_bias else None)
+        heads = self.num_heads
+        self.query_dense = _Projection(self, "query", (query_shape[-1], heads, self.key_dim), (heads, self.key_dim))
+        self.key_dense = _Projection(self, "key", (key_shape[-1], heads, self.key_dim), (heads, self.key_dim))
+        self.value_dense = _Projection(self, "value", (value_shape[-1], heads, self.value_dim),
+                                       (heads, self.value_dim))
+        self.output_dense = _Projection(self, "attention_output", (heads, self.value_dim, out_features),
+                                        (out_features,))
         if self.attention_axes is None:   # Keras fills in the default when it builds
             self.attention_axes = (1,)
         self._projections_built = True
         self.built = True
 
-    def _project(self, x, kernel, bias, dim):
+    def _project(self, x, projection, dim):
         """x (B, L, E) -> (B, L, heads, dim): one matmul by the (E, heads*dim) view of the kernel."""
+        kernel, bias = projection.kernel, projection.bias
         y = ops.matmul(x, ops.reshape(kernel, (kernel.shape[0], self.num_heads * dim)))
         if bias is not None:
             y = backend.apply_op("bias_add", [y, ops.reshape(bias, (self.num_heads * dim,))])
@@ -131,9 +140,9 @@ class MultiHeadAttention(Layer):
         query_mask = getattr(query, "_keras_mask", None)
         value_mask = value_mask if value_mask is not None else getattr(value, "_keras_mask", None)
         key_mask = key_mask if key_mask is not None else getattr(key, "_keras_mask", None)
-        q = self._project(query, self.query_kernel, self.query_bias, self.key_dim)
-        k = self._project(key, self.key_kernel, self.key_bias, self.key_dim)
-        v = self._project(value, self.value_kernel, self.value_bias, self.value_dim)
+        q = self._project(query, self.query_dense, self.key_dim)
+        k = self._project(key, self.key_dense, self.key_dim)
+        v = self._project(value, self.value_dense, self.value_dim)
         mask = self._mask(query, value, query_mask, value_mask, key_mask, attention_mask)
         scale = 1.0 / math.sqrt(float(self.key_dim))
         scores = None
@@ -144,10 +153,10 @@ class MultiHeadAttention(Layer):
                                     if mask is not None else [])
             context, _ = backend.apply_op("attention", operands, scale=scale, causal=bool(use_causal_mask))
         flat = ops.reshape(context, (0, 0, self.num_heads * self.value_dim))
-        out_features = self.output_kernel.shape[-1]
-        y = ops.matmul(flat, ops.reshape(self.output_kernel, (self.num_heads * self.value_dim, out_features)))
-        if self.output_bias is not None:
-            y = backend.apply_op("bias_add", [y, self.output_bias])
+        kernel, bias = self.output_dense.kernel, self.output_dense.bias
+        y = ops.matmul(flat, ops.reshape(kernel, (self.num_heads * self.value_dim, kernel.shape[-1])))
+        if bias is not None:
+            y = backend.apply_op("bias_add", [y, bias])
         return (y, scores) if return_attention_scores else y
 
     def _mask(self, query, value, query_mask, value_mask, key_mask, attention_mask):
