@@ -33,9 +33,8 @@ def _geometry(op, node, in_types):
         x_shape = (in_types[0].shape[0],) + tuple(attrs["input_hw"]) + (kernel_shape[2],)
     else:
         x_shape, kernel_shape = in_types[0].shape, tuple(attrs["kernel_shape"])
-    kh, kw, channels, multiplier = kernel_shape
-    # conv_geometry's cout is the kernel's last axis: the multiplier here
-    return conv_geometry(op, x_shape, kernel_shape, attrs), multiplier
+    # conv_geometry's cout is the kernel's last axis: the depth multiplier here
+    return conv_geometry(op, x_shape, kernel_shape, attrs), kernel_shape[3]
 
 
 def _tap(position, stride, count, offset, pad, size):
