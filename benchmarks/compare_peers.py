@@ -1,4 +1,5 @@
-"""kcompiler against TensorFlow-Keras and PyTorch on W1–W6 and the residual CNN R20, in one run
+"""kcompiler against TensorFlow-Keras and PyTorch on W1–W6, the residual CNN R20 and issue 10's
+Transformer (TX) and MobileNet-style (MN) classifiers, in one run
 (issue 9): writes the comparison section of docs/benchmarks.md and a chart.
 
     python benchmarks/compare_peers.py --tf-python /work/venvs/tf/bin/python \\
@@ -48,12 +49,14 @@ sys.path.insert(0, ROOT)
 
 from benchmarks.common import HZ, QuietWaits, cpu_busy  # noqa: E402
 
-WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6", "R20"]
+WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6", "R20", "TX", "MN"]
 DESCRIPTIONS = {"W1": "W1 tiny MLP, batch 5", "W2": "W2 MNIST CNN, batch 64", "W3": "W3 CIFAR CNN, batch 64",
                 "W4": "W4 Embedding+LSTM(64), len 200, batch 32",
                 "W5": "W5 wide MLP 784-1024-1024-10, batch 256",
                 "W6": "W6 Embedding+BiGRU(32), len 100, batch 32",
-                "R20": "R20 ResNet-20 (21 conv + BN), batch 64"}
+                "R20": "R20 ResNet-20 (21 conv + BN), batch 64",
+                "TX": "TX Transformer classifier (2 blocks, 2 heads of 64), len 128, batch 32",
+                "MN": "MN MobileNet-style 96x96x3, batch 32"}
 
 
 class Config:
@@ -77,9 +80,9 @@ CONFIGS = [
     Config("tf_xla", "TF-Keras XLA", "tensorflow", "peer_tensorflow.py", "xla", "train_on_batch",
            ["predict_on_batch", "tf_function"]),
     Config("torch", "PyTorch eager", "torch", "peer_torch.py", "eager", "train", ["inference"],
-           workloads=WORKLOADS[:6]),
+           workloads=WORKLOADS[:6] + ["TX", "MN"]),
     Config("torch_compile", "torch.compile", "torch", "peer_torch.py", "compile", "train", ["inference"],
-           workloads=WORKLOADS[:6]),
+           workloads=WORKLOADS[:6] + ["TX", "MN"]),
 ]
 PEERS = [c for c in CONFIGS if c.framework != "kcompiler"]
 BY_KEY = {c.key: c for c in CONFIGS}

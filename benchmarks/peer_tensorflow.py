@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks.common import emit, window_timer, worker_arguments  # noqa: E402
 
-BATCH = {"W1": 5, "W2": 64, "W3": 64, "W4": 32, "W5": 256, "W6": 32, "R20": 64}
+BATCH = {"W1": 5, "W2": 64, "W3": 64, "W4": 32, "W5": 256, "W6": 32, "R20": 64, "TX": 32, "MN": 32}
 
 
 def conv_stack(keras, shape):
@@ -75,6 +75,11 @@ def model_and_training(keras, name):
                 keras.optimizers.Adam(), "binary_crossentropy")
     if name == "R20":
         return resnet20(keras), keras.optimizers.Adam(1e-3), ce
+    if name in ("TX", "MN"):  # the reference architectures of examples/, built by the same functions
+        from examples import mobilenet_classifier, transformer_classifier
+        example = transformer_classifier if name == "TX" else mobilenet_classifier
+        model = example.build_model(keras, **example.BENCHMARK)
+        return model, keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy"
     raise SystemExit(f"unknown workload {name!r}")
 
 
@@ -92,6 +97,10 @@ def data(name, n):
         return rng.integers(0, 10000, (n, length)).astype(np.int32), rng.integers(0, 2, (n, 1)).astype(np.float32)
     if name == "W5":
         return rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n).astype(np.int32)
+    if name == "TX":
+        return rng.integers(0, 10000, (n, 128)).astype(np.int32), rng.integers(0, 2, n).astype(np.int32)
+    if name == "MN":
+        return rng.random((n, 96, 96, 3), dtype=np.float32), rng.integers(0, 10, n).astype(np.int32)
     raise SystemExit(f"unknown workload {name!r}")
 
 

@@ -1,5 +1,5 @@
-"""PyTorch's worker for benchmarks/compare_peers.py: W1–W6 of benchmarks/workloads.py written
-in PyTorch (same layers, shapes, optimizers, losses and batch sizes; images NCHW, as PyTorch
+"""PyTorch's worker for benchmarks/compare_peers.py: W1–W6, TX and MN of benchmarks/workloads.py
+written in PyTorch (same layers, shapes, optimizers, losses and batch sizes; images NCHW, as PyTorch
 users feed them; one batch of synthetic data), run in the environment PyTorch is installed in
 (never kcompiler's), with ``torch.set_num_threads(2)``.
 
@@ -19,7 +19,7 @@ sys.path.insert(0, ROOT)
 
 from benchmarks.common import emit, window_timer, worker_arguments  # noqa: E402
 
-BATCH = {"W1": 5, "W2": 64, "W3": 64, "W4": 32, "W5": 256, "W6": 32}
+BATCH = {"W1": 5, "W2": 64, "W3": 64, "W4": 32, "W5": 256, "W6": 32, "TX": 32, "MN": 32}
 
 
 def model_and_training(torch, name):
@@ -57,6 +57,14 @@ def model_and_training(torch, name):
         model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
         return (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), nn.CrossEntropyLoss(),
                 floats(n, 784), classes(10))
+    if name == "TX":
+        model = Transformer(torch)
+        ids = torch.from_numpy(rng.integers(0, 10000, (n, 128))).long()
+        return model, torch.optim.Adam(model.parameters(), lr=1e-3), nn.CrossEntropyLoss(), ids, classes(2)
+    if name == "MN":
+        model = mobilenet(torch)
+        return (model, torch.optim.Adam(model.parameters(), lr=1e-3), nn.CrossEntropyLoss(), floats(n, 3, 96, 96),
+                classes(10))
     raise SystemExit(f"workload {name!r} is not defined for PyTorch")
 
 
@@ -82,6 +90,53 @@ def Recurrent(torch, name, width):
             return self.head(torch.cat(list(h), dim=1))
 
     return Model()
+
+
+def Transformer(torch, length=128, width=128, heads=2, hidden=256):
+    """TX (examples/transformer_classifier.py at its BENCHMARK sizes): embeddings + positions, 2 blocks
+    of MultiheadAttention (2 heads of 64) + LayerNorm + feed-forward, mean over the steps, Linear
+    (logits: CrossEntropyLoss takes the softmax Keras's model ends with)."""
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
+            self.norm1, self.norm2 = nn.LayerNorm(width, eps=1e-6), nn.LayerNorm(width, eps=1e-6)
+            self.feed = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, width))
+
+        def forward(self, x):
+            x = self.norm1(x + self.attention(x, x, x, need_weights=False)[0])
+            return self.norm2(x + self.feed(x))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = nn.Embedding(10000, width)
+            self.positions = nn.Parameter(torch.zeros(length, width))
+            self.blocks = nn.Sequential(Block(), Block())
+            self.head = nn.Linear(width, 2)
+
+        def forward(self, ids):
+            return self.head(self.blocks(self.embedding(ids) + self.positions).mean(dim=1))
+
+    return Model()
+
+
+def mobilenet(torch, width=32):
+    """MN (examples/mobilenet_classifier.py at its BENCHMARK sizes), NCHW."""
+    nn = torch.nn
+
+    def bn_relu6(channels):
+        return [nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01), nn.ReLU6()]
+
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False), *bn_relu6(width),
+        nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False), *bn_relu6(width),
+        nn.Conv2d(width, 2 * width, 1, bias=False), *bn_relu6(2 * width),
+        nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1, groups=2 * width, bias=False),
+        nn.Conv2d(2 * width, 2 * width, 1, bias=False), *bn_relu6(2 * width),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10))
 
 
 def main():

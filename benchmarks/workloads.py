@@ -7,8 +7,10 @@ the right shapes and dtypes; ``batch_size`` may be lowered (tests) without chang
     model = w.build()                   # compiled with the workload's optimizer and loss
     x, y = w.data(batch_size=64)        # one batch, reproducible
 
-DEEP_WORKLOADS holds the residual CNN of issue 9 (R20: ResNet-20 for CIFAR), kept apart so that
-the tests that compile every workload of WORKLOADS do not compile it too.
+DEEP_WORKLOADS holds the residual CNN of issue 9 (R20: ResNet-20 for CIFAR) and issue 10's
+Transformer classifier (TX) and MobileNet-style classifier (MN), the reference architectures of
+examples/ at the issue's sizes, kept apart so that the tests that compile every workload of
+WORKLOADS do not compile them too.
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -114,8 +116,31 @@ def _resnet20():
     return keras.Model(inputs, layers.Dense(10)(layers.GlobalAveragePooling2D()(x)))
 
 
+def _transformer():
+    from examples import transformer_classifier as example
+    return example.build_model(keras, **example.BENCHMARK)
+
+
+def _mobilenet():
+    from examples import mobilenet_classifier as example
+    return example.build_model(keras, **example.BENCHMARK)
+
+
+def _token_classes(length, classes):
+    return lambda rng, n: (rng.integers(0, 10000, (n, length)).astype(np.int32),
+                           rng.integers(0, classes, n).astype(np.int32))
+
+
 DEEP_WORKLOADS = {w.name: w for w in [
     Workload("R20", "ResNet-20 (21 Conv2D + BatchNormalization, 9 residual adds) 32x32x3, batch 64, Adam 1e-3, "
              "sparse CE from logits", 64, _resnet20, lambda: keras.optimizers.Adam(1e-3), _sparse_ce_logits,
              _images((32, 32, 3))),
+    Workload("TX", "Transformer classifier (examples/): Embedding(10000, 128) + positions, 2 blocks of "
+             "MultiHeadAttention(2 heads of 64) + LayerNormalization + Dense(256)/Dense(128), length 128, batch 32, "
+             "Adam 1e-3, sparse CE", 32, _transformer, lambda: keras.optimizers.Adam(1e-3),
+             lambda: "sparse_categorical_crossentropy", _token_classes(128, 2)),
+    Workload("MN", "MobileNet-style classifier (examples/): 96x96x3, stem Conv2D(32, stride 2), DepthwiseConv2D, "
+             "1x1 Conv2D(64), SeparableConv2D(64, stride 2), BatchNormalization + ReLU6 after each, batch 32, "
+             "Adam 1e-3, sparse CE", 32, _mobilenet, lambda: keras.optimizers.Adam(1e-3),
+             lambda: "sparse_categorical_crossentropy", _images((96, 96, 3))),
 ]}

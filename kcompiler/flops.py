@@ -6,6 +6,8 @@ FMA peak. Rules:
 
 * contractions: 2 FLOPs per multiply-add. matmul 2·|out|·k; conv2d and both of its gradients
   2·|dy|·KH·KW·Cin (|dy| = the forward output's size);
+* depthwise_conv2d and both of its gradients 2·|dy|·KH·KW (dy: the forward output); attention
+  2·B·H·T·S·(D + Dv) (the two products), attention_grad twice that (dq, dk, dv and dp);
 * recurrent ops (lstm, gru, simple_rnn): the input and recurrent projections of every step,
   2·B·T·(F + U)·G·U; their ``_grad`` ops twice that (the gradients of the inputs and of the
   weights). The gate math and the forward pass the gradient kernel recomputes are not counted:
@@ -45,6 +47,24 @@ def contraction_flops(op, in_types, attrs, out_type):
     raise ValueError(f"no FLOP rule for the contraction {op!r}")
 
 
+DEPTHWISE_OPS = ("depthwise_conv2d", "depthwise_conv2d_backward_input", "depthwise_conv2d_backward_kernel")
+
+
+def described_flops(op, in_types, attrs, out_type):
+    """FLOPs of the described ops with a multiply-add count of their own (None for the others)."""
+    if op in DEPTHWISE_OPS:
+        kh, kw = (attrs["kernel_shape"] if op == "depthwise_conv2d_backward_kernel" else in_types[1].shape)[:2]
+        dy = out_type if op == "depthwise_conv2d" else in_types[0] if op == "depthwise_conv2d_backward_input" \
+            else in_types[1]
+        return 2 * _elements(dy) * kh * kw
+    if op in ("attention", "attention_grad"):
+        q, k, v = in_types[:3]
+        batch, queries, heads, depth = q.shape
+        forward = 2 * batch * heads * queries * k.shape[1] * (depth + v.shape[3])
+        return forward if op == "attention" else 2 * forward
+    return None
+
+
 def recurrent_flops(op, in_types):
     base = op[:-len("_grad")] if op.endswith("_grad") else op
     x, kernel, recurrent = in_types[:3]
@@ -66,13 +86,17 @@ def node_flops(g, nid):
         head = in_types[:attrs["n_head"]]
         acc = head_type(head, attrs)
         head_flops = (contraction_flops(attrs["head"], head, attrs["head_attrs"], acc) if op == "fused_contraction"
-                      else _elements(head[0]))  # a pooling gradient: one operation per gradient element
+                      else described_flops(attrs["head"], head, attrs["head_attrs"], acc)
+                      or _elements(head[0]))  # a pooling gradient: one operation per gradient element
         return head_flops + _members(attrs["body"]) * _elements(acc)
     if op == "fused_bias_grad":  # the weight gradient, and the bias gradient's sum over dy
         dk = out[0]
         return contraction_flops(attrs["head"], in_types, attrs["head_attrs"], dk) + _elements(in_types[1])
     if op == "fused":
         return _members(attrs["body"]) * _elements(out)
+    described = described_flops(op, in_types, attrs, out)
+    if described is not None:
+        return described
     if op in GATES or op.endswith("_grad") and op[:-len("_grad")] in GATES:
         return recurrent_flops(op, in_types)
     kind = get_op(op).kind

@@ -67,6 +67,17 @@ def test_residual_cnn_has_20_convolutions_batch_norm_and_residual_adds():
     assert "R20" not in WORKLOADS  # the tests that compile every workload leave it out
 
 
+def test_transformer_and_mobilenet_workloads_and_their_flops():
+    from benchmarks.flops import node_flops
+    from kcompiler.pipeline import front_stages
+    g = front_stages(DEEP_WORKLOADS["TX"].build(), training=True, batch_size=2)["differentiated"]
+    counted = {g.nodes[n]["op"]: node_flops(g, n) for n in g.nodes if g.nodes[n]["op"] in ("attention", "attention_grad")}
+    forward = 2 * 2 * 2 * 128 * 128 * (64 + 64)   # 2·B·H·T·S·(D + Dv)
+    assert counted == {"attention": forward, "attention_grad": 2 * forward}
+    kinds = [type(layer).__name__ for layer in DEEP_WORKLOADS["MN"].make_model().layers]
+    assert "DepthwiseConv2D" in kinds and "SeparableConv2D" in kinds and "TX" not in WORKLOADS and "MN" not in WORKLOADS
+
+
 def _cell(seconds, load=0.0):
     return {"seconds": seconds, "fastest": seconds,
             "windows": [{"median": seconds, "calls": 3, "other_load": load, "load_before": None, "flagged": load > 0.3}]}

@@ -3,7 +3,9 @@ fusion pass so the product's output is finished (bias, activation, ...) while it
 in cache, instead of in a second pass over memory. The `fused_pool_grad` op: the same for a
 pooling gradient whose windows do not overlap (each element of its result is stored once),
 whose epilogue runs on each value where the gradient stores it (the activation gradient
-before a pooling layer: no second pass over the pooled layer's full-size gradient).
+before a pooling layer: no second pass over the pooled layer's full-size gradient), and for
+the other described heads that store each element once (depthwise_conv2d and its input
+gradient: BatchNormalization and ReLU6 after a depthwise convolution in inference).
 
 attrs: ``head`` (the head's op name), ``head_attrs``, ``n_head`` (how many of the node's
 operands are the head's), ``body``/``outputs`` as in the `fused` op, where a ref

@@ -30,6 +30,9 @@ NOT_FUSABLE = {"fused"}
 # The fused op an epilogue makes with each kind of head: pooling gradients store each element
 # of their result once (windows that do not overlap), and the epilogue runs at those stores.
 POOL_GRADS = frozenset({"max_pool2d_grad", "avg_pool2d_grad"})
+# Other described heads that store each element of their result once, never reading it back
+# (the depthwise convolution and its input gradient): their epilogue runs at those stores too.
+STORE_EPILOGUE_HEADS = POOL_GRADS | {"depthwise_conv2d", "depthwise_conv2d_backward_input"}
 
 
 def _fusable(g, nid):
@@ -215,7 +218,7 @@ def fuse_epilogues(g, heads):
         attrs = {"head": g.nodes[head]["op"], "head_attrs": dict(g.nodes[head]["attrs"]),
                  "n_head": len(head_operands), "body": body, "outputs": outputs}
         prev_layer, b.layer = b.layer, g.nodes[nid].get("layer") or g.nodes[head].get("layer")
-        fused_op = "fused_pool_grad" if g.nodes[head]["op"] in POOL_GRADS else "fused_contraction"
+        fused_op = "fused_pool_grad" if g.nodes[head]["op"] in STORE_EPILOGUE_HEADS else "fused_contraction"
         new = b.add(fused_op, head_operands + extras, attrs)
         b.layer = prev_layer
         g.nodes[new]["fused"] = [g.nodes[head]["op"]] + (g.nodes[nid].get("fused") or [g.nodes[nid]["op"]])

@@ -11,3 +11,5 @@ from . import reduce  # noqa: F401
 from . import norm  # noqa: F401
 from . import image  # noqa: F401
 from . import batch_norm  # noqa: F401
+from . import depthwise  # noqa: F401
+from . import attention  # noqa: F401

@@ -734,12 +734,20 @@ LAYER_EXAMPLES = {
     "TimeDistributed": (lambda: L.TimeDistributed(L.Dense(3, activation="relu")), (2, 4, 5)),
     "Conv1D": (lambda: L.Conv1D(3, 2, padding="causal", dilation_rate=2, activation="relu"), (2, 6, 2)),
     "Conv2DTranspose": (lambda: L.Conv2DTranspose(3, 3, strides=2, padding="same", output_padding=1), (1, 3, 3, 2)),
+    "DepthwiseConv2D": (lambda: L.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2,
+                                                  activation="relu6"), (1, 5, 5, 2)),
+    "SeparableConv2D": (lambda: L.SeparableConv2D(4, 3, dilation_rate=2, use_bias=False,
+                                                  pointwise_regularizer="l2"), (1, 6, 6, 2)),
+    # called with (query, value): no single-input build here (tests/keras/test_attention_layers.py)
+    "MultiHeadAttention": (lambda: L.MultiHeadAttention(2, 4, value_dim=3, dropout=0.1, output_shape=5), None),
+    "Attention": (lambda: L.Attention(use_scale=True, score_mode="concat", dropout=0.1, seed=3), None),
+    "AdditiveAttention": (lambda: L.AdditiveAttention(use_scale=False, dropout=0.2), None),
 }
 
 
 WITH_WEIGHTS = {"Dense", "Embedding", "BatchNormalization", "Conv2D", "SimpleRNN", "LSTM", "GRU", "Bidirectional",
                 "PReLU", "Normalization", "LayerNormalization", "GroupNormalization", "TimeDistributed", "Conv1D",
-                "Conv2DTranspose"}
+                "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D"}
 
 
 def _layer_classes():

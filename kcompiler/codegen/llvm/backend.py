@@ -16,7 +16,7 @@ class LLVMBackend(Backend):
     def capabilities(self):
         return Capabilities(
             epilogue_heads=frozenset({"matmul", "conv2d", "conv2d_backward_input", "max_pool2d_grad",
-                                      "avg_pool2d_grad"}),
+                                      "avg_pool2d_grad", "depthwise_conv2d", "depthwise_conv2d_backward_input"}),
             templates=frozenset(name for name, op in all_ops().items() if "llvm" in op.lowerings),
             dtypes=frozenset(COMPILED_DTYPES),
             executes=True,

@@ -352,12 +352,14 @@ class Layer:
         # become graph inputs too, named e0, e1, ...
         extra_names = [k for k, v in kwargs.items() if _is_tensorlike(v) or (
             isinstance(v, (list, tuple)) and v and all(_is_tensorlike(t) for t in v))]
-        extra = {k: map_structure(lambda t: to_array(t, what=f"{self._describe()} {k}"), kwargs.pop(k))
-                 for k in extra_names}
+        given = {k: kwargs.pop(k) for k in extra_names}
+        extra = {k: map_structure(lambda t: to_array(t, what=f"{self._describe()} {k}"), v) for k, v in given.items()}
         if any(_is_tensorlike(v) for v in rest):
+            given["__rest__"] = list(rest)
             extra["__rest__"] = [map_structure(to_array, v) for v in rest]
             rest = ()
         flat_extra = flatten(list(extra.values()))
+        flat_given = flatten(list(given.values()))  # the tensors themselves: a tape differentiates them too
         flat_arrays = flatten(arrays)
         flat_masks = [] if mask is None else [None if m is None else to_array(m) for m in flatten(mask)]
         key = (tuple((a.shape, str(a.dtype)) for a in flat_arrays),
@@ -402,7 +404,9 @@ class Layer:
         tensors = [Tensor(v) for v in values]
         from .. import tape
         if tape._active_tapes:
-            tape.record_graph(g, feeds, {f"x{i}": x for i, x in enumerate(flatten(inputs))}, tensors)
+            recorded = {f"x{i}": x for i, x in enumerate(flatten(inputs))}
+            recorded.update({f"e{i}": x for i, x in enumerate(flat_given)})
+            tape.record_graph(g, feeds, recorded, tensors)
         for vnode, value in updates.items():
             g.graph["variables"][vnode].assign(value)
         n = len(flatten(outputs))
