@@ -65,21 +65,34 @@ class StepCollective:
             out[...] = extras[world + 1 + i] / extras[world]
 
 
+def _global_count(xs):
+    return len(xs[0])
+
+
+def _part(value, lo, hi):
+    """Rows [lo, hi) of an array, or of each array of a list (several outputs' labels/weights)."""
+    if value is None:
+        return None
+    return [None if v is None else v[lo:hi] for v in value] if isinstance(value, (list, tuple)) else value[lo:hi]
+
+
 def _shard(xs, y, sample_weight, rank, world):
     """(inputs, labels, weights, local count) of this rank's part of a global batch; an empty
-    part becomes the first sample with a weight of 0 (local count 0)."""
-    n = len(y)
+    part becomes the first sample with a weight of 0 (local count 0). Labels and weights may
+    be lists, one per labelled output."""
+    n = _global_count(xs)
     lo, hi = shard_bounds(n, rank, world)
     if hi == lo:
-        return [a[:1] for a in xs], y[:1], np.zeros(1, np.float32), 0
-    weights = None if sample_weight is None else sample_weight[lo:hi]
-    return [a[lo:hi] for a in xs], y[lo:hi], weights, hi - lo
+        zero = np.zeros(1, np.float32)
+        weights = [zero] * len(y) if isinstance(y, (list, tuple)) else zero
+        return [a[:1] for a in xs], _part(y, 0, 1), weights, 0
+    return [a[lo:hi] for a in xs], _part(y, lo, hi), _part(sample_weight, lo, hi), hi - lo
 
 
 def train_step(comm, program, xs, y, sample_weight):
     """One training step of ``program`` on this rank's shard of the global batch (xs, y, sample_weight)."""
     local_xs, local_y, local_w, count = _shard(xs, y, sample_weight, comm.rank, comm.size)
-    collective = StepCollective(comm, count, len(y))
+    collective = StepCollective(comm, count, _global_count(xs))
     return program.train_step(local_xs[0] if len(local_xs) == 1 else local_xs, local_y, local_w,
                               collective=collective)
 
@@ -89,7 +102,7 @@ def test_step(comm, program, xs, y, sample_weight):
     states' increments and the loss and metric sums) between the step's two native calls."""
     local_xs, local_y, local_w, count = _shard(xs, y, sample_weight, comm.rank, comm.size)
     return program.test_step(local_xs[0] if len(local_xs) == 1 else local_xs, local_y, local_w,
-                             collective=StepCollective(comm, count, len(y)))
+                             collective=StepCollective(comm, count, _global_count(xs)))
 
 
 def broadcast_variables(comm, variables):

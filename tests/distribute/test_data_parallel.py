@@ -265,3 +265,18 @@ def test_without_mpi4py_the_api_names_the_distributed_extra(monkeypatch):
     monkeypatch.setattr(mpi, "_world", [])
     with pytest.raises(ImportError, match=r"mpi4py.*`distributed` extra"):
         keras.distribution.DataParallel()
+
+
+def test_a_shard_of_several_outputs_labels_and_weights():
+    """Several labelled outputs: every label and weight array is cut like the inputs; an empty
+    shard is one sample with zero weights for every output."""
+    from kcompiler.distribute.step import _shard
+    x = np.arange(5 * 2, dtype=np.float32).reshape(5, 2)
+    ys = [np.arange(5), np.arange(5) * 10]
+    ws = [np.ones(5, np.float32), None]
+    xs1, ys1, ws1, count = _shard([x], ys, ws, 1, 2)
+    assert count == 2 and np.array_equal(xs1[0], x[3:5])
+    assert np.array_equal(ys1[0], [3, 4]) and np.array_equal(ys1[1], [30, 40])
+    assert np.array_equal(ws1[0], [1, 1]) and ws1[1] is None
+    _, ys_empty, ws_empty, count = _shard([x[:1]], [y[:1] for y in ys], None, 1, 2)
+    assert count == 0 and len(ys_empty) == 2 and all(len(w) == 1 and w[0] == 0 for w in ws_empty)
