@@ -4,7 +4,9 @@ Arrays: every rank draws the same (seeded) shuffle, so every rank knows the glob
 rank r takes the r-th of ``world`` nearly equal contiguous parts of it (sizes differ by at
 most one; a global batch smaller than the number of ranks leaves some ranks empty).
 Batch sources indexed by batch (keras.utils.Sequence / PyDataset): rank r takes batches
-r, r + world, r + 2 world, ...
+r, r + world, r + 2 world, ... (``EvenShards``: every rank gets the same number of steps,
+a rank with no batch left in the last round an empty one, so no rank waits for a
+collective the others never join).
 """
 
 
@@ -37,3 +39,28 @@ class ShardedSequence:
         hook = getattr(self.sequence, "on_epoch_end", None)
         if hook is not None:
             hook()
+
+
+class EvenShards(ShardedSequence):
+    """ShardedSequence with ceil(batches / world) batches on every rank: in the last round a
+    rank whose batch index is past the end gets an empty batch shaped like the round's first
+    batch (distribute/step.py runs it as a zero-weight sample with a gradient share of 0)."""
+
+    def __len__(self):
+        return -(-len(self.sequence) // self.world)
+
+    def __getitem__(self, index):
+        j = self.rank + index * self.world
+        if j < len(self.sequence):
+            return self.sequence[j]
+        return _empty_like(self.sequence[index * self.world])
+
+
+def _empty_like(batch):
+    """The batch's structure (tuples, lists, dicts of arrays) with no samples."""
+    import numpy as np
+    if isinstance(batch, dict):
+        return {k: _empty_like(v) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_empty_like(v) for v in batch)
+    return None if batch is None else np.asarray(batch)[:0]

@@ -89,20 +89,45 @@ def _shard(xs, y, sample_weight, rank, world):
     return [a[lo:hi] for a in xs], _part(y, lo, hi), _part(sample_weight, lo, hi), hi - lo
 
 
-def train_step(comm, program, xs, y, sample_weight):
-    """One training step of ``program`` on this rank's shard of the global batch (xs, y, sample_weight)."""
+def _own_part(comm, xs, y, sample_weight):
+    """A batch this rank already holds alone (a Sequence's batch r + k world, a generator's
+    batch): (inputs, labels, weights, local count, global count); an empty one becomes one
+    zero-weight sample."""
+    count = _global_count(xs)
+    total = comm.allreduce(count)
+    if count:
+        return xs, y, sample_weight, count, total
+    filler = [np.zeros((1,) + a.shape[1:], a.dtype) for a in xs]
+    labels = ([np.zeros((1,) + a.shape[1:], a.dtype) for a in y] if isinstance(y, (list, tuple))
+              else np.zeros((1,) + y.shape[1:], y.dtype))
+    zero = np.zeros(1, np.float32)
+    return filler, labels, [zero] * len(y) if isinstance(y, (list, tuple)) else zero, 0, total
+
+
+def _parts(comm, xs, y, sample_weight, presharded):
+    if presharded:
+        return _own_part(comm, xs, y, sample_weight)
     local_xs, local_y, local_w, count = _shard(xs, y, sample_weight, comm.rank, comm.size)
-    collective = StepCollective(comm, count, _global_count(xs))
+    return local_xs, local_y, local_w, count, _global_count(xs)
+
+
+def train_step(comm, program, xs, y, sample_weight, presharded=False):
+    """One training step of ``program`` on this rank's shard of the global batch (xs, y,
+    sample_weight), or, ``presharded``, on this rank's own batch (the global batch is every
+    rank's together). Returns (logs, samples in the global batch)."""
+    local_xs, local_y, local_w, count, total = _parts(comm, xs, y, sample_weight, presharded)
+    collective = StepCollective(comm, count, total)
     return program.train_step(local_xs[0] if len(local_xs) == 1 else local_xs, local_y, local_w,
-                              collective=collective)
+                              collective=collective), total
 
 
-def test_step(comm, program, xs, y, sample_weight):
-    """Keras's test step over the global batch: each rank's shard, its all-reduce (the metric
-    states' increments and the loss and metric sums) between the step's two native calls."""
-    local_xs, local_y, local_w, count = _shard(xs, y, sample_weight, comm.rank, comm.size)
+def test_step(comm, program, xs, y, sample_weight, presharded=False):
+    """Keras's test step over the global batch: each rank's shard (or own batch), its all-reduce
+    (the metric states' increments and the loss and metric sums) between the step's two native
+    calls. Returns (logs, samples in the global batch)."""
+    local_xs, local_y, local_w, count, total = _parts(comm, xs, y, sample_weight, presharded)
     return program.test_step(local_xs[0] if len(local_xs) == 1 else local_xs, local_y, local_w,
-                             collective=StepCollective(comm, count, _global_count(xs)))
+                             collective=StepCollective(comm, count, total)), total
 
 
 def broadcast_variables(comm, variables):

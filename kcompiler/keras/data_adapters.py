@@ -173,6 +173,7 @@ class ArrayAdapter:
     list of one per labelled output, or None) and ``sample_weight`` (an array or None)."""
 
     converted = True
+    presharded = False  # under data-parallel training: the batches are this rank's own (loops.py)
 
     def __init__(self, xs, y, sample_weight, batch_size, shuffle=False, steps_per_epoch=None):
         self.xs, self.y, self.sample_weight = xs, y, sample_weight
@@ -192,6 +193,7 @@ class GeneratorAdapter:
     """A Python generator or iterator of batches (see the module docstring)."""
 
     converted = False
+    presharded = False  # under data-parallel training: the batches are this rank's own (loops.py)
 
     def __init__(self, generator, steps=None, workers=1, use_multiprocessing=False, max_queue_size=10):
         self.steps = steps
@@ -276,6 +278,7 @@ class SequenceAdapter:
     """A ``keras.utils.Sequence`` or ``PyDataset`` (see the module docstring)."""
 
     converted = False
+    presharded = False  # under data-parallel training: the batches are this rank's own (loops.py)
 
     def __init__(self, sequence, steps=None, shuffle=False, workers=1, use_multiprocessing=False,
                  max_queue_size=10):

@@ -75,13 +75,22 @@ class DataParallel:
         optimizer = getattr(model, "optimizer", None)
         broadcast_variables(self.comm, list(model.weights) + (list(optimizer.variables) if optimizer else []))
 
-    def train_step(self, program, xs, y, sample_weight):
+    def train_step(self, program, xs, y, sample_weight, presharded=False):
+        """The step's logs; ``last_global_count``: the samples of its global batch."""
         from ..distribute.step import train_step
-        return train_step(self.comm, program, xs, y, sample_weight)
+        logs, self.last_global_count = train_step(self.comm, program, xs, y, sample_weight, presharded)
+        return logs
 
-    def test_step(self, program, xs, y, sample_weight):
+    def test_step(self, program, xs, y, sample_weight, presharded=False):
         from ..distribute.step import test_step
-        return test_step(self.comm, program, xs, y, sample_weight)
+        logs, self.last_global_count = test_step(self.comm, program, xs, y, sample_weight, presharded)
+        return logs
+
+    def shard_source(self, data):
+        """A Sequence/PyDataset as this rank sees it: batches rank, rank + world, ... (equal
+        step counts on every rank; sharding.EvenShards)."""
+        from ..distribute.sharding import EvenShards
+        return EvenShards(data, self.rank, self.world_size)
 
     def __repr__(self):
         return f"<DataParallel rank {self.rank} of {self.world_size}>"

@@ -30,6 +30,7 @@ from . import data_adapters
 from .callbacks.callback_list import CallbackList
 from .training import check_class_ids, reset_stateful_metrics, stateful_metric_entries
 
+from .distribution import model_distribution
 from .steps import feeds_by_name, model_steps
 
 # ---- data ------------------------------------------------------------------------------------
@@ -202,15 +203,23 @@ def _check_streamed(x, y, sample_weight, method):
                          f"Sequence/PyDataset as input to {method}(): the batches hold the sample weights")
 
 
-def _streamed_adapter(x, steps, shuffle, workers, use_multiprocessing, max_queue_size):
+def _streamed_adapter(x, steps, shuffle, workers, use_multiprocessing, max_queue_size, distribution=None):
     """A Sequence/PyDataset (``shuffle``: its batches in a new order each epoch) or a generator
-    (whose batches come in its own order: ``shuffle`` is ignored, with Keras 3's warning)."""
+    (whose batches come in its own order: ``shuffle`` is ignored, with Keras 3's warning).
+    Under a data-parallel ``distribution`` each rank's batches are its own (``presharded``): a
+    Sequence's batches rank, rank + ranks, ...; a generator's as it yields them (each rank's
+    generator yields its own shard, docs/distributed.md)."""
     if data_adapters.is_sequence(x):
-        return data_adapters.SequenceAdapter(x, steps, shuffle, workers, use_multiprocessing, max_queue_size)
-    if shuffle:
-        warnings.warn("`shuffle=True` was passed, but will be ignored since the data `x` was provided as a "
-                      "generator. The generator is expected to yield already-shuffled data.", stacklevel=4)
-    return data_adapters.GeneratorAdapter(x, steps, workers, use_multiprocessing, max_queue_size)
+        if distribution is not None and distribution.world_size > 1:
+            x = distribution.shard_source(x)
+        adapter = data_adapters.SequenceAdapter(x, steps, shuffle, workers, use_multiprocessing, max_queue_size)
+    else:
+        if shuffle:
+            warnings.warn("`shuffle=True` was passed, but will be ignored since the data `x` was provided as a "
+                          "generator. The generator is expected to yield already-shuffled data.", stacklevel=4)
+        adapter = data_adapters.GeneratorAdapter(x, steps, workers, use_multiprocessing, max_queue_size)
+    adapter.presharded = distribution is not None and distribution.world_size > 1
+    return adapter
 
 
 def _array_data(model, x, y, sample_weight, labelled=True):
@@ -342,7 +351,7 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
         if validation_split:
             raise ValueError("`validation_split` is only supported for arrays, not for a generator or a keras.utils."
                              "Sequence/PyDataset: pass `validation_data` instead")
-        adapter = _streamed_adapter(x, steps_per_epoch, shuffle, *streaming)
+        adapter = _streamed_adapter(x, steps_per_epoch, shuffle, *streaming, model_distribution(model))
     else:
         xs, y, sample_weight = _array_data(model, x, y, sample_weight)
         n = len(xs[0])
@@ -365,7 +374,8 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
         adapter = data_adapters.ArrayAdapter(xs, y, sample_weight, batch_size, shuffle, steps_per_epoch)
     if validation_data is not None:
         if _is_streamed(validation_data):
-            validation = _streamed_adapter(validation_data, validation_steps, False, *streaming)
+            validation = _streamed_adapter(validation_data, validation_steps, False, *streaming,
+                                           model_distribution(model))
         else:
             val_x, val_y, val_w = _unpack(validation_data)
             validation = _array_data(model, val_x, val_y, val_w)
@@ -386,7 +396,8 @@ def fit(model, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callba
             for step, batch in adapter.epoch():
                 callbacks.on_train_batch_begin(step)
                 xs_b, y_b, w_b, size = _batch_arrays(model, adapter, batch, class_weight=class_weight)
-                logs = means.add(runner.train(xs_b, y_b, w_b), size)
+                logs = runner.train(xs_b, y_b, w_b, adapter.presharded)
+                logs = means.add(logs, runner.distribution.last_global_count if adapter.presharded else size)
                 callbacks.on_train_batch_end(step, logs)
                 if model.stop_training:
                     break
@@ -423,7 +434,8 @@ def _evaluate_loop(model, runner, adapter, callbacks):
     for step, batch in adapter.epoch():
         callbacks.on_test_batch_begin(step)
         xs, y, w, size = _batch_arrays(model, adapter, batch)
-        logs = means.add(runner.test(feeds_by_name(model, xs), y, w), size)
+        logs = runner.test(feeds_by_name(model, xs), y, w, adapter.presharded)
+        logs = means.add(logs, runner.distribution.last_global_count if adapter.presharded else size)
         callbacks.on_test_batch_end(step, logs)
         if getattr(model, "stop_evaluating", False):
             break
@@ -440,7 +452,8 @@ def evaluate(model, x=None, y=None, batch_size=None, verbose="auto", sample_weig
     verbose = _verbosity(verbose)
     if _is_streamed(x):
         _check_streamed(x, y, sample_weight, "evaluate")
-        adapter = _streamed_adapter(x, steps, False, workers, use_multiprocessing, max_queue_size)
+        adapter = _streamed_adapter(x, steps, False, workers, use_multiprocessing, max_queue_size,
+                                    model_distribution(model))
     else:
         xs, y, sample_weight = _array_data(model, x, y, sample_weight)
         adapter = data_adapters.ArrayAdapter(xs, y, sample_weight, _default_batch_size(batch_size, len(xs[0]), steps),

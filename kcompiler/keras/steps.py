@@ -59,12 +59,13 @@ class CompiledSteps:
             self._train.iterations = current.iterations
         return self._train
 
-    def train(self, xs, y, sample_weight):
+    def train(self, xs, y, sample_weight, presharded=False):
+        """``presharded``: under a distribution, the batch is this rank's own (not the global one)."""
         if self.distribution is not None:
-            return self.distribution.train_step(self.train_program, xs, y, sample_weight)
+            return self.distribution.train_step(self.train_program, xs, y, sample_weight, presharded)
         return self.train_program.train_step(xs[0] if len(xs) == 1 else xs, y, sample_weight)
 
-    def test(self, feeds, y, sample_weight):
+    def test(self, feeds, y, sample_weight, presharded=False):
         if self._test is None:
             with compile_lock:
                 if self._test is None:
@@ -73,7 +74,7 @@ class CompiledSteps:
                                                            evaluation=True)
         xs = list(feeds.values())
         if self.distribution is not None:
-            return self.distribution.test_step(self._test, xs, y, sample_weight)
+            return self.distribution.test_step(self._test, xs, y, sample_weight, presharded)
         return self._test.test_step(xs[0] if len(xs) == 1 else xs, y, sample_weight)
 
     def predict(self, xs):

@@ -8,6 +8,9 @@ batch 64 (2 epochs of 10 batches, the last of each epoch partial: 33 samples) wi
 data and a ModelCheckpoint (OUT_DIR/last.weights.h5, written by rank 0), then writes
 OUT_DIR/result-<rank>.npz (per-batch logs, History, final weights) and rank 0 prints the History. ``--fail-rank R --fail-step S``: rank R kills itself (SIGKILL) at step S, or with
 ``--fail-how raise`` raises an exception out of fit there.
+``--sequence SAMPLES``: the first SAMPLES samples come from a keras.utils.Sequence instead of
+arrays (no shuffling, no validation): on N ranks, batches of 64 / N samples of which rank r
+takes r, r + N, ...; in one process, batches of 64 made of the same N consecutive small ones.
 """
 import argparse
 import json
@@ -52,6 +55,20 @@ def data(model_name):
     return x, y
 
 
+class Batches(keras.utils.Sequence):
+    """Consecutive batches of ``size`` samples of (x, y)."""
+
+    def __init__(self, x, y, size):
+        super().__init__()
+        self.x, self.y, self.size = x, y, size
+
+    def __len__(self):
+        return -(-len(self.x) // self.size)
+
+    def __getitem__(self, i):
+        return self.x[i * self.size:(i + 1) * self.size], self.y[i * self.size:(i + 1) * self.size]
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
@@ -60,6 +77,7 @@ def main():
     parser.add_argument("--fail-rank", type=int)
     parser.add_argument("--fail-step", type=int)
     parser.add_argument("--fail-how", choices=["kill", "raise"], default="kill")
+    parser.add_argument("--sequence", type=int, default=None)
     args = parser.parse_args()
     rank = 0
     if args.distributed:
@@ -79,8 +97,14 @@ def main():
     val = (x[:100], y[:100])
     logs = BatchLogs(args.fail_rank, args.fail_step, args.fail_how, rank)
     checkpoint = keras.callbacks.ModelCheckpoint(os.path.join(args.out, "last.weights.h5"), save_weights_only=True)
-    history = model.fit(x, y, batch_size=64, epochs=2, validation_data=val, callbacks=[logs, checkpoint],
-                        verbose=2)
+    if args.sequence:
+        ranks = strategy.world_size if args.distributed else 1
+        source = Batches(x[:args.sequence], y[:args.sequence], 64 // (2 if args.distributed else 1))
+        assert ranks in (1, 2)
+        history = model.fit(source, epochs=2, shuffle=False, callbacks=[logs, checkpoint], verbose=2)
+    else:
+        history = model.fit(x, y, batch_size=64, epochs=2, validation_data=val, callbacks=[logs, checkpoint],
+                            verbose=2)
     np.savez(os.path.join(args.out, f"result-{rank}.npz"), batches=np.array(logs.batches, dtype=np.float64),
              history=json.dumps(history.history), *[w.numpy() for w in model.weights])
     if rank == 0:
