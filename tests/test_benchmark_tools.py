@@ -68,12 +68,20 @@ def test_residual_cnn_has_20_convolutions_batch_norm_and_residual_adds():
 
 
 def test_transformer_and_mobilenet_workloads_and_their_flops():
-    from benchmarks.flops import node_flops
+    from kcompiler.flops import node_flops
     from kcompiler.pipeline import front_stages
-    g = front_stages(DEEP_WORKLOADS["TX"].build(), training=True, batch_size=2)["differentiated"]
+    from kcompiler import keras
+    # the fused attention op (sequences from length 512; TX's 128 take the batched GEMMs)
+    inputs = keras.Input((512, 8))
+    y = keras.layers.MultiHeadAttention(2, 4)(inputs, inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(y)))
+    model.compile(optimizer="sgd", loss="mse")
+    g = front_stages(model, training=True, batch_size=2)["differentiated"]
     counted = {g.nodes[n]["op"]: node_flops(g, n) for n in g.nodes if g.nodes[n]["op"] in ("attention", "attention_grad")}
-    forward = 2 * 2 * 2 * 128 * 128 * (64 + 64)   # 2·B·H·T·S·(D + Dv)
+    forward = 2 * 2 * 2 * 512 * 512 * (4 + 4)   # 2·B·H·T·S·(D + Dv)
     assert counted == {"attention": forward, "attention_grad": 2 * forward}
+    tx = front_stages(DEEP_WORKLOADS["TX"].build(), training=True, batch_size=2)["differentiated"]
+    assert sum(node_flops(tx, n) for n in tx.nodes) > 0
     kinds = [type(layer).__name__ for layer in DEEP_WORKLOADS["MN"].make_model().layers]
     assert "DepthwiseConv2D" in kinds and "SeparableConv2D" in kinds and "TX" not in WORKLOADS and "MN" not in WORKLOADS
 

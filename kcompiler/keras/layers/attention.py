@@ -2,10 +2,12 @@
 
 The projections are matmuls on reshaped views of Keras's (E, heads, dim) kernels, with the
 biases as their epilogues; each projection's kernel and bias live in a sublayer named as
-Keras's (query_dense 'query', ..., output_dense 'attention_output'), so Keras's files load. The attention itself is the fused ``attention`` op
-(ops/attention.py: online softmax, no (B, heads, T, S) tensor in memory, forward or backward)
-whenever the probabilities are not needed: Keras 3 then calls ``dot_product_attention`` too,
-where a masked score is replaced by a large negative, so a fully masked row attends uniformly.
+Keras's (query_dense 'query', ..., output_dense 'attention_output'), so Keras's files load. When
+the probabilities are not needed Keras 3 calls ``dot_product_attention``, where a masked score is
+replaced by a large negative, so a fully masked row attends uniformly; here that is the fused
+``attention`` op (ops/attention.py: online softmax, no (B, heads, T, S) tensor in memory, forward
+or backward) from sequence length FUSED_ATTENTION_MIN_LENGTH, and the same math through batched
+GEMMs below it.
 When ``return_attention_scores=True``, or in training with ``dropout > 0``, the layer composes
 the scores as Keras does on that path: scaled query, batched matmul, Keras's masked Softmax (a
 fully masked row is all zeros there), dropout, a second matmul.
@@ -28,6 +30,17 @@ from .activation import LARGE_NEGATIVE
 from .base import Layer
 
 __all__ = ["AdditiveAttention", "Attention", "MultiHeadAttention"]
+
+# From this sequence length (query or key side; also when a length is not static) the layers use
+# the fused ``attention`` op, which never holds the (B, heads, T, S) scores; shorter sequences
+# take the composition through batched GEMMs, whose scores are small and which runs faster: the
+# fused op is a generic kernel description (no GEMM micro-kernel), and at T = S = 128 (the TX
+# workload) its kernels took ~45 % of the training step, 2.5x the GEMM composition's time.
+FUSED_ATTENTION_MIN_LENGTH = 512
+
+
+def use_fused_attention(t_len, s_len):
+    return t_len is None or s_len is None or max(t_len, s_len) >= FUSED_ATTENTION_MIN_LENGTH
 
 
 class _Projection(Layer):
@@ -148,6 +161,9 @@ class MultiHeadAttention(Layer):
         scores = None
         if return_attention_scores or (training and self.dropout > 0.0):
             context, scores = self._composed(q, k, v, mask, use_causal_mask, scale, training)
+        elif not use_fused_attention(q.shape[1], k.shape[1]):
+            # Keras's dot_product_attention path: a row whose keys are all masked is uniform
+            context, _ = self._composed(q, k, v, mask, use_causal_mask, scale, training, zero_masked_rows=False)
         else:
             operands = [q, k, v] + ([ops.broadcast_to(mask, (0, query.shape[1], value.shape[1]))]
                                     if mask is not None else [])
@@ -182,8 +198,10 @@ class MultiHeadAttention(Layer):
             total = ops.expand_dims(total, 0)
         return total
 
-    def _composed(self, q, k, v, mask, causal, scale, training):
-        """Keras's path with explicit probabilities: (context (B, T, H, Dv), scores (B, H, T, S))."""
+    def _composed(self, q, k, v, mask, causal, scale, training, zero_masked_rows=True):
+        """Keras's path with explicit probabilities: (context (B, T, H, Dv), scores (B, H, T, S));
+        ``zero_masked_rows``: masked probabilities are zeros, so a row whose keys are all masked is
+        zero (Keras's masked Softmax), else such a row is uniform (its dot_product_attention)."""
         t_len, s_len = q.shape[1], k.shape[1]
         qh = ops.transpose(ops.multiply(q, scale), (0, 2, 1, 3))
         kh = ops.transpose(k, (0, 2, 1, 3))
@@ -198,7 +216,7 @@ class MultiHeadAttention(Layer):
         if keep is not None:
             logits = ops.where(keep, logits, LARGE_NEGATIVE)
         scores = ops.softmax(logits, axis=-1)
-        if keep is not None:
+        if keep is not None and zero_masked_rows:
             scores = ops.where(keep, scores, 0.0)
         weights = ops.dropout(scores, self.dropout, self._op_seed) if training and self.dropout > 0.0 else scores
         context = ops.transpose(ops.matmul(weights, vh), (0, 2, 1, 3))
@@ -223,8 +241,8 @@ class MultiHeadAttention(Layer):
 
 class Attention(Layer):
     """Keras's dot-product (Luong) attention: ``layer([query, value(, key)], mask=[query_mask,
-    value_mask])``. With ``score_mode='dot'``, no returned scores and no dropout in training it
-    is the fused ``attention`` op with one head (a learned ``scale`` multiplies the query
+    value_mask])``. With ``score_mode='dot'``, no returned scores, no dropout in training and
+    sequences from FUSED_ATTENTION_MIN_LENGTH it is the fused ``attention`` op with one head (a learned ``scale`` multiplies the query
     first: the same scores); otherwise Keras's composition (scores, masked positions lowered
     by 1e9, softmax, dropout, matmul; ``'concat'`` scores as Keras computes them). Positions of
     a masked query give zeros. A row whose keys are all masked is uniform in the fused path
@@ -257,7 +275,8 @@ class Attention(Layer):
         q, v = inputs[0], inputs[1]
         k = inputs[2] if len(inputs) > 2 else v
         q_mask, v_mask = (mask[0], mask[1]) if mask else (None, None)
-        if self.score_mode == "dot" and not return_attention_scores and not (training and self.dropout > 0):
+        if (self.score_mode == "dot" and not return_attention_scores and not (training and self.dropout > 0)
+                and use_fused_attention(q.shape[1], k.shape[1])):
             output, scores = self._fused(q, k, v, v_mask, use_causal_mask), None
         else:
             output, scores = self._composed(q, k, v, v_mask, use_causal_mask, training)
