@@ -1,8 +1,11 @@
 """keras.utils."""
 from ..runtime.progbar import Progbar
 from .backend import set_random_seed
+from .image_dataset import image_dataset_from_directory
+from .image_utils import array_to_img, img_to_array, load_img, save_img
 
-__all__ = ["set_random_seed", "get_file", "Progbar"]
+__all__ = ["set_random_seed", "get_file", "Progbar",
+           "array_to_img", "img_to_array", "load_img", "save_img", "image_dataset_from_directory"]
 
 
 # ---- get_file: the Keras download cache ------------------------------------------------------

@@ -91,7 +91,8 @@ class _Pooling1D(Layer):
         self.input_spec = InputSpec(ndim=3)
 
     def build(self, input_shape):
-        out = output_size(channels_last_shape(input_shape, self.data_format)[1], self.pool_size[0], self.strides[0], 1, self.padding)
+        steps = channels_last_shape(input_shape, self.data_format)[1]
+        out = output_size(steps, self.pool_size[0], self.strides[0], 1, self.padding)
         if out is not None and out < 1:
             raise ShapeError(f"{self._describe()}: input of shape {fmt_shape(input_shape)} is shorter than "
                              f"pool_size={self.pool_size} (padding={self.padding!r}): the output would be empty")

@@ -2,8 +2,8 @@
 
 All are data movement (broadcast_to, transpose, pad, slice: one copy each), except bilinear
 upsampling (the upsample_bilinear op). Nearest-neighbour upsampling is a broadcast of a
-reshaped view: (N, H, 1, W, 1, C) -> (N, H, fh, W, fw, C), read back as (N, H*fh, W*fw, C). The image layers take channels_first data through their
-channels_last view (data_format.py).
+reshaped view: (N, H, 1, W, 1, C) -> (N, H, fh, W, fw, C), read back as (N, H*fh, W*fw, C).
+The image layers take channels_first data through their channels_last view (data_format.py).
 """
 from ...errors import ShapeError, UnsupportedError
 from ...ir.types import fmt_shape
