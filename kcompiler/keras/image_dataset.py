@@ -141,6 +141,10 @@ class ImageDataset:
     """Batches of images loaded from files (see the module's docstring). Attributes as Keras's
     dataset: ``class_names``, ``file_paths``; ``element_spec`` is not provided."""
 
+    # For fit's data adapters: this is a dataset, which orders its own batches, so fit's
+    # `shuffle` does not apply to it (Keras ignores `shuffle` for a tf.data.Dataset).
+    orders_its_own_batches = True
+
     def __init__(self, file_paths, labels, *, label_mode, class_names, batch_size, image_size, color_mode,
                  interpolation, crop_to_aspect_ratio, pad_to_aspect_ratio, data_format, shuffle, seed):
         self.file_paths = list(file_paths)

@@ -201,6 +201,38 @@ def test_a_dataset_trains_a_model_as_its_arrays_do(folder):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_fit_takes_the_dataset_itself(folder):
+    """ImageDataset has the PyDataset protocol (len, batch i, on_epoch_end) that fit's data
+    adapters recognise (branch keras-data): fit on it equals the batch loop over it. As for a
+    tf.data.Dataset in Keras, fit's `shuffle` (True by default) does not reorder its batches: the
+    adapter leaves alone a dataset whose `orders_its_own_batches` is true."""
+    if not hasattr(keras.utils, "PyDataset"):
+        pytest.skip("fit on a PyDataset comes with the data adapters (issue 11 item 1)")
+    directory, _ = folder
+
+    def datasets():
+        return keras.utils.image_dataset_from_directory(directory, batch_size=4, image_size=(6, 6), seed=2,
+                                                        validation_split=0.3, subset="both", verbose=False)
+
+    def model():
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(3)
+        m = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Rescaling(1 / 255.0), keras.layers.Flatten(),
+                              keras.layers.Dense(3)])
+        m.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return m
+
+    on_batches, (train, _) = model(), datasets()
+    for _ in range(2):
+        for x, y in train:  # each pass ends with on_epoch_end (a new order), as an epoch of fit does
+            on_batches.train_on_batch(x, y)
+    fitted, (train, val) = model(), datasets()
+    history = fitted.fit(train, epochs=2, validation_data=val, verbose=0)
+    assert len(history.history["val_loss"]) == 2
+    for a, b in zip(on_batches.get_weights(), fitted.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 # ---- load_img, img_to_array, array_to_img, save_img -------------------------------------------
 
 def test_the_helpers_are_in_utils_and_preprocessing_image():
