@@ -59,6 +59,16 @@ def test_cnn_trains_as_keras_step_by_step():
         np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-5)
 
 
+def test_compiled_steps_match_keras_on_every_target(target):
+    """The same 20 steps through kcompiler.compile on each backend (the CUDA kernels in their CPU
+    emulation where no GPU is present)."""
+    case = load(KIND, "train_cf_cnn")
+    program = kcompiler.compile(build_cnn(case), training=True, batch_size=4, target=target)
+    x, y = case["x"], case["y"]
+    losses = [program.train_step(x[i * 4:(i + 1) * 4], y[i * 4:(i + 1) * 4])["loss"] for i in range(20)]
+    np.testing.assert_allclose(losses, case["losses"], rtol=1e-3, atol=1e-5)
+
+
 def test_cnn_fit_history_matches_keras():
     case = load(KIND, "train_cf_cnn")
     model = build_cnn(case)
