@@ -234,9 +234,14 @@ def image_dataset_from_directory(directory, labels="inferred", label_mode="int",
                                  color_mode="rgb", batch_size=32, image_size=(256, 256), shuffle=True, seed=None,
                                  validation_split=None, subset=None, interpolation="bilinear", follow_links=False,
                                  crop_to_aspect_ratio=False, pad_to_aspect_ratio=False, data_format=None,
-                                 verbose=True):
+                                 verbose=True, **kwargs):
     """Keras's image_dataset_from_directory (the module's docstring says what equals Keras).
-    Returns an ImageDataset, or [training, validation] for ``subset='both'``."""
+    Returns an ImageDataset, or [training, validation] for ``subset='both'``. ``kwargs``: only
+    tf.keras 2's old name ``smart_resize`` for crop_to_aspect_ratio (the seed's signature)."""
+    if "smart_resize" in kwargs:
+        crop_to_aspect_ratio = kwargs.pop("smart_resize")
+    if kwargs:
+        raise TypeError(f"Unknown keywords argument(s): {tuple(kwargs)}")
     pil_image("image_dataset_from_directory")
     if isinstance(image_size, int):
         image_size = (image_size, image_size)

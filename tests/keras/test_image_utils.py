@@ -163,8 +163,18 @@ def test_argument_errors(folder):
         make(directory, validation_split=0.2, subset="test", seed=1)
     with pytest.raises(ValueError, match="Only one of `pad_to_aspect_ratio`"):
         make(directory, crop_to_aspect_ratio=True, pad_to_aspect_ratio=True)
+    with pytest.raises(TypeError, match="Unknown keywords argument"):
+        make(directory, smart_resise=True)
     with pytest.raises(NotImplementedError, match="gaussian"):
         make(directory, interpolation="gaussian", verbose=False)[0]
+
+
+def test_smart_resize_is_tf_keras_2s_name_of_crop_to_aspect_ratio(folder):
+    directory, _ = folder
+    kw = dict(image_size=(4, 4), shuffle=False, verbose=False)
+    cropped = all_batches(keras.utils.image_dataset_from_directory(directory, crop_to_aspect_ratio=True, **kw))[0]
+    legacy = all_batches(keras.utils.image_dataset_from_directory(directory, smart_resize=True, **kw))[0]
+    np.testing.assert_array_equal(legacy, cropped)
 
 
 def test_pad_to_aspect_ratio_fits_the_image_and_pads_with_zeros(folder):
