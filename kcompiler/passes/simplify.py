@@ -1,7 +1,7 @@
-"""Simplification before fusion: drop identity casts, identity transposes and pairs of transposes
-that undo each other (the layout transposes between two channels_first layers, forward and
-backward), and every node that no output or state update depends on (the loss's unused
-intermediates, gradients nobody applies)."""
+"""Simplification before fusion: drop identity casts and pairs of transposes that undo each other
+(the layout transposes between two channels_first layers, forward and backward), and every node
+that no output or state update depends on (the loss's unused intermediates, gradients nobody
+applies). A lone identity transpose stays: it is a plain copy, which the kernel tests use."""
 import networkx as nx
 
 from ..ir.graph import operands, topo_order
@@ -15,21 +15,13 @@ def _redirect(g, old, new):
     g.graph["updates"] = {var: (new if val == old else val) for var, val in g.graph["updates"].items()}
 
 
-def _is_identity(perm):
-    return tuple(perm) == tuple(range(len(perm)))
-
-
 def _undone_transpose_source(g, nid):
-    """For transpose(x) with an identity perm, or transpose(transpose(x, p), q) with p∘q the
-    identity: the node x that it equals; else None."""
-    perm = g.nodes[nid]["attrs"]["perm"]
-    if _is_identity(perm):
-        return operands(g, nid)[0]
+    """For transpose(transpose(x, p), q) with p∘q the identity: the node x that it equals; else None."""
     inner = operands(g, nid)[0]
     if g.nodes[inner]["op"] != "transpose":
         return None
-    inner_perm = g.nodes[inner]["attrs"]["perm"]
-    if _is_identity([inner_perm[axis] for axis in perm]):
+    perm, inner_perm = g.nodes[nid]["attrs"]["perm"], g.nodes[inner]["attrs"]["perm"]
+    if [inner_perm[axis] for axis in perm] == list(range(len(perm))):
         return operands(g, inner)[0]
     return None
 
