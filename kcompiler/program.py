@@ -44,6 +44,7 @@ class Program:
         self._input_specs = None
         self._has_symbolic_dims = None
         self._label_type_cache = None
+        self._weight_names = None  # the step's sample-weight inputs (one per labelled output)
         self._ones = {}  # batch size -> sample weights of 1
         with compile_lock:
             self.stages = front_stages(model, training=training, batch_size=batch_size, evaluation=evaluation)
@@ -217,18 +218,23 @@ class Program:
             y = self._labels(y, expected, n, None)
             compiled = self._specialize(n, y, feeds)  # arrays have .shape and .dtype like a TensorType
             feeds["y"] = y
-        weight_names = self.stages["traced"].graph.get("sample_weight_names", ["sample_weight"])
-        if isinstance(sample_weight, (list, tuple)):  # one per labelled output
-            if len(sample_weight) != len(weight_names):
+        weight_names = self._weight_names
+        if weight_names is None:
+            weight_names = self._weight_names = self.stages["traced"].graph.get("sample_weight_names",
+                                                                                ["sample_weight"])
+        if sample_weight is None and len(weight_names) == 1:  # the common case, without the loop below
+            feeds[weight_names[0]] = unit_weights(self._ones, n, self._specialized.max_entries)
+        else:
+            if not isinstance(sample_weight, (list, tuple)):  # one for every output
+                sample_weight = [sample_weight] * len(weight_names)
+            elif len(sample_weight) != len(weight_names):  # one per labelled output
                 raise ShapeError(f"sample_weight: {len(sample_weight)} arrays for the {len(weight_names)} "
                                  f"labelled outputs of model '{self.model.name}'")
-        else:  # one for every output
-            sample_weight = [sample_weight] * len(weight_names)
-        for name, w in zip(weight_names, sample_weight):
-            if w is None:
-                feeds[name] = unit_weights(self._ones, n, self._specialized.max_entries)
-            else:
-                feeds[name] = to_array(w, dtype=np.float32, what="sample_weight").reshape(n)
+            for name, w in zip(weight_names, sample_weight):
+                if w is None:
+                    feeds[name] = unit_weights(self._ones, n, self._specialized.max_entries)
+                else:
+                    feeds[name] = to_array(w, dtype=np.float32, what="sample_weight").reshape(n)
         if "rng_step" in compiled.inputs:
             feeds["rng_step"] = rng_step
         if "gradient_scale" in compiled.inputs:  # this rank's share of the global batch

@@ -104,7 +104,7 @@ STATUS_MESSAGES = {STATUS_INDEX_OUT_OF_RANGE: "an index (Embedding input or labe
 def step_logs(names, outputs):
     """{output name: value} of a step: a float for a scalar output (the loss, most metrics), an
     array for a metric with several values (F1Score per class, Precision at several thresholds)."""
-    return {name: float(v) if np.ndim(v) == 0 else np.array(v) for name, v in zip(names, outputs)}
+    return {name: float(v) if getattr(v, "ndim", 0) == 0 else np.array(v) for name, v in zip(names, outputs)}
 
 
 def step_error(g, status, record, offset=None):

@@ -7,12 +7,13 @@ from .tape import GradientTape
 from . import models_api as models
 from . import utils
 from . import losses, metrics, optimizers, saving
-from . import callbacks, datasets
+from . import callbacks, datasets, preprocessing
 from . import config, distribution
 from .losses import Loss
 from .metrics import Metric
 from .optimizers import Optimizer
 
 __all__ = ["GradientTape", "Sequential", "Model", "Input", "InputLayer", "Variable", "layers", "activations", "ops",
-           "initializers", "regularizers", "constraints", "backend", "models", "utils", "losses", "metrics", "optimizers", "saving", "callbacks", "datasets", "config", "distribution", "Loss",
+           "initializers", "regularizers", "constraints", "backend", "models", "utils", "losses", "metrics",
+           "optimizers", "saving", "callbacks", "datasets", "preprocessing", "config", "distribution", "Loss",
            "Metric", "Optimizer"]

@@ -57,6 +57,25 @@ def rng():
     return _rng
 
 
+# ---- the default data format of image layers (keras.backend / keras.config) ---------------
+
+_image_data_format = "channels_last"
+
+
+def image_data_format():
+    """The data_format that image layers take when theirs is None: 'channels_last' unless set."""
+    return _image_data_format
+
+
+def set_image_data_format(data_format):
+    global _image_data_format
+    value = str(data_format).lower()
+    if value not in ("channels_last", "channels_first"):
+        raise ValueError("The `data_format` argument must be one of {'channels_first', 'channels_last'}. "
+                         f"Received: data_format={data_format!r}")
+    _image_data_format = value
+
+
 def next_seed():
     """A fresh integer seed for an op that draws random numbers (dropout)."""
     return int(_rng.integers(0, 2 ** 31 - 1))

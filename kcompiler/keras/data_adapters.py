@@ -286,6 +286,8 @@ class SequenceAdapter:
             workers, use_multiprocessing = sequence.workers, sequence.use_multiprocessing
             max_queue_size = sequence.max_queue_size
         self.sequence = sequence
+        # a dataset that orders its own batches (image_dataset_from_directory's) ignores fit's shuffle, as Keras's
+        shuffle = shuffle and not getattr(sequence, "orders_its_own_batches", False)
         num_batches = len(sequence)
         if num_batches == 0:
             raise ValueError(f"{type(sequence).__name__}: len() is 0, there are no batches")

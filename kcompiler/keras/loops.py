@@ -312,6 +312,8 @@ def _flatten(logs, model):
     the order of ``model.metrics`` (the loss, the compiled metrics by their own names, each
     output's loss), then the logs no such name matched (with several outputs: the metrics,
     named ``<output>_<metric>``), sorted by name."""
+    if len(logs) == 1:  # the loss alone: no order to find (W1's train_on_batch, every call)
+        return next(iter(logs.values()))
     outputs = getattr(model, "compiled_outputs", None) or []
     order = ["loss"] + [e.metric.name for e in getattr(model, "compiled_metric_entries", [])] + \
         [f"{o.name}_loss" for o in outputs if o.loss is not None]

@@ -102,7 +102,7 @@ def model_steps(model):
 
 
 def _changed(old, new):
-    return len(old) != len(new) or any(a is not b and a != b for a, b in zip(old, new))
+    return old != new  # tuples compare element by element, identity first
 
 
 def feeds_by_name(model, xs):

@@ -2,8 +2,11 @@
 from ..runtime.progbar import Progbar
 from .backend import set_random_seed
 from .data_adapters import PyDataset, Sequence
+from .image_dataset import image_dataset_from_directory
+from .image_utils import array_to_img, img_to_array, load_img, save_img
 
-__all__ = ["set_random_seed", "get_file", "Progbar", "PyDataset", "Sequence"]
+__all__ = ["set_random_seed", "get_file", "Progbar", "PyDataset", "Sequence",
+           "array_to_img", "img_to_array", "load_img", "save_img", "image_dataset_from_directory"]
 
 
 # ---- get_file: the Keras download cache ------------------------------------------------------

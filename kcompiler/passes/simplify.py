@@ -1,6 +1,8 @@
-"""Simplification before fusion: drop identity casts and every node that no output or
-state update depends on (the loss's unused intermediates, gradients nobody applies), except
-inputs and a data-parallel step's all-reduce."""
+"""Simplification before fusion: drop identity casts and pairs of transposes that undo each other
+(the layout transposes between two channels_first layers, forward and backward), and every node
+that no output or state update depends on (the loss's unused intermediates, gradients nobody
+applies), except inputs and a data-parallel step's all-reduce. A lone identity transpose stays:
+it is a plain copy, which the kernel tests use."""
 import networkx as nx
 
 from ..ir.graph import operands, topo_order
@@ -14,6 +16,17 @@ def _redirect(g, old, new):
     g.graph["updates"] = {var: (new if val == old else val) for var, val in g.graph["updates"].items()}
 
 
+def _undone_transpose_source(g, nid):
+    """For transpose(transpose(x, p), q) with p∘q the identity: the node x that it equals; else None."""
+    inner = operands(g, nid)[0]
+    if g.nodes[inner]["op"] != "transpose":
+        return None
+    perm, inner_perm = g.nodes[nid]["attrs"]["perm"], g.nodes[inner]["attrs"]["perm"]
+    if [inner_perm[axis] for axis in perm] == list(range(len(perm))):
+        return operands(g, inner)[0]
+    return None
+
+
 def simplify(g):
     g = g.copy()
     g.graph["updates"] = dict(g.graph["updates"])
@@ -21,6 +34,10 @@ def simplify(g):
         node = g.nodes[nid]
         if node["op"] == "cast" and node["type"].dtype == g.nodes[operands(g, nid)[0]]["type"].dtype:
             _redirect(g, nid, operands(g, nid)[0])
+        elif node["op"] == "transpose":
+            source = _undone_transpose_source(g, nid)
+            if source is not None:
+                _redirect(g, nid, source)
     live = set(g.graph["outputs"]) | set(g.graph["updates"].values()) | set(g.graph["updates"])
     for root in list(live):
         live |= nx.ancestors(g, root)

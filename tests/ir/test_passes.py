@@ -31,6 +31,26 @@ def test_simplify_removes_dead_nodes_but_keeps_inputs():
     assert ops_of(g).count("input") == 3
 
 
+def test_simplify_drops_transposes_that_undo_each_other():
+    """NCHW -> NHWC, relu, back to NCHW, to NHWC again (the pair between two channels_first
+    layers), exp, then two transposes that do not undo each other and an identity one (kept)."""
+    b = GraphBuilder(name="layouts")
+    x = b.input("x", TensorType((2, 3, 4, 5)))
+    nhwc = b.op("relu", b.op("transpose", x, perm=(0, 2, 3, 1)))
+    again = b.op("transpose", b.op("transpose", nhwc, perm=(0, 3, 1, 2)), perm=(0, 2, 3, 1))
+    y = b.op("transpose", b.op("exp", again), perm=(0, 1, 2, 3))
+    z = b.op("transpose", b.op("transpose", y, perm=(0, 3, 1, 2)), perm=(0, 1, 3, 2))
+    b.g.graph["outputs"] = [z]
+    before = b.g
+    after = simplify(before)
+    perms = sorted(after.nodes[n]["attrs"]["perm"] for n in after.nodes if after.nodes[n]["op"] == "transpose")
+    assert perms == sorted([(0, 2, 3, 1), (0, 1, 2, 3), (0, 3, 1, 2), (0, 1, 3, 2)])  # all but the pair
+    exp = next(n for n in after.nodes if after.nodes[n]["op"] == "exp")
+    assert after.nodes[operands(after, exp)[0]]["op"] == "relu"
+    feeds = {"x": np.random.rand(2, 3, 4, 5).astype(np.float32)}
+    np.testing.assert_array_equal(run_reference(after, feeds)[0][0], run_reference(before, feeds)[0][0])
+
+
 def test_elementwise_chain_becomes_one_fused_node_after_the_matmul():
     before = simplify(chain_graph())
     after = fuse_elementwise(before)

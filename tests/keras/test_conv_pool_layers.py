@@ -160,8 +160,8 @@ def test_conv2d_emits_primitives_only():
 
 
 def test_conv2d_argument_errors():
-    with pytest.raises(NotImplementedError, match="Conv2D 'conv2d.*channels_first"):
-        keras.layers.Conv2D(4, 3, data_format="channels_first")
+    with pytest.raises(ValueError, match="Conv2D 'conv2d.*data_format must be 'channels_last' or 'channels_first'"):
+        keras.layers.Conv2D(4, 3, data_format="NCHW")
     with pytest.raises(UnsupportedError, match="Conv2D .*groups=2"):
         keras.layers.Conv2D(4, 3, groups=2)
     with pytest.raises(ValueError, match="`strides > 1` not supported in conjunction with `dilation_rate > 1`"):
@@ -172,8 +172,8 @@ def test_conv2d_argument_errors():
         keras.layers.Conv2D(0, 3)
     with pytest.raises(ValueError, match="padding must be 'valid' or 'same'"):
         keras.layers.MaxPooling2D(padding="causal")
-    with pytest.raises(NotImplementedError, match="MaxPooling2D .*channels_first"):
-        keras.layers.MaxPooling2D(data_format="channels_first")
+    with pytest.raises(ValueError, match="MaxPooling2D .*data_format must be"):
+        keras.layers.MaxPooling2D(data_format="channels_middle")
 
 
 def test_input_shape_errors_name_the_layer():

@@ -1,5 +1,6 @@
 """Convolution layers: conv2d, bias_add and the activation, as separate primitives that fusion
-recombines. Channels-last (NHWC) data and (kh, kw, in, out) kernels, as in Keras.
+recombines. Channels-last (NHWC) data and (kh, kw, in, out) kernels, as in Keras;
+channels_first layers compute the same between two layout transposes (data_format.py).
 
 Conv1D is conv2d on the (N, 1, W, C) view of its (N, W, C) input and the (1, k, in, out) view
 of its kernel (reshapes: no copy); 'causal' padding pads k - 1 dilated steps before the
@@ -16,6 +17,7 @@ from ...ops.conv import output_size
 from .. import activations, backend, ops
 from .base import InputSpec, Layer
 from .core import kernel_bias_config, resolve_activation, set_kernel_bias_options
+from .data_format import channel_axis, channels_last_call, channels_last_shape, standardize_data_format
 
 __all__ = ["Conv1D", "Convolution1D", "Conv2D", "Convolution2D", "Conv2DTranspose", "Convolution2DTranspose"]
 
@@ -46,17 +48,6 @@ def standardize_padding(layer, padding, allowed=("valid", "same")):
     if value not in allowed:
         raise ValueError(f"{layer._describe()}: padding must be {' or '.join(repr(a) for a in allowed)}, got "
                          f"{padding!r}")
-    return value
-
-
-def standardize_data_format(layer, data_format):
-    value = "channels_last" if data_format is None else str(data_format).lower()
-    if value == "channels_first":
-        raise UnsupportedError(f"{layer._describe()}: data_format='channels_first' is not supported; "
-                               "kcompiler layers take channels_last (NHWC) data")
-    if value != "channels_last":
-        raise ValueError(f"{layer._describe()}: data_format must be 'channels_last' or 'channels_first', "
-                         f"got {data_format!r}")
     return value
 
 
@@ -91,14 +82,15 @@ class _Conv(Layer):
         self.input_spec = InputSpec(ndim=self.rank + 2)
 
     def build(self, input_shape):
-        input_shape = tuple(input_shape)
-        if len(input_shape) != self.rank + 2:
+        given = tuple(input_shape)
+        if len(given) != self.rank + 2:
             raise ShapeError(f"{self._describe()} expects input of rank {self.rank + 2}, got shape "
-                             f"{fmt_shape(input_shape)}")
+                             f"{fmt_shape(given)}")
+        input_shape = channels_last_shape(given, self.data_format)
         channels = input_shape[-1]
         if channels is None:
             raise ShapeError(f"{self._describe()}: the channel dimension of the input must be known, "
-                             f"got input shape {fmt_shape(input_shape)}")
+                             f"got input shape {fmt_shape(given)}")
         # Keras checks the output size when it builds, before any data flows.
         for axis in range(self.rank):
             size, padding = input_shape[1 + axis], self.padding
@@ -107,7 +99,7 @@ class _Conv(Layer):
                 padding = "valid"
             out = output_size(size, self.kernel_size[axis], self.strides[axis], self.dilation_rate[axis], padding)
             if out is not None and out < 1:
-                raise ShapeError(f"{self._describe()}: input of shape {fmt_shape(input_shape)} is too small "
+                raise ShapeError(f"{self._describe()}: input of shape {fmt_shape(given)} is too small "
                                  f"for kernel_size={self.kernel_size}, strides={self.strides}, "
                                  f"dilation_rate={self.dilation_rate}, padding={self.padding!r}: the output "
                                  "would be empty")
@@ -117,7 +109,7 @@ class _Conv(Layer):
         self.bias = (self.add_weight(shape=(self.filters,), initializer=self.bias_initializer,
                                      regularizer=self.bias_regularizer, constraint=self.bias_constraint,
                                      name="bias") if self.use_bias else None)
-        self.input_spec = InputSpec(ndim=self.rank + 2, axes={-1: channels})
+        self.input_spec = InputSpec(ndim=self.rank + 2, axes={channel_axis(self.data_format): channels})
 
     def _finish(self, y):
         if self.use_bias:
@@ -135,6 +127,7 @@ class _Conv(Layer):
 class Conv2D(_Conv):
     rank = 2
 
+    @channels_last_call
     def call(self, inputs):
         return self._finish(backend.apply_op("conv2d", [inputs, self.kernel], strides=self.strides,
                                              padding=self.padding, dilation=self.dilation_rate))
@@ -144,6 +137,7 @@ class Conv1D(_Conv):
     rank = 1
     paddings = ("valid", "same", "causal")
 
+    @channels_last_call
     def call(self, inputs):
         padding = self.padding
         if padding == "causal":
@@ -196,7 +190,7 @@ class Conv2DTranspose(Layer):
         self.input_spec = InputSpec(ndim=4)
 
     def build(self, input_shape):
-        channels = input_shape[-1]
+        channels = channels_last_shape(input_shape, self.data_format)[-1]
         if len(input_shape) != 4 or channels is None:
             raise ShapeError(f"{self._describe()} expects input of rank 4 with known channels, got shape "
                              f"{fmt_shape(input_shape)}")
@@ -206,10 +200,11 @@ class Conv2DTranspose(Layer):
         self.bias = (self.add_weight(shape=(self.filters,), initializer=self.bias_initializer,
                                      regularizer=self.bias_regularizer, constraint=self.bias_constraint,
                                      name="bias") if self.use_bias else None)
-        self.input_spec = InputSpec(ndim=4, axes={-1: channels})
+        self.input_spec = InputSpec(ndim=4, axes={channel_axis(self.data_format): channels})
 
     def output_hw(self, input_shape):
-        """Keras's output size per spatial axis (TensorFlow's conv_transpose rule)."""
+        """Keras's output size per spatial axis (TensorFlow's conv_transpose rule) for a channels_last
+        input shape."""
         sizes = []
         for axis in (0, 1):
             size = input_shape[1 + axis]
@@ -224,6 +219,7 @@ class Conv2DTranspose(Layer):
                 sizes.append(size * stride if pad is None else (size - 1) * stride + reach % 2 + pad)
         return tuple(sizes)
 
+    @channels_last_call
     def call(self, inputs):
         y = backend.apply_op("conv2d_backward_input", [inputs, self.kernel], input_hw=self.output_hw(inputs.shape),
                              strides=self.strides, padding=self.padding, dilation=self.dilation_rate)

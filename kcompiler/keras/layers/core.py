@@ -6,6 +6,7 @@ put them back together.
 from ...errors import ShapeError
 from .. import activations, backend, constraints, initializers, ops, regularizers
 from .base import InputSpec, Layer
+from .data_format import standardize_data_format, to_channels_last
 
 
 def serialize_activation(fn):
@@ -125,12 +126,16 @@ class Dropout(Layer):
 class Flatten(Layer):
     def __init__(self, data_format=None, **kwargs):
         super().__init__(**kwargs)
-        self.data_format = data_format or "channels_last"
+        self.data_format = standardize_data_format(self, data_format)
         self.input_spec = InputSpec(min_ndim=1)
 
     def call(self, inputs):
         if len(inputs.shape) == 1:
             return ops.expand_dims(inputs, -1)
+        if self.data_format == "channels_first" and len(inputs.shape) > 2:
+            # Keras flattens channels_first data in channels_last order, so the Dense after it
+            # sees the same features in both formats
+            inputs = to_channels_last(inputs)
         return backend.apply_op("reshape", [inputs], shape=(0, -1))
 
     def get_config(self):

@@ -1,13 +1,16 @@
 """Pooling layers: MaxPooling2D and AveragePooling2D (the max_pool2d / avg_pool2d ops), their
 1-D forms (the same ops on the (N, 1, W, C) view of (N, W, C): a reshape, no copy), and the
 global poolings (mean / max over the spatial axes; GlobalAveragePooling1D with a mask is the
-masked sum over the steps divided by the number of unmasked steps, as Keras)."""
+masked sum over the steps divided by the number of unmasked steps, as Keras). channels_first
+layers pool their channels_last view (data_format.py); a global pooling's (N, C) result is the
+same in both formats, with keepdims it goes back to (N, C, 1[, 1])."""
 from ...errors import ShapeError
 from ...ir.types import fmt_shape
 from ...ops.conv import output_size
 from .. import backend, ops
 from .base import InputSpec, Layer
-from .convolutional import standardize_data_format, standardize_padding, standardize_tuple
+from .convolutional import standardize_padding, standardize_tuple
+from .data_format import channels_last_call, channels_last_shape, standardize_data_format
 
 __all__ = ["MaxPooling2D", "MaxPool2D", "AveragePooling2D", "AvgPool2D",
            "GlobalAveragePooling2D", "GlobalAvgPool2D", "GlobalMaxPooling2D", "GlobalMaxPool2D",
@@ -27,13 +30,15 @@ class _Pooling2D(Layer):
         self.input_spec = InputSpec(ndim=4)
 
     def build(self, input_shape):
+        spatial = channels_last_shape(input_shape, self.data_format)[1:3]
         for axis in (0, 1):
-            out = output_size(input_shape[1 + axis], self.pool_size[axis], self.strides[axis], 1, self.padding)
+            out = output_size(spatial[axis], self.pool_size[axis], self.strides[axis], 1, self.padding)
             if out is not None and out < 1:
                 raise ShapeError(f"{self._describe()}: input of shape {fmt_shape(input_shape)} is smaller than "
                                  f"pool_size={self.pool_size} (padding={self.padding!r}): the output would be "
                                  "empty")
 
+    @channels_last_call
     def call(self, inputs):
         return backend.apply_op(self.op, [inputs], pool=self.pool_size, strides=self.strides,
                                 padding=self.padding)
@@ -63,11 +68,13 @@ class _GlobalPooling2D(Layer):
 
 
 class GlobalAveragePooling2D(_GlobalPooling2D):
+    @channels_last_call
     def call(self, inputs):
         return ops.mean(inputs, axis=(1, 2), keepdims=self.keepdims)
 
 
 class GlobalMaxPooling2D(_GlobalPooling2D):
+    @channels_last_call
     def call(self, inputs):
         return ops.max(inputs, axis=(1, 2), keepdims=self.keepdims)
 
@@ -84,11 +91,13 @@ class _Pooling1D(Layer):
         self.input_spec = InputSpec(ndim=3)
 
     def build(self, input_shape):
-        out = output_size(input_shape[1], self.pool_size[0], self.strides[0], 1, self.padding)
+        steps = channels_last_shape(input_shape, self.data_format)[1]
+        out = output_size(steps, self.pool_size[0], self.strides[0], 1, self.padding)
         if out is not None and out < 1:
             raise ShapeError(f"{self._describe()}: input of shape {fmt_shape(input_shape)} is shorter than "
                              f"pool_size={self.pool_size} (padding={self.padding!r}): the output would be empty")
 
+    @channels_last_call
     def call(self, inputs):
         row = ops.reshape(inputs, (0, 1) + tuple(-1 if d is None else d for d in inputs.shape[1:]))
         y = backend.apply_op(self.op, [row], pool=(1,) + self.pool_size, strides=(1,) + self.strides,
@@ -123,6 +132,7 @@ class GlobalAveragePooling1D(_GlobalPooling1D):
         super().__init__(data_format=data_format, keepdims=keepdims, **kwargs)
         self.supports_masking = True
 
+    @channels_last_call
     def call(self, inputs, mask=None):
         if mask is None:
             return ops.mean(inputs, axis=1, keepdims=self.keepdims)
@@ -136,6 +146,7 @@ class GlobalAveragePooling1D(_GlobalPooling1D):
 
 class GlobalMaxPooling1D(_GlobalPooling1D):
     # Keras 3 ignores a mask here (the maximum runs over every step)
+    @channels_last_call
     def call(self, inputs):
         return ops.max(inputs, axis=1, keepdims=self.keepdims)
 

@@ -10,7 +10,7 @@ import math
 
 from .. import backend, ops
 from .base import InputSpec, Layer
-from .convolutional import standardize_data_format
+from .data_format import standardize_data_format
 
 __all__ = ["GaussianNoise", "GaussianDropout", "SpatialDropout1D", "SpatialDropout2D"]
 
@@ -70,8 +70,12 @@ class _SpatialDropout(Layer):
     def call(self, inputs, training=False):
         if not (training and self.rate > 0):
             return inputs
-        ones = ops.ones((inputs.shape[0],) + (1,) * self.rank + (inputs.shape[-1],), inputs.dtype)
+        ones = ops.ones(self.noise_shape(inputs.shape), inputs.dtype)
         return ops.multiply(inputs, ops.dropout(ones, self.rate, self._op_seed))
+
+    def noise_shape(self, shape):
+        """One draw per sample and channel (channels last)."""
+        return (shape[0],) + (1,) * self.rank + (shape[-1],)
 
     def get_config(self):
         # Keras 3's SpatialDropout config: exactly these keys (its constructor takes no others)
@@ -88,6 +92,11 @@ class SpatialDropout2D(_SpatialDropout):
     def __init__(self, rate, data_format=None, seed=None, name=None, dtype=None, **kwargs):
         super().__init__(rate, seed=seed, name=name, dtype=dtype, **kwargs)
         self.data_format = standardize_data_format(self, data_format)
+
+    def noise_shape(self, shape):
+        if self.data_format == "channels_first":
+            return (shape[0], shape[1], 1, 1)
+        return super().noise_shape(shape)
 
     def get_config(self):
         return {**super().get_config(), "data_format": self.data_format}

@@ -3,12 +3,14 @@
 All are data movement (broadcast_to, transpose, pad, slice: one copy each), except bilinear
 upsampling (the upsample_bilinear op). Nearest-neighbour upsampling is a broadcast of a
 reshaped view: (N, H, 1, W, 1, C) -> (N, H, fh, W, fw, C), read back as (N, H*fh, W*fw, C).
+The image layers take channels_first data through their channels_last view (data_format.py).
 """
 from ...errors import ShapeError, UnsupportedError
 from ...ir.types import fmt_shape
 from .. import backend, ops
 from .base import InputSpec, Layer
-from .convolutional import standardize_data_format, standardize_tuple
+from .convolutional import standardize_tuple
+from .data_format import channels_last_call, standardize_data_format
 
 __all__ = ["RepeatVector", "Permute", "ZeroPadding2D", "Cropping2D", "UpSampling2D"]
 
@@ -73,6 +75,7 @@ class ZeroPadding2D(Layer):
         self.padding = _pairs(self, padding, "padding")
         self.input_spec = InputSpec(ndim=4)
 
+    @channels_last_call
     def call(self, inputs):
         return ops.pad(inputs, ((0, 0), *self.padding, (0, 0)))
 
@@ -87,6 +90,7 @@ class Cropping2D(Layer):
         self.cropping = _pairs(self, cropping, "cropping")
         self.input_spec = InputSpec(ndim=4)
 
+    @channels_last_call
     def call(self, inputs):
         sizes = []
         for axis, (before, after) in zip((1, 2), self.cropping):
@@ -116,6 +120,7 @@ class UpSampling2D(Layer):
                                    "(only 'nearest' and 'bilinear')")
         self.input_spec = InputSpec(ndim=4)
 
+    @channels_last_call
     def call(self, inputs):
         if self.interpolation == "bilinear":
             return backend.apply_op("upsample_bilinear", [inputs], size=self.size)
