@@ -32,26 +32,6 @@ def conv_stack(keras, shape):
                              L.Dense(64, activation="relu"), L.Dense(10)])
 
 
-def resnet20(keras):
-    """benchmarks/workloads.py's _resnet20, layer for layer."""
-    L = keras.layers
-
-    def conv_bn(x, filters, kernel=3, strides=1, relu=True):
-        x = L.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False)(x)
-        x = L.BatchNormalization()(x)
-        return L.Activation("relu")(x) if relu else x
-
-    inputs = keras.Input((32, 32, 3))
-    x = conv_bn(inputs, 16)
-    for stage, filters in enumerate((16, 32, 64)):
-        for block in range(3):
-            strides = 2 if stage > 0 and block == 0 else 1
-            y = conv_bn(conv_bn(x, filters, strides=strides), filters, relu=False)
-            shortcut = conv_bn(x, filters, kernel=1, strides=strides, relu=False) if strides != 1 else x
-            x = L.Activation("relu")(L.Add()([y, shortcut]))
-    return keras.Model(inputs, L.Dense(10)(L.GlobalAveragePooling2D()(x)))
-
-
 def model_and_training(keras, name):
     """(uncompiled model, optimizer, loss) of workload ``name``."""
     L = keras.layers
@@ -74,7 +54,8 @@ def model_and_training(keras, name):
                                   L.Bidirectional(L.GRU(32)), L.Dense(1, activation="sigmoid")]),
                 keras.optimizers.Adam(), "binary_crossentropy")
     if name == "R20":
-        return resnet20(keras), keras.optimizers.Adam(1e-3), ce
+        from examples import resnet20
+        return resnet20.build_model(keras), keras.optimizers.Adam(1e-3), ce
     if name in ("TX", "MN"):  # the reference architectures of examples/, built by the same functions
         from examples import mobilenet_classifier, transformer_classifier
         example = transformer_classifier if name == "TX" else mobilenet_classifier

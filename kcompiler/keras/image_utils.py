@@ -148,6 +148,9 @@ def load_img(path, color_mode="rgb", target_size=None, interpolation="nearest", 
 
 
 # ---- resizing as tf.image.resize ------------------------------------------------------------
+# Data loading, not model math: image_dataset_from_directory resizes the decoded files before any
+# step sees them (Keras does it in tf.data, outside the model), as Pillow decodes them; the numpy
+# here is index arithmetic reproducing tf.image.resize's sampling so that the pixels equal Keras's.
 
 def _half_pixel_linear(in_size, out_size):
     """TensorFlow's bilinear source rows for each output row: (lower, upper, weight of upper)."""

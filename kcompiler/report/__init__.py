@@ -30,6 +30,6 @@ def report(model, x=None, y=None, *, path=None, batch_size=None, training=None, 
     html = render(data)
     if path is None:
         return html
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(html)
+    from ..keras.atomic_file import write_file_atomically
+    write_file_atomically(path, html.encode("utf-8"))  # a crash mid-write keeps the previous report
     return path
