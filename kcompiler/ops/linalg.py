@@ -35,6 +35,15 @@ def _matmul_vjp(b, nid, dc):
         gx = b.op("matmul", y, dc, transpose_a=tb, transpose_b=True)
     else:
         gx = b.op("matmul", dc, y, transpose_a=False, transpose_b=not tb)
+    if len(b.shape(y)) == 2 and len(b.shape(x)) > 2 and not ta:
+        # a weight applied to every row of a batch ((..., M, K) @ (K, N)): its gradient is one
+        # product over all the rows, K x (rows) @ (rows) x N, not one product per batch entry
+        # followed by a sum over the batch (a batch-sized buffer and a second pass over it)
+        rows_x = b.op("reshape", x, shape=(-1, b.shape(x)[-1]))
+        rows_dc = b.op("reshape", dc, shape=(-1, b.shape(dc)[-1]))
+        gy = (b.op("matmul", rows_dc, rows_x, transpose_a=True, transpose_b=False) if tb
+              else b.op("matmul", rows_x, rows_dc, transpose_a=True, transpose_b=False))
+        return [unbroadcast(b, gx, b.shape(x)), gy]
     if tb:
         gy = b.op("matmul", dc, x, transpose_a=True, transpose_b=ta)
     else:

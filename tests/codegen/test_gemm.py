@@ -204,6 +204,55 @@ def test_empty_is_a_noop(kernels):
         f(1, 1, 5, 0, 5, 1.0, None, 5, None, 5, 0.0, None, 5)
 
 
+# ----------------------------------------------------------------- batched
+BATCHED_ARGTYPES = [ctypes.c_int32, ctypes.c_int32, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float,
+                    ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                    ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+
+
+@pytest.fixture(scope="module")
+def batched():
+    """Batched GEMMs: dealt out whole to 3 cores from the first flop on ("deal"), each product
+    split over 2 cores itself ("split": parallel_min 1, so no product is small), one core."""
+    mod = ir.Module(name="test_gemm_batched")
+    variants = {"deal": dict(nthreads=3, parallel_min_mnk=0, kc=16, mc=24, nc=64),
+                "split": dict(nthreads=2, parallel_min_mnk=1), "one": dict(nthreads=1)}
+    for name, kw in variants.items():
+        G.emit_gemm(mod, f"g_{name}", batched_name=f"b_{name}", **kw)
+    cm = T.compile_ir(str(mod), opt_level=1, name="test_gemm_batched")
+    return {name: cm.function(f"b_{name}", None, *BATCHED_ARGTYPES) for name in variants}
+
+
+@pytest.mark.parametrize("ta,tb", list(itertools.product((0, 1), repeat=2)))
+@pytest.mark.parametrize("shared", [None, "a", "b"])
+def test_batched_products(batched, ta, tb, shared):
+    rng = np.random.default_rng(20 + 4 * ta + 2 * tb)
+    for (batch, M, N, K), name in itertools.product([(1, 3, 5, 7), (5, 17, 9, 33), (7, 40, 35, 20)], batched):
+        A = rng.standard_normal((1 if shared == "a" else batch,) + ((K, M) if ta else (M, K))).astype(np.float32)
+        B = rng.standard_normal((1 if shared == "b" else batch,) + ((N, K) if tb else (K, N))).astype(np.float32)
+        Cfull = np.full((batch + 1, M, N), np.nan, np.float32)  # beta 0 never reads C; the extra product stays
+        opA = np.swapaxes(A, 1, 2) if ta else A
+        opB = np.swapaxes(B, 1, 2) if tb else B
+        expected = 0.5 * (opA.astype(np.float64) @ opB)
+        batched[name](ta, tb, M, N, K, 0.5, A.ctypes.data, A.shape[2], 0 if shared == "a" else A[0].size,
+                      B.ctypes.data, B.shape[2], 0 if shared == "b" else B[0].size, 0.0,
+                      Cfull.ctypes.data, N, M * N, batch)
+        tol_ok(Cfull[:batch], np.broadcast_to(expected, (batch, M, N)))
+        assert np.isnan(Cfull[batch]).all(), "wrote past the last product"
+
+
+def test_batched_edge_cases(batched):
+    A = np.ones((3, 2, 2), np.float32)
+    for f in batched.values():
+        f(0, 0, 2, 2, 2, 1.0, None, 2, 4, None, 2, 4, 0.0, None, 2, 4, 0)   # no products: nothing touched
+        C = np.full((3, 2, 2), 5.0, np.float32)
+        f(0, 0, 2, 2, 2, 0.0, A.ctypes.data, 2, 4, A.ctypes.data, 2, 4, 0.5, C.ctypes.data, 2, 4, 3)
+        assert (C == 2.5).all(), "alpha 0 scales each C by beta"
+        C = np.full((3, 2, 2), 5.0, np.float32)
+        f(0, 0, 2, 2, 0, 1.0, A.ctypes.data, 2, 4, A.ctypes.data, 2, 4, 0.0, C.ctypes.data, 2, 4, 3)
+        assert (C == 0.0).all(), "K 0 with beta 0 zeroes each C"
+
+
 # ----------------------------------------------------------------- guard pages
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]

@@ -63,8 +63,8 @@ import llvmlite.ir as ir
 from . import threads as _threads
 from .irutil import for_range
 
-__all__ = ["EPILOGUE_FN_TYPE", "GEMM_ARG_TYPES", "GEMM_EPILOGUE_FN_TYPE", "GEMM_FN_TYPE", "emit_gemm",
-           "gemm_ctypes_argtypes"]
+__all__ = ["BATCHED_GEMM_FN_TYPE", "EPILOGUE_FN_TYPE", "GEMM_ARG_TYPES", "GEMM_EPILOGUE_FN_TYPE", "GEMM_FN_TYPE",
+           "emit_gemm", "gemm_ctypes_argtypes"]
 
 i1 = ir.IntType(1)
 i8 = ir.IntType(8)
@@ -89,6 +89,12 @@ GEMM_EPILOGUE_FN_TYPE = ir.FunctionType(void, list(GEMM_ARG_TYPES) + list(_EPI_A
 # B micro-panel KC*NR*4 = 32 KiB in L1, A block MC*KC*4 = 144 KiB in L2,
 # B panel KC*NC*4 = 512 KiB in L2. MR/NR are those of an AVX-512 host; see
 # register_tile() for the host's.
+#: (trans_a, trans_b, M, N, K, alpha, A, lda, stride_a, B, ldb, stride_b, beta, C, ldc, stride_c, batch)
+BATCHED_GEMM_ARG_TYPES = (i32, i32, i64, i64, i64, f32, fptr, i64, i64, fptr, i64, i64, f32, fptr, i64, i64, i64)
+BATCHED_GEMM_FN_TYPE = ir.FunctionType(void, list(BATCHED_GEMM_ARG_TYPES))
+_BATCHED_ARG_NAMES = ("trans_a", "trans_b", "M", "N", "K", "alpha", "A", "lda", "stride_a", "B", "ldb", "stride_b",
+                      "beta", "C", "ldc", "stride_c", "batch")
+
 DEFAULT_MR = 12
 DEFAULT_NR = 32
 DEFAULT_KC = 256
@@ -499,11 +505,13 @@ def _emit_part(module, name, serial, MR, NR):
 def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None = None,
               parallel_min_mnk: int = DEFAULT_PARALLEL_MIN_MNK,
               mr: int | None = None, nr: int | None = None, kc: int = DEFAULT_KC,
-              mc: int = DEFAULT_MC, nc: int = DEFAULT_NC, epilogue_name: str | None = None) -> ir.Function:
+              mc: int = DEFAULT_MC, nc: int = DEFAULT_NC, epilogue_name: str | None = None,
+              batched_name: str | None = None) -> ir.Function:
     """Add ``void <name>(i32 trans_a, i32 trans_b, i64 M, i64 N, i64 K, float alpha,
     float* A, i64 lda, float* B, i64 ldb, float beta, float* C, i64 ldc)`` to ``module``
     and, when ``epilogue_name`` is given, the same GEMM with an epilogue hook under that
     name (``GEMM_EPILOGUE_FN_TYPE``, see the module docstring); both share one body.
+    ``batched_name``: also add the batched GEMM (``BATCHED_GEMM_FN_TYPE``, :func:`_emit_batched`).
 
     ``nthreads`` (default: the CPUs available, 1 without pthreads) is the number
     of slices a large call is split into; ``parallel_min_mnk`` the ``M*N*K`` below
@@ -524,7 +532,7 @@ def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None
         raise ValueError("tile sizes must be positive")
     if mr * (nr // vw) + nr // vw + 1 > registers:
         raise ValueError(f"a {mr}x{nr} tile needs more than {registers} vector registers")
-    for n in (name, epilogue_name):
+    for n in (name, epilogue_name, batched_name):
         if n is not None and module.globals.get(n) is not None:
             raise ValueError(f"module already has a global named {n!r}")
     mc = max(mr, (mc // mr) * mr)
@@ -555,6 +563,8 @@ def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None
         b = ir.IRBuilder(with_epilogue.append_basic_block("entry"))
         b.call(body, list(with_epilogue.args))
         b.ret_void()
+    if batched_name is not None:
+        _emit_batched(module, batched_name, body, serial, nthreads, parallel_min_mnk, mr, nr, kc, mc, nc)
     return fn
 
 
@@ -615,3 +625,81 @@ def _emit_body(module, fn, name, serial, part, nthreads, parallel_min_mnk, mr, n
                 b.call(serial, args + serial_tail)
     b.call(free, [raw])
     b.ret_void()
+
+
+# the batched GEMM's parallel context: its arguments + workspace and floats per part
+_BATCH_CTX_T = ir.LiteralStructType(list(BATCHED_GEMM_ARG_TYPES) + [fptr, i64])
+
+
+def _emit_batched(module, name, body, serial, nthreads, parallel_min_mnk, mr, nr, kc, mc, nc):
+    """``void <name>(<BATCHED_GEMM_ARG_TYPES>)``: ``batch`` independent products, the i-th on
+    ``A + i*stride_a``, ``B + i*stride_b``, ``C + i*stride_c`` (a stride 0 reuses one operand).
+
+    A product large enough to be split over the cores by itself runs one after the other
+    through the GEMM's body. Smaller ones (attention's per-head 128 x 128 x 64 products: each
+    would run on one core, paying a pthread start and a malloc per product) are dealt out
+    whole to the cores, each core running its share of the batch with its own packing buffers
+    and no synchronisation until the end."""
+    fn = ir.Function(module, BATCHED_GEMM_FN_TYPE, name=name)
+    for a, n in zip(fn.args, _BATCHED_ARG_NAMES):
+        a.name = n
+    ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch = fn.args
+    null_epi = [ir.Constant(EPILOGUE_FN_TYPE.as_pointer(), None), ir.Constant(i8p, None)]
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    mnk = b.mul(b.mul(M, N), K)
+    whole = b.or_(b.icmp_signed("<=", M, _c64(0)), b.icmp_signed("<=", N, _c64(0)))
+    whole = b.or_(whole, b.or_(b.icmp_signed("<=", K, _c64(0)), b.fcmp_ordered("==", alpha, _cf(0.0))))
+    T = min(nthreads, _threads.MAX_PARTS)
+    if T > 1:
+        # one product big enough for the body's own split, or too little work in all
+        whole = b.or_(whole, b.icmp_signed(">=", mnk, _c64(parallel_min_mnk)))
+        whole = b.or_(whole, b.icmp_signed("<", b.mul(mnk, batch), _c64(parallel_min_mnk)))
+        whole = b.or_(whole, b.icmp_signed("<", batch, _c64(2)))
+    else:
+        whole = ir.Constant(i1, 1)
+    with b.if_else(whole) as (one_by_one, dealt):
+        with one_by_one:
+            with for_range(b, batch, name="i") as i:
+                b.call(body, [ta, tb, M, N, K, alpha, _gep(b, A, b.mul(i, sa)), lda, _gep(b, B, b.mul(i, sb)), ldb,
+                              beta, _gep(b, C, b.mul(i, sc)), ldc] + null_epi)
+        with dealt:
+            if T > 1:
+                nparts = _min(b, batch, _c64(T))
+                malloc, free = _malloc(module), _free(module)
+                trap = _get_fn(module, "llvm.trap", ir.FunctionType(void, []))
+                _, ws_per = _ws_floats(b, M, N, K, mr, nr, kc, mc, nc)
+                raw = b.call(malloc, [b.add(b.mul(b.mul(ws_per, nparts), _c64(4)), _c64(64))])
+                with b.if_then(b.icmp_unsigned("==", b.ptrtoint(raw, i64), _c64(0)), likely=False):
+                    b.call(trap, [])  # out of memory for packing buffers
+                    b.unreachable()
+                ws = b.inttoptr(b.and_(b.add(b.ptrtoint(raw, i64), _c64(63)), _c64(~63)), fptr)
+                ctx = b.alloca(_BATCH_CTX_T, name="ctx")
+                z = ir.Constant(i32, 0)
+                for k, v in enumerate(list(fn.args) + [ws, ws_per]):
+                    b.store(v, b.gep(ctx, [z, ir.Constant(i32, k)], inbounds=True))
+                part = _emit_batched_part(module, f"{name}.part", serial)
+                _threads.emit_parallel_call(b, part, ctx, nparts)
+                b.call(free, [raw])
+    b.ret_void()
+    return fn
+
+
+def _emit_batched_part(module, name, serial):
+    """``void part(i8* ctx, i64 part, i64 nparts)``: products [part*batch/nparts,
+    (part+1)*batch/nparts) of the batched GEMM in ctx, one after the other on this core."""
+    fn = _internal(module, name, _threads.PART_FN_TYPE, ("ctx", "part", "nparts"))
+    ctx, part, nparts = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    rec = b.bitcast(ctx, _BATCH_CTX_T.as_pointer())
+    z = ir.Constant(i32, 0)
+    vals = [b.load(b.gep(rec, [z, ir.Constant(i32, k)], inbounds=True)) for k in range(len(_BATCH_CTX_T.elements))]
+    ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch, ws, ws_per = vals
+    my_ws = _gep(b, ws, b.mul(part, ws_per))
+    lo = b.sdiv(b.mul(part, batch), nparts)
+    hi = b.sdiv(b.mul(b.add(part, _c64(1)), batch), nparts)
+    null_epi = [ir.Constant(EPILOGUE_FN_TYPE.as_pointer(), None), ir.Constant(i8p, None)]
+    with for_range(b, hi, start=lo, name="i") as i:
+        b.call(serial, [ta, tb, M, N, K, alpha, _gep(b, A, b.mul(i, sa)), lda, _gep(b, B, b.mul(i, sb)), ldb,
+                        beta, _gep(b, C, b.mul(i, sc)), ldc, my_ws] + null_epi + [_c64(0), _c64(0)])
+    b.ret_void()
+    return fn

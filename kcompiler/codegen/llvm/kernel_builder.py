@@ -80,6 +80,17 @@ class KernelBuilder:
         else:
             self.b.call(declare_epilogue_gemm(self.module), args + list(epilogue))
 
+    def call_batched_gemm(self, trans_a, trans_b, M, N, K, A, lda, stride_a, B, ldb, stride_b, C, ldc, stride_c,
+                          batch):
+        """``batch`` products C_i = op(A_i) op(B_i), X_i = X + i * stride_x, through the support
+        library's batched SGEMM (which deals small products out whole to the cores)."""
+        from .support_library import declare_batched_gemm
+        f32 = ir.FloatType()
+        args = [ir.Constant(i32, int(trans_a)), ir.Constant(i32, int(trans_b)), _i64(M), _i64(N), _i64(K),
+                ir.Constant(f32, 1.0), A, _i64(lda), _i64(stride_a), B, _i64(ldb), _i64(stride_b),
+                ir.Constant(f32, 0.0), C, _i64(ldc), _i64(stride_c), _i64(batch)]
+        self.b.call(declare_batched_gemm(self.module), args)
+
 
 def _i64(v):
     return c64(v) if isinstance(v, int) else v

@@ -27,10 +27,31 @@ def _matmul(k):
     a_batch = num_elements(a_t.shape[:-2])
     b_batch = num_elements(b_t.shape[:-2])
     nb = num_elements(batch)
+    if a_batch in (nb, 1) and b_batch in (nb, 1):
+        # equal strides: one call, which spreads small products over the cores by whole products
+        k.call_batched_gemm(ta, tb, M, N, K, A, a_cols, a_rows * a_cols if a_batch == nb else 0,
+                            B, b_cols, b_rows * b_cols if b_batch == nb else 0, C, N, M * N, nb)
+        return
+    # batch shapes broadcast against each other ((2, 1) with (1, 3)): each operand's product
+    # index from the output's batch index, axis by axis
     with for_range(b, nb, name="batch") as i:
-        ai = i if a_batch == nb else c64(0)
-        bi = i if b_batch == nb else c64(0)
+        ai = _broadcast_index(b, i, batch, a_t.shape[:-2])
+        bi = _broadcast_index(b, i, batch, b_t.shape[:-2])
         Ai = b.gep(A, [b.mul(ai, c64(a_rows * a_cols))], inbounds=True)
         Bi = b.gep(B, [b.mul(bi, c64(b_rows * b_cols))], inbounds=True)
         Ci = b.gep(C, [b.mul(i, c64(M * N))], inbounds=True)
         k.call_gemm(ta, tb, M, N, K, Ai, a_cols, Bi, b_cols, Ci, N)
+
+
+def _broadcast_index(b, i, out_batch, operand_batch):
+    """The flat index into ``operand_batch`` (right-aligned, size-1 axes broadcast) of flat
+    index ``i`` of ``out_batch``."""
+    operand_batch = (1,) * (len(out_batch) - len(operand_batch)) + tuple(operand_batch)
+    index, out_stride, stride = c64(0), 1, 1
+    for out_dim, dim in zip(reversed(out_batch), reversed(operand_batch)):
+        if dim != 1:
+            coord = b.urem(b.udiv(i, c64(out_stride)), c64(out_dim))
+            index = b.add(index, b.mul(coord, c64(stride)))
+        out_stride *= out_dim
+        stride *= dim
+    return index

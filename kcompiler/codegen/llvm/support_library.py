@@ -4,7 +4,9 @@ The SGEMMs are large and the same for every model, so they live in their own mod
 compiled at O3 (disk-cached like any module) and published to MCJIT's symbol table;
 generated modules only declare them. This keeps each model's compile time to its own
 kernels. ``kc_sgemm`` splits large products over the cores itself; ``kc_sgemm_epilogue`` is
-the same GEMM calling a kernel's epilogue on each finished block of the product (gemm.py).
+the same GEMM calling a kernel's epilogue on each finished block of the product, and
+``kc_sgemm_batched`` runs a batch of equal products, dealing small ones out whole to the cores
+(gemm.py).
 
 ``kc_pack_gates`` (rows_product.py) packs the recurrent kernels' weight matrices, once per
 kernel call. The fork-join runner ``kc_parallel_run`` (threads.py) lives here too, and generated
@@ -19,7 +21,7 @@ import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
 from . import threads
-from .gemm import GEMM_EPILOGUE_FN_TYPE, GEMM_FN_TYPE, emit_gemm, gemm_ctypes_argtypes
+from .gemm import BATCHED_GEMM_FN_TYPE, GEMM_EPILOGUE_FN_TYPE, GEMM_FN_TYPE, emit_gemm, gemm_ctypes_argtypes
 from . import tuning
 from .jit import compile_units, host_target_info
 from .rows_product import PACK_FN_TYPE, PACK_NAME, emit_pack
@@ -27,6 +29,7 @@ from .unit_memo import library_signature, remembered
 
 GEMM_NAME = "kc_sgemm"
 EPILOGUE_GEMM_NAME = "kc_sgemm_epilogue"
+BATCHED_GEMM_NAME = "kc_sgemm_batched"
 SUPPORT_OPT_LEVEL = 3
 RUNNER_FN_TYPE = ir.FunctionType(ir.VoidType(), [threads.PART_FN_TYPE.as_pointer(), ir.IntType(8).as_pointer(),
                                                  ir.IntType(64)])
@@ -47,7 +50,7 @@ def ensure_support_library():
             unit = remembered(sig, _support_ir, SUPPORT_OPT_LEVEL)
             library = compile_units([(unit, SUPPORT_OPT_LEVEL)], name="kcompiler_support")
             _call_once(library, GEMM_NAME)
-            for name in (GEMM_NAME, EPILOGUE_GEMM_NAME, PACK_NAME, threads.RUNNER_NAME):
+            for name in (GEMM_NAME, EPILOGUE_GEMM_NAME, BATCHED_GEMM_NAME, PACK_NAME, threads.RUNNER_NAME):
                 llvm.add_symbol(name, library.address(name))
             library.confirm()
             _library = library
@@ -57,7 +60,8 @@ def ensure_support_library():
 def _support_ir():
     module = ir.Module(name="kcompiler_support")
     blocking = tuning.current()
-    emit_gemm(module, GEMM_NAME, epilogue_name=EPILOGUE_GEMM_NAME, kc=blocking.kc, mc=blocking.mc, nc=blocking.nc)
+    emit_gemm(module, GEMM_NAME, epilogue_name=EPILOGUE_GEMM_NAME, batched_name=BATCHED_GEMM_NAME,
+              kc=blocking.kc, mc=blocking.mc, nc=blocking.nc)
     emit_pack(module)
     threads.get_parallel_runner(module).linkage = ""  # exported
     return str(module)
@@ -88,6 +92,11 @@ def declare_gemm(module):
 def declare_epilogue_gemm(module):
     """Declare the support library's SGEMM with an epilogue hook in ``module``."""
     return _declare(module, EPILOGUE_GEMM_NAME, GEMM_EPILOGUE_FN_TYPE)
+
+
+def declare_batched_gemm(module):
+    """Declare the support library's batched SGEMM (``kc_sgemm_batched``) in ``module``."""
+    return _declare(module, BATCHED_GEMM_NAME, BATCHED_GEMM_FN_TYPE)
 
 
 def declare_pack(module):
