@@ -12,7 +12,9 @@ its body is a tuple of statements:
                                         parallel loop may add to the same element (scatter-add); a
                                         backend running them concurrently needs an atomic add
     Local(var, dtype, init)             a scalar local (an accumulator), visible to later statements
-    Assign(var, value)                  local = value
+    Assign(var, value, reorder)         local = value; with ``reorder`` value is op(local, x) (op: add,
+                                        max, min) and the enclosing loop may combine its x in any order
+                                        (a reduction a backend may vectorise; ``reduction()`` builds it)
     If(cond, then, orelse)
     Fail(code, value)                   report error ``code`` (``STATUS_*``) with an i64 ``value``
                                         (first error wins); only ops registered with ``index_error``
@@ -151,6 +153,7 @@ class Local:
 class Assign:
     var: Var
     value: Expr
+    reorder: bool = False   # value is op(var, x) and the loops around may combine the x in any order
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,19 @@ class Kernel:
 
 def loop(var_name, extent, body, parallel=False):
     return Loop(Var(var_name), int(extent), tuple(body), parallel)
+
+
+def reduction(var_name, extent, accumulators):
+    """Statements declaring each of ``accumulators``, (local ``Var``, combining op ``add``/
+    ``max``/``min``, identity ``Const``, ``value(position)``), and combining into it the values
+    of positions ``0..extent-1`` in a loop over ``var_name``, in any order (``Assign.reorder``):
+    a backend may keep several partial results (a vector of them), where a left-to-right
+    combination is one chain of dependent adds, a few cycles per element whatever the
+    vector width. Sums then differ from the left-to-right sum by rounding; max and min do not."""
+    position = Var(var_name)
+    return [Local(v, init) for v, _, init, _ in accumulators] + [
+        loop(var_name, extent, [Assign(v, call(op, v, value(position)), reorder=True)
+                                for v, op, _, value in accumulators])]
 
 
 # ---- index helpers --------------------------------------------------------------------------------
@@ -311,7 +327,7 @@ def format_body(body, indent="  "):
         elif isinstance(s, Local):
             lines.append(f"{indent}{s.var.dtype} {s.var.name} = {format_expr(s.init)}")
         elif isinstance(s, Assign):
-            lines.append(f"{indent}{s.var.name} = {format_expr(s.value)}")
+            lines.append(f"{indent}{s.var.name} = {format_expr(s.value)}{'  (any order)' if s.reorder else ''}")
         elif isinstance(s, If):
             lines.append(f"{indent}if {format_expr(s.cond)}:")
             lines += format_body(s.then, indent + "  ")

@@ -5,7 +5,8 @@ axes, the position axes, the channels): the S * C/G elements x[n, s, g * C/G + c
 kernels walk the rows in parallel (n, then g) and, inside a row, make passes over it as
 softmax does: the row is small enough to stay in cache, so x is read from memory once per
 kernel whatever the number of passes. With one group the row is one
-contiguous run and each pass is one loop over it.
+contiguous run and each pass is one loop over it; its sums are reductions in any order
+(kernel.reduction: a vector of partial sums, not one chain).
 
 layer_norm, per row: the mean (a sum pass), the biased variance (a second pass over
 x - mean: two passes, as TensorFlow's moments, no cancellation), then one pass storing
@@ -45,6 +46,13 @@ class Rows:
     def row(self):
         return self.n * self.groups + self.g if self.groups > 1 else self.n
 
+    def reduce_row(self, accumulators):
+        """Statements reducing the row into locals: ``accumulators`` are (local, op, identity,
+        ``value(flat index, channel index)``), combined in any order (kernel.reduction)."""
+        statements = [Local(v, init) for v, _, init, _ in accumulators]
+        return statements + [self.over_row(lambda i, c: [Assign(v, call(op, v, value(i, c)), reorder=True)
+                                                         for v, op, _, value in accumulators])]
+
     def over_row(self, body_at):
         """One pass over the row: ``body_at(flat index, channel index)`` (statements)."""
         base = self.n * (self.positions * self.channels)
@@ -63,11 +71,10 @@ def _statistics(rows, epsilon, x):
     total, mean, squares, rstd = Var("total", F32), Var("mean", F32), Var("squares", F32), Var("rstd", F32)
     inverse_size = Const(1.0 / rows.size, F32)
     centred = lambda i: call("sub", x(i), mean)  # noqa: E731
-    return [Local(total, Const(0.0, F32)),
-            rows.over_row(lambda i, c: [Assign(total, call("add", total, x(i)))]),
+    zero = Const(0.0, F32)
+    return [*rows.reduce_row([(total, "add", zero, lambda i, c: x(i))]),
             Local(mean, call("mul", total, inverse_size)),
-            Local(squares, Const(0.0, F32)),
-            rows.over_row(lambda i, c: [Assign(squares, call("add", squares, call("mul", centred(i), centred(i))))]),
+            *rows.reduce_row([(squares, "add", zero, lambda i, c: call("mul", centred(i), centred(i)))]),
             Local(rstd, call("div", Const(1.0, F32),
                              call("sqrt", call("add", call("mul", squares, inverse_size), Const(epsilon, F32)))))], \
         mean, rstd
@@ -109,10 +116,9 @@ def describe_layer_norm_grad(node, in_types, name):
     xhat = lambda i: call("mul", call("sub", _x(i), mean), rstd)  # noqa: E731
     g_sum, gx_sum = Var("g_sum", F32), Var("gx_sum", F32)
     inverse_size = Const(1.0 / rows.size, F32)
+    zero = Const(0.0, F32)
     statements += [
-        Local(g_sum, Const(0.0, F32)), Local(gx_sum, Const(0.0, F32)),
-        rows.over_row(lambda i, c: [Assign(g_sum, call("add", g_sum, g(i, c))),
-                                    Assign(gx_sum, call("add", gx_sum, call("mul", g(i, c), xhat(i))))]),
+        *rows.reduce_row([(g_sum, "add", zero, g), (gx_sum, "add", zero, lambda i, c: call("mul", g(i, c), xhat(i)))]),
         Local(Var("g_mean", F32), call("mul", g_sum, inverse_size)),
         Local(Var("gx_mean", F32), call("mul", gx_sum, inverse_size)),
         rows.over_row(lambda i, c: [Store("out0", i, call("mul", rstd, call(

@@ -53,10 +53,34 @@ def test_batched_matmul_with_batched_rhs():
     check_compiled("matmul", [normal(3, 4, 5), normal(3, 5, 2)])
 
 
+@pytest.mark.parametrize("a_shape,b_shape,ta,tb", [
+    ((2, 1, 4, 5), (1, 3, 5, 2), False, False),   # batch axes broadcast against each other
+    ((3, 1, 5, 4), (2, 2, 5), True, True),
+    ((4, 5), (3, 5, 2), False, False),            # one matrix against a batch
+    ((2, 3, 4, 5), (2, 3, 2, 5), False, True),
+])
+def test_matmul_broadcast_batches(a_shape, b_shape, ta, tb):
+    check_compiled("matmul", [normal(*a_shape), normal(*b_shape)], {"transpose_a": ta, "transpose_b": tb})
+
+
+def test_batched_matmul_dealt_to_the_cores():
+    # 64 products of 48 x 48 x 64: each alone stays on one core, together they are enough work
+    # for the batched GEMM to deal them out to the cores (the attention layers' case)
+    check_compiled("matmul", [normal(64, 48, 64), normal(64, 48, 64)], {"transpose_b": True})
+
+
 @pytest.mark.parametrize("axis", [-1, 0, 1])
 def test_softmax_kernels(axis):
     check_compiled("softmax", [normal(3, 4, 5)], {"axis": axis})
     check_compiled("log_softmax", [normal(3, 4, 5)], {"axis": axis})
+
+
+@pytest.mark.parametrize("shape,axis", [((3, 70), -1), ((64, 2), 0), ((2, 48, 3), 1)])
+def test_softmax_kernels_on_rows_reduced_in_lanes(shape, axis):
+    # rows of 32 and more are reduced in 16 lanes (kernel.lane_reduction): whole groups and a rest,
+    # contiguous and strided rows
+    check_compiled("softmax", [normal(*shape) * 4], {"axis": axis})
+    check_compiled("log_softmax", [normal(*shape) * 4], {"axis": axis})
 
 
 def test_data_movement_kernels():

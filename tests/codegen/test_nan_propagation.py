@@ -108,9 +108,11 @@ def test_arg_extrema_pick_the_first_nan(op):
 
 
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
-def test_softmax_rows_with_nan_or_inf(op):
-    x = np.random.default_rng(2).standard_normal((4, 5)).astype(np.float32)
+@pytest.mark.parametrize("width", [5, 40])  # 40: the row maximum in 16 lanes and a rest
+def test_softmax_rows_with_nan_or_inf(op, width):
+    x = np.random.default_rng(2).standard_normal((4, width)).astype(np.float32)
     x[0, 2], x[1, 0], x[2, 4] = NAN, INF, -INF
+    x[3, width - 1] = NAN
     check_op(op, [x], {"axis": -1})
 
 

@@ -11,7 +11,9 @@ from tests.ops.test_norm_image_ops import NORM_CASES, UPSAMPLE_CASES, norm_input
 
 # odd and prime sizes on top of the VJP cases: long rows, many groups, batch 1
 KERNEL_NORM_CASES = NORM_CASES + [((5, 7, 6), {"groups": 3, "positions": 1, "epsilon": 1e-5}), ((1, 37), {}),
-                                  ((4, 13, 8), {"groups": 8, "positions": 1}), ((2, 3, 5, 7), {"positions": 1})]
+                                  ((4, 13, 8), {"groups": 8, "positions": 1}), ((2, 3, 5, 7), {"positions": 1}),
+                                  # rows reduced in lanes (kernel.lane_reduction): whole groups of 16, a rest
+                                  ((3, 64), {}), ((2, 100), {"epsilon": 1e-5})]
 
 
 @pytest.mark.parametrize("shape,attrs", KERNEL_NORM_CASES)

@@ -15,7 +15,7 @@ import llvmlite.ir as ir
 from ...schedule.kernel import PRIMITIVES, AtomicAdd, Call, Const, Fail, If, Load, Loop, Store, Var, call, varies, written_buffers
 from ...schedule.scalar import expand
 from .conv import parts_for, run_parts, split
-from .irutil import REG_TYPE, bounds_checking, c64, const, for_range, i32, i64, load, register_buffer, store
+from .irutil import REG_TYPE, bounds_checking, c64, const, for_range, i32, i64, intrinsic, load, register_buffer, store
 from .scalar import ScalarEmitter
 
 _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
@@ -129,7 +129,23 @@ class Renderer:
         b.store(self.expr(s.init), slot)
 
     def stmt_Assign(self, s):
-        self.b.store(self.expr(s.value), self.locals[s.var.name])
+        value = s.value
+        if s.reorder and _is_float(s.var.dtype) and isinstance(value, Call) and value.args[0] == s.var:
+            value = self._reordered(value.op, self.expr(value.args[0]), self.expr(value.args[1]))
+        else:
+            value = self.expr(value)
+        self.b.store(value, self.locals[s.var.name])
+
+    def _reordered(self, op, acc, x):
+        """``op(acc, x)`` of a reduction whose order does not matter (Assign.reorder), in the form
+        LLVM's loop vectoriser turns into a vector of partial results: an ``fadd`` that may be
+        reassociated, ``llvm.maximum``/``llvm.minimum`` (NaN-propagating, as the primitives)."""
+        if op == "add":
+            return self.b.fadd(acc, x, flags=("reassoc", "nsz"))
+        if op in ("max", "min"):
+            name = f"llvm.{'maximum' if op == 'max' else 'minimum'}.{'f32' if acc.type == ir.FloatType() else 'f64'}"
+            return intrinsic(self.b, name, acc.type, [acc, x])
+        raise ValueError(f"a reduction in any order combines with add, max or min, not {op}")
 
     def stmt_If(self, s):
         cond = self.expr(s.cond)
