@@ -128,6 +128,16 @@ def test_several_k_blocks_apply_beta_once(kernels):
             run_case(kernels[name], rng, 29, 45, 600, ta, tb, alpha=0.5, beta=-2.0)
 
 
+@pytest.mark.parametrize("ta,tb", list(itertools.product((0, 1), repeat=2)))
+def test_split_over_k(kernels, ta, tb):
+    # K >= 4 x the split dimension: slices are ranges of K, added into C after the join
+    # (beta applied once, C's padding untouched, a K that does not divide evenly)
+    rng = np.random.default_rng(8 + 2 * ta + tb)
+    for (M, N, K), name in itertools.product([(24, 40, 700), (5, 3, 61), (128, 64, 1000)], ("par", "par2")):
+        run_case(kernels[name], rng, M, N, K, ta, tb, alpha=0.5, beta=-2.0, pads=(2, 1, 3))
+        run_case(kernels[name], rng, M, N, K, ta, tb, alpha=1.0, beta=0.0, pads=(0, 0, 1), c_fill=np.nan)
+
+
 def test_large_threaded_default_tiling(kernels):
     rng = np.random.default_rng(4)
     # several NC and MC blocks per slice; both split directions
@@ -170,7 +180,8 @@ def epilogue_gemms():
 
 @pytest.mark.parametrize("name", ["ser", "par"])
 @pytest.mark.parametrize("M,N,K,ta,tb", [(1, 1, 1, 0, 0), (37, 65, 130, 1, 0), (30, 200, 40, 0, 1),
-                                         (70, 3, 17, 1, 1), (9, 21, 0, 0, 0)])
+                                         (70, 3, 17, 1, 1), (9, 21, 0, 0, 0),
+                                         (13, 20, 300, 1, 0), (7, 5, 97, 0, 1)])  # split over K
 def test_epilogue_sees_each_final_block_once(epilogue_gemms, name, M, N, K, ta, tb):
     """Every element of C is in exactly one block handed to the epilogue, and when the hook
     runs its block already holds the final product (here the hook scales it by -2)."""

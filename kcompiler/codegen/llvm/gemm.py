@@ -53,7 +53,10 @@ Threads: when ``M*N*K >= parallel_min_mnk`` the work is split into
 ``nthreads`` slices of whole NR column blocks (or MR row blocks when M is the
 larger dimension); each slice is an independent GEMM with its own part of the packing
 buffer, run by :mod:`.threads` (pinned pthreads created inside the generated
-code, see there).
+code, see there). When K is at least ``SPLIT_K_RATIO`` times the split dimension (a weight
+gradient over many rows), the slices are ranges of K instead: slice 0 accumulates into C,
+the others into partial products the calling thread adds into C after the join, and the
+epilogue then sees C as one block.
 """
 from __future__ import annotations
 
@@ -460,19 +463,29 @@ def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC):
     return fn
 
 
-# the parallel context: the GEMM arguments + split_n flag, workspace, floats per slice, epilogue
+# how a parallel GEMM is cut into slices (the ``split`` field of its context)
+SPLIT_M, SPLIT_N, SPLIT_K = 0, 1, 2
+
+# A product whose K is at least this many times its larger output dimension is split over K:
+# the weight gradients of a batch of 4096 rows (128 x 128 x 4096) otherwise split a 128-wide
+# N or M, and every slice packs all of the other operand (the whole 4096-deep panel).
+SPLIT_K_RATIO = 4
+
+# the parallel context: the GEMM arguments + split, workspace, floats per slice, epilogue
 _CTX_T = ir.LiteralStructType(list(GEMM_ARG_TYPES) + [i32, fptr, i64, *_EPI_ARG_TYPES])
 
 
 def _emit_part(module, name, serial, MR, NR):
-    """``void part(i8* ctx, i64 part, i64 nparts)``: slice ``part`` of the GEMM in ctx."""
+    """``void part(i8* ctx, i64 part, i64 nparts)``: slice ``part`` of the GEMM in ctx. Split
+    over K, slice 0 computes into C (with beta) and slice p > 0 into its own M x N partial
+    product after all slices' packing buffers; the caller adds the partials into C."""
     fn = _internal(module, name, _threads.PART_FN_TYPE, ("ctx", "part", "nparts"))
     ctx, part, nparts = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     rec = b.bitcast(ctx, _CTX_T.as_pointer())
     z = ir.Constant(i32, 0)
     vals = [b.load(b.gep(rec, [z, ir.Constant(i32, k)], inbounds=True)) for k in range(len(_CTX_T.elements))]
-    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, split_n, ws, ws_per, epi, ectx = vals
+    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, split, ws, ws_per, epi, ectx = vals
     my_ws = _gep(b, ws, b.mul(part, ws_per))
 
     def bounds(total, unit):
@@ -485,19 +498,42 @@ def _emit_part(module, name, serial, MR, NR):
 
     transA = b.icmp_signed("!=", ta, z)
     transB = b.icmp_signed("!=", tb, z)
-    with b.if_else(b.icmp_signed("!=", split_n, z)) as (sn, sm):
-        with sn:
-            n0, n1 = bounds(N, NR)
-            with b.if_then(b.icmp_signed("<", n0, n1)):
-                boff = b.select(transB, b.mul(n0, ldb), n0)
-                b.call(serial, [ta, tb, M, b.sub(n1, n0), K, alpha, A, lda,
-                                _gep(b, B, boff), ldb, beta, _gep(b, C, n0), ldc, my_ws, epi, ectx, _c64(0), n0])
-        with sm:
-            m0, m1 = bounds(M, MR)
-            with b.if_then(b.icmp_signed("<", m0, m1)):
-                aoff = b.select(transA, m0, b.mul(m0, lda))
-                b.call(serial, [ta, tb, b.sub(m1, m0), N, K, alpha, _gep(b, A, aoff), lda,
-                                B, ldb, beta, _gep(b, C, b.mul(m0, ldc)), ldc, my_ws, epi, ectx, m0, _c64(0)])
+    cases = b.switch(split, fn.append_basic_block("split_m"))
+    done = fn.append_basic_block("done")
+    on_n, on_k = fn.append_basic_block("split_n"), fn.append_basic_block("split_k")
+    cases.add_case(ir.Constant(i32, SPLIT_N), on_n)
+    cases.add_case(ir.Constant(i32, SPLIT_K), on_k)
+
+    b.position_at_end(cases.default)
+    m0, m1 = bounds(M, MR)
+    with b.if_then(b.icmp_signed("<", m0, m1)):
+        aoff = b.select(transA, m0, b.mul(m0, lda))
+        b.call(serial, [ta, tb, b.sub(m1, m0), N, K, alpha, _gep(b, A, aoff), lda,
+                        B, ldb, beta, _gep(b, C, b.mul(m0, ldc)), ldc, my_ws, epi, ectx, m0, _c64(0)])
+    b.branch(done)
+
+    b.position_at_end(on_n)
+    n0, n1 = bounds(N, NR)
+    with b.if_then(b.icmp_signed("<", n0, n1)):
+        boff = b.select(transB, b.mul(n0, ldb), n0)
+        b.call(serial, [ta, tb, M, b.sub(n1, n0), K, alpha, A, lda,
+                        _gep(b, B, boff), ldb, beta, _gep(b, C, n0), ldc, my_ws, epi, ectx, _c64(0), n0])
+    b.branch(done)
+
+    b.position_at_end(on_k)
+    k0, k1 = bounds(K, 16)
+    null_epi = [ir.Constant(EPILOGUE_FN_TYPE.as_pointer(), None), ir.Constant(i8p, None)]
+    with b.if_then(b.icmp_signed("<", k0, k1)):
+        aoff = b.select(transA, b.mul(k0, lda), k0)
+        boff = b.select(transB, k0, b.mul(k0, ldb))
+        first = b.icmp_signed("==", part, _c64(0))
+        partial = _gep(b, ws, b.add(b.mul(nparts, ws_per), b.mul(b.sub(part, _c64(1)), b.mul(M, N))))
+        b.call(serial, [ta, tb, M, N, b.sub(k1, k0), alpha, _gep(b, A, aoff), lda, _gep(b, B, boff), ldb,
+                        b.select(first, beta, _cf(0.0)), b.select(first, C, partial), b.select(first, ldc, N),
+                        my_ws] + null_epi + [_c64(0), _c64(0)])
+    b.branch(done)
+
+    b.position_at_end(done)
     b.ret_void()
     return fn
 
@@ -589,23 +625,32 @@ def _emit_body(module, fn, name, serial, part, nthreads, parallel_min_mnk, mr, n
     args = [ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc]
 
     if part is not None:
-        # split the larger dimension in whole micro-tile blocks
+        # split the larger dimension in whole micro-tile blocks, or K when it dwarfs both
         nblk_n = b.sdiv(b.add(N, _c64(nr - 1)), _c64(nr))
         nblk_m = b.sdiv(b.add(M, _c64(mr - 1)), _c64(mr))
+        nblk_k = b.sdiv(b.add(K, _c64(15)), _c64(16))
         T = _c64(nthreads)
         mnk = b.mul(b.mul(M, N), K)
         big = b.icmp_signed(">=", mnk, _c64(parallel_min_mnk))
         # split N when N >= M or when M has too few blocks
         split_n = b.or_(b.icmp_signed(">=", N, M), b.icmp_signed("<", nblk_m, T))
-        nblk = b.select(split_n, nblk_n, nblk_m)
+        split_k = b.icmp_signed(">=", K, b.mul(_c64(SPLIT_K_RATIO), b.select(split_n, N, M)))
+        split = b.select(split_k, ir.Constant(i32, SPLIT_K),
+                         b.select(split_n, ir.Constant(i32, SPLIT_N), ir.Constant(i32, SPLIT_M)))
+        nblk = b.select(split_k, nblk_k, b.select(split_n, nblk_n, nblk_m))
         nparts = b.select(big, _min(b, T, nblk), _c64(1))
     else:
         nparts = _c64(1)
 
     # one workspace for all slices, allocated on the calling thread (a fresh
-    # thread's malloc arena would page-fault its buffers in on every call)
+    # thread's malloc arena would page-fault its buffers in on every call); a K split
+    # also holds the partial products of slices 1.. after the packing buffers
     _, ws_per = _ws_floats(b, M, N, K, mr, nr, kc, mc, nc)
-    raw = b.call(malloc, [b.add(b.mul(b.mul(ws_per, nparts), _c64(4)), _c64(64))])
+    floats = b.mul(ws_per, nparts)
+    if part is not None:
+        partials = b.mul(b.mul(M, N), b.sub(nparts, _c64(1)))
+        floats = b.add(floats, b.select(split_k, partials, _c64(0)))
+    raw = b.call(malloc, [b.add(b.mul(floats, _c64(4)), _c64(64))])
     with b.if_then(b.icmp_unsigned("==", b.ptrtoint(raw, i64), _c64(0)), likely=False):
         b.call(trap, [])  # out of memory for packing buffers
         b.unreachable()
@@ -618,13 +663,28 @@ def _emit_body(module, fn, name, serial, part, nthreads, parallel_min_mnk, mr, n
         with b.if_else(b.icmp_signed(">", nparts, _c64(1))) as (par, ser):
             with par:
                 z = ir.Constant(i32, 0)
-                for k, v in enumerate(args + [b.zext(split_n, i32), ws, ws_per, epi, ectx]):
+                for k, v in enumerate(args + [split, ws, ws_per, epi, ectx]):
                     b.store(v, b.gep(ctx, [z, ir.Constant(i32, k)], inbounds=True))
                 _threads.emit_parallel_call(b, part, ctx, nparts)
+                with b.if_then(split_k):
+                    _add_partials(b, C, ldc, M, N, _gep(b, ws, b.mul(nparts, ws_per)), b.sub(nparts, _c64(1)))
+                    with b.if_then(b.icmp_unsigned("!=", b.ptrtoint(epi, i64), _c64(0))):
+                        b.call(epi, [ectx, _c64(0), M, _c64(0), N])
             with ser:
                 b.call(serial, args + serial_tail)
     b.call(free, [raw])
     b.ret_void()
+
+
+def _add_partials(b, C, ldc, M, N, partials, count):
+    """C[i, j] += the (i, j) element of each of ``count`` contiguous M x N partial products."""
+    with for_range(b, count, name="p") as p:
+        base = _gep(b, partials, b.mul(p, b.mul(M, N)))
+        with for_range(b, M, name="i") as i:
+            row, prow = _gep(b, C, b.mul(i, ldc)), _gep(b, base, b.mul(i, N))
+            with for_range(b, N, name="j") as j:
+                dst = _gep(b, row, j)
+                b.store(b.fadd(b.load(dst), b.load(_gep(b, prow, j))), dst)
 
 
 # the batched GEMM's parallel context: its arguments + workspace and floats per part
