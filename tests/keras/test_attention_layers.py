@@ -160,6 +160,20 @@ def test_errors_name_the_layer_and_the_argument():
         layer(np.zeros((1, 3, 4), np.float32), np.zeros((1, 5, 4), np.float32), key=np.zeros((1, 6, 4), np.float32))
 
 
+def test_attention_over_axes_refuses_what_it_cannot_mean():
+    x = np.zeros((1, 3, 4, 5), np.float32)
+    with pytest.raises(ValueError, match="attention_axes=\\(3,\\) must name distinct axes"):
+        keras.layers.MultiHeadAttention(2, 4, attention_axes=3)(x, x)   # the features axis
+    with pytest.raises(kcompiler.errors.ShapeError, match="same rank"):
+        keras.layers.MultiHeadAttention(2, 4)(x, np.zeros((1, 3, 5), np.float32))
+    with pytest.raises(kcompiler.errors.ShapeError, match="not attended over"):
+        keras.layers.MultiHeadAttention(2, 4, attention_axes=2)(x, np.zeros((1, 2, 4, 5), np.float32))
+    with pytest.raises(kcompiler.errors.UnsupportedError, match="use_causal_mask"):
+        keras.layers.MultiHeadAttention(2, 4)(x, x, use_causal_mask=True)
+    with pytest.raises(kcompiler.errors.ShapeError, match="attention_mask must have shape"):
+        keras.layers.MultiHeadAttention(2, 4)(x, x, attention_mask=np.ones((1, 12, 12), bool))
+
+
 def test_depthwise_batchnorm_relu6_is_one_kernel_in_inference():
     model = keras.Sequential([keras.Input((8, 8, 4)), keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False),
                               keras.layers.BatchNormalization(), keras.layers.ReLU(6.0)])

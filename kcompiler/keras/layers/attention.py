@@ -16,7 +16,13 @@ The mask is the AND of the query's Keras mask (B, T, 1), the value's and key's (
 ``attention_mask`` and, with ``use_causal_mask=True``, the lower triangle; the fused op takes
 the causal part as an attribute and the rest as one (B, T, S) float mask.
 
-Supported: inputs of rank 3 (batch, length, features) with ``attention_axes`` None or (1,);
+Inputs of higher rank, (batch, d1, ..., dk, features), attend over ``attention_axes`` (Keras's
+default: all of d1..dk jointly): the other d axes join the batch and the attention axes are
+flattened into one sequence (a transpose and reshapes around the rank-3 computation, which
+is what Keras's einsum equations compute); the scores come back as Keras's (batch,
+<other axes>, heads, <query attention axes>, <key attention axes>). There ``attention_mask``
+is (batch, <query attention axes>, <key attention axes>), and Keras masks and
+``use_causal_mask`` (whose meaning Keras ties to axis 1) are refused.
 ``use_gate``, ``sliding_window`` and ``flash_attention`` as Keras's defaults only.
 """
 import math
@@ -85,9 +91,11 @@ class MultiHeadAttention(Layer):
                                    f"{output_shape!r}")
         # Keras keeps a given output_shape as a tuple
         self.output_shape_arg = None if output_shape is None else tuple(int(d) for d in np.atleast_1d(output_shape))
-        if attention_axes is not None and tuple(np.atleast_1d(attention_axes)) not in ((1,), (-2,)):
-            raise UnsupportedError(f"{self._describe()}: attention_axes={attention_axes!r} is not supported (only "
-                                   "attention over axis 1 of (batch, length, features) inputs)")
+        if attention_axes is not None:
+            if not isinstance(attention_axes, (int, list, tuple)):
+                raise ValueError(f"{self._describe()}: `attention_axes` must be an int, list, or tuple. Received: "
+                                 f"attention_axes={attention_axes!r}")
+            attention_axes = tuple(int(a) for a in np.atleast_1d(attention_axes))
         self.attention_axes = attention_axes
         for name, value, default in (("use_gate", use_gate, False), ("sliding_window", sliding_window, None),
                                      ("flash_attention", flash_attention, None)):
@@ -111,10 +119,14 @@ class MultiHeadAttention(Layer):
         if value_shape is None:
             return
         key_shape = value_shape if key_shape is None else key_shape
+        rank = len(query_shape)
         for name, shape in (("query", query_shape), ("value", value_shape), ("key", key_shape)):
-            if len(shape) != 3 or shape[-1] is None:
-                raise ShapeError(f"{self._describe()}: {name} must have shape (batch, length, features) with known "
-                                 f"features, got {fmt_shape(shape)}")
+            if len(shape) < 3 or shape[-1] is None:
+                raise ShapeError(f"{self._describe()}: {name} must have shape (batch, length, features) or (batch, "
+                                 f"d1, ..., features) with known features, got {fmt_shape(shape)}")
+            if len(shape) != rank:
+                raise ShapeError(f"{self._describe()}: query, value and key must have the same rank, got query "
+                                 f"{fmt_shape(query_shape)} and {name} {fmt_shape(shape)}")
         if tuple(value_shape[1:-1]) != tuple(key_shape[1:-1]):
             raise ValueError(f"{self._describe()}: All dimensions of `value` and `key`, except the last one, must be "
                              f"equal. Received: value_shape={tuple(value_shape)} and key_shape={tuple(key_shape)}")
@@ -127,8 +139,14 @@ class MultiHeadAttention(Layer):
                                        (heads, self.value_dim))
         self.output_dense = _Projection(self, "attention_output", (heads, self.value_dim, out_features),
                                         (out_features,))
-        if self.attention_axes is None:   # Keras fills in the default when it builds
-            self.attention_axes = (1,)
+        # Keras fills in the default when it builds (all axes between batch and features) and
+        # counts a negative axis from the end of the projected (..., heads, dim) tensor
+        axes = tuple(range(1, rank - 1)) if self.attention_axes is None else \
+            tuple(a if a >= 0 else rank + a for a in self.attention_axes)
+        if not axes or len(set(axes)) != len(axes) or any(not 1 <= a <= rank - 2 for a in axes):
+            raise ValueError(f"{self._describe()}: attention_axes={self.attention_axes!r} must name distinct axes "
+                             f"between the batch and the features of inputs of rank {rank}")
+        self.attention_axes = axes
         self._projections_built = True
         self.built = True
 
@@ -153,6 +171,55 @@ class MultiHeadAttention(Layer):
         query_mask = getattr(query, "_keras_mask", None)
         value_mask = value_mask if value_mask is not None else getattr(value, "_keras_mask", None)
         key_mask = key_mask if key_mask is not None else getattr(key, "_keras_mask", None)
+        if len(query.shape) == 3:
+            return self._attend(query, value, key, query_mask, value_mask, key_mask, attention_mask,
+                                return_attention_scores, training, use_causal_mask)
+        return self._attend_over_axes(query, value, key, (query_mask, value_mask, key_mask), attention_mask,
+                                      return_attention_scores, training, use_causal_mask)
+
+    def _attend_over_axes(self, query, value, key, keras_masks, attention_mask, return_attention_scores, training,
+                          use_causal_mask):
+        """Inputs of rank > 3: the axes that are not attended join the batch, the attended ones
+        become one sequence axis, and the rank-3 computation runs on that view."""
+        if any(m is not None for m in keras_masks) or use_causal_mask:
+            raise UnsupportedError(f"{self._describe()}: Keras masks and use_causal_mask are supported for inputs of "
+                                   f"rank 3 only, got query {fmt_shape(query.shape)}")
+        rank, axes = len(query.shape), self.attention_axes
+        others = [a for a in range(1, rank - 1) if a not in axes]
+        perm = (0, *others, *axes, rank - 1)
+        for name, x in (("value", value), ("key", key)):
+            if any(x.shape[a] != query.shape[a] for a in others):
+                raise ShapeError(f"{self._describe()}: the axes not attended over ({others}) must be equal in query "
+                                 f"{fmt_shape(query.shape)} and {name} {fmt_shape(x.shape)}")
+
+        def as_sequences(x):
+            return ops.reshape(ops.transpose(x, perm), (-1, int(np.prod([x.shape[a] for a in axes])), x.shape[-1]))
+
+        other_dims = [query.shape[a] for a in others]
+        t_dims, s_dims = [query.shape[a] for a in axes], [value.shape[a] for a in axes]
+        mask = None
+        if attention_mask is not None:
+            expected = 1 + 2 * len(axes)
+            if len(attention_mask.shape) != expected:
+                raise ShapeError(f"{self._describe()}: attention_mask must have shape (batch, {tuple(t_dims)}..., "
+                                 f"{tuple(s_dims)}...) for attention over axes {axes}, got "
+                                 f"{fmt_shape(attention_mask.shape)}")
+            t_len, s_len = int(np.prod(t_dims)), int(np.prod(s_dims))
+            mask = ops.reshape(attention_mask, (-1, 1, t_len, s_len))
+            mask = ops.reshape(ops.broadcast_to(mask, (0, int(np.prod(other_dims)), t_len, s_len)),
+                               (-1, t_len, s_len))
+        out = self._attend(as_sequences(query), as_sequences(value), as_sequences(key), None, None, None, mask,
+                           return_attention_scores, training, False)
+        y, scores = out if return_attention_scores else (out, None)
+        y = ops.reshape(y, (-1, *other_dims, *t_dims, y.shape[-1]))
+        y = ops.transpose(y, tuple(int(i) for i in np.argsort(perm)))
+        if not return_attention_scores:
+            return y
+        return y, ops.reshape(scores, (-1, *other_dims, self.num_heads, *t_dims, *s_dims))
+
+    def _attend(self, query, value, key, query_mask, value_mask, key_mask, attention_mask, return_attention_scores,
+                training, use_causal_mask):
+        """The rank-3 layer: (batch, length, features) inputs."""
         q = self._project(query, self.query_dense, self.key_dim)
         k = self._project(key, self.key_dense, self.key_dim)
         v = self._project(value, self.value_dense, self.value_dim)
