@@ -475,6 +475,35 @@ SPLIT_K_RATIO = 4
 _CTX_T = ir.LiteralStructType(list(GEMM_ARG_TYPES) + [i32, fptr, i64, *_EPI_ARG_TYPES])
 
 
+def _load_context(b, ctx, ctx_type):
+    """The fields of the ``ctx_type`` record a part function's ``i8* ctx`` points to."""
+    rec = b.bitcast(ctx, ctx_type.as_pointer())
+    z = ir.Constant(i32, 0)
+    return [b.load(b.gep(rec, [z, ir.Constant(i32, k)], inbounds=True)) for k in range(len(ctx_type.elements))]
+
+
+def _store_context(b, ctx, values):
+    z = ir.Constant(i32, 0)
+    for k, v in enumerate(values):
+        b.store(v, b.gep(ctx, [z, ir.Constant(i32, k)], inbounds=True))
+
+
+def _no_epilogue():
+    return [ir.Constant(EPILOGUE_FN_TYPE.as_pointer(), None), ir.Constant(i8p, None)]
+
+
+def _allocate_workspace(b, module, floats):
+    """(raw pointer to free, 64-byte aligned float*) of a malloc of ``floats`` floats on the
+    calling thread; out of memory traps."""
+    malloc = _malloc(module)
+    trap = _get_fn(module, "llvm.trap", ir.FunctionType(void, []))
+    raw = b.call(malloc, [b.add(b.mul(floats, _c64(4)), _c64(64))])
+    with b.if_then(b.icmp_unsigned("==", b.ptrtoint(raw, i64), _c64(0)), likely=False):
+        b.call(trap, [])  # out of memory for packing buffers
+        b.unreachable()
+    return raw, b.inttoptr(b.and_(b.add(b.ptrtoint(raw, i64), _c64(63)), _c64(~63)), fptr)
+
+
 def _emit_part(module, name, serial, MR, NR):
     """``void part(i8* ctx, i64 part, i64 nparts)``: slice ``part`` of the GEMM in ctx. Split
     over K, slice 0 computes into C (with beta) and slice p > 0 into its own M x N partial
@@ -482,10 +511,8 @@ def _emit_part(module, name, serial, MR, NR):
     fn = _internal(module, name, _threads.PART_FN_TYPE, ("ctx", "part", "nparts"))
     ctx, part, nparts = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    rec = b.bitcast(ctx, _CTX_T.as_pointer())
+    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, split, ws, ws_per, epi, ectx = _load_context(b, ctx, _CTX_T)
     z = ir.Constant(i32, 0)
-    vals = [b.load(b.gep(rec, [z, ir.Constant(i32, k)], inbounds=True)) for k in range(len(_CTX_T.elements))]
-    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, split, ws, ws_per, epi, ectx = vals
     my_ws = _gep(b, ws, b.mul(part, ws_per))
 
     def bounds(total, unit):
@@ -522,7 +549,6 @@ def _emit_part(module, name, serial, MR, NR):
 
     b.position_at_end(on_k)
     k0, k1 = bounds(K, 16)
-    null_epi = [ir.Constant(EPILOGUE_FN_TYPE.as_pointer(), None), ir.Constant(i8p, None)]
     with b.if_then(b.icmp_signed("<", k0, k1)):
         aoff = b.select(transA, b.mul(k0, lda), k0)
         boff = b.select(transB, k0, b.mul(k0, ldb))
@@ -530,7 +556,7 @@ def _emit_part(module, name, serial, MR, NR):
         partial = _gep(b, ws, b.add(b.mul(nparts, ws_per), b.mul(b.sub(part, _c64(1)), b.mul(M, N))))
         b.call(serial, [ta, tb, M, N, b.sub(k1, k0), alpha, _gep(b, A, aoff), lda, _gep(b, B, boff), ldb,
                         b.select(first, beta, _cf(0.0)), b.select(first, C, partial), b.select(first, ldc, N),
-                        my_ws] + null_epi + [_c64(0), _c64(0)])
+                        my_ws] + _no_epilogue() + [_c64(0), _c64(0)])
     b.branch(done)
 
     b.position_at_end(done)
@@ -607,8 +633,6 @@ def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None
 def _emit_body(module, fn, name, serial, part, nthreads, parallel_min_mnk, mr, nr, kc, mc, nc):
     """The GEMM with its epilogue hook: the edge cases, the thread split and the workspace."""
     scale = _emit_scale(module, f"{name}.scale")
-    malloc, free = _malloc(module), _free(module)
-    trap = _get_fn(module, "llvm.trap", ir.FunctionType(void, []))
     ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, epi, ectx = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     ctx = b.alloca(_CTX_T, name="ctx") if part is not None else None
@@ -650,11 +674,7 @@ def _emit_body(module, fn, name, serial, part, nthreads, parallel_min_mnk, mr, n
     if part is not None:
         partials = b.mul(b.mul(M, N), b.sub(nparts, _c64(1)))
         floats = b.add(floats, b.select(split_k, partials, _c64(0)))
-    raw = b.call(malloc, [b.add(b.mul(floats, _c64(4)), _c64(64))])
-    with b.if_then(b.icmp_unsigned("==", b.ptrtoint(raw, i64), _c64(0)), likely=False):
-        b.call(trap, [])  # out of memory for packing buffers
-        b.unreachable()
-    ws = b.inttoptr(b.and_(b.add(b.ptrtoint(raw, i64), _c64(63)), _c64(~63)), fptr)
+    raw, ws = _allocate_workspace(b, module, floats)
     serial_tail = [ws, epi, ectx, _c64(0), _c64(0)]
 
     if part is None:
@@ -662,9 +682,7 @@ def _emit_body(module, fn, name, serial, part, nthreads, parallel_min_mnk, mr, n
     else:
         with b.if_else(b.icmp_signed(">", nparts, _c64(1))) as (par, ser):
             with par:
-                z = ir.Constant(i32, 0)
-                for k, v in enumerate(args + [split, ws, ws_per, epi, ectx]):
-                    b.store(v, b.gep(ctx, [z, ir.Constant(i32, k)], inbounds=True))
+                _store_context(b, ctx, args + [split, ws, ws_per, epi, ectx])
                 _threads.emit_parallel_call(b, part, ctx, nparts)
                 with b.if_then(split_k):
                     _add_partials(b, C, ldc, M, N, _gep(b, ws, b.mul(nparts, ws_per)), b.sub(nparts, _c64(1)))
@@ -672,7 +690,7 @@ def _emit_body(module, fn, name, serial, part, nthreads, parallel_min_mnk, mr, n
                         b.call(epi, [ectx, _c64(0), M, _c64(0), N])
             with ser:
                 b.call(serial, args + serial_tail)
-    b.call(free, [raw])
+    b.call(_free(module), [raw])
     b.ret_void()
 
 
@@ -704,7 +722,6 @@ def _emit_batched(module, name, body, serial, nthreads, parallel_min_mnk, mr, nr
     for a, n in zip(fn.args, _BATCHED_ARG_NAMES):
         a.name = n
     ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch = fn.args
-    null_epi = [ir.Constant(EPILOGUE_FN_TYPE.as_pointer(), None), ir.Constant(i8p, None)]
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     mnk = b.mul(b.mul(M, N), K)
     whole = b.or_(b.icmp_signed("<=", M, _c64(0)), b.icmp_signed("<=", N, _c64(0)))
@@ -721,25 +738,16 @@ def _emit_batched(module, name, body, serial, nthreads, parallel_min_mnk, mr, nr
         with one_by_one:
             with for_range(b, batch, name="i") as i:
                 b.call(body, [ta, tb, M, N, K, alpha, _gep(b, A, b.mul(i, sa)), lda, _gep(b, B, b.mul(i, sb)), ldb,
-                              beta, _gep(b, C, b.mul(i, sc)), ldc] + null_epi)
+                              beta, _gep(b, C, b.mul(i, sc)), ldc] + _no_epilogue())
         with dealt:
             if T > 1:
                 nparts = _min(b, batch, _c64(T))
-                malloc, free = _malloc(module), _free(module)
-                trap = _get_fn(module, "llvm.trap", ir.FunctionType(void, []))
                 _, ws_per = _ws_floats(b, M, N, K, mr, nr, kc, mc, nc)
-                raw = b.call(malloc, [b.add(b.mul(b.mul(ws_per, nparts), _c64(4)), _c64(64))])
-                with b.if_then(b.icmp_unsigned("==", b.ptrtoint(raw, i64), _c64(0)), likely=False):
-                    b.call(trap, [])  # out of memory for packing buffers
-                    b.unreachable()
-                ws = b.inttoptr(b.and_(b.add(b.ptrtoint(raw, i64), _c64(63)), _c64(~63)), fptr)
+                raw, ws = _allocate_workspace(b, module, b.mul(ws_per, nparts))
                 ctx = b.alloca(_BATCH_CTX_T, name="ctx")
-                z = ir.Constant(i32, 0)
-                for k, v in enumerate(list(fn.args) + [ws, ws_per]):
-                    b.store(v, b.gep(ctx, [z, ir.Constant(i32, k)], inbounds=True))
-                part = _emit_batched_part(module, f"{name}.part", serial)
-                _threads.emit_parallel_call(b, part, ctx, nparts)
-                b.call(free, [raw])
+                _store_context(b, ctx, list(fn.args) + [ws, ws_per])
+                _threads.emit_parallel_call(b, _emit_batched_part(module, f"{name}.part", serial), ctx, nparts)
+                b.call(_free(module), [raw])
     b.ret_void()
     return fn
 
@@ -750,16 +758,13 @@ def _emit_batched_part(module, name, serial):
     fn = _internal(module, name, _threads.PART_FN_TYPE, ("ctx", "part", "nparts"))
     ctx, part, nparts = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    rec = b.bitcast(ctx, _BATCH_CTX_T.as_pointer())
-    z = ir.Constant(i32, 0)
-    vals = [b.load(b.gep(rec, [z, ir.Constant(i32, k)], inbounds=True)) for k in range(len(_BATCH_CTX_T.elements))]
-    ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch, ws, ws_per = vals
+    ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch, ws, ws_per = \
+        _load_context(b, ctx, _BATCH_CTX_T)
     my_ws = _gep(b, ws, b.mul(part, ws_per))
     lo = b.sdiv(b.mul(part, batch), nparts)
     hi = b.sdiv(b.mul(b.add(part, _c64(1)), batch), nparts)
-    null_epi = [ir.Constant(EPILOGUE_FN_TYPE.as_pointer(), None), ir.Constant(i8p, None)]
     with for_range(b, hi, start=lo, name="i") as i:
         b.call(serial, [ta, tb, M, N, K, alpha, _gep(b, A, b.mul(i, sa)), lda, _gep(b, B, b.mul(i, sb)), ldb,
-                        beta, _gep(b, C, b.mul(i, sc)), ldc, my_ws] + null_epi + [_c64(0), _c64(0)])
+                        beta, _gep(b, C, b.mul(i, sc)), ldc, my_ws] + _no_epilogue() + [_c64(0), _c64(0)])
     b.ret_void()
     return fn
