@@ -122,8 +122,13 @@ def check_compiled(op, inputs, attrs=None, wrt=None, seed=0):
         for k, (g_, e_) in enumerate(zip(got_fwd, expected_fwd)):
             assert_close32(g_, e_, f"{op} forward output {k} (fuse={fuse})")
         got_bwd = run_compiled(b.g, feeds, fuse=fuse)
-        for k, (g_, e_) in enumerate(zip(got_bwd, expected_bwd)):
-            assert_close32(g_, e_, f"{op} backward output {k} (fuse={fuse}; 0 = <out, r>, then grads of {wrt})")
+        # output 0, <out, r>, sums products of both signs: its float32 rounding scales with the
+        # sum of their magnitudes, not with the (possibly cancelled, near-zero) result
+        terms = sum(float(np.abs(np.asarray(o, np.float64) * feeds[f"r{k}"]).sum()) for k, o in enumerate(expected_fwd))
+        np.testing.assert_allclose(got_bwd[0], expected_bwd[0], rtol=1e-4, atol=1e-5 * max(1.0, terms),
+                                   err_msg=f"{op} backward output 0 = <out, r> (fuse={fuse})")
+        for k, (g_, e_) in list(enumerate(zip(got_bwd, expected_bwd)))[1:]:
+            assert_close32(g_, e_, f"{op} backward output {k} (fuse={fuse}; grads of {wrt})")
 
 
 def use_options(monkeypatch, **changes):
