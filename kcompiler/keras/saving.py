@@ -323,6 +323,13 @@ def skips_first_node(entry):
     return bool(layer_list) and isinstance(layer_list[0], dict) and layer_list[0].get("class_name") == "InputLayer"
 
 
+def is_legacy_tensor_ref(value):
+    """Whether ``value`` is how tf.keras 2's config names a tensor in a call's kwargs:
+    ``[layer name, node index, tensor index]`` (its ``_is_serialized_node_data``)."""
+    return (isinstance(value, list) and len(value) == 3 and isinstance(value[0], str)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value[1:]))
+
+
 def _functional_from_config(cls, config):
     from .models import InputLayer
     layers, entries, node_offset = {}, [], {}
@@ -361,10 +368,21 @@ def _functional_from_config(cls, config):
     def call_args(node):
         if isinstance(node, dict):   # Keras 3: {"args": [...], "kwargs": {...}}
             return resolve(node.get("args", [])), resolve(node.get("kwargs", {}))
-        # tf.keras 2: [[layer name, node index, tensor index, call kwargs], ...], one per input
+        # tf.keras 2: [[layer name, node index, tensor index, call kwargs], ...], one per input;
+        # tensors among the kwargs (MultiHeadAttention's value=, attention_mask=) are
+        # [layer name, node index, tensor index] lists there
         tensors = [tensor(*ref[:3]) for ref in node]
         kwargs = node[0][3] if node and len(node[0]) > 3 else {}
-        return [tensors[0] if len(tensors) == 1 else tensors], dict(kwargs)
+        return [tensors[0] if len(tensors) == 1 else tensors], legacy_kwarg_tensors(dict(kwargs))
+
+    def legacy_kwarg_tensors(value):
+        if is_legacy_tensor_ref(value):
+            return tensor(*value)
+        if isinstance(value, list):
+            return [legacy_kwarg_tensors(v) for v in value]
+        if isinstance(value, dict):
+            return {k: legacy_kwarg_tensors(v) for k, v in value.items()}
+        return value
 
     # Calls are replayed in dependency order; each layer's calls stay in their own order,
     # so a shared layer's node indices come out as written.

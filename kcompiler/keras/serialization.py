@@ -185,6 +185,17 @@ _INERT_KEYS = {
     "groups": (1,),
 }
 
+# Keys that tf.keras 2 writes for one layer class only, any value, which that class has no
+# argument for and which change nothing here: SeparableConv2D inherits Conv's kernel_*
+# arguments (its kernels are depthwise_kernel and pointwise_kernel, initialised by their own
+# arguments); MultiHeadAttention records the shapes it was built with (the model's calls build
+# it here) and softmax_robust_masking (both of tf.keras 2's masked softmaxes put -1e9 in a masked
+# score, by adding or by replacing: the same probabilities as the replacement done here).
+_INERT_CLASS_KEYS = {
+    "SeparableConv2D": ("kernel_initializer", "kernel_regularizer", "kernel_constraint"),
+    "MultiHeadAttention": ("query_shape", "key_shape", "value_shape", "softmax_robust_masking"),
+}
+
 
 def _constructor_keywords(cls):
     """The keyword arguments ``cls(...)`` takes, following ``**kwargs`` up the MRO to Layer."""
@@ -221,10 +232,12 @@ def normalize_layer_config(cls, config):
 def _drop_inert_keys(cls, config):
     """``config`` without the keys the constructor does not take and that change nothing."""
     accepted = _constructor_keywords(cls)
+    class_keys = {key for klass in cls.__mro__ for key in _INERT_CLASS_KEYS.get(klass.__name__, ())}
     out = {}
     for key, value in config.items():
         inert = _INERT_KEYS.get(key, ())
-        if key not in accepted and (value is None or key in _INERT_KEYS and (inert is None or value in inert)):
+        if key not in accepted and (value is None or key in class_keys
+                                    or key in _INERT_KEYS and (inert is None or value in inert)):
             continue
         out[key] = value
     return out
