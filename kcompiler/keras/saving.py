@@ -21,6 +21,7 @@ Allowed differences from Keras 3's output, on purpose:
   ``{"class_name": "function", "config": name}``. Both are read.
 tests/keras/test_configs.py compares our to_json with Keras 3's after taking out exactly these.
 """
+import inspect
 import json
 
 import numpy as np
@@ -118,6 +119,9 @@ def _functional_config(model):
             first = calls[0].inputs
             build_shape = ([_shape(t) for t in first] if isinstance(first, (list, tuple)) else _shape(first))
         entry = _strip_input_shape(serialize_layer(layer, build_shape))
+        shapes = _build_shapes_dict(layer, calls[0]) if calls else None
+        if shapes:
+            entry["build_config"] = {"shapes_dict": shapes}
         entry["name"] = layer.name
         entry["inbound_nodes"] = [] if isinstance(layer, InputLayer) else [
             {"args": as_arg([r.inputs, *r.rest]), "kwargs": as_arg(dict(r.kwargs))} for r in calls]
@@ -128,6 +132,19 @@ def _functional_config(model):
     return {"name": model.name, "trainable": model.trainable, "layers": layers,
             "input_layers": inputs[0] if model._single_input else inputs,
             "output_layers": outputs[0] if model._single_output else outputs}
+
+
+def _build_shapes_dict(layer, record):
+    """Keras 3's ``build_config`` for a layer whose ``build`` takes the shapes of several call
+    arguments (MultiHeadAttention's query_shape, value_shape, key_shape): ``{"<argument>_shape":
+    shape}`` for each tensor argument of its first call that ``build`` takes; None for others."""
+    from .tensor import SymbolicTensor
+    build_takes = [name for name in inspect.signature(layer.build).parameters if name.endswith("_shape")]
+    if len(build_takes) < 2:
+        return None
+    bound = inspect.signature(layer.call).bind_partial(record.inputs, *record.rest, **record.kwargs)
+    return {f"{name}_shape": _shape(value) for name, value in bound.arguments.items()
+            if isinstance(value, SymbolicTensor) and f"{name}_shape" in build_takes}
 
 
 # ---- the to_json / to_yaml document -------------------------------------------------------

@@ -33,7 +33,7 @@ FIXTURE_FILES = sorted(p.name for p in FILES.iterdir() if p.suffix in (".keras",
 
 def fixture(name):
     z = np.load(FILES / f"{name}.npz")
-    xs = [z["x"]] if "x" in z.files else [z["x_0"], z["x_1"]]
+    xs = [z["x"]] if "x" in z.files else [z[f"x_{i}"] for i in range(sum(k.startswith("x_") for k in z.files))]
     return json.loads(str(z["spec"])), (xs[0] if len(xs) == 1 else xs), z
 
 
@@ -50,7 +50,7 @@ def close(got, expected):
 # ---- files written by real Keras -------------------------------------------------------------
 
 def test_fixture_files_are_there():
-    assert len(FIXTURE_FILES) == 14, FIXTURE_FILES
+    assert len(FIXTURE_FILES) == 18, FIXTURE_FILES
 
 
 @pytest.mark.parametrize("name", FIXTURE_FILES)
@@ -136,7 +136,8 @@ def test_round_trip_keeps_everything(tmp_path, suffix):
         np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("name", ["small_cnn.keras", "embedding_lstm.h5", "two_inputs.keras", "two_inputs.h5"])
+@pytest.mark.parametrize("name", ["small_cnn.keras", "embedding_lstm.h5", "two_inputs.keras", "two_inputs.h5",
+                                  "mobile_layers.h5", "attention_h5.keras", "attention_h5.h5"])
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
 def test_round_trip_of_fixture_models(tmp_path, name, suffix):
     spec, x, z = fixture(name)
