@@ -235,9 +235,9 @@ def _check_weight_name(layer_name, stored, mine, all_mine):
         return
     other = next((n for n in all_mine if _names_agree(stored, n)), None)
     if other is not None:
-        raise ValueError(f"weight file: layer {layer_name!r} holds {stored!r} where the model's layer expects "
-                         f"{mine!r} (that weight is {other!r}): its weights are in another order or belong to "
-                         "another layer")
+        known_as = "" if _name_parts(other) == _name_parts(stored) else f" (the model's {other!r})"
+        raise ValueError(f"weight file: layer {layer_name!r} holds {stored!r}{known_as} where the model's layer "
+                         f"expects {mine!r}: its weights are in another order or belong to another layer")
 
 
 # ---- entry points ----------------------------------------------------------------------------
