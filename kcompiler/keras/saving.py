@@ -31,8 +31,8 @@ from .layers.base import flatten
 from .model_files import load_model, save_model  # noqa: F401  (keras.saving.load_model/save_model)
 from .serialization import (CustomObjectScope, check_known_classes, custom_object_scope,  # noqa: F401
                             deserialize_keras_object, deserialize_layer, get_custom_objects, get_registered_name,
-                            get_registered_object, register_keras_serializable, serialize_keras_object,
-                            serialize_layer)
+                            get_registered_object, is_keras3_op, keras3_op_call, register_keras_serializable,
+                            serialize_keras_object, serialize_layer)
 
 __all__ = ["load_model", "save_model", "model_from_config", "model_from_json", "model_from_yaml",
            "register_keras_serializable", "custom_object_scope", "CustomObjectScope", "get_custom_objects",
@@ -351,6 +351,11 @@ def _functional_from_config(cls, config):
     from .models import InputLayer
     layers, entries, node_offset = {}, [], {}
     for entry in config["layers"]:
+        if is_keras3_op(entry):   # a keras.ops call between layers, replayed as the same call
+            layers[entry.get("name")] = keras3_op_call(entry)
+            entries.append((entry.get("name"), entry.get("inbound_nodes", [])))
+            node_offset[entry.get("name")] = 0
+            continue
         layer = deserialize_layer(entry)
         name = entry.get("name", layer.name)
         layers[name] = layer

@@ -10,7 +10,7 @@ so layers added to that module need no entry here.
 import inspect
 from contextlib import contextmanager
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedError
 from . import activations, constraints, initializers, regularizers
 from .layers.base import Layer
 
@@ -280,6 +280,37 @@ def _normalize_value(key, value):
     return value
 
 
+def is_keras3_op(entry):
+    """Whether a functional config's entry is a ``keras.ops`` call Keras 3 recorded between its
+    layers (``{"module": "keras.src.ops.numpy", "class_name": "NotEqual", ...}``; it records, for
+    one, the mask computations of Embedding(mask_zero=True) feeding Attention layers)."""
+    return isinstance(entry, dict) and str(entry.get("module") or "").startswith("keras.src.ops.")
+
+
+def _op_function(entry):
+    from . import backend, ops
+    fn = getattr(ops, backend.snake_case(str(entry.get("class_name"))), None)
+    return fn if callable(fn) else None
+
+
+def keras3_op_call(entry):
+    """The function a Keras 3 op entry (is_keras3_op) stands for: the kcompiler.keras.ops function
+    of that name with the op's config (its constructor arguments) as keyword arguments; an argument
+    the function does not take raises UnsupportedError unless it is None (the op's default)."""
+    fn = _op_function(entry)
+    if fn is None:
+        raise ConfigError(f"unknown keras.ops function {entry.get('class_name')!r} in the functional config")
+    config = {k: v for k, v in (entry.get("config") or {}).items() if k != "name"}
+    takes = inspect.signature(fn).parameters
+    refused = sorted(k for k, v in config.items() if k not in takes and v is not None)
+    if refused:
+        raise UnsupportedError(f"the keras.ops call {entry.get('class_name')} "
+                               f"'{(entry.get('config') or {}).get('name')}' in the functional config has "
+                               f"argument(s) {refused}, which kcompiler's keras.ops.{fn.__name__} does not take")
+    fixed = {k: v for k, v in config.items() if k in takes}
+    return lambda *args, **kwargs: fn(*args, **fixed, **kwargs)
+
+
 def unknown_classes(entry, where="the model", found=None):
     """Every class name in a layer/model config that cannot be resolved, with where it is used."""
     found = [] if found is None else found
@@ -289,6 +320,10 @@ def unknown_classes(entry, where="the model", found=None):
     config = entry.get("config")
     name = (config.get("name") if isinstance(config, dict) else None) or entry.get("name")
     here = f"layer '{name}'" if name else where
+    if is_keras3_op(entry):
+        if _op_function(entry) is None:
+            found.append(f"the keras.ops function {entry['class_name']!r} ({here})")
+        return found
     if cls is None:
         found.append(f"{entry['class_name']!r} ({here})")
         return found

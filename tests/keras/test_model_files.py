@@ -137,7 +137,7 @@ def test_round_trip_keeps_everything(tmp_path, suffix):
 
 
 @pytest.mark.parametrize("name", ["small_cnn.keras", "embedding_lstm.h5", "two_inputs.keras", "two_inputs.h5",
-                                  "mobile_layers.h5", "attention_h5.keras", "attention_h5.h5"])
+                                  "mobile_layers.h5", "attention_h5.h5"])
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
 def test_round_trip_of_fixture_models(tmp_path, name, suffix):
     spec, x, z = fixture(name)
@@ -459,6 +459,28 @@ def test_h5_attention_option_not_supported(tmp_path):
     copy_h5(FILES / "attention_h5.h5", tmp_path / "axes.h5", edit)
     with pytest.raises(UnsupportedError, match=r"self_attention.*attention_axes=\[1, 2\] is not supported"):
         keras.models.load_model(tmp_path / "axes.h5")
+
+
+def test_keras3_ops_between_layers(tmp_path):
+    """Keras 3 writes the keras.ops calls of a functional graph (here the padding mask that
+    Embedding(mask_zero=True) passes to the Attention layers: NotEqual, ConvertToTensor) as nodes of
+    its config; they are replayed as the same kcompiler.keras.ops calls (test_load_file_written_by_keras
+    checks the numbers). One kcompiler lacks is named; such a model cannot be saved again yet."""
+    with zipfile.ZipFile(FILES / "attention_h5.keras") as zf:
+        names = [e["class_name"] for e in json.loads(zf.read("config.json"))["config"]["layers"]]
+    assert "NotEqual" in names and "ConvertToTensor" in names
+    rewrite_archive(FILES / "attention_h5.keras", tmp_path / "unknown_op.keras",
+                    config=lambda data: data.replace(b'"class_name": "NotEqual"', b'"class_name": "FancyOp"', 1))
+    with pytest.raises(ConfigError, match=r"unknown_op\.keras.*keras\.ops function 'FancyOp' \(layer 'not_equal'\)"):
+        keras.models.load_model(tmp_path / "unknown_op.keras")
+    rewrite_archive(FILES / "attention_h5.keras", tmp_path / "op_argument.keras",
+                    config=lambda data: data.replace(b'"config": {"name": "not_equal"}',
+                                                     b'"config": {"name": "not_equal", "axis": 1}', 1))
+    with pytest.raises(UnsupportedError, match=r"NotEqual 'not_equal'.*\['axis'\].*keras\.ops\.not_equal"):
+        keras.models.load_model(tmp_path / "op_argument.keras")
+    model = keras.models.load_model(FILES / "attention_h5.keras")
+    with pytest.raises(UnsupportedError, match="bare keras.ops call"):
+        model.save(tmp_path / "again.keras")
 
 
 def test_attention_files_we_write_have_keras_config_forms(tmp_path):
