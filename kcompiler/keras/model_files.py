@@ -616,9 +616,15 @@ def _load_legacy_optimizer(model, group, filepath):
         # Shapes first: a crafted file must not make this decompress more than the optimizer holds.
         shapes = [getattr(d, "shape", None) for d in datasets]
         expected = [np.shape(w) for w in model.optimizer.get_weights()]
-        if shapes != expected:
+        # Keras 3's .h5 writer stores its optimizer.variables: the learning rate too.
+        keras3_variables = model.optimizer.variables
+        if shapes == expected:
+            model.optimizer.set_weights([d[()] for d in datasets])
+        elif shapes == [tuple(v.shape) for v in keras3_variables]:
+            for var, dataset in zip(keras3_variables, datasets):
+                var.assign(dataset[()])
+        else:
             raise ValueError(f"the file holds arrays of shapes {shapes}, the optimizer {expected}")
-        model.optimizer.set_weights([d[()] for d in datasets])
     except (ValueError, KeyError) as e:
         warnings.warn(f"Error in loading the saved optimizer state from {filepath} ({e}). As a result, your "
                       "model is starting with a freshly initialized optimizer.", stacklevel=4)

@@ -283,8 +283,17 @@ def _normalize_value(key, value):
 def is_keras3_op(entry):
     """Whether a functional config's entry is a ``keras.ops`` call Keras 3 recorded between its
     layers (``{"module": "keras.src.ops.numpy", "class_name": "NotEqual", ...}``; it records, for
-    one, the mask computations of Embedding(mask_zero=True) feeding Attention layers)."""
-    return isinstance(entry, dict) and str(entry.get("module") or "").startswith("keras.src.ops.")
+    one, the mask computations of Embedding(mask_zero=True) feeding Attention layers). Its ``.h5``
+    writer leaves the module out: there, an entry with Keras 3's call records whose class is no
+    layer but names a keras.ops function."""
+    if not isinstance(entry, dict):
+        return False
+    if "module" in entry:
+        return str(entry.get("module") or "").startswith("keras.src.ops.")
+    nodes = entry.get("inbound_nodes")
+    return (bool(nodes) and all(isinstance(node, dict) for node in nodes)
+            and layer_class(entry.get("class_name"), entry.get("registered_name")) is None
+            and _op_function(entry) is not None)
 
 
 def _op_function(entry):
