@@ -454,11 +454,11 @@ def test_h5_attention_option_not_supported(tmp_path):
     def edit(g):
         config = json.loads(g.attrs["model_config"])
         layer = next(entry for entry in config["config"]["layers"] if entry["name"] == "self_attention")
-        layer["config"]["attention_axes"] = [1, 2]
+        layer["config"]["output_shape"] = [2, 4]   # Keras 2 takes a multi-axis output shape
         g.attrs["model_config"] = json.dumps(config)
-    copy_h5(FILES / "attention_h5.h5", tmp_path / "axes.h5", edit)
-    with pytest.raises(UnsupportedError, match=r"self_attention.*attention_axes=\[1, 2\] is not supported"):
-        keras.models.load_model(tmp_path / "axes.h5")
+    copy_h5(FILES / "attention_h5.h5", tmp_path / "output_shape.h5", edit)
+    with pytest.raises(UnsupportedError, match=r"self_attention.*output_shape must be an integer.*\[2, 4\]"):
+        keras.models.load_model(tmp_path / "output_shape.h5")
 
 
 def test_keras3_ops_between_layers(tmp_path):
