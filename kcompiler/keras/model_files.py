@@ -11,7 +11,11 @@ Two formats, as the two Kerases write them:
   ``model_config`` (JSON in tf.keras 2's schema), ``keras_version``, ``backend`` and, for a
   compiled model, ``training_config``; the weights in a ``model_weights`` group (tf.keras 2's
   ``.h5`` layout) and the optimizer state in ``optimizer_weights``. tf_keras loads the files
-  written here; files written by tf_keras's or Keras 3's ``model.save('x.h5')`` load here.
+  written here; files written by tf_keras's or Keras 3's ``model.save('x.h5')`` load here
+  (Keras 3's optimizer_weights are its ``optimizer.variables``, the learning rate included).
+  tf.keras 2's config passes the tensors after a call's first argument as keyword arguments
+  (``[layer, node, tensor]`` lists: MultiHeadAttention's ``value``, ``attention_mask``) and
+  records a MultiHeadAttention's ``query/value/key_shape``; both are read and written so.
 
 Loading rebuilds the architecture from the config, loads the weights and, when the file
 records how the model was compiled and ``compile=True``, compiles it the same way and

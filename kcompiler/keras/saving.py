@@ -1,8 +1,11 @@
 """Model configs and their JSON/YAML forms: get_config, to_json, to_yaml, model_from_*.
 
-Written in Keras 3's schema. Read: Keras 3's schema, tf.keras 2's (``batch_input_shape``,
-``keras_version``/``backend`` keys, functional ``inbound_nodes`` as nested lists) and the
-oldest Sequential form whose ``config`` is the list of layers. A model rebuilt from a
+Written in Keras 3's schema. Read: Keras 3's schema (with the ``keras.ops`` calls it records
+between the layers of a functional model, replayed as kcompiler's ops; a model with such calls
+cannot be written back), tf.keras 2's (``batch_input_shape``, ``keras_version``/``backend``
+keys, functional ``inbound_nodes`` as nested lists, tensors among a call's kwargs as
+``[layer, node, tensor]`` lists) and the oldest Sequential form whose ``config`` is the list of
+layers. A model rebuilt from a
 config has the same architecture, fresh weights and is not compiled (the seed's
 ``model_from_json``); a ``compile_config`` in the input is ignored.
 

@@ -12,7 +12,8 @@ Two layouts, chosen by the file name, as the two Kerases write them:
 * any other ``*.h5`` — tf.keras 2's: root attributes ``layer_names``/``backend``/``keras_version``,
   a group per layer name with attribute ``weight_names`` (``dense/kernel:0``, ...) and one
   dataset per weight at ``<layer name>/<weight name>``. Loading goes by the order of the
-  layers that have weights, as tf.keras does.
+  layers that have weights and of the weights in each, as tf.keras does; a stored weight whose
+  name is another variable of the layer (a swapped query and key kernel) is refused.
 
 Files are written through atomic_file.write_file_atomically: a save replaces the previous
 file whole or leaves it as it was. Loading refuses what model_file_checks.py refuses, reads a
