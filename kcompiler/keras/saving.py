@@ -5,9 +5,8 @@ between the layers of a functional model, replayed as kcompiler's ops; a model w
 cannot be written back), tf.keras 2's (``batch_input_shape``, ``keras_version``/``backend``
 keys, functional ``inbound_nodes`` as nested lists, tensors among a call's kwargs as
 ``[layer, node, tensor]`` lists) and the oldest Sequential form whose ``config`` is the list of
-layers. A model rebuilt from a
-config has the same architecture, fresh weights and is not compiled (the seed's
-``model_from_json``); a ``compile_config`` in the input is ignored.
+layers. A model rebuilt from a config has the same architecture, fresh weights and is not
+compiled (the seed's ``model_from_json``); a ``compile_config`` in the input is ignored.
 
 Allowed differences from Keras 3's output, on purpose:
 - ``dtype`` is the dtype name ("float32"), as tf.keras 2 wrote it; Keras 3 writes a
