@@ -11,7 +11,11 @@ Two formats, as the two Kerases write them:
   ``model_config`` (JSON in tf.keras 2's schema), ``keras_version``, ``backend`` and, for a
   compiled model, ``training_config``; the weights in a ``model_weights`` group (tf.keras 2's
   ``.h5`` layout) and the optimizer state in ``optimizer_weights``. tf_keras loads the files
-  written here; files written by tf_keras's or Keras 3's ``model.save('x.h5')`` load here.
+  written here; files written by tf_keras's or Keras 3's ``model.save('x.h5')`` load here
+  (Keras 3's optimizer_weights are its ``optimizer.variables``, the learning rate included).
+  tf.keras 2's config passes the tensors after a call's first argument as keyword arguments
+  (``[layer, node, tensor]`` lists: MultiHeadAttention's ``value``, ``attention_mask``) and
+  records a MultiHeadAttention's ``query/value/key_shape``; both are read and written so.
 
 Loading rebuilds the architecture from the config, loads the weights and, when the file
 records how the model was compiled and ``compile=True``, compiles it the same way and
@@ -240,6 +244,7 @@ def _legacy_ref(ref, offset):
 
 def _legacy_layer(entry, offset):
     entry = dict(entry)
+    call_arg_names = _call_arg_names(entry)
     for key in ("module", "registered_name", "build_config", "compile_config"):
         entry.pop(key, None)
     config = entry.get("config")
@@ -250,22 +255,81 @@ def _legacy_layer(entry, offset):
         entry["config"] = config
     elif entry.get("class_name") in ("Sequential", "Functional", "Model") and isinstance(config, dict):
         entry["config"] = legacy_config(config)
+    elif entry.get("class_name") == "MultiHeadAttention" and isinstance(config, dict):
+        entry["config"] = {**config, **_attention_build_shapes(entry.get("inbound_nodes"), call_arg_names)}
+    if isinstance(entry.get("config"), dict):
+        entry["config"] = _without_keras3_keys(entry.get("class_name"), entry["config"])
     if "inbound_nodes" in entry:
-        entry["inbound_nodes"] = [_legacy_node(node, offset) for node in entry["inbound_nodes"]]
+        entry["inbound_nodes"] = [_legacy_node(node, offset, call_arg_names, entry.get("name"))
+                                  for node in entry["inbound_nodes"]]
     return entry
 
 
-def _legacy_node(node, offset):
+def _call_arg_names(entry):
+    """The names of the arguments of the ``call`` of the layer class a config entry names."""
+    from .serialization import layer_class
+    cls = layer_class(entry.get("class_name"), entry.get("registered_name"))
+    if cls is None:
+        return []
+    parameters = list(inspect.signature(cls.call).parameters.values())[1:]   # after self
+    return [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+# Keras 3 arguments that tf.keras 2's layers refuse, with the values at which leaving them out
+# changes nothing (None: any value; a seed only draws dropout masks, which no two frameworks share).
+_KERAS3_ONLY_KEYS = {
+    "MultiHeadAttention": {"use_gate": (False,), "sliding_window": (None,), "seed": None},
+    "Attention": {"seed": None},
+    "AdditiveAttention": {"seed": None},
+    "LayerNormalization": {"rms_scaling": (False,)},
+}
+
+
+def _without_keras3_keys(class_name, config):
+    keys = _KERAS3_ONLY_KEYS.get(class_name, {})
+    for key, inert in keys.items():
+        if key in config and inert is not None and config[key] not in inert:
+            raise ValueError(f"layer '{config.get('name')}' ({class_name}) has {key}={config[key]!r}, which tf.keras "
+                             "2's HDF5 config cannot write; save the model to a `.keras` file instead")
+    return {k: v for k, v in config.items() if k not in keys}
+
+
+def _attention_build_shapes(nodes, call_arg_names):
+    """The shapes of the query, value and key of a MultiHeadAttention's first call (None when not
+    called): tf.keras 2 writes them into its config and its from_config requires them (it builds
+    the layer with them)."""
+    shapes = {"query_shape": None, "value_shape": None, "key_shape": None}
+    node = nodes[0] if nodes else None
+    if isinstance(node, dict):
+        named = {**dict(zip(call_arg_names, node.get("args", []))), **node.get("kwargs", {})}
+        value = named.get("value")
+        key = named.get("key") if named.get("key") is not None else value
+        for name, tensor in (("query", named.get("query")), ("value", value), ("key", key)):
+            if _is_tensor(tensor):
+                shapes[f"{name}_shape"] = tensor["config"]["shape"]
+    return shapes
+
+
+def _legacy_node(node, offset, call_arg_names, layer_name):
     """Keras 3's ``{"args": [...], "kwargs": {...}}`` -> tf.keras 2's list of
-    ``[layer name, node index, tensor index, call kwargs]``, one per input tensor."""
+    ``[layer name, node index, tensor index, call kwargs]``, one per tensor of the first argument.
+    As tf.keras 2 writes them, the arguments after the first are keyword arguments by their
+    names in ``call`` (MultiHeadAttention's ``value``), and a tensor among the keyword arguments
+    is a ``[layer name, node index, tensor index]`` list."""
     if not isinstance(node, dict):   # already tf.keras 2's form
         return node
     args, kwargs = node.get("args", []), node.get("kwargs", {})
     first = args[0] if args else []
     tensors = first if isinstance(first, list) else [first]
-    if len(args) > 1 or any(not _is_tensor(t) for t in tensors) or any(_has_tensor(v) for v in kwargs.values()):
-        raise ValueError("this functional model calls a layer with arguments tf.keras 2's HDF5 config cannot "
-                         "write (tensors beyond the first argument); save it to a `.keras` file instead")
+    if any(not _is_tensor(t) for t in tensors):
+        raise ValueError(f"layer '{layer_name}' is called on something other than tensors as its first argument, "
+                         "which tf.keras 2's HDF5 config cannot write; save the model to a `.keras` file instead")
+    if len(args) > max(1, len(call_arg_names)):
+        raise ValueError(f"layer '{layer_name}' is called with {len(args)} positional arguments, which tf.keras 2's "
+                         "HDF5 config can write only by their names in call(), and its call() names "
+                         f"{len(call_arg_names)}; save the model to a `.keras` file instead")
+    kwargs = {**dict(zip(call_arg_names[1:], args[1:])), **kwargs}
+    kwargs = _legacy_tensor_refs(kwargs, offset)
     return [_legacy_ref(t["config"]["keras_history"], offset) + [kwargs] for t in tensors]
 
 
@@ -273,12 +337,15 @@ def _is_tensor(value):
     return isinstance(value, dict) and value.get("class_name") == "__keras_tensor__"
 
 
-def _has_tensor(value):
+def _legacy_tensor_refs(value, offset):
+    """Tensors inside call arguments as tf.keras 2 writes them: ``[layer name, node index, tensor index]``."""
     if _is_tensor(value):
-        return True
+        return _legacy_ref(value["config"]["keras_history"], offset)
     if isinstance(value, (list, tuple)):
-        return any(_has_tensor(v) for v in value)
-    return isinstance(value, dict) and any(_has_tensor(v) for v in value.values())
+        return [_legacy_tensor_refs(v, offset) for v in value]
+    if isinstance(value, dict):
+        return {k: _legacy_tensor_refs(v, offset) for k, v in value.items()}
+    return value
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -553,9 +620,15 @@ def _load_legacy_optimizer(model, group, filepath):
         # Shapes first: a crafted file must not make this decompress more than the optimizer holds.
         shapes = [getattr(d, "shape", None) for d in datasets]
         expected = [np.shape(w) for w in model.optimizer.get_weights()]
-        if shapes != expected:
+        # Keras 3's .h5 writer stores its optimizer.variables: the learning rate too.
+        keras3_variables = model.optimizer.variables
+        if shapes == expected:
+            model.optimizer.set_weights([d[()] for d in datasets])
+        elif shapes == [tuple(v.shape) for v in keras3_variables]:
+            for var, dataset in zip(keras3_variables, datasets):
+                var.assign(dataset[()])
+        else:
             raise ValueError(f"the file holds arrays of shapes {shapes}, the optimizer {expected}")
-        model.optimizer.set_weights([d[()] for d in datasets])
     except (ValueError, KeyError) as e:
         warnings.warn(f"Error in loading the saved optimizer state from {filepath} ({e}). As a result, your "
                       "model is starting with a freshly initialized optimizer.", stacklevel=4)

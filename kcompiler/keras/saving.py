@@ -1,10 +1,12 @@
 """Model configs and their JSON/YAML forms: get_config, to_json, to_yaml, model_from_*.
 
-Written in Keras 3's schema. Read: Keras 3's schema, tf.keras 2's (``batch_input_shape``,
-``keras_version``/``backend`` keys, functional ``inbound_nodes`` as nested lists) and the
-oldest Sequential form whose ``config`` is the list of layers. A model rebuilt from a
-config has the same architecture, fresh weights and is not compiled (the seed's
-``model_from_json``); a ``compile_config`` in the input is ignored.
+Written in Keras 3's schema. Read: Keras 3's schema (with the ``keras.ops`` calls it records
+between the layers of a functional model, replayed as kcompiler's ops; a model with such calls
+cannot be written back), tf.keras 2's (``batch_input_shape``, ``keras_version``/``backend``
+keys, functional ``inbound_nodes`` as nested lists, tensors among a call's kwargs as
+``[layer, node, tensor]`` lists) and the oldest Sequential form whose ``config`` is the list of
+layers. A model rebuilt from a config has the same architecture, fresh weights and is not
+compiled (the seed's ``model_from_json``); a ``compile_config`` in the input is ignored.
 
 Allowed differences from Keras 3's output, on purpose:
 - ``dtype`` is the dtype name ("float32"), as tf.keras 2 wrote it; Keras 3 writes a
@@ -21,6 +23,7 @@ Allowed differences from Keras 3's output, on purpose:
   ``{"class_name": "function", "config": name}``. Both are read.
 tests/keras/test_configs.py compares our to_json with Keras 3's after taking out exactly these.
 """
+import inspect
 import json
 
 import numpy as np
@@ -30,8 +33,8 @@ from .layers.base import flatten
 from .model_files import load_model, save_model  # noqa: F401  (keras.saving.load_model/save_model)
 from .serialization import (CustomObjectScope, check_known_classes, custom_object_scope,  # noqa: F401
                             deserialize_keras_object, deserialize_layer, get_custom_objects, get_registered_name,
-                            get_registered_object, register_keras_serializable, serialize_keras_object,
-                            serialize_layer)
+                            get_registered_object, is_keras3_op, keras3_op_call, register_keras_serializable,
+                            serialize_keras_object, serialize_layer)
 
 __all__ = ["load_model", "save_model", "model_from_config", "model_from_json", "model_from_yaml",
            "register_keras_serializable", "custom_object_scope", "CustomObjectScope", "get_custom_objects",
@@ -118,6 +121,9 @@ def _functional_config(model):
             first = calls[0].inputs
             build_shape = ([_shape(t) for t in first] if isinstance(first, (list, tuple)) else _shape(first))
         entry = _strip_input_shape(serialize_layer(layer, build_shape))
+        shapes = _build_shapes_dict(layer, calls[0]) if calls else None
+        if shapes:
+            entry["build_config"] = {"shapes_dict": shapes}
         entry["name"] = layer.name
         entry["inbound_nodes"] = [] if isinstance(layer, InputLayer) else [
             {"args": as_arg([r.inputs, *r.rest]), "kwargs": as_arg(dict(r.kwargs))} for r in calls]
@@ -128,6 +134,19 @@ def _functional_config(model):
     return {"name": model.name, "trainable": model.trainable, "layers": layers,
             "input_layers": inputs[0] if model._single_input else inputs,
             "output_layers": outputs[0] if model._single_output else outputs}
+
+
+def _build_shapes_dict(layer, record):
+    """Keras 3's ``build_config`` for a layer whose ``build`` takes the shapes of several call
+    arguments (MultiHeadAttention's query_shape, value_shape, key_shape): ``{"<argument>_shape":
+    shape}`` for each tensor argument of its first call that ``build`` takes; None for others."""
+    from .tensor import SymbolicTensor
+    build_takes = [name for name in inspect.signature(layer.build).parameters if name.endswith("_shape")]
+    if len(build_takes) < 2:
+        return None
+    bound = inspect.signature(layer.call).bind_partial(record.inputs, *record.rest, **record.kwargs)
+    return {f"{name}_shape": _shape(value) for name, value in bound.arguments.items()
+            if isinstance(value, SymbolicTensor) and f"{name}_shape" in build_takes}
 
 
 # ---- the to_json / to_yaml document -------------------------------------------------------
@@ -323,10 +342,22 @@ def skips_first_node(entry):
     return bool(layer_list) and isinstance(layer_list[0], dict) and layer_list[0].get("class_name") == "InputLayer"
 
 
+def is_legacy_tensor_ref(value):
+    """Whether ``value`` is how tf.keras 2's config names a tensor in a call's kwargs:
+    ``[layer name, node index, tensor index]`` (its ``_is_serialized_node_data``)."""
+    return (isinstance(value, list) and len(value) == 3 and isinstance(value[0], str)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value[1:]))
+
+
 def _functional_from_config(cls, config):
     from .models import InputLayer
     layers, entries, node_offset = {}, [], {}
     for entry in config["layers"]:
+        if is_keras3_op(entry):   # a keras.ops call between layers, replayed as the same call
+            layers[entry.get("name")] = keras3_op_call(entry)
+            entries.append((entry.get("name"), entry.get("inbound_nodes", [])))
+            node_offset[entry.get("name")] = 0
+            continue
         layer = deserialize_layer(entry)
         name = entry.get("name", layer.name)
         layers[name] = layer
@@ -361,10 +392,21 @@ def _functional_from_config(cls, config):
     def call_args(node):
         if isinstance(node, dict):   # Keras 3: {"args": [...], "kwargs": {...}}
             return resolve(node.get("args", [])), resolve(node.get("kwargs", {}))
-        # tf.keras 2: [[layer name, node index, tensor index, call kwargs], ...], one per input
+        # tf.keras 2: [[layer name, node index, tensor index, call kwargs], ...], one per input;
+        # tensors among the kwargs (MultiHeadAttention's value=, attention_mask=) are
+        # [layer name, node index, tensor index] lists there
         tensors = [tensor(*ref[:3]) for ref in node]
         kwargs = node[0][3] if node and len(node[0]) > 3 else {}
-        return [tensors[0] if len(tensors) == 1 else tensors], dict(kwargs)
+        return [tensors[0] if len(tensors) == 1 else tensors], legacy_kwarg_tensors(dict(kwargs))
+
+    def legacy_kwarg_tensors(value):
+        if is_legacy_tensor_ref(value):
+            return tensor(*value)
+        if isinstance(value, list):
+            return [legacy_kwarg_tensors(v) for v in value]
+        if isinstance(value, dict):
+            return {k: legacy_kwarg_tensors(v) for k, v in value.items()}
+        return value
 
     # Calls are replayed in dependency order; each layer's calls stay in their own order,
     # so a shared layer's node indices come out as written.

@@ -10,7 +10,7 @@ so layers added to that module need no entry here.
 import inspect
 from contextlib import contextmanager
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedError
 from . import activations, constraints, initializers, regularizers
 from .layers.base import Layer
 
@@ -185,6 +185,17 @@ _INERT_KEYS = {
     "groups": (1,),
 }
 
+# Keys that tf.keras 2 writes for one layer class only, any value, which that class has no
+# argument for and which change nothing here: SeparableConv2D inherits Conv's kernel_*
+# arguments (its kernels are depthwise_kernel and pointwise_kernel, initialised by their own
+# arguments); MultiHeadAttention records the shapes it was built with (the model's calls build
+# it here) and softmax_robust_masking (both of tf.keras 2's masked softmaxes put -1e9 in a masked
+# score, by adding or by replacing: the same probabilities as the replacement done here).
+_INERT_CLASS_KEYS = {
+    "SeparableConv2D": ("kernel_initializer", "kernel_regularizer", "kernel_constraint"),
+    "MultiHeadAttention": ("query_shape", "key_shape", "value_shape", "softmax_robust_masking"),
+}
+
 
 def _constructor_keywords(cls):
     """The keyword arguments ``cls(...)`` takes, following ``**kwargs`` up the MRO to Layer."""
@@ -221,10 +232,12 @@ def normalize_layer_config(cls, config):
 def _drop_inert_keys(cls, config):
     """``config`` without the keys the constructor does not take and that change nothing."""
     accepted = _constructor_keywords(cls)
+    class_keys = {key for klass in cls.__mro__ for key in _INERT_CLASS_KEYS.get(klass.__name__, ())}
     out = {}
     for key, value in config.items():
         inert = _INERT_KEYS.get(key, ())
-        if key not in accepted and (value is None or key in _INERT_KEYS and (inert is None or value in inert)):
+        if key not in accepted and (value is None or key in class_keys
+                                    or key in _INERT_KEYS and (inert is None or value in inert)):
             continue
         out[key] = value
     return out
@@ -267,6 +280,46 @@ def _normalize_value(key, value):
     return value
 
 
+def is_keras3_op(entry):
+    """Whether a functional config's entry is a ``keras.ops`` call Keras 3 recorded between its
+    layers (``{"module": "keras.src.ops.numpy", "class_name": "NotEqual", ...}``; it records, for
+    one, the mask computations of Embedding(mask_zero=True) feeding Attention layers). Its ``.h5``
+    writer leaves the module out: there, an entry with Keras 3's call records whose class is no
+    layer but names a keras.ops function."""
+    if not isinstance(entry, dict):
+        return False
+    if "module" in entry:
+        return str(entry.get("module") or "").startswith("keras.src.ops.")
+    nodes = entry.get("inbound_nodes")
+    return (bool(nodes) and all(isinstance(node, dict) for node in nodes)
+            and layer_class(entry.get("class_name"), entry.get("registered_name")) is None
+            and _op_function(entry) is not None)
+
+
+def _op_function(entry):
+    from . import backend, ops
+    fn = getattr(ops, backend.snake_case(str(entry.get("class_name"))), None)
+    return fn if callable(fn) else None
+
+
+def keras3_op_call(entry):
+    """The function a Keras 3 op entry (is_keras3_op) stands for: the kcompiler.keras.ops function
+    of that name with the op's config (its constructor arguments) as keyword arguments; an argument
+    the function does not take raises UnsupportedError unless it is None (the op's default)."""
+    fn = _op_function(entry)
+    if fn is None:
+        raise ConfigError(f"unknown keras.ops function {entry.get('class_name')!r} in the functional config")
+    config = {k: v for k, v in (entry.get("config") or {}).items() if k != "name"}
+    takes = inspect.signature(fn).parameters
+    refused = sorted(k for k, v in config.items() if k not in takes and v is not None)
+    if refused:
+        raise UnsupportedError(f"the keras.ops call {entry.get('class_name')} "
+                               f"'{(entry.get('config') or {}).get('name')}' in the functional config has "
+                               f"argument(s) {refused}, which kcompiler's keras.ops.{fn.__name__} does not take")
+    fixed = {k: v for k, v in config.items() if k in takes}
+    return lambda *args, **kwargs: fn(*args, **fixed, **kwargs)
+
+
 def unknown_classes(entry, where="the model", found=None):
     """Every class name in a layer/model config that cannot be resolved, with where it is used."""
     found = [] if found is None else found
@@ -276,6 +329,10 @@ def unknown_classes(entry, where="the model", found=None):
     config = entry.get("config")
     name = (config.get("name") if isinstance(config, dict) else None) or entry.get("name")
     here = f"layer '{name}'" if name else where
+    if is_keras3_op(entry):
+        if _op_function(entry) is None:
+            found.append(f"the keras.ops function {entry['class_name']!r} ({here})")
+        return found
     if cls is None:
         found.append(f"{entry['class_name']!r} ({here})")
         return found

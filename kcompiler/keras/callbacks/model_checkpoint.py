@@ -12,7 +12,8 @@ Two layouts, chosen by the file name, as the two Kerases write them:
 * any other ``*.h5`` — tf.keras 2's: root attributes ``layer_names``/``backend``/``keras_version``,
   a group per layer name with attribute ``weight_names`` (``dense/kernel:0``, ...) and one
   dataset per weight at ``<layer name>/<weight name>``. Loading goes by the order of the
-  layers that have weights, as tf.keras does.
+  layers that have weights and of the weights in each, as tf.keras does; a stored weight whose
+  name is another variable of the layer (a swapped query and key kernel) is refused.
 
 Files are written through atomic_file.write_file_atomically: a save replaces the previous
 file whole or leaves it as it was. Loading refuses what model_file_checks.py refuses, reads a
@@ -197,19 +198,47 @@ def _load_legacy(model, f, skip_mismatch=False):
     for layer_name in (text(n) for n in f.attrs["layer_names"]):
         names = [text(n) for n in f[layer_name].attrs.get("weight_names", [])]
         if names:
-            stored.append((layer_name, [f[layer_name][n] for n in names]))
+            stored.append((layer_name, [(n, f[layer_name][n]) for n in names]))
     layers = [layer for layer in model.layers if layer.weights]
     if len(stored) != len(layers):
         raise ValueError(f"weight file: it holds weights for {len(stored)} layers "
                          f"({', '.join(n for n, _ in stored)}) but model '{model.name}' has {len(layers)} layers "
                          f"with weights ({', '.join(l.name for l in layers)})")
     for (layer_name, values), layer in zip(stored, layers):
-        variables = [var for _, var in _legacy_names(layer, layer.name)]
-        if len(values) != len(variables):
+        named = _legacy_names(layer, layer.name)
+        if len(values) != len(named):
             raise ValueError(f"weight file: layer {layer_name!r} holds {len(values)} weights but layer "
-                             f"'{layer.name}' has {len(variables)}")
-        for var, value in zip(variables, values):
-            _assign(var, value, f"{layer_name}/{var.name}", skip_mismatch)
+                             f"'{layer.name}' has {len(named)}")
+        for (name, var), (stored_name, value) in zip(named, values):
+            _check_weight_name(layer_name, stored_name, name, [n for n, _ in named])
+            _assign(var, value, f"{layer_name}/{stored_name}", skip_mismatch)
+
+
+def _name_parts(name):
+    return name.split(":")[0].split("/")
+
+
+def _names_agree(stored, mine):
+    """Whether a weight name in a tf.keras 2 file (``dense/kernel:0``, nested models' weights without
+    the model's name, TimeDistributed's without the inner layer's) can be the variable we name
+    ``mine``: the same variable name and, where the file names a sublayer
+    (``multi_head_attention/query/kernel:0``), the same sublayer."""
+    s, m = _name_parts(stored), _name_parts(mine)
+    return s[-1] == m[-1] and (len(s) < 3 or len(m) >= 2 and s[-2] == m[-2])
+
+
+def _check_weight_name(layer_name, stored, mine, all_mine):
+    """Weights load by their order in the layer, as tf.keras does; a stored name that is another of
+    the layer's variables (a query kernel where the key kernel goes, gamma where beta goes: the same
+    shapes) would load wrong weights without any shape error, so it is refused. Names that are none
+    of ours (Keras 2's depthwise_kernel for our kernel) leave the order to decide."""
+    if _names_agree(stored, mine):
+        return
+    other = next((n for n in all_mine if _names_agree(stored, n)), None)
+    if other is not None:
+        known_as = "" if _name_parts(other) == _name_parts(stored) else f" (the model's {other!r})"
+        raise ValueError(f"weight file: layer {layer_name!r} holds {stored!r}{known_as} where the model's layer "
+                         f"expects {mine!r}: its weights are in another order or belong to another layer")
 
 
 # ---- entry points ----------------------------------------------------------------------------
