@@ -197,6 +197,11 @@ def loop(var_name, extent, body, parallel=False):
     return Loop(Var(var_name), int(extent), tuple(body), parallel)
 
 
+def accumulate(var, op, value):
+    """``var = op(var, value)`` as a step of a reduction whose order does not matter."""
+    return Assign(var, call(op, var, value), reorder=True)
+
+
 def reduction(var_name, extent, accumulators):
     """Statements declaring each of ``accumulators``, (local ``Var``, combining op ``add``/
     ``max``/``min``, identity ``Const``, ``value(position)``), and combining into it the values
@@ -206,8 +211,7 @@ def reduction(var_name, extent, accumulators):
     vector width. Sums then differ from the left-to-right sum by rounding; max and min do not."""
     position = Var(var_name)
     return [Local(v, init) for v, _, init, _ in accumulators] + [
-        loop(var_name, extent, [Assign(v, call(op, v, value(position)), reorder=True)
-                                for v, op, _, value in accumulators])]
+        loop(var_name, extent, [accumulate(v, op, value(position)) for v, op, _, value in accumulators])]
 
 
 # ---- index helpers --------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ statistics back from outputs 3 and 4.
 """
 from ..ir.registry import description
 from ..ops.norm import norm_attrs, rows_of
-from .kernel import Assign, Const, Kernel, Load, Local, Store, Var, call, loop, node_buffers
+from .kernel import Const, Kernel, Load, Local, Store, Var, accumulate, call, loop, node_buffers
 
 F32 = "float32"
 
@@ -50,7 +50,7 @@ class Rows:
         """Statements reducing the row into locals: ``accumulators`` are (local, op, identity,
         ``value(flat index, channel index)``), combined in any order (kernel.reduction)."""
         statements = [Local(v, init) for v, _, init, _ in accumulators]
-        return statements + [self.over_row(lambda i, c: [Assign(v, call(op, v, value(i, c)), reorder=True)
+        return statements + [self.over_row(lambda i, c: [accumulate(v, op, value(i, c))
                                                          for v, op, _, value in accumulators])]
 
     def over_row(self, body_at):
