@@ -211,53 +211,59 @@ def _emit_pack(module, name, R, vw):
     zero = _cf(0.0)
     Rc = _c64(R)
     npanels = b.sdiv(b.add(nrows, _c64(R - 1)), Rc, name="npanels")
-    with for_range(b, npanels, name="p") as p:
-        r0 = b.mul(p, Rc, name="r0")
-        rows = _min(b, Rc, b.sub(nrows, r0), )
-        d = _gep(b, dst, b.mul(r0, kc))
-        with b.if_else(contig) as (then, otherwise):
-            with then:
-                # S(r0+i, k) = X[k*ldx + r0 + i]: R contiguous floats per k.
-                full = b.icmp_signed("==", rows, Rc)
-                with b.if_else(full) as (t2, o2):
-                    with t2:
-                        with for_range(b, kc, name="k") as k:
-                            s = _gep(b, X, b.add(b.mul(k, ldx), r0))
-                            dk = _gep(b, d, b.mul(k, Rc))
-                            if R % vw == 0:
-                                for v in range(R // vw):
-                                    _vstore(b, _vload(b, _gep(b, s, v * vw), 4, vw), _gep(b, dk, v * vw), 4)
-                            else:
-                                for i in range(R):
-                                    b.store(b.load(_gep(b, s, i)), _gep(b, dk, i))
-                    with o2:
-                        with for_range(b, kc, name="k") as k:
-                            s = _gep(b, X, b.add(b.mul(k, ldx), r0))
-                            dk = _gep(b, d, b.mul(k, Rc))
-                            with for_range(b, rows, name="i") as i:
-                                b.store(b.load(_gep(b, s, i)), _gep(b, dk, i))
-                            with for_range(b, Rc, start=rows, name="iz") as i:
-                                b.store(zero, _gep(b, dk, i))
-            with otherwise:
-                # S(r0+i, k) = X[(r0+i)*ldx + k]: row i is contiguous in k.
-                full = b.icmp_signed("==", rows, Rc)
-                with b.if_else(full) as (t2, o2):
-                    with t2:
-                        # R source rows streamed side by side; contiguous R-float stores.
-                        base = _gep(b, X, b.mul(r0, ldx))
-                        srcs = [_gep(b, base, b.mul(_c64(i), ldx)) for i in range(R)]
-                        with for_range(b, kc, name="k") as k:
-                            dk = _gep(b, d, b.mul(k, Rc))
-                            for i in range(R):
-                                b.store(b.load(_gep(b, srcs[i], k)), _gep(b, dk, i))
-                    with o2:
-                        with for_range(b, rows, name="i") as i:
-                            s = _gep(b, X, b.mul(b.add(r0, i), ldx))
-                            with for_range(b, kc, name="k") as k:
-                                b.store(b.load(_gep(b, s, k)), _gep(b, d, b.add(b.mul(k, Rc), i)))
-                        with for_range(b, Rc, start=rows, name="iz") as i:
-                            with for_range(b, kc, name="kz") as k:
-                                b.store(zero, _gep(b, d, b.add(b.mul(k, Rc), i)))
+    with b.if_else(contig) as (then, otherwise):
+        with then:
+            # S(r0+i, k) = X[k*ldx + r0 + i]: R contiguous floats per k. Row k of X is read
+            # whole before row k+1: panel by panel, consecutive k are ldx floats apart, and with
+            # a power-of-two ldx (a 1024-wide activation) every load fell in the same cache
+            # set: the transposed operand of a weight gradient packed 5x slower.
+            nfull = b.sdiv(nrows, Rc, name="nfull")
+            with for_range(b, kc, name="k") as k:
+                srow = _gep(b, X, b.mul(k, ldx))
+                with for_range(b, nfull, name="p") as p:
+                    r0 = b.mul(p, Rc)
+                    s = _gep(b, srow, r0)
+                    dk = _gep(b, dst, b.add(b.mul(r0, kc), b.mul(k, Rc)))
+                    # whole vectors, and the rest (R = 12 of AVX-512's MR) as one
+                    # narrower vector the backend splits into legal halves
+                    for v in range(0, R, vw):
+                        w = min(vw, R - v)
+                        _vstore(b, _vload(b, _gep(b, s, v), 4, w), _gep(b, dk, v), 4)
+            # the last, partial panel: its rows, then zeros
+            r0 = b.mul(nfull, Rc)
+            rows = b.sub(nrows, r0)
+            with b.if_then(b.icmp_signed(">", rows, _c64(0))):
+                d = _gep(b, dst, b.mul(r0, kc))
+                with for_range(b, kc, name="k") as k:
+                    s = _gep(b, X, b.add(b.mul(k, ldx), r0))
+                    dk = _gep(b, d, b.mul(k, Rc))
+                    with for_range(b, rows, name="i") as i:
+                        b.store(b.load(_gep(b, s, i)), _gep(b, dk, i))
+                    with for_range(b, Rc, start=rows, name="iz") as i:
+                        b.store(zero, _gep(b, dk, i))
+        with otherwise:
+            with for_range(b, npanels, name="p") as p:
+                r0 = b.mul(p, Rc, name="r0")
+                rows = _min(b, Rc, b.sub(nrows, r0), )
+                d = _gep(b, dst, b.mul(r0, kc))
+                # S(r0+i, k) = X[(r0+i)*ldx + k]: row i is contiguous in k, and is read whole
+                # (in vectors) before the next: R rows read side by side are R streams ldx
+                # floats apart, which with a power-of-two ldx all fall in one cache set and
+                # evict each other (a 1024-wide weight's transpose packed 3x slower).
+                full_k = b.mul(b.sdiv(kc, _c64(vw)), _c64(vw))
+                with for_range(b, rows, name="i") as i:
+                    s = _gep(b, X, b.mul(b.add(r0, i), ldx))
+                    di = _gep(b, d, i)
+                    with for_range(b, full_k, step=vw, name="k") as k:
+                        v = _vload(b, _gep(b, s, k), 4, vw)
+                        for j in range(vw):
+                            b.store(b.extract_element(v, ir.Constant(i32, j)),
+                                    _gep(b, di, b.mul(b.add(k, _c64(j)), Rc)))
+                    with for_range(b, kc, start=full_k, name="kt") as k:
+                        b.store(b.load(_gep(b, s, k)), _gep(b, di, b.mul(k, Rc)))
+                with for_range(b, Rc, start=rows, name="iz") as i:
+                    with for_range(b, kc, name="kz") as k:
+                        b.store(zero, _gep(b, d, b.add(b.mul(k, Rc), i)))
     b.ret_void()
     return fn
 
@@ -289,6 +295,7 @@ def _emit_microkernel(module, name, MR, NR, VW):
     tp = b.bitcast(tile, fptr)
     alpha_v = _splat(b, alpha, VW)
     beta_v = _splat(b, beta, VW)
+    _prefetch_tile(module, b, C, ldc, mr, nr, MR)
 
     def kloop(nv, tag):
         """The k loop over nv vectors per row; returns the final accumulators
@@ -374,6 +381,21 @@ def _emit_microkernel(module, name, MR, NR, VW):
             spill_writeback(res, NV)
     b.ret_void()
     return fn
+
+
+def _prefetch_tile(module, b, C, ldc, mr, nr, MR):
+    """Ask for the C tile's cache lines (for writing) before the k loop: a tile of C that
+    another kernel wrote earlier has left the caches, and its read-for-ownership misses
+    then overlap the multiply-adds instead of stalling the stores after them. Rows past
+    ``mr`` prefetch the last valid row again; a prefetch never faults or changes memory."""
+    prefetch = _get_fn(module, "llvm.prefetch.p0i8", ir.FunctionType(void, [i8p, i32, i32, i32]))
+    last_col = b.sub(nr, _c64(1))
+    for i in range(MR):
+        row = _min(b, _c64(i), b.sub(mr, _c64(1)))
+        crow = _gep(b, C, b.mul(row, ldc))
+        for col in (_c64(0), last_col):
+            b.call(prefetch, [b.bitcast(_gep(b, crow, col), i8p), ir.Constant(i32, 1), ir.Constant(i32, 3),
+                              ir.Constant(i32, 1)])
 
 
 def _emit_scale(module, name):
