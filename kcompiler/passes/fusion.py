@@ -20,7 +20,7 @@ dy's bytes).
 """
 import networkx as nx
 
-from ..ir.graph import GraphBuilder, operands, topo_order
+from ..ir.graph import GraphBuilder, copy_graph, operands, topo_order
 from ..ir.registry import get_op
 from ..ir.types import num_elements
 from ..ops.pool import windows_overlap
@@ -53,7 +53,7 @@ def _reaches(g, starts, members):
 
 
 def fuse_elementwise(g):
-    g = g.copy()
+    g = copy_graph(g)
     g.graph["notes"] = list(g.graph.get("notes", []))
     live_out = set(g.graph["outputs"]) | set(g.graph["updates"].values())
     group_of = {}
@@ -197,7 +197,7 @@ def fuse_epilogues(g, heads):
     take an epilogue) into the element-wise node consuming it (bias, activation, activation
     gradients), as one `fused_contraction` node (a contraction head) or `fused_pool_grad` node
     (a pooling gradient)."""
-    g = g.copy()
+    g = copy_graph(g)
     g.graph["notes"] = list(g.graph.get("notes", []))
     live_out = set(g.graph["outputs"]) | set(g.graph["updates"].values())
     b = GraphBuilder(g)
@@ -236,7 +236,7 @@ def fuse_epilogues(g, heads):
 def fuse_bias_gradients(g, heads):
     """Merge each weight gradient whose op is in ``heads`` (the backend's capability) with a sum
     of its dy (operand 1) over every axis but the last into one `fused_bias_grad` node."""
-    g = g.copy()
+    g = copy_graph(g)
     g.graph["notes"] = list(g.graph.get("notes", []))
     b = GraphBuilder(g)
     for nid in topo_order(g):

@@ -27,7 +27,7 @@ arena, not in the module, so concurrent callers (one arena each) do not share it
 import networkx as nx
 
 from ..errors import UnsupportedError
-from ..ir.graph import operands, topo_order
+from ..ir.graph import copy_graph, operands, topo_order
 from ..ir.types import num_elements
 
 PARAM_OPS = ("input", "variable", "constant", "fill")
@@ -47,7 +47,7 @@ def _nbytes(t):
 
 
 def plan_memory(g):
-    g = g.copy()
+    g = copy_graph(g)
     collectives = [n for n in g.nodes if g.nodes[n]["op"] == COLLECTIVE_OP]
     if len(collectives) > 1:
         raise UnsupportedError(f"a step has at most one all_reduce node, this one has {len(collectives)}")

@@ -8,7 +8,7 @@ output (ops/rnn.py), a ``tuple_item`` reads that output, and the gradient node g
 attr and that item as its last operand. The training step then runs each recurrent sweep
 forward once instead of twice; the price is the reserve's memory, held from the forward
 kernel to the gradient kernel (the memory plan sees it as any other buffer)."""
-from ..ir.graph import GraphBuilder, infer_type, operands, set_type, topo_order
+from ..ir.graph import GraphBuilder, copy_graph, infer_type, operands, set_type, topo_order
 from ..ops.rnn import operand_names
 
 
@@ -19,7 +19,7 @@ def _key(op, operand_ids, attrs):
 def keep_recurrent_reserves(g, ops):
     if not ops:
         return g
-    g = g.copy()
+    g = copy_graph(g)
     b = GraphBuilder(g)
     order = topo_order(g)
     forwards = {_key(g.nodes[n]["op"], operands(g, n), g.nodes[n]["attrs"]): n

@@ -2,7 +2,7 @@
 (``Op.describe``, built in kcompiler/schedule/) gets it as ``node['kernel']``: the
 target-neutral loop nests a backend renders. Nodes without one (the contraction templates)
 are left to the backend's own lowering. The kernels run in the plan's order."""
-from ..ir.graph import inline_constants, operands
+from ..ir.graph import copy_graph, inline_constants, operands
 from ..ir.registry import get_op
 
 
@@ -11,7 +11,7 @@ def kernel_name(g, nid):
 
 
 def schedule_kernels(g):
-    g = g.copy()
+    g = copy_graph(g)
     for nid in g.graph["plan"]["order"]:
         node = g.nodes[nid]
         op = get_op(node["op"])

@@ -6,7 +6,7 @@ length), re-runs every op's shape rule in topological order on a copy, and retur
 the specialised graph. A mismatch raises ShapeError naming the layer the node came from.
 """
 from ..errors import ShapeError
-from ..ir.graph import infer_type, set_type, topo_order
+from ..ir.graph import copy_graph, infer_type, set_type, topo_order
 from ..ir.types import TensorType, fmt_shape
 
 
@@ -25,7 +25,7 @@ def infer_shapes(g, input_types=None, batch_size=None):
     """Return a copy of ``g`` with input types replaced by ``input_types`` (name -> TensorType)
     and every node re-typed. A ``fill`` made while tracing (an RNN's zero initial state)
     has None only for the batch dimension: it takes ``batch_size``."""
-    g = g.copy()
+    g = copy_graph(g)
     input_types = input_types or {}
     for nid in topo_order(g):
         node = g.nodes[nid]

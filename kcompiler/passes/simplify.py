@@ -5,7 +5,7 @@ applies), except inputs and a data-parallel step's all-reduce. A lone identity t
 it is a plain copy, which the kernel tests use."""
 import networkx as nx
 
-from ..ir.graph import operands, topo_order
+from ..ir.graph import copy_graph, operands, topo_order
 
 
 def _redirect(g, old, new):
@@ -28,7 +28,7 @@ def _undone_transpose_source(g, nid):
 
 
 def simplify(g):
-    g = g.copy()
+    g = copy_graph(g)
     g.graph["updates"] = dict(g.graph["updates"])
     for nid in topo_order(g):
         node = g.nodes[nid]

@@ -21,7 +21,7 @@ updates read its outputs: summed over the ranks, they are the global batch's gra
 ranks' mean statistics.
 """
 from ..errors import KCompilerError, ShapeError
-from ..ir.graph import GraphBuilder, operands as graph_operands
+from ..ir.graph import GraphBuilder, copy_graph, operands as graph_operands
 from ..ir.types import TensorType
 from ..keras import backend, ops
 from ..keras.layers.base import flatten
@@ -150,7 +150,7 @@ def trace_training(model, label_type=None, training=True):
 def differentiate(g, model):
     """Add gradients of the loss w.r.t. every trainable weight and the optimizer's update
     of each (a copy of the shape-specialised graph ``g``)."""
-    g = g.copy()
+    g = copy_graph(g)
     for key in ("updates", "variables", "variable_nodes", "constants"):  # this stage adds to them
         g.graph[key] = dict(g.graph.get(key, {}))
     b = GraphBuilder(g)
