@@ -63,7 +63,8 @@ def lower_graph(g, *, target="cpu", fuse=True, stages=None, options=None):
         g = fuse_epilogues(fuse_elementwise(g), heads=capabilities.epilogue_heads)
         g = fuse_bias_gradients(g, heads=capabilities.bias_grad_heads)
     stages["fused"] = g
-    g = plan_memory(g)
+    # (a bounds-checked build may fail in any kernel: its updates wait for the end of the step)
+    g = plan_memory(g, in_place_updates=capabilities.in_place_updates and not options.bounds_check)
     stages["planned"] = g
     g = schedule_kernels(g)
     g.graph["notes"] = list(g.graph.get("notes", [])) + backend.notes()  # a new list: earlier stages keep theirs

@@ -24,7 +24,7 @@ Graph attributes (``g.graph``) — the one list of them:
   model            the traced model's name
   tuple_output     eager one-op graphs: the op returns a tuple
   notes            human-readable notes of the passes (why a pair was not fused, ...), in dumps
-  plan             memory plan (passes/memory_plan.py): order, buffers, params, root,
+  plan             memory plan (passes/memory_plan.py): order, buffers, params, root, in_place,
                    arena_bytes, error_record
   _compiled        eager graphs: their executable once compiled (runtime/executor.py)
 """

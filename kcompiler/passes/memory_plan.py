@@ -7,9 +7,17 @@ tensors whose lifetimes do not overlap share bytes (first fit, in kernel order);
 plan["lifetimes"] keeps each arena buffer's (first kernel, last kernel) for the report.
 Graph outputs and state-update values stay live to the end of the step.
 
-No kernel output is ever placed in a parameter buffer: variables change only when the
-entry point copies the state updates into them after every kernel ran without error
-(codegen/llvm/module.py), which is what makes a failed step change nothing.
+Variables change only after every kernel that can fail ran without error, which is what
+makes a failed step change nothing: by default no kernel output is placed in a parameter
+buffer, and the entry point copies the state updates into their variables at the end of the
+step (codegen/llvm/module.py). With ``in_place_updates`` (a backend capability, off in
+bounds-checked builds, where any kernel may fail) an update is computed in its variable's own
+buffer instead — no copy, and no arena bytes for the new value (a wide layer's weights and
+optimizer slots: W5 copied 14 MB per step) — when that is safe (``_in_place_updates``): its
+kernel is an element-wise one (or a contraction's epilogue) that reads the variable at the
+element it writes, every other reader of the variable runs before it, and no kernel that can
+fail runs at or after it. The kernel learns it from its ``in_place`` attr ({output: operand}):
+it stores that output through the operand's pointer, after reading the element.
 
 A data-parallel training step has one ``all_reduce`` node (ops/collective.py). Its operands,
 the scaled gradients, get one contiguous region at the start of the arena, alive the whole
@@ -28,6 +36,7 @@ import networkx as nx
 
 from ..errors import UnsupportedError
 from ..ir.graph import copy_graph, operands, topo_order
+from ..ir.registry import get_op
 from ..ir.types import num_elements
 
 PARAM_OPS = ("input", "variable", "constant", "fill")
@@ -46,7 +55,7 @@ def _nbytes(t):
     return max(num_elements(t.shape) * ITEMSIZE[t.dtype], 1)
 
 
-def plan_memory(g):
+def plan_memory(g, in_place_updates=False):
     g = copy_graph(g)
     collectives = [n for n in g.nodes if g.nodes[n]["op"] == COLLECTIVE_OP]
     if len(collectives) > 1:
@@ -79,6 +88,16 @@ def plan_memory(g):
         for k, u in enumerate(operands(g, collective)):  # the outputs are the operands, reduced in place
             buffers[(collective, k)] = ("alias", (u, 0))
 
+    in_place = {}  # variable node -> the kernel output computed in its buffer
+    if in_place_updates and collective is None:
+        for (nid, k), var in _in_place_updates(g, order, root).items():
+            in_place[var] = (nid, k)
+            buffers[(nid, k)] = ("alias", (var, 0))
+            node = g.nodes[nid]
+            place = dict(node["attrs"].get("in_place", {}))
+            place[k] = operands(g, nid).index(var)
+            node["attrs"] = dict(node["attrs"], in_place=place)  # a new dict: earlier stages keep theirs
+
     step_of = {nid: s for s, nid in enumerate(order)}
     last_use = {}
     for s, nid in enumerate(order):
@@ -99,6 +118,8 @@ def plan_memory(g):
         arena_bytes = collective_plan["bytes"]
     for s, nid in enumerate(order):
         for k, t in enumerate(_types(g.nodes[nid]["type"])):
+            if buffers.get((nid, k), ("arena",))[0] == "alias":  # an update in its variable's buffer
+                continue
             if (nid, k) in region:
                 buffers[(nid, k)] = ("arena", region[(nid, k)], _nbytes(t))
                 continue
@@ -118,10 +139,48 @@ def plan_memory(g):
     lifetimes = {key: (step_of[key[0]], last_use[key]) for key, where in buffers.items() if where[0] == "arena"}
     g.graph["plan"] = {"order": order, "buffers": buffers, "params": params, "lifetimes": lifetimes,
                        "arena_bytes": error_record + ERROR_RECORD_BYTES, "error_record": error_record,
-                       "root": {key: root(key) for key in buffers}}
+                       "root": {key: root(key) for key in buffers}, "in_place": in_place}
     if collective_plan is not None:
         g.graph["plan"]["collective"] = collective_plan
     return g
+
+
+# kernels that can compute an output in the buffer of an operand of the same shape: each reads
+# that operand at the element it writes, before writing it (schedule/elementwise.py,
+# codegen/llvm/epilogue.py); a fused_contraction's output 0 holds its head's product first
+IN_PLACE_OPS = {"fused": 0, "fused_contraction": 1}
+
+
+def _in_place_updates(g, order, root):
+    """{(kernel node, output index): variable node} of the state updates that can be computed in
+    their variable's buffer (see the module docstring)."""
+    step_of = {nid: s for s, nid in enumerate(order)}
+    last_fallible = max((s for s, nid in enumerate(order) if get_op(g.nodes[nid]["op"]).may_fail), default=-1)
+    readers = {}  # buffer root -> steps of the kernels that read it
+    for s, nid in enumerate(order):
+        for u in operands(g, nid):
+            for k in range(len(_types(g.nodes[u]["type"]))):
+                readers.setdefault(root((u, k)), []).append(s)
+    kept = {root((o, k)) for o in g.graph["outputs"] for k in range(len(_types(g.nodes[o]["type"])))}
+    chosen = {}
+    for var, value in g.graph["updates"].items():
+        key = root((value, 0))
+        nid, k = key
+        node = g.nodes[nid]
+        first_output = IN_PLACE_OPS.get(node["op"])
+        if first_output is None or k < first_output or key in chosen or nid not in step_of:
+            continue
+        ops = operands(g, nid)
+        if var not in ops or ops.count(var) > 1 or (node["op"] == "fused_contraction"
+                                                    and ops.index(var) < node["attrs"]["n_head"]):
+            continue  # read once, as an element-wise operand (not by a contraction's head)
+        if g.nodes[var]["type"] != _types(node["type"])[k] or (var, 0) in kept:
+            continue
+        step = step_of[nid]
+        if step <= last_fallible or any(s > step for s in readers.get((var, 0), [])):
+            continue
+        chosen[key] = var
+    return chosen
 
 
 def _collective_region(g, collective, order, root):

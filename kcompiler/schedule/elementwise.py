@@ -67,12 +67,20 @@ def describe_elementwise(node, in_types, name, constants):
     indices = [Var(f"d{k}") for k in range(len(dims))]
     flat = linear_index(indices, out_strides)
 
+    # output -> operand it is computed in (passes/memory_plan.py, a state update in its
+    # variable's buffer): that operand's element is read into a local before any store
+    in_place = node["attrs"].get("in_place", {})
+    statements = [Local(Var(f"old{i}", in_types[i].dtype), Load(f"in{i}", flat, in_types[i].dtype))
+                  for i in sorted(set(in_place.values()))]
+    read_first = {i: Var(f"old{i}", in_types[i].dtype) for i in in_place.values()}
+
     def operand(i):
         if i in constants:
             return Const(constants[i], in_types[i].dtype)
+        if i in read_first:
+            return read_first[i]
         return Load(f"in{i}", linear_index(indices, strides[i]), in_types[i].dtype)
 
-    statements = []
     uses = _use_counts(body, outputs)
 
     def bind(j, value):
@@ -83,7 +91,8 @@ def describe_elementwise(node, in_types, name, constants):
         return local
 
     values = member_values(body, member_types(in_types, {"body": body}), operand, index=flat, bind=bind)
-    statements += [Store(f"out{k}", flat, values[j]) for k, j in enumerate(outputs)]
+    statements += [Store(f"in{in_place[k]}" if k in in_place else f"out{k}", flat, values[j])
+                   for k, j in enumerate(outputs)]
     for k in reversed(range(len(dims))):
         statements = [loop(indices[k].name, dims[k], statements, parallel=True)]
     return Kernel(name, node_buffers(node, in_types), tuple(statements))

@@ -21,6 +21,7 @@ class LLVMBackend(Backend):
             dtypes=frozenset(COMPILED_DTYPES),
             executes=True,
             bias_grad_heads=frozenset({"conv2d_backward_kernel"}),
+            in_place_updates=True,
             recurrent_reserve=frozenset(RECURRENT_OPS))
 
     def notes(self):

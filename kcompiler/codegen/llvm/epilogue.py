@@ -75,6 +75,10 @@ class Epilogue:
         self.member_types = member_types(self.extra_types, attrs, acc=head_type)
         constants = {i - n: v for i, v in k.inline_constants.items() if i >= n}
         self.operands = [self._operand(i, t, constants) for i, t in enumerate(self.extra_types)]
+        # output -> epilogue operand it is computed in (passes/memory_plan.py: a state update in
+        # its variable's buffer; never output 0, which holds the product first). Every member is
+        # bound before the first store, so the operand's element is read before it is written.
+        self.in_place = {k: i - n for k, i in attrs.get("in_place", {}).items()}
         self.pointers = list(k.outputs) + list(k.inputs[n:])  # what a part function must receive
 
     def _operand(self, i, t, constants):
@@ -125,8 +129,9 @@ class Epilogue:
                 values = ValueRenderer(b, {ACC.name: acc, COLUMN.name: c, FLAT.name: flat}, loads)
                 members = member_values(self.body, self.member_types, lambda i: self.operands[i], acc=ACC,
                                         index=FLAT, bind=lambda j, e: values.bind(f"m{j}", e))
-                for ptr, t, j in zip(outs, self.out_types, self.out_index):
-                    store(b, values.expr(members[j]), ptr, flat, t.dtype)
+                for k, (ptr, t, j) in enumerate(zip(outs, self.out_types, self.out_index)):
+                    target = extras[self.in_place[k]] if k in self.in_place else ptr
+                    store(b, values.expr(members[j]), target, flat, t.dtype)
 
 
 # Heads whose lowering applies the epilogue itself, chunk by chunk, while the rows are in cache.

@@ -94,8 +94,9 @@ class CompiledGraph:
                 buf = np.full(t.shape, node["attrs"]["value"], dtype=t.dtype)
             self._shared_params.append(buf)
         self._variables = [g.graph["variables"][nid] for nid in plan["params"] if g.nodes[nid]["op"] == "variable"]
+        # the variables a step writes: by the commit's copies, or in place (memory_plan.py)
         self._updated_variables = [g.graph["variables"][v] for v, value in g.graph["updates"].items()
-                                   if plan["root"][(v, 0)] != plan["root"][(value, 0)]]
+                                   if plan["root"][(v, 0)] != plan["root"][(value, 0)] or v in plan["in_place"]]
         self._entry = compiled_module.function("kc_entry", ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
         self.collective = plan.get("collective")  # where the step is split for the all-reduce, or None
         self._update_entry = None if self.collective is None else compiled_module.function(
