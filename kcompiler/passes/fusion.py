@@ -208,6 +208,9 @@ def fuse_epilogues(g, heads):
         if head is None:
             continue
         body, outputs = _body_of(g, nid)
+        product_out = _updates_all_outputs(g, nid)
+        if product_out:
+            body, outputs = _with_product_output(body, outputs)
         head_operands = operands(g, head)
         extras = [u for u in dict.fromkeys(operands(g, nid)) if u != head]
         position = {u: i for i, u in enumerate(extras)}
@@ -225,10 +228,34 @@ def fuse_epilogues(g, heads):
         for _, v, key in list(g.out_edges(nid, keys=True)):
             g.remove_edge(nid, v, key)
             g.add_edge(new, v, key=key)
+            if product_out:  # every consumer is a tuple_item: the outputs moved up by one
+                g.nodes[v]["attrs"] = dict(g.nodes[v]["attrs"], index=g.nodes[v]["attrs"]["index"] + 1)
         g.graph["outputs"] = [new if o == nid else o for o in g.graph["outputs"]]
         g.graph["updates"] = {var: (new if val == nid else val) for var, val in g.graph["updates"].items()}
         g.remove_nodes_from([nid, head])
     return g
+
+
+def _updates_all_outputs(g, nid):
+    """Whether every result of multi-output element-wise node ``nid`` is a state update (an
+    optimizer step with slots: the new weight and momenta). Its product then gets an output of
+    its own: a fused contraction computes the product in its first output before the epilogue
+    reads it, so that output cannot be a variable's buffer (passes/memory_plan.py), and
+    otherwise one of the updates would be copied into its variable after every step."""
+    if not isinstance(g.nodes[nid]["type"], tuple):
+        return False
+    updates = set(g.graph["updates"].values())
+    consumers = set(g.successors(nid))
+    return all(g.nodes[v]["op"] == "tuple_item" and v in updates for v in consumers) and len(consumers) == len(
+        g.nodes[nid]["type"])
+
+
+def _with_product_output(body, outputs):
+    """``body``/``outputs`` with the head's product as output 0 (an exact float32 cast of it),
+    member references shifted past the new first member."""
+    shifted = [dict(m, args=[[kind, i + 1] if kind == "m" else [kind, i] for kind, i in m["args"]]) for m in body]
+    product = {"op": "cast", "attrs": {"dtype": "float32"}, "args": [["acc", 0]]}
+    return [product] + shifted, [0] + [j + 1 for j in outputs]
 
 
 # ---- bias gradients: a weight gradient and the sum of its dy -----------------------------------
