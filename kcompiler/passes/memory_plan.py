@@ -90,7 +90,9 @@ def plan_memory(g, in_place_updates=False):
 
     in_place = {}  # variable node -> the kernel output computed in its buffer
     if in_place_updates and collective is None:
-        for (nid, k), var in _in_place_updates(g, order, root).items():
+        chosen, notes = _in_place_updates(g, order, root)
+        g.graph["notes"] = list(g.graph.get("notes", [])) + notes  # a new list: earlier stages keep theirs
+        for (nid, k), var in chosen.items():
             in_place[var] = (nid, k)
             buffers[(nid, k)] = ("alias", (var, 0))
             node = g.nodes[nid]
@@ -152,8 +154,8 @@ IN_PLACE_OPS = {"fused": 0, "fused_contraction": 1}
 
 
 def _in_place_updates(g, order, root):
-    """{(kernel node, output index): variable node} of the state updates that can be computed in
-    their variable's buffer (see the module docstring)."""
+    """({(kernel node, output index): variable node} of the state updates that can be computed in
+    their variable's buffer (see the module docstring), notes on each decision for the dumps)."""
     step_of = {nid: s for s, nid in enumerate(order)}
     last_fallible = max((s for s, nid in enumerate(order) if get_op(g.nodes[nid]["op"]).may_fail), default=-1)
     readers = {}  # buffer root -> steps of the kernels that read it
@@ -162,7 +164,7 @@ def _in_place_updates(g, order, root):
             for k in range(len(_types(g.nodes[u]["type"]))):
                 readers.setdefault(root((u, k)), []).append(s)
     kept = {root((o, k)) for o in g.graph["outputs"] for k in range(len(_types(g.nodes[o]["type"])))}
-    chosen = {}
+    chosen, notes = {}, []
     for var, value in g.graph["updates"].items():
         key = root((value, 0))
         nid, k = key
@@ -171,16 +173,24 @@ def _in_place_updates(g, order, root):
         if first_output is None or k < first_output or key in chosen or nid not in step_of:
             continue
         ops = operands(g, nid)
+        step = step_of[nid]
+        later = [order[s] for s in readers.get((var, 0), []) if s > step]
         if var not in ops or ops.count(var) > 1 or (node["op"] == "fused_contraction"
                                                     and ops.index(var) < node["attrs"]["n_head"]):
-            continue  # read once, as an element-wise operand (not by a contraction's head)
-        if g.nodes[var]["type"] != _types(node["type"])[k] or (var, 0) in kept:
+            why = "its kernel does not read the variable once, element by element"
+        elif g.nodes[var]["type"] != _types(node["type"])[k] or (var, 0) in kept:
+            why = "the variable is also a result of the step" if (var, 0) in kept else "the types differ"
+        elif step <= last_fallible:
+            why = f"%{order[last_fallible]} {g.nodes[order[last_fallible]]['op']}, which can fail, runs after it"
+        elif later:
+            why = f"%{later[0]} {g.nodes[later[0]]['op']} reads the old value after it"
+        else:
+            chosen[key] = var
+            notes.append(f"update of %{var} computed in its buffer by %{nid} {node['op']}: saves a "
+                         f"{_nbytes(g.nodes[var]['type'])}-byte copy and its arena bytes")
             continue
-        step = step_of[nid]
-        if step <= last_fallible or any(s > step for s in readers.get((var, 0), [])):
-            continue
-        chosen[key] = var
-    return chosen
+        notes.append(f"update of %{var} by %{nid} {node['op']} not computed in place: {why}")
+    return chosen, notes
 
 
 def _collective_region(g, collective, order, root):

@@ -33,8 +33,11 @@ def update_graph(later=None):
 
 def test_an_update_is_computed_in_its_variables_buffer_when_nothing_reads_it_afterwards():
     g, v, new = update_graph()
-    plan = plan_memory(g, in_place_updates=True).graph["plan"]
+    planned = plan_memory(g, in_place_updates=True)
+    plan = planned.graph["plan"]
     assert plan["in_place"] == {v: (new, 0)}
+    assert f"update of %{v} computed in its buffer by %{new} fused: saves a 16-byte copy and its arena bytes" \
+        in planned.graph["notes"]
     assert plan["root"][(new, 0)] == (v, 0)
     assert plan_memory(g, in_place_updates=True).nodes[new]["attrs"]["in_place"] == {0: 0}
     assert "in_place" not in g.nodes[new]["attrs"]  # the planned stage's copy, not the input graph
@@ -43,7 +46,10 @@ def test_an_update_is_computed_in_its_variables_buffer_when_nothing_reads_it_aft
 
 def test_no_update_in_place_when_a_later_kernel_reads_the_old_value():
     g, v, new = update_graph(lambda b, v, x: b.op("exp", v))
-    assert plan_memory(g, in_place_updates=True).graph["plan"]["in_place"] == {}
+    planned = plan_memory(g, in_place_updates=True)
+    assert planned.graph["plan"]["in_place"] == {}
+    assert f"update of %{v} by %{new} fused not computed in place: %{new + 1} exp reads the old value after it" \
+        in planned.graph["notes"]
 
 
 def test_no_update_in_place_when_a_later_kernel_can_fail():
@@ -54,6 +60,7 @@ def test_no_update_in_place_when_a_later_kernel_can_fail():
     plan = plan_memory(g, in_place_updates=True).graph["plan"]
     assert plan["order"].index(new) < plan["order"].index(max(plan["order"]))  # the check runs later
     assert plan["in_place"] == {}
+    assert any("check_index, which can fail, runs after it" in n for n in plan_memory(g, True).graph["notes"])
 
 
 def mlp(seed=3):
@@ -85,7 +92,7 @@ def test_training_with_updates_in_place_is_bit_for_bit_that_with_copies(monkeypa
     copied = [var for var, value in g.graph["updates"].items()
               if var not in plan["in_place"] and plan["root"][(var, 0)] != plan["root"][(value, 0)]]
     assert len(plan["in_place"]) == 12 and [g.nodes[v]["type"].dtype for v in copied] == ["int64"]
-    monkeypatch.setattr(memory_plan, "_in_place_updates", lambda g, order, root: {})
+    monkeypatch.setattr(memory_plan, "_in_place_updates", lambda g, order, root: ({}, []))
     program, copied = train(mlp())
     assert program.stages["planned"].graph["plan"]["in_place"] == {}
     for a, b in zip(in_place, copied):
