@@ -58,13 +58,14 @@ def lower_graph(g, *, target="cpu", fuse=True, stages=None, options=None):
     stages = stages if stages is not None else OrderedDict()
     g = simplify(g)
     capabilities = backend.capabilities()
+    # (a bounds-checked build may fail in any kernel: its updates wait for the end of the step)
+    in_place = capabilities.in_place_updates and not options.bounds_check
     g = keep_recurrent_reserves(g, capabilities.recurrent_reserve)
     if fuse:
-        g = fuse_epilogues(fuse_elementwise(g), heads=capabilities.epilogue_heads)
+        g = fuse_epilogues(fuse_elementwise(g), heads=capabilities.epilogue_heads, updates_in_place=in_place)
         g = fuse_bias_gradients(g, heads=capabilities.bias_grad_heads)
     stages["fused"] = g
-    # (a bounds-checked build may fail in any kernel: its updates wait for the end of the step)
-    g = plan_memory(g, in_place_updates=capabilities.in_place_updates and not options.bounds_check)
+    g = plan_memory(g, in_place_updates=in_place)
     stages["planned"] = g
     g = schedule_kernels(g)
     g.graph["notes"] = list(g.graph.get("notes", [])) + backend.notes()  # a new list: earlier stages keep theirs

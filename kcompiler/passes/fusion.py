@@ -192,11 +192,13 @@ def _bytes(t):
     return num_elements(t.shape) * ITEMSIZE[t.dtype] if t.is_static else 0
 
 
-def fuse_epilogues(g, heads):
+def fuse_epilogues(g, heads, updates_in_place=False):
     """Merge each head whose op is in ``heads`` (the backend's capability: which of its kernels
     take an epilogue) into the element-wise node consuming it (bias, activation, activation
     gradients), as one `fused_contraction` node (a contraction head) or `fused_pool_grad` node
-    (a pooling gradient)."""
+    (a pooling gradient). ``updates_in_place``: the memory plan will compute state updates in
+    their variables' buffers, so an optimizer step fused into a weight gradient's product gets
+    the product as an output of its own (``_updates_all_outputs``)."""
     g = copy_graph(g)
     g.graph["notes"] = list(g.graph.get("notes", []))
     live_out = set(g.graph["outputs"]) | set(g.graph["updates"].values())
@@ -208,7 +210,7 @@ def fuse_epilogues(g, heads):
         if head is None:
             continue
         body, outputs = _body_of(g, nid)
-        product_out = _updates_all_outputs(g, nid)
+        product_out = updates_in_place and _updates_all_outputs(g, nid)
         if product_out:
             body, outputs = _with_product_output(body, outputs)
         head_operands = operands(g, head)
