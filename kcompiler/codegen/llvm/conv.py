@@ -156,7 +156,8 @@ def run_parts(k, buffers, nparts, body, scratch_floats=0, after=None):
     every part is done.
 
     The body is a function of its own whose pointer parameters are ``noalias`` (the memory
-    plan never gives an output bytes an operand of the same kernel occupies, and the scratch
+    plan never gives an output bytes an operand of the same kernel occupies — an output computed
+    in place is stored through its operand's pointer, never its own — and the scratch
     buffer is fresh): inlined into the part function, that lets LLVM vectorise loops that
     store one buffer and load others (the epilogues) without runtime alias checks. Without
     it, W3's bias and ReLU epilogues stayed scalar."""

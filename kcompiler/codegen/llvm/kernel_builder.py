@@ -34,7 +34,9 @@ class KernelBuilder:
         args = self.function.args
         for a in args[:n_out]:
             # The memory planner never gives an output bytes that an operand of the same
-            # kernel still occupies, so outputs alias nothing: this lets LLVM vectorise.
+            # kernel still occupies, so outputs alias nothing: this lets LLVM vectorise. (An
+            # output computed in place, attrs["in_place"], is stored through its operand's
+            # pointer; its own argument, the same address, is never accessed.)
             a.add_attribute("noalias")
         self.b = ir.IRBuilder(self.function.append_basic_block("entry"))
         self.outputs = [self.b.bitcast(a, MEM_TYPE[t.dtype].as_pointer()) for a, t in zip(args[:n_out], self.out_types)]

@@ -11,9 +11,10 @@ model, a deep network repeats shapes, or of two models) are literally the same u
 compiled, cached (target.compile_units) and loaded once, and a model that changes one layer
 recompiles only the units that changed.
 
-A failed step commits nothing. Kernels write only arena buffers (the memory plan never
-gives a kernel output a variable's buffer), so variables change only in the commit, and
-the commit runs only when the status is still 0. Right after each kernel that may fail
+A failed step commits nothing. Kernels write arena buffers, except the fused update kernels
+the memory plan lets compute a state update in its variable's buffer (memory_plan.py
+``_in_place_updates``: only after the last kernel that can fail); every other update is
+copied into its variable by the commit, which runs only when the status is still 0. Right after each kernel that may fail
 (ops registered with ``index_error``; in bounds-checked builds, every kernel) the entry
 point tests the status and, when set, stores the node id in the error record
 (memory_plan.ERROR_RECORD_BYTES) and returns: the runtime then knows which node failed on
