@@ -14,6 +14,7 @@ from .codegen.backend import get_backend
 from .options import resolve
 from .passes.fusion import fuse_bias_gradients, fuse_elementwise, fuse_epilogues
 from .passes.memory_plan import plan_memory
+from .passes.pool_argmax import keep_pool_argmax
 from .passes.recurrent_reserve import keep_recurrent_reserves
 from .passes.schedule import schedule_kernels
 from .passes.shape_inference import infer_shapes, specialize_input_type
@@ -48,8 +49,9 @@ def front_stages(model, *, training=False, batch_size=None, label_type=None, inp
 
 
 def lower_graph(g, *, target="cpu", fuse=True, stages=None, options=None):
-    """The back half of the pipeline on static graph ``g``: recurrent reserves and fusion
-    (asking the backend which recurrent ops keep a reserve, which heads take epilogues and
+    """The back half of the pipeline on static graph ``g``: recurrent reserves, max pooling's
+    window positions kept for its gradient, and fusion (asking the backend which recurrent ops
+    keep a reserve, whether it has the pooling ops for that, which heads take epilogues and
     which weight gradients take their bias gradient), memory
     planning, scheduling, then the backend generates, compiles and binds. Returns
     (executable, stages)."""
@@ -62,6 +64,8 @@ def lower_graph(g, *, target="cpu", fuse=True, stages=None, options=None):
     in_place = capabilities.in_place_updates and not options.bounds_check
     g = keep_recurrent_reserves(g, capabilities.recurrent_reserve)
     if fuse:
+        if capabilities.pool_argmax:  # before fusion: the relu_grad it moves fuses where it lands
+            g = keep_pool_argmax(g)
         g = fuse_epilogues(fuse_elementwise(g), heads=capabilities.epilogue_heads, updates_in_place=in_place)
         g = fuse_bias_gradients(g, heads=capabilities.bias_grad_heads)
     stages["fused"] = g

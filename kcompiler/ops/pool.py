@@ -7,8 +7,16 @@ of each window in row-major order, as TensorFlow's MaxPoolGrad does, and windows
 that overlap add up. Average pooling divides each window by the number of input
 elements it covers (padding excluded), as Keras does. GlobalAveragePooling2D is
 ``mean`` over axes (1, 2): no op here.
+
+``max_pool2d_argmax(x)`` -> (y, idx) and ``max_pool2d_grad_argmax(idx, dy)`` split max pooling
+and its gradient at the routing decision: y is max_pool2d's, idx (int32, y's shape) the flat
+position ``kh * pool_w + kw`` in its window (padding positions counted) of the tap
+max_pool2d_grad sends the window's dy to, or -1 where it sends it into the padding (a -inf
+maximum with padding before the first valid tap); the gradient adds each window's dy at its
+idx. They are not traced from a model: passes/pool_argmax.py makes them from a training graph,
+so that the gradient reads idx instead of the pooled layer's input.
 """
-from ..errors import ShapeError
+from ..errors import ShapeError, UnsupportedError
 from ..ir.registry import register
 from ..ir.types import TensorType, fmt_shape
 from .common import expect_float, expect_rank
@@ -66,6 +74,32 @@ def _max_pool_vjp(b, nid, dy):
     return [b.op("max_pool2d_grad", x, dy, **b.attrs(nid))]
 
 
+def _argmax_rule(in_types, attrs):
+    y = _pool_rule("max_pool2d_argmax")(in_types, attrs)
+    return (y, TensorType(y.shape, "int32"))
+
+
+def _argmax_vjp(b, nid, cotangents):
+    raise UnsupportedError("max_pool2d_argmax: no gradient rule; it is made after autodiff (passes/pool_argmax.py), "
+                           "differentiate max_pool2d instead")
+
+
+def _grad_argmax_rule(in_types, attrs):
+    idx, dy = in_types
+    op = "max_pool2d_grad_argmax"
+    expect_rank(op, idx, 4)
+    expect_rank(op, dy, 4)
+    expect_float(op, dy)
+    if idx.dtype != "int32":
+        raise ShapeError(f"{op}: idx must be int32 (from max_pool2d_argmax), got {idx.dtype}")
+    h, w = attrs["input_hw"]
+    x_shape = (dy.shape[0], h, w, dy.shape[3])
+    _expect_dy(op, dy, _pooled_shape(op, x_shape, attrs))
+    if any(a is not None and e is not None and a != e for a, e in zip(idx.shape, dy.shape)):
+        raise ShapeError(f"{op}: idx has shape {fmt_shape(idx.shape)}, dy {fmt_shape(dy.shape)}: they must be equal")
+    return TensorType(x_shape, dy.dtype)
+
+
 def _avg_pool_grad_rule(in_types, attrs):
     (dy,) = in_types
     op = "avg_pool2d_grad"
@@ -96,3 +130,9 @@ register("avg_pool2d", shape=_pool_rule("avg_pool2d"), vjp=_avg_pool_vjp, kind="
          doc="mean over each window of NHWC x, counting only the input elements it covers")
 register("avg_pool2d_grad", shape=_avg_pool_grad_rule, vjp=_avg_pool_grad_vjp, kind="reduction",
          doc="gradient of avg_pool2d from dy; attrs as avg_pool2d plus input_hw=(h, w)")
+register("max_pool2d_argmax", shape=_argmax_rule, vjp=_argmax_vjp, kind="reduction",
+         doc="max_pool2d of x and, per window, the int32 position kh * pool_w + kw of the tap its gradient goes "
+             "to (-1: into the padding); made by passes/pool_argmax.py")
+register("max_pool2d_grad_argmax", shape=_grad_argmax_rule, kind="reduction",
+         doc="gradient of max_pool2d from (idx, dy), idx from max_pool2d_argmax: each window's dy goes to its tap "
+             "idx; attrs as max_pool2d plus input_hw=(h, w)")

@@ -41,6 +41,35 @@ def max_pool2d_grad(x, dy, pool, strides=(1, 1), padding="valid"):
     return crop_hw(dxp, pads, x.shape[1:3]).astype(x.dtype)
 
 
+@reference("max_pool2d_argmax")
+def max_pool2d_argmax(x, pool, strides=(1, 1), padding="valid"):
+    """(y, idx): idx is the window position of the tap max_pool2d_grad routes to, found as it
+    finds it; -1 where that tap is padding."""
+    pads, out_hw = geometry(x.shape[1:3], pool, strides, padding, NO_DILATION)
+    xp = pad_hw(x, pads, value=-np.inf)
+    inside = pad_hw(np.ones((1,) + x.shape[1:3] + (1,), dtype=bool), pads, value=False)
+    y = max_pool2d(x, pool, strides, padding)
+    idx = np.full(y.shape, -1, dtype=np.int32)
+    routed = np.zeros(y.shape, dtype=bool)
+    for k, (i, j) in enumerate(_offsets(pool)):
+        rows, cols = tap(i, j, out_hw, strides, NO_DILATION)
+        window = xp[:, rows, cols, :]
+        first = ((window == y) | np.isnan(window)) & ~routed
+        routed |= first
+        idx = np.where(first & inside[:, rows, cols, :], k, idx).astype(np.int32)
+    return y, idx
+
+
+@reference("max_pool2d_grad_argmax")
+def max_pool2d_grad_argmax(idx, dy, input_hw, pool, strides=(1, 1), padding="valid"):
+    pads, out_hw = geometry(input_hw, pool, strides, padding, NO_DILATION)
+    dxp = _padded_zeros(input_hw, pads, dy.shape[0], dy.shape[3])
+    for k, (i, j) in enumerate(_offsets(pool)):
+        rows, cols = tap(i, j, out_hw, strides, NO_DILATION)
+        dxp[:, rows, cols, :] += np.where(idx == k, dy, 0.0)
+    return crop_hw(dxp, pads, input_hw).astype(dy.dtype)
+
+
 def _window_counts(in_hw, pool, strides, padding):
     """(out_h, out_w, 1): how many input elements (not padding) each window covers."""
     pads, out_hw = geometry(in_hw, pool, strides, padding, NO_DILATION)

@@ -29,7 +29,7 @@ from .memory_plan import ITEMSIZE
 NOT_FUSABLE = {"fused"}
 # The fused op an epilogue makes with each kind of head: pooling gradients store each element
 # of their result once (windows that do not overlap), and the epilogue runs at those stores.
-POOL_GRADS = frozenset({"max_pool2d_grad", "avg_pool2d_grad"})
+POOL_GRADS = frozenset({"max_pool2d_grad", "max_pool2d_grad_argmax", "avg_pool2d_grad"})
 # Other described heads that store each element of their result once, never reading it back
 # (the depthwise convolution and its input gradient): their epilogue runs at those stores too.
 STORE_EPILOGUE_HEADS = POOL_GRADS | {"depthwise_conv2d", "depthwise_conv2d_backward_input"}

@@ -24,6 +24,11 @@ Numerics follow the references (kcompiler/ops/pool_reference.py):
   tap, one whose maximum is -inf with padding before its first valid tap routes it into the
   padding, i.e. nowhere; windows that overlap add up;
 * average pooling divides by the number of valid taps of each window.
+
+max_pool2d_argmax stores max_pool2d's y and, beside it, the position in the window of the tap
+max_pool2d_grad would route to (-1: into the padding); max_pool2d_grad_argmax then stores each
+tap's dy where its position is the window's idx, as max_pool2d_grad stores or adds it, so the
+two give the same bits.
 """
 from dataclasses import dataclass, replace
 
@@ -33,12 +38,14 @@ from ..ops.fused import member_types
 from ..ops.fused_contraction import head_type
 from ..ops.pool import pool_attrs
 from .elementwise import member_values
-from .kernel import (INDEX, AtomicAdd, Assign, Buffer, Const, If, Kernel, Load, Local, Loop, Store, Var, call, loop,
+from .kernel import (INDEX, AtomicAdd, Assign, Const, If, Kernel, Load, Local, Loop, Store, Var, call, loop,
                      node_buffers, varies)
 
 UNROLL_TAPS = 16
 F32 = "float32"
+I32 = "int32"
 ZERO = Const(0.0, F32)
+NOWHERE = Const(-1, I32)  # max_pool2d_argmax's idx of a window whose gradient goes into the padding
 
 
 # ---- geometry ----------------------------------------------------------------------------------
@@ -100,15 +107,14 @@ class Geometry:
     rows: tuple      # Spans of output rows
     cols: tuple      # Spans of output columns
     overlapping: bool
+    pool_w: int
+    pad_top: int
+    pad_left: int
 
     @property
     def image(self):
         """Elements of one input image."""
         return self.in_h * self.in_w * self.channels
-
-    @property
-    def out_shape(self):
-        return (self.batch, self.out_h, self.out_w, self.channels)
 
 
 def geometry(op, x_shape, attrs):
@@ -116,7 +122,8 @@ def geometry(op, x_shape, attrs):
     batch, in_h, in_w, channels = x_shape
     return Geometry(batch, in_h, in_w, channels, output_size(in_h, ph, sh, 1, padding),
                     output_size(in_w, pw, sw, 1, padding), sh, sw, tuple(spans(in_h, ph, sh, padding)),
-                    tuple(spans(in_w, pw, sw, padding)), sh < ph or sw < pw)
+                    tuple(spans(in_w, pw, sw, padding)), sh < ph or sw < pw, pw,
+                    same_padding(in_h, ph, sh, 1, padding)[0], same_padding(in_w, pw, sw, 1, padding)[0])
 
 
 # ---- index expressions -------------------------------------------------------------------------
@@ -173,6 +180,17 @@ class Window:
                 terms.append((v, coeff))
         return affine(offset, *terms)
 
+    def position(self, i, j):
+        """The int32 position ``kh * pool_w + kw`` of valid tap (i, j) in the whole window, padding
+        counted (max_pool2d_argmax's idx). The taps before the first valid one, padding, are as
+        many in every window of a span (only a span of one window starts in the padding)."""
+        g = self.g
+        top = self.rows.start - (self.rows.first * g.stride_h - g.pad_top)
+        left = self.cols.start - (self.cols.first * g.stride_w - g.pad_left)
+        if isinstance(i, int) and isinstance(j, int):
+            return Const((top + i) * g.pool_w + left + j, I32)
+        return call("cast", affine(top * g.pool_w + left, (i, g.pool_w), (j, 1)), dtype=I32)
+
     def channels(self, body):
         return loop("c", self.g.channels, body)
 
@@ -182,23 +200,14 @@ class Window:
         return loop("i", self.rows.taps, [loop("j", self.cols.taps, body(i, j))])
 
 
-def kernel(name, g, out_shape, in_shapes, body, before=lambda n: (), independent_windows=True):
+def kernel(name, g, buffers, body, before=lambda n: (), independent_windows=True):
     """The kernel: for every image (parallel), ``before(n)``, then for every pair of spans the
     loops over its windows around ``body(window)`` (statements)."""
     n = Var("n")
     nests = [loop("r", rows.count, [loop("q", cols.count, body(Window(g, n, rows, cols)),
                                          parallel=independent_windows)], parallel=independent_windows)
              for rows in g.rows for cols in g.cols]
-    buffers = [Buffer("out0", F32, _size(out_shape), True)]
-    buffers += [Buffer(f"in{k}", F32, _size(s), False) for k, s in enumerate(in_shapes)]
-    return Kernel(name, tuple(buffers), (loop("n", g.batch, list(before(n)) + nests, parallel=True),))
-
-
-def _size(shape):
-    total = 1
-    for d in shape:
-        total *= d
-    return total
+    return Kernel(name, buffers, (loop("n", g.batch, list(before(n)) + nests, parallel=True),))
 
 
 def zero_dx(g, n):
@@ -238,7 +247,7 @@ def _into_dx(g, index, value):
     return Store("out0", index, value)
 
 
-# ---- the four ops ------------------------------------------------------------------------------
+# ---- the six ops -------------------------------------------------------------------------------
 
 def _max(a, b):
     return call("max", a, b)
@@ -267,7 +276,67 @@ def describe_max_pool2d(node, in_types, name):
                 w.tap_loops(lambda i, j: [w.channels([
                     Store("out0", w.out, _max(Load("out0", w.out, F32), Load("in0", w.tap(i, j), F32)))])])]
 
-    return kernel(name, g, g.out_shape, [x_shape], window)
+    return kernel(name, g, node_buffers(node, in_types), window)
+
+
+def _is_peak(value, peak):
+    """Whether a tap of value ``value`` takes the gradient of a window whose maximum is ``peak``,
+    if no tap before it does (a NaN maximum is its first NaN)."""
+    return call("or", call("eq", value, peak), call("isnan", value))
+
+
+def _lost(w, peak):
+    """Whether the window's gradient goes into the padding: padding before the first valid tap
+    equals a -inf maximum first."""
+    return call("eq", peak, Const(float("-inf"), F32)) if w.padding_first else Const(False, "bool")
+
+
+@description("max_pool2d_argmax")
+def describe_max_pool2d_argmax(node, in_types, name):
+    g = geometry("max_pool2d_argmax", in_types[0].shape, node["attrs"])
+
+    def window(w):
+        peak, idx, routed = Var("peak", F32), Var("idx", I32), Var("routed", "bool")
+        x = lambda t: Load("in0", t, F32)  # noqa: E731
+        stores = [Store("out0", w.out, peak), Store("out1", w.out, idx)]
+        if w.count <= UNROLL_TAPS:
+            # the first tap that is the peak: selects from the last tap to the first, one
+            # straight-line expression as the maximum's (-1 stays only where the gradient is lost)
+            first = NOWHERE
+            for i, j in reversed(w.taps):
+                first = call("select", _is_peak(x(w.tap(i, j)), peak), w.position(i, j), first)
+            return [w.channels([Local(peak, _over_taps(w, x, _max)),
+                                Local(idx, call("select", _lost(w, peak), NOWHERE, first))] + stores)]
+
+        def route(i, j):  # as max_pool2d_grad's route, keeping the position instead of storing dy
+            is_peak = _is_peak(x(w.tap(i, j)), peak)
+            hit = call("and", call("not", routed), is_peak)
+            return [Assign(idx, call("select", hit, w.position(i, j), idx)),
+                    Assign(routed, call("or", routed, is_peak))]
+
+        return [w.channels([Local(peak, x(w.tap(0, 0))),
+                            w.tap_loops(lambda i, j: [Assign(peak, _max(peak, x(w.tap(i, j))))]),
+                            Local(routed, _lost(w, peak)), Local(idx, NOWHERE), w.tap_loops(route)] + stores)]
+
+    return kernel(name, g, node_buffers(node, in_types), window)
+
+
+@description("max_pool2d_grad_argmax")
+def describe_max_pool2d_grad_argmax(node, in_types, name):
+    dy_shape = in_types[1].shape
+    x_shape = (dy_shape[0],) + tuple(node["attrs"]["input_hw"]) + (dy_shape[3],)
+    g = geometry("max_pool2d_grad_argmax", x_shape, node["attrs"])
+
+    def window(w):
+        def route(i, j):  # dy where the tap is the window's idx, else 0, as max_pool2d_grad stores it
+            hit = call("eq", Load("in0", w.out, I32), w.position(i, j))
+            return _into_dx(g, w.tap(i, j), call("select", hit, Load("in1", w.out, F32), ZERO))
+
+        if w.count <= UNROLL_TAPS:
+            return [w.channels([route(i, j) for i, j in w.taps])]
+        return [w.tap_loops(lambda i, j: [w.channels([route(i, j)])])]
+
+    return kernel(name, g, node_buffers(node, in_types), window, lambda n: zero_dx(g, n), not g.overlapping)
 
 
 @description("max_pool2d_grad")
@@ -279,11 +348,10 @@ def describe_max_pool2d_grad(node, in_types, name):
         peak, routed, hit = Var("peak", F32), Var("routed", "bool"), Var("hit", "bool")
         dy = Load("in1", w.out, F32)
         x = lambda t: Load("in0", t, F32)  # noqa: E731
-        # padding before the first valid tap equals a -inf maximum first (and holds no gradient)
-        lost = call("eq", peak, Const(float("-inf"), F32)) if w.padding_first else Const(False, "bool")
+        lost = _lost(w, peak)
 
         def route(t):
-            is_peak = call("or", call("eq", x(t), peak), call("isnan", x(t)))
+            is_peak = _is_peak(x(t), peak)
             return [Assign(hit, call("and", call("not", routed), is_peak)),
                     _into_dx(g, t, call("select", hit, dy, ZERO)),
                     Assign(routed, call("or", routed, is_peak))]
@@ -298,7 +366,7 @@ def describe_max_pool2d_grad(node, in_types, name):
                             Local(routed, lost), Local(hit, Const(False, "bool")),
                             w.tap_loops(lambda i, j: route(w.tap(i, j)))])]
 
-    return kernel(name, g, x_shape, [x_shape, g.out_shape], window, lambda n: zero_dx(g, n), not g.overlapping)
+    return kernel(name, g, node_buffers(node, in_types), window, lambda n: zero_dx(g, n), not g.overlapping)
 
 
 @description("avg_pool2d")
@@ -317,7 +385,7 @@ def describe_avg_pool2d(node, in_types, name):
                     Store("out0", w.out, call("add", y, Load("in0", w.tap(i, j), F32)))])]),
                 w.channels([Store("out0", w.out, call("mul", y, inverse))])]
 
-    return kernel(name, g, g.out_shape, [x_shape], window)
+    return kernel(name, g, node_buffers(node, in_types), window)
 
 
 @description("avg_pool2d_grad")
@@ -332,7 +400,7 @@ def describe_avg_pool2d_grad(node, in_types, name):
             return [w.channels([_into_dx(g, w.tap(i, j), share) for i, j in w.taps])]
         return [w.tap_loops(lambda i, j: [w.channels([_into_dx(g, w.tap(i, j), share)])])]
 
-    return kernel(name, g, x_shape, [dy_shape], window, lambda n: zero_dx(g, n), not g.overlapping)
+    return kernel(name, g, node_buffers(node, in_types), window, lambda n: zero_dx(g, n), not g.overlapping)
 
 
 # ---- a pooling gradient with an element-wise epilogue (fused_pool_grad) ------------------------

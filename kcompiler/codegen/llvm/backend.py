@@ -16,13 +16,20 @@ class LLVMBackend(Backend):
     def capabilities(self):
         return Capabilities(
             epilogue_heads=frozenset({"matmul", "conv2d", "conv2d_backward_input", "max_pool2d_grad",
-                                      "avg_pool2d_grad", "depthwise_conv2d", "depthwise_conv2d_backward_input"}),
+                                      "max_pool2d_grad_argmax", "avg_pool2d_grad", "depthwise_conv2d",
+                                      "depthwise_conv2d_backward_input"}),
             templates=frozenset(name for name, op in all_ops().items() if "llvm" in op.lowerings),
             dtypes=frozenset(COMPILED_DTYPES),
             executes=True,
             bias_grad_heads=frozenset({"conv2d_backward_kernel"}),
             in_place_updates=True,
-            recurrent_reserve=frozenset(RECURRENT_OPS))
+            recurrent_reserve=frozenset(RECURRENT_OPS),
+            # It has both pooling ops, but does not ask for the pass yet: on two cores it made the
+            # W2 and W3 training steps ~0.8 ms slower (one core: W3 0.9 ms faster). The freed
+            # pre-pool activation's bytes go to backward tensors the other core writes, and the
+            # next step's first convolution, writing that activation there, ran 1.5-2x slower
+            # (docs/architecture.md, "Max pooling's window positions").
+            pool_argmax=False)
 
     def notes(self):
         from .tuning import current
