@@ -53,6 +53,13 @@ def _pool_rule(op):
     return rule
 
 
+def grad_input_shape(dy_shape, attrs):
+    """The pooled layer's input shape (N, h, w, C) that a gradient op with attr input_hw=(h, w)
+    (avg_pool2d_grad, max_pool2d_grad_argmax) computes from dy's shape."""
+    h, w = attrs["input_hw"]
+    return (dy_shape[0], h, w, dy_shape[3])
+
+
 def _expect_dy(op, dy, expected):
     if any(a is not None and e is not None and a != e for a, e in zip(dy.shape, expected)):
         raise ShapeError(f"{op}: the output gradient has shape {fmt_shape(dy.shape)}, expected "
@@ -92,8 +99,7 @@ def _grad_argmax_rule(in_types, attrs):
     expect_float(op, dy)
     if idx.dtype != "int32":
         raise ShapeError(f"{op}: idx must be int32 (from max_pool2d_argmax), got {idx.dtype}")
-    h, w = attrs["input_hw"]
-    x_shape = (dy.shape[0], h, w, dy.shape[3])
+    x_shape = grad_input_shape(dy.shape, attrs)
     _expect_dy(op, dy, _pooled_shape(op, x_shape, attrs))
     if any(a is not None and e is not None and a != e for a, e in zip(idx.shape, dy.shape)):
         raise ShapeError(f"{op}: idx has shape {fmt_shape(idx.shape)}, dy {fmt_shape(dy.shape)}: they must be equal")
@@ -105,8 +111,7 @@ def _avg_pool_grad_rule(in_types, attrs):
     op = "avg_pool2d_grad"
     expect_rank(op, dy, 4)
     expect_float(op, dy)
-    h, w = attrs["input_hw"]
-    x_shape = (dy.shape[0], h, w, dy.shape[3])
+    x_shape = grad_input_shape(dy.shape, attrs)
     _expect_dy(op, dy, _pooled_shape(op, x_shape, attrs))
     return TensorType(x_shape, dy.dtype)
 

@@ -36,7 +36,7 @@ from ..ir.registry import description, get_op
 from ..ops.conv import output_size, same_padding
 from ..ops.fused import member_types
 from ..ops.fused_contraction import head_type
-from ..ops.pool import pool_attrs
+from ..ops.pool import grad_input_shape, pool_attrs
 from .elementwise import member_values
 from .kernel import (INDEX, AtomicAdd, Assign, Const, If, Kernel, Load, Local, Loop, Store, Var, call, loop,
                      node_buffers, varies)
@@ -323,8 +323,7 @@ def describe_max_pool2d_argmax(node, in_types, name):
 
 @description("max_pool2d_grad_argmax")
 def describe_max_pool2d_grad_argmax(node, in_types, name):
-    dy_shape = in_types[1].shape
-    x_shape = (dy_shape[0],) + tuple(node["attrs"]["input_hw"]) + (dy_shape[3],)
+    x_shape = grad_input_shape(in_types[1].shape, node["attrs"])
     g = geometry("max_pool2d_grad_argmax", x_shape, node["attrs"])
 
     def window(w):
@@ -390,8 +389,7 @@ def describe_avg_pool2d(node, in_types, name):
 
 @description("avg_pool2d_grad")
 def describe_avg_pool2d_grad(node, in_types, name):
-    dy_shape = in_types[0].shape
-    x_shape = (dy_shape[0],) + tuple(node["attrs"]["input_hw"]) + (dy_shape[3],)
+    x_shape = grad_input_shape(in_types[0].shape, node["attrs"])
     g = geometry("avg_pool2d_grad", x_shape, node["attrs"])
 
     def window(w):
