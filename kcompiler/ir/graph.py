@@ -104,6 +104,17 @@ def topo_order(g):
     return order
 
 
+def redirect_uses(g, old, new, keep=()):
+    """Every use of node ``old`` (its consumers' operand edges, except those of the nodes in
+    ``keep``; graph outputs; state updates) becomes a use of ``new``, operand positions kept."""
+    for _, v, key in list(g.out_edges(old, keys=True)):
+        if v not in keep:
+            g.remove_edge(old, v, key)
+            g.add_edge(new, v, key=key)
+    g.graph["outputs"] = [new if o == old else o for o in g.graph["outputs"]]
+    g.graph["updates"] = {var: (new if val == old else val) for var, val in g.graph["updates"].items()}
+
+
 def set_type(g, nid, t):
     node = g.nodes[nid]
     node["type"] = t

@@ -20,7 +20,7 @@ dy's bytes).
 """
 import networkx as nx
 
-from ..ir.graph import GraphBuilder, copy_graph, operands, topo_order
+from ..ir.graph import GraphBuilder, copy_graph, operands, redirect_uses, topo_order
 from ..ir.registry import get_op
 from ..ir.types import num_elements
 from ..ops.pool import windows_overlap
@@ -292,12 +292,7 @@ def fuse_bias_gradients(g, heads):
         results = [b.tuple_item(fused, 0), b.tuple_item(fused, 1)]
         b.layer = prev_layer
         for old, new in zip((nid, total), results):
-            for _, v, key in list(g.out_edges(old, keys=True)):
-                if v not in results:
-                    g.remove_edge(old, v, key)
-                    g.add_edge(new, v, key=key)
-            g.graph["outputs"] = [new if o == old else o for o in g.graph["outputs"]]
-            g.graph["updates"] = {var: (new if val == old else val) for var, val in g.graph["updates"].items()}
+            redirect_uses(g, old, new, keep=results)
         g.remove_nodes_from([nid, total])
         score = f"saves {_bytes(dy_type)} bytes" if dy_type.is_static else "saves a pass over dy (size not static)"
         g.graph["notes"].append(f"%{total} sum fused with %{nid} {head['op']} as %{fused} fused_bias_grad: {score} "

@@ -19,7 +19,7 @@ after the forward pool.
 The pipeline runs this pass in fused builds where the backend declares the two ops
 (Capabilities.pool_argmax). Each rewrite and each refusal is a line of graph['notes'].
 """
-from ..ir.graph import GraphBuilder, copy_graph, operands, topo_order
+from ..ir.graph import GraphBuilder, copy_graph, operands, redirect_uses, topo_order
 from ..ir.types import num_elements
 from .memory_plan import ITEMSIZE
 
@@ -29,13 +29,8 @@ def _bytes(t):
 
 
 def _replace(g, old, new):
-    """Every use of node ``old`` (operands, graph outputs, state updates) becomes ``new``;
-    ``old`` is removed."""
-    for _, v, key in list(g.out_edges(old, keys=True)):
-        g.remove_edge(old, v, key)
-        g.add_edge(new, v, key=key)
-    g.graph["outputs"] = [new if o == old else o for o in g.graph["outputs"]]
-    g.graph["updates"] = {var: (new if val == old else val) for var, val in g.graph["updates"].items()}
+    """Every use of node ``old`` becomes ``new``; ``old`` is removed."""
+    redirect_uses(g, old, new)
     g.remove_node(old)
 
 

@@ -5,15 +5,7 @@ applies), except inputs and a data-parallel step's all-reduce. A lone identity t
 it is a plain copy, which the kernel tests use."""
 import networkx as nx
 
-from ..ir.graph import copy_graph, operands, topo_order
-
-
-def _redirect(g, old, new):
-    for _, v, key in list(g.out_edges(old, keys=True)):
-        g.remove_edge(old, v, key)
-        g.add_edge(new, v, key=key)
-    g.graph["outputs"] = [new if o == old else o for o in g.graph["outputs"]]
-    g.graph["updates"] = {var: (new if val == old else val) for var, val in g.graph["updates"].items()}
+from ..ir.graph import copy_graph, operands, redirect_uses, topo_order
 
 
 def _undone_transpose_source(g, nid):
@@ -33,11 +25,11 @@ def simplify(g):
     for nid in topo_order(g):
         node = g.nodes[nid]
         if node["op"] == "cast" and node["type"].dtype == g.nodes[operands(g, nid)[0]]["type"].dtype:
-            _redirect(g, nid, operands(g, nid)[0])
+            redirect_uses(g, nid, operands(g, nid)[0])
         elif node["op"] == "transpose":
             source = _undone_transpose_source(g, nid)
             if source is not None:
-                _redirect(g, nid, source)
+                redirect_uses(g, nid, source)
     live = set(g.graph["outputs"]) | set(g.graph["updates"].values()) | set(g.graph["updates"])
     for root in list(live):
         live |= nx.ancestors(g, root)
