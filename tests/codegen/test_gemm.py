@@ -102,6 +102,19 @@ def test_submatrix_views_and_beta_zero_nan(kernels, ta, tb):
                  c_fill=np.nan)
 
 
+def test_narrow_products_read_a_in_place(kernels):
+    """Products with at most NR columns read A where it lies (gemm._emit_narrow): M past one
+    MC block and not a whole number of MR tiles, K past one KC block, N at and around NR, A
+    rows a power of two apart (W5's output layer), and NaN beyond every operand's view."""
+    _, mr, nr, _ = G.register_tile()
+    rng = np.random.default_rng(11)
+    for N in (1, nr - 1, nr, nr + 1):
+        for ta, tb in itertools.product((0, 1), repeat=2):
+            for name in ("ser", "par", "par2"):
+                run_case(kernels[name], rng, 150, N, 300, ta, tb, alpha=0.5, beta=0.25, pads=(1024 - 300, 2, 1))
+                run_case(kernels[name], rng, 4 * mr + 1, N, 257, ta, tb, beta=0.0, pads=(0, 0, 0), c_fill=np.nan)
+
+
 # ----------------------------------------------------------------- hypothesis
 @settings(max_examples=60, deadline=None)
 @given(

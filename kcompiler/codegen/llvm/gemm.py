@@ -108,6 +108,10 @@ DEFAULT_NC = 512
 # the shared operand. By median time 2 threads break even near 192^3 (7e6) and
 # win by 25 % at 256^3; see docs/codegen-llvm.md.
 DEFAULT_PARALLEL_MIN_MNK = 1 << 23
+# ... unless its operands and product hold this many floats: a product with a short side
+# (W5's 256 x 10 x 1024 output layer and its gradients, 2.6e6 multiply-adds) is bound by
+# moving its 1 MiB operand, which two cores do faster than one
+DEFAULT_PARALLEL_MIN_FLOATS = 1 << 18
 
 
 def register_tile():
@@ -268,7 +272,7 @@ def _emit_pack(module, name, R, vw):
     return fn
 
 
-def _emit_microkernel(module, name, MR, NR, VW):
+def _emit_microkernel(module, name, MR, NR, VW, direct_a=False):
     """``void ukr(i64 kc, float* Ap, float* Bp, float* C, i64 ldc, i64 mr, i64 nr,
     float alpha, float beta, i1 load_c)``.
 
@@ -277,18 +281,29 @@ def _emit_microkernel(module, name, MR, NR, VW):
     ``C = alpha*acc + beta*C`` if load_c else ``C = alpha*acc`` (C not read).
     Tiles with ``nr <= VW`` (narrow N edges, e.g. 10 output classes) run a
     one-vector loop that skips the FMAs on the padding columns.
+
+    ``direct_a``: A is read where it lies instead of from a packed panel —
+    ``void ukr(i64 kc, float* A, i64 row_stride, i64 k_stride, float* Bp, ...)`` with
+    element (i, k) at ``A[i*row_stride + k*k_stride]``; rows past ``mr`` read row
+    ``mr - 1`` again (their sums are never stored), so only the valid rows are touched.
     """
     NV = NR // VW
     vt = ir.VectorType(f32, VW)
     fma = _fma(module, VW)
+    a_args = [fptr, i64, i64] if direct_a else [fptr]
+    a_names = ("A", "row_stride", "k_stride") if direct_a else ("Ap",)
     fn = _internal(module, name,
-                   ir.FunctionType(void, [i64, fptr, fptr, fptr, i64, i64, i64, f32, f32, i1]),
-                   ("kc", "Ap", "Bp", "C", "ldc", "mr", "nr", "alpha", "beta", "load_c"))
-    kc, Ap, Bp, C, ldc, mr, nr, alpha, beta, load_c = fn.args
+                   ir.FunctionType(void, [i64] + a_args + [fptr, fptr, i64, i64, i64, f32, f32, i1]),
+                   ("kc",) + a_names + ("Bp", "C", "ldc", "mr", "nr", "alpha", "beta", "load_c"))
+    kc, *a_vals, Bp, C, ldc, mr, nr, alpha, beta, load_c = fn.args
+    Ap = a_vals[0]
     for a in (Ap, Bp, C):
         a.add_attribute("noalias")
     entry = fn.append_basic_block("entry")
     b = ir.IRBuilder(entry)
+    if direct_a:
+        row_stride, k_stride = a_vals[1:]
+        a_rows = [_gep(b, Ap, b.mul(_min(b, _c64(i), b.sub(mr, _c64(1))), row_stride)) for i in range(MR)]
     zero_v = ir.Constant(vt, [0.0] * VW)
     tile = b.alloca(ir.ArrayType(f32, MR * NR), name="tile")
     tile.align = 64
@@ -318,11 +333,12 @@ def _emit_microkernel(module, name, MR, NR, VW):
         bv = [_vload(b, _gep(b, pb, j * VW), 64, VW) for j in range(nv)]
         new = []
         for i in range(MR):
-            av = _splat(b, b.load(_gep(b, pa, i), name=f"a{i}"), VW)
+            a_ptr = _gep(b, a_rows[i], b.mul(k, k_stride)) if direct_a else _gep(b, pa, i)
+            av = _splat(b, b.load(a_ptr, name=f"a{i}"), VW)
             new.append([b.call(fma, [av, bv[j], accs[i][j]]) for j in range(nv)])
         k1 = b.add(k, _c64(1))
         k.add_incoming(k1, loop)
-        pa.add_incoming(_gep(b, pa, MR), loop)
+        pa.add_incoming(pa if direct_a else _gep(b, pa, MR), loop)
         pb.add_incoming(_gep(b, pb, NR), loop)
         for i in range(MR):
             for j in range(nv):
@@ -431,11 +447,16 @@ def _ws_floats(b, M, N, K, MR, NR, KC, MC, NC):
     return a_sz, b.add(a_sz, b_sz)
 
 
-def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC):
+def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC, narrow_ukr=None):
     """``void serial(<gemm args>, float* ws, epilogue, context, i64 row0, i64 col0)``: the
     single-threaded driver (M, N, K >= 1, alpha != 0); ``ws`` is a 64-byte aligned workspace
     of at least ``_ws_floats(M, N, K)`` floats. A non-null ``epilogue`` is called on each
-    final C block, with this call's C origin at (row0, col0) of the whole product."""
+    final C block, with this call's C origin at (row0, col0) of the whole product.
+
+    ``narrow_ukr`` (a ``direct_a`` micro-kernel): a product with at most NR columns (a
+    10-class output layer) goes through it, A read where it lies: packing A would copy
+    every element of A for the NR/MR multiply-adds each takes part in, as much memory
+    traffic as the product itself (W5's 256 x 10 x 1024 products: see _emit_narrow)."""
     fn = _internal(module, name, ir.FunctionType(void, list(GEMM_ARG_TYPES) + [fptr, *_EPI_ARG_TYPES, i64, i64]),
                    _ARG_NAMES + ("ws", "epilogue", "context", "row0", "col0"))
     ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws, epi, ectx, row0, col0 = fn.args
@@ -455,6 +476,11 @@ def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC):
     # would pay a whole pass of C loads and stores for a few multiply-adds)
     k_blocks = b.sdiv(b.add(K, _c64(KC - 1)), _c64(KC))
     KCb = b.sdiv(b.add(K, b.sub(k_blocks, _c64(1))), k_blocks)
+    if narrow_ukr is not None:
+        with b.if_then(_narrow(b, N, transA, MR, NR)):
+            _emit_narrow(b, narrow_ukr, pack_b, MR, NR, MC, fn.args, transA, contigB, Bp, KCb, beta_is_zero,
+                         has_epilogue)
+            b.ret_void()
     with for_range(b, N, start=0, step=NC, name="jc") as jc:
         nc = _min(b, _c64(NC), b.sub(N, jc))
         with for_range(b, K, start=0, step=KCb, name="pc") as pc:
@@ -483,6 +509,46 @@ def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC):
                     b.call(epi, [ectx, b.add(row0, ic), mc, b.add(col0, jc), nc])
     b.ret_void()
     return fn
+
+
+# Rows of A a narrow product's micro-kernel reads side by side, where they lie, when A is not
+# transposed: each row is a stream ldA floats from the next, and with a power-of-two ldA (a
+# 1024-wide activation) all of them fall in one L1 set. Up to 8 (the L1's ways here) they stay;
+# a 12-row AVX-512 tile would evict its own rows, so there A is still packed.
+NARROW_MAX_ROW_STREAMS = 8
+
+
+def _narrow(b, N, transA, MR, NR):
+    """Whether a product takes the narrow path (at most NR columns; A's rows readable in place)."""
+    fits = b.icmp_signed("<=", N, _c64(NR))
+    return fits if MR <= NARROW_MAX_ROW_STREAMS else b.and_(fits, transA)
+
+
+def _emit_narrow(b, ukr, pack_b, MR, NR, MC, args, transA, contigB, Bp, KCb, beta_is_zero, has_epilogue):
+    """The narrow product (N <= NR): B packed one KC block at a time into one NR-wide panel,
+    every MR-row tile of C then summed over that block straight from A (no A packing; on W5's
+    256 x 10 x 1024 forward product on one Zen 2 core, 181 us packed). The epilogue sees each
+    MC-row block of C after its last K block."""
+    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws, epi, ectx, row0, col0 = args
+    row_stride = b.select(transA, _c64(1), lda)  # op(A)(i, k) = A[i*row_stride + k*k_stride]
+    k_stride = b.select(transA, lda, _c64(1))
+    with for_range(b, K, start=0, step=KCb, name="pc") as pc:
+        kc = _min(b, KCb, b.sub(K, pc))
+        boff = b.select(b.not_(contigB), pc, b.mul(pc, ldb))
+        b.call(pack_b, [contigB, N, kc, _gep(b, B, boff), ldb, Bp])
+        first = b.icmp_signed("==", pc, _c64(0))
+        beta_eff = b.select(first, beta, _cf(1.0))
+        load_c = b.not_(b.and_(first, beta_is_zero))
+        final = b.and_(has_epilogue, b.icmp_signed(">=", b.add(pc, KCb), K))
+        a_k = _gep(b, A, b.mul(pc, k_stride))
+        with for_range(b, M, start=0, step=MC, name="ic") as ic:
+            mc = _min(b, _c64(MC), b.sub(M, ic))
+            with for_range(b, b.add(ic, mc), start=ic, step=MR, name="ir") as i0:
+                mr = _min(b, _c64(MR), b.sub(M, i0))
+                b.call(ukr, [kc, _gep(b, a_k, b.mul(i0, row_stride)), row_stride, k_stride, Bp,
+                             _gep(b, C, b.mul(i0, ldc)), ldc, mr, N, alpha, beta_eff, load_c])
+            with b.if_then(final):
+                b.call(epi, [ectx, b.add(row0, ic), mc, col0, N])
 
 
 # how a parallel GEMM is cut into slices (the ``split`` field of its context)
@@ -588,6 +654,7 @@ def _emit_part(module, name, serial, MR, NR):
 
 def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None = None,
               parallel_min_mnk: int = DEFAULT_PARALLEL_MIN_MNK,
+              parallel_min_floats: int = DEFAULT_PARALLEL_MIN_FLOATS,
               mr: int | None = None, nr: int | None = None, kc: int = DEFAULT_KC,
               mc: int = DEFAULT_MC, nc: int = DEFAULT_NC, epilogue_name: str | None = None,
               batched_name: str | None = None) -> ir.Function:
@@ -598,8 +665,9 @@ def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None
     ``batched_name``: also add the batched GEMM (``BATCHED_GEMM_FN_TYPE``, :func:`_emit_batched`).
 
     ``nthreads`` (default: the CPUs available, 1 without pthreads) is the number
-    of slices a large call is split into; ``parallel_min_mnk`` the ``M*N*K`` below
-    which a call stays on the calling thread. ``mr``/``nr`` set the register tile
+    of slices a large call is split into; a call stays on the calling thread when its
+    ``M*N*K`` is below ``parallel_min_mnk`` and its ``M*K + K*N + M*N`` below
+    ``parallel_min_floats``. ``mr``/``nr`` set the register tile
     (default: the host's, :func:`register_tile`; ``nr`` a multiple of the vector
     width; ``mr * nr/width`` accumulators must fit the vector registers with room
     for ``nr/width + 1`` more), ``kc``/``mc``/``nc`` the cache blocking (``mc`` is
@@ -628,10 +696,12 @@ def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None
     ukr = _emit_microkernel(module, f"{name}.ukr", mr, nr, vw)
     pack_a = _emit_pack(module, f"{name}.pack_a", mr, vw)
     pack_b = _emit_pack(module, f"{name}.pack_b", nr, vw)
-    serial = _emit_serial(module, f"{name}.serial", ukr, pack_a, pack_b, mr, nr, kc, mc, nc)
+    narrow_ukr = _emit_microkernel(module, f"{name}.ukr_direct", mr, nr, vw, direct_a=True)
+    serial = _emit_serial(module, f"{name}.serial", ukr, pack_a, pack_b, mr, nr, kc, mc, nc, narrow_ukr)
     part = _emit_part(module, f"{name}.part", serial, mr, nr) if nthreads > 1 else None
     body = _internal(module, f"{name}.body", GEMM_EPILOGUE_FN_TYPE, _ARG_NAMES + ("epilogue", "context"))
-    _emit_body(module, body, name, serial, part, nthreads, parallel_min_mnk, mr, nr, kc, mc, nc)
+    _emit_body(module, body, name, serial, part, nthreads, (parallel_min_mnk, parallel_min_floats), mr, nr, kc, mc,
+               nc)
 
     # the public entries: thin wrappers the optimiser inlines
     fn = ir.Function(module, GEMM_FN_TYPE, name=name)
@@ -652,7 +722,7 @@ def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None
     return fn
 
 
-def _emit_body(module, fn, name, serial, part, nthreads, parallel_min_mnk, mr, nr, kc, mc, nc):
+def _emit_body(module, fn, name, serial, part, nthreads, parallel_min, mr, nr, kc, mc, nc):
     """The GEMM with its epilogue hook: the edge cases, the thread split and the workspace."""
     scale = _emit_scale(module, f"{name}.scale")
     ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, epi, ectx = fn.args
@@ -677,7 +747,8 @@ def _emit_body(module, fn, name, serial, part, nthreads, parallel_min_mnk, mr, n
         nblk_k = b.sdiv(b.add(K, _c64(15)), _c64(16))
         T = _c64(nthreads)
         mnk = b.mul(b.mul(M, N), K)
-        big = b.icmp_signed(">=", mnk, _c64(parallel_min_mnk))
+        floats = b.add(b.mul(K, b.add(M, N)), b.mul(M, N))
+        big = b.or_(b.icmp_signed(">=", mnk, _c64(parallel_min[0])), b.icmp_signed(">=", floats, _c64(parallel_min[1])))
         # split N when N >= M or when M has too few blocks
         split_n = b.or_(b.icmp_signed(">=", N, M), b.icmp_signed("<", nblk_m, T))
         split_k = b.icmp_signed(">=", K, b.mul(_c64(SPLIT_K_RATIO), b.select(split_n, N, M)))
