@@ -24,6 +24,12 @@ def _matmul(k):
         rows = num_elements(batch) * M
         k.call_gemm(False, tb, rows, N, K, A, a_cols, B, b_cols, C, N)
         return
+    if len(a_t.shape) == 2 and len(b_t.shape) == 2:
+        # one product (a weight gradient A^T @ dY): through call_gemm, where a fused
+        # contraction's epilogue (the optimizer update) runs block by block on both cores; as
+        # a batch of one it ran afterwards in one pass on one core (W5: 2 Mcycles a step)
+        k.call_gemm(ta, tb, M, N, K, A, a_cols, B, b_cols, C, N)
+        return
     a_batch = num_elements(a_t.shape[:-2])
     b_batch = num_elements(b_t.shape[:-2])
     nb = num_elements(batch)
