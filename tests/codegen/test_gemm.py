@@ -187,7 +187,7 @@ def epilogue_gemms():
     for name, kw in variants.items():
         G.emit_gemm(mod, f"g_{name}", epilogue_name=f"g_{name}_epilogue", **kw)
     cm = T.compile_ir(str(mod), opt_level=1, name="test_gemm_epilogue")
-    return {name: cm.function(f"g_{name}_epilogue", None, *ARGTYPES, EPILOGUE, ctypes.c_void_p)
+    return {name: cm.function(f"g_{name}_epilogue", None, *ARGTYPES, EPILOGUE, ctypes.c_void_p, EPILOGUE)
             for name in variants}
 
 
@@ -195,9 +195,11 @@ def epilogue_gemms():
 @pytest.mark.parametrize("M,N,K,ta,tb", [(1, 1, 1, 0, 0), (37, 65, 130, 1, 0), (30, 200, 40, 0, 1),
                                          (70, 3, 17, 1, 1), (9, 21, 0, 0, 0),
                                          (13, 20, 300, 1, 0), (7, 5, 97, 0, 1)])  # split over K
-def test_epilogue_sees_each_final_block_once(epilogue_gemms, name, M, N, K, ta, tb):
+@pytest.mark.parametrize("with_prefetch", [False, True])
+def test_epilogue_sees_each_final_block_once(epilogue_gemms, name, M, N, K, ta, tb, with_prefetch):
     """Every element of C is in exactly one block handed to the epilogue, and when the hook
-    runs its block already holds the final product (here the hook scales it by -2)."""
+    runs its block already holds the final product (here the hook scales it by -2). The
+    prefetch hook (optional) is asked only for blocks inside C, each before its epilogue."""
     rng = np.random.default_rng(M * N + K)
     A = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
     B = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
@@ -205,6 +207,7 @@ def test_epilogue_sees_each_final_block_once(epilogue_gemms, name, M, N, K, ta, 
     expected = 0.5 * (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64) + 2.0 * 5.0
     seen = np.zeros((M, N), np.int32)
     mismatches = []
+    prefetched = []
 
     def hook(context, row0, rows, col0, cols):
         assert context == 1234
@@ -214,11 +217,21 @@ def test_epilogue_sees_each_final_block_once(epilogue_gemms, name, M, N, K, ta, 
         seen[row0:row0 + rows, col0:col0 + cols] += 1
         block *= -2.0
 
+    def prefetch(context, row0, rows, col0, cols):
+        assert context == 1234
+        prefetched.append((row0, rows, col0, cols))
+        if not (0 <= row0 and 0 < rows and row0 + rows <= M and 0 <= col0 and 0 < cols and col0 + cols <= N):
+            mismatches.append(("prefetch outside C", row0, rows, col0, cols))
+        elif np.any(seen[row0:row0 + rows, col0:col0 + cols]):
+            mismatches.append(("prefetch after the epilogue", row0, rows, col0, cols))
+
     epilogue_gemms[name](ta, tb, M, N, K, 0.5, A.ctypes.data, A.shape[1], B.ctypes.data, B.shape[1], 2.0,
-                         C.ctypes.data, N, EPILOGUE(hook), 1234)
+                         C.ctypes.data, N, EPILOGUE(hook), 1234, EPILOGUE(prefetch) if with_prefetch else EPILOGUE())
     assert not mismatches, f"blocks handed over before they were final: {mismatches}"
     assert np.all(seen == 1), "some element was finished twice or never"
     tol_ok(C, -2.0 * expected)
+    if with_prefetch and name == "par" and (M, N) == (37, 65):  # blocks of 24 rows: the next block's asked for
+        assert prefetched
 
 
 def test_empty_is_a_noop(kernels):

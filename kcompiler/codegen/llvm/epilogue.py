@@ -46,9 +46,8 @@ class HeadView:
         if not whole:
             self._k.call_gemm(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, alpha, beta)
             return
-        function, context = epilogue.block_function(self._k)
         self._k.call_gemm(trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, alpha, beta,
-                          epilogue=(function, context))
+                          epilogue=epilogue.block_functions(self._k))
         self.epilogue_applied = True
 
 
@@ -92,25 +91,46 @@ class Epilogue:
             index = FLAT
         return Load(f"in{i}", index, t.dtype)
 
-    def block_function(self, k):
-        """``void epilogue(i8* context, i64 row0, i64 rows, i64 col0, i64 cols)`` in k's module
-        and the context it needs (this kernel's output and operand pointers), for the SGEMM."""
+    def block_functions(self, k):
+        """For the SGEMM: ``void epilogue(i8* context, i64 row0, i64 rows, i64 col0, i64 cols)``
+        in k's module, the context it needs (this kernel's output and operand pointers), and a
+        function of the same type that only asks for the cache lines of the block's streamed
+        operands (null when there are none: a bias is one row)."""
         b = k.b
         types = list(self.out_types) + self.extra_types
         slots = ir.ArrayType(i8p, len(self.pointers))
         context = b.alloca(slots, name="epilogue.context")
         for j, p in enumerate(self.pointers):
             b.store(b.bitcast(p, i8p), b.gep(context, [c64(0), ir.Constant(i32, j)], inbounds=True))
-        fn = ir.Function(k.module, EPILOGUE_FN_TYPE, name=f"{k.function.name}.epilogue")
-        fn.linkage = "internal"
-        ctx, row0, rows, col0, cols = fn.args
-        fb = ir.IRBuilder(fn.append_basic_block("entry"))
-        table = fb.bitcast(ctx, slots.as_pointer())
-        pointers = [fb.bitcast(fb.load(fb.gep(table, [c64(0), ir.Constant(i32, j)], inbounds=True)),
-                               MEM_TYPE[t.dtype].as_pointer()) for j, t in enumerate(types)]
-        self.emit(fb, pointers, row0, rows, col0, cols)
-        fb.ret_void()
-        return fn, b.bitcast(context, i8p)
+
+        def block_function(suffix, body):
+            fn = ir.Function(k.module, EPILOGUE_FN_TYPE, name=f"{k.function.name}.{suffix}")
+            fn.linkage = "internal"
+            ctx, row0, rows, col0, cols = fn.args
+            fb = ir.IRBuilder(fn.append_basic_block("entry"))
+            table = fb.bitcast(ctx, slots.as_pointer())
+            pointers = [fb.bitcast(fb.load(fb.gep(table, [c64(0), ir.Constant(i32, j)], inbounds=True)),
+                                   MEM_TYPE[t.dtype].as_pointer()) for j, t in enumerate(types)]
+            body(fb, pointers, row0, rows, col0, cols)
+            fb.ret_void()
+            return fn
+
+        finish = block_function("epilogue", self.emit)
+        streamed = [len(self.out_types) + i for i, op in enumerate(self.operands)
+                    if isinstance(op, Load) and op.index is FLAT]
+        if not streamed:
+            return finish, b.bitcast(context, i8p), ir.Constant(EPILOGUE_FN_TYPE.as_pointer(), None)
+
+        def ask(fb, pointers, row0, rows, col0, cols):
+            with for_range(fb, rows, name="pr") as r:
+                base = fb.add(fb.mul(fb.add(row0, r), c64(self.width)), col0)
+                last = fb.add(base, fb.sub(cols, c64(1)))
+                for j in streamed:
+                    with for_range(fb, last, start=base, step=16, name="pc") as e:
+                        prefetch(fb, pointers[j], e)
+                    prefetch(fb, pointers[j], last)
+
+        return finish, b.bitcast(context, i8p), block_function("prefetch", ask)
 
     def emit(self, b, pointers, first_row, rows, first_col=None, cols=None):
         """Finish rows [first_row, first_row + rows) of the product (i64 values or ints), or of
@@ -132,6 +152,14 @@ class Epilogue:
                 for k, (ptr, t, j) in enumerate(zip(outs, self.out_types, self.out_index)):
                     target = extras[self.in_place[k]] if k in self.in_place else ptr
                     store(b, values.expr(members[j]), target, flat, t.dtype)
+
+
+def prefetch(b, ptr, index):
+    """Ask for the cache line of ptr[index], for writing (an update stores its operand back);
+    a prefetch never faults."""
+    fn = b.module.globals.get("llvm.prefetch.p0i8") or ir.Function(
+        b.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name="llvm.prefetch.p0i8")
+    b.call(fn, [b.bitcast(b.gep(ptr, [index]), i8p), ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
 
 # Heads whose lowering applies the epilogue itself, chunk by chunk, while the rows are in cache.

@@ -84,7 +84,9 @@ GEMM_FN_TYPE = ir.FunctionType(void, list(GEMM_ARG_TYPES))
 _ARG_NAMES = ("trans_a", "trans_b", "M", "N", "K", "alpha", "A", "lda", "B", "ldb", "beta", "C", "ldc")
 #: void epilogue(i8* context, i64 row0, i64 rows, i64 col0, i64 cols)
 EPILOGUE_FN_TYPE = ir.FunctionType(void, [i8p, i64, i64, i64, i64])
-_EPI_ARG_TYPES = (EPILOGUE_FN_TYPE.as_pointer(), i8p)
+#: the epilogue, its context, and the function that prefetches a block's epilogue operands
+_EPI_ARG_TYPES = (EPILOGUE_FN_TYPE.as_pointer(), i8p, EPILOGUE_FN_TYPE.as_pointer())
+_EPI_ARG_NAMES = ("epilogue", "context", "prefetch")
 #: the GEMM arguments, then the epilogue and its context
 GEMM_EPILOGUE_FN_TYPE = ir.FunctionType(void, list(GEMM_ARG_TYPES) + list(_EPI_ARG_TYPES))
 
@@ -458,8 +460,8 @@ def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC, narrow_u
     every element of A for the NR/MR multiply-adds each takes part in, as much memory
     traffic as the product itself (W5's 256 x 10 x 1024 products: see _emit_narrow)."""
     fn = _internal(module, name, ir.FunctionType(void, list(GEMM_ARG_TYPES) + [fptr, *_EPI_ARG_TYPES, i64, i64]),
-                   _ARG_NAMES + ("ws", "epilogue", "context", "row0", "col0"))
-    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws, epi, ectx, row0, col0 = fn.args
+                   _ARG_NAMES + ("ws",) + _EPI_ARG_NAMES + ("row0", "col0"))
+    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws, epi, ectx, epf, row0, col0 = fn.args
     entry = fn.append_basic_block("entry")
     b = ir.IRBuilder(entry)
     transA = b.icmp_signed("!=", ta, ir.Constant(i32, 0))
@@ -470,6 +472,8 @@ def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC, narrow_u
     Ap = ws
     Bp = _gep(b, ws, a_sz)
     has_epilogue = b.icmp_unsigned("!=", b.ptrtoint(epi, i64), _c64(0))
+    has_prefetch = b.icmp_unsigned("!=", b.ptrtoint(epf, i64), _c64(0))
+    strip = STRIP_PANELS * NR
 
     beta_is_zero = b.fcmp_ordered("==", beta, _cf(0.0))
     # K in equal blocks of at most KC (784 = 4 x 196, not 3 x 256 + 16: a shallow last block
@@ -497,16 +501,34 @@ def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC, narrow_u
                 aoff = b.select(transA, b.add(b.mul(pc, lda), ic), b.add(b.mul(ic, lda), pc))
                 b.call(pack_a, [contigA, mc, kc, _gep(b, A, aoff), lda, Ap])
                 cblk = _gep(b, C, b.add(b.mul(ic, ldc), jc))
-                with for_range(b, nc, start=0, step=NR, name="jr") as jr:
-                    nr = _min(b, _c64(NR), b.sub(nc, jr))
-                    bp = _gep(b, Bp, b.mul(jr, kc))
-                    with for_range(b, mc, start=0, step=MR, name="ir") as ir_:
-                        mr = _min(b, _c64(MR), b.sub(mc, ir_))
-                        ap = _gep(b, Ap, b.mul(ir_, kc))
-                        cp = _gep(b, cblk, b.add(b.mul(ir_, ldc), jr))
-                        b.call(ukr, [kc, ap, bp, cp, ldc, mr, nr, alpha, beta_eff, load_c])
-                with b.if_then(final):
-                    b.call(epi, [ectx, b.add(row0, ic), mc, b.add(col0, jc), nc])
+                # the block's columns in strips of STRIP_PANELS micro-panels; the epilogue finishes
+                # each strip after its last tile, and while a strip is computed its tiles ask for
+                # the next strip's epilogue operands, tile by tile
+                with for_range(b, nc, start=0, step=strip, name="js") as js:
+                    scols = _min(b, _c64(strip), b.sub(nc, js))
+                    # the next strip: to the right in this block, else the first of the next block
+                    right = b.icmp_signed("<", b.add(js, _c64(strip)), nc)
+                    next_js = b.select(right, b.add(js, _c64(strip)), _c64(0))
+                    next_ic = b.select(right, ic, b.add(ic, _c64(MC)))
+                    next_mc = _min(b, _c64(MC), b.sub(M, next_ic))
+                    fetch = b.and_(b.and_(final, has_prefetch), b.icmp_signed(">", next_mc, _c64(0)))
+                    with for_range(b, b.add(js, scols), start=js, step=NR, name="jr") as jr:
+                        nr = _min(b, _c64(NR), b.sub(nc, jr))
+                        bp = _gep(b, Bp, b.mul(jr, kc))
+                        fetch_col = b.add(next_js, b.sub(jr, js))
+                        fetch_nr = _min(b, _c64(NR), b.sub(nc, fetch_col))
+                        fetch_panel = b.and_(fetch, b.icmp_signed(">", fetch_nr, _c64(0)))
+                        with for_range(b, mc, start=0, step=MR, name="ir") as ir_:
+                            mr = _min(b, _c64(MR), b.sub(mc, ir_))
+                            fetch_mr = _min(b, _c64(MR), b.sub(next_mc, ir_))
+                            with b.if_then(b.and_(fetch_panel, b.icmp_signed(">", fetch_mr, _c64(0)))):
+                                b.call(epf, [ectx, b.add(row0, b.add(next_ic, ir_)), fetch_mr,
+                                             b.add(col0, b.add(jc, fetch_col)), fetch_nr])
+                            ap = _gep(b, Ap, b.mul(ir_, kc))
+                            cp = _gep(b, cblk, b.add(b.mul(ir_, ldc), jr))
+                            b.call(ukr, [kc, ap, bp, cp, ldc, mr, nr, alpha, beta_eff, load_c])
+                    with b.if_then(final):
+                        b.call(epi, [ectx, b.add(row0, ic), mc, b.add(col0, b.add(jc, js)), scols])
     b.ret_void()
     return fn
 
@@ -529,7 +551,7 @@ def _emit_narrow(b, ukr, pack_b, MR, NR, MC, args, transA, contigB, Bp, KCb, bet
     every MR-row tile of C then summed over that block straight from A (no A packing; on W5's
     256 x 10 x 1024 forward product on one Zen 2 core, 181 us packed). The epilogue sees each
     MC-row block of C after its last K block."""
-    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws, epi, ectx, row0, col0 = args
+    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws, epi, ectx, epf, row0, col0 = args
     row_stride = b.select(transA, _c64(1), lda)  # op(A)(i, k) = A[i*row_stride + k*k_stride]
     k_stride = b.select(transA, lda, _c64(1))
     with for_range(b, K, start=0, step=KCb, name="pc") as pc:
@@ -550,6 +572,9 @@ def _emit_narrow(b, ukr, pack_b, MR, NR, MC, args, transA, contigB, Bp, KCb, bet
             with b.if_then(final):
                 b.call(epi, [ectx, b.add(row0, ic), mc, col0, N])
 
+
+# micro-panels of C the epilogue finishes at a time (see _emit_serial)
+STRIP_PANELS = 4
 
 # how a parallel GEMM is cut into slices (the ``split`` field of its context)
 SPLIT_M, SPLIT_N, SPLIT_K = 0, 1, 2
@@ -577,7 +602,7 @@ def _store_context(b, ctx, values):
 
 
 def _no_epilogue():
-    return [ir.Constant(EPILOGUE_FN_TYPE.as_pointer(), None), ir.Constant(i8p, None)]
+    return [ir.Constant(t, None) for t in _EPI_ARG_TYPES]
 
 
 def _allocate_workspace(b, module, floats):
@@ -599,7 +624,8 @@ def _emit_part(module, name, serial, MR, NR):
     fn = _internal(module, name, _threads.PART_FN_TYPE, ("ctx", "part", "nparts"))
     ctx, part, nparts = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, split, ws, ws_per, epi, ectx = _load_context(b, ctx, _CTX_T)
+    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, split, ws, ws_per, epi, ectx, epf = \
+        _load_context(b, ctx, _CTX_T)
     z = ir.Constant(i32, 0)
     my_ws = _gep(b, ws, b.mul(part, ws_per))
 
@@ -624,7 +650,7 @@ def _emit_part(module, name, serial, MR, NR):
     with b.if_then(b.icmp_signed("<", m0, m1)):
         aoff = b.select(transA, m0, b.mul(m0, lda))
         b.call(serial, [ta, tb, b.sub(m1, m0), N, K, alpha, _gep(b, A, aoff), lda,
-                        B, ldb, beta, _gep(b, C, b.mul(m0, ldc)), ldc, my_ws, epi, ectx, m0, _c64(0)])
+                        B, ldb, beta, _gep(b, C, b.mul(m0, ldc)), ldc, my_ws, epi, ectx, epf, m0, _c64(0)])
     b.branch(done)
 
     b.position_at_end(on_n)
@@ -632,7 +658,7 @@ def _emit_part(module, name, serial, MR, NR):
     with b.if_then(b.icmp_signed("<", n0, n1)):
         boff = b.select(transB, b.mul(n0, ldb), n0)
         b.call(serial, [ta, tb, M, b.sub(n1, n0), K, alpha, A, lda,
-                        _gep(b, B, boff), ldb, beta, _gep(b, C, n0), ldc, my_ws, epi, ectx, _c64(0), n0])
+                        _gep(b, B, boff), ldb, beta, _gep(b, C, n0), ldc, my_ws, epi, ectx, epf, _c64(0), n0])
     b.branch(done)
 
     b.position_at_end(on_k)
@@ -699,7 +725,7 @@ def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None
     narrow_ukr = _emit_microkernel(module, f"{name}.ukr_direct", mr, nr, vw, direct_a=True)
     serial = _emit_serial(module, f"{name}.serial", ukr, pack_a, pack_b, mr, nr, kc, mc, nc, narrow_ukr)
     part = _emit_part(module, f"{name}.part", serial, mr, nr) if nthreads > 1 else None
-    body = _internal(module, f"{name}.body", GEMM_EPILOGUE_FN_TYPE, _ARG_NAMES + ("epilogue", "context"))
+    body = _internal(module, f"{name}.body", GEMM_EPILOGUE_FN_TYPE, _ARG_NAMES + _EPI_ARG_NAMES)
     _emit_body(module, body, name, serial, part, nthreads, (parallel_min_mnk, parallel_min_floats), mr, nr, kc, mc,
                nc)
 
@@ -708,11 +734,11 @@ def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None
     for a, n in zip(fn.args, _ARG_NAMES):
         a.name = n
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    b.call(body, list(fn.args) + [ir.Constant(EPILOGUE_FN_TYPE.as_pointer(), None), ir.Constant(i8p, None)])
+    b.call(body, list(fn.args) + _no_epilogue())
     b.ret_void()
     if epilogue_name is not None:
         with_epilogue = ir.Function(module, GEMM_EPILOGUE_FN_TYPE, name=epilogue_name)
-        for a, n in zip(with_epilogue.args, _ARG_NAMES + ("epilogue", "context")):
+        for a, n in zip(with_epilogue.args, _ARG_NAMES + _EPI_ARG_NAMES):
             a.name = n
         b = ir.IRBuilder(with_epilogue.append_basic_block("entry"))
         b.call(body, list(with_epilogue.args))
@@ -725,7 +751,7 @@ def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None
 def _emit_body(module, fn, name, serial, part, nthreads, parallel_min, mr, nr, kc, mc, nc):
     """The GEMM with its epilogue hook: the edge cases, the thread split and the workspace."""
     scale = _emit_scale(module, f"{name}.scale")
-    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, epi, ectx = fn.args
+    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, epi, ectx, epf = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     ctx = b.alloca(_CTX_T, name="ctx") if part is not None else None
     empty = b.or_(b.icmp_signed("<=", M, _c64(0)), b.icmp_signed("<=", N, _c64(0)))
@@ -768,14 +794,14 @@ def _emit_body(module, fn, name, serial, part, nthreads, parallel_min, mr, nr, k
         partials = b.mul(b.mul(M, N), b.sub(nparts, _c64(1)))
         floats = b.add(floats, b.select(split_k, partials, _c64(0)))
     raw, ws = _allocate_workspace(b, module, floats)
-    serial_tail = [ws, epi, ectx, _c64(0), _c64(0)]
+    serial_tail = [ws, epi, ectx, epf, _c64(0), _c64(0)]
 
     if part is None:
         b.call(serial, args + serial_tail)
     else:
         with b.if_else(b.icmp_signed(">", nparts, _c64(1))) as (par, ser):
             with par:
-                _store_context(b, ctx, args + [split, ws, ws_per, epi, ectx])
+                _store_context(b, ctx, args + [split, ws, ws_per, epi, ectx, epf])
                 _threads.emit_parallel_call(b, part, ctx, nparts)
                 with b.if_then(split_k):
                     _add_partials(b, C, ldc, M, N, _gep(b, ws, b.mul(nparts, ws_per)), b.sub(nparts, _c64(1)))

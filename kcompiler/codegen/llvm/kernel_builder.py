@@ -72,7 +72,8 @@ class KernelBuilder:
 
     def call_gemm(self, trans_a, trans_b, M, N, K, A, lda, B, ldb, C, ldc, alpha=1.0, beta=0.0, epilogue=None):
         """C = alpha op(A) op(B) + beta C through the support library's SGEMM; ``epilogue``:
-        (function, context) the SGEMM calls on each finished block of C (gemm.py)."""
+        (function, context, prefetch function or null) the SGEMM calls on each finished block of C
+        (gemm.py)."""
         from .support_library import declare_epilogue_gemm
         f32 = ir.FloatType()
         args = [ir.Constant(i32, int(trans_a)), ir.Constant(i32, int(trans_b)), _i64(M), _i64(N), _i64(K),
