@@ -41,15 +41,20 @@ rounded up to whole micro-panels) and aligned to 64 bytes by hand. No workspace
 argument is needed. Tiles with at most W valid columns (of a wider tile) run a
 narrow k loop.
 
-Epilogue hook: ``<name>_epilogue`` (emitted when asked) takes two more arguments,
-``void (*epilogue)(i8* context, i64 row0, i64 rows, i64 col0, i64 cols)`` and its
-``i8* context``, and calls it for each C block ``[row0, row0+rows) x [col0, col0+cols)``
-as soon as that block is final (after the last KC step), on the thread that computed
-it, while the block is still in L2: a fused contraction finishes its product (bias,
-activation, optimizer update) there instead of in a second, single-threaded pass over
-memory. Every element of C is in exactly one such block.
+Epilogue hook: ``<name>_epilogue`` (emitted when asked) takes three more arguments,
+``void (*epilogue)(i8* context, i64 row0, i64 rows, i64 col0, i64 cols)``, its
+``i8* context`` and a ``prefetch`` function of the same type (or null), and calls the
+epilogue for each C block ``[row0, row0+rows) x [col0, col0+cols)`` as soon as that block
+is final (after the last KC step), on the thread that computed it, while the block is
+still in L2: a fused contraction finishes its product (bias, activation, optimizer update)
+there instead of in a second, single-threaded pass over memory. Every element of C is in
+exactly one such block. With ``prefetch``, the blocks are finished in strips and each tile
+first asks for its share of the next strip's epilogue state (see _emit_serial).
 
-Threads: when ``M*N*K >= parallel_min_mnk`` the work is split into
+Narrow products (N <= NR) read A in place instead of packing it (_emit_narrow).
+
+Threads: when ``M*N*K >= parallel_min_mnk`` (or the operands and product hold
+``parallel_min_floats`` floats) the work is split into
 ``nthreads`` slices of whole NR column blocks (or MR row blocks when M is the
 larger dimension); each slice is an independent GEMM with its own part of the packing
 buffer, run by :mod:`.threads` (pinned pthreads created inside the generated
