@@ -181,8 +181,8 @@ def test_implicit_gemm_blocks_groups_and_parts(x_shape, k_shape, attrs, split_ba
 
 def test_implicit_gemm_with_the_avx512_register_tile(monkeypatch):
     """The 12 x 32 tile of <16 x float> that AVX-512 hosts use, on whatever host runs the test
-    (LLVM splits the vectors where they are wider than the host's): rows of 12, panels of 32
-    and an edge panel of 3, in every op."""
+    (LLVM splits the vectors where they are wider than the host's): rows of 12 (8 in the
+    forward tile), panels of 32 and an edge panel of 3, in every op."""
     from kcompiler.codegen.llvm import conv_tiles
     monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")  # no unit remembered from the host's tile
     monkeypatch.setattr(conv_kernels, "host_tile", lambda: conv_tiles.Tile(16, 12, 32))

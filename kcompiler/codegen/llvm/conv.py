@@ -45,8 +45,8 @@ from ...ops.conv import conv_geometry
 from . import threads
 from .irutil import (bounds_checking, c64, f32, for_range, get_function, i8p, i32, i64, load, register_buffer, store,
                      void)
-from .conv_tiles import (Image, emit_forward_tile, emit_input_gradient_tile, emit_weight_gradient_tile, host_tile,
-                         store_origins, tap_offset, window_origin)
+from .conv_tiles import (Image, emit_forward_tile, emit_input_gradient_tile, emit_weight_gradient_tile, forward_tile,
+                         host_tile, store_origins, tap_offset, window_origin)
 from .support_library import declare_parallel_runner
 from .jit import vector_width_attrs
 
@@ -322,7 +322,7 @@ def lower_conv2d(k, epilogue=None):
         if epilogue is not None:
             epilogue.emit(k.b, epilogue.pointers, 0, g.rows)
         return
-    t = host_tile()
+    t = forward_tile(host_tile())
     image, padded = image_layout(g)
     panels, edge = divmod(g.cout, t.nr)
     full_tile = emit_forward_tile(k.module, g, image, t, t.nr) if panels else None

@@ -1,9 +1,10 @@
 """Register-tiled micro-kernels of the convolutions as implicit GEMMs: the operands are read
 where they lie (the input image, dy), never copied into a column matrix.
 
-Both tiles keep an MR x NR block of the product in MR * NR/W vector accumulators (the
+The tiles keep an MR x NR block of the product in MR * NR/W vector accumulators (the
 SGEMM's register tile, gemm.register_tile: 6 x 16 in <8 x float> on AVX2 hosts, 12 x 32 in
-<16 x float> with AVX-512), broadcast one scalar per tile row and load NR/W vectors per step.
+<16 x float> with AVX-512, where the forward tile has 8 rows: ``forward_tile``), broadcast
+one scalar per tile row and load NR/W vectors per step.
 The *image* they read is the input of the convolution, or (when some window reaches into the
 padding) a zero-padded copy of a group of images in scratch memory (conv.py pads it): in
 both, every tap of every window lies inside the image, so the tiles never test an index.
@@ -70,6 +71,20 @@ class Tile:
 def host_tile():
     vw, mr, nr, _ = register_tile()
     return Tile(vw, mr, nr)
+
+
+# Rows of the forward tile with <16 x float> vectors. LLVM schedules a step's broadcasts of the
+# image ahead of its multiply-adds, so the tile's broadcasts, accumulators and kernel vectors
+# must all fit the 32 zmm registers: with 12 rows (12 + 24 + 2) it kept 6 accumulators on the
+# stack, stored and reloaded every step. Measured on a Zen 4 host (2 cores, W3's three
+# convolutions): 12 rows 106-110 GFLOP/s, 10 rows 152-210, 8 rows 184-223, 6 rows 177-211.
+# The other two tiles keep the SGEMM's 12 rows (they ran at 170-207 GFLOP/s with them).
+FORWARD_ROWS_512 = 8
+
+
+def forward_tile(t):
+    """The forward tile's shape for host tile ``t``: fewer rows with <16 x float> vectors."""
+    return Tile(t.vw, min(t.mr, FORWARD_ROWS_512), t.nr) if t.vw == 16 else t
 
 
 def _function(module, name, args, names):
