@@ -14,7 +14,7 @@ FMA peak. Rules:
   the figure is the useful work, not the work a kernel happens to do;
 * element-wise ops one FLOP per output element and member (a ``fused`` node counts each of
   its members; a ``fused_contraction`` its head plus each epilogue member per element of the
-  product); reductions and pooling one per input element;
+  product, plus the pooling it absorbed); reductions and pooling one per input element;
 * parameters, views and data movement (gather, scatter, concatenate, slice, ...) none.
 
     flops = graph_flops(program.graph)
@@ -88,7 +88,8 @@ def node_flops(g, nid):
         head_flops = (contraction_flops(attrs["head"], head, attrs["head_attrs"], acc) if op == "fused_contraction"
                       else described_flops(attrs["head"], head, attrs["head_attrs"], acc)
                       or _elements(head[0]))  # a pooling gradient: one operation per gradient element
-        return head_flops + _members(attrs["body"]) * _elements(acc)
+        pooled = _elements(out[attrs["pool"]["of"]]) if attrs.get("pool") else 0  # as the pooling layer counts
+        return head_flops + _members(attrs["body"]) * _elements(acc) + pooled
     if op == "fused_bias_grad":  # the weight gradient, and the bias gradient's sum over dy
         dk = out[0]
         return contraction_flops(attrs["head"], in_types, attrs["head_attrs"], dk) + _elements(in_types[1])

@@ -54,6 +54,8 @@ class Capabilities:
                                     # a state update in its variable's buffer (passes/memory_plan.py)
     recurrent_reserve: frozenset = frozenset()  # recurrent ops whose forward kernel can leave its
                                                 # per-step values for the gradient (ops/rnn.py)
+    pool_epilogue_heads: frozenset = frozenset()  # contraction heads whose fused kernel can also pool an
+                                                  # output as its rows are finished (passes/fusion.py)
     pool_argmax: bool = False  # it has max_pool2d_argmax and max_pool2d_grad_argmax: max pooling's
                                # gradient reads the forward pass's window positions, not its input
                                # (passes/pool_argmax.py)

@@ -9,7 +9,10 @@ gradient: BatchNormalization and ReLU6 after a depthwise convolution in inferenc
 
 attrs: ``head`` (the head's op name), ``head_attrs``, ``n_head`` (how many of the node's
 operands are the head's), ``body``/``outputs`` as in the `fused` op, where a ref
-``["acc", 0]`` is the head's result and ``["in", k]`` is operand ``n_head + k``.
+``["acc", 0]`` is the head's result and ``["in", k]`` is operand ``n_head + k``; optionally
+``pool`` = {"op": "max_pool2d", "attrs": its attrs, "of": j}: the node also pools its j-th
+output (a convolution's activation before a pooling layer whose windows neither overlap nor
+reach into padding), its last result, computed as soon as each row of windows is finished.
 
 The `fused_bias_grad` op: a convolution's weight gradient and its bias gradient (the sum of
 dy, its second operand, over ``axes``: all but the channel axis), made by the fusion pass so
@@ -28,6 +31,9 @@ def head_type(in_types, attrs):
 def _rule(in_types, attrs):
     types = member_types(in_types[attrs["n_head"]:], attrs, acc=head_type(in_types, attrs))
     outs = [types[j] for j in attrs["outputs"]]
+    pool = attrs.get("pool")
+    if pool is not None:
+        outs.append(get_op(pool["op"]).shape_rule([outs[pool["of"]]], pool["attrs"]))
     return outs[0] if len(outs) == 1 else tuple(outs)
 
 

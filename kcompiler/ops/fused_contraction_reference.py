@@ -1,14 +1,19 @@
 """numpy references of the fused heads: `fused_contraction` and `fused_pool_grad` (the head's
-reference, then the epilogue's members), `fused_bias_grad` (the head's and the sum's)."""
+reference, then the epilogue's members, then the pooling of one of them), `fused_bias_grad`
+(the head's and the sum's)."""
 from ..ir.registry import get_op, reference
 from .fused_reference import evaluate_members
 
 
 @reference("fused_contraction")
 @reference("fused_pool_grad")
-def fused_contraction(*operands, head, head_attrs, n_head, body, outputs):
+def fused_contraction(*operands, head, head_attrs, n_head, body, outputs, pool=None):
     acc = get_op(head).reference(*operands[:n_head], **head_attrs)
-    return evaluate_members(body, outputs, operands[n_head:], acc=acc)
+    results = evaluate_members(body, outputs, operands[n_head:], acc=acc)
+    if pool is None:
+        return results
+    results = results if isinstance(results, tuple) else (results,)
+    return results + (get_op(pool["op"]).reference(results[pool["of"]], **pool["attrs"]),)
 
 
 @reference("fused_bias_grad")

@@ -13,6 +13,11 @@ that head (Capabilities.epilogue_heads). Each decision is scored by the bytes it
 head's result is neither written nor read back: twice its size); a node with several heads
 takes the one that saves most. The notes give each fusion's score and each refusal's reason.
 
+Pooling (``fuse_pooling``): a max-pooling node whose input is an output of a fused contraction
+with a head the backend declares (Capabilities.pool_epilogue_heads) becomes that node's last
+result, computed while each finished row of windows is in cache (scored by the bytes of the
+pooled input that are not read back).
+
 Bias gradients (``fuse_bias_gradients``): a weight gradient whose op the backend declares
 (Capabilities.bias_grad_heads) and the sum of its dy over all but the channel axis (the bias
 gradient of the same layer) become one `fused_bias_grad` node reading dy once (scored by
@@ -23,7 +28,7 @@ import networkx as nx
 from ..ir.graph import GraphBuilder, copy_graph, operands, redirect_uses, topo_order
 from ..ir.registry import get_op
 from ..ir.types import num_elements
-from ..ops.pool import windows_overlap
+from ..ops.pool import pool_attrs, windows_overlap
 from .memory_plan import ITEMSIZE
 
 NOT_FUSABLE = {"fused"}
@@ -304,3 +309,57 @@ def _normalized_axes(axes, rank):
     if axes is None:
         return tuple(range(rank))
     return tuple(sorted(a % rank for a in (axes if isinstance(axes, (list, tuple)) else (axes,))))
+
+
+# ---- pooling: a convolution's activation and the pooling layer after it ---------------------------
+
+POOLED_EPILOGUE_OPS = frozenset({"max_pool2d"})
+
+
+def fuse_pooling(g, heads):
+    """Merge each max-pooling node reading an output of a `fused_contraction` whose head is in
+    ``heads`` (the backend's capability) into that node, as its last result (attr ``pool``).
+    The windows must tile the input: stride equal to the window, no padding."""
+    g = copy_graph(g)
+    g.graph["notes"] = list(g.graph.get("notes", []))
+    b = GraphBuilder(g)
+    for nid in topo_order(g):
+        if nid not in g or g.nodes[nid]["op"] not in POOLED_EPILOGUE_OPS:
+            continue
+        (src,) = operands(g, nid)
+        fc, of = (operands(g, src)[0], g.nodes[src]["attrs"]["index"]) if g.nodes[src]["op"] == "tuple_item" \
+            else (src, 0)
+        head = g.nodes[fc]
+        if head["op"] != "fused_contraction" or head["attrs"]["head"] not in heads:
+            continue
+        pooled = g.nodes[nid]
+        pool, strides, padding = pool_attrs(pooled["op"], pooled["attrs"])
+        height, width = g.nodes[src]["type"].shape[1:3]
+        why = None
+        if "pool" in head["attrs"]:
+            why = "its producer already pools another output"
+        elif tuple(strides) != tuple(pool):
+            why = "its stride differs from its window (windows overlap or skip elements)"
+        elif padding != "valid" and (height % pool[0] or width % pool[1]):
+            why = "its windows reach into the padding"
+        elif g.nodes[src]["type"].dtype != "float32":
+            why = "its input is not float32"
+        if why:
+            g.graph["notes"].append(f"%{nid} {pooled['op']} not fused into %{fc} fused_contraction: {why}")
+            continue
+        saved = _bytes(g.nodes[src]["type"])
+        attrs = dict(head["attrs"], pool={"op": pooled["op"], "attrs": dict(pooled["attrs"]), "of": of})
+        prev_layer, b.layer = b.layer, head.get("layer")
+        new = b.add("fused_contraction", operands(g, fc), attrs)
+        g.nodes[new]["fused"] = list(head.get("fused") or [head["attrs"]["head"]]) + [pooled["op"]]
+        outputs = len(head["type"]) if isinstance(head["type"], tuple) else 1
+        if outputs == 1:
+            redirect_uses(g, fc, b.tuple_item(new, 0), keep=[new])
+        else:  # its tuple_items keep their indices: the pooled result comes last
+            redirect_uses(g, fc, new, keep=[new])
+        redirect_uses(g, nid, b.tuple_item(new, outputs))
+        b.layer = prev_layer
+        g.remove_nodes_from([fc, nid])
+        g.graph["notes"].append(f"%{nid} {pooled['op']} fused into %{fc} fused_contraction as %{new}: saves "
+                                f"{saved} bytes (its input is pooled while in cache, not read back)")
+    return g

@@ -199,3 +199,68 @@ def test_a_sum_over_other_axes_is_no_bias_gradient():
     assert "fused_bias_grad" not in ops and "sum" in ops
     for out, expected in zip(got, run_reference(g, feeds)[0]):
         assert_close32(out, expected)
+
+
+def conv_relu_pool(batch, hw, cin, cout, pool, strides=None, padding="valid", pool_padding="valid",
+                   keep_activation=True):
+    """conv2d + bias + relu, then max pooling: the pooled result, and (as a training step keeps
+    it for the gradients) the activation too."""
+    b = GraphBuilder(name="conv_pool")
+    x = b.input("x", TensorType((batch, hw, hw, cin)))
+    k = b.input("k", TensorType((3, 3, cin, cout)))
+    bias = b.input("bias", TensorType((cout,)))
+    y = b.op("relu", b.op("bias_add", b.op("conv2d", x, k, strides=(1, 1), padding=padding, dilation=(1, 1)), bias))
+    pooled = b.op("max_pool2d", y, pool=pool, strides=strides or pool, padding=pool_padding)
+    b.g.graph["outputs"] = [pooled, y] if keep_activation else [pooled]
+    feeds = {"x": RNG.standard_normal((batch, hw, hw, cin)).astype(np.float32),
+             "k": RNG.standard_normal((3, 3, cin, cout)).astype(np.float32) * 0.3,
+             "bias": RNG.standard_normal(cout).astype(np.float32)}
+    return b.g, feeds
+
+
+@pytest.mark.parametrize("bounds_check", [False, True])
+@pytest.mark.parametrize("batch,hw,cin,cout,pool,padding,keep", [
+    (3, 9, 3, 5, (2, 2), "valid", True),      # 7x7 activation: its last row and column pooled by no window
+    (2, 12, 2, 40, (2, 2), "same", True),     # padded image copies; an edge panel of channels
+    (1, 7, 1, 3, (3, 2), "same", False),      # one image (one part); inference: only the pooled result
+    (4, 15, 8, 33, (2, 2), "valid", True),    # rows of windows ending inside a block of tiles
+    (2, 4, 3, 6, (2, 2), "valid", False),     # 2x2 activation: one window per image
+], ids=str)
+def test_conv_epilogue_pools_its_activation(batch, hw, cin, cout, pool, padding, keep, bounds_check, monkeypatch):
+    from kcompiler.codegen.llvm import conv, threads
+    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
+    monkeypatch.setattr(threads, "default_nthreads", lambda: 2)
+    monkeypatch.setattr(conv, "PARALLEL_MIN_MACS", 0)
+    use_options(monkeypatch, bounds_check=bounds_check)
+    g, feeds = conv_relu_pool(batch, hw, cin, cout, pool, padding=padding, keep_activation=keep)
+    got, ops = run_fused(g, feeds)
+    assert "max_pool2d" not in ops and ops.count("fused_contraction") == 1
+    for out, expected in zip(got, run_reference(g, feeds)[0]):
+        assert_close32(out, expected)
+    fused = lower_graph(g, fuse=True)[1]["fused"]
+    activation_bytes = 4 * batch * int(np.prod(run_reference(g, feeds)[0][1].shape[1:])) if keep else None
+    notes = [n for n in fused.graph["notes"] if "max_pool2d fused into" in n]
+    assert len(notes) == 1 and (activation_bytes is None or f"saves {activation_bytes} bytes" in notes[0])
+
+
+@pytest.mark.parametrize("pool,strides,pool_padding,why", [
+    ((3, 3), (2, 2), "valid", "windows overlap"),
+    ((2, 2), (2, 2), "same", "reach into the padding"),   # a 7x7 activation: the last windows are padded
+], ids=str)
+def test_pooling_that_does_not_tile_its_input_keeps_its_kernel(pool, strides, pool_padding, why):
+    g, feeds = conv_relu_pool(2, 9, 3, 4, pool, strides=strides, pool_padding=pool_padding)
+    got, ops = run_fused(g, feeds)
+    assert "max_pool2d" in ops
+    assert any("max_pool2d not fused" in note and why in note
+               for note in lower_graph(g, fuse=True)[1]["fused"].graph["notes"])
+    for out, expected in zip(got, run_reference(g, feeds)[0]):
+        assert_close32(out, expected)
+
+
+def test_a_backend_without_pooled_epilogues_keeps_the_pooling_kernel():
+    from kcompiler.passes.fusion import fuse_elementwise, fuse_epilogues, fuse_pooling
+    g, _ = conv_relu_pool(2, 8, 3, 4, (2, 2))
+    g = fuse_epilogues(fuse_elementwise(g), heads=frozenset({"conv2d"}))
+    assert fuse_pooling(g, heads=frozenset()).number_of_nodes() == g.number_of_nodes()
+    pooled = fuse_pooling(g, heads=frozenset({"conv2d"}))
+    assert "max_pool2d" not in [pooled.nodes[n]["op"] for n in pooled.nodes]

@@ -24,6 +24,7 @@ class LLVMBackend(Backend):
             bias_grad_heads=frozenset({"conv2d_backward_kernel"}),
             in_place_updates=True,
             recurrent_reserve=frozenset(RECURRENT_OPS),
+            pool_epilogue_heads=frozenset({"conv2d"}),
             # It has both pooling ops, but does not ask for the pass yet: on two cores it made the
             # W2 and W3 training steps ~0.8 ms slower (one core: W3 0.9 ms faster). The freed
             # pre-pool activation's bytes go to backward tensors the other core writes, and the

@@ -310,17 +310,23 @@ def _aligned(n):
 # ---- the three ops ---------------------------------------------------------------------------
 
 @lowering("llvm", "conv2d")
-def lower_conv2d(k, epilogue=None):
+def lower_conv2d(k, epilogue=None, pool=None):
     """``epilogue`` (codegen/llvm/epilogue.py) finishes each block of output rows right after
-    its tiles, while they are in cache."""
+    its tiles, while they are in cache. ``pool`` (epilogue.PooledOutput) then pools the rows of
+    windows each block completes; the parts then own whole images, and blocks do not cross
+    images."""
     x, kernel = k.inputs
     y = k.outputs[0]
     g = conv_geometry("conv2d", k.in_types[0].shape, k.in_types[1].shape, k.attrs)
     extra = epilogue.pointers[1:] if epilogue is not None else []  # pointers[0] is y
+    pixels = g.out_h * g.out_w
     if g.pointwise:
         k.call_gemm(False, False, g.rows, g.cout, g.cin, x, g.cin, kernel, g.cout, y, g.cout)
         if epilogue is not None:
             epilogue.emit(k.b, epilogue.pointers, 0, g.rows)
+        if pool is not None:
+            with for_range(k.b, g.batch, name="pimage") as n:
+                pool.emit(k.b, epilogue.pointers, n, c64(0), c64(pixels))
         return
     t = forward_tile(host_tile())
     image, padded = image_layout(g)
@@ -328,11 +334,10 @@ def lower_conv2d(k, epilogue=None):
     full_tile = emit_forward_tile(k.module, g, image, t, t.nr) if panels else None
     edge_tile = emit_forward_tile(k.module, g, image, t, edge) if edge else None
     packed_floats = _aligned(-(-g.cout // t.nr) * t.nr * g.width)
-    pixels = g.out_h * g.out_w
     group = max(1, GROUP_BUDGET_FLOATS // image.floats)
     pad_floats = _aligned(group * image.floats) if padded else 0
     block = t.mr * BLOCK_TILES
-    nparts = parts_for(g.rows * g.width * g.cout, -(-g.rows // block))
+    nparts = parts_for(g.rows * g.width * g.cout, g.batch if pool is not None else -(-g.rows // block))
 
     def body(p):
         b, (x, kernel, y), rest = p.b, p.buffers[:3], p.buffers[3:]
@@ -342,8 +347,11 @@ def lower_conv2d(k, epilogue=None):
         own = b.mul(p.index, c64(packed_floats + pad_floats))
         packed = p.slice(p.scratch, own, packed_floats)
         emit_pack_kernel(b, g, t, kernel, packed)
-        lo, hi = split(b, p.index, p.count, -(-g.rows // t.mr), t.mr)
-        hi = smin(b, hi, g.rows)
+        if pool is not None:
+            lo, hi = split(b, p.index, p.count, g.batch, pixels)
+        else:
+            lo, hi = split(b, p.index, p.count, -(-g.rows // t.mr), t.mr)
+            hi = smin(b, hi, g.rows)
 
         def rows(x0, n0, first_row, end_row):
             with chunks(b, first_row, end_row, block) as (first, count):
@@ -363,16 +371,27 @@ def lower_conv2d(k, epilogue=None):
                                            at(b, c, c64(panels * t.nr))])
                 if epilogue is not None:
                     epilogue.emit(b, [y] + rest, first, count)
+                if pool is not None:  # first_row is the image's first row
+                    n = b.udiv(first_row, c64(pixels))
+                    pool.emit(b, [y] + rest, n, b.sub(first, first_row), b.sub(end, first_row))
+
+        def images(x0, n0, first_row, end_row):
+            """rows(), image by image when pooling."""
+            if pool is None:
+                rows(x0, n0, first_row, end_row)
+                return
+            with for_range(b, end_row, start=first_row, step=pixels, name="image") as r:
+                rows(x0, n0, r, b.add(r, c64(pixels)))
 
         if not padded:
-            rows(x, c64(0), lo, hi)
+            images(x, c64(0), lo, hi)
             return
         pad = p.slice(p.scratch, b.add(own, c64(packed_floats)), pad_floats)
         n_lo, n_hi = b.udiv(lo, c64(pixels)), b.udiv(b.add(hi, c64(pixels - 1)), c64(pixels))
         with for_range(b, n_hi, start=n_lo, step=group, name="group") as n0:
             n1 = smin(b, b.add(n0, c64(group)), n_hi)
             emit_pad(b, g, image, x, n0, n1, pad)
-            rows(pad, n0, smax(b, lo, b.mul(n0, c64(pixels))), smin(b, hi, b.mul(n1, c64(pixels))))
+            images(pad, n0, smax(b, lo, b.mul(n0, c64(pixels))), smin(b, hi, b.mul(n1, c64(pixels))))
 
     run_parts(k, [x, kernel, y] + extra, nparts, body, scratch_floats=nparts * (packed_floats + pad_floats))
 

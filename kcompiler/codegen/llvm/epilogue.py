@@ -4,17 +4,20 @@ product, evaluating the element-wise members, storing every output — while the
 cache. A matmul whose product is one SGEMM hands the epilogue to the SGEMM as a function
 (``kc_sgemm_epilogue``), which calls it on each block of the product as soon as the block
 is final, on the core that computed it; a convolution calls the epilogue after each block
-of rows it computes (its input gradient: after each group of images is complete)."""
+of rows it computes (its input gradient: after each group of images is complete), and then
+pools the rows of windows the block completed when the node also pools an output (attr
+``pool``: the max-pooling layer after a convolution reads its input while it is in cache)."""
 import llvmlite.ir as ir
 
 from ...ir.registry import get_op, lowering
 from ...ops.fused import member_types
+from ...ops.pool import pool_attrs
 from ...schedule.elementwise import member_values
 from ...schedule.kernel import Const, Load, Var
-from .conv import lower_conv2d, lower_conv2d_backward_input
+from .conv import lower_conv2d, lower_conv2d_backward_input, smin
 from .gemm import EPILOGUE_FN_TYPE
 from .irutil import MEM_TYPE, bounds_checking, c64, for_range, i8p, i32, load, store
-from .render import ValueRenderer
+from .render import ValueRenderer, scalar
 
 
 class HeadView:
@@ -74,6 +77,8 @@ class Epilogue:
         self.member_types = member_types(self.extra_types, attrs, acc=head_type)
         constants = {i - n: v for i, v in k.inline_constants.items() if i >= n}
         self.operands = [self._operand(i, t, constants) for i, t in enumerate(self.extra_types)]
+        # (with attr pool, out_types and pointers also hold the pooled result, last: the
+        # members' outputs, out_index, are the ones before it)
         # output -> epilogue operand it is computed in (passes/memory_plan.py: a state update in
         # its variable's buffer; never output 0, which holds the product first). Every member is
         # bound before the first store, so the operand's element is read before it is written.
@@ -158,6 +163,41 @@ class Epilogue:
                     store(b, values.expr(members[j]), target, flat, t.dtype)
 
 
+class PooledOutput:
+    """A fused contraction's pooling of one of its outputs (attr ``pool``: max pooling whose
+    windows tile the output; passes/fusion.py) into its last result, rows of windows at a time."""
+
+    def __init__(self, k):
+        pool = k.attrs["pool"]
+        (self.ph, self.pw), _, _ = pool_attrs(pool["op"], pool["attrs"])
+        self.source, self.target = pool["of"], len(k.out_types) - 1  # indices into Epilogue.pointers
+        _, self.height, self.width, self.channels = k.out_types[self.source].shape
+        self.rows_out, self.cols_out = k.out_types[self.target].shape[1:3]
+
+    def emit(self, b, pointers, image, first, end):
+        """Pool the rows of windows of image ``image`` that its pixels [first, end) complete
+        (i64 values; row-major pixels of that image, earlier ones already pooled)."""
+        c = self.channels
+        unit = self.ph * self.width  # the pixels of one row of windows
+        lo = b.sdiv(first, c64(unit))
+        hi = smin(b, b.sdiv(end, c64(unit)), self.rows_out)
+        src, dst = pointers[self.source], pointers[self.target]
+        with for_range(b, hi, start=lo, name="pr") as r:
+            top = b.mul(b.add(b.mul(image, c64(self.height)), b.mul(r, c64(self.ph))), c64(self.width))
+            out_row = b.mul(b.add(b.mul(image, c64(self.rows_out)), r), c64(self.cols_out))
+            with for_range(b, self.cols_out, name="pc") as pc:
+                base = b.mul(b.add(top, b.mul(pc, c64(self.pw))), c64(c))
+                out = b.mul(b.add(out_row, pc), c64(c))
+                with for_range(b, c, name="pch") as ch:
+                    at = b.add(base, ch)
+                    values = [load(b, src, b.add(at, c64((i * self.width + j) * c)), "float32")
+                              for i in range(self.ph) for j in range(self.pw)]
+                    while len(values) > 1:  # a balanced tree, as the max_pool2d kernel takes it
+                        values = [scalar(b, "max", values[m:m + 2]) if m + 1 < len(values) else values[m]
+                                  for m in range(0, len(values), 2)]
+                    store(b, values[0], dst, b.add(out, ch), "float32")
+
+
 def prefetch(b, ptr, index):
     """Ask for the cache line of ptr[index], for writing (an update stores its operand back);
     a prefetch never faults."""
@@ -179,6 +219,9 @@ def lower_fused_contraction(k):
     rows = 1
     for d in head_type.shape[:-1]:
         rows *= d
+    if k.attrs.get("pool") is not None:  # (a backend declares conv2d only: Capabilities.pool_epilogue_heads)
+        lower_conv2d(head, epilogue=epilogue, pool=PooledOutput(k))
+        return
     if k.attrs["head"] in CHUNKED_HEADS:
         CHUNKED_HEADS[k.attrs["head"]](head, epilogue=epilogue)
         return
