@@ -119,7 +119,11 @@ def host_target_info() -> tuple[str, str, str]:
 
     ``features`` is the host feature string; on AVX-512 hosts ``-prefer-256-bit``
     is appended so that auto-vectorised loops use 512-bit vectors (see
-    :func:`vector_width_attrs`).
+    :func:`vector_width_attrs`), and on AVX2 hosts ``+prefer-no-gather,+prefer-no-scatter``:
+    LLVM's vectoriser otherwise vectorised the outer loop of a per-channel operation across
+    rows, each vector gathered and scattered with a stride of one row (a bias_add over
+    64x30x30x32 floats on a Zen 4 host: 1.96 ms, 0.13 ms without gathers and scatters, as
+    fast as a relu).
     """
     global _HOST_INFO
     if _HOST_INFO is None:
@@ -132,6 +136,8 @@ def host_target_info() -> tuple[str, str, str]:
             features = ""
         if "+avx512f" in features.split(","):
             features += ",-prefer-256-bit"
+        if "+avx2" in features.split(","):
+            features += ",+prefer-no-gather,+prefer-no-scatter"
         _HOST_INFO = (triple, cpu, features)
     return _HOST_INFO
 
