@@ -25,7 +25,7 @@ from .bench import node_bytes
 from .ir.graph import operands
 from .ir.registry import get_op
 from .ir.types import num_elements
-from .ops.fused_contraction import head_type
+from .ops.fused_contraction import bias_grad_dy_type, head_type
 from .ops.rnn import GATES
 
 CONV_OPS = ("conv2d", "conv2d_backward_input", "conv2d_backward_kernel")
@@ -90,9 +90,14 @@ def node_flops(g, nid):
                       or _elements(head[0]))  # a pooling gradient: one operation per gradient element
         pooled = _elements(out[attrs["pool"]["of"]]) if attrs.get("pool") else 0  # as the pooling layer counts
         return head_flops + _members(attrs["body"]) * _elements(acc) + pooled
-    if op == "fused_bias_grad":  # the weight gradient, and the bias gradient's sum over dy
+    if op == "fused_bias_grad":  # the weight gradient, the bias gradient's sum over dy, dy's producer
         dk = out[0]
-        return contraction_flops(attrs["head"], in_types, attrs["head_attrs"], dk) + _elements(in_types[1])
+        dy = bias_grad_dy_type(in_types, attrs)
+        producer = attrs.get("dy")
+        made = 0 if producer is None else (
+            (described_flops(producer["head"], in_types[1:1 + producer["n_head"]], producer["head_attrs"], dy)
+             or _elements(dy)) + _members(producer["body"]) * _elements(dy))
+        return contraction_flops(attrs["head"], [in_types[0], dy], attrs["head_attrs"], dk) + _elements(dy) + made
     if op == "fused":
         return _members(attrs["body"]) * _elements(out)
     described = described_flops(op, in_types, attrs, out)

@@ -17,7 +17,10 @@ reach into padding), its last result, computed as soon as each row of windows is
 The `fused_bias_grad` op: a convolution's weight gradient and its bias gradient (the sum of
 dy, its second operand, over ``axes``: all but the channel axis), made by the fusion pass so
 that dy is read once for both. attrs: ``head`` (conv2d_backward_kernel), ``head_attrs``,
-``axes``; its operands are the head's; its results (dK, db).
+``axes``; its operands are the head's; its results (dK, db). With attr ``dy`` (the attrs of a
+`fused_pool_grad` node: the max-pooling gradient and the activation gradient before it) its
+operands are x and that node's, and it computes dy itself, an image at a time into memory
+that stays in cache, instead of reading it: dy is never written out and read back.
 """
 from ..ir.registry import get_op, register
 from ..ir.types import TensorType
@@ -43,9 +46,15 @@ register("fused_pool_grad", shape=_rule, kind="reduction",
          doc="a pooling gradient with an element-wise epilogue at its stores (see attrs); made by passes/fusion.py")
 
 
+def bias_grad_dy_type(in_types, attrs):
+    """dy of a `fused_bias_grad`: its second operand, or what its ``dy`` producer computes."""
+    producer = attrs.get("dy")
+    return in_types[1] if producer is None else _rule(in_types[1:], producer)
+
+
 def _bias_grad_rule(in_types, attrs):
-    dy = in_types[1]
-    return (head_type(in_types, dict(attrs, n_head=len(in_types))),
+    dy = bias_grad_dy_type(in_types, attrs)
+    return (head_type([in_types[0], dy], dict(attrs, n_head=2)),
             TensorType(tuple(d for i, d in enumerate(dy.shape) if i not in attrs["axes"]), dy.dtype))
 
 

@@ -17,5 +17,6 @@ def fused_contraction(*operands, head, head_attrs, n_head, body, outputs, pool=N
 
 
 @reference("fused_bias_grad")
-def fused_bias_grad(*operands, head, head_attrs, axes):
-    return get_op(head).reference(*operands, **head_attrs), get_op("sum").reference(operands[1], axes=axes)
+def fused_bias_grad(*operands, head, head_attrs, axes, dy=None):
+    x, dy_value = operands[0], operands[1] if dy is None else fused_contraction(*operands[1:], **dy)
+    return get_op(head).reference(x, dy_value, **head_attrs), get_op("sum").reference(dy_value, axes=axes)

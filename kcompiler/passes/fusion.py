@@ -21,13 +21,15 @@ pooled input that are not read back).
 Bias gradients (``fuse_bias_gradients``): a weight gradient whose op the backend declares
 (Capabilities.bias_grad_heads) and the sum of its dy over all but the channel axis (the bias
 gradient of the same layer) become one `fused_bias_grad` node reading dy once (scored by
-dy's bytes).
+dy's bytes). ``fuse_dy_producers`` then gives such a node the pooling gradient computing its dy
+when nothing else reads that dy (Capabilities.bias_grad_dy_heads).
 """
 import networkx as nx
 
 from ..ir.graph import GraphBuilder, copy_graph, operands, redirect_uses, topo_order
 from ..ir.registry import get_op
 from ..ir.types import num_elements
+from ..ops.conv import conv_geometry
 from ..ops.pool import pool_attrs, windows_overlap
 from .memory_plan import ITEMSIZE
 
@@ -302,6 +304,46 @@ def fuse_bias_gradients(g, heads):
         score = f"saves {_bytes(dy_type)} bytes" if dy_type.is_static else "saves a pass over dy (size not static)"
         g.graph["notes"].append(f"%{total} sum fused with %{nid} {head['op']} as %{fused} fused_bias_grad: {score} "
                                 "(dy is read once for both)")
+    return g
+
+
+def fuse_dy_producers(g, heads):
+    """Merge into each `fused_bias_grad` the `fused_pool_grad` node computing its dy, when that
+    node's head is in ``heads`` (the backend's capability: Capabilities.bias_grad_dy_heads) and
+    the weight gradient is its only reader (the first convolution of a network, whose input
+    takes no gradient): the kernel computes dy an image at a time into memory that stays in
+    cache, so dy is neither written out nor read back (scored by twice its bytes)."""
+    g = copy_graph(g)
+    g.graph["notes"] = list(g.graph.get("notes", []))
+    live_out = set(g.graph["outputs"]) | set(g.graph["updates"].values())
+    b = GraphBuilder(g)
+    for nid in topo_order(g):
+        if nid not in g or g.nodes[nid]["op"] != "fused_bias_grad" or "dy" in g.nodes[nid]["attrs"]:
+            continue
+        x, dy = operands(g, nid)
+        producer = g.nodes[dy]
+        if producer["op"] != "fused_pool_grad" or producer["attrs"]["head"] not in heads:
+            continue
+        why = None
+        if dy in live_out or set(g.successors(dy)) != {nid}:
+            why = "its result is also used elsewhere"
+        elif conv_geometry(g.nodes[nid]["attrs"]["head"], g.nodes[x]["type"].shape,
+                           g.nodes[nid]["attrs"]["head_attrs"]["kernel_shape"], g.nodes[nid]["attrs"]["head_attrs"]
+                           ).pointwise:
+            why = "a 1x1 convolution's weight gradient is one matrix product over all of dy"
+        if why:
+            g.graph["notes"].append(f"%{dy} fused_pool_grad not fused into %{nid} fused_bias_grad: {why}")
+            continue
+        saved = 2 * _bytes(producer["type"])
+        node = g.nodes[nid]
+        prev_layer, b.layer = b.layer, node.get("layer")
+        new = b.add("fused_bias_grad", [x] + operands(g, dy), dict(node["attrs"], dy=dict(producer["attrs"])))
+        b.layer = prev_layer
+        g.nodes[new]["fused"] = list(producer.get("fused") or []) + list(node.get("fused") or [])
+        redirect_uses(g, nid, new, keep=[new])
+        g.remove_nodes_from([nid, dy])
+        g.graph["notes"].append(f"%{dy} fused_pool_grad fused into %{nid} fused_bias_grad as %{new}: saves {saved} "
+                                "bytes (dy is computed where the weight gradient reads it, never written out)")
     return g
 
 

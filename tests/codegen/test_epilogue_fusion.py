@@ -264,3 +264,77 @@ def test_a_backend_without_pooled_epilogues_keeps_the_pooling_kernel():
     assert fuse_pooling(g, heads=frozenset()).number_of_nodes() == g.number_of_nodes()
     pooled = fuse_pooling(g, heads=frozenset({"conv2d"}))
     assert "max_pool2d" not in [pooled.nodes[n]["op"] for n in pooled.nodes]
+
+
+def weight_gradient_of_a_pooled_activation(batch, hw, cin, cout, op, pool, padding, kernel=3, dy_read_twice=False):
+    """The first convolution's gradients in a CNN: dy = relu_grad(y, pooling gradient of dp), then
+    dK and the bias gradient of dy (and, with ``dy_read_twice``, dy itself as a result too)."""
+    b = GraphBuilder(name="pooled_weight_gradient")
+    attrs = dict(strides=(1, 1), padding="valid", dilation=(1, 1))
+    x = b.input("x", TensorType((batch, hw, hw, cin)))
+    side = hw - kernel + 1
+    y = b.input("y", TensorType((batch, side, side, cout)))
+    pool_attrs = dict(pool=pool, strides=pool, padding=padding)
+    pooled = b.type(b.op(op.replace("_grad", ""), y, **pool_attrs)).shape
+    dp = b.input("dp", TensorType(pooled))
+    dx = b.op(op, y, dp, **pool_attrs) if op == "max_pool2d_grad" else b.op(op, dp, input_hw=(side, side), **pool_attrs)
+    dy = b.op("relu_grad", y, dx)
+    b.g.graph["outputs"] = [b.op("conv2d_backward_kernel", x, dy, kernel_shape=(kernel, kernel, cin, cout), **attrs),
+                            b.op("sum", dy, axes=(0, 1, 2), keepdims=False)] + ([dy] if dy_read_twice else [])
+    feeds = {"x": RNG.standard_normal((batch, hw, hw, cin)).astype(np.float32),
+             "y": np.maximum(RNG.standard_normal((batch, side, side, cout)), 0).astype(np.float32),
+             "dp": RNG.standard_normal(pooled).astype(np.float32)}
+    return b.g, feeds
+
+
+@pytest.mark.parametrize("bounds_check", [False, True])
+@pytest.mark.parametrize("split_batch", [False, True])
+@pytest.mark.parametrize("batch,hw,cin,cout,op,pool,padding,block_floats", [
+    (3, 9, 3, 5, "max_pool2d_grad", (2, 2), "valid", None),      # 7x7 dy: its last row and column get none
+    (4, 12, 2, 35, "max_pool2d_grad", (2, 2), "valid", 1),       # blocks of one dy row; an edge panel
+    (2, 11, 2, 17, "avg_pool2d_grad", (3, 3), "same", None),     # padded windows
+    (5, 6, 3, 4, "max_pool2d_grad", (2, 2), "same", 344),        # blocks of two images, the last partial
+], ids=str)
+def test_weight_gradient_computes_the_pooling_gradient_it_reads(batch, hw, cin, cout, op, pool, padding, block_floats,
+                                                                split_batch, bounds_check, monkeypatch):
+    from kcompiler.codegen.llvm import conv, threads
+    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
+    monkeypatch.setattr(threads, "default_nthreads", lambda: 2)
+    monkeypatch.setattr(conv, "PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(conv, "split_by_batch", lambda g, nparts: split_batch and g.batch >= nparts)
+    if block_floats is not None:
+        monkeypatch.setattr(conv, "BLOCK_FLOATS", block_floats)
+    use_options(monkeypatch, bounds_check=bounds_check)
+    g, feeds = weight_gradient_of_a_pooled_activation(batch, hw, cin, cout, op, pool, padding)
+    compiled, stages = lower_graph(g, fuse=True)
+    fused = stages["fused"]
+    assert [fused.nodes[n]["op"] for n in fused.nodes if fused.nodes[n]["op"].startswith("fused")] == ["fused_bias_grad"]
+    for out, expected in zip(run_reference(fused, feeds)[0], run_reference(g, feeds)[0]):
+        assert_close32(out, expected)
+    compiled.run(feeds)
+    for out, expected in zip(compiled.run(feeds), run_reference(g, feeds)[0]):  # a second step: nothing left over
+        assert_close32(out, expected)
+    dy_bytes = 4 * int(np.prod(feeds["y"].shape))
+    assert any(f"saves {2 * dy_bytes} bytes (dy is computed where the weight gradient reads it" in note
+               for note in fused.graph["notes"])
+
+
+@pytest.mark.parametrize("kernel,dy_read_twice,why", [(3, True, "also used elsewhere"), (1, False, "1x1 convolution")])
+def test_a_pooling_gradient_read_elsewhere_or_by_a_1x1_kernel_keeps_its_kernel(kernel, dy_read_twice, why):
+    g, feeds = weight_gradient_of_a_pooled_activation(2, 8, 3, 4, "max_pool2d_grad", (2, 2), "valid", kernel=kernel,
+                                                      dy_read_twice=dy_read_twice)
+    compiled, stages = lower_graph(g, fuse=True)
+    fused = stages["fused"]
+    assert "fused_pool_grad" in [fused.nodes[n]["op"] for n in fused.nodes]
+    assert any("fused_pool_grad not fused into" in note and why in note for note in fused.graph["notes"])
+    for out, expected in zip(compiled.run(feeds), run_reference(g, feeds)[0]):
+        assert_close32(out, expected)
+
+
+def test_a_backend_without_the_capability_keeps_the_pooling_gradient_kernel():
+    from kcompiler.passes.fusion import fuse_bias_gradients, fuse_dy_producers, fuse_elementwise, fuse_epilogues
+    g, _ = weight_gradient_of_a_pooled_activation(2, 8, 3, 4, "max_pool2d_grad", (2, 2), "valid")
+    g = fuse_bias_gradients(fuse_epilogues(fuse_elementwise(g), heads=frozenset({"max_pool2d_grad"})),
+                            heads=frozenset({"conv2d_backward_kernel"}))
+    assert fuse_dy_producers(g, heads=frozenset()).number_of_nodes() == g.number_of_nodes()
+    assert fuse_dy_producers(g, heads=frozenset({"max_pool2d_grad"})).number_of_nodes() < g.number_of_nodes()

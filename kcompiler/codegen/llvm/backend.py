@@ -22,6 +22,7 @@ class LLVMBackend(Backend):
             dtypes=frozenset(COMPILED_DTYPES),
             executes=True,
             bias_grad_heads=frozenset({"conv2d_backward_kernel"}),
+            bias_grad_dy_heads=frozenset({"max_pool2d_grad", "max_pool2d_grad_argmax", "avg_pool2d_grad"}),
             in_place_updates=True,
             recurrent_reserve=frozenset(RECURRENT_OPS),
             pool_epilogue_heads=frozenset({"conv2d"}),

@@ -498,15 +498,8 @@ def emit_pack_transposed_taps(b, g, t, kernel, packed):
                 fill_zero(b, packed, b.add(dst, valid), b.add(dst, c64(t.nr)), name="pz")
 
 
-@lowering("llvm", "fused_bias_grad")
-def lower_fused_bias_grad(k):
-    """conv2d_backward_kernel and its bias gradient (the sum of dy over all but the channel
-    axis), in one pass over dy."""
-    lower_conv2d_backward_kernel(k, k.attrs["head_attrs"], bias=k.outputs[1])
-
-
 @lowering("llvm", "conv2d_backward_kernel")
-def lower_conv2d_backward_kernel(k, attrs=None, bias=None):
+def lower_conv2d_backward_kernel(k, attrs=None, bias=None, dy_source=None):
     """dK as tiles of rows (tap, channel) x columns (output channels), each summed over output
     pixels. The pixels go through in blocks (output rows of one image, or whole images) whose
     input and dy stay in the L1 cache while every tile of the part adds their products.
@@ -518,11 +511,15 @@ def lower_conv2d_backward_kernel(k, attrs=None, bias=None):
     ran 1.1x faster on two cores than on one, memory-bound; the merge adds 864 floats.
 
     ``bias`` (fused_bias_grad): also the sum of dy's rows, into that output: the tiles of the
-    first rows of dK add up each pixel block's dy columns while the block is in L1."""
-    x, dy = k.inputs
+    first rows of dK add up each pixel block's dy columns while the block is in L1.
+
+    ``dy_source`` (epilogue.DyProducer): dy is not an operand; before each block of images the
+    part computes their dy into its scratch memory (where it stays in cache), and the tiles
+    and the bias sums read it there."""
+    x, dy = k.inputs[0], (k.inputs[1] if dy_source is None else None)
     dk = k.outputs[0]
     g = conv_geometry("conv2d_backward_kernel", k.in_types[0].shape, k.out_types[0].shape, attrs or k.attrs)
-    if g.pointwise:
+    if g.pointwise:  # (fusion gives a 1x1 convolution no dy_source: passes/fusion.py)
         k.call_gemm(True, False, g.cin, g.cout, g.rows, x, g.cin, dy, g.cout, dk, g.cout)
         if bias is not None:
             fill_zero(k.b, bias, 0, g.cout, name="db0")
@@ -545,11 +542,19 @@ def lower_conv2d_backward_kernel(k, attrs=None, bias=None):
         nparts = min(nparts, tiles)
     bias_floats = g.cout if bias is not None else 0
     partial_floats = _aligned(dk_floats + bias_floats) if split_batch else 0
+    dy_image = g.out_h * g.out_w * g.cout
+    dy_floats = _aligned(block_images * dy_image) if dy_source is not None else 0
+    own_floats = pad_floats + partial_floats + dy_floats
 
     def body(p):
-        b, (x, dy, dk), db = p.b, p.buffers[:3], (p.buffers[3] if bias is not None else None)
-        own = p.slice(p.scratch, b.mul(p.index, c64(pad_floats + partial_floats)), pad_floats + partial_floats)
+        b = p.b
+        x, dy, dk = p.buffers[:3] if dy_source is None else (p.buffers[0], None, p.buffers[1])
+        rest = p.buffers[3:] if dy_source is None else p.buffers[2:]
+        db = rest[0] if bias is not None else None
+        sources = rest[1:] if bias is not None else rest  # the dy producer's operands
+        own = p.slice(p.scratch, b.mul(p.index, c64(own_floats)), own_floats)
         pad = p.slice(own, c64(0), pad_floats) if padded else None
+        dy_block = p.slice(own, c64(pad_floats + partial_floats), dy_floats) if dy_source is not None else None
         if split_batch:
             lo, hi = c64(0), c64(tiles)
             img_lo, img_hi = split(b, p.index, p.count, g.batch, 1)
@@ -569,24 +574,28 @@ def lower_conv2d_backward_kernel(k, attrs=None, bias=None):
                 n1 = smin(b, b.add(n0, c64(block_images)), g1)
                 x0 = at(b, pad, b.mul(b.sub(n0, g0), c64(image.floats))) if padded \
                     else at(b, x, b.mul(n0, c64(image.floats)))
+                if dy_source is not None:
+                    dy_source.emit(b, sources, n0, n1, dy_block, p.status)
                 with for_range(b, g.out_h, step=block_rows, name="rows") as oh0:
                     nrows = smin(b, b.sub(c64(g.out_h), oh0), block_rows)
                     # the part's first block stores, the others add
                     add = b.or_(b.icmp_signed(">", n0, img_lo), b.icmp_signed(">", oh0, c64(0)))
                     weight_gradient_tiles(b, g, image, t, tiles_of, lo, hi, row_tiles, panels, edge, x0, n0, n1,
-                                          oh0, nrows, dy, acc, add,
+                                          oh0, nrows, dy if dy_source is None else dy_block, acc, add,
                                           (pad, b.mul(b.sub(n0, g0), c64(image.floats))) if padded
-                                          else (x, b.mul(n0, c64(image.floats))), db)
+                                          else (x, b.mul(n0, c64(image.floats))), db,
+                                          dy_image0=c64(0) if dy_source is None else n0)
 
     def merge(b, scratch):
         for i in range(1, nparts):
-            partial = at(b, scratch, c64(i * (pad_floats + partial_floats) + pad_floats))
+            partial = at(b, scratch, c64(i * own_floats + pad_floats))
             add_rows(b, dk, partial, 0, 1, 0, dk_floats, 0)
             if bias is not None:
                 add_rows(b, bias, at(b, partial, c64(dk_floats)), 0, 1, 0, g.cout, 0)
 
-    run_parts(k, [x, dy, dk] + ([bias] if bias is not None else []), nparts, body,
-              scratch_floats=nparts * (pad_floats + partial_floats), after=merge if split_batch else None)
+    inputs = [x, dy] if dy_source is None else [x]
+    run_parts(k, inputs + [dk] + ([bias] if bias is not None else []) + (dy_source.pointers if dy_source else []),
+              nparts, body, scratch_floats=nparts * own_floats, after=merge if split_batch else None)
 
 
 def add_rows(b, dst, src, first, count, lo, hi, row_floats):
@@ -618,11 +627,13 @@ def pixel_blocks(g, image):
 
 
 def weight_gradient_tiles(b, g, image, t, tiles_of, lo, hi, row_tiles, panels, edge, x0, n0, n1, oh0, nrows,
-                          dy, dk, add, checked_x, db=None):
+                          dy, dk, add, checked_x, db=None, dy_image0=None):
     """Tiles [lo, hi) of dK (panel-major) summed over output rows [oh0, oh0 + nrows) of images
     [n0, n1); ``checked_x``: (buffer, offset) of x0, for bounds-checked builds. With ``db``, a
-    tile of dK's first rows also sums its panel's columns of those dy rows into db."""
-    dy0 = at(b, dy, b.add(b.mul(n0, c64(g.out_h * g.out_w * g.cout)), b.mul(oh0, c64(g.out_w * g.cout))))
+    tile of dK's first rows also sums its panel's columns of those dy rows into db. ``dy``
+    holds images from ``dy_image0`` (i64; all of dy: 0) on."""
+    dn0, dn1 = (n0, n1) if dy_image0 is None else (b.sub(n0, dy_image0), b.sub(n1, dy_image0))
+    dy0 = at(b, dy, b.add(b.mul(dn0, c64(g.out_h * g.out_w * g.cout)), b.mul(oh0, c64(g.out_w * g.cout))))
     x0 = at(b, x0, b.mul(oh0, c64(g.sh * image.width * image.cin)))
     with for_range(b, hi, start=lo, name="tile") as tid:
         panel, m0 = b.udiv(tid, c64(row_tiles)), b.mul(b.urem(tid, c64(row_tiles)), c64(t.mr))
@@ -631,7 +642,7 @@ def weight_gradient_tiles(b, g, image, t, tiles_of, lo, hi, row_tiles, panels, e
 
         def call(nr):
             if bounds_checking():
-                check_weight_gradient_tile(b, g, image, t, checked_x, dy, n0, n1, oh0, nrows, m0, mr, dk, panel, nr)
+                check_weight_gradient_tile(b, g, image, t, checked_x, dy, dn0, dn1, oh0, nrows, m0, mr, dk, panel, nr)
             b.call(tiles_of[nr], [x0, at(b, dy0, b.mul(panel, c64(t.nr))), b.sub(n1, n0), nrows, m0, mr, c, add])
 
         if panels and edge:
@@ -649,6 +660,6 @@ def weight_gradient_tiles(b, g, image, t, tiles_of, lo, hi, row_tiles, panels, e
                 with b.if_then(b.not_(add)):
                     fill_zero(b, db, col_lo, col_hi, name="db0")
                 pixels = g.out_h * g.out_w
-                with for_range(b, n1, start=n0, name="bn") as n:
+                with for_range(b, dn1, start=dn0, name="bn") as n:
                     first = b.add(b.mul(n, c64(pixels)), b.mul(oh0, c64(g.out_w)))
                     add_rows(b, db, dy, first, b.mul(nrows, c64(g.out_w)), col_lo, col_hi, g.cout)

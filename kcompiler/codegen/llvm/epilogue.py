@@ -10,14 +10,16 @@ pools the rows of windows the block completed when the node also pools an output
 import llvmlite.ir as ir
 
 from ...ir.registry import get_op, lowering
+from ...ir.types import TensorType, num_elements
 from ...ops.fused import member_types
 from ...ops.pool import pool_attrs
 from ...schedule.elementwise import member_values
 from ...schedule.kernel import Const, Load, Var
-from .conv import lower_conv2d, lower_conv2d_backward_input, smin
+from .conv import lower_conv2d, lower_conv2d_backward_input, lower_conv2d_backward_kernel, smin
 from .gemm import EPILOGUE_FN_TYPE
-from .irutil import MEM_TYPE, bounds_checking, c64, for_range, i8p, i32, load, store
-from .render import ValueRenderer, scalar
+from .irutil import MEM_TYPE, bounds_checking, c64, for_range, i8p, i32, load, register_buffer, store
+from .render import Renderer, ValueRenderer, scalar, _RangeBuilder
+from .jit import vector_width_attrs
 
 
 class HeadView:
@@ -230,3 +232,64 @@ def lower_fused_contraction(k):
     get_op(k.attrs["head"]).lowerings["llvm"](head)
     if not getattr(head, "epilogue_applied", False):
         epilogue.emit(k.b, epilogue.pointers, 0, rows)
+
+
+# ---- a weight gradient computing its own dy ---------------------------------------------------------
+
+class _SerialRenderer(Renderer):
+    """Renders a description into a function of its own, every loop serial (the caller is
+    already one part of a parallel kernel)."""
+
+    def stmt_Loop(self, s):
+        self.loop(s, 0, s.extent)
+
+
+class DyProducer:
+    """The dy of a `fused_bias_grad` with attr ``dy``: that `fused_pool_grad` (a pooling gradient
+    and the activation gradient at its stores), rendered from its kernel description
+    (schedule/pool.py) for one image as a function ``<kernel>.dy(dy, operands..., status)``
+    that the weight gradient calls image by image, into its scratch memory."""
+
+    def __init__(self, k):
+        attrs = k.attrs["dy"]
+        self.pointers = list(k.inputs[1:])  # what the part functions must receive
+        types = list(k.in_types[1:])
+        self.batched = [len(t.shape) == 4 for t in types]  # an activation-shaped operand, else a
+        one = [TensorType((1,) + tuple(t.shape[1:]), t.dtype) if batched else t  # channel vector or scalar
+               for t, batched in zip(types, self.batched)]
+        self.in_floats = [num_elements(t.shape) for t in one]
+        out_type = get_op("fused_pool_grad").shape_rule(one, attrs)
+        self.image_floats = num_elements(out_type.shape)
+        constants = {i - 1: v for i, v in k.inline_constants.items() if i >= 1}
+        kernel = get_op("fused_pool_grad").describe({"op": "fused_pool_grad", "attrs": attrs, "type": out_type},
+                                                   one, f"{k.function.name}.dy", constants)
+        fnty = ir.FunctionType(ir.VoidType(), [MEM_TYPE["float32"].as_pointer()] + [p.type for p in self.pointers]
+                               + [k.status.type])
+        self.fn = ir.Function(k.module, fnty, name=k.module.get_unique_name(f"{k.function.name}.dy"))
+        self.fn.linkage = "internal"
+        vector_width_attrs(self.fn)
+        self.fn.args[0].add_attribute("noalias")
+        *buffers, status = self.fn.args
+        if bounds_checking():
+            for a, floats in zip(buffers, [self.image_floats] + self.in_floats):
+                register_buffer(a, floats, status)
+        sub = _RangeBuilder(ir.IRBuilder(self.fn.append_basic_block("entry")), status, buffers, 1)
+        _SerialRenderer(sub, kernel).body(kernel.body)
+        sub.b.ret_void()
+
+    def emit(self, b, sources, n0, n1, dst, status):
+        """dy of images [n0, n1) (i64) into ``dst``, image after image; ``sources`` are this
+        kernel's pointers to the producer's operands."""
+        with for_range(b, n1, start=n0, name="dyimage") as n:
+            out = b.gep(dst, [b.mul(b.sub(n, n0), c64(self.image_floats))], inbounds=True)
+            ins = [b.gep(p, [b.mul(n, c64(floats))], inbounds=True) if batched else p
+                   for p, floats, batched in zip(sources, self.in_floats, self.batched)]
+            b.call(self.fn, [out] + ins + [status])
+
+
+@lowering("llvm", "fused_bias_grad")
+def lower_fused_bias_grad(k):
+    """conv2d_backward_kernel and its bias gradient (the sum of dy over all but the channel
+    axis), in one pass over dy; with attr ``dy``, dy computed where it is read (DyProducer)."""
+    dy_source = DyProducer(k) if k.attrs.get("dy") is not None else None
+    lower_conv2d_backward_kernel(k, k.attrs["head_attrs"], bias=k.outputs[1], dy_source=dy_source)
