@@ -10,9 +10,11 @@ gradient: BatchNormalization and ReLU6 after a depthwise convolution in inferenc
 attrs: ``head`` (the head's op name), ``head_attrs``, ``n_head`` (how many of the node's
 operands are the head's), ``body``/``outputs`` as in the `fused` op, where a ref
 ``["acc", 0]`` is the head's result and ``["in", k]`` is operand ``n_head + k``; optionally
-``pool`` = {"op": "max_pool2d", "attrs": its attrs, "of": j}: the node also pools its j-th
-output (a convolution's activation before a pooling layer whose windows neither overlap nor
-reach into padding), its last result, computed as soon as each row of windows is finished.
+``pool`` = {"op": "max_pool2d", "attrs": its attrs, "of": j, "store_input": bool}: the node
+also pools its j-th output (a convolution's activation before a pooling layer whose windows
+neither overlap nor reach into padding), its last result, computed as soon as each row of
+windows is finished. ``store_input`` false: nothing reads output j (inference), and the
+kernel keeps it in scratch memory, never storing it into its buffer.
 
 The `fused_bias_grad` op: a convolution's weight gradient and its bias gradient (the sum of
 dy, its second operand, over ``axes``: all but the channel axis), made by the fusion pass so

@@ -364,6 +364,7 @@ def fuse_pooling(g, heads):
     The windows must tile the input: stride equal to the window, no padding."""
     g = copy_graph(g)
     g.graph["notes"] = list(g.graph.get("notes", []))
+    live_out = set(g.graph["outputs"]) | set(g.graph["updates"].values())
     b = GraphBuilder(g)
     for nid in topo_order(g):
         if nid not in g or g.nodes[nid]["op"] not in POOLED_EPILOGUE_OPS:
@@ -390,7 +391,15 @@ def fuse_pooling(g, heads):
             g.graph["notes"].append(f"%{nid} {pooled['op']} not fused into %{fc} fused_contraction: {why}")
             continue
         saved = _bytes(g.nodes[src]["type"])
-        attrs = dict(head["attrs"], pool={"op": pooled["op"], "attrs": dict(pooled["attrs"]), "of": of})
+        # nothing else reads the activation (inference): the kernel need not store it at all
+        # when it is the product itself, finished in place (one member output; the epilogue's
+        # other operands per channel or scalars, read at no element index)
+        unread = (not set(g.successors(src)) - {nid} and src not in live_out and src == fc
+                  and not isinstance(head["type"], tuple)
+                  and all(g.nodes[u]["type"].shape != head["type"].shape
+                          for u in operands(g, fc)[head["attrs"]["n_head"]:]))
+        attrs = dict(head["attrs"], pool={"op": pooled["op"], "attrs": dict(pooled["attrs"]), "of": of,
+                                          "store_input": not unread})
         prev_layer, b.layer = b.layer, head.get("layer")
         new = b.add("fused_contraction", operands(g, fc), attrs)
         g.nodes[new]["fused"] = list(head.get("fused") or [head["attrs"]["head"]]) + [pooled["op"]]
@@ -403,5 +412,6 @@ def fuse_pooling(g, heads):
         b.layer = prev_layer
         g.remove_nodes_from([fc, nid])
         g.graph["notes"].append(f"%{nid} {pooled['op']} fused into %{fc} fused_contraction as %{new}: saves "
-                                f"{saved} bytes (its input is pooled while in cache, not read back)")
+                                f"{(2 if unread else 1) * saved} bytes (its input is pooled while in cache, "
+                                "not read back" + (", nor stored: nothing else reads it)" if unread else ")"))
     return g

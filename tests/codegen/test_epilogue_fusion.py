@@ -225,6 +225,7 @@ def conv_relu_pool(batch, hw, cin, cout, pool, strides=None, padding="valid", po
     (1, 7, 1, 3, (3, 2), "same", False),      # one image (one part); inference: only the pooled result
     (4, 15, 8, 33, (2, 2), "valid", True),    # rows of windows ending inside a block of tiles
     (2, 4, 3, 6, (2, 2), "valid", False),     # 2x2 activation: one window per image
+    (3, 16, 3, 20, (2, 2), "same", False),    # inference, padded image copies
 ], ids=str)
 def test_conv_epilogue_pools_its_activation(batch, hw, cin, cout, pool, padding, keep, bounds_check, monkeypatch):
     from kcompiler.codegen.llvm import conv, threads
@@ -238,9 +239,13 @@ def test_conv_epilogue_pools_its_activation(batch, hw, cin, cout, pool, padding,
     for out, expected in zip(got, run_reference(g, feeds)[0]):
         assert_close32(out, expected)
     fused = lower_graph(g, fuse=True)[1]["fused"]
-    activation_bytes = 4 * batch * int(np.prod(run_reference(g, feeds)[0][1].shape[1:])) if keep else None
+    (node,) = [fused.nodes[n] for n in fused.nodes if fused.nodes[n]["op"] == "fused_contraction"]
+    assert node["attrs"]["pool"]["store_input"] == keep  # inference: the activation stays in scratch
+    side = hw - 2 if padding == "valid" else hw
+    activation_bytes = 4 * batch * side * side * cout
     notes = [n for n in fused.graph["notes"] if "max_pool2d fused into" in n]
-    assert len(notes) == 1 and (activation_bytes is None or f"saves {activation_bytes} bytes" in notes[0])
+    assert len(notes) == 1 and f"saves {activation_bytes * (1 if keep else 2)} bytes" in notes[0]
+    assert ("nor stored" in notes[0]) == (not keep)
 
 
 @pytest.mark.parametrize("pool,strides,pool_padding,why", [

@@ -272,12 +272,14 @@ def _last_tap(g, image):
     return ((g.kh - 1) * g.dh * image.width + (g.kw - 1) * g.dw) * image.cin + image.cin - 1
 
 
-def check_forward_tile(b, g, image, x0, n0, r0, mr, y):
-    """Tile rows [r0, r0 + mr) read x0 (the image group from image n0) and write y."""
+def check_forward_tile(b, g, image, x0, n0, r0, mr, y, y_row0):
+    """Tile rows [r0, r0 + mr) read x0 (the image group from image n0) and write y (which
+    starts at row ``y_row0``)."""
     last = b.add(r0, b.sub(mr, c64(1)))
     _check_range(b, x0, window_origin(b, g, image, r0, n0),
                  b.add(window_origin(b, g, image, last, n0), c64(_last_tap(g, image))))
-    _check_range(b, y, b.mul(r0, c64(g.cout)), b.add(b.mul(last, c64(g.cout)), c64(g.cout - 1)))
+    _check_range(b, y, b.mul(b.sub(r0, y_row0), c64(g.cout)),
+                 b.add(b.mul(b.sub(last, y_row0), c64(g.cout)), c64(g.cout - 1)))
 
 
 def check_weight_gradient_tile(b, g, image, t, checked_x, dy, n0, n1, oh0, nrows, m0, mr, dk, panel, nr):
@@ -314,13 +316,14 @@ def lower_conv2d(k, epilogue=None, pool=None):
     """``epilogue`` (codegen/llvm/epilogue.py) finishes each block of output rows right after
     its tiles, while they are in cache. ``pool`` (epilogue.PooledOutput) then pools the rows of
     windows each block completes; the parts then own whole images, and blocks do not cross
-    images."""
+    images. When nothing reads the activation (``pool.store_input`` false) each part computes
+    its images one after another in scratch memory of one image, and y is never stored."""
     x, kernel = k.inputs
     y = k.outputs[0]
     g = conv_geometry("conv2d", k.in_types[0].shape, k.in_types[1].shape, k.attrs)
     extra = epilogue.pointers[1:] if epilogue is not None else []  # pointers[0] is y
     pixels = g.out_h * g.out_w
-    if g.pointwise:
+    if g.pointwise:  # one GEMM: y is stored whole (its buffer exists even when nothing reads it)
         k.call_gemm(False, False, g.rows, g.cout, g.cin, x, g.cin, kernel, g.cout, y, g.cout)
         if epilogue is not None:
             epilogue.emit(k.b, epilogue.pointers, 0, g.rows)
@@ -338,14 +341,18 @@ def lower_conv2d(k, epilogue=None, pool=None):
     pad_floats = _aligned(group * image.floats) if padded else 0
     block = t.mr * BLOCK_TILES
     nparts = parts_for(g.rows * g.width * g.cout, g.batch if pool is not None else -(-g.rows // block))
+    in_scratch = pool is not None and not pool.store_input  # y of one image at a time, in scratch
+    image_floats = _aligned(pixels * g.cout) if in_scratch else 0
 
     def body(p):
         b, (x, kernel, y), rest = p.b, p.buffers[:3], p.buffers[3:]
         with b.goto_entry_block():
             origins = b.alloca(ir.ArrayType(i64, t.mr))
         origins = b.bitcast(origins, i64.as_pointer())
-        own = b.mul(p.index, c64(packed_floats + pad_floats))
+        own = b.mul(p.index, c64(packed_floats + pad_floats + image_floats))
         packed = p.slice(p.scratch, own, packed_floats)
+        if in_scratch:
+            y = p.slice(p.scratch, b.add(own, c64(packed_floats + pad_floats)), image_floats)
         emit_pack_kernel(b, g, t, kernel, packed)
         if pool is not None:
             lo, hi = split(b, p.index, p.count, g.batch, pixels)
@@ -354,14 +361,15 @@ def lower_conv2d(k, epilogue=None, pool=None):
             hi = smin(b, hi, g.rows)
 
         def rows(x0, n0, first_row, end_row):
+            y_row0 = first_row if in_scratch else c64(0)  # y's first row in its buffer
             with chunks(b, first_row, end_row, block) as (first, count):
                 end = b.add(first, count)
                 with for_range(b, end, start=first, step=t.mr, name="tile") as r0:
                     mr = smin(b, b.sub(end, r0), t.mr)
                     if bounds_checking():
-                        check_forward_tile(b, g, image, x0, n0, r0, mr, y)
+                        check_forward_tile(b, g, image, x0, n0, r0, mr, y, y_row0)
                     store_origins(b, g, image, t, r0, mr, n0, origins)
-                    c = at(b, y, b.mul(r0, c64(g.cout)))
+                    c = at(b, y, b.mul(b.sub(r0, y_row0), c64(g.cout)))
                     if panels:
                         with for_range(b, panels, name="panel") as jp:
                             b.call(full_tile, [x0, origins, mr, at(b, packed, b.mul(jp, c64(g.width * t.nr))),
@@ -370,10 +378,11 @@ def lower_conv2d(k, epilogue=None, pool=None):
                         b.call(edge_tile, [x0, origins, mr, at(b, packed, c64(panels * g.width * t.nr)),
                                            at(b, c, c64(panels * t.nr))])
                 if epilogue is not None:
-                    epilogue.emit(b, [y] + rest, first, count)
+                    epilogue.emit(b, [y] + rest, b.sub(first, y_row0), count)
                 if pool is not None:  # first_row is the image's first row
                     n = b.udiv(first_row, c64(pixels))
-                    pool.emit(b, [y] + rest, n, b.sub(first, first_row), b.sub(end, first_row))
+                    pool.emit(b, [y] + rest, n, b.sub(first, first_row), b.sub(end, first_row),
+                              source_image=c64(0) if in_scratch else None)
 
         def images(x0, n0, first_row, end_row):
             """rows(), image by image when pooling."""
@@ -393,7 +402,8 @@ def lower_conv2d(k, epilogue=None, pool=None):
             emit_pad(b, g, image, x, n0, n1, pad)
             images(pad, n0, smax(b, lo, b.mul(n0, c64(pixels))), smin(b, hi, b.mul(n1, c64(pixels))))
 
-    run_parts(k, [x, kernel, y] + extra, nparts, body, scratch_floats=nparts * (packed_floats + pad_floats))
+    run_parts(k, [x, kernel, y] + extra, nparts, body,
+              scratch_floats=nparts * (packed_floats + pad_floats + image_floats))
 
 
 @lowering("llvm", "conv2d_backward_input")

@@ -173,19 +173,22 @@ class PooledOutput:
         pool = k.attrs["pool"]
         (self.ph, self.pw), _, _ = pool_attrs(pool["op"], pool["attrs"])
         self.source, self.target = pool["of"], len(k.out_types) - 1  # indices into Epilogue.pointers
+        self.store_input = pool.get("store_input", True)  # else the head's lowering keeps it in scratch
         _, self.height, self.width, self.channels = k.out_types[self.source].shape
         self.rows_out, self.cols_out = k.out_types[self.target].shape[1:3]
 
-    def emit(self, b, pointers, image, first, end):
+    def emit(self, b, pointers, image, first, end, source_image=None):
         """Pool the rows of windows of image ``image`` that its pixels [first, end) complete
-        (i64 values; row-major pixels of that image, earlier ones already pooled)."""
+        (i64 values; row-major pixels of that image, earlier ones already pooled); the source
+        holds that image as its image ``source_image`` (default: ``image``)."""
+        source_image = image if source_image is None else source_image
         c = self.channels
         unit = self.ph * self.width  # the pixels of one row of windows
         lo = b.sdiv(first, c64(unit))
         hi = smin(b, b.sdiv(end, c64(unit)), self.rows_out)
         src, dst = pointers[self.source], pointers[self.target]
         with for_range(b, hi, start=lo, name="pr") as r:
-            top = b.mul(b.add(b.mul(image, c64(self.height)), b.mul(r, c64(self.ph))), c64(self.width))
+            top = b.mul(b.add(b.mul(source_image, c64(self.height)), b.mul(r, c64(self.ph))), c64(self.width))
             out_row = b.mul(b.add(b.mul(image, c64(self.rows_out)), r), c64(self.cols_out))
             with for_range(b, self.cols_out, name="pc") as pc:
                 base = b.mul(b.add(top, b.mul(pc, c64(self.pw))), c64(c))
