@@ -85,18 +85,16 @@ def node_flops(g, nid):
     if op in ("fused_contraction", "fused_pool_grad"):
         head = in_types[:attrs["n_head"]]
         acc = head_type(head, attrs)
-        head_flops = (contraction_flops(attrs["head"], head, attrs["head_attrs"], acc) if op == "fused_contraction"
-                      else described_flops(attrs["head"], head, attrs["head_attrs"], acc)
-                      or _elements(head[0]))  # a pooling gradient: one operation per gradient element
+        if op == "fused_pool_grad":
+            return _pool_grad_flops(attrs, head, acc)
         pooled = _elements(out[attrs["pool"]["of"]]) if attrs.get("pool") else 0  # as the pooling layer counts
-        return head_flops + _members(attrs["body"]) * _elements(acc) + pooled
+        return (contraction_flops(attrs["head"], head, attrs["head_attrs"], acc)
+                + _members(attrs["body"]) * _elements(acc) + pooled)
     if op == "fused_bias_grad":  # the weight gradient, the bias gradient's sum over dy, dy's producer
         dk = out[0]
         dy = bias_grad_dy_type(in_types, attrs)
         producer = attrs.get("dy")
-        made = 0 if producer is None else (
-            (described_flops(producer["head"], in_types[1:1 + producer["n_head"]], producer["head_attrs"], dy)
-             or _elements(dy)) + _members(producer["body"]) * _elements(dy))
+        made = 0 if producer is None else _pool_grad_flops(producer, in_types[1:1 + producer["n_head"]], dy)
         return contraction_flops(attrs["head"], [in_types[0], dy], attrs["head_attrs"], dk) + _elements(dy) + made
     if op == "fused":
         return _members(attrs["body"]) * _elements(out)
@@ -113,6 +111,13 @@ def node_flops(g, nid):
     if kind == "reduction":
         return max(_elements(in_types[0]), _elements(out)) if in_types else 0
     return 0
+
+
+def _pool_grad_flops(attrs, head, acc):
+    """A `fused_pool_grad` (attrs) with head operand types ``head`` and result type ``acc``: the
+    head's count (a pooling gradient: one operation per gradient element) and its epilogue's."""
+    head_flops = described_flops(attrs["head"], head, attrs["head_attrs"], acc) or _elements(head[0])
+    return head_flops + _members(attrs["body"]) * _elements(acc)
 
 
 def graph_flops(g):

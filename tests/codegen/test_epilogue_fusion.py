@@ -202,20 +202,30 @@ def test_a_sum_over_other_axes_is_no_bias_gradient():
 
 
 def conv_relu_pool(batch, hw, cin, cout, pool, strides=None, padding="valid", pool_padding="valid",
-                   keep_activation=True):
+                   keep_activation=True, kernel=3):
     """conv2d + bias + relu, then max pooling: the pooled result, and (as a training step keeps
     it for the gradients) the activation too."""
     b = GraphBuilder(name="conv_pool")
     x = b.input("x", TensorType((batch, hw, hw, cin)))
-    k = b.input("k", TensorType((3, 3, cin, cout)))
+    k = b.input("k", TensorType((kernel, kernel, cin, cout)))
     bias = b.input("bias", TensorType((cout,)))
     y = b.op("relu", b.op("bias_add", b.op("conv2d", x, k, strides=(1, 1), padding=padding, dilation=(1, 1)), bias))
     pooled = b.op("max_pool2d", y, pool=pool, strides=strides or pool, padding=pool_padding)
     b.g.graph["outputs"] = [pooled, y] if keep_activation else [pooled]
     feeds = {"x": RNG.standard_normal((batch, hw, hw, cin)).astype(np.float32),
-             "k": RNG.standard_normal((3, 3, cin, cout)).astype(np.float32) * 0.3,
+             "k": RNG.standard_normal((kernel, kernel, cin, cout)).astype(np.float32) * 0.3,
              "bias": RNG.standard_normal(cout).astype(np.float32)}
     return b.g, feeds
+
+
+def test_a_pooled_1x1_convolution_in_inference(monkeypatch):
+    """One GEMM, then the epilogue, then the pooling image by image (the activation is stored
+    whole: its buffer exists although nothing reads it)."""
+    use_options(monkeypatch, bounds_check=True)
+    g, feeds = conv_relu_pool(3, 6, 4, 5, (2, 2), keep_activation=False, kernel=1)
+    (got,), ops = run_fused(g, feeds)
+    assert "max_pool2d" not in ops
+    assert_close32(got, run_reference(g, feeds)[0][0])
 
 
 @pytest.mark.parametrize("bounds_check", [False, True])

@@ -18,7 +18,7 @@ from ...schedule.kernel import Const, Load, Var
 from .conv import lower_conv2d, lower_conv2d_backward_input, lower_conv2d_backward_kernel, smin
 from .gemm import EPILOGUE_FN_TYPE
 from .irutil import MEM_TYPE, bounds_checking, c64, for_range, i8p, i32, load, register_buffer, store
-from .render import Renderer, ValueRenderer, scalar, _RangeBuilder
+from .render import RangeBuilder, Renderer, ValueRenderer, scalar
 from .jit import vector_width_attrs
 
 
@@ -276,7 +276,7 @@ class DyProducer:
         if bounds_checking():
             for a, floats in zip(buffers, [self.image_floats] + self.in_floats):
                 register_buffer(a, floats, status)
-        sub = _RangeBuilder(ir.IRBuilder(self.fn.append_basic_block("entry")), status, buffers, 1)
+        sub = RangeBuilder(ir.IRBuilder(self.fn.append_basic_block("entry")), status, buffers, 1)
         _SerialRenderer(sub, kernel).body(kernel.body)
         sub.b.ret_void()
 

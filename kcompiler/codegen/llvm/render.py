@@ -99,7 +99,7 @@ class Renderer:
             sizes = k.buffer_sizes()
             for a, p in zip(buffers, pointers):
                 register_buffer(a, sizes[id(p)], status)
-        sub = _RangeBuilder(ir.IRBuilder(fn.append_basic_block("entry")), status, buffers, len(k.outputs))
+        sub = RangeBuilder(ir.IRBuilder(fn.append_basic_block("entry")), status, buffers, len(k.outputs))
         Renderer(sub, self.kernel).loop(s, lo, hi)
         sub.b.ret_void()
 
@@ -290,9 +290,10 @@ NATIVE = {
 }
 
 
-class _RangeBuilder:
-    """What a Renderer uses of a KernelBuilder, for the range function of a split loop (which
-    never fails)."""
+class RangeBuilder:
+    """What a Renderer uses of a KernelBuilder, for a function of its own that renders part of
+    a description (the range function of a split loop; a weight gradient's dy producer,
+    epilogue.DyProducer): neither fails."""
 
     def __init__(self, b, status, buffers, n_outputs):
         self.b, self.status, self.function = b, status, b.function
