@@ -94,7 +94,7 @@ def node_flops(g, nid):
         dk = out[0]
         dy = bias_grad_dy_type(in_types, attrs)
         producer = attrs.get("dy")
-        made = 0 if producer is None else _pool_grad_flops(producer, in_types[1:1 + producer["n_head"]], dy)
+        made = 0 if producer is None else _producer_flops(producer, in_types[1:], dy)
         return contraction_flops(attrs["head"], [in_types[0], dy], attrs["head_attrs"], dk) + _elements(dy) + made
     if op == "fused":
         return _members(attrs["body"]) * _elements(out)
@@ -118,6 +118,14 @@ def _pool_grad_flops(attrs, head, acc):
     head's count (a pooling gradient: one operation per gradient element) and its epilogue's."""
     head_flops = described_flops(attrs["head"], head, attrs["head_attrs"], acc) or _elements(head[0])
     return head_flops + _members(attrs["body"]) * _elements(acc)
+
+
+def _producer_flops(producer, in_types, dy):
+    """A `fused_bias_grad`'s dy producer ({"op", "attrs"}: a pooling gradient, fused or bare)."""
+    attrs = producer["attrs"]
+    if producer["op"] == "fused_pool_grad":
+        return _pool_grad_flops(attrs, in_types[:attrs["n_head"]], dy)
+    return described_flops(producer["op"], in_types, attrs, dy) or _elements(in_types[0])
 
 
 def graph_flops(g):

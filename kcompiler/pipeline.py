@@ -65,7 +65,7 @@ def lower_graph(g, *, target="cpu", fuse=True, stages=None, options=None):
     g = keep_recurrent_reserves(g, capabilities.recurrent_reserve)
     if fuse:
         if capabilities.pool_argmax:  # before fusion: the relu_grad it moves fuses where it lands
-            g = keep_pool_argmax(g)
+            g = keep_pool_argmax(g, pooled_by=capabilities.pool_epilogue_heads)
         g = fuse_epilogues(fuse_elementwise(g), heads=capabilities.epilogue_heads, updates_in_place=in_place)
         g = fuse_pooling(g, heads=capabilities.pool_epilogue_heads)
         g = fuse_bias_gradients(g, heads=capabilities.bias_grad_heads)

@@ -10,19 +10,20 @@ gradient: BatchNormalization and ReLU6 after a depthwise convolution in inferenc
 attrs: ``head`` (the head's op name), ``head_attrs``, ``n_head`` (how many of the node's
 operands are the head's), ``body``/``outputs`` as in the `fused` op, where a ref
 ``["acc", 0]`` is the head's result and ``["in", k]`` is operand ``n_head + k``; optionally
-``pool`` = {"op": "max_pool2d", "attrs": its attrs, "of": j, "store_input": bool}: the node
-also pools its j-th output (a convolution's activation before a pooling layer whose windows
-neither overlap nor reach into padding), its last result, computed as soon as each row of
-windows is finished. ``store_input`` false: nothing reads output j (inference), and the
+``pool`` = {"op": "max_pool2d" or "max_pool2d_argmax", "attrs": its attrs, "of": j,
+"store_input": bool}: the node also pools its j-th output (a convolution's activation before a
+pooling layer whose windows neither overlap nor reach into padding), its last result (y, or y
+and idx: the last two), computed as soon as each row of windows is finished. ``store_input`` false: nothing reads output j (inference), and the
 kernel keeps it in scratch memory, never storing it into its buffer.
 
 The `fused_bias_grad` op: a convolution's weight gradient and its bias gradient (the sum of
 dy, its second operand, over ``axes``: all but the channel axis), made by the fusion pass so
 that dy is read once for both. attrs: ``head`` (conv2d_backward_kernel), ``head_attrs``,
-``axes``; its operands are the head's; its results (dK, db). With attr ``dy`` (the attrs of a
-`fused_pool_grad` node: the max-pooling gradient and the activation gradient before it) its
-operands are x and that node's, and it computes dy itself, an image at a time into memory
-that stays in cache, instead of reading it: dy is never written out and read back.
+``axes``; its operands are the head's; its results (dK, db). With attr ``dy`` = {"op", "attrs"}
+(a pooling gradient: a `fused_pool_grad` node, the max-pooling gradient and the activation
+gradient before it, or a bare pooling gradient such as max_pool2d_grad_argmax) its operands are
+x and that node's, and it computes dy itself, an image at a time into memory that stays in
+cache, instead of reading it: dy is never written out and read back.
 """
 from ..ir.registry import get_op, register
 from ..ir.types import TensorType
@@ -38,7 +39,8 @@ def _rule(in_types, attrs):
     outs = [types[j] for j in attrs["outputs"]]
     pool = attrs.get("pool")
     if pool is not None:
-        outs.append(get_op(pool["op"]).shape_rule([outs[pool["of"]]], pool["attrs"]))
+        pooled = get_op(pool["op"]).shape_rule([outs[pool["of"]]], pool["attrs"])
+        outs += list(pooled) if isinstance(pooled, tuple) else [pooled]
     return outs[0] if len(outs) == 1 else tuple(outs)
 
 
@@ -51,7 +53,7 @@ register("fused_pool_grad", shape=_rule, kind="reduction",
 def bias_grad_dy_type(in_types, attrs):
     """dy of a `fused_bias_grad`: its second operand, or what its ``dy`` producer computes."""
     producer = attrs.get("dy")
-    return in_types[1] if producer is None else _rule(in_types[1:], producer)
+    return in_types[1] if producer is None else get_op(producer["op"]).shape_rule(in_types[1:], producer["attrs"])
 
 
 def _bias_grad_rule(in_types, attrs):

@@ -13,10 +13,11 @@ def fused_contraction(*operands, head, head_attrs, n_head, body, outputs, pool=N
     if pool is None:
         return results
     results = results if isinstance(results, tuple) else (results,)
-    return results + (get_op(pool["op"]).reference(results[pool["of"]], **pool["attrs"]),)
+    pooled = get_op(pool["op"]).reference(results[pool["of"]], **pool["attrs"])
+    return results + (pooled if isinstance(pooled, tuple) else (pooled,))
 
 
 @reference("fused_bias_grad")
 def fused_bias_grad(*operands, head, head_attrs, axes, dy=None):
-    x, dy_value = operands[0], operands[1] if dy is None else fused_contraction(*operands[1:], **dy)
+    x, dy_value = operands[0], operands[1] if dy is None else get_op(dy["op"]).reference(*operands[1:], **dy["attrs"])
     return get_op(head).reference(x, dy_value, **head_attrs), get_op("sum").reference(dy_value, axes=axes)

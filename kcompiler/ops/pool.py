@@ -31,6 +31,17 @@ def pool_attrs(op, attrs):
     return pool, strides, padding
 
 
+def windows_tile(op, attrs, height, width):
+    """Why the windows of a pooling op over a ``height`` x ``width`` input do not tile it (each
+    element in at most one window, none reaching into padding), or None when they do."""
+    pool, strides, padding = pool_attrs(op, attrs)
+    if tuple(strides) != tuple(pool):
+        return "its stride differs from its window (windows overlap or skip elements)"
+    if padding != "valid" and (height % pool[0] or width % pool[1]):
+        return "its windows reach into the padding"
+    return None
+
+
 def windows_overlap(op, attrs):
     """Whether a pooling op's windows overlap (a stride below the window on some axis): its
     gradient then adds several windows' shares into one element."""

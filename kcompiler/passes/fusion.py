@@ -30,7 +30,7 @@ from ..ir.graph import GraphBuilder, copy_graph, operands, redirect_uses, topo_o
 from ..ir.registry import get_op
 from ..ir.types import num_elements
 from ..ops.conv import conv_geometry
-from ..ops.pool import pool_attrs, windows_overlap
+from ..ops.pool import windows_overlap, windows_tile
 from .memory_plan import ITEMSIZE
 
 NOT_FUSABLE = {"fused"}
@@ -308,8 +308,9 @@ def fuse_bias_gradients(g, heads):
 
 
 def fuse_dy_producers(g, heads):
-    """Merge into each `fused_bias_grad` the `fused_pool_grad` node computing its dy, when that
-    node's head is in ``heads`` (the backend's capability: Capabilities.bias_grad_dy_heads) and
+    """Merge into each `fused_bias_grad` the pooling gradient computing its dy (a `fused_pool_grad`
+    node or a bare one), when that gradient is in ``heads`` (the backend's capability:
+    Capabilities.bias_grad_dy_heads) and
     the weight gradient is its only reader (the first convolution of a network, whose input
     takes no gradient): the kernel computes dy an image at a time into memory that stays in
     cache, so dy is neither written out nor read back (scored by twice its bytes)."""
@@ -322,7 +323,7 @@ def fuse_dy_producers(g, heads):
             continue
         x, dy = operands(g, nid)
         producer = g.nodes[dy]
-        if producer["op"] != "fused_pool_grad" or producer["attrs"]["head"] not in heads:
+        if (producer["attrs"].get("head") if producer["op"] == "fused_pool_grad" else producer["op"]) not in heads:
             continue
         why = None
         if dy in live_out or set(g.successors(dy)) != {nid}:
@@ -332,17 +333,18 @@ def fuse_dy_producers(g, heads):
                            ).pointwise:
             why = "a 1x1 convolution's weight gradient is one matrix product over all of dy"
         if why:
-            g.graph["notes"].append(f"%{dy} fused_pool_grad not fused into %{nid} fused_bias_grad: {why}")
+            g.graph["notes"].append(f"%{dy} {producer['op']} not fused into %{nid} fused_bias_grad: {why}")
             continue
         saved = 2 * _bytes(producer["type"])
         node = g.nodes[nid]
         prev_layer, b.layer = b.layer, node.get("layer")
-        new = b.add("fused_bias_grad", [x] + operands(g, dy), dict(node["attrs"], dy=dict(producer["attrs"])))
+        new = b.add("fused_bias_grad", [x] + operands(g, dy),
+                    dict(node["attrs"], dy={"op": producer["op"], "attrs": dict(producer["attrs"])}))
         b.layer = prev_layer
-        g.nodes[new]["fused"] = list(producer.get("fused") or []) + list(node.get("fused") or [])
+        g.nodes[new]["fused"] = list(producer.get("fused") or [producer["op"]]) + list(node.get("fused") or [])
         redirect_uses(g, nid, new, keep=[new])
         g.remove_nodes_from([nid, dy])
-        g.graph["notes"].append(f"%{dy} fused_pool_grad fused into %{nid} fused_bias_grad as %{new}: saves {saved} "
+        g.graph["notes"].append(f"%{dy} {producer['op']} fused into %{nid} fused_bias_grad as %{new}: saves {saved} "
                                 "bytes (dy is computed where the weight gradient reads it, never written out)")
     return g
 
@@ -355,13 +357,14 @@ def _normalized_axes(axes, rank):
 
 # ---- pooling: a convolution's activation and the pooling layer after it ---------------------------
 
-POOLED_EPILOGUE_OPS = frozenset({"max_pool2d"})
+POOLED_EPILOGUE_OPS = frozenset({"max_pool2d", "max_pool2d_argmax"})
 
 
 def fuse_pooling(g, heads):
     """Merge each max-pooling node reading an output of a `fused_contraction` whose head is in
-    ``heads`` (the backend's capability) into that node, as its last result (attr ``pool``).
-    The windows must tile the input: stride equal to the window, no padding."""
+    ``heads`` (the backend's capability) into that node, as its last result (attr ``pool``;
+    max_pool2d_argmax's two results, y and idx, are its last two). The windows must tile the
+    input: stride equal to the window, no padding."""
     g = copy_graph(g)
     g.graph["notes"] = list(g.graph.get("notes", []))
     live_out = set(g.graph["outputs"]) | set(g.graph["updates"].values())
@@ -376,15 +379,12 @@ def fuse_pooling(g, heads):
         if head["op"] != "fused_contraction" or head["attrs"]["head"] not in heads:
             continue
         pooled = g.nodes[nid]
-        pool, strides, padding = pool_attrs(pooled["op"], pooled["attrs"])
         height, width = g.nodes[src]["type"].shape[1:3]
         why = None
         if "pool" in head["attrs"]:
             why = "its producer already pools another output"
-        elif tuple(strides) != tuple(pool):
-            why = "its stride differs from its window (windows overlap or skip elements)"
-        elif padding != "valid" and (height % pool[0] or width % pool[1]):
-            why = "its windows reach into the padding"
+        elif windows_tile(pooled["op"], pooled["attrs"], height, width):
+            why = windows_tile(pooled["op"], pooled["attrs"], height, width)
         elif g.nodes[src]["type"].dtype != "float32":
             why = "its input is not float32"
         if why:
@@ -408,7 +408,12 @@ def fuse_pooling(g, heads):
             redirect_uses(g, fc, b.tuple_item(new, 0), keep=[new])
         else:  # its tuple_items keep their indices: the pooled result comes last
             redirect_uses(g, fc, new, keep=[new])
-        redirect_uses(g, nid, b.tuple_item(new, outputs))
+        if isinstance(pooled["type"], tuple):  # max_pool2d_argmax: read through its tuple_items
+            for item in list(g.successors(nid)):
+                redirect_uses(g, item, b.tuple_item(new, outputs + g.nodes[item]["attrs"]["index"]))
+                g.remove_node(item)
+        else:
+            redirect_uses(g, nid, b.tuple_item(new, outputs))
         b.layer = prev_layer
         g.remove_nodes_from([fc, nid])
         g.graph["notes"].append(f"%{nid} {pooled['op']} fused into %{fc} fused_contraction as %{new}: saves "

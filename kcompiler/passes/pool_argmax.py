@@ -17,10 +17,17 @@ next layer's input gradient), and x, read by no gradient any more, is freed by t
 after the forward pool.
 
 The pipeline runs this pass in fused builds where the backend declares the two ops
-(Capabilities.pool_argmax). Each rewrite and each refusal is a line of graph['notes'].
+(Capabilities.pool_argmax), for the pools the fusion pass will merge into the convolution
+computing their input (``pooled_by``: Capabilities.pool_epilogue_heads): that kernel then
+writes y and idx and keeps x in scratch memory, so x is never stored. Elsewhere x would still be
+stored for the forward pool, and freeing it early moved the step's other tensors onto its pages
+(docs/architecture.md, "Max pooling's window positions"). Each rewrite and each refusal is a
+line of graph['notes'].
 """
 from ..ir.graph import GraphBuilder, copy_graph, operands, redirect_uses, topo_order
+from ..ir.registry import get_op
 from ..ir.types import num_elements
+from ..ops.pool import windows_tile
 from .memory_plan import ITEMSIZE
 
 
@@ -45,7 +52,23 @@ def _argmax_pool(b, forward):
     return y, idx
 
 
-def keep_pool_argmax(g):
+def computed_by(g, x, heads):
+    """Whether ``x`` is the result of a node whose op is in ``heads``, or of a chain of element-wise
+    ops from one, each link's result read by the next alone (the epilogue fusion makes such a
+    chain one kernel: a convolution, its bias and its activation)."""
+    node = x
+    while g.nodes[node]["op"] not in heads:
+        if get_op(g.nodes[node]["op"]).kind != "elementwise" or not operands(g, node):
+            return False
+        node = operands(g, node)[0]
+        if len(set(g.successors(node))) != 1 or node in g.graph["outputs"]:
+            return False
+    return True
+
+
+def keep_pool_argmax(g, pooled_by=None):
+    """The rewrite, for every max_pool2d_grad; with ``pooled_by`` (op names), only for those whose
+    input is computed by one of those ops (``computed_by``)."""
     g = copy_graph(g)
     notes = g.graph["notes"] = list(g.graph.get("notes", []))
     b = GraphBuilder(g)
@@ -58,8 +81,14 @@ def keep_pool_argmax(g):
         if key not in pools:
             forward = next((v for v in sorted(g.successors(x)) if g.nodes[v]["op"] == "max_pool2d"
                             and g.nodes[v]["attrs"] == node["attrs"]), None)
-            if forward is None or x_type.dtype != "float32":
-                why = "no max_pool2d node of it with the same attrs" if forward is None else f"it is {x_type.dtype}"
+            why = ("no max_pool2d node of it with the same attrs" if forward is None
+                   else f"it is {x_type.dtype}" if x_type.dtype != "float32"
+                   else f"no {'/'.join(sorted(pooled_by))} computes it (the pool is not fused into its producer)"
+                   if pooled_by is not None and not computed_by(g, x, pooled_by)
+                   else f"its windows do not tile %{x}: {tiling}"
+                   if pooled_by is not None and (tiling := windows_tile("max_pool2d", node["attrs"], *x_type.shape[1:3]))
+                   else None)
+            if why:
                 notes.append(f"%{nid} max_pool2d_grad keeps reading its input %{x}: {why}")
                 continue
             pools[key] = _argmax_pool(b, forward)

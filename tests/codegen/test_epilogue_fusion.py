@@ -353,3 +353,79 @@ def test_a_backend_without_the_capability_keeps_the_pooling_gradient_kernel():
                             heads=frozenset({"conv2d_backward_kernel"}))
     assert fuse_dy_producers(g, heads=frozenset()).number_of_nodes() == g.number_of_nodes()
     assert fuse_dy_producers(g, heads=frozenset({"max_pool2d_grad"})).number_of_nodes() < g.number_of_nodes()
+
+
+def conv_relu_argmax_pool(batch, hw, cin, cout, pool, keep_activation, nan=False):
+    """conv2d + bias + relu, then max_pool2d_argmax -> (y, idx) (what passes/pool_argmax.py makes
+    of a training graph), on small integers: every sum is exact, so the activation is the
+    reference's bit for bit, and windows hold many equal values (ties: idx is the first)."""
+    b = GraphBuilder(name="conv_argmax_pool")
+    x = b.input("x", TensorType((batch, hw, hw, cin)))
+    k = b.input("k", TensorType((3, 3, cin, cout)))
+    bias = b.input("bias", TensorType((cout,)))
+    y = b.op("relu", b.op("bias_add", b.op("conv2d", x, k, strides=(1, 1), padding="valid", dilation=(1, 1)), bias))
+    pooled = b.op("max_pool2d_argmax", y, pool=pool, strides=pool, padding="valid")
+    b.g.graph["outputs"] = [b.tuple_item(pooled, 0), b.tuple_item(pooled, 1)] + ([y] if keep_activation else [])
+    feeds = {"x": RNG.integers(-2, 3, (batch, hw, hw, cin)).astype(np.float32),
+             "k": RNG.integers(-1, 2, (3, 3, cin, cout)).astype(np.float32),
+             "bias": RNG.integers(-2, 2, cout).astype(np.float32)}
+    if nan:
+        feeds["x"][0, 1, 2, 0] = np.nan
+    return b.g, feeds
+
+
+@pytest.mark.parametrize("bounds_check", [False, True])
+@pytest.mark.parametrize("batch,hw,cin,cout,pool,keep,nan", [
+    (3, 9, 1, 5, (2, 2), True, False),      # the activation stored too; its last row and column pooled by no window
+    (2, 12, 2, 40, (2, 2), False, True),    # in scratch; an edge panel of channels; a NaN in the image
+    (4, 8, 3, 6, (3, 2), False, False),     # 6x6 -> 2x3 windows of 3x2
+], ids=str)
+def test_conv_epilogue_pools_with_window_positions(batch, hw, cin, cout, pool, keep, nan, bounds_check, monkeypatch):
+    from kcompiler.codegen.llvm import conv, threads
+    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
+    monkeypatch.setattr(threads, "default_nthreads", lambda: 2)
+    monkeypatch.setattr(conv, "PARALLEL_MIN_MACS", 0)
+    use_options(monkeypatch, bounds_check=bounds_check)
+    g, feeds = conv_relu_argmax_pool(batch, hw, cin, cout, pool, keep, nan)
+    compiled, stages = lower_graph(g, fuse=True)
+    fused = stages["fused"]
+    assert [fused.nodes[n]["op"] for n in fused.nodes if fused.nodes[n]["op"] != "tuple_item"
+            and fused.nodes[n]["op"] != "input"] == ["fused_contraction"]
+    (node,) = [fused.nodes[n] for n in fused.nodes if fused.nodes[n]["op"] == "fused_contraction"]
+    assert node["attrs"]["pool"]["op"] == "max_pool2d_argmax" and node["attrs"]["pool"]["store_input"] == keep
+    got, want = compiled.run(feeds), run_reference(g, feeds)[0]
+    assert np.count_nonzero(want[1] > 0) > 0  # the ties are not all at position 0
+    for out, expected in zip(got, want):
+        np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("split_batch", [False, True])
+def test_weight_gradient_computes_a_bare_pooling_gradient_from_window_positions(split_batch, monkeypatch):
+    """dy = max_pool2d_grad_argmax(idx, dp) (no activation gradient after it: passes/pool_argmax.py
+    moved it onto the pooled shape), computed inside the first convolution's weight gradient."""
+    from kcompiler.codegen.llvm import conv, threads
+    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
+    monkeypatch.setattr(threads, "default_nthreads", lambda: 2)
+    monkeypatch.setattr(conv, "PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(conv, "split_by_batch", lambda g, nparts: split_batch and g.batch >= nparts)
+    use_options(monkeypatch, bounds_check=True)
+    batch, hw, cin, cout, side = 3, 9, 2, 5, 7
+    b = GraphBuilder(name="argmax_weight_gradient")
+    x = b.input("x", TensorType((batch, hw, hw, cin)))
+    idx = b.input("idx", TensorType((batch, 3, 3, cout), "int32"))
+    dp = b.input("dp", TensorType((batch, 3, 3, cout)))
+    dy = b.op("max_pool2d_grad_argmax", idx, dp, input_hw=(side, side), pool=(2, 2), strides=(2, 2), padding="valid")
+    b.g.graph["outputs"] = [b.op("conv2d_backward_kernel", x, dy, kernel_shape=(3, 3, cin, cout), strides=(1, 1),
+                                 padding="valid", dilation=(1, 1)),
+                            b.op("sum", dy, axes=(0, 1, 2), keepdims=False)]
+    feeds = {"x": RNG.standard_normal((batch, hw, hw, cin)).astype(np.float32),
+             "idx": RNG.integers(0, 4, (batch, 3, 3, cout)).astype(np.int32),
+             "dp": RNG.standard_normal((batch, 3, 3, cout)).astype(np.float32)}
+    compiled, stages = lower_graph(b.g, fuse=True)
+    fused = stages["fused"]
+    (node,) = [fused.nodes[n] for n in fused.nodes if fused.nodes[n]["op"] == "fused_bias_grad"]
+    assert node["attrs"]["dy"]["op"] == "max_pool2d_grad_argmax" and "max_pool2d_grad_argmax" not in [
+        fused.nodes[n]["op"] for n in fused.nodes]
+    for _ in range(2):  # a second step: nothing left over in the scratch dy
+        for out, expected in zip(compiled.run(feeds), run_reference(b.g, feeds)[0]):
+            assert_close32(out, expected)

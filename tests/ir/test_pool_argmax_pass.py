@@ -123,44 +123,72 @@ def test_a_conv_relu_pool_training_graph():
 
 
 def declare_pool_argmax(monkeypatch, declared=True):
-    """Make the CPU backend declare (or not) Capabilities.pool_argmax for the rest of the test:
-    it has both ops, but does not ask for the pass yet (codegen/llvm/backend.py says why)."""
+    """Make the CPU backend declare (or not) Capabilities.pool_argmax for the rest of the test."""
     cpu = get_backend("cpu")
     capabilities = type(cpu).capabilities
     monkeypatch.setattr(cpu, "capabilities",
                         lambda: dataclasses.replace(capabilities(cpu), pool_argmax=declared))
 
 
-def test_the_pipeline_runs_it_in_fused_builds_where_the_backend_declares_it(monkeypatch):
-    g, feeds = relu_pool_graph()
-    declare_pool_argmax(monkeypatch)
-    _, stages = lower_graph(g, fuse=True)
+def conv_pool_graph(activation):
+    """a = activation(conv2d(x, k)); outputs: max_pool2d(a) and the activation's gradient of
+    max_pool2d_grad(a, dy) (the backward pass of a Conv2D layer and MaxPooling2D)."""
+    b = GraphBuilder(name=f"conv_{activation}_pool")
+    x = b.input("x", TensorType((2, 8, 8, 3)))
+    k = b.input("k", TensorType((3, 3, 3, 4)))
+    dy = b.input("dy", TensorType((2, 3, 3, 4)))
+    a = b.op(activation, b.op("conv2d", x, k, strides=(1, 1), padding="valid", dilation=(1, 1)))
+    b.g.graph["outputs"] = [b.op("max_pool2d", a, **POOL),
+                            b.op(f"{activation}_grad", a, b.op("max_pool2d_grad", a, dy, **POOL))]
+    feeds = {"x": RNG.standard_normal((2, 8, 8, 3)).astype(np.float32),
+             "k": RNG.standard_normal((3, 3, 3, 4)).astype(np.float32),
+             "dy": RNG.standard_normal((2, 3, 3, 4)).astype(np.float32)}
+    return b.g, feeds
+
+
+def pools(g):
+    """The pooling op of each fused_contraction that pools its result."""
+    return [g.nodes[n]["attrs"]["pool"]["op"] for n in g.nodes
+            if g.nodes[n]["op"] == "fused_contraction" and "pool" in g.nodes[n]["attrs"]]
+
+
+def test_the_pipeline_runs_it_in_fused_builds_for_the_pools_fused_into_a_convolution():
+    assert get_backend("cpu").capabilities().pool_argmax and not get_backend("cuda").capabilities().pool_argmax
+    g, feeds = conv_pool_graph("relu")
+    compiled, stages = lower_graph(g, fuse=True)
     fused = stages["fused"]
-    assert "max_pool2d_argmax" in ops_of(fused) and "max_pool2d_grad" not in ops_of(fused)
-    # the moved relu_grad takes the pooling gradient's place: nothing left to fuse with here
+    # the convolution writes y and idx; the relu_grad moved onto the pooled shape takes the
+    # pooling gradient's place: nothing left to fuse with here
+    assert pools(fused) == ["max_pool2d_argmax"]
+    assert "max_pool2d_grad_argmax" in ops_of(fused) and "max_pool2d_grad" not in ops_of(fused)
     assert "fused_pool_grad" not in ops_of(fused)
+    for got, want in zip(compiled.run(feeds), run_reference(g, feeds)[0]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     _, stages = lower_graph(g, fuse=False)
     assert "max_pool2d_argmax" not in ops_of(stages["fused"]) and "max_pool2d_grad" in ops_of(stages["fused"])
+
+
+def test_the_pipeline_leaves_alone_a_pool_no_convolution_computes(monkeypatch):
+    g, _ = relu_pool_graph()
+    fused = lower_graph(g, fuse=True)[1]["fused"]
+    assert "max_pool2d_argmax" not in ops_of(fused) and "fused_pool_grad" in ops_of(fused)
+    assert any("keeps reading its input" in n and "no conv2d computes it" in n for n in fused.graph["notes"])
     declare_pool_argmax(monkeypatch, False)
-    _, stages = lower_graph(g, fuse=True)
-    assert "max_pool2d_argmax" not in ops_of(stages["fused"]) and "fused_pool_grad" in ops_of(stages["fused"])
-    assert not get_backend("cuda").capabilities().pool_argmax
+    fused = lower_graph(conv_pool_graph("relu")[0], fuse=True)[1]["fused"]
+    assert pools(fused) == ["max_pool2d"] and "max_pool2d_argmax" not in ops_of(fused)
 
 
-def test_a_pooling_gradient_that_keeps_an_activation_gradient_takes_it_as_an_epilogue(monkeypatch):
+def test_a_pooling_gradient_that_keeps_an_activation_gradient_takes_it_as_an_epilogue():
     # tanh before the pool: its gradient reads the pool's input, so it stays after the pooling
-    # gradient, and fuses into it as it did into max_pool2d_grad
-    declare_pool_argmax(monkeypatch)
-    b = GraphBuilder(name="tanh_pool")
-    x = b.input("x", TensorType((2, 6, 6, 3)))
-    dy = b.input("dy", TensorType((2, 3, 3, 3)))
-    a = b.op("tanh", x)
-    b.g.graph["outputs"] = [b.op("max_pool2d", a, **POOL), b.op("tanh_grad", a, b.op("max_pool2d_grad", a, dy, **POOL))]
-    feeds = {"x": RNG.standard_normal((2, 6, 6, 3)).astype(np.float32),
-             "dy": RNG.standard_normal((2, 3, 3, 3)).astype(np.float32)}
-    compiled, stages = lower_graph(b.g, fuse=True)
+    # gradient, and fuses into it as it did into max_pool2d_grad; the convolution then stores
+    # its activation as well as y and idx
+    g, feeds = conv_pool_graph("tanh")
+    compiled, stages = lower_graph(g, fuse=True)
     fused = stages["fused"]
     pool_grad = only(fused, "fused_pool_grad")
     assert fused.nodes[pool_grad]["attrs"]["head"] == "max_pool2d_grad_argmax"
-    for got, want in zip(compiled.run(feeds), run_reference(b.g, feeds)[0]):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    (conv,) = [n for n in fused.nodes if fused.nodes[n]["op"] == "fused_contraction"]
+    assert fused.nodes[conv]["attrs"]["pool"] == dict(fused.nodes[conv]["attrs"]["pool"], op="max_pool2d_argmax",
+                                                      store_input=True)
+    for got, want in zip(compiled.run(feeds), run_reference(g, feeds)[0]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

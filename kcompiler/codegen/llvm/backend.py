@@ -26,12 +26,11 @@ class LLVMBackend(Backend):
             in_place_updates=True,
             recurrent_reserve=frozenset(RECURRENT_OPS),
             pool_epilogue_heads=frozenset({"conv2d"}),
-            # It has both pooling ops, but does not ask for the pass yet: on two cores it made the
-            # W2 and W3 training steps ~0.8 ms slower (one core: W3 0.9 ms faster). The freed
-            # pre-pool activation's bytes go to backward tensors the other core writes, and the
-            # next step's first convolution, writing that activation there, ran 1.5-2x slower
-            # (docs/architecture.md, "Max pooling's window positions").
-            pool_argmax=False)
+            # for the pools fused into a convolution (pool_epilogue_heads): the first convolution
+            # of W2/W3 then keeps its activation in scratch and writes y and idx, and its weight
+            # gradient computes dy from idx; the pass leaves other pools alone (freeing their
+            # input early slowed the next step on two cores: docs/architecture.md)
+            pool_argmax=True)
 
     def notes(self):
         from .tuning import current

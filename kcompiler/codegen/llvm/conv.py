@@ -610,10 +610,36 @@ def lower_conv2d_backward_kernel(k, attrs=None, bias=None, dy_source=None):
 
 def add_rows(b, dst, src, first, count, lo, hi, row_floats):
     """dst[c] += src[r * row_floats + c] for rows r in [first, first + count), columns c in
-    [lo, hi) (i64 values or ints)."""
-    with for_range(b, as_i64(b.add(as_i64(first), as_i64(count))), start=as_i64(first), name="ar") as r:
-        row = b.mul(r, c64(row_floats))
-        with for_range(b, as_i64(hi), start=as_i64(lo), name="ac") as c:
+    [lo, hi) (i64 values or ints); dst and src never overlap.
+
+    A function of its own (inlined) whose pointers are ``noalias``: a part's dst and src may both
+    be slices of the scratch buffer (a weight gradient's partial bias sums and the dy it
+    computes), and without it LLVM kept every column scalar and stored it back per row (W3's
+    first weight gradient on two cores: 930 -> 760 us). Bounds-checked builds check each access
+    against the buffers the caller registered, in line."""
+    args = [as_i64(first), as_i64(count), as_i64(lo), as_i64(hi), c64(row_floats)]
+    if bounds_checking():
+        _add_rows_loop(b, dst, src, *args)
+        return
+    fn = b.module.globals.get("conv.add_rows")
+    if fn is None:
+        fn = ir.Function(b.module, ir.FunctionType(ir.VoidType(), [f32.as_pointer()] * 2 + [i64] * 5),
+                         name="conv.add_rows")
+        fn.linkage = "internal"
+        fn.attributes.add("alwaysinline")
+        vector_width_attrs(fn)
+        for a in fn.args[:2]:
+            a.add_attribute("noalias")
+        fb = ir.IRBuilder(fn.append_basic_block("entry"))
+        _add_rows_loop(fb, *fn.args)
+        fb.ret_void()
+    b.call(fn, [dst, src] + args)
+
+
+def _add_rows_loop(b, dst, src, first, count, lo, hi, row_floats):
+    with for_range(b, b.add(first, count), start=first, name="ar") as r:
+        row = b.mul(r, row_floats)
+        with for_range(b, hi, start=lo, name="ac") as c:
             store_f32(b, b.fadd(load_f32(b, dst, c), load_f32(b, src, b.add(row, c))), dst, c)
 
 

@@ -167,12 +167,15 @@ class Epilogue:
 
 class PooledOutput:
     """A fused contraction's pooling of one of its outputs (attr ``pool``: max pooling whose
-    windows tile the output; passes/fusion.py) into its last result, rows of windows at a time."""
+    windows tile the output; passes/fusion.py) into its last result (max_pool2d_argmax: y and
+    idx, its last two), rows of windows at a time."""
 
     def __init__(self, k):
         pool = k.attrs["pool"]
         (self.ph, self.pw), _, _ = pool_attrs(pool["op"], pool["attrs"])
-        self.source, self.target = pool["of"], len(k.out_types) - 1  # indices into Epilogue.pointers
+        self.argmax = pool["op"] == "max_pool2d_argmax"
+        self.source = pool["of"]  # indices into Epilogue.pointers
+        self.target = len(k.out_types) - (2 if self.argmax else 1)
         self.store_input = pool.get("store_input", True)  # else the head's lowering keeps it in scratch
         _, self.height, self.width, self.channels = k.out_types[self.source].shape
         self.rows_out, self.cols_out = k.out_types[self.target].shape[1:3]
@@ -195,12 +198,25 @@ class PooledOutput:
                 out = b.mul(b.add(out_row, pc), c64(c))
                 with for_range(b, c, name="pch") as ch:
                     at = b.add(base, ch)
-                    values = [load(b, src, b.add(at, c64((i * self.width + j) * c)), "float32")
-                              for i in range(self.ph) for j in range(self.pw)]
+                    taps = [load(b, src, b.add(at, c64((i * self.width + j) * c)), "float32")
+                            for i in range(self.ph) for j in range(self.pw)]
+                    values = taps
                     while len(values) > 1:  # a balanced tree, as the max_pool2d kernel takes it
                         values = [scalar(b, "max", values[m:m + 2]) if m + 1 < len(values) else values[m]
                                   for m in range(0, len(values), 2)]
                     store(b, values[0], dst, b.add(out, ch), "float32")
+                    if self.argmax:
+                        store(b, self.first_peak(b, taps, values[0]), pointers[self.target + 1], b.add(out, ch), "int32")
+
+    @staticmethod
+    def first_peak(b, taps, peak):
+        """max_pool2d_argmax's idx of a window without padding: the position of its first tap
+        that equals the peak or is NaN (schedule/pool.py), selected from the last tap back."""
+        first = ir.Constant(i32, -1)
+        for position in reversed(range(len(taps))):
+            hit = scalar(b, "or", [scalar(b, "eq", [taps[position], peak]), scalar(b, "isnan", [taps[position]])])
+            first = b.select(hit, ir.Constant(i32, position), first)
+        return first
 
 
 def prefetch(b, ptr, index):
@@ -248,24 +264,28 @@ class _SerialRenderer(Renderer):
 
 
 class DyProducer:
-    """The dy of a `fused_bias_grad` with attr ``dy``: that `fused_pool_grad` (a pooling gradient
-    and the activation gradient at its stores), rendered from its kernel description
+    """The dy of a `fused_bias_grad` with attr ``dy``: that pooling gradient (a `fused_pool_grad`,
+    the activation gradient at its stores, or a bare one), rendered from its kernel description
     (schedule/pool.py) for one image as a function ``<kernel>.dy(dy, operands..., status)``
     that the weight gradient calls image by image, into its scratch memory."""
 
     def __init__(self, k):
-        attrs = k.attrs["dy"]
+        op, attrs = k.attrs["dy"]["op"], k.attrs["dy"]["attrs"]
         self.pointers = list(k.inputs[1:])  # what the part functions must receive
         types = list(k.in_types[1:])
         self.batched = [len(t.shape) == 4 for t in types]  # an activation-shaped operand, else a
         one = [TensorType((1,) + tuple(t.shape[1:]), t.dtype) if batched else t  # channel vector or scalar
                for t, batched in zip(types, self.batched)]
         self.in_floats = [num_elements(t.shape) for t in one]
-        out_type = get_op("fused_pool_grad").shape_rule(one, attrs)
+        producer = get_op(op)
+        out_type = producer.shape_rule(one, attrs)
         self.image_floats = num_elements(out_type.shape)
-        constants = {i - 1: v for i, v in k.inline_constants.items() if i >= 1}
-        kernel = get_op("fused_pool_grad").describe({"op": "fused_pool_grad", "attrs": attrs, "type": out_type},
-                                                   one, f"{k.function.name}.dy", constants)
+        node = {"op": op, "attrs": attrs, "type": out_type}
+        if producer.describe_constants:
+            constants = {i - 1: v for i, v in k.inline_constants.items() if i >= 1}
+            kernel = producer.describe(node, one, f"{k.function.name}.dy", constants)
+        else:
+            kernel = producer.describe(node, one, f"{k.function.name}.dy")
         fnty = ir.FunctionType(ir.VoidType(), [MEM_TYPE["float32"].as_pointer()] + [p.type for p in self.pointers]
                                + [k.status.type])
         self.fn = ir.Function(k.module, fnty, name=k.module.get_unique_name(f"{k.function.name}.dy"))
