@@ -81,6 +81,12 @@ def linear_index(b, idx, strides):
     return total if total is not None else c64(0)
 
 
+def opaque(b, value):
+    """``value`` (an i64) through an empty inline asm: the same number at run time, but one the
+    optimiser cannot see, so a loop counting to it is neither fully unrolled nor specialised."""
+    return b.call(ir.InlineAsm(ir.FunctionType(value.type, [value.type]), "", "=r,0"), [value])
+
+
 def get_function(module, name, ret, args):
     fn = module.globals.get(name)
     if fn is None:

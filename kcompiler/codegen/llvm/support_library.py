@@ -31,8 +31,7 @@ GEMM_NAME = "kc_sgemm"
 EPILOGUE_GEMM_NAME = "kc_sgemm_epilogue"
 BATCHED_GEMM_NAME = "kc_sgemm_batched"
 SUPPORT_OPT_LEVEL = 3
-RUNNER_FN_TYPE = ir.FunctionType(ir.VoidType(), [threads.PART_FN_TYPE.as_pointer(), ir.IntType(8).as_pointer(),
-                                                 ir.IntType(64)])
+RUNNER_FN_TYPE = threads.RUNNER_FN_TYPE
 _lock = threading.Lock()
 _library = None
 
@@ -59,11 +58,11 @@ def ensure_support_library():
 
 def _support_ir():
     module = ir.Module(name="kcompiler_support")
+    threads.get_parallel_runner(module, pool=True).linkage = ""  # exported; the SGEMMs call it too
     blocking = tuning.current()
     emit_gemm(module, GEMM_NAME, epilogue_name=EPILOGUE_GEMM_NAME, batched_name=BATCHED_GEMM_NAME,
               kc=blocking.kc, mc=blocking.mc, nc=blocking.nc)
     emit_pack(module)
-    threads.get_parallel_runner(module).linkage = ""  # exported
     return str(module)
 
 

@@ -8,7 +8,13 @@ that does the ``part``-th of ``nparts`` independent slices of the work described
 by ``ctx``, and calls ``kc_parallel_run(part, ctx, nparts)`` (added to the module
 by :func:`get_parallel_runner`; :func:`emit_parallel_call` emits the call).
 
-What the runner does, and why (all measured on the 2-vCPU VM, see
+The support library's runner (the one generated modules call) keeps a pool of helper
+threads for the life of the process (_emit_pool_runner): a call hands parts 1..nparts-1 to
+helpers that spin, then sleep on a futex, between calls, and costs ~0.4 us more than a serial
+one instead of 20-40 us. When the pool is busy (a concurrent call, or a part calling the runner
+again), and in modules other than the support library, the runner starts threads per call.
+
+What the per-call runner does, and why (all measured on the 2-vCPU VM, see
 docs/codegen-llvm.md):
 
 * It starts parts ``1..nparts-1`` on new threads (``pthread_create``, detached)
@@ -35,8 +41,8 @@ detached helper still executes the runner's last instructions after its done
 flag is set.
 
 MCJIT resolves the pthread and sched functions from the running process (see
-:mod:`.target`). Even so a parallel call costs ~10-20 µs more than a serial
-one, so callers only split work whose parts take well over that.
+:mod:`.target`). Even so a parallel call that starts threads costs 20-40 µs more than a
+serial one.
 """
 from __future__ import annotations
 
@@ -44,6 +50,8 @@ import os
 import platform
 
 import llvmlite.ir as ir
+
+from .irutil import for_range
 
 __all__ = [
     "MAX_PARTS",
@@ -67,7 +75,9 @@ PART_FN_TYPE = ir.FunctionType(void, [i8p, i64, i64])
 MAX_PARTS = 64
 
 RUNNER_NAME = "kc_parallel_run"
+SPAWNING_RUNNER_NAME = "kc_parallel_run.spawning"
 TRAMPOLINE_NAME = "kc_parallel_trampoline"
+RUNNER_FN_TYPE = ir.FunctionType(void, [PART_FN_TYPE.as_pointer(), i8p, i64])
 
 # pthread_t is an unsigned long on Linux/glibc (x86-64 and aarch64).
 _PTHREAD_T = i64
@@ -147,15 +157,25 @@ def _is_x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
-def get_parallel_runner(module: ir.Module) -> ir.Function:
+def get_parallel_runner(module: ir.Module, pool: bool = False) -> ir.Function:
     """Return (adding it on first use) ``void kc_parallel_run(part_fn*, i8* ctx, i64 nparts)``.
 
     See the module docstring for what it does. ``nparts <= 1`` runs part 0 of 1
-    inline; ``nparts`` is clamped to :data:`MAX_PARTS`.
+    inline; ``nparts`` is clamped to :data:`MAX_PARTS`. With ``pool`` (the support library
+    only: its helper threads run its code for the life of the process) the runner hands the
+    parts to the library's persistent helper threads (_emit_pool_runner), and starts threads
+    per call as below only when the pool is busy.
     """
     fn = module.globals.get(RUNNER_NAME)
     if fn is not None:
         return fn
+    if pool:
+        return _emit_pool_runner(module, _emit_spawning_runner(module, SPAWNING_RUNNER_NAME))
+    return _emit_spawning_runner(module, RUNNER_NAME)
+
+
+def _emit_spawning_runner(module: ir.Module, name: str) -> ir.Function:
+    """The runner that starts a thread per part and call (module docstring)."""
     pin = pinning_enabled()
     d = lambda name, ret, *args: _get_or_declare(module, name, ir.FunctionType(ret, list(args)))  # noqa: E731
     create = d("pthread_create", i32, _PTHREAD_T.as_pointer(), i8p,
@@ -173,8 +193,7 @@ def get_parallel_runner(module: ir.Module) -> ir.Function:
         attr_setaff = d("pthread_attr_setaffinity_np", i32, i8p, i64, i8p)
     tramp = _emit_trampoline(module)
 
-    fn = ir.Function(module, ir.FunctionType(void, [PART_FN_TYPE.as_pointer(), i8p, i64]),
-                     name=RUNNER_NAME)
+    fn = ir.Function(module, RUNNER_FN_TYPE, name=name)
     fn.linkage = "internal"
     part_fn, ctx, nparts_in = fn.args
     part_fn.name, ctx.name, nparts_in.name = "part_fn", "ctx", "nparts"
@@ -315,6 +334,204 @@ def get_parallel_runner(module: ir.Module) -> ir.Function:
             b.call(join, [b.load(b.gep(tids, [zero, q], inbounds=True)),
                           ir.Constant(i8p.as_pointer(), None)])
     close()
+    b.ret_void()
+    return fn
+
+
+# ---- the support library's pool of helper threads -------------------------------------------
+
+# a helper's slot, one cache line: the job sequence number the caller bumps (the futex word),
+# the last one the helper finished, whether it sleeps, then the job (part fn, ctx, part, nparts)
+_SLOT_T = ir.LiteralStructType([i32, i32, i32, i32, PART_FN_TYPE.as_pointer(), i8p, i64, i64, i64, i64])
+_SEQ, _DONE, _SLEEPING, _FN, _CTX, _PART, _NPARTS = 0, 1, 2, 4, 5, 6, 7
+# a helper waiting for work spins with pause (~0.3 ms: the gaps between the kernels of a step,
+# and between steps, are shorter) before it sleeps on the futex
+_POOL_SPIN = 20000
+_FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 128, 129
+
+
+def _sys_futex():
+    machine = platform.machine().lower()
+    return {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}.get(machine)
+
+
+def _emit_pool_runner(module: ir.Module, spawning: ir.Function) -> ir.Function:
+    """``kc_parallel_run`` over persistent helper threads: starting a thread per part and call
+    cost 20-40 us a call on the 2-vCPU VM, more than many kernels' parts take.
+
+    Helper p (1 .. MAX_PARTS-1, started when a call first needs it, detached, never stopped)
+    waits on slot p: it spins on the slot's sequence number, then sleeps on it (futex). A call
+    takes the pool (a try-lock: a concurrent call, or a part calling the runner again, uses the
+    spawning runner instead), writes each helper's job into its slot and bumps its sequence
+    number (waking a sleeping helper), runs part 0, and waits for each helper's done number to
+    reach it. The pool records the process id that started its helpers: a forked child (which
+    has none of them) starts its own. The work is always done completely: a part whose helper
+    cannot be started runs on the calling thread."""
+    futex = _sys_futex()
+    if futex is None:  # no futex number known for this machine: threads per call
+        spawning.name = RUNNER_NAME
+        return spawning
+    d = lambda name, ret, *args, **kw: _get_or_declare(module, name, ir.FunctionType(ret, list(args), **kw))  # noqa: E731
+    create = d("pthread_create", i32, _PTHREAD_T.as_pointer(), i8p, ir.FunctionType(i8p, [i8p]).as_pointer(), i8p)
+    attr_init = d("pthread_attr_init", i32, i8p)
+    attr_destroy = d("pthread_attr_destroy", i32, i8p)
+    attr_detach = d("pthread_attr_setdetachstate", i32, i8p, i32)
+    getpid = d("getpid", i32)
+    syscall = d("syscall", i64, i64, var_arg=True)
+    sched_yield = d("sched_yield", i32)
+    usleep = d("usleep", i32, i32)
+    pause = d("llvm.x86.sse2.pause", void) if _is_x86() else None
+    c32 = lambda v: ir.Constant(i32, v)  # noqa: E731
+    c64 = lambda v: ir.Constant(i64, v)  # noqa: E731
+
+    def global_(name, t, align=8):
+        g = ir.GlobalVariable(module, t, name=name)
+        g.linkage, g.initializer, g.align = "internal", ir.Constant(t, None), align
+        return g
+
+    slots = global_("kc_pool.slots", ir.ArrayType(_SLOT_T, MAX_PARTS), align=64)
+    lock, owner, started = global_("kc_pool.lock", i32, 4), global_("kc_pool.pid", i32, 4), global_("kc_pool.started", i64)
+
+    def field(b, slot, k):
+        return b.gep(slot, [c32(0), c32(k)], inbounds=True)
+
+    def futex_call(b, word, op, value):
+        b.call(syscall, [c64(futex), b.ptrtoint(word, i64), c64(op), b.zext(value, i64) if value.type == i32 else value,
+                         c64(0), c64(0), c64(0)])
+
+    def spin_then_rest(fn, b, done_test, name, rest):
+        """Loop until ``done_test(b)`` (an i1) is true: pause for _POOL_SPIN turns, then ``rest``."""
+        pre = b.block
+        hdr, body, end = (fn.append_basic_block(f"{name}.{t}") for t in ("hdr", "body", "end"))
+        b.branch(hdr)
+        b.position_at_end(hdr)
+        turns = b.phi(i64, name=f"{name}.turns")
+        turns.add_incoming(c64(0), pre)
+        b.cbranch(done_test(b), end, body)
+        b.position_at_end(body)
+        rest(b, turns)
+        turns.add_incoming(b.add(turns, c64(1)), b.block)
+        b.branch(hdr)
+        b.position_at_end(end)
+
+    # ---- the helper: void* kc_pool.helper(void* slot)
+    helper = ir.Function(module, ir.FunctionType(i8p, [i8p]), name="kc_pool.helper")
+    helper.linkage = "internal"
+    b = ir.IRBuilder(helper.append_basic_block("entry"))
+    slot = b.bitcast(helper.args[0], _SLOT_T.as_pointer())
+    seq_p, done_p, sleeping_p = field(b, slot, _SEQ), field(b, slot, _DONE), field(b, slot, _SLEEPING)
+    entry = b.block
+    wait = helper.append_basic_block("wait")
+    b.branch(wait)
+    b.position_at_end(wait)
+    last = b.phi(i32, name="last")
+    last.add_incoming(c32(0), entry)
+
+    def idle(b, turns):
+        with b.if_else(b.icmp_signed("<", turns, c64(_POOL_SPIN))) as (spin, sleep):
+            with spin:
+                if pause is not None:
+                    b.call(pause, [])
+            with sleep:  # announce the sleep, then sleep only if no job came meanwhile
+                b.store_atomic(c32(1), sleeping_p, "seq_cst", 4)
+                with b.if_then(b.icmp_unsigned("==", b.load_atomic(seq_p, "seq_cst", 4), last)):
+                    futex_call(b, seq_p, _FUTEX_WAIT_PRIVATE, last)
+                b.store_atomic(c32(0), sleeping_p, "seq_cst", 4)
+
+    spin_then_rest(helper, b, lambda b: b.icmp_unsigned("!=", b.load_atomic(seq_p, "acquire", 4), last), "job", idle)
+    seq = b.load_atomic(seq_p, "acquire", 4)
+    b.call(b.load(field(b, slot, _FN)), [b.load(field(b, slot, _CTX)), b.load(field(b, slot, _PART)),
+                                         b.load(field(b, slot, _NPARTS))])
+    b.store_atomic(seq, done_p, "release", 4)
+    last.add_incoming(seq, b.block)
+    b.branch(wait)
+
+    # ---- the runner
+    fn = ir.Function(module, RUNNER_FN_TYPE, name=RUNNER_NAME)
+    fn.linkage = "internal"
+    part_fn, ctx, nparts_in = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    tid = b.alloca(_PTHREAD_T, name="tid")
+    attr = b.alloca(ir.ArrayType(i64, _ATTR_BYTES // 8), name="attr")
+    attr_p = b.bitcast(attr, i8p)
+    with b.if_then(b.icmp_signed("<=", nparts_in, c64(1)), likely=False):
+        b.call(part_fn, [ctx, c64(0), c64(1)])
+        b.ret_void()
+    nparts = b.select(b.icmp_signed(">", nparts_in, c64(MAX_PARTS)), c64(MAX_PARTS), nparts_in, name="np")
+    pid = b.call(getpid, [])
+    seen = b.load_atomic(owner, "acquire", 4)
+    with b.if_else(b.icmp_signed("==", seen, pid), likely=True) as (ours, new_process):
+        with ours:
+            taken = b.extract_value(b.cmpxchg(lock, c32(0), c32(1), "acquire", "monotonic"), 1)
+            ours_block = b.block
+        with new_process:
+            # the first call in this process, or in a forked child (whose helpers do not
+            # exist): the call that claims the pool (owner -1 while it resets) starts it afresh,
+            # holding its lock; a call meanwhile spawns threads
+            claim = b.cmpxchg(owner, seen, c32(-1), "acq_rel", "acquire")
+            claimed = b.and_(b.icmp_signed("!=", seen, c32(-1)), b.extract_value(claim, 1))
+            with b.if_then(claimed):
+                b.store(c64(0), started)
+                b.store(ir.Constant(ir.ArrayType(_SLOT_T, MAX_PARTS), None), slots)
+                b.store_atomic(c32(1), lock, "release", 4)
+                b.store_atomic(pid, owner, "release", 4)
+            new_block = b.block
+    holds = b.phi(ir.IntType(1), name="holds")
+    holds.add_incoming(taken, ours_block)
+    holds.add_incoming(claimed, new_block)
+    with b.if_then(b.not_(holds), likely=False):
+        b.call(spawning, [part_fn, ctx, nparts])
+        b.ret_void()
+
+    def slot_of(b, p):
+        return b.gep(slots, [c64(0), p], inbounds=True)
+
+    # start the helpers this call needs that are not running yet
+    have = b.load(started)
+    rc_init = b.call(attr_init, [attr_p])
+    with b.if_then(b.icmp_signed("==", rc_init, c32(0))):
+        with for_range(b, nparts, start=b.add(have, c64(1)), name="start") as p:
+            with b.if_then(b.icmp_signed("==", b.load(started), b.sub(p, c64(1)))):  # the ones before it started
+                b.call(attr_detach, [attr_p, c32(_PTHREAD_CREATE_DETACHED)])
+                rc = b.call(create, [tid, attr_p, helper, b.bitcast(slot_of(b, p), i8p)])
+                with b.if_then(b.icmp_signed("==", rc, c32(0))):
+                    b.store(p, started)
+        b.call(attr_destroy, [attr_p])
+    ready = b.load(started, name="ready")  # helpers 1 .. ready run; the other parts run here
+    helped = b.select(b.icmp_signed("<", ready, b.sub(nparts, c64(1))), ready, b.sub(nparts, c64(1)), name="helped")
+
+    with for_range(b, b.add(helped, c64(1)), start=c64(1), name="give") as p:
+        slot = slot_of(b, p)
+        b.store(part_fn, field(b, slot, _FN))
+        b.store(ctx, field(b, slot, _CTX))
+        b.store(p, field(b, slot, _PART))
+        b.store(nparts, field(b, slot, _NPARTS))
+        seq_p = field(b, slot, _SEQ)
+        b.store_atomic(b.add(b.load(seq_p), c32(1)), seq_p, "seq_cst", 4)
+        with b.if_then(b.icmp_unsigned("!=", b.load_atomic(field(b, slot, _SLEEPING), "seq_cst", 4), c32(0))):
+            futex_call(b, seq_p, _FUTEX_WAKE_PRIVATE, c32(1))
+    b.call(part_fn, [ctx, c64(0), nparts])
+    with for_range(b, nparts, start=b.add(helped, c64(1)), name="inline") as p:
+        b.call(part_fn, [ctx, p, nparts])
+
+    def rest(b, turns):
+        with b.if_else(b.icmp_signed("<", turns, c64(_SPIN_PAUSE))) as (spin, slow):
+            with spin:
+                if pause is not None:
+                    b.call(pause, [])
+            with slow:
+                with b.if_else(b.icmp_signed("<", turns, c64(_SPIN_YIELD))) as (yld, slp):
+                    with yld:
+                        b.call(sched_yield, [])
+                    with slp:
+                        b.call(usleep, [c32(_SLEEP_US)])
+
+    with for_range(b, b.add(helped, c64(1)), start=c64(1), name="join") as p:
+        slot = slot_of(b, p)
+        target = b.load(field(b, slot, _SEQ))
+        spin_then_rest(fn, b, lambda b: b.icmp_unsigned("==", b.load_atomic(field(b, slot, _DONE), "acquire", 4),
+                                                        target), "done", rest)
+    b.store_atomic(c32(0), lock, "release", 4)
     b.ret_void()
     return fn
 

@@ -1,0 +1,120 @@
+"""The support library's ``kc_parallel_run`` over its persistent helper threads (threads.py,
+_emit_pool_runner): every part runs exactly once with the right count, call after call (helpers
+spinning, and helpers woken from their futex sleep), from several threads at once (calls that
+find the pool busy start threads of their own), from inside a part (a nested call), and in a
+forked child, which has none of its parent's helpers."""
+import ctypes
+import os
+import signal
+import threading
+import time
+
+import llvmlite.ir as ir
+import numpy as np
+import pytest
+
+from kcompiler.codegen.llvm import jit
+from kcompiler.codegen.llvm import threads as TH
+from kcompiler.codegen.llvm.support_library import declare_parallel_runner
+
+i64 = ir.IntType(64)
+i8p = ir.IntType(8).as_pointer()
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """``run(out, nparts)``: out[p] += 1 + 1000 * nparts for every part p (a part run twice or
+    with a wrong count shows); ``nested(out, nparts)``: part p runs ``run`` over out[8p:8p+2]
+    with 2 parts, from inside the pool's call."""
+    mod = ir.Module(name="pool_test")
+    runner = declare_parallel_runner(mod)
+    part = ir.Function(mod, TH.PART_FN_TYPE, name="part")
+    part.linkage = "internal"
+    ctx, p, n = part.args
+    b = ir.IRBuilder(part.append_basic_block())
+    slot = b.gep(b.bitcast(ctx, i64.as_pointer()), [p])
+    b.store(b.add(b.load(slot), b.add(ir.Constant(i64, 1), b.mul(n, ir.Constant(i64, 1000)))), slot)
+    b.ret_void()
+    run = ir.Function(mod, ir.FunctionType(ir.VoidType(), [i8p, i64]), name="run")
+    b = ir.IRBuilder(run.append_basic_block())
+    TH.emit_parallel_call(b, part, run.args[0], run.args[1], runner=runner)
+    b.ret_void()
+    outer = ir.Function(mod, TH.PART_FN_TYPE, name="outer")
+    outer.linkage = "internal"
+    ctx, p, n = outer.args
+    b = ir.IRBuilder(outer.append_basic_block())
+    inner = b.bitcast(b.gep(b.bitcast(ctx, i64.as_pointer()), [b.mul(p, ir.Constant(i64, 8))]), i8p)
+    TH.emit_parallel_call(b, part, inner, 2, runner=runner)
+    b.ret_void()
+    nested = ir.Function(mod, ir.FunctionType(ir.VoidType(), [i8p, i64]), name="nested")
+    b = ir.IRBuilder(nested.append_basic_block())
+    TH.emit_parallel_call(b, outer, nested.args[0], nested.args[1], runner=runner)
+    b.ret_void()
+    cm = jit.compile_ir(str(mod), opt_level=1, name="pool_test")
+    return cm, cm.function("run", None, ctypes.c_void_p, ctypes.c_int64), \
+        cm.function("nested", None, ctypes.c_void_p, ctypes.c_int64)
+
+
+def check(run, nparts):
+    out = np.zeros(TH.MAX_PARTS + 8, np.int64)
+    run(out.ctypes.data, nparts)
+    used = min(max(nparts, 1), TH.MAX_PARTS)
+    assert np.all(out[:used] == 1 + 1000 * used), (nparts, out[:used])
+    assert np.all(out[used:] == 0)
+
+
+def test_the_pool_runs_every_part_once(runs):
+    _, run, _ = runs
+    for nparts in (0, 1, 2, 3, 5, 64, 100, 2, 2, 3):
+        check(run, nparts)
+    for _ in range(200):  # helpers spinning between calls
+        check(run, 2)
+    time.sleep(0.05)  # long enough for the helpers to sleep on their futex: the next call wakes them
+    check(run, 3)
+
+
+def test_concurrent_calls_each_get_all_their_parts(runs):
+    _, run, _ = runs
+    errors = []
+
+    def worker(nparts):
+        try:
+            for _ in range(300):
+                check(run, nparts)
+        except AssertionError as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    workers = [threading.Thread(target=worker, args=(n,)) for n in (2, 3, 2, 5)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors
+
+
+def test_a_part_that_calls_the_runner_again(runs):
+    _, _, nested = runs
+    out = np.zeros(8 * 4, np.int64)
+    nested(out.ctypes.data, 3)
+    for p in range(3):
+        assert list(out[8 * p:8 * p + 3]) == [2001, 2001, 0]
+    assert not out[24:].any()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_its_own_helpers(runs):
+    _, run, _ = runs
+    check(run, 2)  # the parent's helpers run
+    pid = os.fork()
+    if pid == 0:  # the child: one thread, none of the parent's helpers
+        signal.alarm(30)  # a call waiting for a helper that does not exist would hang
+        status = 1
+        try:
+            for nparts in (2, 3, 2):
+                check(run, nparts)
+            status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    check(run, 2)  # and the parent's pool still works
