@@ -65,9 +65,10 @@ GROUP_BUDGET_FLOATS = 1 << 16
 # gradients ran at 65-73 GFLOP/s on one core with 2^12 (too little work per tile call) and
 # with 2^14-2^16 (the block no longer in L1), 89-99 with 2^13.
 BLOCK_FLOATS = 1 << 13
-# Below this many multiply-adds an op stays on one part (starting a thread costs
-# ~20 us; this is ~100 us of work on one core).
-PARALLEL_MIN_MACS = 1 << 22
+# Below this many multiply-adds an op stays on one part: ~10 us of work on one core (handing a
+# part to the pool's helper thread costs ~1 us; starting a thread per call cost ~20 us, with a
+# threshold of 2^22).
+PARALLEL_MIN_MACS = 1 << 19
 
 fptr = f32.as_pointer()
 

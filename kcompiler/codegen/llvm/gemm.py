@@ -110,11 +110,12 @@ DEFAULT_NR = 32
 DEFAULT_KC = 256
 DEFAULT_MC = 144
 DEFAULT_NC = 512
-# Below this M*N*K the call stays on one thread: a parallel call costs ~15-25 us
-# more (thread start on a pinned CPU, done-flag wait) plus one extra packing of
-# the shared operand. By median time 2 threads break even near 192^3 (7e6) and
-# win by 25 % at 256^3; see docs/codegen-llvm.md.
-DEFAULT_PARALLEL_MIN_MNK = 1 << 23
+# Below this M*N*K the call stays on one thread: the split costs one extra packing of the
+# shared operand and ~1 us of handing the parts to the pool's helper threads (threads.py; it
+# was 15-25 us when each call started its threads and the threshold was 2^23). Measured on the
+# Zen 4 host with the pool: the dense layers of W2/W3 (64 x 576 x 64 and their gradients) run
+# 2-2.6x faster on two cores (72 -> 32 us).
+DEFAULT_PARALLEL_MIN_MNK = 1 << 20
 # ... unless its operands and product hold this many floats: a product with a short side
 # (W5's 256 x 10 x 1024 output layer and its gradients, 2.6e6 multiply-adds) is bound by
 # moving its 1 MiB operand, which two cores do faster than one

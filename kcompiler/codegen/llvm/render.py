@@ -21,10 +21,11 @@ from .scalar import ScalarEmitter
 _FCMP = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 
 # A parallel loop is split over the cores only when it makes at least this many buffer accesses
-# in all. Measured on the pooling kernels of W2 (2 cores, shared): at 1.7M accesses and more two
-# parts ran 1.0-2.3x faster than one; at 0.5-1.0M (~30-70 us on one core) 0.8-1.0x, the thread
-# start and the often busy second core costing more than they saved.
-PARALLEL_MIN_ACCESSES = 1 << 20
+# in all (~5-10 us on one core). When every call started its threads (~20 us) the threshold was
+# 2^20: at 0.5-1.0M accesses two parts ran 0.8-1.0x as fast as one. With the pool's helpers
+# (threads.py, ~1 us a call) W2's and W3's second pooling gradient (0.5M accesses) runs 2-2.8x
+# faster on two cores.
+PARALLEL_MIN_ACCESSES = 1 << 17
 
 
 def _is_float(dtype):
