@@ -344,10 +344,53 @@ def _emit_spawning_runner(module: ir.Module, name: str) -> ir.Function:
 # the last one the helper finished, whether it sleeps, then the job (part fn, ctx, part, nparts)
 _SLOT_T = ir.LiteralStructType([i32, i32, i32, i32, PART_FN_TYPE.as_pointer(), i8p, i64, i64, i64, i64])
 _SEQ, _DONE, _SLEEPING, _FN, _CTX, _PART, _NPARTS = 0, 1, 2, 4, 5, 6, 7
-# a helper waiting for work spins with pause (~0.3 ms: the gaps between the kernels of a step,
-# and between steps, are shorter) before it sleeps on the futex
-_POOL_SPIN = 20000
+# a helper waiting for work spins with pause (~50 us), then with sched_yield (~0.5 ms in all:
+# the gaps between the kernels of a step, and between steps, are shorter; a thread that shares
+# its CPU gets it meanwhile), then sleeps on the futex; the caller waiting for a helper's part
+# pauses as long, then yields, then sleeps
+_POOL_PAUSE = 2000
+_POOL_YIELD = _POOL_PAUSE + 2000
 _FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 128, 129
+
+
+def _cpus_after_current(module, b):
+    """(cpus, n): an alloca of up to MAX_PARTS i32 CPU numbers, the CPUs this process may run on
+    in cyclic order after the one the caller runs on, and how many (an i64; 0 when unknown)."""
+    d = lambda name, ret, *args: _get_or_declare(module, name, ir.FunctionType(ret, list(args)))  # noqa: E731
+    getcpu, getaff = d("sched_getcpu", i32), d("sched_getaffinity", i32, i32, i64, i8p)
+    c64 = lambda v: ir.Constant(i64, v)  # noqa: E731
+    with b.goto_entry_block():
+        mask = b.alloca(ir.ArrayType(i64, _CPUSET_WORDS), name="mask")
+        cpus = b.alloca(ir.ArrayType(i32, MAX_PARTS), name="cpus")
+        count = b.alloca(i64, name="ncpus.slot")
+    b.store(c64(0), count)
+    cur = b.call(getcpu, [])
+    rc = b.call(getaff, [ir.Constant(i32, 0), c64(_CPUSET_BYTES), b.bitcast(mask, i8p)])
+    usable = b.and_(b.and_(b.icmp_signed(">=", cur, ir.Constant(i32, 0)),
+                           b.icmp_signed("<", cur, ir.Constant(i32, 64 * _CPUSET_WORDS))),
+                    b.icmp_signed("==", rc, ir.Constant(i32, 0)))
+    with b.if_then(usable):
+        nbits = c64(64 * _CPUSET_WORDS)
+        with for_range(b, b.add(nbits, c64(1)), start=c64(1), name="cpu") as step:
+            c = b.urem(b.add(b.sext(cur, i64), step), nbits)
+            word = b.load(b.gep(mask, [c64(0), b.lshr(c, c64(6))], inbounds=True))
+            n = b.load(count)
+            with b.if_then(b.and_(b.icmp_unsigned("!=", b.and_(b.lshr(word, b.and_(c, c64(63))), c64(1)), c64(0)),
+                                  b.icmp_signed("<", n, c64(MAX_PARTS)))):
+                b.store(b.trunc(c, i32), b.gep(cpus, [c64(0), n], inbounds=True))
+                b.store(b.add(n, c64(1)), count)
+    return cpus, b.load(count, name="ncpus")
+
+
+def _set_affinity(module, b, attr_p, cpu):
+    """Thread attributes ``attr_p`` pin the thread to ``cpu`` (an i64)."""
+    setaff = _get_or_declare(module, "pthread_attr_setaffinity_np", ir.FunctionType(i32, [i8p, i64, i8p]))
+    with b.goto_entry_block():
+        one_cpu = b.alloca(ir.ArrayType(i64, _CPUSET_WORDS), name="one_cpu")
+    b.store(ir.Constant(ir.ArrayType(i64, _CPUSET_WORDS), None), one_cpu)
+    b.store(b.shl(ir.Constant(i64, 1), b.and_(cpu, ir.Constant(i64, 63))),
+            b.gep(one_cpu, [ir.Constant(i64, 0), b.lshr(cpu, ir.Constant(i64, 6))], inbounds=True))
+    b.call(setaff, [attr_p, ir.Constant(i64, _CPUSET_BYTES), b.bitcast(one_cpu, i8p)])
 
 
 def _sys_futex():
@@ -400,7 +443,7 @@ def _emit_pool_runner(module: ir.Module, spawning: ir.Function) -> ir.Function:
                          c64(0), c64(0), c64(0)])
 
     def spin_then_rest(fn, b, done_test, name, rest):
-        """Loop until ``done_test(b)`` (an i1) is true: pause for _POOL_SPIN turns, then ``rest``."""
+        """Loop until ``done_test(b)`` (an i1) is true, calling ``rest(b, turns)`` between tests."""
         pre = b.block
         hdr, body, end = (fn.append_basic_block(f"{name}.{t}") for t in ("hdr", "body", "end"))
         b.branch(hdr)
@@ -428,15 +471,19 @@ def _emit_pool_runner(module: ir.Module, spawning: ir.Function) -> ir.Function:
     last.add_incoming(c32(0), entry)
 
     def idle(b, turns):
-        with b.if_else(b.icmp_signed("<", turns, c64(_POOL_SPIN))) as (spin, sleep):
+        with b.if_else(b.icmp_signed("<", turns, c64(_POOL_PAUSE))) as (spin, slow):
             with spin:
                 if pause is not None:
                     b.call(pause, [])
-            with sleep:  # announce the sleep, then sleep only if no job came meanwhile
-                b.store_atomic(c32(1), sleeping_p, "seq_cst", 4)
-                with b.if_then(b.icmp_unsigned("==", b.load_atomic(seq_p, "seq_cst", 4), last)):
-                    futex_call(b, seq_p, _FUTEX_WAIT_PRIVATE, last)
-                b.store_atomic(c32(0), sleeping_p, "seq_cst", 4)
+            with slow:
+                with b.if_else(b.icmp_signed("<", turns, c64(_POOL_YIELD))) as (yld, sleep):
+                    with yld:
+                        b.call(sched_yield, [])
+                    with sleep:  # announce the sleep, then sleep only if no job came meanwhile
+                        b.store_atomic(c32(1), sleeping_p, "seq_cst", 4)
+                        with b.if_then(b.icmp_unsigned("==", b.load_atomic(seq_p, "seq_cst", 4), last)):
+                            futex_call(b, seq_p, _FUTEX_WAIT_PRIVATE, last)
+                        b.store_atomic(c32(0), sleeping_p, "seq_cst", 4)
 
     spin_then_rest(helper, b, lambda b: b.icmp_unsigned("!=", b.load_atomic(seq_p, "acquire", 4), last), "job", idle)
     seq = b.load_atomic(seq_p, "acquire", 4)
@@ -486,17 +533,26 @@ def _emit_pool_runner(module: ir.Module, spawning: ir.Function) -> ir.Function:
     def slot_of(b, p):
         return b.gep(slots, [c64(0), p], inbounds=True)
 
-    # start the helpers this call needs that are not running yet
+    # start the helpers this call needs that are not running yet: helper p pinned (unless
+    # pinning is off) to the p-th CPU this process may use after the caller's, as the spawning
+    # runner pins its threads (left alone, Linux may start a helper on its creator's CPU)
     have = b.load(started)
-    rc_init = b.call(attr_init, [attr_p])
-    with b.if_then(b.icmp_signed("==", rc_init, c32(0))):
-        with for_range(b, nparts, start=b.add(have, c64(1)), name="start") as p:
-            with b.if_then(b.icmp_signed("==", b.load(started), b.sub(p, c64(1)))):  # the ones before it started
-                b.call(attr_detach, [attr_p, c32(_PTHREAD_CREATE_DETACHED)])
-                rc = b.call(create, [tid, attr_p, helper, b.bitcast(slot_of(b, p), i8p)])
-                with b.if_then(b.icmp_signed("==", rc, c32(0))):
-                    b.store(p, started)
-        b.call(attr_destroy, [attr_p])
+    with b.if_then(b.icmp_signed("<", have, b.sub(nparts, c64(1))), likely=False):
+        cpus, ncpus = _cpus_after_current(module, b) if pinning_enabled() else (None, None)
+        rc_init = b.call(attr_init, [attr_p])
+        with b.if_then(b.icmp_signed("==", rc_init, c32(0))):
+            with for_range(b, nparts, start=b.add(have, c64(1)), name="start") as p:
+                with b.if_then(b.icmp_signed("==", b.load(started), b.sub(p, c64(1)))):  # the ones before it started
+                    b.call(attr_detach, [attr_p, c32(_PTHREAD_CREATE_DETACHED)])
+                    if cpus is not None:
+                        with b.if_then(b.icmp_signed(">", ncpus, c64(0))):
+                            cpu = b.zext(b.load(b.gep(cpus, [c64(0), b.urem(b.sub(p, c64(1)), ncpus)], inbounds=True)),
+                                         i64)
+                            _set_affinity(module, b, attr_p, cpu)
+                    rc = b.call(create, [tid, attr_p, helper, b.bitcast(slot_of(b, p), i8p)])
+                    with b.if_then(b.icmp_signed("==", rc, c32(0))):
+                        b.store(p, started)
+            b.call(attr_destroy, [attr_p])
     ready = b.load(started, name="ready")  # helpers 1 .. ready run; the other parts run here
     helped = b.select(b.icmp_signed("<", ready, b.sub(nparts, c64(1))), ready, b.sub(nparts, c64(1)), name="helped")
 
@@ -515,12 +571,12 @@ def _emit_pool_runner(module: ir.Module, spawning: ir.Function) -> ir.Function:
         b.call(part_fn, [ctx, p, nparts])
 
     def rest(b, turns):
-        with b.if_else(b.icmp_signed("<", turns, c64(_SPIN_PAUSE))) as (spin, slow):
+        with b.if_else(b.icmp_signed("<", turns, c64(_POOL_PAUSE))) as (spin, slow):
             with spin:
                 if pause is not None:
                     b.call(pause, [])
             with slow:
-                with b.if_else(b.icmp_signed("<", turns, c64(_SPIN_YIELD))) as (yld, slp):
+                with b.if_else(b.icmp_signed("<", turns, c64(_POOL_PAUSE + _SPIN_YIELD))) as (yld, slp):
                     with yld:
                         b.call(sched_yield, [])
                     with slp:
