@@ -13,7 +13,8 @@ operands are the head's), ``body``/``outputs`` as in the `fused` op, where a ref
 ``pool`` = {"op": "max_pool2d" or "max_pool2d_argmax", "attrs": its attrs, "of": j,
 "store_input": bool}: the node also pools its j-th output (a convolution's activation before a
 pooling layer whose windows neither overlap nor reach into padding), its last result (y, or y
-and idx: the last two), computed as soon as each row of windows is finished. ``store_input`` false: nothing reads output j (inference), and the
+and idx: the last two), computed as soon as each row of windows is finished. ``store_input``
+false: nothing else reads output j (inference, or training where the pool keeps idx), and the
 kernel keeps it in scratch memory, never storing it into its buffer.
 
 The `fused_bias_grad` op: a convolution's weight gradient and its bias gradient (the sum of

@@ -380,13 +380,12 @@ def fuse_pooling(g, heads):
             continue
         pooled = g.nodes[nid]
         height, width = g.nodes[src]["type"].shape[1:3]
-        why = None
         if "pool" in head["attrs"]:
             why = "its producer already pools another output"
-        elif windows_tile(pooled["op"], pooled["attrs"], height, width):
-            why = windows_tile(pooled["op"], pooled["attrs"], height, width)
         elif g.nodes[src]["type"].dtype != "float32":
             why = "its input is not float32"
+        else:
+            why = windows_tile(pooled["op"], pooled["attrs"], height, width)
         if why:
             g.graph["notes"].append(f"%{nid} {pooled['op']} not fused into %{fc} fused_contraction: {why}")
             continue

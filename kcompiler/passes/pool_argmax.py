@@ -66,6 +66,22 @@ def computed_by(g, x, heads):
     return True
 
 
+def _refusal(g, x, forward, attrs, pooled_by):
+    """Why the gradient of max_pool2d(x) with ``attrs`` keeps reading x (``forward``: that pooling
+    node, or None), or None."""
+    x_type = g.nodes[x]["type"]
+    if forward is None:
+        return "no max_pool2d node of it with the same attrs"
+    if x_type.dtype != "float32":
+        return f"it is {x_type.dtype}"
+    if pooled_by is None:
+        return None
+    if not computed_by(g, x, pooled_by):
+        return f"no {'/'.join(sorted(pooled_by))} computes it (the pool is not fused into its producer)"
+    tiling = windows_tile("max_pool2d", attrs, *x_type.shape[1:3])
+    return f"its windows do not tile %{x}: {tiling}" if tiling else None
+
+
 def keep_pool_argmax(g, pooled_by=None):
     """The rewrite, for every max_pool2d_grad; with ``pooled_by`` (op names), only for those whose
     input is computed by one of those ops (``computed_by``)."""
@@ -81,13 +97,7 @@ def keep_pool_argmax(g, pooled_by=None):
         if key not in pools:
             forward = next((v for v in sorted(g.successors(x)) if g.nodes[v]["op"] == "max_pool2d"
                             and g.nodes[v]["attrs"] == node["attrs"]), None)
-            why = ("no max_pool2d node of it with the same attrs" if forward is None
-                   else f"it is {x_type.dtype}" if x_type.dtype != "float32"
-                   else f"no {'/'.join(sorted(pooled_by))} computes it (the pool is not fused into its producer)"
-                   if pooled_by is not None and not computed_by(g, x, pooled_by)
-                   else f"its windows do not tile %{x}: {tiling}"
-                   if pooled_by is not None and (tiling := windows_tile("max_pool2d", node["attrs"], *x_type.shape[1:3]))
-                   else None)
+            why = _refusal(g, x, forward, node["attrs"], pooled_by)
             if why:
                 notes.append(f"%{nid} max_pool2d_grad keeps reading its input %{x}: {why}")
                 continue

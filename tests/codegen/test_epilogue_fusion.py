@@ -38,6 +38,16 @@ def dense_tanh_with_scalar():
     return b.g, feeds
 
 
+def in_two_parts(monkeypatch):
+    """Kernels generated for the rest of the test split their work in two parts, however small
+    (and are compiled afresh); returns the convolution lowering module, to adjust further."""
+    from kcompiler.codegen.llvm import conv, threads
+    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
+    monkeypatch.setattr(threads, "default_nthreads", lambda: 2)
+    monkeypatch.setattr(conv, "PARALLEL_MIN_MACS", 0)
+    return conv
+
+
 def run_fused(g, feeds):
     compiled, stages = lower_graph(g, fuse=True)
     fused = stages["fused"]
@@ -238,10 +248,7 @@ def test_a_pooled_1x1_convolution_in_inference(monkeypatch):
     (3, 16, 3, 20, (2, 2), "same", False),    # inference, padded image copies
 ], ids=str)
 def test_conv_epilogue_pools_its_activation(batch, hw, cin, cout, pool, padding, keep, bounds_check, monkeypatch):
-    from kcompiler.codegen.llvm import conv, threads
-    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
-    monkeypatch.setattr(threads, "default_nthreads", lambda: 2)
-    monkeypatch.setattr(conv, "PARALLEL_MIN_MACS", 0)
+    in_two_parts(monkeypatch)
     use_options(monkeypatch, bounds_check=bounds_check)
     g, feeds = conv_relu_pool(batch, hw, cin, cout, pool, padding=padding, keep_activation=keep)
     got, ops = run_fused(g, feeds)
@@ -312,10 +319,7 @@ def weight_gradient_of_a_pooled_activation(batch, hw, cin, cout, op, pool, paddi
 ], ids=str)
 def test_weight_gradient_computes_the_pooling_gradient_it_reads(batch, hw, cin, cout, op, pool, padding, block_floats,
                                                                 split_batch, bounds_check, monkeypatch):
-    from kcompiler.codegen.llvm import conv, threads
-    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
-    monkeypatch.setattr(threads, "default_nthreads", lambda: 2)
-    monkeypatch.setattr(conv, "PARALLEL_MIN_MACS", 0)
+    conv = in_two_parts(monkeypatch)
     monkeypatch.setattr(conv, "split_by_batch", lambda g, nparts: split_batch and g.batch >= nparts)
     if block_floats is not None:
         monkeypatch.setattr(conv, "BLOCK_FLOATS", block_floats)
@@ -381,10 +385,7 @@ def conv_relu_argmax_pool(batch, hw, cin, cout, pool, keep_activation, nan=False
     (4, 8, 3, 6, (3, 2), False, False),     # 6x6 -> 2x3 windows of 3x2
 ], ids=str)
 def test_conv_epilogue_pools_with_window_positions(batch, hw, cin, cout, pool, keep, nan, bounds_check, monkeypatch):
-    from kcompiler.codegen.llvm import conv, threads
-    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
-    monkeypatch.setattr(threads, "default_nthreads", lambda: 2)
-    monkeypatch.setattr(conv, "PARALLEL_MIN_MACS", 0)
+    in_two_parts(monkeypatch)
     use_options(monkeypatch, bounds_check=bounds_check)
     g, feeds = conv_relu_argmax_pool(batch, hw, cin, cout, pool, keep, nan)
     compiled, stages = lower_graph(g, fuse=True)
@@ -403,10 +404,7 @@ def test_conv_epilogue_pools_with_window_positions(batch, hw, cin, cout, pool, k
 def test_weight_gradient_computes_a_bare_pooling_gradient_from_window_positions(split_batch, monkeypatch):
     """dy = max_pool2d_grad_argmax(idx, dp) (no activation gradient after it: passes/pool_argmax.py
     moved it onto the pooled shape), computed inside the first convolution's weight gradient."""
-    from kcompiler.codegen.llvm import conv, threads
-    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
-    monkeypatch.setattr(threads, "default_nthreads", lambda: 2)
-    monkeypatch.setattr(conv, "PARALLEL_MIN_MACS", 0)
+    conv = in_two_parts(monkeypatch)
     monkeypatch.setattr(conv, "split_by_batch", lambda g, nparts: split_batch and g.batch >= nparts)
     use_options(monkeypatch, bounds_check=True)
     batch, hw, cin, cout, side = 3, 9, 2, 5, 7

@@ -153,6 +153,22 @@ def _emit_trampoline(module: ir.Module) -> ir.Function:
     return fn
 
 
+def _back_off(b, turns, pause_turns, yield_turns, last):
+    """One turn of a wait loop, the i64 ``turns`` before it: ``pause`` for ``pause_turns`` turns,
+    then ``sched_yield`` until ``yield_turns``, then ``last(b)`` (a sleep)."""
+    module = b.module
+    with b.if_else(b.icmp_signed("<", turns, ir.Constant(i64, pause_turns))) as (spin, slow):
+        with spin:
+            if _is_x86():
+                b.call(_get_or_declare(module, "llvm.x86.sse2.pause", ir.FunctionType(void, [])), [])
+        with slow:
+            with b.if_else(b.icmp_signed("<", turns, ir.Constant(i64, yield_turns))) as (yld, rest):
+                with yld:
+                    b.call(_get_or_declare(module, "sched_yield", ir.FunctionType(i32, [])), [])
+                with rest:
+                    last(b)
+
+
 def _is_x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
@@ -184,9 +200,7 @@ def _emit_spawning_runner(module: ir.Module, name: str) -> ir.Function:
     attr_init = d("pthread_attr_init", i32, i8p)
     attr_destroy = d("pthread_attr_destroy", i32, i8p)
     attr_detach = d("pthread_attr_setdetachstate", i32, i8p, i32)
-    sched_yield = d("sched_yield", i32)
     usleep = d("usleep", i32, i32)
-    pause = d("llvm.x86.sse2.pause", void) if _is_x86() else None
     if pin:
         getcpu = d("sched_getcpu", i32)
         getaff = d("sched_getaffinity", i32, i32, i64, i8p)
@@ -317,16 +331,7 @@ def _emit_spawning_runner(module: ir.Module, name: str) -> ir.Function:
         v = b.load_atomic(flag, "acquire", 8)
         b.cbranch(b.icmp_unsigned("!=", v, zero), end, body)
         b.position_at_end(body)
-        with b.if_else(b.icmp_signed("<", it, c64(_SPIN_PAUSE))) as (spin, slow):
-            with spin:
-                if pause is not None:
-                    b.call(pause, [])
-            with slow:
-                with b.if_else(b.icmp_signed("<", it, c64(_SPIN_YIELD))) as (yld, slp):
-                    with yld:
-                        b.call(sched_yield, [])
-                    with slp:
-                        b.call(usleep, [c32(_SLEEP_US)])
+        _back_off(b, it, _SPIN_PAUSE, _SPIN_YIELD, lambda b: b.call(usleep, [c32(_SLEEP_US)]))
         it.add_incoming(b.add(it, one), b.block)
         b.branch(hdr)
         b.position_at_end(end)
@@ -421,9 +426,7 @@ def _emit_pool_runner(module: ir.Module, spawning: ir.Function) -> ir.Function:
     attr_detach = d("pthread_attr_setdetachstate", i32, i8p, i32)
     getpid = d("getpid", i32)
     syscall = d("syscall", i64, i64, var_arg=True)
-    sched_yield = d("sched_yield", i32)
     usleep = d("usleep", i32, i32)
-    pause = d("llvm.x86.sse2.pause", void) if _is_x86() else None
     c32 = lambda v: ir.Constant(i32, v)  # noqa: E731
     c64 = lambda v: ir.Constant(i64, v)  # noqa: E731
 
@@ -470,20 +473,14 @@ def _emit_pool_runner(module: ir.Module, spawning: ir.Function) -> ir.Function:
     last = b.phi(i32, name="last")
     last.add_incoming(c32(0), entry)
 
+    def sleep(b):  # announce the sleep, then sleep only if no job came meanwhile
+        b.store_atomic(c32(1), sleeping_p, "seq_cst", 4)
+        with b.if_then(b.icmp_unsigned("==", b.load_atomic(seq_p, "seq_cst", 4), last)):
+            futex_call(b, seq_p, _FUTEX_WAIT_PRIVATE, last)
+        b.store_atomic(c32(0), sleeping_p, "seq_cst", 4)
+
     def idle(b, turns):
-        with b.if_else(b.icmp_signed("<", turns, c64(_POOL_PAUSE))) as (spin, slow):
-            with spin:
-                if pause is not None:
-                    b.call(pause, [])
-            with slow:
-                with b.if_else(b.icmp_signed("<", turns, c64(_POOL_YIELD))) as (yld, sleep):
-                    with yld:
-                        b.call(sched_yield, [])
-                    with sleep:  # announce the sleep, then sleep only if no job came meanwhile
-                        b.store_atomic(c32(1), sleeping_p, "seq_cst", 4)
-                        with b.if_then(b.icmp_unsigned("==", b.load_atomic(seq_p, "seq_cst", 4), last)):
-                            futex_call(b, seq_p, _FUTEX_WAIT_PRIVATE, last)
-                        b.store_atomic(c32(0), sleeping_p, "seq_cst", 4)
+        _back_off(b, turns, _POOL_PAUSE, _POOL_YIELD, sleep)
 
     spin_then_rest(helper, b, lambda b: b.icmp_unsigned("!=", b.load_atomic(seq_p, "acquire", 4), last), "job", idle)
     seq = b.load_atomic(seq_p, "acquire", 4)
@@ -571,16 +568,7 @@ def _emit_pool_runner(module: ir.Module, spawning: ir.Function) -> ir.Function:
         b.call(part_fn, [ctx, p, nparts])
 
     def rest(b, turns):
-        with b.if_else(b.icmp_signed("<", turns, c64(_POOL_PAUSE))) as (spin, slow):
-            with spin:
-                if pause is not None:
-                    b.call(pause, [])
-            with slow:
-                with b.if_else(b.icmp_signed("<", turns, c64(_POOL_PAUSE + _SPIN_YIELD))) as (yld, slp):
-                    with yld:
-                        b.call(sched_yield, [])
-                    with slp:
-                        b.call(usleep, [c32(_SLEEP_US)])
+        _back_off(b, turns, _POOL_PAUSE, _POOL_PAUSE + _SPIN_YIELD, lambda b: b.call(usleep, [c32(_SLEEP_US)]))
 
     with for_range(b, b.add(helped, c64(1)), start=c64(1), name="join") as p:
         slot = slot_of(b, p)
