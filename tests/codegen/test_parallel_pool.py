@@ -118,3 +118,50 @@ def test_a_forked_child_starts_its_own_helpers(runs):
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
     check(run, 2)  # and the parent's pool still works
+
+
+@pytest.fixture(scope="module")
+def where():
+    """``where(out, nparts)``: out[p] = the CPU part p ran on (sched_getcpu)."""
+    mod = ir.Module(name="pool_where")
+    runner = declare_parallel_runner(mod)
+    part = ir.Function(mod, TH.PART_FN_TYPE, name="part")
+    part.linkage = "internal"
+    ctx, p, _ = part.args
+    b = ir.IRBuilder(part.append_basic_block())
+    getcpu = ir.Function(mod, ir.FunctionType(ir.IntType(32), []), name="sched_getcpu")
+    b.store(b.sext(b.call(getcpu, []), i64), b.gep(b.bitcast(ctx, i64.as_pointer()), [p]))
+    b.ret_void()
+    run = ir.Function(mod, ir.FunctionType(ir.VoidType(), [i8p, i64]), name="where")
+    b = ir.IRBuilder(run.append_basic_block())
+    TH.emit_parallel_call(b, part, run.args[0], run.args[1], runner=runner)
+    b.ret_void()
+    cm = jit.compile_ir(str(mod), opt_level=1, name="pool_where")
+    return cm, cm.function("where", None, ctypes.c_void_p, ctypes.c_int64)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2 or
+                    not TH.pinning_enabled(), reason="needs two CPUs and pinned helpers")
+def test_a_caller_that_moved_onto_its_helpers_cpu_moves_the_helper(where):
+    """The caller is not pinned: when it runs on the CPU its helper is pinned to, the two would
+    take turns there; the pool moves the helper to another CPU first."""
+    _, run = where
+    allowed = sorted(os.sched_getaffinity(0))
+    out = np.full(2, -1, np.int64)
+    errors = []
+
+    def caller():  # a thread of its own: its affinity changes end with it
+        try:
+            run(out.ctypes.data, 2)  # the pool's helper 1 runs (pinned to some CPU)
+            helper_cpu = int(out[1])
+            os.sched_setaffinity(0, {helper_cpu})  # onto the helper's CPU...
+            os.sched_setaffinity(0, set(allowed))  # ...and free again, still running there
+            run(out.ctypes.data, 2)
+            errors.extend([] if out[0] != out[1] else [f"both parts ran on CPU {out[0]}"])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(repr(e))
+
+    t = threading.Thread(target=caller)
+    t.start()
+    t.join()
+    assert not errors

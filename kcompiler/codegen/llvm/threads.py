@@ -347,8 +347,9 @@ def _emit_spawning_runner(module: ir.Module, name: str) -> ir.Function:
 
 # a helper's slot, one cache line: the job sequence number the caller bumps (the futex word),
 # the last one the helper finished, whether it sleeps, then the job (part fn, ctx, part, nparts)
-_SLOT_T = ir.LiteralStructType([i32, i32, i32, i32, PART_FN_TYPE.as_pointer(), i8p, i64, i64, i64, i64])
-_SEQ, _DONE, _SLEEPING, _FN, _CTX, _PART, _NPARTS = 0, 1, 2, 4, 5, 6, 7
+# then the CPU it is pinned to plus one (0: not pinned) and its thread id
+_SLOT_T = ir.LiteralStructType([i32, i32, i32, i32, PART_FN_TYPE.as_pointer(), i8p, i64, i64, _PTHREAD_T, i64])
+_SEQ, _DONE, _SLEEPING, _CPU, _FN, _CTX, _PART, _NPARTS, _TID = 0, 1, 2, 3, 4, 5, 6, 7, 8
 # a helper waiting for work spins with pause (~50 us), then with sched_yield (~0.5 ms in all:
 # the gaps between the kernels of a step, and between steps, are shorter; a thread that shares
 # its CPU gets it meanwhile), then sleeps on the futex; the caller waiting for a helper's part
@@ -387,15 +388,20 @@ def _cpus_after_current(module, b):
     return cpus, b.load(count, name="ncpus")
 
 
-def _set_affinity(module, b, attr_p, cpu):
-    """Thread attributes ``attr_p`` pin the thread to ``cpu`` (an i64)."""
-    setaff = _get_or_declare(module, "pthread_attr_setaffinity_np", ir.FunctionType(i32, [i8p, i64, i8p]))
+def _one_cpu(b, cpu):
+    """An i8* to a cpu_set_t (on the stack) holding only ``cpu`` (an i64)."""
     with b.goto_entry_block():
         one_cpu = b.alloca(ir.ArrayType(i64, _CPUSET_WORDS), name="one_cpu")
     b.store(ir.Constant(ir.ArrayType(i64, _CPUSET_WORDS), None), one_cpu)
     b.store(b.shl(ir.Constant(i64, 1), b.and_(cpu, ir.Constant(i64, 63))),
             b.gep(one_cpu, [ir.Constant(i64, 0), b.lshr(cpu, ir.Constant(i64, 6))], inbounds=True))
-    b.call(setaff, [attr_p, ir.Constant(i64, _CPUSET_BYTES), b.bitcast(one_cpu, i8p)])
+    return b.bitcast(one_cpu, i8p)
+
+
+def _set_affinity(module, b, attr_p, cpu):
+    """Thread attributes ``attr_p`` pin the thread to ``cpu`` (an i64)."""
+    setaff = _get_or_declare(module, "pthread_attr_setaffinity_np", ir.FunctionType(i32, [i8p, i64, i8p]))
+    b.call(setaff, [attr_p, ir.Constant(i64, _CPUSET_BYTES), _one_cpu(b, cpu)])
 
 
 def _sys_futex():
@@ -546,13 +552,31 @@ def _emit_pool_runner(module: ir.Module, spawning: ir.Function) -> ir.Function:
                             cpu = b.zext(b.load(b.gep(cpus, [c64(0), b.urem(b.sub(p, c64(1)), ncpus)], inbounds=True)),
                                          i64)
                             _set_affinity(module, b, attr_p, cpu)
+                            b.store(b.trunc(b.add(cpu, c64(1)), i32), field(b, slot_of(b, p), _CPU))
                     rc = b.call(create, [tid, attr_p, helper, b.bitcast(slot_of(b, p), i8p)])
                     with b.if_then(b.icmp_signed("==", rc, c32(0))):
+                        b.store(b.load(tid), field(b, slot_of(b, p), _TID))
                         b.store(p, started)
             b.call(attr_destroy, [attr_p])
     ready = b.load(started, name="ready")  # helpers 1 .. ready run; the other parts run here
     helped = b.select(b.icmp_signed("<", ready, b.sub(nparts, c64(1))), ready, b.sub(nparts, c64(1)), name="helped")
 
+    if pinning_enabled():
+        # the caller may since have moved onto a helper's CPU (it is not pinned): that helper
+        # and this thread would then take turns on one CPU, each parallel call run serially
+        # after spin-waits (W6 steps ran 2-3x slower in some processes); the helper moves to
+        # the CPU it would be given now
+        setaff = _get_or_declare(module, "pthread_setaffinity_np", ir.FunctionType(i32, [_PTHREAD_T, i64, i8p]))
+        here = b.add(b.call(_get_or_declare(module, "sched_getcpu", ir.FunctionType(i32, [])), []), c32(1))
+        with for_range(b, b.add(helped, c64(1)), start=c64(1), name="repin") as p:
+            slot = slot_of(b, p)
+            with b.if_then(b.icmp_signed("==", b.load(field(b, slot, _CPU)), here), likely=False):
+                cpus, ncpus = _cpus_after_current(module, b)
+                with b.if_then(b.icmp_signed(">", ncpus, c64(0))):
+                    cpu = b.zext(b.load(b.gep(cpus, [c64(0), b.urem(b.sub(p, c64(1)), ncpus)], inbounds=True)), i64)
+                    rc = b.call(setaff, [b.load(field(b, slot, _TID)), c64(_CPUSET_BYTES), _one_cpu(b, cpu)])
+                    with b.if_then(b.icmp_signed("==", rc, c32(0))):
+                        b.store(b.trunc(b.add(cpu, c64(1)), i32), field(b, slot, _CPU))
     with for_range(b, b.add(helped, c64(1)), start=c64(1), name="give") as p:
         slot = slot_of(b, p)
         b.store(part_fn, field(b, slot, _FN))
