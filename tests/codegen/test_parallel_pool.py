@@ -21,6 +21,25 @@ i64 = ir.IntType(64)
 i8p = ir.IntType(8).as_pointer()
 
 
+def part_function(mod, name, body):
+    """An internal part function ``void name(i8* ctx, i64 part, i64 nparts)`` whose body is
+    ``body(b, ctx, part, nparts)``."""
+    fn = ir.Function(mod, TH.PART_FN_TYPE, name=name)
+    fn.linkage = "internal"
+    b = ir.IRBuilder(fn.append_basic_block())
+    body(b, *fn.args)
+    b.ret_void()
+    return fn
+
+
+def parallel_entry(mod, name, part, runner):
+    """An exported ``void name(i8* ctx, i64 nparts)`` running ``part`` through ``runner``."""
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [i8p, i64]), name=name)
+    b = ir.IRBuilder(fn.append_basic_block())
+    TH.emit_parallel_call(b, part, fn.args[0], fn.args[1], runner=runner)
+    b.ret_void()
+
+
 @pytest.fixture(scope="module")
 def runs():
     """``run(out, nparts)``: out[p] += 1 + 1000 * nparts for every part p (a part run twice or
@@ -28,28 +47,19 @@ def runs():
     with 2 parts, from inside the pool's call."""
     mod = ir.Module(name="pool_test")
     runner = declare_parallel_runner(mod)
-    part = ir.Function(mod, TH.PART_FN_TYPE, name="part")
-    part.linkage = "internal"
-    ctx, p, n = part.args
-    b = ir.IRBuilder(part.append_basic_block())
-    slot = b.gep(b.bitcast(ctx, i64.as_pointer()), [p])
-    b.store(b.add(b.load(slot), b.add(ir.Constant(i64, 1), b.mul(n, ir.Constant(i64, 1000)))), slot)
-    b.ret_void()
-    run = ir.Function(mod, ir.FunctionType(ir.VoidType(), [i8p, i64]), name="run")
-    b = ir.IRBuilder(run.append_basic_block())
-    TH.emit_parallel_call(b, part, run.args[0], run.args[1], runner=runner)
-    b.ret_void()
-    outer = ir.Function(mod, TH.PART_FN_TYPE, name="outer")
-    outer.linkage = "internal"
-    ctx, p, n = outer.args
-    b = ir.IRBuilder(outer.append_basic_block())
-    inner = b.bitcast(b.gep(b.bitcast(ctx, i64.as_pointer()), [b.mul(p, ir.Constant(i64, 8))]), i8p)
-    TH.emit_parallel_call(b, part, inner, 2, runner=runner)
-    b.ret_void()
-    nested = ir.Function(mod, ir.FunctionType(ir.VoidType(), [i8p, i64]), name="nested")
-    b = ir.IRBuilder(nested.append_basic_block())
-    TH.emit_parallel_call(b, outer, nested.args[0], nested.args[1], runner=runner)
-    b.ret_void()
+
+    def count(b, ctx, p, n):
+        slot = b.gep(b.bitcast(ctx, i64.as_pointer()), [p])
+        b.store(b.add(b.load(slot), b.add(ir.Constant(i64, 1), b.mul(n, ir.Constant(i64, 1000)))), slot)
+
+    part = part_function(mod, "part", count)
+
+    def run_inner(b, ctx, p, n):
+        inner = b.bitcast(b.gep(b.bitcast(ctx, i64.as_pointer()), [b.mul(p, ir.Constant(i64, 8))]), i8p)
+        TH.emit_parallel_call(b, part, inner, 2, runner=runner)
+
+    parallel_entry(mod, "run", part, runner)
+    parallel_entry(mod, "nested", part_function(mod, "outer", run_inner), runner)
     cm = jit.compile_ir(str(mod), opt_level=1, name="pool_test")
     return cm, cm.function("run", None, ctypes.c_void_p, ctypes.c_int64), \
         cm.function("nested", None, ctypes.c_void_p, ctypes.c_int64)
@@ -124,18 +134,12 @@ def test_a_forked_child_starts_its_own_helpers(runs):
 def where():
     """``where(out, nparts)``: out[p] = the CPU part p ran on (sched_getcpu)."""
     mod = ir.Module(name="pool_where")
-    runner = declare_parallel_runner(mod)
-    part = ir.Function(mod, TH.PART_FN_TYPE, name="part")
-    part.linkage = "internal"
-    ctx, p, _ = part.args
-    b = ir.IRBuilder(part.append_basic_block())
     getcpu = ir.Function(mod, ir.FunctionType(ir.IntType(32), []), name="sched_getcpu")
-    b.store(b.sext(b.call(getcpu, []), i64), b.gep(b.bitcast(ctx, i64.as_pointer()), [p]))
-    b.ret_void()
-    run = ir.Function(mod, ir.FunctionType(ir.VoidType(), [i8p, i64]), name="where")
-    b = ir.IRBuilder(run.append_basic_block())
-    TH.emit_parallel_call(b, part, run.args[0], run.args[1], runner=runner)
-    b.ret_void()
+
+    def record(b, ctx, p, n):
+        b.store(b.sext(b.call(getcpu, []), i64), b.gep(b.bitcast(ctx, i64.as_pointer()), [p]))
+
+    parallel_entry(mod, "where", part_function(mod, "part", record), declare_parallel_runner(mod))
     cm = jit.compile_ir(str(mod), opt_level=1, name="pool_where")
     return cm, cm.function("where", None, ctypes.c_void_p, ctypes.c_int64)
 
