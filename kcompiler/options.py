@@ -8,6 +8,8 @@ and backend gets the object. The environment variables are the defaults' source:
     KCOMPILER_PROFILE=1            count each kernel's cycles (CompiledGraph.profile)
     KCOMPILER_BOUNDS_CHECK=1       generated code checks every buffer access
     KCOMPILER_PIN_THREADS=0        do not pin the kernels' worker threads to CPUs
+    KCOMPILER_WINOGRAD             3x3 convolutions by Winograd's F(2x2, 3x3): auto (where it
+                                   pays, the default), on (wherever the geometry allows), off
     KCOMPILER_MAX_SPECIALIZATIONS  compiled batch sizes kept per program (8)
     KCOMPILER_CUDA_EMULATION=1     target='cuda' runs its kernels on the CPU (the emulation of
                                    kcompiler/codegen/cuda/; for tests: never a silent fallback)
@@ -20,6 +22,9 @@ import os
 import threading
 
 
+WINOGRAD_MODES = ("auto", "on", "off")
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
     opt_level: int = 3
@@ -28,8 +33,11 @@ class Options:
     pin_threads: bool = True
     max_specializations: int = 8
     cuda_emulation: bool = False
+    winograd: str = "auto"
 
     def __post_init__(self):
+        if self.winograd not in WINOGRAD_MODES:
+            raise ValueError(f"winograd must be one of {', '.join(WINOGRAD_MODES)}, got {self.winograd!r}")
         if not (isinstance(self.opt_level, int) and 0 <= self.opt_level <= 3):
             raise ValueError(f"opt_level must be 0..3, got {self.opt_level!r}")
         if not (isinstance(self.max_specializations, int) and self.max_specializations >= 1):
@@ -49,7 +57,8 @@ class Options:
                    bounds_check=env.get("KCOMPILER_BOUNDS_CHECK") == "1",
                    pin_threads=env.get("KCOMPILER_PIN_THREADS", "1").lower() not in ("0", "false", "no", "off"),
                    max_specializations=_int(env, "KCOMPILER_MAX_SPECIALIZATIONS", 8, 1, None),
-                   cuda_emulation=env.get("KCOMPILER_CUDA_EMULATION") == "1")
+                   cuda_emulation=env.get("KCOMPILER_CUDA_EMULATION") == "1",
+                   winograd=env.get("KCOMPILER_WINOGRAD", "auto").strip().lower() or "auto")
 
 
 def _int(env, name, default, lo, hi):

@@ -74,7 +74,7 @@ def lower_graph(g, *, target="cpu", fuse=True, stages=None, options=None):
     g = plan_memory(g, in_place_updates=in_place)
     stages["planned"] = g
     g = schedule_kernels(g)
-    g.graph["notes"] = list(g.graph.get("notes", [])) + backend.notes()  # a new list: earlier stages keep theirs
+    g.graph["notes"] = list(g.graph.get("notes", [])) + backend.notes(options)  # a new list: earlier stages keep theirs
     stages["scheduled"] = g
     return backend.lower(g, options), stages
 

@@ -69,8 +69,9 @@ class Backend:
     def capabilities(self) -> Capabilities:
         raise NotImplementedError
 
-    def notes(self):
-        """Lines for the dump about choices the backend made for this machine (tuning)."""
+    def notes(self, options):
+        """Lines for the dump about choices the backend made for this machine (tuning) and under
+        ``options`` (kcompiler/options.py)."""
         return []
 
     def generate(self, g, options):

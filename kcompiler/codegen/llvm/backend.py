@@ -32,9 +32,10 @@ class LLVMBackend(Backend):
             # input early slowed the next step on two cores: docs/architecture.md)
             pool_argmax=True)
 
-    def notes(self):
+    def notes(self, options):
         from .tuning import current
-        return [current().describe()]
+        from .winograd import describe
+        return [current().describe(), describe(options.winograd)]
 
     def generate(self, g, options):
         with generating(options):

@@ -332,6 +332,10 @@ def lower_conv2d(k, epilogue=None, pool=None):
             with for_range(k.b, g.batch, name="pimage") as n:
                 pool.emit(k.b, epilogue.pointers, n, c64(0), c64(pixels))
         return
+    from .winograd import lower_winograd_conv2d, winograd_applies  # (winograd.py builds on this module)
+    if winograd_applies(g):
+        lower_winograd_conv2d(k, g, [x, kernel, y] + extra, epilogue, pool)
+        return
     t = forward_tile(host_tile())
     image, padded = image_layout(g)
     panels, edge = divmod(g.cout, t.nr)
@@ -422,6 +426,11 @@ def lower_conv2d_backward_input(k, epilogue=None):
         k.call_gemm(False, True, g.rows, g.cin, g.cout, dy, g.cout, kernel, g.cout, dx, g.cin)
         if epilogue is not None:
             epilogue.emit(k.b, epilogue.pointers, 0, g.batch * g.in_h * g.in_w)
+        return
+    from .winograd import input_gradient_geometry, lower_winograd_conv2d, winograd_applies
+    if (g.kh == g.kw == 3 and g.sh == g.sw == 1 and g.dh == g.dw == 1
+            and winograd_applies(input_gradient_geometry(g), direct_pixels=g.out_h * g.out_w)):
+        lower_winograd_conv2d(k, input_gradient_geometry(g), [dy, kernel, dx] + extra, epilogue, None, flipped=True)
         return
     t = host_tile()
     panels, edge = divmod(g.cin, t.nr)
@@ -535,6 +544,10 @@ def lower_conv2d_backward_kernel(k, attrs=None, bias=None, dy_source=None):
         if bias is not None:
             fill_zero(k.b, bias, 0, g.cout, name="db0")
             add_rows(k.b, bias, dy, 0, g.rows, 0, g.cout, g.cout)
+        return
+    from .winograd import lower_winograd_conv2d_backward_kernel, winograd_applies
+    if dy_source is None and winograd_applies(g):
+        lower_winograd_conv2d_backward_kernel(k, g, [x, dy, dk] + ([bias] if bias is not None else []), bias is not None)
         return
     t = host_tile()
     image, padded = image_layout(g)
