@@ -356,7 +356,9 @@ def markdown(results, chart_name):
         "",
         "kcompiler through the Keras API (`model.train_on_batch` / `model.predict_on_batch`, what a user calls) "
         "against the fastest peer; the FLOPs of a step counted from kcompiler's IR (kcompiler/flops.py: "
-        "multiply-adds of the contractions and recurrent projections count 2, element-wise ops 1 per element) "
+        "multiply-adds of the contractions and recurrent projections count 2, element-wise ops 1 per element; "
+        "a convolution's those of the direct algorithm, whoever runs it: kcompiler's Winograd convolutions do "
+        "fewer, so their rates are effective ones and may pass the FMA peak) "
         "and the GFLOP/s they mean for kcompiler's `train_step` / `predict` and for the fastest peer:",
         "",
         "| workload | GFLOP train / inference | kcompiler train_on_batch (predict_on_batch) ms | vs fastest peer "

@@ -5,7 +5,9 @@ divides it by every framework's step time to get GFLOP/s and the fraction of the
 FMA peak. Rules:
 
 * contractions: 2 FLOPs per multiply-add. matmul 2·|out|·k; conv2d and both of its gradients
-  2·|dy|·KH·KW·Cin (|dy| = the forward output's size);
+  2·|dy|·KH·KW·Cin (|dy| = the forward output's size): the direct algorithm's count, also for
+  the CPU backend's Winograd kernels (codegen/llvm/winograd.py), which do fewer multiply-adds:
+  their GFLOP/s are effective rates, comparable across frameworks, and may pass the FMA peak;
 * depthwise_conv2d and both of its gradients 2·|dy|·KH·KW (dy: the forward output); attention
   2·B·H·T·S·(D + Dv) (the two products), attention_grad twice that (dq, dk, dv and dp);
 * recurrent ops (lstm, gru, simple_rnn): the input and recurrent projections of every step,

@@ -310,7 +310,7 @@ PREDICT_SCRIPT = """
 
 
 def test_entry_that_crashes_the_process_is_not_loaded_again(cache, monkeypatch):
-    library = ensure_support_library()  # spare the subprocesses compiling it at O3
+    library = ensure_support_library()  # spare the subprocesses compiling it
     _plant(cache, library.key, library.object_code)
     first = _run(PREDICT_SCRIPT, cache)
     assert first.returncode == 0, first.stderr

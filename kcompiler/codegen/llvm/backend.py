@@ -7,6 +7,7 @@ from ..backend import Backend, Capabilities
 from .executable import CompiledGraph
 from .irutil import generating
 from .module import COMPILED_DTYPES, generate
+from .support_library import ensure_support_library
 from .jit import compile_units, host_target_info
 
 
@@ -44,7 +45,8 @@ class LLVMBackend(Backend):
     def compile(self, source, options, name):
         # the entry point is a straight line of calls and copies: O1 does all it needs
         units = [(text, options.opt_level) for text in source.units.values()]
-        return compile_units(units + [(source.entry, min(options.opt_level, 1))], name=name)
+        return compile_units(units + [(source.entry, min(options.opt_level, 1))], name=name,
+                             before_load=ensure_support_library)  # (its build started in generate)
 
     def bind(self, g, module, kernels):
         return CompiledGraph(g, module, kernels)

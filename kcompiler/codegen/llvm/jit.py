@@ -488,7 +488,7 @@ def _unit_text(unit, opt_level: int) -> str:
     return text
 
 
-def compile_units(units: list[tuple[str, int]], *, name: str = "module") -> CompiledModule:
+def compile_units(units: list[tuple[str, int]], *, name: str = "module", before_load=None) -> CompiledModule:
     """Compile units of LLVM IR separately and load them all into one MCJIT engine.
 
     ``units``: ``[(ir text, opt level)]``, the unit that defines the entry point
@@ -500,6 +500,8 @@ def compile_units(units: list[tuple[str, int]], *, name: str = "module") -> Comp
     carries its crash marker until the group's :meth:`CompiledModule.confirm`.
     ``cache_stats()`` counts a hit or a miss per distinct unit. A unit may be a
     :class:`LazyUnit` instead of text: its IR is generated only if its object is not cached.
+    ``before_load()`` runs once the objects are compiled, before they are loaded (the support
+    library's symbols, which the units call, are published by then).
     """
     initialize()
     t0 = time.perf_counter()
@@ -536,6 +538,8 @@ def compile_units(units: list[tuple[str, int]], *, name: str = "module") -> Comp
         compiled = [key for key in keys if key not in objects]
         objects.update(zip(compiled, _compile_objects([texts(key) for key in compiled], name)))
         load_level = max(level for _, level in wanted.values())
+        if before_load is not None:
+            before_load()
         try:
             with _LOCK:
                 engine, tm = _load_objects([objects[key] for key in keys], load_level, name)

@@ -40,7 +40,7 @@ from .irutil import bounds_checking, c64, generation_options, i8p, i32, i64, voi
 from .jit import LazyUnit, cache_key, host_target_info
 from .kernel_builder import KernelBuilder, types_of
 from .render import render
-from .support_library import ensure_support_library
+from .support_library import start_support_library
 from .unit_memo import UnitMemo, signature
 
 COMPILED_DTYPES = ("float32", "int32", "int64", "bool")
@@ -105,9 +105,10 @@ def generate(g, module_name="kcompiler", profile=False):
     point also adds each kernel's cycle count (llvm.readcyclecounter) to the global
     array ``kc_profile_cycles``."""
     _check_supported(g)
-    # Kernels call the support library (SGEMM, the thread runner) by address: it must be
-    # loaded even when no kernel's IR is generated (every unit remembered, unit_memo.py)
-    ensure_support_library()
+    # Kernels call the support library (SGEMM, the thread runner) by name: it must be loaded
+    # before they are, even when no kernel's IR is generated (every unit remembered,
+    # unit_memo.py). Its build starts here and overlaps the kernels' (backend.compile waits).
+    start_support_library()
     plan = g.graph["plan"]
     units, calls, kernels_out = {}, [], []
     memo = UnitMemo.open()

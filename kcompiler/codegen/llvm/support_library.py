@@ -1,7 +1,7 @@
 """The support library: code every generated module may call, compiled once per process.
 
 The SGEMMs are large and the same for every model, so they live in their own module,
-compiled at O3 (disk-cached like any module) and published to MCJIT's symbol table;
+compiled at O2 (disk-cached like any module) and published to MCJIT's symbol table;
 generated modules only declare them. This keeps each model's compile time to its own
 kernels. ``kc_sgemm`` splits large products over the cores itself; ``kc_sgemm_epilogue`` is
 the same GEMM calling a kernel's epilogue on each finished block of the product, and
@@ -30,10 +30,35 @@ from .unit_memo import library_signature, remembered
 GEMM_NAME = "kc_sgemm"
 EPILOGUE_GEMM_NAME = "kc_sgemm_epilogue"
 BATCHED_GEMM_NAME = "kc_sgemm_batched"
-SUPPORT_OPT_LEVEL = 3
+# O2: its kernels are vectorised and unrolled by hand, and O3 ran them no faster (1024^3, W5's
+# products: 163-187 GFLOP/s at both levels on the Zen 4 host) while its compilation, the largest
+# unit of an empty cache's first step, took 1.16 s against O2's 0.70
+SUPPORT_OPT_LEVEL = 2
 RUNNER_FN_TYPE = threads.RUNNER_FN_TYPE
 _lock = threading.Lock()
+_start_lock = threading.Lock()
 _library = None
+_builder = None  # the thread start_support_library started
+
+
+def start_support_library():
+    """Start building the support library in a thread of its own (once per process), so that
+    compiling it (0.7 s with an empty cache: a first step's largest unit) overlaps the
+    generation and compilation of a model's kernels; ensure_support_library waits for it.
+    The kernels only declare its functions: they need it loaded when they are loaded."""
+    global _builder
+    with _start_lock:  # (not _lock, which the build holds)
+        if _library is not None or _builder is not None:
+            return
+        _builder = threading.Thread(target=_build_quietly, name="kcompiler-support-library", daemon=True)
+        _builder.start()
+
+
+def _build_quietly():
+    try:
+        ensure_support_library()
+    except Exception:  # noqa: BLE001 - built again by the caller's ensure_support_library, which raises
+        pass
 
 
 def ensure_support_library():
@@ -41,6 +66,9 @@ def ensure_support_library():
     Its IR is generated only when the cache lacks its object (unit_memo: ~0.15 s of every
     process's first step otherwise)."""
     global _library
+    builder = _builder
+    if builder is not None and builder is not threading.current_thread():
+        builder.join()  # its build failed if _library is still None: built (and raising) here
     with _lock:
         if _library is None:
             blocking = tuning.current()  # the SGEMM's cache blocking is part of the library's identity
@@ -76,7 +104,7 @@ def _call_once(library, name):
 
 
 def _declare(module, name, fnty=GEMM_FN_TYPE):
-    ensure_support_library()
+    start_support_library()
     fn = module.globals.get(name)
     if fn is None:
         fn = ir.Function(module, fnty, name=name)

@@ -46,6 +46,7 @@ serial one.
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
@@ -98,8 +99,11 @@ _SLEEP_US = 20
 _INLINE, _DETACHED, _JOINABLE = 0, 1, 2
 
 
+@functools.cache
 def threads_available() -> bool:
-    """True when MCJIT can resolve pthread_create/pthread_join in this process."""
+    """True when MCJIT can resolve pthread_create/pthread_join in this process. Asked once: every
+    llvmlite call waits for the one in progress (its FFI lock), and kernel generation asks for
+    every kernel while the support library compiles (support_library.start_support_library)."""
     import llvmlite.binding as llvm
 
     from . import jit
