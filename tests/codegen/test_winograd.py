@@ -41,18 +41,12 @@ def counted(monkeypatch):
     would skip them)."""
     monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
     calls = []
-    forward, kernel_gradient = winograd.lower_winograd_conv2d, winograd.lower_winograd_conv2d_backward_kernel
-
-    def spy_forward(*args, **kwargs):
-        calls.append("input gradient" if kwargs.get("flipped") else "forward")
-        return forward(*args, **kwargs)
-
-    def spy_kernel_gradient(*args, **kwargs):
-        calls.append("kernel gradient")
-        return kernel_gradient(*args, **kwargs)
-
-    monkeypatch.setattr(winograd, "lower_winograd_conv2d", spy_forward)
-    monkeypatch.setattr(winograd, "lower_winograd_conv2d_backward_kernel", spy_kernel_gradient)
+    for what, name in [("forward", "lower_winograd_conv2d"), ("input gradient", "lower_winograd_conv2d_backward_input"),
+                       ("kernel gradient", "lower_winograd_conv2d_backward_kernel")]:
+        def spy(*args, lower=getattr(winograd, name), what=what, **kwargs):
+            calls.append(what)
+            return lower(*args, **kwargs)
+        monkeypatch.setattr(winograd, name, spy)
     return calls
 
 
@@ -98,15 +92,6 @@ def test_the_mode_is_validated():
     with pytest.raises(ValueError, match="winograd must be one of auto, on, off"):
         Options(winograd="sometimes")
     assert Options.from_environment({"KCOMPILER_WINOGRAD": "OFF"}).winograd == "off"
-
-
-def test_auto_weighs_the_input_gradient_against_the_direct_kernels_products():
-    # the direct input gradient skips the taps in the padding: W2's second convolution's (dy
-    # 11x11 into dx 13x13) would save too little; ResNet-20's 'same' convolutions save enough
-    w2 = geometry((64, 13, 13, 32), 64)
-    assert not winograd.winograd_applies(winograd.input_gradient_geometry(w2), direct_pixels=121)
-    r20 = geometry((64, 32, 32, 16), 16, "same")
-    assert winograd.winograd_applies(winograd.input_gradient_geometry(r20), direct_pixels=1024)
 
 
 def test_the_dump_names_the_choice():

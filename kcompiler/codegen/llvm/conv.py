@@ -427,10 +427,9 @@ def lower_conv2d_backward_input(k, epilogue=None):
         if epilogue is not None:
             epilogue.emit(k.b, epilogue.pointers, 0, g.batch * g.in_h * g.in_w)
         return
-    from .winograd import input_gradient_geometry, lower_winograd_conv2d, winograd_applies
-    if (g.kh == g.kw == 3 and g.sh == g.sw == 1 and g.dh == g.dw == 1
-            and winograd_applies(input_gradient_geometry(g), direct_pixels=g.out_h * g.out_w)):
-        lower_winograd_conv2d(k, input_gradient_geometry(g), [dy, kernel, dx] + extra, epilogue, None, flipped=True)
+    from .winograd import lower_winograd_conv2d_backward_input, winograd_applies
+    if winograd_applies(g):
+        lower_winograd_conv2d_backward_input(k, g, [dy, kernel, dx] + extra, epilogue)
         return
     t = host_tile()
     panels, edge = divmod(g.cin, t.nr)

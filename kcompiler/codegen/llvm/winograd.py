@@ -53,23 +53,19 @@ def tiles(g):
     return -(-g.out_h // 2), -(-g.out_w // 2)
 
 
-def products_ratio(g, direct_pixels=None):
-    """Winograd's multiply-adds over the direct kernel's, which takes 9 per channel pair for each
-    of ``direct_pixels`` pixels (default: the output's; the direct input gradient: dy's, as it
-    skips the taps in the padding)."""
+def products_ratio(g):
+    """Winograd's multiply-adds over the direct kernels' (9 per output pixel and channel pair)."""
     th, tw = tiles(g)
-    return 16 * th * tw / (9 * (direct_pixels or g.out_h * g.out_w))
+    return 16 * th * tw / (9 * g.out_h * g.out_w)
 
 
-def winograd_applies(g, direct_pixels=None):
-    """Whether a convolution of geometry ``g`` (ops.conv.ConvGeometry) runs as F(2x2, 3x3) under
-    the generation options' ``winograd`` mode (auto, on, off); ``direct_pixels`` as
-    products_ratio takes it."""
+def winograd_applies(g):
+    """Whether the convolution of geometry ``g`` (ops.conv.ConvGeometry) and its gradients run
+    as F(2x2, 3x3) under the generation options' ``winograd`` mode (auto, on, off)."""
     mode = generation_options().winograd
     if mode == "off" or not (g.kh == g.kw == 3 and g.sh == g.sw == 1 and g.dh == g.dw == 1):
         return False
-    return mode == "on" or (min(g.cin, g.cout) >= MIN_CHANNELS
-                            and products_ratio(g, direct_pixels) <= MAX_PRODUCTS_RATIO)
+    return mode == "on" or (min(g.cin, g.cout) >= MIN_CHANNELS and products_ratio(g) <= MAX_PRODUCTS_RATIO)
 
 
 def describe(mode):
@@ -136,6 +132,11 @@ def _gradient_1d(b, d):   # A d: a 2x2 tile of dy to the 4x4 positions
     return [d[0], b.fadd(d[0], d[1]), b.fsub(d[0], d[1]), b.fsub(ir.Constant(d[1].type, None), d[1])]
 
 
+def _input_gradient_1d(b, m):  # B m: the 4x4 positions back to a 4x4 patch (the adjoint of B^T d)
+    return [m[0], b.fadd(b.fsub(m[1], m[2]), m[3]), b.fsub(b.fadd(m[1], m[2]), m[0]),
+            b.fsub(ir.Constant(m[3].type, None), m[3])]
+
+
 def _kernel_gradient_1d(b, u, half):  # G^T u: the 4x4 positions back to 3 taps
     inner = b.fmul(b.fadd(u[1], u[2]), half)
     return [b.fadd(u[0], inner), b.fmul(b.fsub(u[1], u[2]), half), b.fadd(inner, u[3])]
@@ -143,19 +144,9 @@ def _kernel_gradient_1d(b, u, half):  # G^T u: the 4x4 positions back to 3 taps
 
 # ---- the kernels ----------------------------------------------------------------------------------
 
-def input_gradient_geometry(g):
-    """conv2d_backward_input of a stride-1 3x3 convolution of geometry ``g`` as a convolution:
-    dx is dy, padded by 2 - pad, correlated with the kernel turned by 180 degrees and with its
-    channel axes swapped (``flipped`` in lower_winograd_conv2d)."""
-    return dataclasses.replace(g, in_h=g.out_h, in_w=g.out_w, cin=g.cout, cout=g.cin, out_h=g.in_h, out_w=g.in_w,
-                               pad_top=g.kh - 1 - g.pad_top, pad_left=g.kw - 1 - g.pad_left)
-
-
-def lower_winograd_conv2d(k, g, buffers, epilogue, pool, flipped=False):
+def lower_winograd_conv2d(k, g, buffers, epilogue, pool):
     """conv2d of geometry ``g`` into y (``buffers``: x, kernel, y, then the epilogue's extra
-    pointers), ``epilogue`` and ``pool`` as lower_conv2d takes them. ``flipped``: the HWIO
-    kernel buffer holds the kernel of the convolution whose input gradient this is (3, 3, Cout,
-    Cin of ``g``): each part first writes it turned and transposed into scratch."""
+    pointers), ``epilogue`` and ``pool`` as lower_conv2d takes them."""
     t = forward_tile(host_tile())
     th_n, tw_n = tiles(g)
     block_rows = max(1, min(th_n, -(-BLOCK_TILES // tw_n)))  # tile rows per block
@@ -165,8 +156,7 @@ def lower_winograd_conv2d(k, g, buffers, epilogue, pool, flipped=False):
     pixels = g.out_h * g.out_w
     padded = Image(2 * tw_n + 2, g.cin, (2 * th_n + 2) * (2 * tw_n + 2) * g.cin)
     in_scratch = pool is not None and not pool.store_input  # y of one image at a time, in scratch
-    sizes = {"kt": _aligned(9 * g.cin * g.cout) if flipped else 0,
-             "u": _aligned(16 * panels * t.nr * g.cin), "pad": _aligned(padded.floats),
+    sizes = {"u": _aligned(16 * panels * t.nr * g.cin), "pad": _aligned(padded.floats),
              "v": _aligned(16 * tb * g.cin), "m": _aligned(16 * tb * g.cout),
              "y": _aligned(pixels * g.cout) if in_scratch else 0}
     own_floats = sum(sizes.values())
@@ -192,9 +182,6 @@ def lower_winograd_conv2d(k, g, buffers, epilogue, pool, flipped=False):
         u, pad, v, m = scratch["u"], scratch["pad"], scratch["v"], scratch["m"]
         if in_scratch:
             y = scratch["y"]
-        if flipped:
-            emit_flip(b, g, kernel, scratch["kt"])
-            kernel = scratch["kt"]
         emit_filter_transform(b, g, t, kernel, u, panel_lanes)
         n_lo, n_hi = split(b, p.index, p.count, g.batch, 1)
         with for_range(b, n_hi, start=n_lo, name="wimage") as n:
@@ -216,16 +203,15 @@ def lower_winograd_conv2d(k, g, buffers, epilogue, pool, flipped=False):
     run_parts(k, buffers, nparts, body, scratch_floats=nparts * own_floats)
 
 
-def emit_flip(b, g, kernel, kt):
-    """kt[a, b, c, o] = kernel[2 - a, 2 - b, o, c] (HWIO of shapes (3, 3, Cin, Cout) and (3, 3,
-    Cout, Cin) of ``g``)."""
-    with for_range(b, 9, name="ftap") as tap:
-        source = b.sub(c64(8), tap)
-        with for_range(b, g.cout, name="fo") as o:
-            src = b.mul(b.add(b.mul(source, c64(g.cout)), o), c64(g.cin))
-            with for_range(b, g.cin, name="fi") as c:
-                dst = b.add(b.mul(b.add(b.mul(tap, c64(g.cin)), c), c64(g.cout)), o)
-                store_f32(b, load_f32(b, kernel, b.add(src, c)), kt, dst)
+def emit_transpose(b, g, kernel, kt):
+    """kt[a, b, o, c] = kernel[a, b, c, o]: the HWIO kernel (3, 3, Cin, Cout) of ``g`` with its
+    channel axes swapped."""
+    with for_range(b, 9, name="ttap") as tap:
+        with for_range(b, g.cin, name="tc") as c:
+            src = b.mul(b.add(b.mul(tap, c64(g.cin)), c), c64(g.cout))
+            with for_range(b, g.cout, name="to") as o:
+                dst = b.add(b.mul(b.add(b.mul(tap, c64(g.cout)), o), c64(g.cin)), c)
+                store_f32(b, load_f32(b, kernel, b.add(src, o)), kt, dst)
 
 
 def emit_filter_transform(b, g, t, kernel, u, lanes):
@@ -484,3 +470,96 @@ def emit_kernel_gradient_products(b, g, t, tile_of, v, d, du, tb, rows, row_tile
                     _check_range(b, du, c, b.add(c, b.add(b.mul(b.sub(mr, c64(1)), c64(g.cout)), c64(nr - 1))))
                 b.call(tile_of[nr], [at(b, v, v_xi), at(b, d, b.add(d_xi, c64(p * t.nr))), c64(1), rows, m0, mr,
                                      at(b, du, c), ir.Constant(ir.IntType(1), 1)])
+
+
+def lower_winograd_conv2d_backward_input(k, g, buffers, epilogue):
+    """conv2d_backward_input of geometry ``g`` (the forward convolution's) into dx (``buffers``:
+    dy, kernel, dx, then the epilogue's extra pointers): the adjoint of the forward algorithm,
+    tile by tile of dy,
+
+        M[xi] (tiles x Cin) = D[xi] (tiles x Cout) @ U[xi]^T (Cout x Cin),  D = A dy A^T
+        the 4x4 input patch under the tile += B M B^T
+
+    (the patches of neighbouring tiles overlap by two pixels). Each image's patches are summed
+    into a zeroed image of the forward's padded frame in scratch memory; its inside is then
+    copied to dx and finished by ``epilogue`` while in cache. Over the tiles of dy, the
+    products are as few as the forward's: a 'valid' convolution's input gradient takes none
+    for the padding around dy."""
+    t = forward_tile(host_tile())
+    th_n, tw_n = tiles(g)
+    block_rows = max(1, min(th_n, -(-BLOCK_TILES // tw_n)))
+    tb = block_rows * tw_n
+    full, edge = divmod(g.cin, t.nr)
+    panels = full + bool(edge)
+    frame = Image(2 * tw_n + 2, g.cin, (2 * th_n + 2) * (2 * tw_n + 2) * g.cin)  # the forward's padded image
+    pixels = g.in_h * g.in_w
+    sizes = {"kt": _aligned(9 * g.cin * g.cout), "u": _aligned(16 * panels * t.nr * g.cout),
+             "acc": _aligned(frame.floats), "d": _aligned(16 * tb * g.cout), "m": _aligned(16 * tb * g.cin)}
+    own_floats = sum(sizes.values())
+    # the products' geometry: Cout deep, Cin wide
+    swapped = dataclasses.replace(g, cin=g.cout, cout=g.cin)
+    pointwise = dataclasses.replace(swapped, kh=1, kw=1, pad_top=0, pad_left=0)
+    d_image = Image(1, g.cout, tb * g.cout)
+    tile_functions = (emit_forward_tile(k.module, pointwise, d_image, t, t.nr) if full else None,
+                      emit_forward_tile(k.module, pointwise, d_image, t, edge) if edge else None)
+    cin_lanes, cout_lanes, panel_lanes = _lanes(g.cin, t.vw), _lanes(g.cout, t.vw), _lanes(t.nr, t.vw)
+    nparts = parts_for(16 * g.batch * th_n * tw_n * g.cin * g.cout, g.batch)
+
+    def body(p):
+        b, (dy, kernel, dx), rest = p.b, p.buffers[:3], p.buffers[3:]
+        with b.goto_entry_block():
+            origins = b.alloca(ir.ArrayType(i64, t.mr))
+        origins = b.bitcast(origins, i64.as_pointer())
+        offset = b.mul(p.index, c64(own_floats))
+        scratch = {}
+        for name, floats in sizes.items():
+            scratch[name] = p.slice(p.scratch, offset, floats)
+            offset = b.add(offset, c64(floats))
+        kt, u, acc, d, m = (scratch[name] for name in ("kt", "u", "acc", "d", "m"))
+        emit_transpose(b, g, kernel, kt)
+        emit_filter_transform(b, swapped, t, kt, u, panel_lanes)
+        n_lo, n_hi = split(b, p.index, p.count, g.batch, 1)
+        with for_range(b, n_hi, start=n_lo, name="wimage") as n:
+            fill_zero(b, acc, 0, frame.floats, name="acc0")
+            with for_range(b, th_n, step=block_rows, name="wblock") as tr0:
+                tr1 = smin(b, b.add(tr0, c64(block_rows)), th_n)
+                count = b.mul(b.sub(tr1, tr0), c64(tw_n))
+                emit_dy_transform(b, g, dy, n, d, tb, tr0, tr1, cout_lanes)
+                emit_products(b, swapped, t, tile_functions, d, u, m, tb, count, origins)
+                emit_patch_sums(b, g, frame, m, acc, tb, tr0, tr1, cin_lanes)
+            emit_unpad(b, g, frame, acc, dx, n)
+            if epilogue is not None:
+                epilogue.emit(b, [dx] + rest, b.mul(n, c64(pixels)), pixels)
+
+    run_parts(k, buffers, nparts, body, scratch_floats=nparts * own_floats)
+
+
+def emit_patch_sums(b, g, frame, m, acc, tb, tr0, tr1, lanes):
+    """acc (the padded frame of one image) += B M B^T of the tiles of tile rows [tr0, tr1), each
+    4x4 patch where the forward's input patch of that tile lies."""
+    _, tw_n = tiles(g)
+    row = frame.width * g.cin
+    with for_range(b, tr1, start=tr0, name="pi") as th:
+        with for_range(b, tw_n, name="pj") as tw:
+            tile = b.add(b.mul(b.sub(th, tr0), c64(tw_n)), tw)
+            origin = b.add(b.mul(th, c64(2 * row)), b.mul(tw, c64(2 * g.cin)))
+            with for_range(b, g.cin, step=lanes.width, name="pc") as c:
+                square = [[lanes.load(b, m, b.add(b.mul(b.add(c64((i * 4 + j) * tb), tile), c64(g.cin)), c))
+                           for j in range(4)] for i in range(4)]
+                patch = _both_sides(b, _input_gradient_1d, square)
+                base = b.add(origin, c)
+                for i in range(4):
+                    for j in range(4):
+                        index = b.add(base, c64(i * row + j * g.cin))
+                        lanes.store(b, b.fadd(lanes.load(b, acc, index), patch[i][j]), acc, index)
+
+
+def emit_unpad(b, g, frame, acc, dx, n):
+    """Image n of dx: the inside of the padded frame ``acc`` (frame row ih + pad_top, column
+    iw + pad_left holds dx pixel (ih, iw))."""
+    row = g.in_w * g.cin
+    with for_range(b, g.in_h, name="uh") as ih:
+        src = b.add(b.mul(b.add(ih, c64(g.pad_top)), c64(frame.width * g.cin)), c64(g.pad_left * g.cin))
+        dst = b.add(b.mul(n, c64(g.in_h * row)), b.mul(ih, c64(row)))
+        with for_range(b, row, name="ue") as e:
+            store_f32(b, load_f32(b, acc, b.add(src, e)), dx, b.add(dst, e))
