@@ -8,8 +8,9 @@ and backend gets the object. The environment variables are the defaults' source:
     KCOMPILER_PROFILE=1            count each kernel's cycles (CompiledGraph.profile)
     KCOMPILER_BOUNDS_CHECK=1       generated code checks every buffer access
     KCOMPILER_PIN_THREADS=0        do not pin the kernels' worker threads to CPUs
-    KCOMPILER_WINOGRAD             3x3 convolutions by Winograd's F(2x2, 3x3): auto (where it
-                                   pays, the default), on (wherever the geometry allows), off
+    KCOMPILER_WINOGRAD             3x3 convolutions by Winograd's F(2x2, 3x3) or F(4x4, 3x3):
+                                   auto (where it pays, the default), off, or 2x2 / 4x4 (that
+                                   algorithm wherever the geometry allows)
     KCOMPILER_MAX_SPECIALIZATIONS  compiled batch sizes kept per program (8)
     KCOMPILER_CUDA_EMULATION=1     target='cuda' runs its kernels on the CPU (the emulation of
                                    kcompiler/codegen/cuda/; for tests: never a silent fallback)
@@ -22,7 +23,7 @@ import os
 import threading
 
 
-WINOGRAD_MODES = ("auto", "on", "off")
+WINOGRAD_MODES = ("auto", "off", "2x2", "4x4")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""conv2d and its input gradient by Winograd's F(2x2, 3x3) (codegen/llvm/winograd.py) against
-the numpy references: forward and autodiff backward, fused and unfused, with the mode forced
-on for geometries ``auto`` would leave to the direct kernels (few channels, small outputs),
-odd output sizes (tiles overhanging the edge), edge panels of output channels, several blocks
-of tile rows per image, bounds-checked builds, and the choice ``auto`` makes."""
+"""conv2d and both of its gradients by Winograd's F(2x2, 3x3) and F(4x4, 3x3)
+(codegen/llvm/winograd.py) against the numpy references: forward and autodiff backward, fused
+and unfused, with each algorithm forced for geometries ``auto`` would leave to the direct
+kernels (few channels, small outputs), output sizes the tiles overhang, edge panels of output
+channels, several blocks of tile rows per image, bounds-checked builds, a CNN's training, and
+the choice ``auto`` makes."""
 import numpy as np
 import pytest
 
@@ -50,22 +51,25 @@ def counted(monkeypatch):
     return calls
 
 
+@pytest.mark.parametrize("algorithm", ["2x2", "4x4"])
 @pytest.mark.parametrize("x_shape,cout,padding", CASES)
-def test_forward_and_input_gradient_equal_the_reference(monkeypatch, counted, x_shape, cout, padding):
-    use_options(monkeypatch, winograd="on")
+def test_forward_and_both_gradients_equal_the_reference(monkeypatch, counted, x_shape, cout, padding, algorithm):
+    use_options(monkeypatch, winograd=algorithm)
     check_compiled("conv2d", [normal(*x_shape), normal(3, 3, x_shape[-1], cout)], attrs(padding))
     assert set(counted) == {"forward", "input gradient", "kernel gradient"}
 
 
+@pytest.mark.parametrize("algorithm", ["2x2", "4x4"])
 @pytest.mark.parametrize("x_shape,cout,padding", [CASES[0], CASES[3], CASES[5]])
-def test_bounds_checked_builds(monkeypatch, counted, x_shape, cout, padding):
+def test_bounds_checked_builds(monkeypatch, counted, x_shape, cout, padding, algorithm):
     use_bounds_checks(monkeypatch)
-    use_options(monkeypatch, bounds_check=True, winograd="on")
+    use_options(monkeypatch, bounds_check=True, winograd=algorithm)
     check_compiled("conv2d", [normal(*x_shape), normal(3, 3, x_shape[-1], cout)], attrs(padding))
     assert counted
 
 
 def test_off_leaves_every_convolution_to_the_direct_kernels(monkeypatch, counted):
+    # (W2's second convolution, which auto gives F(4x4, 3x3))
     use_options(monkeypatch, winograd="off")
     check_compiled("conv2d", [normal(1, 13, 13, 32), normal(3, 3, 32, 64)], attrs("valid"))
     assert not counted
@@ -75,21 +79,44 @@ def geometry(x_shape, cout, padding="valid"):
     return conv_geometry("conv2d", x_shape, (3, 3, x_shape[-1], cout), attrs(padding))
 
 
-def test_auto_takes_winograd_where_it_saves_products():
-    chosen = lambda *a: winograd.winograd_applies(geometry(*a))  # noqa: E731
-    assert chosen((64, 13, 13, 32), 64)            # W2's second convolution: 0.53 of the products
-    assert chosen((64, 32, 32, 16), 16, "same")    # ResNet-20's first stage: 0.44
-    assert not chosen((64, 28, 28, 1), 32)         # one input channel: the products are too short
-    assert not chosen((64, 5, 5, 64), 64)          # W2's third: 3x3 outputs on 2x2 tiles, 0.79
-    assert not chosen((64, 13, 13, 8), 64)
-    assert not winograd.winograd_applies(conv_geometry("conv2d", (1, 9, 9, 32), (3, 3, 32, 32),
-                                                       dict(strides=(2, 2), padding="same", dilation=(1, 1))))
-    assert winograd.products_ratio(geometry((1, 10, 10, 16), 16)) == pytest.approx(16 * 16 / (9 * 64))
+def test_auto_takes_the_algorithm_with_the_fewest_products_where_it_saves_enough():
+    chosen = lambda *a: winograd.winograd_algorithm(geometry(*a))  # noqa: E731
+    assert chosen((64, 13, 13, 32), 64) is winograd.F4            # W2's second: 11x11 on 4x4 tiles, 0.30
+    assert chosen((64, 5, 5, 64), 64) is None                     # W2's third: one 4x4 tile per image (0.44)
+    assert chosen((64, 6, 6, 64), 64) is None                     # W3's third: 4 tiles of 2x2 per image (0.44)
+    assert chosen((64, 32, 32, 16), 16, "same") is winograd.F4    # ResNet-20's first stage: 0.25
+    assert chosen((64, 8, 8, 16), 16) is winograd.F2              # 6x6 outputs: 0.44 on either: the smaller
+    assert chosen((64, 8, 8, 16), 16, "same") is winograd.F2      # ResNet-20's last stage: 4 tiles of 4x4
+    assert chosen((64, 28, 28, 1), 32) is None                    # one input channel: products too short
+    assert chosen((64, 13, 13, 8), 64) is None
+    assert chosen((64, 7, 7, 16), 16) is None                     # 5x5 outputs: 0.64 on either
+    assert chosen((64, 3, 3, 32), 32) is None                     # one output pixel
+    assert winograd.winograd_algorithm(conv_geometry("conv2d", (1, 9, 9, 32), (3, 3, 32, 32),
+                                                     dict(strides=(2, 2), padding="same", dilation=(1, 1)))) is None
+    assert winograd.products_ratio(geometry((1, 10, 10, 16), 16), winograd.F2) == pytest.approx(16 * 16 / (9 * 64))
+    assert winograd.products_ratio(geometry((1, 10, 10, 16), 16), winograd.F4) == pytest.approx(4 * 36 / (9 * 64))
+
+
+@pytest.mark.parametrize("algorithm", [winograd.F2, winograd.F4])
+def test_the_transform_matrices_compute_the_convolution(algorithm):
+    # exact arithmetic: A^T [(G g G^T) * (B^T d B)] A is the correlation of d with g
+    from fractions import Fraction
+    a = algorithm
+    rng = np.random.default_rng(1)
+    d = [[Fraction(int(v)) for v in row] for row in rng.integers(-9, 9, (a.alpha, a.alpha))]
+    g = [[Fraction(int(v)) for v in row] for row in rng.integers(-9, 9, (3, 3))]
+    mul = lambda x, y: [[sum(x[i][k] * y[k][j] for k in range(len(y))) for j in range(len(y[0]))]  # noqa: E731
+                        for i in range(len(x))]
+    t = lambda x: [list(r) for r in zip(*x)]  # noqa: E731
+    u, v = mul(mul(a.g, g), t(a.g)), mul(mul(a.bt, d), t(a.bt))
+    y = mul(mul(a.at, [[u[i][j] * v[i][j] for j in range(a.alpha)] for i in range(a.alpha)]), t(a.at))
+    assert y == [[sum(d[i + p][j + q] * g[p][q] for p in range(3) for q in range(3)) for j in range(a.m)]
+                 for i in range(a.m)]
 
 
 def test_the_mode_is_validated():
     from kcompiler.options import Options
-    with pytest.raises(ValueError, match="winograd must be one of auto, on, off"):
+    with pytest.raises(ValueError, match="winograd must be one of auto, off, 2x2, 4x4"):
         Options(winograd="sometimes")
     assert Options.from_environment({"KCOMPILER_WINOGRAD": "OFF"}).winograd == "off"
 
@@ -97,7 +124,7 @@ def test_the_mode_is_validated():
 def test_the_dump_names_the_choice():
     from kcompiler.codegen.llvm.backend import BACKEND
     from kcompiler.options import Options
-    assert "Winograd F(2x2, 3x3) never" in " ".join(BACKEND.notes(Options(winograd="off")))
+    assert "Winograd never" in " ".join(BACKEND.notes(Options(winograd="off")))
     assert "(winograd=auto)" in " ".join(BACKEND.notes(Options()))
 
 
@@ -118,10 +145,11 @@ def cnn(run_eagerly):
     return model
 
 
+@pytest.mark.parametrize("algorithm", ["2x2", "4x4"])
 @pytest.mark.parametrize("fuse", [True, False])
-def test_training_equals_the_reference_interpreter(monkeypatch, counted, fuse):
+def test_training_equals_the_reference_interpreter(monkeypatch, counted, fuse, algorithm):
     import kcompiler
-    use_options(monkeypatch, winograd="on")
+    use_options(monkeypatch, winograd=algorithm)
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((5, 10, 9, 3)).astype(np.float32), rng.integers(0, 3, 5).astype(np.int32)
     model = cnn(run_eagerly=False)

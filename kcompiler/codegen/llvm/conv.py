@@ -332,9 +332,10 @@ def lower_conv2d(k, epilogue=None, pool=None):
             with for_range(k.b, g.batch, name="pimage") as n:
                 pool.emit(k.b, epilogue.pointers, n, c64(0), c64(pixels))
         return
-    from .winograd import lower_winograd_conv2d, winograd_applies  # (winograd.py builds on this module)
-    if winograd_applies(g):
-        lower_winograd_conv2d(k, g, [x, kernel, y] + extra, epilogue, pool)
+    from .winograd import lower_winograd_conv2d, winograd_algorithm  # (winograd.py builds on this module)
+    algorithm = winograd_algorithm(g)
+    if algorithm is not None:
+        lower_winograd_conv2d(k, g, algorithm, [x, kernel, y] + extra, epilogue, pool)
         return
     t = forward_tile(host_tile())
     image, padded = image_layout(g)
@@ -427,9 +428,10 @@ def lower_conv2d_backward_input(k, epilogue=None):
         if epilogue is not None:
             epilogue.emit(k.b, epilogue.pointers, 0, g.batch * g.in_h * g.in_w)
         return
-    from .winograd import lower_winograd_conv2d_backward_input, winograd_applies
-    if winograd_applies(g):
-        lower_winograd_conv2d_backward_input(k, g, [dy, kernel, dx] + extra, epilogue)
+    from .winograd import lower_winograd_conv2d_backward_input, winograd_algorithm
+    algorithm = winograd_algorithm(g)
+    if algorithm is not None:
+        lower_winograd_conv2d_backward_input(k, g, algorithm, [dy, kernel, dx] + extra, epilogue)
         return
     t = host_tile()
     panels, edge = divmod(g.cin, t.nr)
@@ -544,9 +546,11 @@ def lower_conv2d_backward_kernel(k, attrs=None, bias=None, dy_source=None):
             fill_zero(k.b, bias, 0, g.cout, name="db0")
             add_rows(k.b, bias, dy, 0, g.rows, 0, g.cout, g.cout)
         return
-    from .winograd import lower_winograd_conv2d_backward_kernel, winograd_applies
-    if dy_source is None and winograd_applies(g):
-        lower_winograd_conv2d_backward_kernel(k, g, [x, dy, dk] + ([bias] if bias is not None else []), bias is not None)
+    from .winograd import lower_winograd_conv2d_backward_kernel, winograd_algorithm
+    algorithm = winograd_algorithm(g) if dy_source is None else None
+    if algorithm is not None:
+        lower_winograd_conv2d_backward_kernel(k, g, algorithm, [x, dy, dk] + ([bias] if bias is not None else []),
+                                              bias is not None)
         return
     t = host_tile()
     image, padded = image_layout(g)
