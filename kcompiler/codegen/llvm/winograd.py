@@ -41,8 +41,8 @@ from .gemm import _vload, _vstore
 from .irutil import bounds_checking, c64, f32, for_range, generation_options, i64, register_buffer
 
 # Tiles one block transforms, multiplies and finishes while they are in cache (rounded up to
-# whole tile rows): V and M of 24 tiles of W3's second convolution take 16 * 24 * (32 + 64)
-# floats, 147 KiB, in L2.
+# whole tile rows): V and M of 24 tiles of W3's second convolution take a^2 * 24 * (32 + 64)
+# floats, 147 KiB by F(2x2, 3x3) and 332 KiB by F(4x4, 3x3), in L2 (1 MiB).
 BLOCK_TILES = 24
 # Tiles of a block of the weight gradient: the depth of its products (the tile's accumulators are
 # loaded and stored once per block)
@@ -75,10 +75,6 @@ class Algorithm:
     def positions(self):
         return self.alpha ** 2
 
-    @property
-    def name(self):
-        return f"F({self.m}x{self.m}, 3x3)"
-
 
 def _matrix(rows):
     return tuple(tuple(Fraction(x) for x in row) for row in rows)
@@ -97,6 +93,7 @@ F4 = Algorithm(4, bt=_matrix([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, 
                g=_matrix([["1/4", 0, 0], ["-1/6", "-1/6", "-1/6"], ["-1/6", "1/6", "-1/6"],
                           ["1/24", "1/12", "1/6"], ["1/24", "-1/12", "1/6"], [0, 0, 1]]),
                at=_matrix([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]))
+ALGORITHMS = (F2, F4)
 FORCED = {"2x2": F2, "4x4": F4}
 
 
@@ -128,9 +125,6 @@ def winograd_algorithm(g):
     if min(g.cin, g.cout) < MIN_CHANNELS or not candidates:
         return None
     return min(candidates, key=lambda a: products_ratio(g, a))  # (the first, F2, of equals)
-
-
-ALGORITHMS = (F2, F4)
 
 
 def describe(mode):
@@ -229,6 +223,24 @@ def _slices(p, sizes, own_floats):
     return scratch
 
 
+def _product_tiles(module, g, t, depth, width, tb):
+    """The forward tiles (full panels, edge panel) of the products (tiles x depth) @ (depth x
+    width), as a 1x1 convolution over the transformed tiles: tile row i reads
+    V[xi][origins[i] + c] for c < depth."""
+    pointwise = dataclasses.replace(g, kh=1, kw=1, pad_top=0, pad_left=0, cin=depth, cout=width)
+    image = Image(1, depth, tb * depth)
+    full, edge = divmod(width, t.nr)
+    return (emit_forward_tile(module, pointwise, image, t, t.nr) if full else None,
+            emit_forward_tile(module, pointwise, image, t, edge) if edge else None)
+
+
+def _origins(b, t):
+    """The MR-long array of the tile rows' offsets the forward tile reads (emit_products fills it)."""
+    with b.goto_entry_block():
+        origins = b.alloca(ir.ArrayType(i64, t.mr))
+    return b.bitcast(origins, i64.as_pointer())
+
+
 def _edge_conditions(b, a, index, count, last):
     """Per row (column) i < m of a tile: None when it lies inside the output whatever the tile,
     else the i1 that tile ``index`` is not the last (``count`` of them: ``last`` rows left)."""
@@ -247,8 +259,7 @@ def lower_winograd_conv2d(k, g, a, buffers, epilogue, pool):
     th_n, tw_n = tiles(g, a)
     block_rows = _block_rows(g, a, BLOCK_TILES)
     tb = block_rows * tw_n  # tiles per block, at most
-    full, edge = divmod(g.cout, t.nr)
-    panels = full + bool(edge)
+    panels = -(-g.cout // t.nr)
     pixels = g.out_h * g.out_w
     padded = _frame(g, a, g.cin)
     in_scratch = pool is not None and not pool.store_input  # y of one image at a time, in scratch
@@ -257,19 +268,13 @@ def lower_winograd_conv2d(k, g, a, buffers, epilogue, pool):
              "v": _aligned(p_ * tb * g.cin), "m": _aligned(p_ * tb * g.cout),
              "y": _aligned(pixels * g.cout) if in_scratch else 0}
     own_floats = sum(sizes.values())
-    # the forward tile as a 1x1 convolution over V: tile row i reads V[xi][origins[i] + c], c < Cin
-    pointwise = dataclasses.replace(g, kh=1, kw=1, pad_top=0, pad_left=0)
-    v_image = Image(1, g.cin, tb * g.cin)
-    tile_functions = (emit_forward_tile(k.module, pointwise, v_image, t, t.nr) if full else None,
-                      emit_forward_tile(k.module, pointwise, v_image, t, edge) if edge else None)
+    tile_functions = _product_tiles(k.module, g, t, g.cin, g.cout, tb)
     cin_lanes, cout_lanes, panel_lanes = _lanes(g.cin, t.vw), _lanes(g.cout, t.vw), _lanes(t.nr, t.vw)
     nparts = parts_for(p_ * g.batch * th_n * tw_n * g.cin * g.cout, g.batch)
 
     def body(p):
         b, (x, kernel, y), rest = p.b, p.buffers[:3], p.buffers[3:]
-        with b.goto_entry_block():
-            origins = b.alloca(ir.ArrayType(i64, t.mr))
-        origins = b.bitcast(origins, i64.as_pointer())
+        origins = _origins(b, t)
         scratch = _slices(p, sizes, own_floats)
         u, pad, v, m = scratch["u"], scratch["pad"], scratch["v"], scratch["m"]
         if in_scratch:
@@ -447,7 +452,7 @@ def lower_winograd_conv2d_backward_kernel(k, g, a, buffers, bias):
     dk, bias_out = buffers[2], (buffers[3] if bias else None)
 
     def body(p):
-        b, (x, dy, dk) = p.b, p.buffers[:3]
+        b, (x, dy) = p.b, p.buffers[:2]  # (dk is written after the join, by finish)
         scratch = _slices(p, sizes, own_floats)
         du, pad, v, d = scratch["du"], scratch["pad"], scratch["v"], scratch["d"]
         fill_zero(b, du, 0, du_floats, name="du0")
@@ -580,28 +585,21 @@ def lower_winograd_conv2d_backward_input(k, g, a, buffers, epilogue):
     th_n, tw_n = tiles(g, a)
     block_rows = _block_rows(g, a, BLOCK_TILES)
     tb = block_rows * tw_n
-    full, edge = divmod(g.cin, t.nr)
-    panels = full + bool(edge)
+    panels = -(-g.cin // t.nr)
     frame = _frame(g, a, g.cin)
     pixels = g.in_h * g.in_w
     p_ = a.positions
     sizes = {"kt": _aligned(9 * g.cin * g.cout), "u": _aligned(p_ * panels * t.nr * g.cout),
              "acc": _aligned(frame.floats), "d": _aligned(p_ * tb * g.cout), "m": _aligned(p_ * tb * g.cin)}
     own_floats = sum(sizes.values())
-    # the products' geometry: Cout deep, Cin wide
-    swapped = dataclasses.replace(g, cin=g.cout, cout=g.cin)
-    pointwise = dataclasses.replace(swapped, kh=1, kw=1, pad_top=0, pad_left=0)
-    d_image = Image(1, g.cout, tb * g.cout)
-    tile_functions = (emit_forward_tile(k.module, pointwise, d_image, t, t.nr) if full else None,
-                      emit_forward_tile(k.module, pointwise, d_image, t, edge) if edge else None)
+    swapped = dataclasses.replace(g, cin=g.cout, cout=g.cin)  # the products: Cout deep, Cin wide
+    tile_functions = _product_tiles(k.module, g, t, g.cout, g.cin, tb)
     cin_lanes, cout_lanes, panel_lanes = _lanes(g.cin, t.vw), _lanes(g.cout, t.vw), _lanes(t.nr, t.vw)
     nparts = parts_for(p_ * g.batch * th_n * tw_n * g.cin * g.cout, g.batch)
 
     def body(p):
         b, (dy, kernel, dx), rest = p.b, p.buffers[:3], p.buffers[3:]
-        with b.goto_entry_block():
-            origins = b.alloca(ir.ArrayType(i64, t.mr))
-        origins = b.bitcast(origins, i64.as_pointer())
+        origins = _origins(b, t)
         scratch = _slices(p, sizes, own_floats)
         kt, u, acc, d, m = (scratch[name] for name in ("kt", "u", "acc", "d", "m"))
         emit_transpose(b, g, kernel, kt)
