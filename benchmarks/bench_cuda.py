@@ -3,7 +3,8 @@ NVIDIA GPU (they need target='cuda' on a real device, and PyTorch with CUDA for 
 
 1. ``w2_losses``: the seed MNIST CNN (W2, batch 64, Adam 1e-3) trains 20 steps through
    ``model.compile(..., target='cuda')`` + ``train_on_batch`` and through the CPU backend, from
-   the same initial weights on the same batches: the 20 losses agree (rtol 1e-3). A check.
+   the same initial weights on the same batches: the 20 losses agree within the float32 spread
+   that CPU runs from weights one ulp away show in the same run (see w2_losses). A check.
 2. ``sgemm``: the generated SGEMM at M = N = K = 4096 against cuBLAS float32 (``torch.matmul``,
    TF32 off). Measured through the public API: ``predict`` of Input(1) -> Dense(4096) ->
    Dense(4096) -> Dense(1) (no biases) minus ``predict`` of the same model without the middle
@@ -46,7 +47,9 @@ from kcompiler import keras  # noqa: E402
 from kcompiler.keras import layers  # noqa: E402
 
 LOSS_STEPS = 20
-LOSS_RTOL = 1e-3
+LOSS_RTOL_FLOOR = 1e-5   # the smallest relative loss difference ever flagged
+LOSS_SPREAD = 2          # how far beyond the CPU's own float32 spread the device may go
+LOSS_SPREAD_RUNS = 3     # CPU runs from one-ulp-moved weights that measure that spread
 SGEMM_SIZE = 4096
 SGEMM_TARGET = 0.6       # cuBLAS time / generated time
 W2_TARGET = 1.0          # PyTorch eager time / kcompiler time
@@ -82,22 +85,57 @@ def torch_cuda():
 
 # ---- 1. W2 trains to the CPU backend's losses ---------------------------------------------------
 
-def w2_losses():
+def _losses(workload, weights, target, nudge_seed=None):
+    """W2's losses over LOSS_STEPS steps from `weights`; with a nudge_seed, every weight is moved
+    one ulp (up or down at random) before each step."""
+    model = workload.make_model()
+    model.set_weights(weights)
+    model.compile(optimizer=workload.optimizer(), loss=workload.loss(), target=target)
+    losses = []
+    for step in range(LOSS_STEPS):
+        if nudge_seed is not None:
+            model.set_weights(_one_ulp_away(model.get_weights(), (nudge_seed, step)))
+        losses.append(model.train_on_batch(*workload.data(seed=step), return_dict=True)["loss"])
+    return np.array(losses)
+
+
+def _one_ulp_away(weights, seed):
+    """Every weight moved to a neighbouring float32, up or down at random: the smallest change
+    there is, the size of one rounding."""
+    rng = np.random.default_rng(seed)
+    return [np.nextafter(w, np.where(rng.random(w.shape) < 0.5, -np.inf, np.inf).astype(np.float32))
+            for w in weights]
+
+
+def w2_losses(device="cuda"):
+    """W2's 20 losses on `device` against the CPU backend's, from the same weights. Training on
+    random labels with Adam is chaotic: on the CPU alone, weights one ulp away reach loss
+    differences over 1e-3 within 20 steps (measured 2026-12-04), so a fixed tolerance on the
+    trajectory fails on rounding alone. A device whose arithmetic rounds differently (its own
+    summation orders, fused multiply-adds, exp and log) differs from the CPU by about a rounding
+    in every weight at every step. The check: at each step the device's loss differs from the
+    CPU's by at most LOSS_SPREAD times the largest difference, up to that step, of CPU runs
+    whose weights were moved one ulp before every step (measured in the same run); a difference
+    under LOSS_RTOL_FLOOR always passes. A wrong gradient shows in the first steps, while that
+    spread is still near zero."""
     workload = WORKLOADS["W2"]
-    models = {target: workload.make_model() for target in ("cpu", "cuda")}
-    models["cuda"].set_weights(models["cpu"].get_weights())
-    losses = {}
-    for target, model in models.items():
-        model.compile(optimizer=workload.optimizer(), loss=workload.loss(), target=target)
-        losses[target] = np.array([model.train_on_batch(*workload.data(seed=step), return_dict=True)["loss"]
-                                   for step in range(LOSS_STEPS)])
-    relative = np.abs(losses["cuda"] - losses["cpu"]) / np.abs(losses["cpu"])
-    passed = bool(np.all(np.isfinite(losses["cuda"])) and np.all(relative <= LOSS_RTOL))
-    worst = int(np.argmax(relative))
+    weights = workload.make_model().get_weights()
+    cpu = _losses(workload, weights, "cpu")
+    on_device = _losses(workload, weights, device)
+    spread = np.zeros(LOSS_STEPS)
+    for seed in range(LOSS_SPREAD_RUNS):
+        spread = np.maximum(spread, np.abs(_losses(workload, weights, "cpu", nudge_seed=seed) - cpu) / np.abs(cpu))
+    allowed = np.maximum(LOSS_RTOL_FLOOR, LOSS_SPREAD * np.maximum.accumulate(spread))
+    relative = np.abs(on_device - cpu) / np.abs(cpu)
+    passed = bool(np.all(np.isfinite(on_device)) and np.all(relative <= allowed))
+    worst = int(np.argmax(relative / allowed))
     return dict(kind="check", passed=passed, max_relative_difference=float(relative.max()),
-                losses_cuda=losses["cuda"].tolist(), losses_cpu=losses["cpu"].tolist(),
-                detail=f"{LOSS_STEPS} steps; max relative loss difference {relative.max():.2e} at step {worst} "
-                       f"(cuda {losses['cuda'][worst]:.6f}, cpu {losses['cpu'][worst]:.6f}; rtol {LOSS_RTOL})")
+                relative_differences=relative.tolist(), allowed=allowed.tolist(), cpu_spread=spread.tolist(),
+                losses_cuda=on_device.tolist(), losses_cpu=cpu.tolist(),
+                detail=f"{LOSS_STEPS} steps; relative loss difference at most {relative.max():.2e}; closest to its "
+                       f"bound at step {worst}: {relative[worst]:.2e} against {allowed[worst]:.2e} allowed "
+                       f"({LOSS_SPREAD}x the CPU's own spread with weights moved one ulp each step, {LOSS_RTOL_FLOOR:g} "
+                       f"at least; {device} {on_device[worst]:.6f}, cpu {cpu[worst]:.6f})")
 
 
 # ---- 2. the generated SGEMM against cuBLAS -------------------------------------------------------
