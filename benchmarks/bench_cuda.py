@@ -3,8 +3,8 @@ NVIDIA GPU (they need target='cuda' on a real device, and PyTorch with CUDA for 
 
 1. ``w2_losses``: the seed MNIST CNN (W2, batch 64, Adam 1e-3) trains 20 steps through
    ``model.compile(..., target='cuda')`` + ``train_on_batch`` and through the CPU backend, from
-   the same initial weights on the same batches: the 20 losses agree within the float32 spread
-   that CPU runs from weights one ulp away show in the same run (see w2_losses). A check.
+   the same initial weights on the same batches: the 20 losses agree within the float32 spread of
+   CPU runs whose weights move one ulp before every step, measured in the same run (w2_losses).
 2. ``sgemm``: the generated SGEMM at M = N = K = 4096 against cuBLAS float32 (``torch.matmul``,
    TF32 off). Measured through the public API: ``predict`` of Input(1) -> Dense(4096) ->
    Dense(4096) -> Dense(1) (no biases) minus ``predict`` of the same model without the middle
@@ -49,7 +49,7 @@ from kcompiler.keras import layers  # noqa: E402
 LOSS_STEPS = 20
 LOSS_RTOL_FLOOR = 1e-5   # the smallest relative loss difference ever flagged
 LOSS_SPREAD = 2          # how far beyond the CPU's own float32 spread the device may go
-LOSS_SPREAD_RUNS = 3     # CPU runs from one-ulp-moved weights that measure that spread
+LOSS_SPREAD_RUNS = 3     # CPU runs, weights moved one ulp before every step, that measure it
 SGEMM_SIZE = 4096
 SGEMM_TARGET = 0.6       # cuBLAS time / generated time
 W2_TARGET = 1.0          # PyTorch eager time / kcompiler time

@@ -1,6 +1,8 @@
 """The comparison runner's own arithmetic (benchmarks/): FLOPs counted from the IR against
-counts made by hand from the layer shapes, the timing windows' bookkeeping, and the residual
-CNN's definition."""
+counts made by hand from the layer shapes, the timing windows' bookkeeping, the residual CNN's
+definition, and the GPU loss check's tolerance (with the CPU standing in for the GPU)."""
+import dataclasses
+
 import pytest
 
 import kcompiler
@@ -125,3 +127,24 @@ def test_docs_section_replaces_the_marked_one_and_keeps_the_rest(tmp_path):
     text = path.read_text()
     assert "first" not in text and text.count("second") == 1
     assert text.index("intro") < text.index("second") < text.index("## Older results") < text.index("kept")
+
+
+def test_gpu_loss_check_passes_rounding_and_catches_a_wrong_update(monkeypatch):
+    """bench_cuda's W2 loss check (run on a GPU by scripts/gpu-check), with the CPU backend
+    standing in for the device: the CPU against itself passes, and a 'device' whose Adam steps
+    are 1 % too long fails."""
+    from benchmarks import bench_cuda
+    monkeypatch.setattr(bench_cuda, "LOSS_STEPS", 6)
+    assert bench_cuda.w2_losses("cpu")["passed"]
+
+    losses = bench_cuda._losses
+
+    def with_a_wrong_update(workload, weights, target, nudge_seed=None):
+        if target == "wrong":
+            workload = dataclasses.replace(workload, optimizer=lambda: kcompiler.keras.optimizers.Adam(1.01e-3))
+            target = "cpu"
+        return losses(workload, weights, target, nudge_seed)
+
+    monkeypatch.setattr(bench_cuda, "_losses", with_a_wrong_update)
+    result = bench_cuda.w2_losses("wrong")
+    assert not result["passed"], result["detail"]
