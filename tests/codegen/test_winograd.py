@@ -32,6 +32,7 @@ CASES = [
     ((1, 22, 6, 4), 6, "same"),      # 11 tile rows: more than one block of tile rows
     ((1, 3, 62, 2), 3, "same"),      # 31 tile columns: blocks of one tile row
     ((1, 2, 2, 3), 2, "same"),       # one tile, most of its patch in the padding
+    ((7, 6, 6, 16), 16, "same"),     # blocks of several whole images, the last one short
 ]
 
 
@@ -60,7 +61,7 @@ def test_forward_and_both_gradients_equal_the_reference(monkeypatch, counted, x_
 
 
 @pytest.mark.parametrize("algorithm", ["2x2", "4x4"])
-@pytest.mark.parametrize("x_shape,cout,padding", [CASES[0], CASES[3], CASES[5]])
+@pytest.mark.parametrize("x_shape,cout,padding", [CASES[0], CASES[3], CASES[5], CASES[8]])
 def test_bounds_checked_builds(monkeypatch, counted, x_shape, cout, padding, algorithm):
     use_bounds_checks(monkeypatch)
     use_options(monkeypatch, bounds_check=True, winograd=algorithm)
@@ -82,11 +83,12 @@ def geometry(x_shape, cout, padding="valid"):
 def test_auto_takes_the_algorithm_with_the_fewest_products_where_it_saves_enough():
     chosen = lambda *a: winograd.winograd_algorithm(geometry(*a))  # noqa: E731
     assert chosen((64, 13, 13, 32), 64) is winograd.F4            # W2's second: 11x11 on 4x4 tiles, 0.30
-    assert chosen((64, 5, 5, 64), 64) is None                     # W2's third: one 4x4 tile per image (0.44)
-    assert chosen((64, 6, 6, 64), 64) is None                     # W3's third: 4 tiles of 2x2 per image (0.44)
+    assert chosen((64, 5, 5, 64), 64) is None                     # W2's third: F4 one tile, F2 0.79
+    assert chosen((64, 6, 6, 64), 64) is winograd.F2              # W3's third: 4 tiles of 2x2 (0.44)
     assert chosen((64, 32, 32, 16), 16, "same") is winograd.F4    # ResNet-20's first stage: 0.25
     assert chosen((64, 8, 8, 16), 16) is winograd.F2              # 6x6 outputs: 0.44 on either: the smaller
-    assert chosen((64, 8, 8, 16), 16, "same") is winograd.F2      # ResNet-20's last stage: 4 tiles of 4x4
+    assert chosen((64, 8, 8, 64), 64, "same") is winograd.F2      # ResNet-20's last stage: 4 tiles of 4x4 only
+    assert chosen((64, 16, 16, 32), 32, "same") is winograd.F4    # its middle stage: 16 of 4x4
     assert chosen((64, 28, 28, 1), 32) is None                    # one input channel: products too short
     assert chosen((64, 13, 13, 8), 64) is None
     assert chosen((64, 7, 7, 16), 16) is None                     # 5x5 outputs: 0.64 on either
@@ -126,6 +128,17 @@ def test_the_dump_names_the_choice():
     from kcompiler.options import Options
     assert "Winograd never" in " ".join(BACKEND.notes(Options(winograd="off")))
     assert "(winograd=auto)" in " ".join(BACKEND.notes(Options()))
+
+
+def test_blocks_of_small_images_span_several_images():
+    """Where an image has fewer tiles than a block, a block takes the whole images whose tiles
+    fill the forward tile's MR rows best; the kernel gradient takes as many as its depth holds."""
+    w2_second = geometry((64, 13, 13, 32), 64)  # 11x11 outputs: 9 tiles of 4x4, 36 of 2x2
+    assert winograd._images_per_block(w2_second, winograd.F4, 8) == 4  # 36 tiles: 36 of 40 rows
+    assert winograd._images_per_block(w2_second, winograd.F2, 8) == 1  # 36 >= BLOCK_TILES: rows
+    assert winograd._images_per_block(geometry((64, 8, 8, 16), 16), winograd.F4, 8) == 2  # 4 tiles
+    assert winograd._weight_images_per_block(w2_second, winograd.F4) == 4  # 48 // 9 = 5, to a power of 2
+    assert winograd._weight_images_per_block(geometry((64, 32, 32, 16), 16, "same"), winograd.F4) == 1
 
 
 def cnn(run_eagerly):

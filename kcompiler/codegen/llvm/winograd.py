@@ -17,11 +17,13 @@ up to 8 and 1/24, its float32 results differ from the exact ones about ten times
 F(2x2, 3x3)'s (measured on W2's convolutions: 2e-5 against 1.5e-6 of outputs up to 6).
 
 Forward: the parts (cores) own whole images. Each part transforms the filters into U once per
-call, already packed in the forward tile's NR-wide panels. Then, image by image: a zero-padded
-copy of the image covering every tile's patch, and per block of tile rows the input transform
-into V, the products by the implicit-GEMM forward tile (conv_tiles.py, reading V as the image
-of a 1x1 convolution), the output transform into y, and the conv2d lowering's epilogue and
-pooling on the block's output rows (m per tile row) while they are in cache.
+call, already packed in the forward tile's NR-wide panels. Then block by block of tiles: a
+zero-padded copy of each image covering every tile's patch, the input transform into V, the
+products by the implicit-GEMM forward tile (conv_tiles.py, reading V as the image of a 1x1
+convolution), the output transform into y, and the conv2d lowering's epilogue and pooling on
+the block's output rows (m per tile row) while they are in cache. A block is a run of tile rows
+of one image, or several whole images where an image has fewer tiles than BLOCK_TILES (the
+products' rows then fill the tile's MR rows: _images_per_block).
 
 The input gradient is the adjoint (lower_winograd_conv2d_backward_input), the kernel gradient
 the gradient with respect to U (lower_winograd_conv2d_backward_kernel).
@@ -44,6 +46,11 @@ from .irutil import bounds_checking, c64, f32, for_range, generation_options, i6
 # whole tile rows): V and M of 24 tiles of W3's second convolution take a^2 * 24 * (32 + 64)
 # floats, 147 KiB by F(2x2, 3x3) and 332 KiB by F(4x4, 3x3), in L2 (1 MiB).
 BLOCK_TILES = 24
+# A block spans several whole images where one image has fewer tiles than BLOCK_TILES, so that
+# the products' rows fill the forward tile's MR rows: W2's second convolution by F(4x4, 3x3)
+# has 9 tiles an image, which fill 9 of the 16 rows of two tile calls; 4 images fill 36 of 40.
+# At most this many tiles (V and M of 40 tiles of that convolution: 540 KiB)
+MAX_BLOCK_TILES = 40
 # Tiles of a block of the weight gradient: the depth of its products (the tile's accumulators are
 # loaded and stored once per block)
 WEIGHT_BLOCK_TILES = 48
@@ -53,10 +60,13 @@ MIN_CHANNELS = 16
 # and where its products are at most this fraction of the direct convolution's (tiles
 # overhanging a small odd output: W2's third convolution, 3x3 outputs on 2x2 tiles, 0.79)
 MAX_PRODUCTS_RATIO = 0.6
-# and where an image has at least this many tiles: the products' rows are an image's tiles (a
-# block never spans two images), and the forward tile has 8 (W2's third convolution by
-# F(4x4, 3x3), one tile per image, took 0.24-0.48 ms against the direct kernels' 0.19-0.23)
-MIN_TILES = 8
+# F(4x4, 3x3) only where an image has at least this many tiles. Speed does not need it (blocks
+# span images; W3's third convolution, one 4x4 tile an image, ran 0.13-0.15 ms forward against
+# the direct kernel's 0.34-0.38), accuracy does: F(4x4)'s float32 error is ~8x F(2x2)'s, and
+# with it on the U-Net's 4x4 and 8x8 images (1 and 4 tiles) the U-Net's 20 Adam steps leave
+# Keras's trajectory (weights off by up to 4.6e-4 against the test's 1e-4 + 1e-3 relative;
+# interpolation points 0, ±1, 1/2, -2 lower the error 1.6x, not enough). F(2x2) has no minimum.
+MIN_TILES_F4 = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,16 +122,16 @@ def winograd_algorithm(g):
     """The Winograd algorithm the convolution of geometry ``g`` (ops.conv.ConvGeometry) and its
     gradients run by under the generation options' ``winograd`` mode, or None (direct kernels):
     ``auto`` takes, where both channel counts reach MIN_CHANNELS, the algorithm with the fewest
-    products among those with MIN_TILES tiles per image whose products are at most
-    MAX_PRODUCTS_RATIO of the direct ones'; ``2x2`` and ``4x4`` take that algorithm wherever the
-    geometry allows; ``off`` none."""
+    products among those whose products are at most MAX_PRODUCTS_RATIO of the direct ones'
+    (F(4x4, 3x3) where an image has MIN_TILES_F4 tiles);
+    ``2x2`` and ``4x4`` take that algorithm wherever the geometry allows; ``off`` none."""
     mode = generation_options().winograd
     if mode == "off" or not (g.kh == g.kw == 3 and g.sh == g.sw == 1 and g.dh == g.dw == 1):
         return None
     if mode in FORCED:
         return FORCED[mode]
-    candidates = [a for a in ALGORITHMS if tiles(g, a)[0] * tiles(g, a)[1] >= MIN_TILES
-                  and products_ratio(g, a) <= MAX_PRODUCTS_RATIO]
+    candidates = [a for a in ALGORITHMS if products_ratio(g, a) <= MAX_PRODUCTS_RATIO
+                  and (a is not F4 or tiles(g, a)[0] * tiles(g, a)[1] >= MIN_TILES_F4)]
     if min(g.cin, g.cout) < MIN_CHANNELS or not candidates:
         return None
     return min(candidates, key=lambda a: products_ratio(g, a))  # (the first, F2, of equals)
@@ -130,8 +140,8 @@ def winograd_algorithm(g):
 def describe(mode):
     """The choice under ``mode`` (Options.winograd), for the dump's notes."""
     rule = {"auto": f"F(2x2, 3x3) or F(4x4, 3x3), whichever takes fewer multiply-adds, where both channel counts "
-                    f"reach {MIN_CHANNELS}, an image has {MIN_TILES} tiles and it takes at most {MAX_PRODUCTS_RATIO} "
-                    "of the direct kernel's",
+                    f"reach {MIN_CHANNELS} and it takes at most {MAX_PRODUCTS_RATIO} of the direct kernel's (F(4x4, 3x3) "
+                    f"where an image has {MIN_TILES_F4} tiles)",
             "2x2": "F(2x2, 3x3) wherever the geometry allows", "4x4": "F(4x4, 3x3) wherever the geometry allows",
             "off": "never: direct kernels only"}[mode]
     return f"cpu conv2d and its gradients, 3x3 stride 1: Winograd {rule} (winograd={mode})"
@@ -211,6 +221,29 @@ def _block_rows(g, a, tiles_per_block):
     return max(1, min(th_n, -(-tiles_per_block // tw_n)))
 
 
+def _images_per_block(g, a, mr):
+    """Whole images a block of the forward or the input gradient takes: 1 where an image has
+    BLOCK_TILES tiles or more (its blocks are runs of tile rows); else the number of images, up
+    to MAX_BLOCK_TILES tiles, whose tiles fill the MR-row tile calls best (the fewest of equals)."""
+    per_image = tiles(g, a)[0] * tiles(g, a)[1]
+    if per_image >= BLOCK_TILES:
+        return 1
+    return max(range(1, max(1, MAX_BLOCK_TILES // per_image) + 1),
+               key=lambda k: (k * per_image / (-(-k * per_image // mr) * mr), -k))
+
+
+def _weight_images_per_block(g, a):
+    """Whole images a block of the kernel gradient takes: its products are as deep as the
+    block's tiles, so as many images as WEIGHT_BLOCK_TILES holds (1 where an image has more),
+    rounded down to a power of two. The sums of a block's images are grouped in the tile's
+    registers, so where the batch is split (over the cores, or over the ranks of data-parallel
+    training, whose shards are halves, quarters...) blocks aligned to powers of two group them
+    alike: two ranks then sum each image's terms as one process does, up to the order in which
+    the parts' sums are added."""
+    per_image = tiles(g, a)[0] * tiles(g, a)[1]
+    return 1 << (max(1, WEIGHT_BLOCK_TILES // per_image).bit_length() - 1)
+
+
 def _slices(p, sizes, own_floats):
     """The part's own slices of the scratch buffer, by name (``sizes``: floats, 0 for none)."""
     b = p.b
@@ -257,8 +290,9 @@ def lower_winograd_conv2d(k, g, a, buffers, epilogue, pool):
     epilogue's extra pointers), ``epilogue`` and ``pool`` as lower_conv2d takes them."""
     t = forward_tile(host_tile())
     th_n, tw_n = tiles(g, a)
-    block_rows = _block_rows(g, a, BLOCK_TILES)
-    tb = block_rows * tw_n  # tiles per block, at most
+    images = _images_per_block(g, a, t.mr)
+    block_rows = _block_rows(g, a, BLOCK_TILES) if images == 1 else th_n
+    tb = images * block_rows * tw_n  # tiles per block, at most
     panels = -(-g.cout // t.nr)
     pixels = g.out_h * g.out_w
     padded = _frame(g, a, g.cin)
@@ -281,21 +315,29 @@ def lower_winograd_conv2d(k, g, a, buffers, epilogue, pool):
             y = scratch["y"]
         emit_filter_transform(b, g, a, t, kernel, u, panel_lanes)
         n_lo, n_hi = split(b, p.index, p.count, g.batch, 1)
-        with for_range(b, n_hi, start=n_lo, name="wimage") as n:
-            emit_pad(b, g, padded, x, n, b.add(n, c64(1)), pad)
-            y_image = c64(0) if in_scratch else b.mul(n, c64(pixels))  # the image's first row in y
+        with for_range(b, n_hi, start=n_lo, step=images, name="wimages") as n0:
+            n1 = smin(b, b.add(n0, c64(images)), n_hi)
+            if images == 1:
+                emit_pad(b, g, padded, x, n0, n1, pad)
             with for_range(b, th_n, step=block_rows, name="wblock") as tr0:
                 tr1 = smin(b, b.add(tr0, c64(block_rows)), th_n)
-                count = b.mul(b.sub(tr1, tr0), c64(tw_n))
-                emit_input_transform(b, g, a, padded, pad, v, tb, tr0, tr1, cin_lanes)
-                emit_products(b, g, a, t, tile_functions, v, u, m, tb, count, origins)
-                emit_output_transform(b, g, a, m, y, y_image, tb, tr0, tr1, cout_lanes)
-                first = b.mul(tr0, c64(a.m * g.out_w))
-                end = smin(b, b.mul(tr1, c64(a.m * g.out_w)), pixels)
-                if epilogue is not None:
-                    epilogue.emit(b, [y] + rest, b.add(y_image, first), b.sub(end, first))
-                if pool is not None:
-                    pool.emit(b, [y] + rest, n, first, end, source_image=c64(0) if in_scratch else None)
+                image_tiles = b.mul(b.sub(tr1, tr0), c64(tw_n))
+                with for_range(b, n1, start=n0, name="wvimage") as n:
+                    if images > 1:
+                        emit_pad(b, g, padded, x, n, b.add(n, c64(1)), pad)
+                    emit_input_transform(b, g, a, padded, pad, v, tb, tr0, tr1, cin_lanes,
+                                         b.mul(b.sub(n, n0), image_tiles))
+                emit_products(b, g, a, t, tile_functions, v, u, m, tb, b.mul(b.sub(n1, n0), image_tiles), origins)
+                with for_range(b, n1, start=n0, name="wyimage") as n:
+                    y_image = c64(0) if in_scratch else b.mul(n, c64(pixels))  # the image's first row in y
+                    emit_output_transform(b, g, a, m, y, y_image, tb, tr0, tr1, cout_lanes,
+                                          b.mul(b.sub(n, n0), image_tiles))
+                    first = b.mul(tr0, c64(a.m * g.out_w))
+                    end = smin(b, b.mul(tr1, c64(a.m * g.out_w)), pixels)
+                    if epilogue is not None:
+                        epilogue.emit(b, [y] + rest, b.add(y_image, first), b.sub(end, first))
+                    if pool is not None:
+                        pool.emit(b, [y] + rest, n, first, end, source_image=c64(0) if in_scratch else None)
 
     run_parts(k, buffers, nparts, body, scratch_floats=nparts * own_floats)
 
@@ -341,15 +383,15 @@ def emit_filter_transform(b, g, a, t, kernel, u, lanes):
                     store_f32(b, ir.Constant(f32, 0.0), u, index)
 
 
-def emit_input_transform(b, g, a, padded, pad, v, tb, tr0, tr1, lanes):
+def emit_input_transform(b, g, a, padded, pad, v, tb, tr0, tr1, lanes, tile0):
     """v[(xi * tb + tile) * Cin + c] = (B^T d B)[xi] of the tiles of tile rows [tr0, tr1) (tile =
-    (row - tr0) * tile columns + column), d their a x a patches of the padded image."""
+    tile0 + (row - tr0) * tile columns + column), d their a x a patches of the padded image."""
     _, tw_n = tiles(g, a)
     row = padded.width * g.cin
     f = transform(a.bt, lanes)
     with for_range(b, tr1, start=tr0, name="vi") as th:
         with for_range(b, tw_n, name="vj") as tw:
-            tile = b.add(b.mul(b.sub(th, tr0), c64(tw_n)), tw)
+            tile = b.add(tile0, b.add(b.mul(b.sub(th, tr0), c64(tw_n)), tw))
             origin = b.add(b.mul(th, c64(a.m * row)), b.mul(tw, c64(a.m * g.cin)))
             with for_range(b, g.cin, step=lanes.width, name="vc") as c:
                 base = b.add(origin, c)
@@ -391,14 +433,15 @@ def emit_products(b, g, a, t, tile_functions, v, u, m, tb, count, origins):
                 b.call(fn, [at(b, v, v_xi), origins, mr, at(b, u, bp), at(b, m, c)])
 
 
-def emit_output_transform(b, g, a, m, y, y_image, tb, tr0, tr1, lanes):
-    """The m x m output tiles (A^T M A) of tile rows [tr0, tr1) into y (rows Cout apart, the
-    image's pixel 0 at row ``y_image``), dropping the pixels past the output's edge."""
+def emit_output_transform(b, g, a, m, y, y_image, tb, tr0, tr1, lanes, tile0):
+    """The m x m output tiles (A^T M A) of tile rows [tr0, tr1) (the image's first at tile0 of
+    M) into y (rows Cout apart, the image's pixel 0 at row ``y_image``), dropping the pixels past
+    the output's edge."""
     th_n, tw_n = tiles(g, a)
     f = transform(a.at, lanes)
     with for_range(b, tr1, start=tr0, name="yi") as th:
         with for_range(b, tw_n, name="yj") as tw:
-            tile = b.add(b.mul(b.sub(th, tr0), c64(tw_n)), tw)
+            tile = b.add(tile0, b.add(b.mul(b.sub(th, tr0), c64(tw_n)), tw))
             inside = _edge_conditions(b, a, th, th_n, _remaining(g.out_h, a.m))
             inside_w = _edge_conditions(b, a, tw, tw_n, _remaining(g.out_w, a.m))
             first_pixel = b.add(y_image, b.add(b.mul(th, c64(a.m * g.out_w)), b.mul(tw, c64(a.m))))
@@ -431,8 +474,9 @@ def lower_winograd_conv2d_backward_kernel(k, g, a, buffers, bias):
     transforms the sum into dK."""
     t = host_tile()
     th_n, tw_n = tiles(g, a)
-    block_rows = _block_rows(g, a, WEIGHT_BLOCK_TILES)
-    tb = block_rows * tw_n
+    images = _weight_images_per_block(g, a)
+    block_rows = _block_rows(g, a, WEIGHT_BLOCK_TILES) if images == 1 else th_n
+    tb = images * block_rows * tw_n
     full, edge = divmod(g.cout, t.nr)
     row_tiles = -(-g.cin // t.mr)
     padded = _frame(g, a, g.cin)
@@ -444,7 +488,7 @@ def lower_winograd_conv2d_backward_kernel(k, g, a, buffers, bias):
     # the weight-gradient tile of a 1x1 convolution whose image is V[xi] (rows of tw_n tiles of
     # Cin floats) and whose dy is D[xi] (Cout floats per tile)
     pointwise = dataclasses.replace(g, kh=1, kw=1, sh=1, sw=1, dh=1, dw=1, pad_top=0, pad_left=0,
-                                    out_h=block_rows, out_w=tw_n)
+                                    out_h=images * block_rows, out_w=tw_n)
     v_image = Image(tw_n, g.cin, tb * g.cin)
     tile_of = {nr: emit_weight_gradient_tile(k.module, pointwise, v_image, t, nr) for nr in {t.nr if full else 0, edge} if nr}
     cin_lanes, cout_lanes = _lanes(g.cin, t.vw), _lanes(g.cout, t.vw)
@@ -459,18 +503,26 @@ def lower_winograd_conv2d_backward_kernel(k, g, a, buffers, bias):
         if bias:
             fill_zero(b, scratch["db"], 0, g.cout, name="db0")
         n_lo, n_hi = split(b, p.index, p.count, g.batch, 1)
-        with for_range(b, n_hi, start=n_lo, name="wimage") as n:
-            emit_pad(b, g, padded, x, n, b.add(n, c64(1)), pad)
+        with for_range(b, n_hi, start=n_lo, step=images, name="wimages") as n0:
+            n1 = smin(b, b.add(n0, c64(images)), n_hi)
+            if images == 1:
+                emit_pad(b, g, padded, x, n0, n1, pad)
             with for_range(b, th_n, step=block_rows, name="wblock") as tr0:
                 tr1 = smin(b, b.add(tr0, c64(block_rows)), th_n)
-                emit_input_transform(b, g, a, padded, pad, v, tb, tr0, tr1, cin_lanes)
-                emit_dy_transform(b, g, a, dy, n, d, tb, tr0, tr1, cout_lanes)
-                emit_kernel_gradient_products(b, g, a, t, tile_of, v, d, du, tb, b.sub(tr1, tr0), row_tiles)
-                if bias:
-                    first = b.add(b.mul(n, c64(g.out_h * g.out_w)), b.mul(tr0, c64(a.m * g.out_w)))
-                    end = smin(b, b.mul(tr1, c64(a.m)), g.out_h)
-                    add_rows(b, scratch["db"], dy, first, b.mul(b.sub(end, b.mul(tr0, c64(a.m))), c64(g.out_w)),
-                             0, g.cout, g.cout)
+                image_tiles = b.mul(b.sub(tr1, tr0), c64(tw_n))
+                with for_range(b, n1, start=n0, name="wgimage") as n:
+                    if images > 1:
+                        emit_pad(b, g, padded, x, n, b.add(n, c64(1)), pad)
+                    tile0 = b.mul(b.sub(n, n0), image_tiles)
+                    emit_input_transform(b, g, a, padded, pad, v, tb, tr0, tr1, cin_lanes, tile0)
+                    emit_dy_transform(b, g, a, dy, n, d, tb, tr0, tr1, cout_lanes, tile0)
+                    if bias:
+                        first = b.add(b.mul(n, c64(g.out_h * g.out_w)), b.mul(tr0, c64(a.m * g.out_w)))
+                        end = smin(b, b.mul(tr1, c64(a.m)), g.out_h)
+                        add_rows(b, scratch["db"], dy, first,
+                                 b.mul(b.sub(end, b.mul(tr0, c64(a.m))), c64(g.out_w)), 0, g.cout, g.cout)
+                emit_kernel_gradient_products(b, g, a, t, tile_of, v, d, du, tb,
+                                              b.mul(b.sub(n1, n0), b.sub(tr1, tr0)), row_tiles)
 
     def finish(b, scratch_base):
         """dK = G^T (the parts' dU summed) G, and the bias gradient."""
@@ -505,15 +557,15 @@ def lower_winograd_conv2d_backward_kernel(k, g, a, buffers, bias):
     run_parts(k, buffers, nparts, body, scratch_floats=nparts * own_floats, after=finish)
 
 
-def emit_dy_transform(b, g, a, dy, n, d, tb, tr0, tr1, lanes):
+def emit_dy_transform(b, g, a, dy, n, d, tb, tr0, tr1, lanes, tile0):
     """d[(xi * tb + tile) * Cout + o] = (A dy A^T)[xi] of the m x m dy tiles of tile rows
-    [tr0, tr1) of image n (pixels past the output's edge are zeros)."""
+    [tr0, tr1) of image n, the first at tile0 (pixels past the output's edge are zeros)."""
     th_n, tw_n = tiles(g, a)
     zero = lanes.constant(0.0)
     f = transform(_transposed(a.at), lanes)
     with for_range(b, tr1, start=tr0, name="di") as th:
         with for_range(b, tw_n, name="dj") as tw:
-            tile = b.add(b.mul(b.sub(th, tr0), c64(tw_n)), tw)
+            tile = b.add(tile0, b.add(b.mul(b.sub(th, tr0), c64(tw_n)), tw))
             inside = _edge_conditions(b, a, th, th_n, _remaining(g.out_h, a.m))
             inside_w = _edge_conditions(b, a, tw, tw_n, _remaining(g.out_w, a.m))
             first_pixel = b.add(b.mul(n, c64(g.out_h * g.out_w)),
@@ -583,8 +635,9 @@ def lower_winograd_conv2d_backward_input(k, g, a, buffers, epilogue):
     for the padding around dy."""
     t = forward_tile(host_tile())
     th_n, tw_n = tiles(g, a)
-    block_rows = _block_rows(g, a, BLOCK_TILES)
-    tb = block_rows * tw_n
+    images = _images_per_block(g, a, t.mr)
+    block_rows = _block_rows(g, a, BLOCK_TILES) if images == 1 else th_n
+    tb = images * block_rows * tw_n
     panels = -(-g.cin // t.nr)
     frame = _frame(g, a, g.cin)
     pixels = g.in_h * g.in_w
@@ -604,31 +657,44 @@ def lower_winograd_conv2d_backward_input(k, g, a, buffers, epilogue):
         kt, u, acc, d, m = (scratch[name] for name in ("kt", "u", "acc", "d", "m"))
         emit_transpose(b, g, kernel, kt)
         emit_filter_transform(b, swapped, a, t, kt, u, panel_lanes)
-        n_lo, n_hi = split(b, p.index, p.count, g.batch, 1)
-        with for_range(b, n_hi, start=n_lo, name="wimage") as n:
-            fill_zero(b, acc, 0, frame.floats, name="acc0")
-            with for_range(b, th_n, step=block_rows, name="wblock") as tr0:
-                tr1 = smin(b, b.add(tr0, c64(block_rows)), th_n)
-                count = b.mul(b.sub(tr1, tr0), c64(tw_n))
-                emit_dy_transform(b, g, a, dy, n, d, tb, tr0, tr1, cout_lanes)
-                emit_products(b, swapped, a, t, tile_functions, d, u, m, tb, count, origins)
-                emit_patch_sums(b, g, a, frame, m, acc, tb, tr0, tr1, cin_lanes)
+        def finish_image(n):
             emit_unpad(b, g, frame, acc, dx, n)
             if epilogue is not None:
                 epilogue.emit(b, [dx] + rest, b.mul(n, c64(pixels)), pixels)
 
+        n_lo, n_hi = split(b, p.index, p.count, g.batch, 1)
+        with for_range(b, n_hi, start=n_lo, step=images, name="wimages") as n0:
+            n1 = smin(b, b.add(n0, c64(images)), n_hi)
+            if images == 1:  # blocks of tile rows sum into one frame
+                fill_zero(b, acc, 0, frame.floats, name="acc0")
+            with for_range(b, th_n, step=block_rows, name="wblock") as tr0:
+                tr1 = smin(b, b.add(tr0, c64(block_rows)), th_n)
+                image_tiles = b.mul(b.sub(tr1, tr0), c64(tw_n))
+                with for_range(b, n1, start=n0, name="wdimage") as n:
+                    emit_dy_transform(b, g, a, dy, n, d, tb, tr0, tr1, cout_lanes, b.mul(b.sub(n, n0), image_tiles))
+                emit_products(b, swapped, a, t, tile_functions, d, u, m, tb, b.mul(b.sub(n1, n0), image_tiles),
+                              origins)
+                with for_range(b, n1, start=n0, name="wpimage") as n:
+                    if images > 1:  # whole images: each its own frame in turn
+                        fill_zero(b, acc, 0, frame.floats, name="acc0")
+                    emit_patch_sums(b, g, a, frame, m, acc, tb, tr0, tr1, cin_lanes, b.mul(b.sub(n, n0), image_tiles))
+                    if images > 1:
+                        finish_image(n)
+            if images == 1:
+                finish_image(n0)
+
     run_parts(k, buffers, nparts, body, scratch_floats=nparts * own_floats)
 
 
-def emit_patch_sums(b, g, a, frame, m, acc, tb, tr0, tr1, lanes):
-    """acc (the padded frame of one image) += B M B^T of the tiles of tile rows [tr0, tr1), each
-    a x a patch where the forward's input patch of that tile lies."""
+def emit_patch_sums(b, g, a, frame, m, acc, tb, tr0, tr1, lanes, tile0):
+    """acc (the padded frame of one image) += B M B^T of the tiles of tile rows [tr0, tr1) (the
+    first at tile0 of M), each a x a patch where the forward's input patch of that tile lies."""
     _, tw_n = tiles(g, a)
     row = frame.width * g.cin
     f = transform(_transposed(a.bt), lanes)
     with for_range(b, tr1, start=tr0, name="pi") as th:
         with for_range(b, tw_n, name="pj") as tw:
-            tile = b.add(b.mul(b.sub(th, tr0), c64(tw_n)), tw)
+            tile = b.add(tile0, b.add(b.mul(b.sub(th, tr0), c64(tw_n)), tw))
             origin = b.add(b.mul(th, c64(a.m * row)), b.mul(tw, c64(a.m * g.cin)))
             with for_range(b, g.cin, step=lanes.width, name="pc") as c:
                 square = [[lanes.load(b, m, b.add(b.mul(b.add(c64((i * a.alpha + j) * tb), tile), c64(g.cin)), c))
