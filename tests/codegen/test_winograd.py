@@ -2,9 +2,8 @@
 (codegen/llvm/winograd.py) against the numpy references: forward and autodiff backward, fused
 and unfused, with each algorithm forced for geometries ``auto`` would leave to the direct
 kernels (few channels, small outputs), output sizes the tiles overhang, edge panels of output
-channels, several blocks of tile rows per image, blocks of several images, bounds-checked builds, a
-CNN's training, and
-the choice ``auto`` makes."""
+channels, several blocks of tile rows per image, blocks of several images, bounds-checked
+builds, a CNN's training, and the choice ``auto`` makes."""
 import numpy as np
 import pytest
 
