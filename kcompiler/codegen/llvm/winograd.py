@@ -123,8 +123,8 @@ def winograd_algorithm(g):
     gradients run by under the generation options' ``winograd`` mode, or None (direct kernels):
     ``auto`` takes, where both channel counts reach MIN_CHANNELS, the algorithm with the fewest
     products among those whose products are at most MAX_PRODUCTS_RATIO of the direct ones'
-    (F(4x4, 3x3) where an image has MIN_TILES_F4 tiles);
-    ``2x2`` and ``4x4`` take that algorithm wherever the geometry allows; ``off`` none."""
+    (F(4x4, 3x3) only where an image has MIN_TILES_F4 tiles); ``2x2`` and ``4x4`` take that
+    algorithm wherever the geometry allows; ``off`` none."""
     mode = generation_options().winograd
     if mode == "off" or not (g.kh == g.kw == 3 and g.sh == g.sw == 1 and g.dh == g.dw == 1):
         return None
