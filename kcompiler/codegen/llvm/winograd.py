@@ -221,6 +221,14 @@ def _block_rows(g, a, tiles_per_block):
     return max(1, min(th_n, -(-tiles_per_block // tw_n)))
 
 
+def _block_shape(g, a, images, tiles_per_block):
+    """(tile rows a block takes of each image, tiles a block holds at most): whole images when a
+    block spans ``images`` > 1 of them, else runs of tile rows of about ``tiles_per_block``."""
+    th_n, tw_n = tiles(g, a)
+    block_rows = _block_rows(g, a, tiles_per_block) if images == 1 else th_n
+    return block_rows, images * block_rows * tw_n
+
+
 def _images_per_block(g, a, mr):
     """Whole images a block of the forward or the input gradient takes: 1 where an image has
     BLOCK_TILES tiles or more (its blocks are runs of tile rows); else the number of images, up
@@ -291,8 +299,7 @@ def lower_winograd_conv2d(k, g, a, buffers, epilogue, pool):
     t = forward_tile(host_tile())
     th_n, tw_n = tiles(g, a)
     images = _images_per_block(g, a, t.mr)
-    block_rows = _block_rows(g, a, BLOCK_TILES) if images == 1 else th_n
-    tb = images * block_rows * tw_n  # tiles per block, at most
+    block_rows, tb = _block_shape(g, a, images, BLOCK_TILES)
     panels = -(-g.cout // t.nr)
     pixels = g.out_h * g.out_w
     padded = _frame(g, a, g.cin)
@@ -475,8 +482,7 @@ def lower_winograd_conv2d_backward_kernel(k, g, a, buffers, bias):
     t = host_tile()
     th_n, tw_n = tiles(g, a)
     images = _weight_images_per_block(g, a)
-    block_rows = _block_rows(g, a, WEIGHT_BLOCK_TILES) if images == 1 else th_n
-    tb = images * block_rows * tw_n
+    block_rows, tb = _block_shape(g, a, images, WEIGHT_BLOCK_TILES)
     full, edge = divmod(g.cout, t.nr)
     row_tiles = -(-g.cin // t.mr)
     padded = _frame(g, a, g.cin)
@@ -636,8 +642,7 @@ def lower_winograd_conv2d_backward_input(k, g, a, buffers, epilogue):
     t = forward_tile(host_tile())
     th_n, tw_n = tiles(g, a)
     images = _images_per_block(g, a, t.mr)
-    block_rows = _block_rows(g, a, BLOCK_TILES) if images == 1 else th_n
-    tb = images * block_rows * tw_n
+    block_rows, tb = _block_shape(g, a, images, BLOCK_TILES)
     panels = -(-g.cin // t.nr)
     frame = _frame(g, a, g.cin)
     pixels = g.in_h * g.in_w
