@@ -94,3 +94,29 @@ def test_cache_evicts_the_least_recently_used_entry():
     # "c" evicted "b" (the second "a" had made "b" the least recently used); the last "b" evicted "c"
     assert made == ["a", "b", "c", "b"]
     assert len(cache) == 2
+
+
+class _Cycle:
+    """An object in a reference cycle: only the cyclic collector frees it."""
+    def __init__(self):
+        self.me = self
+
+
+def test_compiling_leaves_the_collector_as_it_found_it():
+    # compiling moves older objects out of the collector's sight for its duration (program.py):
+    # afterwards none stays frozen, cyclic garbage made before it is still collected, and a
+    # process's own freeze is left alone
+    garbage = weakref.ref(_Cycle())
+    assert gc.get_freeze_count() == 0
+    model = _model()
+    kcompiler.compile(model, training=True, batch_size=16).train_step(X[:16], Y[:16])
+    assert gc.get_freeze_count() == 0
+    assert gc.isenabled()
+    gc.collect()
+    assert garbage() is None
+    gc.freeze()
+    try:
+        kcompiler.compile(_model(1), batch_size=16).predict(X[:16])
+        assert gc.get_freeze_count() > 0  # (frozen objects freed meanwhile leave the count)
+    finally:
+        gc.unfreeze()
