@@ -11,18 +11,18 @@ Several threads may call ``predict`` on one program at once (runtime/compiled.py
 runtime/specializations.py); ``train_step`` updates the weights and must not run
 concurrently with another step.
 """
-import gc
-from contextlib import contextmanager
-
 import numpy as np
 
 from .errors import KCompilerError, ShapeError
 from .ir.printer import dump as dump_graph
 from .ir.types import fmt_shape
 from .options import resolve
-from .pipeline import back_stages, front_stages
+from .runtime.collector import older_objects_frozen
 from .runtime.data import as_numbers, to_array
 from .runtime.specializations import SpecializationCache, compile_lock, unit_weights
+
+with older_objects_frozen():  # the compiler's modules: a first compile imports them here
+    from .pipeline import back_stages, front_stages
 
 
 class Program:
@@ -133,7 +133,7 @@ class Program:
 
     def _make(self, batch_size, label_type, input_shapes):
         """A new specialisation: (CompiledGraph, stages); called under compile_lock."""
-        with _collections_skip_older_objects():
+        with older_objects_frozen():
             stages = front_stages(self.model, training=self.training, batch_size=batch_size,
                                   label_type=label_type, input_shapes=input_shapes, evaluation=self.evaluation)
             made = back_stages(stages, target=self.target, fuse=self.fuse, run_eagerly=self.run_eagerly,
@@ -265,21 +265,3 @@ class Program:
     def __repr__(self):
         return f"<Program {self.model.name}: stages={list(self.stages)}, target={self.target}>"
 
-
-@contextmanager
-def _collections_skip_older_objects():
-    """Compiling allocates tens of thousands of objects; the full collection of the cyclic
-    garbage collector they trigger also scans every object the process already had (numpy's,
-    networkx's, llvmlite's modules, the model): 12-18 ms of a 0.3 s warm start of W2. Objects
-    that predate the compile are moved to the permanent generation for its duration
-    (gc.freeze), so its collections scan only what it allocates, and moved back after
-    (gc.unfreeze): nothing escapes collection afterwards. A process that froze objects itself
-    (a pre-fork server) is left as it is: unfreezing would undo its freeze."""
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()

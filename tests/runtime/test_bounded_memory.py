@@ -103,7 +103,7 @@ class _Cycle:
 
 
 def test_compiling_leaves_the_collector_as_it_found_it():
-    # compiling moves older objects out of the collector's sight for its duration (program.py):
+    # compiling moves older objects out of the collector's sight for its duration (runtime/collector.py):
     # afterwards none stays frozen, cyclic garbage made before it is still collected, and a
     # process's own freeze is left alone
     garbage = weakref.ref(_Cycle())
