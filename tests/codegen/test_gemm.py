@@ -399,3 +399,45 @@ def test_parallel_runner_runs_every_part_once(failing_create):
 def test_threads_available():
     assert TH.threads_available()
     assert TH.default_nthreads() >= 1
+
+
+# ----------------------------------------------------------------- packing
+PACKS = {(12, 16): "pack_mr_avx512", (32, 16): "pack_nr_avx512", (6, 8): "pack_mr_avx2", (16, 8): "pack_nr_avx2"}
+
+
+@pytest.fixture(scope="module")
+def packs():
+    mod = ir.Module(name="test_pack")
+    for (R, vw), name in PACKS.items():
+        G._emit_pack(mod, name, R, vw).linkage = ""
+    cm = T.compile_ir(str(mod), opt_level=1, name="test_pack")
+    types = (ctypes.c_bool, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
+    return {key: cm.function(name, None, *types) for key, name in PACKS.items()}, cm
+
+
+def reference_pack(S, R):
+    """dst[p*R*kc + k*R + i] = S(p*R + i, k), zero past the last row."""
+    nrows, kc = S.shape
+    panels = -(-nrows // R)
+    padded_rows = np.zeros((panels * R, kc), np.float32)
+    padded_rows[:nrows] = S
+    return padded_rows.reshape(panels, R, kc).transpose(0, 2, 1).reshape(-1)
+
+
+@pytest.mark.parametrize("R,vw", list(PACKS))
+@pytest.mark.parametrize("contig", [False, True])
+def test_pack_matches_the_reference(packs, R, vw, contig):
+    # the transposing pack (contig False) moves whole panels in vw x vw register transposes and
+    # the rest row by row: sizes on both sides of R and vw, with NaN padding between rows
+    functions, _ = packs
+    rng = np.random.default_rng(R + vw)
+    for nrows, kc in [(1, 1), (R, vw), (R, vw + 3), (2 * R + 1, 2 * vw), (R - 1, 3 * vw + 1), (3 * R, 5)]:
+        S = rng.standard_normal((nrows, kc)).astype(np.float32)
+        stored = S.T if contig else S
+        full = np.full((stored.shape[0], stored.shape[1] + 7), np.nan, np.float32)
+        full[:, :stored.shape[1]] = stored
+        expected = reference_pack(S, R)
+        dst = np.full(expected.size + 16, 99.0, np.float32)  # the tail: nothing may be written there
+        functions[(R, vw)](contig, nrows, kc, full.ctypes.data, full.shape[1], dst.ctypes.data)
+        np.testing.assert_array_equal(dst[:expected.size], expected, err_msg=f"{nrows} x {kc}")
+        assert (dst[expected.size:] == 99.0).all(), f"{nrows} x {kc}: wrote past the packed panels"
