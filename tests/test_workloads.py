@@ -4,11 +4,17 @@ import numpy as np
 import pytest
 
 from benchmarks.workloads import WORKLOADS
+from kcompiler import keras
 
 
 @pytest.mark.parametrize("name", sorted(WORKLOADS))
 def test_workload_trains_like_the_reference(name, target):
     w = WORKLOADS[name]
+    # Fixed weights: unseeded, they came from whatever the tests before this one drew. Adam's
+    # first step moves every weight by +-lr by the sign of its gradient, so an entry whose
+    # gradient is at rounding level moves the other way in one of the two (W3 failed for 1 of
+    # 150 seeds, by 2 lr on a few first-convolution weights and then a ReLU that died in one).
+    keras.utils.set_random_seed(0)
     compiled, reference = w.build(), w.build()
     compiled.compile(optimizer=w.optimizer(), loss=w.loss(), target=target)
     reference.set_weights(compiled.get_weights())
