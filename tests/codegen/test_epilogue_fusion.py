@@ -427,3 +427,44 @@ def test_weight_gradient_computes_a_bare_pooling_gradient_from_window_positions(
     for _ in range(2):  # a second step: nothing left over in the scratch dy
         for out, expected in zip(compiled.run(feeds), run_reference(b.g, feeds)[0]):
             assert_close32(out, expected)
+
+
+@pytest.mark.parametrize("taps", [2, 3, 4, 6])
+def test_a_windows_peak_and_first_position_match_the_reference_for_every_mix(taps):
+    """PooledOutput.first_peak (the pooling a convolution fuses) against max_pool2d_argmax's
+    reference, one window per image, over every window of ``taps`` values drawn from ties, both
+    zeros, both infinities and NaN: the peak as np.max gives it (NaN if any tap is) and the
+    position of the first tap equal to it or NaN."""
+    import ctypes
+    import itertools
+
+    import llvmlite.ir as ir
+
+    from kcompiler.codegen.llvm.epilogue import PooledOutput
+    from kcompiler.codegen.llvm.irutil import c64, for_range, load, store
+    from kcompiler.codegen.llvm.jit import compile_ir
+    from kcompiler.ops.pool_reference import max_pool2d_argmax
+
+    f32p, i32p = ir.FloatType().as_pointer(), ir.IntType(32).as_pointer()
+    module = ir.Module(name="first_peak")
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [f32p, f32p, i32p, ir.IntType(64)]), name="first_peak")
+    windows, peaks, positions, count = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    with for_range(b, count, name="w") as w:
+        base = b.mul(w, c64(taps))
+        peak, position = PooledOutput.first_peak(b, [load(b, windows, b.add(base, c64(t)), "float32")
+                                                     for t in range(taps)])
+        store(b, peak, peaks, w, "float32")
+        store(b, position, positions, w, "int32")
+    b.ret_void()
+    run = compile_ir(str(module), opt_level=1, name="first_peak").function(
+        "first_peak", None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+    values = [-1.0, 0.0, -0.0, 2.0, np.inf, -np.inf, np.nan] if taps <= 4 else [-1.0, 0.0, 2.0, np.inf, np.nan]
+    x = np.array(list(itertools.product(values, repeat=taps)), np.float32)
+    got_peak, got_position = np.empty(len(x), np.float32), np.empty(len(x), np.int32)
+    run(x.ctypes.data, got_peak.ctypes.data, got_position.ctypes.data, len(x))
+    shape = (2, taps // 2) if taps % 2 == 0 else (1, taps)
+    want_peak, want_position = max_pool2d_argmax(x.reshape((len(x),) + shape + (1,)), pool=shape, strides=shape)
+    np.testing.assert_array_equal(got_peak, want_peak.ravel())
+    np.testing.assert_array_equal(got_position, want_position.ravel())
+    assert len(set(got_position.tolist())) == taps  # every position is some window's answer

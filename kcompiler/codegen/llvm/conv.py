@@ -318,19 +318,22 @@ def lower_conv2d(k, epilogue=None, pool=None):
     its tiles, while they are in cache. ``pool`` (epilogue.PooledOutput) then pools the rows of
     windows each block completes; the parts then own whole images, and blocks do not cross
     images. When nothing reads the activation (``pool.store_input`` false) each part computes
-    its images one after another in scratch memory of one image, and y is never stored."""
+    its images one after another in scratch memory of one image, y is never stored, and the
+    pooling, not ``epilogue``, finishes the product's elements it reads (``pool.finish``)."""
     x, kernel = k.inputs
     y = k.outputs[0]
     g = conv_geometry("conv2d", k.in_types[0].shape, k.in_types[1].shape, k.attrs)
     extra = epilogue.pointers[1:] if epilogue is not None else []  # pointers[0] is y
     pixels = g.out_h * g.out_w
+    if pool is not None and pool.finish is not None:
+        epilogue = None  # the pooling finishes what it reads (y is kept in scratch)
     if g.pointwise:  # one GEMM: y is stored whole (its buffer exists even when nothing reads it)
         k.call_gemm(False, False, g.rows, g.cout, g.cin, x, g.cin, kernel, g.cout, y, g.cout)
         if epilogue is not None:
-            epilogue.emit(k.b, epilogue.pointers, 0, g.rows)
+            epilogue.emit(k.b, [y] + extra, 0, g.rows)
         if pool is not None:
             with for_range(k.b, g.batch, name="pimage") as n:
-                pool.emit(k.b, epilogue.pointers, n, c64(0), c64(pixels))
+                pool.emit(k.b, [y] + extra, n, c64(0), c64(pixels))
         return
     from .winograd import lower_winograd_conv2d, winograd_algorithm  # (winograd.py builds on this module)
     algorithm = winograd_algorithm(g)
