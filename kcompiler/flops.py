@@ -16,7 +16,8 @@ FMA peak. Rules:
   the figure is the useful work, not the work a kernel happens to do;
 * element-wise ops one FLOP per output element and member (a ``fused`` node counts each of
   its members; a ``fused_contraction`` its head plus each epilogue member per element of the
-  product, plus the pooling it absorbed); reductions and pooling one per input element;
+  product, plus the pooling it absorbed; a ``fused_conv2d_grads`` its two gradients);
+  reductions and pooling one per input element;
 * parameters, views and data movement (gather, scatter, concatenate, slice, ...) none.
 
     flops = graph_flops(program.graph)
@@ -27,7 +28,7 @@ from .bench import node_bytes
 from .ir.graph import operands
 from .ir.registry import get_op
 from .ir.types import num_elements
-from .ops.fused_contraction import bias_grad_dy_type, head_type
+from .ops.fused_contraction import bias_grad_dy_type, conv_grads_operands, head_type
 from .ops.rnn import GATES
 
 CONV_OPS = ("conv2d", "conv2d_backward_input", "conv2d_backward_kernel")
@@ -82,8 +83,19 @@ def _members(body):
 
 def node_flops(g, nid):
     node = g.nodes[nid]
-    op, attrs, out = node["op"], node.get("attrs", {}), node["type"]
-    in_types = [g.nodes[u]["type"] for u in operands(g, nid)]
+    return op_flops(node["op"], node.get("attrs", {}), [g.nodes[u]["type"] for u in operands(g, nid)], node["type"])
+
+
+def op_flops(op, attrs, in_types, out):
+    if op == "fused_conv2d_grads":  # its two gradients'
+        total, outs = 0, list(out)
+        for part, operand_types in zip((attrs["input_grad"], attrs["kernel_grad"]),
+                                       conv_grads_operands(in_types, attrs)):
+            t = get_op(part["op"]).shape_rule(operand_types, part["attrs"])
+            count = len(t) if isinstance(t, tuple) else 1
+            total += op_flops(part["op"], part["attrs"], operand_types, tuple(outs[:count]) if count > 1 else outs[0])
+            outs = outs[count:]
+        return total
     if op in ("fused_contraction", "fused_pool_grad"):
         head = in_types[:attrs["n_head"]]
         acc = head_type(head, attrs)

@@ -12,7 +12,8 @@ from collections import OrderedDict
 
 from .codegen.backend import get_backend
 from .options import resolve
-from .passes.fusion import fuse_bias_gradients, fuse_dy_producers, fuse_elementwise, fuse_epilogues, fuse_pooling
+from .passes.fusion import (fuse_bias_gradients, fuse_dy_producers, fuse_elementwise, fuse_epilogues, fuse_pooling,
+                             pair_conv_gradients)
 from .passes.memory_plan import plan_memory
 from .passes.pool_argmax import keep_pool_argmax
 from .passes.recurrent_reserve import keep_recurrent_reserves
@@ -52,7 +53,8 @@ def lower_graph(g, *, target="cpu", fuse=True, stages=None, options=None):
     """The back half of the pipeline on static graph ``g``: recurrent reserves, max pooling's
     window positions kept for its gradient, and fusion (asking the backend which recurrent ops
     keep a reserve, whether it has the pooling ops for that, which heads take epilogues, which
-    of them also pool their result, and which weight gradients take their bias gradient and compute their dy), memory
+    of them also pool their result, which weight gradients take their bias gradient and
+    compute their dy, and where a convolution's two gradients share one kernel), memory
     planning, scheduling, then the backend generates, compiles and binds. Returns
     (executable, stages)."""
     options = resolve(options)
@@ -70,6 +72,8 @@ def lower_graph(g, *, target="cpu", fuse=True, stages=None, options=None):
         g = fuse_pooling(g, heads=capabilities.pool_epilogue_heads)
         g = fuse_bias_gradients(g, heads=capabilities.bias_grad_heads)
         g = fuse_dy_producers(g, heads=capabilities.bias_grad_dy_heads)
+        if capabilities.conv_grads_sharing_dy is not None:
+            g = pair_conv_gradients(g, lambda geometry: capabilities.conv_grads_sharing_dy(geometry, options))
     stages["fused"] = g
     g = plan_memory(g, in_place_updates=in_place)
     stages["planned"] = g

@@ -40,14 +40,26 @@ def test_training_counts_both_convolution_gradients_and_the_lstm_gradient():
     train = kcompiler.compile(w.build(), training=True, batch_size=2)
     ops = {train.graph.nodes[n]["op"]: n for n in train.graph.nodes}
     from kcompiler.flops import node_flops
+    from kcompiler.options import default_options
     forward = 2 * 2 * 200 * (16 + 64) * 4 * 64  # batch 2, 200 steps, (features + units) x 4 gates x units
     assert node_flops(train.graph, ops["lstm"]) == forward
     assert node_flops(train.graph, ops["lstm_grad"]) == 2 * forward
     w2 = kcompiler.compile(WORKLOADS["W2"].build(), training=True, batch_size=2)
-    heads = [node["attrs"]["head"] if node["op"].startswith("fused_") and node["op"] != "fused" else node["op"]
-             for node in (w2.graph.nodes[n] for n in w2.graph.nodes)]  # fused or not
-    assert heads.count("conv2d_backward_kernel") == 3 and heads.count("conv2d_backward_input") == 2
+    def heads(op, attrs):  # fused or not, paired or not
+        if op == "fused_conv2d_grads":
+            return heads(**attrs["input_grad"]) + heads(**attrs["kernel_grad"])
+        return [attrs["head"] if op.startswith("fused_") and op != "fused" else op]
+
+    nodes = [w2.graph.nodes[n] for n in w2.graph.nodes]
+    found = [head for node in nodes for head in heads(node["op"], node.get("attrs", {}))]
+    assert found.count("conv2d_backward_kernel") == 3 and found.count("conv2d_backward_input") == 2
     assert graph_flops(w2.graph) > 2.5 * _conv_stack_forward(2, 28, 1)
+    # a pair of gradients counts as the two kernels it replaces
+    unpaired = kcompiler.compile(WORKLOADS["W2"].build(), training=True, batch_size=2,
+                                 options=default_options().replace(winograd="off"))
+    assert not any(node["op"] == "fused_conv2d_grads" for node in (unpaired.graph.nodes[n] for n in unpaired.graph.nodes))
+    assert any(node["op"] == "fused_conv2d_grads" for node in nodes)
+    assert graph_flops(unpaired.graph) == graph_flops(w2.graph)
 
 
 def test_timed_windows_reports_every_window_and_the_median():
@@ -71,6 +83,7 @@ def test_residual_cnn_has_20_convolutions_batch_norm_and_residual_adds():
 
 def test_transformer_and_mobilenet_workloads_and_their_flops():
     from kcompiler.flops import node_flops
+    from kcompiler.options import default_options
     from kcompiler.pipeline import front_stages
     from kcompiler import keras
     # the fused attention op (sequences from length 512; TX's 128 take the batched GEMMs)

@@ -24,6 +24,7 @@ Adding a target: a package under kcompiler/codegen/<name>/ with a ``backend`` mo
 defines ``BACKEND`` (an instance of a Backend subclass), plus one line in ``BACKENDS``.
 """
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +62,9 @@ class Capabilities:
     pool_argmax: bool = False  # it has max_pool2d_argmax and max_pool2d_grad_argmax: max pooling's
                                # gradient reads the forward pass's window positions, not its input
                                # (passes/pool_argmax.py)
+    conv_grads_sharing_dy: Callable = None  # geometry (ops.conv.ConvGeometry), options -> whether its
+                                            # kernel for a convolution's input and kernel gradients
+                                            # together reads dy once for both (fused_conv2d_grads)
 
 
 class Backend:

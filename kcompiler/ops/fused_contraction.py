@@ -25,6 +25,14 @@ that dy is read once for both. attrs: ``head`` (conv2d_backward_kernel), ``head_
 gradient before it, or a bare pooling gradient such as max_pool2d_grad_argmax) its operands are
 x and that node's, and it computes dy itself, an image at a time into memory that stays in
 cache, instead of reading it: dy is never written out and read back.
+
+The `fused_conv2d_grads` op: a convolution's input gradient and kernel gradient that read the
+same dy, in one kernel that reads dy once (and, by Winograd, transforms it once) for both.
+attrs: ``input_grad`` and ``kernel_grad`` = {"op", "attrs"}, the two nodes it replaces (a
+conv2d_backward_input or a `fused_contraction` with that head; a conv2d_backward_kernel or a
+`fused_bias_grad` reading dy), ``n_input_grad``: its first operands are the input gradient's
+(dy, kernel, the epilogue's operands), the last is the kernel gradient's x; its results are
+the input gradient's, then the kernel gradient's (dK, and db for a fused_bias_grad).
 """
 from ..ir.registry import get_op, register
 from ..ir.types import TensorType
@@ -65,3 +73,22 @@ def _bias_grad_rule(in_types, attrs):
 
 register("fused_bias_grad", shape=_bias_grad_rule, kind="contraction",
          doc="a weight gradient and the bias gradient of its dy in one pass (see attrs); made by passes/fusion.py")
+
+
+def conv_grads_operands(in_types, attrs):
+    """The operands (types, or values) of a `fused_conv2d_grads`'s two gradients: (input
+    gradient's, kernel gradient's: x and dy)."""
+    n = attrs["n_input_grad"]
+    return list(in_types[:n]), [in_types[n], in_types[0]]
+
+
+def _conv_grads_rule(in_types, attrs):
+    outs = []
+    for part, operands in zip((attrs["input_grad"], attrs["kernel_grad"]), conv_grads_operands(in_types, attrs)):
+        t = get_op(part["op"]).shape_rule(operands, part["attrs"])
+        outs += list(t) if isinstance(t, tuple) else [t]
+    return tuple(outs)
+
+
+register("fused_conv2d_grads", shape=_conv_grads_rule, kind="contraction",
+         doc="a convolution's input and kernel gradients reading dy once (see attrs); made by passes/fusion.py")

@@ -23,6 +23,10 @@ Bias gradients (``fuse_bias_gradients``): a weight gradient whose op the backend
 gradient of the same layer) become one `fused_bias_grad` node reading dy once (scored by
 dy's bytes). ``fuse_dy_producers`` then gives such a node the pooling gradient computing its dy
 when nothing else reads that dy (Capabilities.bias_grad_dy_heads).
+
+Gradient pairs (``pair_conv_gradients``): a convolution's input gradient and kernel gradient
+(each bare or fused as above) become one `fused_conv2d_grads` node where the backend reads and
+transforms dy once for both (Capabilities.conv_grads_sharing_dy; scored by dy's bytes).
 """
 import networkx as nx
 
@@ -346,6 +350,93 @@ def fuse_dy_producers(g, heads):
         g.remove_nodes_from([nid, dy])
         g.graph["notes"].append(f"%{dy} {producer['op']} fused into %{nid} fused_bias_grad as %{new}: saves {saved} "
                                 "bytes (dy is computed where the weight gradient reads it, never written out)")
+    return g
+
+
+def _input_gradient(node):
+    """The conv2d_backward_input a node computes (bare, or a fused_contraction's head with no
+    pooling) as (its attrs), else None."""
+    if node["op"] == "conv2d_backward_input":
+        return node["attrs"]
+    if node["op"] == "fused_contraction" and node["attrs"]["head"] == "conv2d_backward_input" \
+            and node["attrs"].get("pool") is None:
+        return node["attrs"]["head_attrs"]
+    return None
+
+
+def _kernel_gradient(node):
+    """The conv2d_backward_kernel a node computes (bare, or a fused_bias_grad's head reading dy)
+    as (its attrs), else None."""
+    if node["op"] == "conv2d_backward_kernel":
+        return node["attrs"]
+    if node["op"] == "fused_bias_grad" and node["attrs"].get("dy") is None:
+        return node["attrs"]["head_attrs"]
+    return None
+
+
+WINDOW_ATTRS = ("strides", "padding", "dilation")
+
+
+def pair_conv_gradients(g, shares_dy):
+    """Merge each convolution's input gradient and kernel gradient that read the same dy (each
+    bare or already fused: an epilogue on dx, the bias gradient with dK) into one
+    `fused_conv2d_grads` node when ``shares_dy(geometry)`` (the backend's capability,
+    Capabilities.conv_grads_sharing_dy: its kernel for that geometry reads dy once and
+    transforms it once for both products). Scored by dy's bytes (read once, not twice)."""
+    g = copy_graph(g)
+    g.graph["notes"] = list(g.graph.get("notes", []))
+    b = GraphBuilder(g)
+    for nid in topo_order(g):
+        if nid not in g or _input_gradient(g.nodes[nid]) is None:
+            continue
+        dy, kernel = operands(g, nid)[:2]
+        dx_attrs = _input_gradient(g.nodes[nid])
+        pairs = [v for v in sorted(set(g.successors(dy))) if _kernel_gradient(g.nodes[v]) is not None
+                 and operands(g, v)[1] == dy]
+        if not pairs:
+            continue
+        other = pairs[0]
+        dk_attrs = _kernel_gradient(g.nodes[other])
+        x = operands(g, other)[0]
+        why = None
+        if any(dx_attrs.get(a) != dk_attrs.get(a) for a in WINDOW_ATTRS) \
+                or tuple(dk_attrs["kernel_shape"]) != tuple(g.nodes[kernel]["type"].shape):
+            why = "they are not the gradients of one convolution"
+        elif g.nodes[dy]["type"].dtype != "float32" or not g.nodes[dy]["type"].is_static:
+            why = "dy is not a static float32 tensor"
+        elif _reaches(g, [nid], [other]) or _reaches(g, [other], [nid]):
+            why = "one depends on the other"
+        elif not shares_dy(conv_geometry("conv2d_backward_kernel", g.nodes[x]["type"].shape,
+                                         dk_attrs["kernel_shape"], dk_attrs)):
+            why = "the backend reads dy once for both only by Winograd, which this geometry does not take"
+        if why:
+            g.graph["notes"].append(f"%{nid} {g.nodes[nid]['op']} not paired with %{other} "
+                                    f"{g.nodes[other]['op']}: {why}")
+            continue
+        dx_node, dk_node = g.nodes[nid], g.nodes[other]
+        dx_ops = operands(g, nid)
+        prev_layer, b.layer = b.layer, dx_node.get("layer")
+        new = b.add("fused_conv2d_grads", dx_ops + [x],
+                    {"input_grad": {"op": dx_node["op"], "attrs": dict(dx_node["attrs"])},
+                     "kernel_grad": {"op": dk_node["op"], "attrs": dict(dk_node["attrs"])},
+                     "n_input_grad": len(dx_ops)})
+        b.layer = prev_layer
+        g.nodes[new]["fused"] = list(dx_node.get("fused") or [dx_node["op"]]) + \
+            list(dk_node.get("fused") or [dk_node["op"]])
+        offset = 0
+        for old in (nid, other):
+            count = len(g.nodes[old]["type"]) if isinstance(g.nodes[old]["type"], tuple) else 1
+            if count == 1:
+                redirect_uses(g, old, b.tuple_item(new, offset), keep=[new])
+            else:
+                for item in list(g.successors(old)):
+                    redirect_uses(g, item, b.tuple_item(new, offset + g.nodes[item]["attrs"]["index"]))
+                    g.remove_node(item)
+            offset += count
+        g.remove_nodes_from([nid, other])
+        g.graph["notes"].append(f"%{nid} {dx_node['op']} paired with %{other} {dk_node['op']} as %{new} "
+                                f"fused_conv2d_grads: saves {_bytes(g.nodes[dy]['type'])} bytes (dy is read and "
+                                "transformed once for both gradients)")
     return g
 
 

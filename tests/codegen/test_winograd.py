@@ -38,13 +38,14 @@ CASES = [
 
 @pytest.fixture
 def counted(monkeypatch):
-    """The kernels lowered by Winograd during the test, as "forward", "input gradient" and
-    "kernel gradient" (the lowerings run in this process; without the disk cache, whose memo
-    would skip them)."""
+    """The kernels lowered by Winograd during the test, as "forward", "input gradient", "kernel
+    gradient" and "both gradients" (fused_conv2d_grads) (the lowerings run in this process;
+    without the disk cache, whose memo would skip them)."""
     monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
     calls = []
     for what, name in [("forward", "lower_winograd_conv2d"), ("input gradient", "lower_winograd_conv2d_backward_input"),
-                       ("kernel gradient", "lower_winograd_conv2d_backward_kernel")]:
+                       ("kernel gradient", "lower_winograd_conv2d_backward_kernel"),
+                       ("both gradients", "lower_winograd_conv2d_grads")]:
         def spy(*args, lower=getattr(winograd, name), what=what, **kwargs):
             calls.append(what)
             return lower(*args, **kwargs)
@@ -57,7 +58,8 @@ def counted(monkeypatch):
 def test_forward_and_both_gradients_equal_the_reference(monkeypatch, counted, x_shape, cout, padding, algorithm):
     use_options(monkeypatch, winograd=algorithm)
     check_compiled("conv2d", [normal(*x_shape), normal(3, 3, x_shape[-1], cout)], attrs(padding))
-    assert set(counted) == {"forward", "input gradient", "kernel gradient"}
+    # fused, the two gradients are one kernel; unfused, one each
+    assert set(counted) == {"forward", "input gradient", "kernel gradient", "both gradients"}
 
 
 @pytest.mark.parametrize("algorithm", ["2x2", "4x4"])
@@ -173,4 +175,7 @@ def test_training_equals_the_reference_interpreter(monkeypatch, counted, fuse, a
     np.testing.assert_allclose(losses, expected, rtol=1e-4)
     for got, want in zip(model.get_weights(), reference.get_weights()):
         assert_close32(got, want, "weights after three steps")
-    assert {"forward", "input gradient", "kernel gradient"} <= set(counted)
+    if fuse:  # each layer's two gradients (with the ReLU gradient and the bias gradient) in one kernel
+        assert {"forward", "both gradients"} <= set(counted) and "input gradient" not in counted
+    else:
+        assert {"forward", "input gradient", "kernel gradient"} <= set(counted) and "both gradients" not in counted

@@ -11,6 +11,14 @@ from .support_library import ensure_support_library
 from .jit import compile_units, host_target_info
 
 
+def _shares_dy_transform(geometry, options):
+    """fused_conv2d_grads' kernel transforms dy once for both gradients where they run by
+    Winograd (winograd.py: lower_winograd_conv2d_grads); the direct kernels would gain nothing."""
+    from .winograd import winograd_algorithm
+    with generating(options):
+        return winograd_algorithm(geometry) is not None
+
+
 class LLVMBackend(Backend):
     name = "cpu"
 
@@ -31,7 +39,8 @@ class LLVMBackend(Backend):
             # of W2/W3 then keeps its activation in scratch and writes y and idx, and its weight
             # gradient computes dy from idx; the pass leaves other pools alone (freeing their
             # input early slowed the next step on two cores: docs/architecture.md)
-            pool_argmax=True)
+            pool_argmax=True,
+            conv_grads_sharing_dy=_shares_dy_transform)
 
     def notes(self, options):
         from .tuning import current

@@ -9,8 +9,10 @@ pools the rows of windows the block completed when the node also pools an output
 ``pool``: the max-pooling layer after a convolution reads its input while it is in cache)."""
 import llvmlite.ir as ir
 
+from ...errors import KCompilerError
 from ...ir.registry import get_op, lowering
 from ...ir.types import TensorType, num_elements
+from ...ops.conv import conv_geometry
 from ...ops.fused import member_types
 from ...ops.pool import pool_attrs
 from ...schedule.elementwise import member_values
@@ -276,6 +278,55 @@ def lower_fused_contraction(k):
     get_op(k.attrs["head"]).lowerings["llvm"](head)
     if not getattr(head, "epilogue_applied", False):
         epilogue.emit(k.b, epilogue.pointers, 0, rows)
+
+
+# ---- a convolution's two gradients reading dy once ---------------------------------------------------
+
+class _Gradient:
+    """One of a `fused_conv2d_grads`'s two gradients as its node's lowering would see the kernel:
+    that node's attrs, operands and results."""
+
+    def __init__(self, k, part, inputs, in_types, outputs, out_types, inline_constants):
+        self._k = k
+        self.b, self.module, self.status, self.function = k.b, k.module, k.status, k.function
+        self.node, self.attrs = part, part["attrs"]
+        self.inputs, self.in_types = list(inputs), list(in_types)
+        self.outputs, self.out_types = list(outputs), list(out_types)
+        self.inline_constants = inline_constants
+
+    def __getattr__(self, name):  # buffer_sizes, ...
+        return getattr(self._k, name)
+
+
+@lowering("llvm", "fused_conv2d_grads")
+def lower_fused_conv2d_grads(k):
+    """The input gradient (bare, or with its epilogue) and the kernel gradient (bare, or with
+    the bias gradient) of one convolution, both by Winograd from one transform of dy
+    (winograd.lower_winograd_conv2d_grads; the pass pairs only geometries that take it)."""
+    from .winograd import lower_winograd_conv2d_grads, winograd_algorithm
+    from ...ops.fused_contraction import conv_grads_operands, head_type as infer_head_type
+    n = k.attrs["n_input_grad"]
+    dx_part, dk_part = k.attrs["input_grad"], k.attrs["kernel_grad"]
+    dx_in, dk_in = conv_grads_operands(list(k.in_types), k.attrs)
+    dx_type = get_op(dx_part["op"]).shape_rule(dx_in, dx_part["attrs"])
+    dx_count = len(dx_type) if isinstance(dx_type, tuple) else 1
+    dx_view = _Gradient(k, dx_part, k.inputs[:n], dx_in, k.outputs[:dx_count], k.out_types[:dx_count],
+                        {i: v for i, v in k.inline_constants.items() if i < n})
+    epilogue = None
+    if dx_part["op"] == "fused_contraction":
+        head_type = infer_head_type(dx_in, dx_part["attrs"])
+        epilogue = Epilogue(dx_view, head_type)
+        dx_view = HeadView(dx_view, head_type)
+    dk_out, bias = k.outputs[dx_count], (k.outputs[dx_count + 1] if dk_part["op"] == "fused_bias_grad" else None)
+    g = conv_geometry("conv2d_backward_input", dx_view.out_types[0].shape, dx_in[1].shape, dx_view.attrs)
+    algorithm = winograd_algorithm(g)
+    if algorithm is None or g != conv_geometry("conv2d_backward_kernel", dk_in[0].shape, k.out_types[dx_count].shape,
+                                               dk_part["attrs"].get("head_attrs", dk_part["attrs"])):
+        raise KCompilerError(f"fused_conv2d_grads: geometry {g} does not run by Winograd on this target; "
+                             "passes/fusion.py pairs only those that do (Capabilities.conv_grads_sharing_dy)")
+    extra = epilogue.pointers[1:] if epilogue is not None else []
+    lower_winograd_conv2d_grads(k, g, algorithm, [k.inputs[0], k.inputs[1], dx_view.outputs[0], k.inputs[n], dk_out]
+                                + ([bias] if bias is not None else []) + extra, epilogue, bias is not None)
 
 
 # ---- a weight gradient computing its own dy ---------------------------------------------------------

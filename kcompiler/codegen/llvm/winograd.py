@@ -531,36 +531,41 @@ def lower_winograd_conv2d_backward_kernel(k, g, a, buffers, bias):
                                               b.mul(b.sub(n1, n0), b.sub(tr1, tr0)), row_tiles)
 
     def finish(b, scratch_base):
-        """dK = G^T (the parts' dU summed) G, and the bias gradient."""
-        parts = [at(b, scratch_base, c64(i * own_floats)) for i in range(nparts)]
-        if bounds_checking():
-            for part in parts:
-                register_buffer(part, own_floats, k.status)
-        lanes = cout_lanes
-        f = transform(_transposed(a.g), lanes)
-        with for_range(b, g.cin, name="kc") as c:
-            with for_range(b, g.cout, step=lanes.width, name="ko") as o:
-                square = []
-                for i in range(a.alpha):
-                    row = []
-                    for j in range(a.alpha):
-                        index = b.add(b.mul(b.add(c64((i * a.alpha + j) * g.cin), c), c64(g.cout)), o)
-                        total = lanes.load(b, parts[0], index)
-                        for part in parts[1:]:
-                            total = b.fadd(total, lanes.load(b, part, index))
-                        row.append(total)
-                    square.append(row)
-                taps = _both_sides(b, f, square)
-                for i in range(3):
-                    for j in range(3):
-                        lanes.store(b, taps[i][j], dk, b.add(b.mul(b.add(c64((i * 3 + j) * g.cin), c), c64(g.cout)), o))
-        if bias:
-            db = c64(sizes["du"])
-            fill_zero(b, bias_out, 0, g.cout, name="dbz")
-            for part in parts:
-                add_rows(b, bias_out, at(b, part, db), 0, 1, 0, g.cout, 0)
+        emit_kernel_gradient_finish(b, k, g, a, scratch_base, nparts, own_floats, dk, bias_out, c64(sizes["du"]))
 
     run_parts(k, buffers, nparts, body, scratch_floats=nparts * own_floats, after=finish)
+
+
+def emit_kernel_gradient_finish(b, k, g, a, scratch_base, nparts, own_floats, dk, bias_out, db_offset):
+    """dK = G^T (the parts' dU summed) G, and the bias gradient (when ``bias_out``): each part's
+    own slice of ``scratch_base`` (``own_floats``) starts with its dU, its bias sums lie at
+    ``db_offset`` of it."""
+    parts = [at(b, scratch_base, c64(i * own_floats)) for i in range(nparts)]
+    if bounds_checking():
+        for part in parts:
+            register_buffer(part, own_floats, k.status)
+    lanes = _lanes(g.cout, host_tile().vw)
+    f = transform(_transposed(a.g), lanes)
+    with for_range(b, g.cin, name="kc") as c:
+        with for_range(b, g.cout, step=lanes.width, name="ko") as o:
+            square = []
+            for i in range(a.alpha):
+                row = []
+                for j in range(a.alpha):
+                    index = b.add(b.mul(b.add(c64((i * a.alpha + j) * g.cin), c), c64(g.cout)), o)
+                    total = lanes.load(b, parts[0], index)
+                    for part in parts[1:]:
+                        total = b.fadd(total, lanes.load(b, part, index))
+                    row.append(total)
+                square.append(row)
+            taps = _both_sides(b, f, square)
+            for i in range(3):
+                for j in range(3):
+                    lanes.store(b, taps[i][j], dk, b.add(b.mul(b.add(c64((i * 3 + j) * g.cin), c), c64(g.cout)), o))
+    if bias_out is not None:
+        fill_zero(b, bias_out, 0, g.cout, name="dbz")
+        for part in parts:
+            add_rows(b, bias_out, at(b, part, db_offset), 0, 1, 0, g.cout, 0)
 
 
 def emit_dy_transform(b, g, a, dy, n, d, tb, tr0, tr1, lanes, tile0):
@@ -689,6 +694,99 @@ def lower_winograd_conv2d_backward_input(k, g, a, buffers, epilogue):
                 finish_image(n0)
 
     run_parts(k, buffers, nparts, body, scratch_floats=nparts * own_floats)
+
+
+def lower_winograd_conv2d_grads(k, g, a, buffers, epilogue, bias):
+    """Both gradients of the convolution of geometry ``g`` by algorithm ``a`` in one pass over dy
+    (fused_conv2d_grads; ``buffers``: dy, kernel, dx, x, dk, the bias gradient when ``bias``,
+    then the epilogue's extra pointers): each block of dy's tiles is transformed into D once and
+    feeds both products while it is in cache,
+
+        dx: M[xi] = D[xi] @ U[xi]^T, patches += B M B^T  (lower_winograd_conv2d_backward_input)
+        dK: dU[xi] += V[xi]^T @ D[xi]                     (lower_winograd_conv2d_backward_kernel)
+
+    in the kernel gradient's blocks (which group its sums: the same bits as its own kernel's);
+    the input gradient's results do not depend on its blocks. On W2's second convolution a
+    transform of dy took ~70 us of each gradient's ~600."""
+    t, tf = host_tile(), forward_tile(host_tile())
+    th_n, tw_n = tiles(g, a)
+    images = _weight_images_per_block(g, a)
+    block_rows, tb = _block_shape(g, a, images, WEIGHT_BLOCK_TILES)
+    row_tiles = -(-g.cin // t.mr)
+    padded = _frame(g, a, g.cin)
+    p_ = a.positions
+    du_floats = p_ * g.cin * g.cout
+    panels = -(-g.cin // tf.nr)
+    sizes = {"du": _aligned(du_floats), "db": _aligned(g.cout) if bias else 0, "pad": _aligned(padded.floats),
+             "v": _aligned(p_ * tb * g.cin), "d": _aligned(p_ * tb * g.cout), "kt": _aligned(9 * g.cin * g.cout),
+             "u": _aligned(p_ * panels * tf.nr * g.cout), "acc": _aligned(padded.floats),
+             "m": _aligned(p_ * tb * g.cin)}
+    own_floats = sum(sizes.values())
+    pointwise = dataclasses.replace(g, kh=1, kw=1, sh=1, sw=1, dh=1, dw=1, pad_top=0, pad_left=0,
+                                    out_h=images * block_rows, out_w=tw_n)
+    full, edge = divmod(g.cout, t.nr)
+    tile_of = {nr: emit_weight_gradient_tile(k.module, pointwise, Image(tw_n, g.cin, tb * g.cin), t, nr)
+               for nr in {t.nr if full else 0, edge} if nr}
+    swapped = dataclasses.replace(g, cin=g.cout, cout=g.cin)  # dx's products: Cout deep, Cin wide
+    product_tiles = _product_tiles(k.module, g, tf, g.cout, g.cin, tb)
+    cin_lanes, cout_lanes, panel_lanes = _lanes(g.cin, t.vw), _lanes(g.cout, t.vw), _lanes(tf.nr, t.vw)
+    nparts = parts_for(2 * p_ * g.batch * th_n * tw_n * g.cin * g.cout, g.batch)
+    pixels = g.in_h * g.in_w
+    dk, bias_out = buffers[4], (buffers[5] if bias else None)
+
+    def body(p):
+        b, (dy, kernel, dx, x), rest = p.b, p.buffers[:4], p.buffers[6 if bias else 5:]
+        origins = _origins(b, tf)
+        scratch = _slices(p, sizes, own_floats)
+        du, pad, v, d, kt, u, acc, m = (scratch[name] for name in ("du", "pad", "v", "d", "kt", "u", "acc", "m"))
+        fill_zero(b, du, 0, du_floats, name="du0")
+        if bias:
+            fill_zero(b, scratch["db"], 0, g.cout, name="db0")
+        emit_transpose(b, g, kernel, kt)
+        emit_filter_transform(b, swapped, a, tf, kt, u, panel_lanes)
+
+        def finish_image(n):
+            emit_unpad(b, g, padded, acc, dx, n)
+            if epilogue is not None:
+                epilogue.emit(b, [dx] + rest, b.mul(n, c64(pixels)), pixels)
+
+        n_lo, n_hi = split(b, p.index, p.count, g.batch, 1)
+        with for_range(b, n_hi, start=n_lo, step=images, name="wimages") as n0:
+            n1 = smin(b, b.add(n0, c64(images)), n_hi)
+            if images == 1:  # blocks of tile rows of one image: its padded x, its dx frame
+                emit_pad(b, g, padded, x, n0, n1, pad)
+                fill_zero(b, acc, 0, padded.floats, name="acc0")
+            with for_range(b, th_n, step=block_rows, name="wblock") as tr0:
+                tr1 = smin(b, b.add(tr0, c64(block_rows)), th_n)
+                image_tiles = b.mul(b.sub(tr1, tr0), c64(tw_n))
+                with for_range(b, n1, start=n0, name="wgimage") as n:
+                    if images > 1:
+                        emit_pad(b, g, padded, x, n, b.add(n, c64(1)), pad)
+                    tile0 = b.mul(b.sub(n, n0), image_tiles)
+                    emit_input_transform(b, g, a, padded, pad, v, tb, tr0, tr1, cin_lanes, tile0)
+                    emit_dy_transform(b, g, a, dy, n, d, tb, tr0, tr1, cout_lanes, tile0)
+                    if bias:
+                        first = b.add(b.mul(n, c64(g.out_h * g.out_w)), b.mul(tr0, c64(a.m * g.out_w)))
+                        end = smin(b, b.mul(tr1, c64(a.m)), g.out_h)
+                        add_rows(b, scratch["db"], dy, first,
+                                 b.mul(b.sub(end, b.mul(tr0, c64(a.m))), c64(g.out_w)), 0, g.cout, g.cout)
+                block_tiles = b.mul(b.sub(n1, n0), image_tiles)
+                emit_kernel_gradient_products(b, g, a, t, tile_of, v, d, du, tb, b.mul(b.sub(n1, n0), b.sub(tr1, tr0)),
+                                              row_tiles)
+                emit_products(b, swapped, a, tf, product_tiles, d, u, m, tb, block_tiles, origins)
+                with for_range(b, n1, start=n0, name="wpimage") as n:
+                    if images > 1:  # whole images: each its own frame in turn
+                        fill_zero(b, acc, 0, padded.floats, name="acc0")
+                    emit_patch_sums(b, g, a, padded, m, acc, tb, tr0, tr1, cin_lanes, b.mul(b.sub(n, n0), image_tiles))
+                    if images > 1:
+                        finish_image(n)
+            if images == 1:
+                finish_image(n0)
+
+    def finish(b, scratch_base):
+        emit_kernel_gradient_finish(b, k, g, a, scratch_base, nparts, own_floats, dk, bias_out, c64(sizes["du"]))
+
+    run_parts(k, buffers, nparts, body, scratch_floats=nparts * own_floats, after=finish)
 
 
 def emit_patch_sums(b, g, a, frame, m, acc, tb, tr0, tr1, lanes, tile0):
