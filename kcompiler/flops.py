@@ -28,7 +28,7 @@ from .bench import node_bytes
 from .ir.graph import operands
 from .ir.registry import get_op
 from .ir.types import num_elements
-from .ops.fused_contraction import bias_grad_dy_type, conv_grads_operands, head_type
+from .ops.fused_contraction import bias_grad_dy_type, conv_grads_types, head_type
 from .ops.rnn import GATES
 
 CONV_OPS = ("conv2d", "conv2d_backward_input", "conv2d_backward_kernel")
@@ -87,10 +87,12 @@ def node_flops(g, nid):
 
 
 def op_flops(op, attrs, in_types, out):
-    if op == "fused_conv2d_grads":  # its two gradients'
-        total, outs = 0, list(out)
-        for part, operand_types in zip((attrs["input_grad"], attrs["kernel_grad"]),
-                                       conv_grads_operands(in_types, attrs)):
+    if op == "fused_conv2d_grads":  # its two gradients', and dy's producer
+        dx_types, dk_types = conv_grads_types(in_types, attrs)
+        producer = attrs.get("dy")
+        total = 0 if producer is None else _producer_flops(producer, in_types[attrs["n_input_grad"]:], dk_types[1])
+        outs = list(out)
+        for part, operand_types in zip((attrs["input_grad"], attrs["kernel_grad"]), (dx_types, dk_types)):
             t = get_op(part["op"]).shape_rule(operand_types, part["attrs"])
             count = len(t) if isinstance(t, tuple) else 1
             total += op_flops(part["op"], part["attrs"], operand_types, tuple(outs[:count]) if count > 1 else outs[0])
@@ -135,11 +137,9 @@ def _pool_grad_flops(attrs, head, acc):
 
 
 def _producer_flops(producer, in_types, dy):
-    """A `fused_bias_grad`'s dy producer ({"op", "attrs"}: a pooling gradient, fused or bare)."""
-    attrs = producer["attrs"]
-    if producer["op"] == "fused_pool_grad":
-        return _pool_grad_flops(attrs, in_types[:attrs["n_head"]], dy)
-    return described_flops(producer["op"], in_types, attrs, dy) or _elements(in_types[0])
+    """A fused node's dy producer ({"op", "attrs"}: a pooling gradient, fused or bare), counted as
+    its own node would be."""
+    return op_flops(producer["op"], producer["attrs"], in_types, dy)
 
 
 def graph_flops(g):

@@ -71,9 +71,9 @@ def lower_graph(g, *, target="cpu", fuse=True, stages=None, options=None):
         g = fuse_epilogues(fuse_elementwise(g), heads=capabilities.epilogue_heads, updates_in_place=in_place)
         g = fuse_pooling(g, heads=capabilities.pool_epilogue_heads)
         g = fuse_bias_gradients(g, heads=capabilities.bias_grad_heads)
-        g = fuse_dy_producers(g, heads=capabilities.bias_grad_dy_heads)
         if capabilities.conv_grads_sharing_dy is not None:
             g = pair_conv_gradients(g, lambda geometry: capabilities.conv_grads_sharing_dy(geometry, options))
+        g = fuse_dy_producers(g, heads=capabilities.bias_grad_dy_heads)
     stages["fused"] = g
     g = plan_memory(g, in_place_updates=in_place)
     stages["planned"] = g

@@ -57,7 +57,7 @@ def test_training_counts_both_convolution_gradients_and_the_lstm_gradient():
     # a pair of gradients counts as the two kernels it replaces
     unpaired = kcompiler.compile(WORKLOADS["W2"].build(), training=True, batch_size=2,
                                  options=default_options().replace(winograd="off"))
-    assert not any(node["op"] == "fused_conv2d_grads" for node in (unpaired.graph.nodes[n] for n in unpaired.graph.nodes))
+    assert not any(unpaired.graph.nodes[n]["op"] == "fused_conv2d_grads" for n in unpaired.graph.nodes)
     assert any(node["op"] == "fused_conv2d_grads" for node in nodes)
     assert graph_flops(unpaired.graph) == graph_flops(w2.graph)
 

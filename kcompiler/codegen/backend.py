@@ -51,8 +51,9 @@ class Capabilities:
     executes: bool              # whether compiled code can run on this machine
     bias_grad_heads: frozenset = frozenset()  # weight-gradient ops whose kernel also sums their dy
                                               # into the bias gradient (fused_bias_grad)
-    bias_grad_dy_heads: frozenset = frozenset()  # pooling gradients a fused_bias_grad kernel can
-                                                 # compute its dy with (attr dy, passes/fusion.py)
+    bias_grad_dy_heads: frozenset = frozenset()  # pooling gradients a fused_bias_grad kernel (and a
+                                                 # fused_conv2d_grads one) can compute its dy with
+                                                 # (attr dy, passes/fusion.py)
     in_place_updates: bool = False  # element-wise kernels (and contraction epilogues) can compute
                                     # a state update in its variable's buffer (passes/memory_plan.py)
     recurrent_reserve: frozenset = frozenset()  # recurrent ops whose forward kernel can leave its

@@ -31,8 +31,10 @@ same dy, in one kernel that reads dy once (and, by Winograd, transforms it once)
 attrs: ``input_grad`` and ``kernel_grad`` = {"op", "attrs"}, the two nodes it replaces (a
 conv2d_backward_input or a `fused_contraction` with that head; a conv2d_backward_kernel or a
 `fused_bias_grad` reading dy), ``n_input_grad``: its first operands are the input gradient's
-(dy, kernel, the epilogue's operands), the last is the kernel gradient's x; its results are
-the input gradient's, then the kernel gradient's (dK, and db for a fused_bias_grad).
+(dy, kernel, the epilogue's operands), then the kernel gradient's x; its results are the input
+gradient's, then the kernel gradient's (dK, and db for a fused_bias_grad). With attr ``dy`` (a
+pooling gradient, as for `fused_bias_grad`) dy is not an operand: the operands are the input
+gradient's others, x, then the pooling gradient's, and the kernel computes dy itself.
 """
 from ..ir.registry import get_op, register
 from ..ir.types import TensorType
@@ -75,16 +77,24 @@ register("fused_bias_grad", shape=_bias_grad_rule, kind="contraction",
          doc="a weight gradient and the bias gradient of its dy in one pass (see attrs); made by passes/fusion.py")
 
 
-def conv_grads_operands(in_types, attrs):
+def conv_grads_operands(in_types, attrs, compute_dy):
     """The operands (types, or values) of a `fused_conv2d_grads`'s two gradients: (input
-    gradient's, kernel gradient's: x and dy)."""
-    n = attrs["n_input_grad"]
-    return list(in_types[:n]), [in_types[n], in_types[0]]
+    gradient's, kernel gradient's: x and dy); ``compute_dy(op, attrs, operands)`` gives dy from
+    the operands of its attr ``dy`` (a shape rule, or a reference)."""
+    n, producer = attrs["n_input_grad"], attrs.get("dy")
+    if producer is None:
+        return list(in_types[:n]), [in_types[n], in_types[0]]
+    dy = compute_dy(producer["op"], producer["attrs"], list(in_types[n:]))
+    return [dy] + list(in_types[:n - 1]), [in_types[n - 1], dy]
+
+
+def conv_grads_types(in_types, attrs):
+    return conv_grads_operands(in_types, attrs, lambda op, a, types: get_op(op).shape_rule(types, a))
 
 
 def _conv_grads_rule(in_types, attrs):
     outs = []
-    for part, operands in zip((attrs["input_grad"], attrs["kernel_grad"]), conv_grads_operands(in_types, attrs)):
+    for part, operands in zip((attrs["input_grad"], attrs["kernel_grad"]), conv_grads_types(in_types, attrs)):
         t = get_op(part["op"]).shape_rule(operands, part["attrs"])
         outs += list(t) if isinstance(t, tuple) else [t]
     return tuple(outs)

@@ -25,10 +25,11 @@ def fused_bias_grad(*operands, head, head_attrs, axes, dy=None):
 
 
 @reference("fused_conv2d_grads")
-def fused_conv2d_grads(*operands, input_grad, kernel_grad, n_input_grad):
+def fused_conv2d_grads(*operands, input_grad, kernel_grad, n_input_grad, dy=None):
     results = []
     for part, values in zip((input_grad, kernel_grad),
-                            conv_grads_operands(operands, {"n_input_grad": n_input_grad})):
+                            conv_grads_operands(operands, {"n_input_grad": n_input_grad, "dy": dy},
+                                                lambda op, attrs, args: get_op(op).reference(*args, **attrs))):
         value = get_op(part["op"]).reference(*values, **part["attrs"])
         results += list(value) if isinstance(value, tuple) else [value]
     return tuple(results)

@@ -21,12 +21,14 @@ pooled input that are not read back).
 Bias gradients (``fuse_bias_gradients``): a weight gradient whose op the backend declares
 (Capabilities.bias_grad_heads) and the sum of its dy over all but the channel axis (the bias
 gradient of the same layer) become one `fused_bias_grad` node reading dy once (scored by
-dy's bytes). ``fuse_dy_producers`` then gives such a node the pooling gradient computing its dy
-when nothing else reads that dy (Capabilities.bias_grad_dy_heads).
+dy's bytes).
 
 Gradient pairs (``pair_conv_gradients``): a convolution's input gradient and kernel gradient
 (each bare or fused as above) become one `fused_conv2d_grads` node where the backend reads and
 transforms dy once for both (Capabilities.conv_grads_sharing_dy; scored by dy's bytes).
+
+``fuse_dy_producers`` then gives a `fused_bias_grad` or a pair the pooling gradient computing
+its dy when nothing else reads that dy (Capabilities.bias_grad_dy_heads).
 """
 import networkx as nx
 
@@ -312,44 +314,49 @@ def fuse_bias_gradients(g, heads):
 
 
 def fuse_dy_producers(g, heads):
-    """Merge into each `fused_bias_grad` the pooling gradient computing its dy (a `fused_pool_grad`
-    node or a bare one), when that gradient is in ``heads`` (the backend's capability:
-    Capabilities.bias_grad_dy_heads) and
-    the weight gradient is its only reader (the first convolution of a network, whose input
-    takes no gradient): the kernel computes dy an image at a time into memory that stays in
-    cache, so dy is neither written out nor read back (scored by twice its bytes)."""
+    """Merge into each `fused_bias_grad` (and each `fused_conv2d_grads`) the pooling gradient
+    computing its dy (a `fused_pool_grad` node or a bare one), when that gradient is in ``heads``
+    (the backend's capability: Capabilities.bias_grad_dy_heads) and the node is its only reader
+    (the first convolution of a network, whose input takes no gradient; a pair of gradients):
+    the kernel computes dy an image at a time into memory that stays in cache, so dy is neither
+    written out nor read back (scored by twice its bytes)."""
     g = copy_graph(g)
     g.graph["notes"] = list(g.graph.get("notes", []))
     live_out = set(g.graph["outputs"]) | set(g.graph["updates"].values())
     b = GraphBuilder(g)
     for nid in topo_order(g):
-        if nid not in g or g.nodes[nid]["op"] != "fused_bias_grad" or "dy" in g.nodes[nid]["attrs"]:
+        if nid not in g or g.nodes[nid]["op"] not in ("fused_bias_grad", "fused_conv2d_grads") \
+                or "dy" in g.nodes[nid]["attrs"]:
             continue
-        x, dy = operands(g, nid)
+        node = g.nodes[nid]
+        paired = node["op"] == "fused_conv2d_grads"
+        dy = operands(g, nid)[0 if paired else 1]
+        x = operands(g, nid)[node["attrs"]["n_input_grad"] if paired else 0]
+        head_attrs = _kernel_gradient(node["attrs"]["kernel_grad"]) if paired else node["attrs"]["head_attrs"]
         producer = g.nodes[dy]
         if (producer["attrs"].get("head") if producer["op"] == "fused_pool_grad" else producer["op"]) not in heads:
             continue
         why = None
-        if dy in live_out or set(g.successors(dy)) != {nid}:
+        if dy in live_out or set(g.successors(dy)) != {nid} or operands(g, nid).count(dy) > 1:
             why = "its result is also used elsewhere"
-        elif conv_geometry(g.nodes[nid]["attrs"]["head"], g.nodes[x]["type"].shape,
-                           g.nodes[nid]["attrs"]["head_attrs"]["kernel_shape"], g.nodes[nid]["attrs"]["head_attrs"]
-                           ).pointwise:
+        elif conv_geometry("conv2d_backward_kernel", g.nodes[x]["type"].shape, head_attrs["kernel_shape"],
+                           head_attrs).pointwise:
             why = "a 1x1 convolution's weight gradient is one matrix product over all of dy"
         if why:
-            g.graph["notes"].append(f"%{dy} {producer['op']} not fused into %{nid} fused_bias_grad: {why}")
+            g.graph["notes"].append(f"%{dy} {producer['op']} not fused into %{nid} {node['op']}: {why}")
             continue
         saved = 2 * _bytes(producer["type"])
-        node = g.nodes[nid]
+        rest = operands(g, nid)[1:] if paired else [x]  # (without dy: operand 0 of a pair, 1 of a bias gradient)
         prev_layer, b.layer = b.layer, node.get("layer")
-        new = b.add("fused_bias_grad", [x] + operands(g, dy),
+        new = b.add(node["op"], rest + operands(g, dy),
                     dict(node["attrs"], dy={"op": producer["op"], "attrs": dict(producer["attrs"])}))
         b.layer = prev_layer
         g.nodes[new]["fused"] = list(producer.get("fused") or [producer["op"]]) + list(node.get("fused") or [])
         redirect_uses(g, nid, new, keep=[new])
         g.remove_nodes_from([nid, dy])
-        g.graph["notes"].append(f"%{dy} {producer['op']} fused into %{nid} fused_bias_grad as %{new}: saves {saved} "
-                                "bytes (dy is computed where the weight gradient reads it, never written out)")
+        readers = "both gradients read" if paired else "the weight gradient reads"
+        g.graph["notes"].append(f"%{dy} {producer['op']} fused into %{nid} {node['op']} as %{new}: saves {saved} "
+                                f"bytes (dy is computed where {readers} it, never written out)")
     return g
 
 

@@ -97,3 +97,57 @@ def test_the_paired_kernel_equals_the_reference(monkeypatch, batch, hw, cin, cou
     names = ["dx", "dK", "db"]
     for name, got, want in zip(names, compiled.run(feeds), run_reference(g, feeds)[0]):
         assert_close32(got, want, name)
+
+
+def pooled_layer_gradients(batch, hw, cin, cout, producer):
+    """dx, dK and db of a 3x3 'same' convolution whose dy is the gradient of the 2x2 max pooling
+    after it (hw odd: the last row and column take no window's gradient): ``producer``
+    "argmax" from the window positions (max_pool2d_grad_argmax, as W2's second convolution has
+    it), "relu" from the activation, with the ReLU gradient (a fused_pool_grad)."""
+    b = GraphBuilder(name="pooled_layer_gradients")
+    x = b.input("x", TensorType((batch, hw, hw, cin)))
+    k = b.input("k", TensorType((3, 3, cin, cout)))
+    side = hw // 2
+    dp = b.input("dp", TensorType((batch, side, side, cout)))
+    feeds = {"x": RNG.standard_normal((batch, hw, hw, cin)).astype(np.float32),
+             "k": RNG.standard_normal((3, 3, cin, cout)).astype(np.float32),
+             "dp": RNG.standard_normal((batch, side, side, cout)).astype(np.float32)}
+    window = dict(pool=(2, 2), strides=(2, 2), padding="valid")
+    if producer == "argmax":
+        idx = b.input("idx", TensorType((batch, side, side, cout), "int32"))
+        dy = b.op("max_pool2d_grad_argmax", idx, dp, input_hw=(hw, hw), **window)
+        feeds["idx"] = RNG.integers(0, 4, (batch, side, side, cout)).astype(np.int32)
+    else:
+        h = b.input("h", TensorType((batch, hw, hw, cout)))
+        dy = b.op("relu_grad", h, b.op("max_pool2d_grad", h, dp, **window))
+        feeds["h"] = np.maximum(RNG.standard_normal((batch, hw, hw, cout)), 0).astype(np.float32)
+    b.g.graph["outputs"] = [b.op("conv2d_backward_input", dy, k, input_hw=(hw, hw), **CONV),
+                            b.op("conv2d_backward_kernel", x, dy, kernel_shape=(3, 3, cin, cout), **CONV),
+                            b.op("sum", dy, axes=(0, 1, 2), keepdims=False)]
+    return b.g, feeds
+
+
+@pytest.mark.parametrize("bounds_check", [False, True])
+@pytest.mark.parametrize("algorithm", ["2x2", "4x4"])
+@pytest.mark.parametrize("batch,hw,cin,cout,producer", [
+    (5, 7, 3, 6, "argmax"),   # blocks of whole images, the last one short
+    (1, 27, 4, 5, "relu"),    # one image in blocks of tile rows, its dy computed once for all of them
+    (2, 9, 2, 17, "relu"),
+], ids=str)
+def test_the_paired_kernel_computes_a_pooling_gradient_dy(monkeypatch, batch, hw, cin, cout, producer, algorithm,
+                                                          bounds_check):
+    """dy is a pooling gradient only the pair reads: the pair computes it an image block at a
+    time into scratch memory (fused_dy_producers), and it is never written out."""
+    from kcompiler.codegen.llvm import conv, threads
+    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
+    monkeypatch.setattr(threads, "default_nthreads", lambda: 2)
+    monkeypatch.setattr(conv, "PARALLEL_MIN_MACS", 0)
+    use_options(monkeypatch, winograd=algorithm, bounds_check=bounds_check)
+    g, feeds = pooled_layer_gradients(batch, hw, cin, cout, producer)
+    compiled, stages = lower_graph(g, fuse=True)
+    (node,) = [stages["fused"].nodes[n] for n in stages["fused"].nodes
+               if stages["fused"].nodes[n]["op"] not in ("input", "tuple_item")]
+    assert node["op"] == "fused_conv2d_grads"
+    assert node["attrs"]["dy"]["op"] == ("max_pool2d_grad_argmax" if producer == "argmax" else "fused_pool_grad")
+    for name, got, want in zip(["dx", "dK", "db"], compiled.run(feeds), run_reference(g, feeds)[0]):
+        assert_close32(got, want, name)

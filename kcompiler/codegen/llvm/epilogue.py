@@ -304,14 +304,18 @@ def lower_fused_conv2d_grads(k):
     the bias gradient) of one convolution, both by Winograd from one transform of dy
     (winograd.lower_winograd_conv2d_grads; the pass pairs only geometries that take it)."""
     from .winograd import lower_winograd_conv2d_grads, winograd_algorithm
-    from ...ops.fused_contraction import conv_grads_operands, head_type as infer_head_type
+    from ...ops.fused_contraction import conv_grads_types, head_type as infer_head_type
     n = k.attrs["n_input_grad"]
     dx_part, dk_part = k.attrs["input_grad"], k.attrs["kernel_grad"]
-    dx_in, dk_in = conv_grads_operands(list(k.in_types), k.attrs)
+    dx_in, dk_in = conv_grads_types(list(k.in_types), k.attrs)
     dx_type = get_op(dx_part["op"]).shape_rule(dx_in, dx_part["attrs"])
     dx_count = len(dx_type) if isinstance(dx_type, tuple) else 1
-    dx_view = _Gradient(k, dx_part, k.inputs[:n], dx_in, k.outputs[:dx_count], k.out_types[:dx_count],
-                        {i: v for i, v in k.inline_constants.items() if i < n})
+    # with a dy producer, the input gradient's operands lack dy: a None stands for it
+    computed = k.attrs.get("dy") is not None
+    dx_inputs = [None] + k.inputs[:n - 1] if computed else k.inputs[:n]
+    x = k.inputs[n - 1] if computed else k.inputs[n]
+    dx_view = _Gradient(k, dx_part, dx_inputs, dx_in, k.outputs[:dx_count], k.out_types[:dx_count],
+                        {i + computed: v for i, v in k.inline_constants.items() if i + computed < n})
     epilogue = None
     if dx_part["op"] == "fused_contraction":
         head_type = infer_head_type(dx_in, dx_part["attrs"])
@@ -324,9 +328,8 @@ def lower_fused_conv2d_grads(k):
                                                dk_part["attrs"].get("head_attrs", dk_part["attrs"])):
         raise KCompilerError(f"fused_conv2d_grads: geometry {g} does not run by Winograd on this target; "
                              "passes/fusion.py pairs only those that do (Capabilities.conv_grads_sharing_dy)")
-    extra = epilogue.pointers[1:] if epilogue is not None else []
-    lower_winograd_conv2d_grads(k, g, algorithm, [k.inputs[0], k.inputs[1], dx_view.outputs[0], k.inputs[n], dk_out]
-                                + ([bias] if bias is not None else []) + extra, epilogue, bias is not None)
+    lower_winograd_conv2d_grads(k, g, algorithm, dx_inputs[0], dx_inputs[1], dx_view.outputs[0], x, dk_out, bias,
+                                epilogue, DyProducer(k, first=n) if computed else None)
 
 
 # ---- a weight gradient computing its own dy ---------------------------------------------------------
@@ -345,10 +348,11 @@ class DyProducer:
     (schedule/pool.py) for one image as a function ``<kernel>.dy(dy, operands..., status)``
     that the weight gradient calls image by image, into its scratch memory."""
 
-    def __init__(self, k):
+    def __init__(self, k, first=1):
+        """The producer k.attrs["dy"] of operands ``first``... of kernel ``k``."""
         op, attrs = k.attrs["dy"]["op"], k.attrs["dy"]["attrs"]
-        self.pointers = list(k.inputs[1:])  # what the part functions must receive
-        types = list(k.in_types[1:])
+        self.pointers = list(k.inputs[first:])  # what the part functions must receive
+        types = list(k.in_types[first:])
         self.batched = [len(t.shape) == 4 for t in types]  # an activation-shaped operand, else a
         one = [TensorType((1,) + tuple(t.shape[1:]), t.dtype) if batched else t  # channel vector or scalar
                for t, batched in zip(types, self.batched)]
@@ -358,7 +362,7 @@ class DyProducer:
         self.image_floats = num_elements(out_type.shape)
         node = {"op": op, "attrs": attrs, "type": out_type}
         if producer.describe_constants:
-            constants = {i - 1: v for i, v in k.inline_constants.items() if i >= 1}
+            constants = {i - first: v for i, v in k.inline_constants.items() if i >= first}
             kernel = producer.describe(node, one, f"{k.function.name}.dy", constants)
         else:
             kernel = producer.describe(node, one, f"{k.function.name}.dy")

@@ -288,6 +288,12 @@ def _edge_conditions(b, a, index, count, last):
     return [None if i < last else b.icmp_signed("<", index, c64(count - 1)) for i in range(a.m)]
 
 
+def _tile(b, tile0, th, tr0, tw_n, tw):
+    """The index in a block of the tile at row ``th`` and column ``tw`` of an image whose tile rows
+    [tr0, ...) the block holds from its tile ``tile0`` on (``tw_n`` tiles a row)."""
+    return b.add(tile0, b.add(b.mul(b.sub(th, tr0), c64(tw_n)), tw))
+
+
 def _remaining(size, m):
     """Rows (columns) of the output the last tile row (column) covers."""
     return size - m * (-(-size // m) - 1)
@@ -398,7 +404,7 @@ def emit_input_transform(b, g, a, padded, pad, v, tb, tr0, tr1, lanes, tile0):
     f = transform(a.bt, lanes)
     with for_range(b, tr1, start=tr0, name="vi") as th:
         with for_range(b, tw_n, name="vj") as tw:
-            tile = b.add(tile0, b.add(b.mul(b.sub(th, tr0), c64(tw_n)), tw))
+            tile = _tile(b, tile0, th, tr0, tw_n, tw)
             origin = b.add(b.mul(th, c64(a.m * row)), b.mul(tw, c64(a.m * g.cin)))
             with for_range(b, g.cin, step=lanes.width, name="vc") as c:
                 base = b.add(origin, c)
@@ -448,7 +454,7 @@ def emit_output_transform(b, g, a, m, y, y_image, tb, tr0, tr1, lanes, tile0):
     f = transform(a.at, lanes)
     with for_range(b, tr1, start=tr0, name="yi") as th:
         with for_range(b, tw_n, name="yj") as tw:
-            tile = b.add(tile0, b.add(b.mul(b.sub(th, tr0), c64(tw_n)), tw))
+            tile = _tile(b, tile0, th, tr0, tw_n, tw)
             inside = _edge_conditions(b, a, th, th_n, _remaining(g.out_h, a.m))
             inside_w = _edge_conditions(b, a, tw, tw_n, _remaining(g.out_w, a.m))
             first_pixel = b.add(y_image, b.add(b.mul(th, c64(a.m * g.out_w)), b.mul(tw, c64(a.m))))
@@ -576,7 +582,7 @@ def emit_dy_transform(b, g, a, dy, n, d, tb, tr0, tr1, lanes, tile0):
     f = transform(_transposed(a.at), lanes)
     with for_range(b, tr1, start=tr0, name="di") as th:
         with for_range(b, tw_n, name="dj") as tw:
-            tile = b.add(tile0, b.add(b.mul(b.sub(th, tr0), c64(tw_n)), tw))
+            tile = _tile(b, tile0, th, tr0, tw_n, tw)
             inside = _edge_conditions(b, a, th, th_n, _remaining(g.out_h, a.m))
             inside_w = _edge_conditions(b, a, tw, tw_n, _remaining(g.out_w, a.m))
             first_pixel = b.add(b.mul(n, c64(g.out_h * g.out_w)),
@@ -696,18 +702,20 @@ def lower_winograd_conv2d_backward_input(k, g, a, buffers, epilogue):
     run_parts(k, buffers, nparts, body, scratch_floats=nparts * own_floats)
 
 
-def lower_winograd_conv2d_grads(k, g, a, buffers, epilogue, bias):
+def lower_winograd_conv2d_grads(k, g, a, dy, kernel, dx, x, dk, bias, epilogue, dy_source):
     """Both gradients of the convolution of geometry ``g`` by algorithm ``a`` in one pass over dy
-    (fused_conv2d_grads; ``buffers``: dy, kernel, dx, x, dk, the bias gradient when ``bias``,
-    then the epilogue's extra pointers): each block of dy's tiles is transformed into D once and
-    feeds both products while it is in cache,
+    (fused_conv2d_grads): dx (finished by ``epilogue``, whose extra pointers it takes), dK and
+    the bias gradient (``bias``, or None). Each block of dy's tiles is transformed into D once
+    and feeds both products while it is in cache,
 
         dx: M[xi] = D[xi] @ U[xi]^T, patches += B M B^T  (lower_winograd_conv2d_backward_input)
         dK: dU[xi] += V[xi]^T @ D[xi]                     (lower_winograd_conv2d_backward_kernel)
 
     in the kernel gradient's blocks (which group its sums: the same bits as its own kernel's);
     the input gradient's results do not depend on its blocks. On W2's second convolution a
-    transform of dy took ~70 us of each gradient's ~600."""
+    transform of dy took ~70 us of each gradient's ~600. With ``dy_source`` (DyProducer; ``dy``
+    None) each block's images of dy are first computed into scratch memory, where the
+    transform and the bias sums read them."""
     t, tf = host_tile(), forward_tile(host_tile())
     th_n, tw_n = tiles(g, a)
     images = _weight_images_per_block(g, a)
@@ -717,10 +725,12 @@ def lower_winograd_conv2d_grads(k, g, a, buffers, epilogue, bias):
     p_ = a.positions
     du_floats = p_ * g.cin * g.cout
     panels = -(-g.cin // tf.nr)
-    sizes = {"du": _aligned(du_floats), "db": _aligned(g.cout) if bias else 0, "pad": _aligned(padded.floats),
-             "v": _aligned(p_ * tb * g.cin), "d": _aligned(p_ * tb * g.cout), "kt": _aligned(9 * g.cin * g.cout),
-             "u": _aligned(p_ * panels * tf.nr * g.cout), "acc": _aligned(padded.floats),
-             "m": _aligned(p_ * tb * g.cin)}
+    dy_image = g.out_h * g.out_w * g.cout
+    sizes = {"du": _aligned(du_floats), "db": _aligned(g.cout) if bias is not None else 0,
+             "pad": _aligned(padded.floats), "v": _aligned(p_ * tb * g.cin), "d": _aligned(p_ * tb * g.cout),
+             "kt": _aligned(9 * g.cin * g.cout), "u": _aligned(p_ * panels * tf.nr * g.cout),
+             "acc": _aligned(padded.floats), "m": _aligned(p_ * tb * g.cin),
+             "dy": _aligned(images * dy_image) if dy_source is not None else 0}
     own_floats = sum(sizes.values())
     pointwise = dataclasses.replace(g, kh=1, kw=1, sh=1, sw=1, dh=1, dw=1, pad_top=0, pad_left=0,
                                     out_h=images * block_rows, out_w=tw_n)
@@ -732,15 +742,20 @@ def lower_winograd_conv2d_grads(k, g, a, buffers, epilogue, bias):
     cin_lanes, cout_lanes, panel_lanes = _lanes(g.cin, t.vw), _lanes(g.cout, t.vw), _lanes(tf.nr, t.vw)
     nparts = parts_for(2 * p_ * g.batch * th_n * tw_n * g.cin * g.cout, g.batch)
     pixels = g.in_h * g.in_w
-    dk, bias_out = buffers[4], (buffers[5] if bias else None)
+    extra = epilogue.pointers[1:] if epilogue is not None else []  # (pointers[0] is dx)
+    sources = dy_source.pointers if dy_source is not None else []
+    read = [dy] if dy_source is None else []
+    buffers = read + [kernel, dx, x] + extra + sources  # (dK and db are written after the join)
 
     def body(p):
-        b, (dy, kernel, dx, x), rest = p.b, p.buffers[:4], p.buffers[6 if bias else 5:]
+        b = p.b
+        dy, (kernel, dx, x) = (p.buffers[0] if read else None), p.buffers[len(read):len(read) + 3]
+        rest = p.buffers[len(read) + 3:len(read) + 3 + len(extra)]
         origins = _origins(b, tf)
         scratch = _slices(p, sizes, own_floats)
         du, pad, v, d, kt, u, acc, m = (scratch[name] for name in ("du", "pad", "v", "d", "kt", "u", "acc", "m"))
         fill_zero(b, du, 0, du_floats, name="du0")
-        if bias:
+        if bias is not None:
             fill_zero(b, scratch["db"], 0, g.cout, name="db0")
         emit_transpose(b, g, kernel, kt)
         emit_filter_transform(b, swapped, a, tf, kt, u, panel_lanes)
@@ -753,6 +768,8 @@ def lower_winograd_conv2d_grads(k, g, a, buffers, epilogue, bias):
         n_lo, n_hi = split(b, p.index, p.count, g.batch, 1)
         with for_range(b, n_hi, start=n_lo, step=images, name="wimages") as n0:
             n1 = smin(b, b.add(n0, c64(images)), n_hi)
+            if dy_source is not None:  # the block's images of dy (an image's blocks of tile rows share it)
+                dy_source.emit(b, p.buffers[len(buffers) - len(sources):], n0, n1, scratch["dy"], p.status)
             if images == 1:  # blocks of tile rows of one image: its padded x, its dx frame
                 emit_pad(b, g, padded, x, n0, n1, pad)
                 fill_zero(b, acc, 0, padded.floats, name="acc0")
@@ -763,12 +780,13 @@ def lower_winograd_conv2d_grads(k, g, a, buffers, epilogue, bias):
                     if images > 1:
                         emit_pad(b, g, padded, x, n, b.add(n, c64(1)), pad)
                     tile0 = b.mul(b.sub(n, n0), image_tiles)
+                    source, image = (dy, n) if dy_source is None else (scratch["dy"], b.sub(n, n0))
                     emit_input_transform(b, g, a, padded, pad, v, tb, tr0, tr1, cin_lanes, tile0)
-                    emit_dy_transform(b, g, a, dy, n, d, tb, tr0, tr1, cout_lanes, tile0)
-                    if bias:
-                        first = b.add(b.mul(n, c64(g.out_h * g.out_w)), b.mul(tr0, c64(a.m * g.out_w)))
+                    emit_dy_transform(b, g, a, source, image, d, tb, tr0, tr1, cout_lanes, tile0)
+                    if bias is not None:
+                        first = b.add(b.mul(image, c64(g.out_h * g.out_w)), b.mul(tr0, c64(a.m * g.out_w)))
                         end = smin(b, b.mul(tr1, c64(a.m)), g.out_h)
-                        add_rows(b, scratch["db"], dy, first,
+                        add_rows(b, scratch["db"], source, first,
                                  b.mul(b.sub(end, b.mul(tr0, c64(a.m))), c64(g.out_w)), 0, g.cout, g.cout)
                 block_tiles = b.mul(b.sub(n1, n0), image_tiles)
                 emit_kernel_gradient_products(b, g, a, t, tile_of, v, d, du, tb, b.mul(b.sub(n1, n0), b.sub(tr1, tr0)),
@@ -784,7 +802,7 @@ def lower_winograd_conv2d_grads(k, g, a, buffers, epilogue, bias):
                 finish_image(n0)
 
     def finish(b, scratch_base):
-        emit_kernel_gradient_finish(b, k, g, a, scratch_base, nparts, own_floats, dk, bias_out, c64(sizes["du"]))
+        emit_kernel_gradient_finish(b, k, g, a, scratch_base, nparts, own_floats, dk, bias, c64(sizes["du"]))
 
     run_parts(k, buffers, nparts, body, scratch_floats=nparts * own_floats, after=finish)
 
@@ -797,7 +815,7 @@ def emit_patch_sums(b, g, a, frame, m, acc, tb, tr0, tr1, lanes, tile0):
     f = transform(_transposed(a.bt), lanes)
     with for_range(b, tr1, start=tr0, name="pi") as th:
         with for_range(b, tw_n, name="pj") as tw:
-            tile = b.add(tile0, b.add(b.mul(b.sub(th, tr0), c64(tw_n)), tw))
+            tile = _tile(b, tile0, th, tr0, tw_n, tw)
             origin = b.add(b.mul(th, c64(a.m * row)), b.mul(tw, c64(a.m * g.cin)))
             with for_range(b, g.cin, step=lanes.width, name="pc") as c:
                 square = [[lanes.load(b, m, b.add(b.mul(b.add(c64((i * a.alpha + j) * tb), tile), c64(g.cin)), c))
