@@ -38,6 +38,15 @@ def layer_gradients(batch, hw, cin, cout, finished):
     return b.g, feeds
 
 
+def in_two_parts(monkeypatch, **options):
+    """Kernels split their work in two parts however small, compiled afresh under ``options``."""
+    from kcompiler.codegen.llvm import conv, threads
+    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
+    monkeypatch.setattr(threads, "default_nthreads", lambda: 2)
+    monkeypatch.setattr(conv, "PARALLEL_MIN_MACS", 0)
+    use_options(monkeypatch, **options)
+
+
 def fused(g):
     return fuse_bias_gradients(fuse_epilogues(fuse_elementwise(g), heads=frozenset({"conv2d_backward_input"})),
                                heads=frozenset({"conv2d_backward_kernel"}))
@@ -86,11 +95,7 @@ def test_the_cpu_backend_pairs_only_what_runs_by_winograd(monkeypatch):
     (2, 5, 2, 3, False),     # bare gradients; tiles overhanging the output
 ], ids=str)
 def test_the_paired_kernel_equals_the_reference(monkeypatch, batch, hw, cin, cout, finished, algorithm, bounds_check):
-    from kcompiler.codegen.llvm import conv, threads
-    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
-    monkeypatch.setattr(threads, "default_nthreads", lambda: 2)
-    monkeypatch.setattr(conv, "PARALLEL_MIN_MACS", 0)
-    use_options(monkeypatch, winograd=algorithm, bounds_check=bounds_check)
+    in_two_parts(monkeypatch, winograd=algorithm, bounds_check=bounds_check)
     g, feeds = layer_gradients(batch, hw, cin, cout, finished)
     compiled, stages = lower_graph(g, fuse=True)
     assert ops(stages["fused"]) == ["fused_conv2d_grads"]
@@ -138,11 +143,7 @@ def test_the_paired_kernel_computes_a_pooling_gradient_dy(monkeypatch, batch, hw
                                                           bounds_check):
     """dy is a pooling gradient only the pair reads: the pair computes it an image block at a
     time into scratch memory (fused_dy_producers), and it is never written out."""
-    from kcompiler.codegen.llvm import conv, threads
-    monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
-    monkeypatch.setattr(threads, "default_nthreads", lambda: 2)
-    monkeypatch.setattr(conv, "PARALLEL_MIN_MACS", 0)
-    use_options(monkeypatch, winograd=algorithm, bounds_check=bounds_check)
+    in_two_parts(monkeypatch, winograd=algorithm, bounds_check=bounds_check)
     g, feeds = pooled_layer_gradients(batch, hw, cin, cout, producer)
     compiled, stages = lower_graph(g, fuse=True)
     (node,) = [stages["fused"].nodes[n] for n in stages["fused"].nodes
