@@ -128,3 +128,16 @@ def test_a_unit_llvm_rejects_fails_with_its_message_in_parallel(cache, monkeypat
     units.insert(2, ("define i32 @f() {\n  ret i64 0\n}\n", 1))
     with pytest.raises(RuntimeError, match="does not parse"):
         T._compile_objects(units, "broken")
+
+
+def test_units_are_compiled_largest_first_after_the_wait(monkeypatch):
+    """Longest processing time first: a large unit taken last would leave the other process
+    idle while it compiles. This process compiles nothing before ``wait()`` returns (the
+    support library's build, which holds the LLVM lock)."""
+    monkeypatch.setenv("KCOMPILER_COMPILE_JOBS", "1")
+    events = []
+    monkeypatch.setattr(T, "compile_to_object", lambda text, level, name: events.append(text) or text.encode())
+    units = [("x" * n, 3) for n in (5, 400, 30, 7000, 2)]
+    objects = T._compile_objects(units, "ordered", wait=lambda: events.append("waited"))
+    assert events == ["waited"] + [text for text, _ in sorted(units, key=lambda u: -len(u[0]))]
+    assert objects == [text.encode() for text, _ in units]  # each object in its unit's place

@@ -500,8 +500,8 @@ def compile_units(units: list[tuple[str, int]], *, name: str = "module", before_
     carries its crash marker until the group's :meth:`CompiledModule.confirm`.
     ``cache_stats()`` counts a hit or a miss per distinct unit. A unit may be a
     :class:`LazyUnit` instead of text: its IR is generated only if its object is not cached.
-    ``before_load()`` runs once the objects are compiled, before they are loaded (the support
-    library's symbols, which the units call, are published by then).
+    ``before_load()`` runs before the objects are loaded (the support library's symbols, which
+    the units call, are published by then), and before this process compiles any unit.
     """
     initialize()
     t0 = time.perf_counter()
@@ -536,7 +536,7 @@ def compile_units(units: list[tuple[str, int]], *, name: str = "module", before_
                         markers.append(marker)
         cached = list(objects)
         compiled = [key for key in keys if key not in objects]
-        objects.update(zip(compiled, _compile_objects([texts(key) for key in compiled], name)))
+        objects.update(zip(compiled, _compile_objects([texts(key) for key in compiled], name, wait=before_load)))
         load_level = max(level for _, level in wanted.values())
         if before_load is not None:
             before_load()
@@ -587,17 +587,22 @@ def compile_jobs() -> int:
     return int(raw)
 
 
-def _compile_objects(units: list[tuple[str, int]], name: str) -> list[bytes]:
+def _compile_objects(units: list[tuple[str, int]], name: str, wait=None) -> list[bytes]:
     """The object code of each ``(ir text, opt level)`` unit (each counted as a miss).
 
     With :func:`compile_jobs` >= 2 and enough units, a helper process (compile_worker.py)
     takes units from the same queue as this process, one at a time, so the faster side does
-    more. Whatever the helper could not compile (it failed to start, died, or LLVM rejected
+    more. The queue holds the largest units first (longest processing time first: a large
+    unit taken last leaves the other side idle while it compiles; W2's largest, a Winograd
+    pair of gradients, takes ~0.75 s at O3). This process first calls ``wait()`` (the support
+    library's build in a thread of this process, which holds the LLVM lock while it compiles):
+    a unit it took before would wait for the lock while the helper could have compiled it.
+    Whatever the helper could not compile (it failed to start, died, or LLVM rejected
     the unit) is compiled here, so errors carry the usual message."""
     for _ in units:
         cache.count("misses")
     objects = [None] * len(units)
-    queue = list(range(len(units)))
+    queue = sorted(range(len(units)), key=lambda i: -_compile_cost(*units[i]))
     queue_lock = threading.Lock()
 
     def take():
@@ -609,6 +614,8 @@ def _compile_objects(units: list[tuple[str, int]], name: str) -> list[bytes]:
         helper = threading.Thread(target=_compile_in_worker, args=(units, objects, take), daemon=True)
         helper.start()
     try:
+        if wait is not None:
+            wait()
         while (i := take()) is not None:
             with _LOCK:
                 objects[i] = compile_to_object(*units[i], name)
@@ -622,6 +629,12 @@ def _compile_objects(units: list[tuple[str, int]], name: str) -> list[bytes]:
             with _LOCK:
                 objects[i] = compile_to_object(*units[i], name)
     return objects
+
+
+def _compile_cost(llvm_ir: str, opt_level: int) -> int:
+    """A unit's compile time, roughly: its IR's length (W2's units at O3: 0.5-535 kB took
+    3-750 ms, in the same order), less for the lighter levels."""
+    return len(llvm_ir) * (2 if opt_level >= 2 else 1)
 
 
 def _compile_in_worker(units, objects, take) -> None:
