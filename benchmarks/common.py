@@ -1,6 +1,7 @@
 """Timing helpers shared by the benchmarks: best-of-N medians, optional frameworks, and the
-quiet-machine windows of NOTES-bench (wait until other processes leave the CPUs alone, time,
-record how much CPU other processes took meanwhile).
+quiet-machine windows of NOTES-bench (wait until other processes leave the CPUs alone and the
+host has the two CPUs near each other, time, record how much CPU other processes took
+meanwhile and the CPUs' round trip before and after).
 
 Standard library only: the comparison runner's workers import this module from the
 TensorFlow and PyTorch environments too."""
@@ -93,14 +94,63 @@ class QuietWaits:
         return load
 
 
-def timed_windows(fn, *, windows=5, window_s=0.5, warmup=3, wait=None, max_other_load=0.3, retries=1):
+class PlacementProbe:
+    """The round trip between the machine's first two CPUs, asked of the runner's probe server
+    (benchmarks/placement.py: it is JIT-compiled, and this module must run in every framework's
+    environment) over the Unix socket at ``path``. ``wait_near()`` waits (each time at most
+    ``limit_s``, all together at most ``budget_s``) until the round trip is at most ``far_ns``:
+    the host then has the two CPUs near each other. Any failure to reach the server turns the
+    probe off (None answers)."""
+
+    def __init__(self, path, far_ns=250.0, limit_s=30.0, budget_s=120.0):
+        self.far_ns, self.limit_s, self.left = far_ns, limit_s, budget_s
+        self.stream = None
+        try:
+            import socket
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(path)
+            self.stream = sock.makefile("rw")
+        except OSError:
+            self.stream = None
+
+    def measure(self):
+        if self.stream is None:
+            return None
+        try:
+            self.stream.write("probe\n")
+            self.stream.flush()
+            ns = float(self.stream.readline())
+        except (OSError, ValueError):
+            self.stream = None
+            return None
+        return ns if ns >= 0 else None
+
+    def far(self, ns):
+        return ns is not None and ns > self.far_ns
+
+    def wait_near(self):
+        """The round trip once it is near (or the waits ran out), in ns; None without a probe."""
+        start = time.monotonic()
+        while True:
+            ns = self.measure()
+            if not self.far(ns) or time.monotonic() - start >= min(self.limit_s, self.left):
+                self.left -= time.monotonic() - start
+                return ns
+            time.sleep(1.0)
+
+
+def timed_windows(fn, *, windows=5, window_s=0.5, warmup=3, wait=None, max_other_load=0.3, retries=1,
+                  placement=None):
     """Time ``fn`` as NOTES-bench says: ``warmup`` untimed calls, then ``windows`` timed windows
     of about ``window_s`` seconds each (at least 3 calls), every call timed on its own. Before
-    each window ``wait()`` (a QuietWaits; None: no wait) waits for a quiet machine; a window
-    during which other processes used more than ``max_other_load`` cores is redone up to
-    ``retries`` times and kept flagged after that. Returns a dict: ``seconds`` (the median over
-    the windows of each window's median call), ``fastest`` (the fastest window's median),
-    ``windows`` (per window: median, calls, other load in cores, load before, flagged)."""
+    each window ``wait()`` (a QuietWaits; None: no wait) waits for a quiet machine and
+    ``placement.wait_near()`` (a PlacementProbe; None: none) for the host to have the two CPUs
+    near each other; a window during which other processes used more than ``max_other_load``
+    cores, or after which the CPUs were far apart, is redone up to ``retries`` times and kept
+    flagged after that. Returns a dict: ``seconds`` (the median over the windows of each
+    window's median call), ``fastest`` (the fastest window's median), ``windows`` (per window:
+    median, calls, other load in cores, load before, the round trip before and after in ns,
+    flagged)."""
     for _ in range(warmup):
         fn()
     start = time.perf_counter()
@@ -112,6 +162,7 @@ def timed_windows(fn, *, windows=5, window_s=0.5, warmup=3, wait=None, max_other
     for _ in range(windows):
         for attempt in range(retries + 1):
             before = wait() if wait else None
+            near_before = placement.wait_near() if placement else None
             b0, own0, t0 = cpu_busy(), own_cpu(), time.perf_counter()
             times = []
             for _ in range(calls):
@@ -120,10 +171,13 @@ def timed_windows(fn, *, windows=5, window_s=0.5, warmup=3, wait=None, max_other
                 times.append(time.perf_counter() - s)
             wall = time.perf_counter() - t0
             other = max(0.0, (cpu_busy() - b0) / HZ - (own_cpu() - own0)) / wall
-            if other <= max_other_load:
+            near_after = placement.measure() if placement else None
+            far = placement is not None and (placement.far(near_before) or placement.far(near_after))
+            if other <= max_other_load and not far:
                 break
         results.append({"median": statistics.median(times), "calls": calls, "other_load": other,
-                        "load_before": before, "flagged": other > max_other_load})
+                        "load_before": before, "round_trip_ns": [near_before, near_after],
+                        "flagged": other > max_other_load or far})
     medians = [w["median"] for w in results]
     return {"seconds": statistics.median(medians), "fastest": min(medians), "windows": results}
 
@@ -143,6 +197,11 @@ def worker_arguments(description, variants):
     parser.add_argument("--quiet-wait", type=float, default=120.0, help="max seconds per wait for a quiet machine")
     parser.add_argument("--quiet-budget", type=float, default=600.0, help="max seconds of such waits per process")
     parser.add_argument("--retries", type=int, default=1)
+    parser.add_argument("--placement", default=None, help="the runner's round-trip probe socket (placement.py)")
+    parser.add_argument("--far-ns", type=float, default=250.0, help="a round trip above this: the CPUs are far apart")
+    parser.add_argument("--placement-wait", type=float, default=30.0,
+                        help="max seconds per wait for the CPUs to be near each other")
+    parser.add_argument("--placement-budget", type=float, default=120.0, help="max seconds of such waits per process")
     parser.add_argument("--steps", type=int, default=20, help="profiled steps (--mode profile)")
     return parser.parse_args()
 
@@ -150,8 +209,10 @@ def worker_arguments(description, variants):
 def window_timer(args):
     """``timed_windows`` with the worker's command-line settings, one wait budget per process."""
     wait = QuietWaits(args.quiet_wait, args.quiet_budget)
+    placement = (PlacementProbe(args.placement, args.far_ns, args.placement_wait, args.placement_budget)
+                 if args.placement else None)
     return lambda fn: timed_windows(fn, windows=args.windows, window_s=args.window_s, warmup=args.warmup,
-                                    wait=wait, retries=args.retries)
+                                    wait=wait, retries=args.retries, placement=placement)
 
 
 def emit(result):

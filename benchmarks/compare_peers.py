@@ -19,8 +19,10 @@ What one run does, every measurement in a fresh process, one after another:
    (kcompiler fused and unfused — benchmarks/peer_kcompiler.py; TF-Keras default and XLA —
    peer_tensorflow.py; PyTorch eager and torch.compile — peer_torch.py), the order of the
    configurations reversed every other round. Each process warms up, then times windows of
-   single steps, waiting (bounded) for a quiet machine before each window and recording the
-   CPU that other processes used during it (benchmarks/common.py: timed_windows). A process
+   single steps, waiting (bounded) for a quiet machine and for the host to have the two CPUs
+   near each other (benchmarks/placement.py) before each window, and recording the CPU that
+   other processes used during it and the CPUs' round trip before and after it
+   (benchmarks/common.py: timed_windows). A process
    reports per cell the median over its windows of each window's median step; the runner keeps
    each cell's fastest process (NOTES-bench: ratios from the same run, fastest median per cell);
 3. cold starts: a new process to the end of W2's first ``train_on_batch`` — kcompiler with an
@@ -48,6 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.common import HZ, QuietWaits, cpu_busy  # noqa: E402
+from benchmarks.placement import Server, round_trip_ns  # noqa: E402
 
 WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6", "R20", "TX", "MN"]
 DESCRIPTIONS = {"W1": "W1 tiny MLP, batch 5", "W2": "W2 MNIST CNN, batch 64", "W3": "W3 CIFAR CNN, batch 64",
@@ -100,6 +103,9 @@ class Runner:
         self.cache = os.path.join(self.tmp, "cache")  # the run's kernel cache, warmed by the first processes
         os.mkdir(self.cache, 0o700)
         self.loads = []  # other processes' load (cores) during every process run
+        # the CPUs' round trip, asked by every worker before and after each window (placement.py)
+        self.placement_socket = os.path.join(self.tmp, "placement.sock")
+        self.placement = Server(self.placement_socket) if args.far_ns > 0 else None
 
     def env(self, cache=None, profile=False):
         # Every framework runs as installed for a user: Python caches its bytecode (a shell that sets
@@ -142,7 +148,9 @@ class Runner:
         return [config.script, config.variant, workload, "--mode", mode, "--windows", str(a.windows),
                 "--window-s", str(a.window_s), "--quiet-wait", str(a.quiet_wait), "--quiet-budget",
                 str(a.quiet_budget), "--retries", str(a.retries),
-                "--steps", str(a.profile_steps)]
+                "--steps", str(a.profile_steps)] + ([
+                    "--placement", self.placement_socket, "--far-ns", str(a.far_ns), "--placement-wait",
+                    str(a.placement_wait), "--placement-budget", str(a.placement_budget)] if self.placement else [])
 
     def available(self, config):
         python = self.python[config.framework]
@@ -202,6 +210,7 @@ class Runner:
                 for label, config, cache in (jobs if r % 2 == 0 else jobs[::-1]):
                     empty = tempfile.mkdtemp(prefix="cold-", dir=self.tmp) if cache is None else None
                     waited = wait()
+                    near = self.near()
                     result, wall, other = self.run(config.framework, self.worker_argv(config, w, "cold"),
                                                    cache=cache or empty)
                     if empty:
@@ -210,9 +219,21 @@ class Runner:
                         log(f"cold {w} {label}: FAILED {wall}")
                         continue
                     runs[f"{w} {label}"].append({"seconds": result["cold_s"], "load_before": waited,
-                                                 "other_load": other})
+                                                 "other_load": other, "round_trip_ns": near})
                     log(f"cold {w} {label}: {result['cold_s']:.2f} s (other load {other:.2f} cores)")
         return runs
+
+    def near(self):
+        """Wait (at most --placement-wait s) until the CPUs' round trip is at most --far-ns; the last
+        round trip (ns), or None without the probe."""
+        if self.placement is None:
+            return None
+        deadline = time.monotonic() + self.args.placement_wait
+        while True:
+            ns = round_trip_ns()
+            if ns is None or ns <= self.args.far_ns or time.monotonic() >= deadline:
+                return ns
+            time.sleep(1.0)
 
     def profiles(self, workloads):
         out = {}
@@ -324,7 +345,12 @@ def markdown(results, chart_name):
         f"{a['windows']} windows of ~{a['window_s']} s of single timed steps, each window after waiting (at most "
         f"{a['quiet_wait']:.0f} s each, {a.get('quiet_budget', 0):.0f} s per process) for the other processes "
         f"to use under 0.2 cores for two seconds, and redone "
-        f"(up to {a['retries']}x) when they used more than 0.3 cores during it. A process's figure is the median "
+        f"(up to {a['retries']}x) when they used more than 0.3 cores during it"
+        + (f"; and before each window, waiting (at most {a['placement_wait']:.0f} s each, "
+           f"{a['placement_budget']:.0f} s per process) for the host to have the two CPUs near each other (a cache "
+           f"line's round trip between them at most {a['far_ns']:.0f} ns, benchmarks/placement.py; the window "
+           f"redone as above when it was not, after it)" if a.get("far_ns") else "")
+        + ". A process's figure is the median "
         f"over its windows of each window's median step; each cell is the fastest process's figure. "
         f"{load_summary(results)}",
         "",
@@ -399,9 +425,18 @@ def load_summary(results):
         return ""
     flagged = sum(win["flagged"] for win in windows)
     loads = [win["other_load"] for win in windows]
-    return (f"Other processes' load during the {len(windows)} timed windows: median {statistics.median(loads):.2f} "
-            f"cores, max {max(loads):.2f}; {flagged} window(s) stayed above 0.3 cores after the retries "
+    text = (f"Other processes' load during the {len(windows)} timed windows: median {statistics.median(loads):.2f} "
+            f"cores, max {max(loads):.2f}; {flagged} window(s) stayed flagged after the retries "
             f"(kept, flagged in the JSON).")
+    trips = [ns for win in windows for ns in win.get("round_trip_ns") or [] if ns is not None]
+    far_ns = results["settings"].get("far_ns")
+    if trips and far_ns:
+        far = [ns for ns in trips if ns > far_ns]
+        text += (f" The CPUs' round trip before and after the windows: median {statistics.median(trips):.0f} ns; "
+                 f"{len(far)} of {len(trips)} probes found them far apart (median {statistics.median(far):.0f} ns)."
+                 if far else f" The CPUs' round trip before and after the windows: median "
+                 f"{statistics.median(trips):.0f} ns, never above {far_ns:.0f}.")
+    return text
 
 
 def median_cold(cold, key):
@@ -604,11 +639,15 @@ def measure(args, workloads):
                                 "window_s": args.window_s, "warmup": args.warmup, "quiet_wait": args.quiet_wait,
                                 "quiet_budget": args.quiet_budget,
                                 "retries": args.retries, "cold_rounds": args.cold_rounds,
+                                "far_ns": args.far_ns, "placement_wait": args.placement_wait,
+                                "placement_budget": args.placement_budget,
                                 "profile_steps": args.profile_steps, "workloads": workloads},
                    "other_load": {"median": statistics.median(runner.loads) if runner.loads else None,
                                   "max": max(runner.loads, default=None)},
                    "run_seconds": time.monotonic() - started}
     finally:
+        if runner.placement is not None:
+            runner.placement.close()
         shutil.rmtree(runner.tmp, ignore_errors=True)
     return results
 
@@ -631,6 +670,11 @@ def main():
     ap.add_argument("--quiet-budget", type=float, default=None,
                     help="max seconds of such waits per worker process, and for all cold starts together (600)")
     ap.add_argument("--retries", type=int, default=None, help="redo a window that other work disturbed (1)")
+    ap.add_argument("--far-ns", type=float, default=250.0,
+                    help="wait before each window until a cache line's round trip between the two CPUs is at most "
+                         "this (benchmarks/placement.py); 0: do not probe")
+    ap.add_argument("--placement-wait", type=float, default=None, help="max seconds per such wait (30)")
+    ap.add_argument("--placement-budget", type=float, default=None, help="max seconds of such waits per process (120)")
     ap.add_argument("--cold-rounds", type=int, default=None, help="cold starts per kind (3)")
     ap.add_argument("--profile-steps", type=int, default=None, help="steps per kernel profile (20)")
     ap.add_argument("--process-timeout", type=float, default=1800.0)
@@ -641,7 +685,8 @@ def main():
     args = ap.parse_args()
     quick = args.quick
     defaults = dict(rounds=(1, 2), windows=(2, 5), window_s=(0.1, 0.5), quiet_wait=(3.0, 120.0),
-                    quiet_budget=(30.0, 600.0), retries=(0, 1), cold_rounds=(1, 3), profile_steps=(5, 20))
+                    quiet_budget=(30.0, 600.0), retries=(0, 1), cold_rounds=(1, 3), profile_steps=(5, 20),
+                    placement_wait=(3.0, 30.0), placement_budget=(10.0, 120.0))
     for name, (fast, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, fast if quick else full)
