@@ -1,6 +1,6 @@
 """A convolution's input and kernel gradients paired into one `fused_conv2d_grads` kernel that
 reads and transforms dy once (passes/fusion.py pair_conv_gradients; codegen/llvm/winograd.py
-lower_winograd_conv2d_grads): the pass's decisions and notes, and the kernel against the numpy
+lower_winograd_conv2d_gradients): the pass's decisions and notes, and the kernel against the numpy
 references (bare gradients, the ReLU gradient as dx's epilogue and the bias gradient with dK;
 both algorithms; blocks of tile rows and blocks of whole images; two parts; bounds-checked)."""
 import numpy as np

@@ -43,13 +43,19 @@ def counted(monkeypatch):
     without the disk cache, whose memo would skip them)."""
     monkeypatch.setenv("KCOMPILER_NO_CACHE", "1")
     calls = []
-    for what, name in [("forward", "lower_winograd_conv2d"), ("input gradient", "lower_winograd_conv2d_backward_input"),
-                       ("kernel gradient", "lower_winograd_conv2d_backward_kernel"),
-                       ("both gradients", "lower_winograd_conv2d_grads")]:
-        def spy(*args, lower=getattr(winograd, name), what=what, **kwargs):
-            calls.append(what)
-            return lower(*args, **kwargs)
-        monkeypatch.setattr(winograd, name, spy)
+    forward, gradients = winograd.lower_winograd_conv2d, winograd.lower_winograd_conv2d_gradients
+
+    def spy_forward(*args, **kwargs):
+        calls.append("forward")
+        return forward(*args, **kwargs)
+
+    def spy_gradients(*args, input_grad=None, kernel_grad=None, **kwargs):
+        calls.append({(True, False): "input gradient", (False, True): "kernel gradient",
+                      (True, True): "both gradients"}[input_grad is not None, kernel_grad is not None])
+        return gradients(*args, input_grad=input_grad, kernel_grad=kernel_grad, **kwargs)
+
+    monkeypatch.setattr(winograd, "lower_winograd_conv2d", spy_forward)
+    monkeypatch.setattr(winograd, "lower_winograd_conv2d_gradients", spy_gradients)
     return calls
 
 

@@ -13,7 +13,7 @@ from .jit import compile_units, host_target_info
 
 def _shares_dy_transform(geometry, options):
     """fused_conv2d_grads' kernel transforms dy once for both gradients where they run by
-    Winograd (winograd.py: lower_winograd_conv2d_grads); the direct kernels would gain nothing."""
+    Winograd (winograd.py: lower_winograd_conv2d_gradients); the direct kernels would gain nothing."""
     from .winograd import winograd_algorithm
     with generating(options):
         return winograd_algorithm(geometry) is not None

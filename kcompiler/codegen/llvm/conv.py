@@ -431,10 +431,10 @@ def lower_conv2d_backward_input(k, epilogue=None):
         if epilogue is not None:
             epilogue.emit(k.b, epilogue.pointers, 0, g.batch * g.in_h * g.in_w)
         return
-    from .winograd import lower_winograd_conv2d_backward_input, winograd_algorithm
+    from .winograd import lower_winograd_conv2d_gradients, winograd_algorithm
     algorithm = winograd_algorithm(g)
     if algorithm is not None:
-        lower_winograd_conv2d_backward_input(k, g, algorithm, [dy, kernel, dx] + extra, epilogue)
+        lower_winograd_conv2d_gradients(k, g, algorithm, dy, input_grad=(kernel, dx, epilogue))
         return
     t = host_tile()
     panels, edge = divmod(g.cin, t.nr)
@@ -549,11 +549,10 @@ def lower_conv2d_backward_kernel(k, attrs=None, bias=None, dy_source=None):
             fill_zero(k.b, bias, 0, g.cout, name="db0")
             add_rows(k.b, bias, dy, 0, g.rows, 0, g.cout, g.cout)
         return
-    from .winograd import lower_winograd_conv2d_backward_kernel, winograd_algorithm
+    from .winograd import lower_winograd_conv2d_gradients, winograd_algorithm
     algorithm = winograd_algorithm(g) if dy_source is None else None
     if algorithm is not None:
-        lower_winograd_conv2d_backward_kernel(k, g, algorithm, [x, dy, dk] + ([bias] if bias is not None else []),
-                                              bias is not None)
+        lower_winograd_conv2d_gradients(k, g, algorithm, dy, kernel_grad=(x, dk, bias))
         return
     t = host_tile()
     image, padded = image_layout(g)

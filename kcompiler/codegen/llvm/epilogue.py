@@ -302,8 +302,8 @@ class _Gradient:
 def lower_fused_conv2d_grads(k):
     """The input gradient (bare, or with its epilogue) and the kernel gradient (bare, or with
     the bias gradient) of one convolution, both by Winograd from one transform of dy
-    (winograd.lower_winograd_conv2d_grads; the pass pairs only geometries that take it)."""
-    from .winograd import lower_winograd_conv2d_grads, winograd_algorithm
+    (winograd.lower_winograd_conv2d_gradients; the pass pairs only geometries that take it)."""
+    from .winograd import lower_winograd_conv2d_gradients, winograd_algorithm
     from ...ops.fused_contraction import conv_grads_types, head_type as infer_head_type
     n = k.attrs["n_input_grad"]
     dx_part, dk_part = k.attrs["input_grad"], k.attrs["kernel_grad"]
@@ -328,8 +328,8 @@ def lower_fused_conv2d_grads(k):
                                                dk_part["attrs"].get("head_attrs", dk_part["attrs"])):
         raise KCompilerError(f"fused_conv2d_grads: geometry {g} does not run by Winograd on this target; "
                              "passes/fusion.py pairs only those that do (Capabilities.conv_grads_sharing_dy)")
-    lower_winograd_conv2d_grads(k, g, algorithm, dx_inputs[0], dx_inputs[1], dx_view.outputs[0], x, dk_out, bias,
-                                epilogue, DyProducer(k, first=n) if computed else None)
+    lower_winograd_conv2d_gradients(k, g, algorithm, dx_inputs[0], input_grad=(dx_inputs[1], dx_view.outputs[0], epilogue),
+                                    kernel_grad=(x, dk_out, bias), dy_source=DyProducer(k, first=n) if computed else None)
 
 
 # ---- a weight gradient computing its own dy ---------------------------------------------------------

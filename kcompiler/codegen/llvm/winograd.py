@@ -25,8 +25,8 @@ the block's output rows (m per tile row) while they are in cache. A block is a r
 of one image, or several whole images where an image has fewer tiles than BLOCK_TILES (the
 products' rows then fill the tile's MR rows: _images_per_block).
 
-The input gradient is the adjoint (lower_winograd_conv2d_backward_input), the kernel gradient
-the gradient with respect to U (lower_winograd_conv2d_backward_kernel).
+Both gradients (lower_winograd_conv2d_gradients, alone or paired): the input gradient is the
+adjoint, the kernel gradient the gradient with respect to U.
 
 The transforms run on vectors of consecutive channels; a bounds-checked build does them one
 checked float at a time and checks the first and last element of each tile call.
@@ -474,72 +474,146 @@ def emit_output_transform(b, g, a, m, y, y_image, tb, tr0, tr1, lanes, tile0):
                             lanes.store(b, out[i][j], y, index)
 
 
-def lower_winograd_conv2d_backward_kernel(k, g, a, buffers, bias):
-    """conv2d_backward_kernel of geometry ``g`` by algorithm ``a``: ``buffers`` x, dy, dk (and the
-    bias gradient when ``bias``, fused_bias_grad). The gradient with respect to U:
+def lower_winograd_conv2d_gradients(k, g, a, dy, input_grad=None, kernel_grad=None, dy_source=None):
+    """The gradients of the convolution of geometry ``g`` by algorithm ``a``: the input gradient
+    when ``input_grad`` is (kernel, dx, epilogue or None: it finishes dx and takes its extra
+    pointers), the kernel gradient when ``kernel_grad`` is (x, dk, the bias gradient or None),
+    or both in one pass over dy (fused_conv2d_grads). Block by block of dy's tiles, D = A dy A^T
+    is computed once and feeds
 
-        dU[xi] (Cin x Cout) = sum over tiles of V[xi]^T (Cin x tiles) @ D[xi] (tiles x Cout)
-        D = A dy A^T of each m x m tile of dy (zero past the output's edge);  dK = G^T dU G
+        dx: M[xi] (tiles x Cin) = D[xi] (tiles x Cout) @ U[xi]^T (Cout x Cin),
+            the a x a input patch under each tile += B M B^T
+        dK: dU[xi] (Cin x Cout) += V[xi]^T (Cin x tiles) @ D[xi],  V = B^T x B;  dK = G^T dU G
 
-    The parts split the batch; each sums its images' tiles into a dU (and a bias sum) of its
-    own, with the weight-gradient tile of a 1x1 convolution over V and D (conv_tiles.py), a
-    block of tile rows at a time; after the join the calling thread adds the parts' dU and
-    transforms the sum into dK."""
-    t = host_tile()
+    The input gradient is the adjoint of the forward algorithm: the patches of neighbouring tiles
+    overlap by two pixels, each image's are summed into a zeroed image of the forward's padded
+    frame in scratch memory, whose inside is then copied to dx and finished by the epilogue while
+    in cache; over the tiles of dy the products are as few as the forward's (a 'valid'
+    convolution's input gradient takes none for the padding around dy). The kernel gradient's
+    products are the weight-gradient tile of a 1x1 convolution over V and D (conv_tiles.py).
+
+    The parts split the batch. For the kernel gradient each sums its images' tiles into a dU
+    (and a bias sum) of its own; after the join the calling thread adds the parts' dU and
+    transforms the sum into dK. Its blocks group those sums, so a kernel gradient takes its own
+    blocks paired or not (the same bits); the input gradient's results do not depend on its
+    blocks. Paired, the transform of dy is done once for both (on W2's second convolution it
+    took ~70 us of each gradient's ~600). With ``dy_source`` (DyProducer; ``dy`` None) each
+    block's images of dy are first computed into scratch memory, where the transform and the
+    bias sums read them."""
+    t, tf = host_tile(), forward_tile(host_tile())
     th_n, tw_n = tiles(g, a)
-    images = _weight_images_per_block(g, a)
-    block_rows, tb = _block_shape(g, a, images, WEIGHT_BLOCK_TILES)
-    full, edge = divmod(g.cout, t.nr)
-    row_tiles = -(-g.cin // t.mr)
-    padded = _frame(g, a, g.cin)
+    if kernel_grad is not None:
+        images = _weight_images_per_block(g, a)
+        block_rows, tb = _block_shape(g, a, images, WEIGHT_BLOCK_TILES)
+    else:
+        images = _images_per_block(g, a, tf.mr)
+        block_rows, tb = _block_shape(g, a, images, BLOCK_TILES)
+    frame = _frame(g, a, g.cin)  # the padded x the kernel gradient reads, the frame dx's patches sum into
     p_ = a.positions
-    du_floats = p_ * g.cin * g.cout
-    sizes = {"du": _aligned(du_floats), "db": _aligned(g.cout) if bias else 0, "pad": _aligned(padded.floats),
-             "v": _aligned(p_ * tb * g.cin), "d": _aligned(p_ * tb * g.cout)}
+    sizes = {}  # each part's scratch; the parts' dU first (emit_kernel_gradient_finish)
+    if kernel_grad is not None:
+        x, dk, bias = kernel_grad
+        du_floats = p_ * g.cin * g.cout
+        sizes.update(du=_aligned(du_floats), db=_aligned(g.cout) if bias is not None else 0,
+                     pad=_aligned(frame.floats), v=_aligned(p_ * tb * g.cin))
+        full, edge = divmod(g.cout, t.nr)
+        pointwise = dataclasses.replace(g, kh=1, kw=1, sh=1, sw=1, dh=1, dw=1, pad_top=0, pad_left=0,
+                                        out_h=images * block_rows, out_w=tw_n)
+        tile_of = {nr: emit_weight_gradient_tile(k.module, pointwise, Image(tw_n, g.cin, tb * g.cin), t, nr)
+                   for nr in {t.nr if full else 0, edge} if nr}
+    sizes["d"] = _aligned(p_ * tb * g.cout)
+    if input_grad is not None:
+        kernel, dx, epilogue = input_grad
+        panels = -(-g.cin // tf.nr)
+        sizes.update(kt=_aligned(9 * g.cin * g.cout), u=_aligned(p_ * panels * tf.nr * g.cout),
+                     acc=_aligned(frame.floats), m=_aligned(p_ * tb * g.cin))
+        swapped = dataclasses.replace(g, cin=g.cout, cout=g.cin)  # dx's products: Cout deep, Cin wide
+        product_tiles = _product_tiles(k.module, g, tf, g.cout, g.cin, tb)
+        pixels = g.in_h * g.in_w
+    if dy_source is not None:
+        sizes["dy"] = _aligned(images * g.out_h * g.out_w * g.cout)
     own_floats = sum(sizes.values())
-    # the weight-gradient tile of a 1x1 convolution whose image is V[xi] (rows of tw_n tiles of
-    # Cin floats) and whose dy is D[xi] (Cout floats per tile)
-    pointwise = dataclasses.replace(g, kh=1, kw=1, sh=1, sw=1, dh=1, dw=1, pad_top=0, pad_left=0,
-                                    out_h=images * block_rows, out_w=tw_n)
-    v_image = Image(tw_n, g.cin, tb * g.cin)
-    tile_of = {nr: emit_weight_gradient_tile(k.module, pointwise, v_image, t, nr) for nr in {t.nr if full else 0, edge} if nr}
-    cin_lanes, cout_lanes = _lanes(g.cin, t.vw), _lanes(g.cout, t.vw)
-    nparts = parts_for(p_ * g.batch * th_n * tw_n * g.cin * g.cout, g.batch)
-    dk, bias_out = buffers[2], (buffers[3] if bias else None)
+    cin_lanes, cout_lanes, panel_lanes = _lanes(g.cin, t.vw), _lanes(g.cout, t.vw), _lanes(tf.nr, t.vw)
+    sides = (input_grad is not None) + (kernel_grad is not None)
+    nparts = parts_for(sides * p_ * g.batch * th_n * tw_n * g.cin * g.cout, g.batch)
+    # what the parts read (dk and the bias gradient are written after the join, by finish)
+    roles = {"dy": dy} if dy_source is None else {}
+    if input_grad is not None:
+        roles.update(kernel=kernel, dx=dx)
+        roles.update((f"epilogue{i}", ptr) for i, ptr in enumerate(epilogue.pointers[1:] if epilogue else []))
+    if kernel_grad is not None:
+        roles["x"] = x
+    roles.update((f"source{i}", ptr) for i, ptr in enumerate(dy_source.pointers if dy_source else []))
 
     def body(p):
-        b, (x, dy) = p.b, p.buffers[:2]  # (dk is written after the join, by finish)
+        b = p.b
+        ptr = dict(zip(roles, p.buffers))
         scratch = _slices(p, sizes, own_floats)
-        du, pad, v, d = scratch["du"], scratch["pad"], scratch["v"], scratch["d"]
-        fill_zero(b, du, 0, du_floats, name="du0")
-        if bias:
-            fill_zero(b, scratch["db"], 0, g.cout, name="db0")
+        d = scratch["d"]
+        if kernel_grad is not None:
+            fill_zero(b, scratch["du"], 0, du_floats, name="du0")
+            if bias is not None:
+                fill_zero(b, scratch["db"], 0, g.cout, name="db0")
+        if input_grad is not None:
+            origins = _origins(b, tf)
+            emit_transpose(b, g, ptr["kernel"], scratch["kt"])
+            emit_filter_transform(b, swapped, a, tf, scratch["kt"], scratch["u"], panel_lanes)
+
+            def finish_image(n):
+                emit_unpad(b, g, frame, scratch["acc"], ptr["dx"], n)
+                if epilogue is not None:
+                    extra = [ptr[f"epilogue{i}"] for i in range(len(epilogue.pointers) - 1)]
+                    epilogue.emit(b, [ptr["dx"]] + extra, b.mul(n, c64(pixels)), pixels)
+
         n_lo, n_hi = split(b, p.index, p.count, g.batch, 1)
         with for_range(b, n_hi, start=n_lo, step=images, name="wimages") as n0:
             n1 = smin(b, b.add(n0, c64(images)), n_hi)
-            if images == 1:
-                emit_pad(b, g, padded, x, n0, n1, pad)
+            if dy_source is not None:  # the block's images of dy (an image's blocks of tile rows share it)
+                sources = [ptr[f"source{i}"] for i in range(len(dy_source.pointers))]
+                dy_source.emit(b, sources, n0, n1, scratch["dy"], p.status)
+            if images == 1:  # blocks of tile rows of one image: its padded x, its dx frame
+                if kernel_grad is not None:
+                    emit_pad(b, g, frame, ptr["x"], n0, n1, scratch["pad"])
+                if input_grad is not None:
+                    fill_zero(b, scratch["acc"], 0, frame.floats, name="acc0")
             with for_range(b, th_n, step=block_rows, name="wblock") as tr0:
                 tr1 = smin(b, b.add(tr0, c64(block_rows)), th_n)
                 image_tiles = b.mul(b.sub(tr1, tr0), c64(tw_n))
                 with for_range(b, n1, start=n0, name="wgimage") as n:
-                    if images > 1:
-                        emit_pad(b, g, padded, x, n, b.add(n, c64(1)), pad)
                     tile0 = b.mul(b.sub(n, n0), image_tiles)
-                    emit_input_transform(b, g, a, padded, pad, v, tb, tr0, tr1, cin_lanes, tile0)
-                    emit_dy_transform(b, g, a, dy, n, d, tb, tr0, tr1, cout_lanes, tile0)
-                    if bias:
-                        first = b.add(b.mul(n, c64(g.out_h * g.out_w)), b.mul(tr0, c64(a.m * g.out_w)))
+                    source, image = (ptr["dy"], n) if dy_source is None else (scratch["dy"], b.sub(n, n0))
+                    if kernel_grad is not None:
+                        if images > 1:
+                            emit_pad(b, g, frame, ptr["x"], n, b.add(n, c64(1)), scratch["pad"])
+                        emit_input_transform(b, g, a, frame, scratch["pad"], scratch["v"], tb, tr0, tr1, cin_lanes,
+                                             tile0)
+                    emit_dy_transform(b, g, a, source, image, d, tb, tr0, tr1, cout_lanes, tile0)
+                    if kernel_grad is not None and bias is not None:
+                        first = b.add(b.mul(image, c64(g.out_h * g.out_w)), b.mul(tr0, c64(a.m * g.out_w)))
                         end = smin(b, b.mul(tr1, c64(a.m)), g.out_h)
-                        add_rows(b, scratch["db"], dy, first,
+                        add_rows(b, scratch["db"], source, first,
                                  b.mul(b.sub(end, b.mul(tr0, c64(a.m))), c64(g.out_w)), 0, g.cout, g.cout)
-                emit_kernel_gradient_products(b, g, a, t, tile_of, v, d, du, tb,
-                                              b.mul(b.sub(n1, n0), b.sub(tr1, tr0)), row_tiles)
+                if kernel_grad is not None:
+                    emit_kernel_gradient_products(b, g, a, t, tile_of, scratch["v"], d, scratch["du"], tb,
+                                                  b.mul(b.sub(n1, n0), b.sub(tr1, tr0)), -(-g.cin // t.mr))
+                if input_grad is not None:
+                    emit_products(b, swapped, a, tf, product_tiles, d, scratch["u"], scratch["m"], tb,
+                                  b.mul(b.sub(n1, n0), image_tiles), origins)
+                    with for_range(b, n1, start=n0, name="wpimage") as n:
+                        if images > 1:  # whole images: each its own frame in turn
+                            fill_zero(b, scratch["acc"], 0, frame.floats, name="acc0")
+                        emit_patch_sums(b, g, a, frame, scratch["m"], scratch["acc"], tb, tr0, tr1, cin_lanes,
+                                        b.mul(b.sub(n, n0), image_tiles))
+                        if images > 1:
+                            finish_image(n)
+            if input_grad is not None and images == 1:
+                finish_image(n0)
 
     def finish(b, scratch_base):
-        emit_kernel_gradient_finish(b, k, g, a, scratch_base, nparts, own_floats, dk, bias_out, c64(sizes["du"]))
+        emit_kernel_gradient_finish(b, k, g, a, scratch_base, nparts, own_floats, dk, bias, c64(sizes["du"]))
 
-    run_parts(k, buffers, nparts, body, scratch_floats=nparts * own_floats, after=finish)
+    run_parts(k, list(roles.values()), nparts, body, scratch_floats=nparts * own_floats,
+              after=finish if kernel_grad is not None else None)
 
 
 def emit_kernel_gradient_finish(b, k, g, a, scratch_base, nparts, own_floats, dk, bias_out, db_offset):
@@ -635,176 +709,6 @@ def emit_kernel_gradient_products(b, g, a, t, tile_of, v, d, du, tb, rows, row_t
                     _check_range(b, du, c, b.add(c, b.add(b.mul(b.sub(mr, c64(1)), c64(g.cout)), c64(nr - 1))))
                 b.call(tile_of[nr], [at(b, v, v_xi), at(b, d, b.add(d_xi, c64(p * t.nr))), c64(1), rows, m0, mr,
                                      at(b, du, c), ir.Constant(ir.IntType(1), 1)])
-
-
-def lower_winograd_conv2d_backward_input(k, g, a, buffers, epilogue):
-    """conv2d_backward_input of geometry ``g`` (the forward convolution's) by algorithm ``a`` into
-    dx (``buffers``: dy, kernel, dx, then the epilogue's extra pointers): the adjoint of the
-    forward algorithm, tile by tile of dy,
-
-        M[xi] (tiles x Cin) = D[xi] (tiles x Cout) @ U[xi]^T (Cout x Cin),  D = A dy A^T
-        the a x a input patch under the tile += B M B^T
-
-    (the patches of neighbouring tiles overlap by two pixels). Each image's patches are summed
-    into a zeroed image of the forward's padded frame in scratch memory; its inside is then
-    copied to dx and finished by ``epilogue`` while in cache. Over the tiles of dy, the
-    products are as few as the forward's: a 'valid' convolution's input gradient takes none
-    for the padding around dy."""
-    t = forward_tile(host_tile())
-    th_n, tw_n = tiles(g, a)
-    images = _images_per_block(g, a, t.mr)
-    block_rows, tb = _block_shape(g, a, images, BLOCK_TILES)
-    panels = -(-g.cin // t.nr)
-    frame = _frame(g, a, g.cin)
-    pixels = g.in_h * g.in_w
-    p_ = a.positions
-    sizes = {"kt": _aligned(9 * g.cin * g.cout), "u": _aligned(p_ * panels * t.nr * g.cout),
-             "acc": _aligned(frame.floats), "d": _aligned(p_ * tb * g.cout), "m": _aligned(p_ * tb * g.cin)}
-    own_floats = sum(sizes.values())
-    swapped = dataclasses.replace(g, cin=g.cout, cout=g.cin)  # the products: Cout deep, Cin wide
-    tile_functions = _product_tiles(k.module, g, t, g.cout, g.cin, tb)
-    cin_lanes, cout_lanes, panel_lanes = _lanes(g.cin, t.vw), _lanes(g.cout, t.vw), _lanes(t.nr, t.vw)
-    nparts = parts_for(p_ * g.batch * th_n * tw_n * g.cin * g.cout, g.batch)
-
-    def body(p):
-        b, (dy, kernel, dx), rest = p.b, p.buffers[:3], p.buffers[3:]
-        origins = _origins(b, t)
-        scratch = _slices(p, sizes, own_floats)
-        kt, u, acc, d, m = (scratch[name] for name in ("kt", "u", "acc", "d", "m"))
-        emit_transpose(b, g, kernel, kt)
-        emit_filter_transform(b, swapped, a, t, kt, u, panel_lanes)
-        def finish_image(n):
-            emit_unpad(b, g, frame, acc, dx, n)
-            if epilogue is not None:
-                epilogue.emit(b, [dx] + rest, b.mul(n, c64(pixels)), pixels)
-
-        n_lo, n_hi = split(b, p.index, p.count, g.batch, 1)
-        with for_range(b, n_hi, start=n_lo, step=images, name="wimages") as n0:
-            n1 = smin(b, b.add(n0, c64(images)), n_hi)
-            if images == 1:  # blocks of tile rows sum into one frame
-                fill_zero(b, acc, 0, frame.floats, name="acc0")
-            with for_range(b, th_n, step=block_rows, name="wblock") as tr0:
-                tr1 = smin(b, b.add(tr0, c64(block_rows)), th_n)
-                image_tiles = b.mul(b.sub(tr1, tr0), c64(tw_n))
-                with for_range(b, n1, start=n0, name="wdimage") as n:
-                    emit_dy_transform(b, g, a, dy, n, d, tb, tr0, tr1, cout_lanes, b.mul(b.sub(n, n0), image_tiles))
-                emit_products(b, swapped, a, t, tile_functions, d, u, m, tb, b.mul(b.sub(n1, n0), image_tiles),
-                              origins)
-                with for_range(b, n1, start=n0, name="wpimage") as n:
-                    if images > 1:  # whole images: each its own frame in turn
-                        fill_zero(b, acc, 0, frame.floats, name="acc0")
-                    emit_patch_sums(b, g, a, frame, m, acc, tb, tr0, tr1, cin_lanes, b.mul(b.sub(n, n0), image_tiles))
-                    if images > 1:
-                        finish_image(n)
-            if images == 1:
-                finish_image(n0)
-
-    run_parts(k, buffers, nparts, body, scratch_floats=nparts * own_floats)
-
-
-def lower_winograd_conv2d_grads(k, g, a, dy, kernel, dx, x, dk, bias, epilogue, dy_source):
-    """Both gradients of the convolution of geometry ``g`` by algorithm ``a`` in one pass over dy
-    (fused_conv2d_grads): dx (finished by ``epilogue``, whose extra pointers it takes), dK and
-    the bias gradient (``bias``, or None). Each block of dy's tiles is transformed into D once
-    and feeds both products while it is in cache,
-
-        dx: M[xi] = D[xi] @ U[xi]^T, patches += B M B^T  (lower_winograd_conv2d_backward_input)
-        dK: dU[xi] += V[xi]^T @ D[xi]                     (lower_winograd_conv2d_backward_kernel)
-
-    in the kernel gradient's blocks (which group its sums: the same bits as its own kernel's);
-    the input gradient's results do not depend on its blocks. On W2's second convolution a
-    transform of dy took ~70 us of each gradient's ~600. With ``dy_source`` (DyProducer; ``dy``
-    None) each block's images of dy are first computed into scratch memory, where the
-    transform and the bias sums read them."""
-    t, tf = host_tile(), forward_tile(host_tile())
-    th_n, tw_n = tiles(g, a)
-    images = _weight_images_per_block(g, a)
-    block_rows, tb = _block_shape(g, a, images, WEIGHT_BLOCK_TILES)
-    row_tiles = -(-g.cin // t.mr)
-    padded = _frame(g, a, g.cin)
-    p_ = a.positions
-    du_floats = p_ * g.cin * g.cout
-    panels = -(-g.cin // tf.nr)
-    dy_image = g.out_h * g.out_w * g.cout
-    sizes = {"du": _aligned(du_floats), "db": _aligned(g.cout) if bias is not None else 0,
-             "pad": _aligned(padded.floats), "v": _aligned(p_ * tb * g.cin), "d": _aligned(p_ * tb * g.cout),
-             "kt": _aligned(9 * g.cin * g.cout), "u": _aligned(p_ * panels * tf.nr * g.cout),
-             "acc": _aligned(padded.floats), "m": _aligned(p_ * tb * g.cin),
-             "dy": _aligned(images * dy_image) if dy_source is not None else 0}
-    own_floats = sum(sizes.values())
-    pointwise = dataclasses.replace(g, kh=1, kw=1, sh=1, sw=1, dh=1, dw=1, pad_top=0, pad_left=0,
-                                    out_h=images * block_rows, out_w=tw_n)
-    full, edge = divmod(g.cout, t.nr)
-    tile_of = {nr: emit_weight_gradient_tile(k.module, pointwise, Image(tw_n, g.cin, tb * g.cin), t, nr)
-               for nr in {t.nr if full else 0, edge} if nr}
-    swapped = dataclasses.replace(g, cin=g.cout, cout=g.cin)  # dx's products: Cout deep, Cin wide
-    product_tiles = _product_tiles(k.module, g, tf, g.cout, g.cin, tb)
-    cin_lanes, cout_lanes, panel_lanes = _lanes(g.cin, t.vw), _lanes(g.cout, t.vw), _lanes(tf.nr, t.vw)
-    nparts = parts_for(2 * p_ * g.batch * th_n * tw_n * g.cin * g.cout, g.batch)
-    pixels = g.in_h * g.in_w
-    extra = epilogue.pointers[1:] if epilogue is not None else []  # (pointers[0] is dx)
-    sources = dy_source.pointers if dy_source is not None else []
-    read = [dy] if dy_source is None else []
-    buffers = read + [kernel, dx, x] + extra + sources  # (dK and db are written after the join)
-
-    def body(p):
-        b = p.b
-        dy, (kernel, dx, x) = (p.buffers[0] if read else None), p.buffers[len(read):len(read) + 3]
-        rest = p.buffers[len(read) + 3:len(read) + 3 + len(extra)]
-        origins = _origins(b, tf)
-        scratch = _slices(p, sizes, own_floats)
-        du, pad, v, d, kt, u, acc, m = (scratch[name] for name in ("du", "pad", "v", "d", "kt", "u", "acc", "m"))
-        fill_zero(b, du, 0, du_floats, name="du0")
-        if bias is not None:
-            fill_zero(b, scratch["db"], 0, g.cout, name="db0")
-        emit_transpose(b, g, kernel, kt)
-        emit_filter_transform(b, swapped, a, tf, kt, u, panel_lanes)
-
-        def finish_image(n):
-            emit_unpad(b, g, padded, acc, dx, n)
-            if epilogue is not None:
-                epilogue.emit(b, [dx] + rest, b.mul(n, c64(pixels)), pixels)
-
-        n_lo, n_hi = split(b, p.index, p.count, g.batch, 1)
-        with for_range(b, n_hi, start=n_lo, step=images, name="wimages") as n0:
-            n1 = smin(b, b.add(n0, c64(images)), n_hi)
-            if dy_source is not None:  # the block's images of dy (an image's blocks of tile rows share it)
-                dy_source.emit(b, p.buffers[len(buffers) - len(sources):], n0, n1, scratch["dy"], p.status)
-            if images == 1:  # blocks of tile rows of one image: its padded x, its dx frame
-                emit_pad(b, g, padded, x, n0, n1, pad)
-                fill_zero(b, acc, 0, padded.floats, name="acc0")
-            with for_range(b, th_n, step=block_rows, name="wblock") as tr0:
-                tr1 = smin(b, b.add(tr0, c64(block_rows)), th_n)
-                image_tiles = b.mul(b.sub(tr1, tr0), c64(tw_n))
-                with for_range(b, n1, start=n0, name="wgimage") as n:
-                    if images > 1:
-                        emit_pad(b, g, padded, x, n, b.add(n, c64(1)), pad)
-                    tile0 = b.mul(b.sub(n, n0), image_tiles)
-                    source, image = (dy, n) if dy_source is None else (scratch["dy"], b.sub(n, n0))
-                    emit_input_transform(b, g, a, padded, pad, v, tb, tr0, tr1, cin_lanes, tile0)
-                    emit_dy_transform(b, g, a, source, image, d, tb, tr0, tr1, cout_lanes, tile0)
-                    if bias is not None:
-                        first = b.add(b.mul(image, c64(g.out_h * g.out_w)), b.mul(tr0, c64(a.m * g.out_w)))
-                        end = smin(b, b.mul(tr1, c64(a.m)), g.out_h)
-                        add_rows(b, scratch["db"], source, first,
-                                 b.mul(b.sub(end, b.mul(tr0, c64(a.m))), c64(g.out_w)), 0, g.cout, g.cout)
-                block_tiles = b.mul(b.sub(n1, n0), image_tiles)
-                emit_kernel_gradient_products(b, g, a, t, tile_of, v, d, du, tb, b.mul(b.sub(n1, n0), b.sub(tr1, tr0)),
-                                              row_tiles)
-                emit_products(b, swapped, a, tf, product_tiles, d, u, m, tb, block_tiles, origins)
-                with for_range(b, n1, start=n0, name="wpimage") as n:
-                    if images > 1:  # whole images: each its own frame in turn
-                        fill_zero(b, acc, 0, padded.floats, name="acc0")
-                    emit_patch_sums(b, g, a, padded, m, acc, tb, tr0, tr1, cin_lanes, b.mul(b.sub(n, n0), image_tiles))
-                    if images > 1:
-                        finish_image(n)
-            if images == 1:
-                finish_image(n0)
-
-    def finish(b, scratch_base):
-        emit_kernel_gradient_finish(b, k, g, a, scratch_base, nparts, own_floats, dk, bias, c64(sizes["du"]))
-
-    run_parts(k, buffers, nparts, body, scratch_floats=nparts * own_floats, after=finish)
 
 
 def emit_patch_sums(b, g, a, frame, m, acc, tb, tr0, tr1, lanes, tile0):
