@@ -568,7 +568,8 @@ def _emit_pool_runner(module: ir.Module, spawning: ir.Function) -> ir.Function:
     if pinning_enabled():
         # the caller may since have moved onto a helper's CPU (it is not pinned): that helper
         # and this thread would then take turns on one CPU, each parallel call run serially
-        # after spin-waits (W6 steps ran 2-3x slower in some processes); the helper moves to
+        # after spin-waits (W6 steps ran 2-3x slower in some processes, as they also do while
+        # the host puts the two CPUs far apart: benchmarks/placement.py); the helper moves to
         # the CPU it would be given now
         setaff = _get_or_declare(module, "pthread_setaffinity_np", ir.FunctionType(i32, [_PTHREAD_T, i64, i8p]))
         here = b.add(b.call(_get_or_declare(module, "sched_getcpu", ir.FunctionType(i32, [])), []), c32(1))
