@@ -95,35 +95,19 @@ class QuietWaits:
 
 
 class PlacementProbe:
-    """The round trip between the machine's first two CPUs, asked of the runner's probe server
-    (benchmarks/placement.py: it is JIT-compiled, and this module must run in every framework's
-    environment) over the Unix socket at ``path``. ``wait_near()`` waits (each time at most
-    ``limit_s``, all together at most ``budget_s``) until the round trip is at most ``far_ns``:
-    the host then has the two CPUs near each other. Any failure to reach the server turns the
-    probe off (None answers)."""
+    """The round trip between the machine's first two CPUs (ns, or None), from ``measure_ns()``.
+    ``wait_near()`` waits (each time at most ``limit_s``, all together at most ``budget_s``) until
+    it is at most ``far_ns``: the host then has the two CPUs near each other. A worker asks the
+    runner's probe server (benchmarks/placement.py: the probe is JIT-compiled, and this module
+    must run in every framework's environment): ``PlacementProbe.over_socket(path, ...)``."""
 
-    def __init__(self, path, far_ns=250.0, limit_s=30.0, budget_s=120.0):
-        self.far_ns, self.limit_s, self.left = far_ns, limit_s, budget_s
-        self.stream = None
-        try:
-            import socket
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.connect(path)
-            self.stream = sock.makefile("rw")
-        except OSError:
-            self.stream = None
+    def __init__(self, measure_ns, far_ns=250.0, limit_s=30.0, budget_s=120.0):
+        self.measure, self.far_ns, self.limit_s, self.left = measure_ns, far_ns, limit_s, budget_s
 
-    def measure(self):
-        if self.stream is None:
-            return None
-        try:
-            self.stream.write("probe\n")
-            self.stream.flush()
-            ns = float(self.stream.readline())
-        except (OSError, ValueError):
-            self.stream = None
-            return None
-        return ns if ns >= 0 else None
+    @classmethod
+    def over_socket(cls, path, *args):
+        """A probe asking the server at the Unix socket ``path``."""
+        return cls(_ProbeServer(path), *args)
 
     def far(self, ns):
         return ns is not None and ns > self.far_ns
@@ -137,6 +121,32 @@ class PlacementProbe:
                 self.left -= time.monotonic() - start
                 return ns
             time.sleep(1.0)
+
+
+class _ProbeServer:
+    """``round_trip_ns()`` asked of benchmarks/placement.py's Server over a Unix socket, one line
+    each way; any failure to reach it turns it off (None answers)."""
+
+    def __init__(self, path):
+        import socket
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(path)
+            self.stream = sock.makefile("rw")
+        except OSError:
+            self.stream = None
+
+    def __call__(self):
+        if self.stream is None:
+            return None
+        try:
+            self.stream.write("probe\n")
+            self.stream.flush()
+            ns = float(self.stream.readline())
+        except (OSError, ValueError):
+            self.stream = None
+            return None
+        return ns if ns >= 0 else None
 
 
 def timed_windows(fn, *, windows=5, window_s=0.5, warmup=3, wait=None, max_other_load=0.3, retries=1,
@@ -209,7 +219,7 @@ def worker_arguments(description, variants):
 def window_timer(args):
     """``timed_windows`` with the worker's command-line settings, one wait budget per process."""
     wait = QuietWaits(args.quiet_wait, args.quiet_budget)
-    placement = (PlacementProbe(args.placement, args.far_ns, args.placement_wait, args.placement_budget)
+    placement = (PlacementProbe.over_socket(args.placement, args.far_ns, args.placement_wait, args.placement_budget)
                  if args.placement else None)
     return lambda fn: timed_windows(fn, windows=args.windows, window_s=args.window_s, warmup=args.warmup,
                                     wait=wait, retries=args.retries, placement=placement)

@@ -49,7 +49,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import HZ, QuietWaits, cpu_busy  # noqa: E402
+from benchmarks.common import HZ, PlacementProbe, QuietWaits, cpu_busy  # noqa: E402
 from benchmarks.placement import Server, round_trip_ns  # noqa: E402
 
 WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6", "R20", "TX", "MN"]
@@ -106,6 +106,8 @@ class Runner:
         # the CPUs' round trip, asked by every worker before and after each window (placement.py)
         self.placement_socket = os.path.join(self.tmp, "placement.sock")
         self.placement = Server(self.placement_socket) if args.far_ns > 0 else None
+        # the runner's own waits (before the cold starts) measure here, with no budget across them
+        self.near = PlacementProbe(round_trip_ns, args.far_ns, args.placement_wait, float("inf")).wait_near
 
     def env(self, cache=None, profile=False):
         # Every framework runs as installed for a user: Python caches its bytecode (a shell that sets
@@ -210,7 +212,7 @@ class Runner:
                 for label, config, cache in (jobs if r % 2 == 0 else jobs[::-1]):
                     empty = tempfile.mkdtemp(prefix="cold-", dir=self.tmp) if cache is None else None
                     waited = wait()
-                    near = self.near()
+                    near = self.near() if self.placement else None
                     result, wall, other = self.run(config.framework, self.worker_argv(config, w, "cold"),
                                                    cache=cache or empty)
                     if empty:
@@ -222,18 +224,6 @@ class Runner:
                                                  "other_load": other, "round_trip_ns": near})
                     log(f"cold {w} {label}: {result['cold_s']:.2f} s (other load {other:.2f} cores)")
         return runs
-
-    def near(self):
-        """Wait (at most --placement-wait s) until the CPUs' round trip is at most --far-ns; the last
-        round trip (ns), or None without the probe."""
-        if self.placement is None:
-            return None
-        deadline = time.monotonic() + self.args.placement_wait
-        while True:
-            ns = round_trip_ns()
-            if ns is None or ns <= self.args.far_ns or time.monotonic() >= deadline:
-                return ns
-            time.sleep(1.0)
 
     def profiles(self, workloads):
         out = {}

@@ -106,7 +106,7 @@ def test_the_placement_probe_answers_over_its_socket_and_turns_off_without_one(t
     from benchmarks.placement import Server
     server = Server(str(tmp_path / "probe.sock"))
     try:
-        probe = PlacementProbe(server.path, far_ns=1e9)
+        probe = PlacementProbe.over_socket(server.path, 1e9)
         ns = probe.measure()
         assert ns is None if len(os.sched_getaffinity(0)) < 2 else 0 < ns < 1e6
         start = time.monotonic()
@@ -114,7 +114,7 @@ def test_the_placement_probe_answers_over_its_socket_and_turns_off_without_one(t
         assert time.monotonic() - start < 1.0  # near by this limit: no waiting
     finally:
         server.close()
-    assert PlacementProbe(str(tmp_path / "missing.sock")).measure() is None
+    assert PlacementProbe.over_socket(str(tmp_path / "missing.sock")).measure() is None
 
 
 def test_residual_cnn_has_20_convolutions_batch_norm_and_residual_adds():

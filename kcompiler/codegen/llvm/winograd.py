@@ -536,18 +536,18 @@ def lower_winograd_conv2d_gradients(k, g, a, dy, input_grad=None, kernel_grad=No
     cin_lanes, cout_lanes, panel_lanes = _lanes(g.cin, t.vw), _lanes(g.cout, t.vw), _lanes(tf.nr, t.vw)
     sides = (input_grad is not None) + (kernel_grad is not None)
     nparts = parts_for(sides * p_ * g.batch * th_n * tw_n * g.cin * g.cout, g.batch)
-    # what the parts read (dk and the bias gradient are written after the join, by finish)
-    roles = {"dy": dy} if dy_source is None else {}
-    if input_grad is not None:
-        roles.update(kernel=kernel, dx=dx)
-        roles.update((f"epilogue{i}", ptr) for i, ptr in enumerate(epilogue.pointers[1:] if epilogue else []))
-    if kernel_grad is not None:
-        roles["x"] = x
-    roles.update((f"source{i}", ptr) for i, ptr in enumerate(dy_source.pointers if dy_source else []))
+    # what the parts read, by role (dk and the bias gradient are written after the join, by finish)
+    roles = {"dy": [dy] if dy_source is None else [],
+             "kernel": [kernel] if input_grad is not None else [], "dx": [dx] if input_grad is not None else [],
+             "epilogue": epilogue.pointers[1:] if input_grad is not None and epilogue is not None else [],
+             "x": [x] if kernel_grad is not None else [],
+             "source": dy_source.pointers if dy_source is not None else []}
 
     def body(p):
         b = p.b
-        ptr = dict(zip(roles, p.buffers))
+        parts = iter(p.buffers)
+        group = {role: [next(parts) for _ in pointers] for role, pointers in roles.items()}
+        ptr = {role: pointers[0] for role, pointers in group.items() if len(pointers) == 1}
         scratch = _slices(p, sizes, own_floats)
         d = scratch["d"]
         if kernel_grad is not None:
@@ -562,15 +562,13 @@ def lower_winograd_conv2d_gradients(k, g, a, dy, input_grad=None, kernel_grad=No
             def finish_image(n):
                 emit_unpad(b, g, frame, scratch["acc"], ptr["dx"], n)
                 if epilogue is not None:
-                    extra = [ptr[f"epilogue{i}"] for i in range(len(epilogue.pointers) - 1)]
-                    epilogue.emit(b, [ptr["dx"]] + extra, b.mul(n, c64(pixels)), pixels)
+                    epilogue.emit(b, [ptr["dx"]] + group["epilogue"], b.mul(n, c64(pixels)), pixels)
 
         n_lo, n_hi = split(b, p.index, p.count, g.batch, 1)
         with for_range(b, n_hi, start=n_lo, step=images, name="wimages") as n0:
             n1 = smin(b, b.add(n0, c64(images)), n_hi)
             if dy_source is not None:  # the block's images of dy (an image's blocks of tile rows share it)
-                sources = [ptr[f"source{i}"] for i in range(len(dy_source.pointers))]
-                dy_source.emit(b, sources, n0, n1, scratch["dy"], p.status)
+                dy_source.emit(b, group["source"], n0, n1, scratch["dy"], p.status)
             if images == 1:  # blocks of tile rows of one image: its padded x, its dx frame
                 if kernel_grad is not None:
                     emit_pad(b, g, frame, ptr["x"], n0, n1, scratch["pad"])
@@ -612,7 +610,7 @@ def lower_winograd_conv2d_gradients(k, g, a, dy, input_grad=None, kernel_grad=No
     def finish(b, scratch_base):
         emit_kernel_gradient_finish(b, k, g, a, scratch_base, nparts, own_floats, dk, bias, c64(sizes["du"]))
 
-    run_parts(k, list(roles.values()), nparts, body, scratch_floats=nparts * own_floats,
+    run_parts(k, [ptr for pointers in roles.values() for ptr in pointers], nparts, body, scratch_floats=nparts * own_floats,
               after=finish if kernel_grad is not None else None)
 
 
