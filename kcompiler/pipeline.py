@@ -13,7 +13,7 @@ from collections import OrderedDict
 from .codegen.backend import get_backend
 from .options import resolve
 from .passes.fusion import (fuse_bias_gradients, fuse_dy_producers, fuse_elementwise, fuse_epilogues, fuse_pooling,
-                             pair_conv_gradients)
+                             fuse_updates, pair_conv_gradients)
 from .passes.memory_plan import plan_memory
 from .passes.pool_argmax import keep_pool_argmax
 from .passes.recurrent_reserve import keep_recurrent_reserves
@@ -74,6 +74,8 @@ def lower_graph(g, *, target="cpu", fuse=True, stages=None, options=None):
         if capabilities.conv_grads_sharing_dy is not None:
             g = pair_conv_gradients(g, lambda geometry: capabilities.conv_grads_sharing_dy(geometry, options))
         g = fuse_dy_producers(g, heads=capabilities.bias_grad_dy_heads)
+        if capabilities.merges_updates:
+            g = fuse_updates(g)
     stages["fused"] = g
     g = plan_memory(g, in_place_updates=in_place)
     stages["planned"] = g

@@ -50,7 +50,7 @@ def test_training_counts_both_convolution_gradients_and_the_lstm_gradient():
     def heads(op, attrs):  # fused or not, paired or not
         if op == "fused_conv2d_grads":
             return heads(**attrs["input_grad"]) + heads(**attrs["kernel_grad"])
-        return [attrs["head"] if op.startswith("fused_") and op != "fused" else op]
+        return [attrs.get("head", op)]  # a fused head's, else the op's own
 
     nodes = [w2.graph.nodes[n] for n in w2.graph.nodes]
     found = [head for node in nodes for head in heads(node["op"], node.get("attrs", {}))]

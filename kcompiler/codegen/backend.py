@@ -66,6 +66,8 @@ class Capabilities:
     conv_grads_sharing_dy: Callable = None  # geometry (ops.conv.ConvGeometry), options -> whether its
                                             # kernel for a convolution's input and kernel gradients
                                             # together reads dy once for both (fused_conv2d_grads)
+    merges_updates: bool = False  # it runs the element-wise kernels that compute only state updates
+                                  # as one kernel (fused_updates, passes/fusion.py)
 
 
 class Backend:

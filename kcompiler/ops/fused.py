@@ -5,6 +5,12 @@ attrs.body is a list of member ops in evaluation order, each
 (operand k of the fused node) or ``["m", j]`` (member j). attrs.outputs lists the
 members whose values leave the node (several -> the node has a tuple type).
 Members keep their own shape rules; the fused node's type is theirs.
+
+The `fused_updates` op: independent element-wise nodes, each computing only state updates (an
+optimizer's step of a variable), merged into one node by passes/fusion.py (``fuse_updates``):
+one kernel runs them all. attrs.members lists them, each ``{"body", "outputs", "n_in"}`` (a
+`fused` node's attrs and its operand count); its operands are the members' operands one
+member after another, its results the members' results likewise (always a tuple).
 """
 from ..ir.registry import get_op, register
 from ..ir.types import TensorType
@@ -28,3 +34,19 @@ def _fused_rule(in_types, attrs):
 
 register("fused", shape=_fused_rule, kind="elementwise",
          doc="element-wise ops evaluated in one pass (see attrs.body); made by passes/fusion.py")
+
+
+def updates_member_types(in_types, attrs):
+    """[(member, its operand types, its result types)] of a `fused_updates` node."""
+    out, first = [], 0
+    for m in attrs["members"]:
+        types = in_types[first:first + m["n_in"]]
+        t = _fused_rule(types, m)
+        out.append((m, types, list(t) if isinstance(t, tuple) else [t]))
+        first += m["n_in"]
+    return out
+
+
+register("fused_updates", shape=lambda in_types, attrs: tuple(
+    t for _, _, results in updates_member_types(in_types, attrs) for t in results), kind="opaque",
+    doc="independent element-wise state updates in one kernel (see attrs.members); made by passes/fusion.py")

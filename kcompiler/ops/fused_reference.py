@@ -1,4 +1,5 @@
-"""numpy reference of the `fused` op: evaluate its members one after another."""
+"""numpy references of the `fused` op (its members one after another) and of `fused_updates`
+(each of its members' bodies on its own operands)."""
 import numpy as np
 
 from ..ir.registry import get_op, reference
@@ -20,3 +21,13 @@ def evaluate_members(body, outputs, operands, acc=None):
 @reference("fused")
 def fused(*operands, body, outputs):
     return evaluate_members(body, outputs, operands)
+
+
+@reference("fused_updates")
+def fused_updates(*operands, members):
+    results, first = [], 0
+    for m in members:
+        value = evaluate_members(m["body"], m["outputs"], operands[first:first + m["n_in"]])
+        results += list(value) if isinstance(value, tuple) else [value]
+        first += m["n_in"]
+    return tuple(results)

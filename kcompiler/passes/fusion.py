@@ -29,6 +29,10 @@ transforms dy once for both (Capabilities.conv_grads_sharing_dy; scored by dy's 
 
 ``fuse_dy_producers`` then gives a `fused_bias_grad` or a pair the pooling gradient computing
 its dy when nothing else reads that dy (Capabilities.bias_grad_dy_heads).
+
+State updates (``fuse_updates``): the element-wise kernels that compute nothing but state
+updates (each variable's optimizer step not fused into its gradient) become one
+`fused_updates` node, one kernel for all (Capabilities.merges_updates; scored in kernel calls).
 """
 import networkx as nx
 
@@ -517,3 +521,97 @@ def fuse_pooling(g, heads):
                                 f"{(2 if unread else 1) * saved} bytes (its input is pooled while in cache, "
                                 "not read back" + (", nor stored: nothing else reads it)" if unread else ")"))
     return g
+
+
+# ---- state updates: the element-wise kernels that compute only updates, as one kernel ----------
+
+def fuse_updates(g):
+    """Merge the element-wise kernels whose every result is a state update nothing else reads (an
+    optimizer's step of each variable whose update is not the epilogue of its gradient's kernel)
+    into one `fused_updates` node: one kernel call instead of one per variable, whose loop splits
+    over the cores as one (schedule/elementwise.py), where updates too small to be split alone
+    ran on one core. It saves no bytes, so the note scores it in kernel calls. A candidate is
+    left out (with a note) when an operand broadcasts other than as one element, or when it
+    reads a variable another member writes or writes one another member reads: in one kernel the
+    members run interleaved, so each member's variables must be its own."""
+    g = copy_graph(g)
+    g.graph["notes"] = list(g.graph.get("notes", []))
+    update_of = {value: var for var, value in g.graph["updates"].items()}
+    members, written, read = {}, set(), set()  # member node -> the variables it updates
+    for nid in topo_order(g):
+        variables = _updates_only(g, nid, update_of)
+        if variables is None:
+            continue
+        ops = set(operands(g, nid))
+        why = _update_operands_problem(g, nid)
+        if why is None and (ops & written or set(variables) & read):
+            why = "it shares a variable with another update (each member's variables must be its own)"
+        if why:
+            g.graph["notes"].append(f"%{nid} {g.nodes[nid]['op']} (updates {_names(g, variables)}) not merged "
+                                    f"with the other updates: {why}")
+            continue
+        members[nid] = variables
+        written |= set(variables)
+        read |= ops
+    if len(members) < 2:
+        return g
+    b = GraphBuilder(g)
+    attrs, ins = [], []
+    for nid in members:
+        body, outs = _body_of(g, nid)
+        attrs.append({"body": body, "outputs": outs, "n_in": len(operands(g, nid))})
+        ins += operands(g, nid)
+    new = b.add("fused_updates", ins, {"members": attrs})
+    g.nodes[new]["fused"] = [g.nodes[nid]["op"] for nid in members]  # its members: kernels (their ops: attrs)
+    first = 0
+    for nid, variables in members.items():
+        if isinstance(g.nodes[nid]["type"], tuple):  # its results' tuple items now index the new node's
+            for _, item, key in list(g.out_edges(nid, keys=True)):
+                g.remove_edge(nid, item, key)
+                g.add_edge(new, item, key=key)
+                g.nodes[item]["attrs"] = dict(g.nodes[item]["attrs"], index=first + g.nodes[item]["attrs"]["index"])
+        else:
+            redirect_uses(g, nid, b.tuple_item(new, first))
+        first += len(variables)
+    g.remove_nodes_from(members)
+    g.graph["notes"].append(f"{len(members)} update kernels merged into %{new} fused_updates: saves "
+                            f"{len(members) - 1} kernel calls (one kernel updates "
+                            f"{_names(g, [v for vs in members.values() for v in vs])})")
+    return g
+
+
+def _updates_only(g, nid, update_of):
+    """The variables (in result order) whose updates node ``nid`` computes, when it is an
+    element-wise kernel, every result of which is a state update that nothing else reads; else
+    None."""
+    node = g.nodes[nid]
+    if (node["op"] != "fused" and get_op(node["op"]).kind != "elementwise") or nid in g.graph["outputs"]:
+        return None
+    if not isinstance(node["type"], tuple):
+        return [update_of[nid]] if nid in update_of and not g.out_degree(nid) else None
+    items = sorted(g.successors(nid), key=lambda v: g.nodes[v]["attrs"].get("index", -1))
+    if g.out_degree(nid) != len(node["type"]) or any(
+            g.nodes[v]["op"] != "tuple_item" or g.nodes[v]["attrs"]["index"] != k or v not in update_of
+            or g.out_degree(v) or v in g.graph["outputs"] for k, v in enumerate(items)):
+        return None
+    return [update_of[v] for v in items]
+
+
+def _update_operands_problem(g, nid):
+    """Why update kernel ``nid`` cannot be a member of a `fused_updates` node (its results of one
+    static shape; each operand with their elements in the same order, or with one), or None."""
+    types = g.nodes[nid]["type"] if isinstance(g.nodes[nid]["type"], tuple) else (g.nodes[nid]["type"],)
+    shape = types[0].shape
+    if not all(t.is_static and t.shape == shape for t in types):
+        return "its results are not all of one static shape"
+    for u in operands(g, nid):
+        t = g.nodes[u]["type"]
+        if not t.is_static:
+            return f"operand %{u} has no static shape"
+        if num_elements(t.shape) != 1 and (len(t.shape) > len(shape) or t.shape != shape[len(shape) - len(t.shape):]):
+            return f"operand %{u} of shape {t.shape} broadcasts to {shape}"
+    return None
+
+
+def _names(g, variables):
+    return ", ".join(g.nodes[v]["attrs"].get("name", f"%{v}") for v in variables)

@@ -150,7 +150,7 @@ def plan_memory(g, in_place_updates=False):
 # kernels that can compute an output in the buffer of an operand of the same shape: each reads
 # that operand at the element it writes, before writing it (schedule/elementwise.py,
 # codegen/llvm/epilogue.py); a fused_contraction's output 0 holds its head's product first
-IN_PLACE_OPS = {"fused": 0, "fused_contraction": 1}
+IN_PLACE_OPS = {"fused": 0, "fused_contraction": 1, "fused_updates": 0}
 
 
 def _in_place_updates(g, order, root):

@@ -40,7 +40,8 @@ class LLVMBackend(Backend):
             # gradient computes dy from idx; the pass leaves other pools alone (freeing their
             # input early slowed the next step on two cores: docs/architecture.md)
             pool_argmax=True,
-            conv_grads_sharing_dy=_shares_dy_transform)
+            conv_grads_sharing_dy=_shares_dy_transform,
+            merges_updates=True)
 
     def notes(self, options):
         from .tuning import current
