@@ -599,7 +599,8 @@ def _updates_only(g, nid, update_of):
 
 def _update_operands_problem(g, nid):
     """Why update kernel ``nid`` cannot be a member of a `fused_updates` node (its results of one
-    static shape; each operand with their elements in the same order, or with one), or None."""
+    static shape; each operand with one element, or with as many as the results in the same
+    order: the results' shape, or its last axes after ones), or None."""
     types = g.nodes[nid]["type"] if isinstance(g.nodes[nid]["type"], tuple) else (g.nodes[nid]["type"],)
     shape = types[0].shape
     if not all(t.is_static and t.shape == shape for t in types):
@@ -608,7 +609,9 @@ def _update_operands_problem(g, nid):
         t = g.nodes[u]["type"]
         if not t.is_static:
             return f"operand %{u} has no static shape"
-        if num_elements(t.shape) != 1 and (len(t.shape) > len(shape) or t.shape != shape[len(shape) - len(t.shape):]):
+        count = num_elements(t.shape)
+        if count != 1 and (count != num_elements(shape) or len(t.shape) > len(shape)
+                           or t.shape != shape[len(shape) - len(t.shape):]):
             return f"operand %{u} of shape {t.shape} broadcasts to {shape}"
     return None
 

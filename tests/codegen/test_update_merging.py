@@ -31,7 +31,8 @@ def momentum_step(b, w, v, g, lr):
 def updates_graph(shapes, shared=False, broadcast=False):
     """One momentum step per shape in ``shapes`` (a scalar learning rate read by all), and
     a step counter's increment (int64). With ``shared``, a last update adds the first weight to
-    a variable of its own; with ``broadcast``, one adds a row vector to a matrix variable."""
+    a variable of its own; with ``broadcast``, updates add a (1, 4) row, a (3, 1) column and a (4,)
+    vector to matrix variables."""
     b = GraphBuilder(name="updates")
     lr = b.input("lr", TensorType(()))
     feeds = {"lr": np.array(0.05, np.float32)}
@@ -57,6 +58,10 @@ def updates_graph(shapes, shared=False, broadcast=False):
         feeds["column"] = RNG.standard_normal((3, 1)).astype(np.float32)
         column = b.variable(Variable(RNG.standard_normal((3, 4)).astype(np.float32), name="column_added"))
         updates[column] = b.op("add", column, row_t)
+        bias = b.input("bias", TensorType((4,)))  # its last axis: the matrix's, each element read 3 times
+        feeds["bias"] = RNG.standard_normal(4).astype(np.float32)
+        biased = b.variable(Variable(RNG.standard_normal((3, 4)).astype(np.float32), name="bias_added"))
+        updates[biased] = b.op("add", biased, bias)
     b.g.graph["updates"] = updates
     b.g.graph["outputs"] = []
     return b.g, feeds
@@ -122,8 +127,9 @@ def test_updates_sharing_a_variable_or_broadcasting_keep_their_kernels():
     assert len(shared) == 1 and ("(updates v0, w0)" in shared[0] or "(updates other)" in shared[0])
     assert any("(updates column_added) not merged with the other updates: operand" in n
                and "of shape (3, 1) broadcasts to (3, 4)" in n for n in notes)
-    # a (1, 4) row has the matrix's elements in another order: it broadcasts too
-    assert any("(updates matrix) not merged" in n for n in notes)
+    # a (1, 4) row, a (4,) vector: fewer elements than the matrix, each read for every row
+    assert any("(updates matrix) not merged" in n and "of shape (1, 4) broadcasts" in n for n in notes)
+    assert any("(updates bias_added) not merged" in n and "of shape (4,) broadcasts" in n for n in notes)
 
 
 def test_an_update_read_elsewhere_is_no_member():
