@@ -28,7 +28,7 @@ from .bench import node_bytes
 from .ir.graph import operands
 from .ir.registry import get_op
 from .ir.types import num_elements
-from .ops.fused import updates_member_types
+from .ops.fused import update_members
 from .ops.fused_contraction import bias_grad_dy_type, conv_grads_types, head_type
 from .ops.rnn import GATES
 
@@ -116,7 +116,7 @@ def op_flops(op, attrs, in_types, out):
     if op == "fused":
         return _members(attrs["body"]) * _elements(out)
     if op == "fused_updates":
-        return sum(_members(m["body"]) * _elements(results[0]) for m, _, results in updates_member_types(in_types, attrs))
+        return sum(_members(m["body"]) * _elements(out[results.start]) for m, _, results in update_members(attrs["members"]))
     described = described_flops(op, in_types, attrs, out)
     if described is not None:
         return described

@@ -36,17 +36,24 @@ register("fused", shape=_fused_rule, kind="elementwise",
          doc="element-wise ops evaluated in one pass (see attrs.body); made by passes/fusion.py")
 
 
-def updates_member_types(in_types, attrs):
-    """[(member, its operand types, its result types)] of a `fused_updates` node."""
-    out, first = [], 0
-    for m in attrs["members"]:
-        types = in_types[first:first + m["n_in"]]
-        t = _fused_rule(types, m)
-        out.append((m, types, list(t) if isinstance(t, tuple) else [t]))
-        first += m["n_in"]
+def update_members(members):
+    """[(member, its operands' slice, its results' slice)] of a `fused_updates` node's
+    attrs.members: each member's operands and results follow the previous member's."""
+    out, first_in, first_out = [], 0, 0
+    for m in members:
+        out.append((m, slice(first_in, first_in + m["n_in"]), slice(first_out, first_out + len(m["outputs"]))))
+        first_in += m["n_in"]
+        first_out += len(m["outputs"])
     return out
 
 
-register("fused_updates", shape=lambda in_types, attrs: tuple(
-    t for _, _, results in updates_member_types(in_types, attrs) for t in results), kind="opaque",
-    doc="independent element-wise state updates in one kernel (see attrs.members); made by passes/fusion.py")
+def _updates_rule(in_types, attrs):
+    types = []
+    for m, operands, _ in update_members(attrs["members"]):
+        t = _fused_rule(in_types[operands], m)
+        types += list(t) if isinstance(t, tuple) else [t]
+    return tuple(types)
+
+
+register("fused_updates", shape=_updates_rule, kind="opaque",
+         doc="independent element-wise state updates in one kernel (see attrs.members); made by passes/fusion.py")

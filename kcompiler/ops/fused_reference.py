@@ -3,6 +3,7 @@
 import numpy as np
 
 from ..ir.registry import get_op, reference
+from .fused import update_members
 
 
 def evaluate_members(body, outputs, operands, acc=None):
@@ -25,9 +26,8 @@ def fused(*operands, body, outputs):
 
 @reference("fused_updates")
 def fused_updates(*operands, members):
-    results, first = [], 0
-    for m in members:
-        value = evaluate_members(m["body"], m["outputs"], operands[first:first + m["n_in"]])
+    results = []
+    for m, ins, _ in update_members(members):
+        value = evaluate_members(m["body"], m["outputs"], operands[ins])
         results += list(value) if isinstance(value, tuple) else [value]
-        first += m["n_in"]
     return tuple(results)

@@ -16,7 +16,7 @@ backends evaluate their bodies through it too.
 """
 from ..ir.registry import all_ops, description
 from ..ir.types import num_elements
-from ..ops.fused import member_types
+from ..ops.fused import member_types, update_members
 from .scalar import COUNTER_OPS
 from .kernel import (INDEX, Call, Const, Kernel, Load, Local, Store, Var, broadcast_strides, collapse_loops,
                      contiguous_strides, linear_index, loop, node_buffers)
@@ -120,14 +120,12 @@ def describe_fused_updates(node, in_types, name, constants):
     contiguous share of every member (each member's body as ``describe_elementwise`` computes it;
     its operands have its output's elements in the same order, or one element); then, serially,
     the elements of each member that the chunks leave over (fewer than UPDATE_CHUNKS each)."""
-    out_types = list(node["type"])
     chunk = Var("c")
     chunked, remainders = [], []
-    first_in = first_out = 0
-    for j, member in enumerate(node["attrs"]["members"]):
-        types = in_types[first_in:first_in + member["n_in"]]
-        size = num_elements(out_types[first_out].shape)
-        element = _member_element(node, member, types, size, first_in, first_out, constants, f"u{j}_")
+    for j, (member, ins, outs) in enumerate(update_members(node["attrs"]["members"])):
+        types = in_types[ins]
+        size = num_elements(node["type"][outs.start].shape)
+        element = _member_element(node, member, types, size, ins.start, outs.start, constants, f"u{j}_")
         share = size // UPDATE_CHUNKS
         if share:
             i = Var(f"i{j}")
@@ -136,8 +134,6 @@ def describe_fused_updates(node, in_types, name, constants):
             r = Var(f"r{j}")
             remainders.append(loop(r.name, size - share * UPDATE_CHUNKS,
                                    element(linear_index([r], [1], offset=share * UPDATE_CHUNKS))))
-        first_in += member["n_in"]
-        first_out += len(member["outputs"])
     body = ([loop(chunk.name, UPDATE_CHUNKS, chunked, parallel=True)] if chunked else []) + remainders
     return Kernel(name, node_buffers(node, in_types), tuple(body))
 
