@@ -113,13 +113,19 @@ class PlacementProbe:
         return ns is not None and ns > self.far_ns
 
     def wait_near(self):
-        """The round trip once it is near (or the waits ran out), in ns; None without a probe."""
+        """The round trip once it is near (or the waits ran out), in ns; None without a probe.
+        After a far reading it must read near twice, a second apart: for 0.5-1.2 s after the host
+        brings the CPUs back together, W2's step still runs 5-30 % slow (measured between W2's
+        windows, 2026-12-05), and a window started at the first near reading timed that."""
         start = time.monotonic()
+        settled = True
         while True:
             ns = self.measure()
-            if not self.far(ns) or time.monotonic() - start >= min(self.limit_s, self.left):
+            near = not self.far(ns)
+            if (near and settled) or time.monotonic() - start >= min(self.limit_s, self.left):
                 self.left -= time.monotonic() - start
                 return ns
+            settled = near
             time.sleep(1.0)
 
 
@@ -150,14 +156,17 @@ class _ProbeServer:
 
 
 def timed_windows(fn, *, windows=5, window_s=0.5, warmup=3, wait=None, max_other_load=0.3, retries=1,
-                  placement=None):
+                  placement=None, settle_s=0.0):
     """Time ``fn`` as NOTES-bench says: ``warmup`` untimed calls, then ``windows`` timed windows
     of about ``window_s`` seconds each (at least 3 calls), every call timed on its own. Before
     each window ``wait()`` (a QuietWaits; None: no wait) waits for a quiet machine and
     ``placement.wait_near()`` (a PlacementProbe; None: none) for the host to have the two CPUs
-    near each other; a window during which other processes used more than ``max_other_load``
-    cores, or after which the CPUs were far apart, is redone up to ``retries`` times and kept
-    flagged after that. Returns a dict: ``seconds`` (the median over the windows of each
+    near each other, then ``fn`` runs untimed for ``settle_s`` seconds (at least once when
+    positive): after the waits' seconds of sleep, W2's first ~25 steps (75 ms) ran at up to
+    twice their time, and with 5 calls of warm-up its 0.3 s windows still varied 3.1-3.8 ms
+    against 2.9-3.1 after 0.2 s of calls (2026-12-05). A window during which other processes used
+    more than ``max_other_load`` cores, or after which the CPUs were far apart, is redone up to
+    ``retries`` times and kept flagged after that. Returns a dict: ``seconds`` (the median over the windows of each
     window's median call), ``fastest`` (the fastest window's median), ``windows`` (per window:
     median, calls, other load in cores, load before, the round trip before and after in ns,
     flagged)."""
@@ -173,6 +182,11 @@ def timed_windows(fn, *, windows=5, window_s=0.5, warmup=3, wait=None, max_other
         for attempt in range(retries + 1):
             before = wait() if wait else None
             near_before = placement.wait_near() if placement else None
+            if settle_s > 0:
+                settle_end = time.perf_counter() + settle_s
+                fn()
+                while time.perf_counter() < settle_end:
+                    fn()
             b0, own0, t0 = cpu_busy(), own_cpu(), time.perf_counter()
             times = []
             for _ in range(calls):
@@ -204,6 +218,8 @@ def worker_arguments(description, variants):
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--window-s", type=float, default=0.5)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--settle-s", type=float, default=0.0,
+                        help="seconds of untimed calls after the waits, before each window")
     parser.add_argument("--quiet-wait", type=float, default=120.0, help="max seconds per wait for a quiet machine")
     parser.add_argument("--quiet-budget", type=float, default=600.0, help="max seconds of such waits per process")
     parser.add_argument("--retries", type=int, default=1)
@@ -222,7 +238,8 @@ def window_timer(args):
     placement = (PlacementProbe.over_socket(args.placement, args.far_ns, args.placement_wait, args.placement_budget)
                  if args.placement else None)
     return lambda fn: timed_windows(fn, windows=args.windows, window_s=args.window_s, warmup=args.warmup,
-                                    wait=wait, retries=args.retries, placement=placement)
+                                    wait=wait, retries=args.retries, placement=placement,
+                                    settle_s=args.settle_s)
 
 
 def emit(result):

@@ -20,7 +20,8 @@ What one run does, every measurement in a fresh process, one after another:
    peer_tensorflow.py; PyTorch eager and torch.compile — peer_torch.py), the order of the
    configurations reversed every other round. Each process warms up, then times windows of
    single steps, waiting (bounded) for a quiet machine and for the host to have the two CPUs
-   near each other (benchmarks/placement.py) before each window, and recording the CPU that
+   near each other (benchmarks/placement.py) before each window, then stepping untimed for
+   ``--settle-s`` (the first steps after the waits run slow), and recording the CPU that
    other processes used during it and the CPUs' round trip before and after it
    (benchmarks/common.py: timed_windows). A process
    reports per cell the median over its windows of each window's median step; the runner keeps
@@ -148,7 +149,7 @@ class Runner:
     def worker_argv(self, config, workload, mode="steady"):
         a = self.args
         return [config.script, config.variant, workload, "--mode", mode, "--windows", str(a.windows),
-                "--window-s", str(a.window_s), "--quiet-wait", str(a.quiet_wait), "--quiet-budget",
+                "--window-s", str(a.window_s), "--settle-s", str(a.settle_s), "--quiet-wait", str(a.quiet_wait), "--quiet-budget",
                 str(a.quiet_budget), "--retries", str(a.retries),
                 "--steps", str(a.profile_steps)] + ([
                     "--placement", self.placement_socket, "--far-ns", str(a.far_ns), "--placement-wait",
@@ -339,7 +340,9 @@ def markdown(results, chart_name):
         + (f"; and before each window, waiting (at most {a['placement_wait']:.0f} s each, "
            f"{a['placement_budget']:.0f} s per process) for the host to have the two CPUs near each other (a cache "
            f"line's round trip between them at most {a['far_ns']:.0f} ns, benchmarks/placement.py; the window "
-           f"redone as above when it was not, after it)" if a.get("far_ns") else "")
+           f"redone as above when it was not, after it; after a far reading, two near readings a second apart)"
+           if a.get("far_ns") else "")
+        + (f"; then {a['settle_s']} s of untimed steps" if a.get("settle_s") else "")
         + ". A process's figure is the median "
         f"over its windows of each window's median step; each cell is the fastest process's figure. "
         f"{load_summary(results)}",
@@ -626,7 +629,8 @@ def measure(args, workloads):
                    "kcompiler_version": kcompiler.__version__, "samples": samples, "errors": errors,
                    "table": summarise(samples), "cold": cold, "profiles": profiles,
                    "settings": {"quick": args.quick, "rounds": args.rounds, "windows": args.windows,
-                                "window_s": args.window_s, "warmup": args.warmup, "quiet_wait": args.quiet_wait,
+                                "window_s": args.window_s, "warmup": args.warmup, "settle_s": args.settle_s,
+                                "quiet_wait": args.quiet_wait,
                                 "quiet_budget": args.quiet_budget,
                                 "retries": args.retries, "cold_rounds": args.cold_rounds,
                                 "far_ns": args.far_ns, "placement_wait": args.placement_wait,
@@ -656,6 +660,8 @@ def main():
     ap.add_argument("--windows", type=int, default=None, help="timed windows per cell per process (5)")
     ap.add_argument("--window-s", type=float, default=None, help="seconds per window (0.5)")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--settle-s", type=float, default=None,
+                    help="seconds of untimed steps after the waits, before each window (0.2)")
     ap.add_argument("--quiet-wait", type=float, default=None, help="max seconds to wait for a quiet machine (120)")
     ap.add_argument("--quiet-budget", type=float, default=None,
                     help="max seconds of such waits per worker process, and for all cold starts together (600)")
@@ -676,7 +682,7 @@ def main():
     quick = args.quick
     defaults = dict(rounds=(1, 2), windows=(2, 5), window_s=(0.1, 0.5), quiet_wait=(3.0, 120.0),
                     quiet_budget=(30.0, 600.0), retries=(0, 1), cold_rounds=(1, 3), profile_steps=(5, 20),
-                    placement_wait=(3.0, 30.0), placement_budget=(10.0, 120.0))
+                    placement_wait=(3.0, 30.0), placement_budget=(10.0, 120.0), settle_s=(0.05, 0.2))
     for name, (fast, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, fast if quick else full)

@@ -74,6 +74,27 @@ def test_timed_windows_reports_every_window_and_the_median():
     assert result["seconds"] == medians[1] and result["fastest"] == medians[0]
 
 
+def test_each_window_follows_untimed_settling_calls():
+    calls = []
+    result = timed_windows(lambda: calls.append(1), windows=2, window_s=0.001, warmup=0, retries=0, settle_s=0.02)
+    timed = sum(w["calls"] for w in result["windows"])
+    assert len(calls) > 2 + timed + 2  # the estimate, the windows, and at least one settling call before each
+    calls.clear()
+    result = timed_windows(lambda: calls.append(1), windows=2, window_s=0.001, warmup=0, retries=0)
+    assert len(calls) == 2 + sum(w["calls"] for w in result["windows"])
+
+
+def test_after_a_far_reading_the_placement_must_read_near_twice(monkeypatch):
+    from benchmarks import common
+    from benchmarks.common import PlacementProbe
+    monkeypatch.setattr(common.time, "sleep", lambda s: None)
+    answers = [420, 120, 400, 130, 125, 999]
+    probe = PlacementProbe(lambda: answers.pop(0), 250.0, 30.0, 120.0)
+    assert probe.wait_near() == 125 and answers == [999]  # 120 followed a far reading, 130 too; 125 followed 130
+    answers[:] = [110, 999]
+    assert probe.wait_near() == 110  # near at once: no second reading
+
+
 class _Placement:
     """A PlacementProbe that answers the given round trips in turn (ns; 250 is the limit)."""
 
