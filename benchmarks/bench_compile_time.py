@@ -52,17 +52,32 @@ def _child(depth, cache):
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def compile_times(depths):
-    print("| convolutions | kernels | units compiled | cold step compile s | s per convolution "
-          "| support library s | warm step compile s |")
-    print("|---|---|---|---|---|---|---|")
+def measure_depths(depths):
+    """Per depth: a fresh process on an empty kernel cache ("cold"), then one on the cache it
+    filled ("warm"); rows of depth, kernels, units compiled, and seconds."""
+    rows = []
     for depth in depths:
         with tempfile.TemporaryDirectory() as cache:
             cold = _child(depth, cache)
             warm = _child(depth, cache)
-        units = cold["stats"]["misses"] - 1  # less the support library
-        print(f"| {depth} | {cold['kernels']} | {units} | {cold['step_s']:.2f} | {cold['step_s'] / depth:.3f} "
-              f"| {cold['support_s']:.2f} | {warm['step_s']:.3f} |", flush=True)
+        rows.append({"depth": depth, "kernels": cold["kernels"], "units": cold["stats"]["misses"] - 1,  # less the support library
+                     "cold_s": cold["step_s"], "support_s": cold["support_s"], "warm_s": warm["step_s"]})
+    return rows
+
+
+def depth_table(rows):
+    """``measure_depths``' rows as a markdown table."""
+    lines = ["| convolutions | kernels | units compiled | cold step compile s | s per convolution "
+             "| support library s | warm step compile s |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['depth']} | {r['kernels']} | {r['units']} | {r['cold_s']:.2f} | {r['cold_s'] / r['depth']:.3f} "
+              f"| {r['support_s']:.2f} | {r['warm_s']:.3f} |" for r in rows]
+    return lines
+
+
+def per_convolution_growth(rows, deep=40, shallow=10):
+    """Compile seconds per convolution at ``deep`` layers over that at ``shallow`` (None without both)."""
+    per = {r["depth"]: r["cold_s"] / r["depth"] for r in rows}
+    return per[deep] / per[shallow] if deep in per and shallow in per else None
 
 
 def train_speed():
@@ -85,7 +100,7 @@ def main():
     if args.train_speed:
         train_speed()
     else:
-        compile_times(args.depths)
+        print("\n".join(depth_table(measure_depths(args.depths))))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ What one run does, every measurement in a fresh process, one after another:
    one, and TF-Keras; R20's first train step, kcompiler (empty cache) and TF-Keras;
 4. the kernel profile of kcompiler's fused steps (KCOMPILER_PROFILE=1): cycles per kernel per
    step, with each kernel's FLOPs and bytes moved (kcompiler/flops.py);
-5. writes the results as JSON, the section between the ``compare_peers`` markers of
+5. compile time against depth (benchmarks/bench_compile_time.py: ``--depths`` convolution layers,
+   each in fresh processes on an empty and then a warm kernel cache);
+6. writes the results as JSON, the section between the ``compare_peers`` markers of
    ``--docs`` (added at the top when missing; the rest of the file is kept) and the chart.
 """
 import argparse
@@ -50,7 +52,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import HZ, PlacementProbe, QuietWaits, cpu_busy  # noqa: E402
+from benchmarks.common import HZ, PlacementProbe, QuietWaits, cpu_busy, wait_quiet  # noqa: E402
 from benchmarks.placement import Server, round_trip_ns  # noqa: E402
 
 WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6", "R20", "TX", "MN"]
@@ -225,6 +227,17 @@ class Runner:
                                                  "other_load": other, "round_trip_ns": near})
                     log(f"cold {w} {label}: {result['cold_s']:.2f} s (other load {other:.2f} cores)")
         return runs
+
+    def compile_depths(self):
+        """Compile time against depth (benchmarks/bench_compile_time.py), each depth in fresh
+        processes on an empty kernel cache, after a quiet wait."""
+        from benchmarks.bench_compile_time import measure_depths
+        rows = []
+        for depth in self.args.depths:
+            wait_quiet(self.args.quiet_wait)
+            rows += measure_depths([depth])
+            log(f"compile depth {depth}: {rows[-1]['cold_s']:.2f} s cold, {rows[-1]['warm_s']:.3f} s warm")
+        return rows
 
     def profiles(self, workloads):
         out = {}
@@ -403,7 +416,8 @@ def markdown(results, chart_name):
             f"{pct(g_train, sgemm)} | {pct(g_infer, peak)} | "
             f"{pct(gflops(f['train'], pt), peak)}{f' ({ct.label})' if ct else ''} | "
             f"{ratio(unfused, mine['train'])} |")
-    lines += ["", *r20_lines(table), "", *cold_lines(cold), "", *target_lines(results), ""]
+    lines += ["", *r20_lines(table), "", *cold_lines(cold), "", *depth_lines(results.get("compile_depths")),
+              *target_lines(results), ""]
     if chart_name:
         lines += [f"![train and inference time per workload]({chart_name})", ""]
     lines += [*profile_lines(results), "", *detail_lines(results),
@@ -460,6 +474,18 @@ def cold_lines(cold):
         f"| W2 | {s(kc_empty)} | {s(kc_warm)} | {s(tf)} | {share(kc_empty, tf)}, {share(kc_warm, tf)} |",
         f"| R20 | {s(r_kc)} | — | {s(r_tf)} | {share(r_kc, r_tf)} |",
     ]
+
+
+def depth_lines(rows):
+    """The compile-time-against-depth table (benchmarks/bench_compile_time.py) and a blank line,
+    when measured."""
+    if not rows:
+        return []
+    from benchmarks.bench_compile_time import depth_table
+    return ["Compile time against depth (benchmarks/bench_compile_time.py): Conv2D(16, 3, 'same', relu) x N on "
+            "16x16x3, then GlobalAveragePooling2D and Dense(10), Adam; `kcompiler.compile(model, training=True, "
+            "batch_size=8)` in a fresh process on an empty kernel cache (the support library timed apart), then "
+            "in another on the cache it filled:", "", *depth_table(rows), ""]
 
 
 def r20_lines(table):
@@ -528,6 +554,11 @@ def target_lines(results):
         r = best_tf / r20["kc_fused"]["train"]
         lines.append(f"- R20 train step vs the faster TF-Keras configuration: {r:.2f}x (target >= 1.5x: "
                      f"{'met' if r >= 1.5 else 'not met'})")
+    from benchmarks.bench_compile_time import per_convolution_growth
+    growth = per_convolution_growth(results.get("compile_depths") or [])
+    if growth:
+        lines.append(f"- Compile time per convolution at 40 layers: {growth:.2f}x that at 10 (target <= 1.25x: "
+                     f"{'met' if growth <= 1.25 else 'not met'})")
     return lines
 
 
@@ -624,10 +655,11 @@ def measure(args, workloads):
         samples, errors = runner.steady(workloads)
         cold = runner.cold(workloads) if "kc_fused" in args.configs else {}
         profiles = runner.profiles(workloads) if "kc_fused" in args.configs else {}
+        depths = runner.compile_depths() if "kc_fused" in args.configs and args.depths else []
         import kcompiler
         results = {"date": datetime.date.today().isoformat(), "machine": machine, "versions": runner.versions(),
                    "kcompiler_version": kcompiler.__version__, "samples": samples, "errors": errors,
-                   "table": summarise(samples), "cold": cold, "profiles": profiles,
+                   "table": summarise(samples), "cold": cold, "profiles": profiles, "compile_depths": depths,
                    "settings": {"quick": args.quick, "rounds": args.rounds, "windows": args.windows,
                                 "window_s": args.window_s, "warmup": args.warmup, "settle_s": args.settle_s,
                                 "quiet_wait": args.quiet_wait,
@@ -635,7 +667,8 @@ def measure(args, workloads):
                                 "retries": args.retries, "cold_rounds": args.cold_rounds,
                                 "far_ns": args.far_ns, "placement_wait": args.placement_wait,
                                 "placement_budget": args.placement_budget,
-                                "profile_steps": args.profile_steps, "workloads": workloads},
+                                "profile_steps": args.profile_steps, "workloads": workloads,
+                                "depths": args.depths},
                    "other_load": {"median": statistics.median(runner.loads) if runner.loads else None,
                                   "max": max(runner.loads, default=None)},
                    "run_seconds": time.monotonic() - started}
@@ -673,6 +706,8 @@ def main():
     ap.add_argument("--placement-budget", type=float, default=None, help="max seconds of such waits per process (120)")
     ap.add_argument("--cold-rounds", type=int, default=None, help="cold starts per kind (3)")
     ap.add_argument("--profile-steps", type=int, default=None, help="steps per kernel profile (20)")
+    ap.add_argument("--depths", default="5,10,20,40",
+                    help="convolution layers of the compile-time-against-depth models ('': skip)")
     ap.add_argument("--process-timeout", type=float, default=1800.0)
     ap.add_argument("--docs", default=None, help="markdown file to write the section into (docs/benchmarks.md)")
     ap.add_argument("--chart", default=None, help="PNG chart (docs/benchmarks-peers.png)")
@@ -691,6 +726,7 @@ def main():
     if unknown:
         raise SystemExit(f"unknown workload(s) {unknown}; expected some of {WORKLOADS}")
     args.configs = args.configs.split(",")
+    args.depths = [int(d) for d in args.depths.split(",") if d]
     out = os.path.join(ROOT, "out")
     args.docs = args.docs or (os.path.join(out, "benchmarks-quick.md") if quick else os.path.join(ROOT, "docs", "benchmarks.md"))
     args.chart = args.chart or os.path.join(os.path.dirname(os.path.abspath(args.docs)), "benchmarks-peers.png")

@@ -197,6 +197,17 @@ def test_comparison_keeps_the_fastest_process_and_divides_by_the_fastest_peer():
     assert "4 window(s) stayed flagged after the retries" in text  # the slower process's four cells
 
 
+def test_compile_depth_table_and_its_target_line():
+    from benchmarks.bench_compile_time import per_convolution_growth
+    from benchmarks.compare_peers import depth_lines
+    rows = [{"depth": d, "kernels": 2 * d, "units": 25, "cold_s": s, "support_s": 0.9, "warm_s": 0.2}
+            for d, s in ((5, 1.1), (10, 1.2), (20, 1.9), (40, 6.0))]
+    assert per_convolution_growth(rows) == (6.0 / 40) / (1.2 / 10)  # 1.25
+    assert per_convolution_growth(rows[:2]) is None
+    table = depth_lines(rows)
+    assert "| 40 | 80 | 25 | 6.00 | 0.150 | 0.90 | 0.200 |" in table and depth_lines([]) == []
+
+
 def test_docs_section_replaces_the_marked_one_and_keeps_the_rest(tmp_path):
     from benchmarks.compare_peers import write_docs
     path = tmp_path / "benchmarks.md"
