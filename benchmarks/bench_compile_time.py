@@ -60,8 +60,9 @@ def measure_depths(depths):
         with tempfile.TemporaryDirectory() as cache:
             cold = _child(depth, cache)
             warm = _child(depth, cache)
-        rows.append({"depth": depth, "kernels": cold["kernels"], "units": cold["stats"]["misses"] - 1,  # less the support library
-                     "cold_s": cold["step_s"], "support_s": cold["support_s"], "warm_s": warm["step_s"]})
+        units = cold["stats"]["misses"] - 1  # less the support library
+        rows.append({"depth": depth, "kernels": cold["kernels"], "units": units, "cold_s": cold["step_s"],
+                     "support_s": cold["support_s"], "warm_s": warm["step_s"]})
     return rows
 
 

@@ -166,10 +166,10 @@ def timed_windows(fn, *, windows=5, window_s=0.5, warmup=3, wait=None, max_other
     twice their time, and with 5 calls of warm-up its 0.3 s windows still varied 3.1-3.8 ms
     against 2.9-3.1 after 0.2 s of calls (2026-12-05). A window during which other processes used
     more than ``max_other_load`` cores, or after which the CPUs were far apart, is redone up to
-    ``retries`` times and kept flagged after that. Returns a dict: ``seconds`` (the median over the windows of each
-    window's median call), ``fastest`` (the fastest window's median), ``windows`` (per window:
-    median, calls, other load in cores, load before, the round trip before and after in ns,
-    flagged)."""
+    ``retries`` times and kept flagged after that. Returns a dict: ``seconds`` (the median over
+    the windows of each window's median call), ``fastest`` (the fastest window's median),
+    ``windows`` (per window: median, calls, other load in cores, load before, the round trip
+    before and after in ns, flagged)."""
     for _ in range(warmup):
         fn()
     start = time.perf_counter()

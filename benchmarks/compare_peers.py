@@ -151,8 +151,8 @@ class Runner:
     def worker_argv(self, config, workload, mode="steady"):
         a = self.args
         return [config.script, config.variant, workload, "--mode", mode, "--windows", str(a.windows),
-                "--window-s", str(a.window_s), "--settle-s", str(a.settle_s), "--quiet-wait", str(a.quiet_wait), "--quiet-budget",
-                str(a.quiet_budget), "--retries", str(a.retries),
+                "--window-s", str(a.window_s), "--settle-s", str(a.settle_s), "--quiet-wait", str(a.quiet_wait),
+                "--quiet-budget", str(a.quiet_budget), "--retries", str(a.retries),
                 "--steps", str(a.profile_steps)] + ([
                     "--placement", self.placement_socket, "--far-ns", str(a.far_ns), "--placement-wait",
                     str(a.placement_wait), "--placement-budget", str(a.placement_budget)] if self.placement else [])
