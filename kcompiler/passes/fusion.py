@@ -102,9 +102,16 @@ def fuse_elementwise(g):
         groups[target]["members"].append(nid)
         group_of[nid] = target
     b = GraphBuilder(g)
+    collapsed = False
     for gid, group in groups.items():
         if len(group["members"]) > 1:
             _collapse(b, list(reversed(group["members"])), live_out)
+            collapsed = True
+    if collapsed:  # scalar constants the fused bodies now hold in place (once: per group it was quadratic)
+        for nid in list(g.nodes):
+            if g.nodes[nid]["op"] == "constant" and g.out_degree(nid) == 0 and nid not in g.graph["outputs"] \
+                    and not g.nodes[nid]["attrs"].get("array"):
+                g.remove_node(nid)
     return g
 
 
@@ -148,10 +155,6 @@ def _collapse(b, members, live_out):
         g.graph["updates"] = {var: (replacement[m] if val == m else val) for var, val in g.graph["updates"].items()}
     for m in members:
         g.remove_node(m)
-    for nid in list(g.nodes):
-        if g.nodes[nid]["op"] == "constant" and g.out_degree(nid) == 0 and nid not in g.graph["outputs"] \
-                and not g.nodes[nid]["attrs"].get("array"):
-            g.remove_node(nid)
 
 
 # ---- epilogues: a contraction and the element-wise node that consumes it -----------------------
