@@ -52,6 +52,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.bench_compile_time import depth_table, measure_depths, per_convolution_growth  # noqa: E402
 from benchmarks.common import HZ, PlacementProbe, QuietWaits, cpu_busy, wait_quiet  # noqa: E402
 from benchmarks.placement import Server, round_trip_ns  # noqa: E402
 
@@ -231,7 +232,6 @@ class Runner:
     def compile_depths(self):
         """Compile time against depth (benchmarks/bench_compile_time.py), each depth in fresh
         processes on an empty kernel cache, after a quiet wait."""
-        from benchmarks.bench_compile_time import measure_depths
         rows = []
         for depth in self.args.depths:
             wait_quiet(self.args.quiet_wait)
@@ -481,7 +481,6 @@ def depth_lines(rows):
     when measured."""
     if not rows:
         return []
-    from benchmarks.bench_compile_time import depth_table
     return ["Compile time against depth (benchmarks/bench_compile_time.py): Conv2D(16, 3, 'same', relu) x N on "
             "16x16x3, then GlobalAveragePooling2D and Dense(10), Adam; `kcompiler.compile(model, training=True, "
             "batch_size=8)` in a fresh process on an empty kernel cache (the support library timed apart), then "
@@ -554,7 +553,6 @@ def target_lines(results):
         r = best_tf / r20["kc_fused"]["train"]
         lines.append(f"- R20 train step vs the faster TF-Keras configuration: {r:.2f}x (target >= 1.5x: "
                      f"{'met' if r >= 1.5 else 'not met'})")
-    from benchmarks.bench_compile_time import per_convolution_growth
     growth = per_convolution_growth(results.get("compile_depths") or [])
     if growth:
         lines.append(f"- Compile time per convolution at 40 layers: {growth:.2f}x that at 10 (target <= 1.25x: "
