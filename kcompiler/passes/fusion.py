@@ -34,7 +34,6 @@ State updates (``fuse_updates``): the element-wise kernels that compute nothing 
 updates (each variable's optimizer step not fused into its gradient) become one
 `fused_updates` node, one kernel for all (Capabilities.merges_updates; scored in kernel calls).
 """
-import networkx as nx
 
 from ..ir.graph import GraphBuilder, copy_graph, operands, redirect_uses, topo_order
 from ..ir.registry import get_op
@@ -63,10 +62,25 @@ def _is_inline_constant(g, nid):
     return node["op"] == "constant" and not node["attrs"].get("array") and node["type"].shape == ()
 
 
-def _reaches(g, starts, members):
-    """Whether any node in ``starts`` has a path into ``members``."""
+def _reaches(g, starts, members, position=None):
+    """Whether any node in ``starts`` is in ``members`` or has a path into it.
+
+    A depth-first walk that stops at the first member found. With ``position`` (each node's
+    index in a topological order of ``g``) it does not walk past the last member's position,
+    since nothing after it can reach it: fuse_elementwise asks this for every candidate, and
+    walking all descendants each time made it quadratic in the graph."""
     members = set(members)
-    return any(members & (nx.descendants(g, v) | {v}) for v in starts)
+    last = max(position[m] for m in members) if position is not None else None
+    seen, stack = set(starts), list(starts)
+    while stack:
+        v = stack.pop()
+        if v in members:
+            return True
+        for w in g.successors(v):
+            if w not in seen and (last is None or position[w] <= last):
+                seen.add(w)
+                stack.append(w)
+    return False
 
 
 def fuse_elementwise(g):
@@ -75,7 +89,9 @@ def fuse_elementwise(g):
     live_out = set(g.graph["outputs"]) | set(g.graph["updates"].values())
     group_of = {}
     groups = {}
-    for nid in reversed(topo_order(g)):
+    order = topo_order(g)
+    position = {n: i for i, n in enumerate(order)}
+    for nid in reversed(order):
         if not _fusable(g, nid):
             continue
         shape = g.nodes[nid]["type"].shape
@@ -88,7 +104,7 @@ def fuse_elementwise(g):
             if groups[gid]["shape"] != shape:
                 g.graph["notes"].append(f"%{nid} {g.nodes[nid]['op']} not fused into group %{gid}: "
                                         f"shape {shape} differs from the group's {groups[gid]['shape']}")
-            elif others and _reaches(g, others, groups[gid]["members"]):
+            elif others and _reaches(g, others, groups[gid]["members"], position):
                 g.graph["notes"].append(f"%{nid} {g.nodes[nid]['op']} not fused into group %{gid}: another "
                                         "consumer feeds that group (fusing would form a cycle)")
             else:
