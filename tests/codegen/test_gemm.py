@@ -91,6 +91,19 @@ def test_odd_sizes_all_transposes(kernels, ta, tb):
 
 
 @pytest.mark.parametrize("ta,tb", list(itertools.product((0, 1), repeat=2)))
+def test_every_row_remainder_full_and_edge_columns(kernels, ta, tb):
+    """A last tile of each possible number of rows (the short-tile loops of 4 and 8 rows and
+    the full one), with whole NR-wide column panels, an edge panel and a one-vector edge."""
+    _, mr, nr, _ = G.register_tile()
+    rng = np.random.default_rng(300 + 2 * ta + tb)
+    for rows in range(1, mr + 1):
+        for N in (2 * nr, nr + 3, 5):
+            for name in ("ser", "par2"):
+                run_case(kernels[name], rng, 2 * mr + rows, N, 37, ta, tb, alpha=0.5, beta=1.5, pads=(1, 2, 3))
+                run_case(kernels[name], rng, 2 * mr + rows, N, 37, ta, tb, beta=0.0, c_fill=np.nan)
+
+
+@pytest.mark.parametrize("ta,tb", list(itertools.product((0, 1), repeat=2)))
 def test_submatrix_views_and_beta_zero_nan(kernels, ta, tb):
     rng = np.random.default_rng(7 + 2 * ta + tb)
     for (M, N, K), name in itertools.product([(5, 7, 9), (13, 40, 33), (37, 65, 130)],
