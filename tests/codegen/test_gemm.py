@@ -92,8 +92,8 @@ def test_odd_sizes_all_transposes(kernels, ta, tb):
 
 @pytest.mark.parametrize("ta,tb", list(itertools.product((0, 1), repeat=2)))
 def test_every_row_remainder_full_and_edge_columns(kernels, ta, tb):
-    """A last tile of each possible number of rows (the short-tile loops of 4 and 8 rows and
-    the full one), with whole NR-wide column panels, an edge panel and a one-vector edge."""
+    """A last tile of each possible number of rows (the short-tile loop and the full one),
+    with whole NR-wide column panels, an edge panel and a one-vector edge."""
     _, mr, nr, _ = G.register_tile()
     rng = np.random.default_rng(300 + 2 * ta + tb)
     for rows in range(1, mr + 1):

@@ -325,8 +325,11 @@ def _pack_rows(b, X, ldx, r0, rows, d, Rc, full_k, kc, vw, vector_part):
 # A packed panel's last tile of rows, when M is not a multiple of MR, takes the loop over the
 # fewest of these rows that holds it instead of all MR: W5's 256 rows are 21 tiles of 12 and
 # one of 4, whose 12-row loop made a 256-row product as slow as a 264-row one (2.67 against
-# 2.69 ms for 256 x 1024 x 1024 on both cores; 252 rows 2.55).
-SHORT_TILE_ROWS = (4, 8)
+# 2.69 ms for 256 x 1024 x 1024 on both cores; 252 rows 2.55). Each loop here adds to the
+# support library that every cold start builds (an 8-row one too: 0.85 -> 0.93 s; the 4-row
+# one alone: 0.88 -> 0.90 s), so only the 4-row one, which the products of 256, 784 and 1024
+# rows (and 4096: TX) end with.
+SHORT_TILE_ROWS = (4,)
 
 
 def _emit_microkernel(module, name, MR, NR, VW, direct_a=False):
@@ -338,7 +341,7 @@ def _emit_microkernel(module, name, MR, NR, VW, direct_a=False):
     ``C = alpha*acc + beta*C`` if load_c else ``C = alpha*acc`` (C not read).
     Tiles with ``nr <= VW`` (narrow N edges, e.g. 10 output classes) run a
     one-vector loop that skips the FMAs on the padding columns, and a packed tile of at
-    most 4 or 8 valid rows (SHORT_TILE_ROWS) a loop over that many rows of the panel.
+    most 4 valid rows (SHORT_TILE_ROWS) a loop over that many rows of the panel.
 
     ``direct_a``: A is read where it lies instead of from a packed panel —
     ``void ukr(i64 kc, float* A, i64 row_stride, i64 k_stride, float* Bp, ...)`` with
