@@ -199,13 +199,25 @@ def test_comparison_keeps_the_fastest_process_and_divides_by_the_fastest_peer():
 
 def test_compile_depth_table_and_its_target_line():
     from benchmarks.bench_compile_time import per_convolution_growth
-    from benchmarks.compare_peers import depth_lines
+    from benchmarks.compare_peers import depth_lines, target_lines
     rows = [{"depth": d, "kernels": 2 * d, "units": 25, "cold_s": s, "support_s": 0.9, "warm_s": 0.2}
             for d, s in ((5, 1.1), (10, 1.2), (20, 1.9), (40, 6.0))]
     assert per_convolution_growth(rows) == (6.0 / 40) / (1.2 / 10)  # 1.25
     assert per_convolution_growth(rows[:2]) is None
     table = depth_lines(rows)
     assert "| 40 | 80 | 25 | 6.00 | 0.150 | 0.90 | 0.200 |" in table and depth_lines([]) == []
+
+    def target(rows):
+        results = {"table": {}, "cold": {}, "compile_depths": rows,
+                   "machine": {"fma_peak_all": {"gflops": 200.0}, "sgemm": {"kcompiler_gflops": 180.0}}}
+        return [line for line in target_lines(results) if "per convolution" in line]
+
+    slower = [dict(r, cold_s=8.0) if r["depth"] == 40 else r for r in rows]  # 0.2 s against 0.12: 1.67x
+    faster = [dict(r, cold_s=4.0) if r["depth"] == 40 else r for r in rows]  # 0.1 s against 0.12: 0.83x
+    assert target(slower) == ["- Compile time per convolution at 40 layers: 1.67x that at 10 (target <= 1.25x: "
+                              "not met)"]
+    assert target(faster) == ["- Compile time per convolution at 40 layers: 0.83x that at 10 (target <= 1.25x: met)"]
+    assert target([]) == []
 
 
 def test_docs_section_replaces_the_marked_one_and_keeps_the_rest(tmp_path):
