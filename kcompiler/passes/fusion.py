@@ -258,6 +258,8 @@ def fuse_epilogues(g, heads, updates_in_place=False):
                          (["in", position[old[i]]] if kind == "in" else [kind, i]) for kind, i in m["args"]]
         attrs = {"head": g.nodes[head]["op"], "head_attrs": dict(g.nodes[head]["attrs"]),
                  "n_head": len(head_operands), "body": body, "outputs": outputs}
+        if product_out:  # output 0 holds the product for the epilogue alone (nothing consumes it)
+            attrs["private_product"] = True
         prev_layer, b.layer = b.layer, g.nodes[nid].get("layer") or g.nodes[head].get("layer")
         fused_op = "fused_pool_grad" if g.nodes[head]["op"] in STORE_EPILOGUE_HEADS else "fused_contraction"
         new = b.add(fused_op, head_operands + extras, attrs)

@@ -189,7 +189,8 @@ def test_k_zero_and_alpha_zero_scale_c(kernels):
 
 
 # ----------------------------------------------------------------- the epilogue hook
-EPILOGUE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
+EPILOGUE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                            ctypes.c_void_p, ctypes.c_int64)
 
 
 @pytest.fixture(scope="module")
@@ -200,8 +201,14 @@ def epilogue_gemms():
     for name, kw in variants.items():
         G.emit_gemm(mod, f"g_{name}", epilogue_name=f"g_{name}_epilogue", **kw)
     cm = T.compile_ir(str(mod), opt_level=1, name="test_gemm_epilogue")
-    return {name: cm.function(f"g_{name}_epilogue", None, *ARGTYPES, EPILOGUE, ctypes.c_void_p, EPILOGUE)
-            for name in variants}
+    return {name: cm.function(f"g_{name}_epilogue", None, *ARGTYPES, EPILOGUE, ctypes.c_void_p, EPILOGUE,
+                              ctypes.c_int32) for name in variants}
+
+
+def product_block(product, ld, rows, cols):
+    """The rows x cols block of floats at address ``product``, rows ``ld`` floats apart."""
+    flat = np.ctypeslib.as_array((ctypes.c_float * (ld * (rows - 1) + cols)).from_address(product))
+    return np.lib.stride_tricks.as_strided(flat, (rows, cols), (4 * ld, 4))
 
 
 @pytest.mark.parametrize("name", ["ser", "par"])
@@ -222,15 +229,17 @@ def test_epilogue_sees_each_final_block_once(epilogue_gemms, name, M, N, K, ta, 
     mismatches = []
     prefetched = []
 
-    def hook(context, row0, rows, col0, cols):
+    def hook(context, row0, rows, col0, cols, product, ld):
         assert context == 1234
         block = C[row0:row0 + rows, col0:col0 + cols]
+        if (product, ld) != (block.ctypes.data, N):
+            mismatches.append(("product not at its block of C", row0, rows, col0, cols))
         if not np.allclose(block, expected[row0:row0 + rows, col0:col0 + cols], rtol=1e-4, atol=1e-4):
             mismatches.append((row0, rows, col0, cols))
         seen[row0:row0 + rows, col0:col0 + cols] += 1
         block *= -2.0
 
-    def prefetch(context, row0, rows, col0, cols):
+    def prefetch(context, row0, rows, col0, cols, product, ld):
         assert context == 1234
         prefetched.append((row0, rows, col0, cols))
         if not (0 <= row0 and 0 < rows and row0 + rows <= M and 0 <= col0 and 0 < cols and col0 + cols <= N):
@@ -239,7 +248,7 @@ def test_epilogue_sees_each_final_block_once(epilogue_gemms, name, M, N, K, ta, 
             mismatches.append(("prefetch after the epilogue", row0, rows, col0, cols))
 
     epilogue_gemms[name](ta, tb, M, N, K, 0.5, A.ctypes.data, A.shape[1], B.ctypes.data, B.shape[1], 2.0,
-                         C.ctypes.data, N, EPILOGUE(hook), 1234, EPILOGUE(prefetch) if with_prefetch else EPILOGUE())
+                         C.ctypes.data, N, EPILOGUE(hook), 1234, EPILOGUE(prefetch) if with_prefetch else EPILOGUE(), 0)
     assert not mismatches, f"blocks handed over before they were final: {mismatches}"
     assert np.all(seen == 1), "some element was finished twice or never"
     tol_ok(C, -2.0 * expected)
@@ -247,6 +256,40 @@ def test_epilogue_sees_each_final_block_once(epilogue_gemms, name, M, N, K, ta, 
         # blocks of 24 rows, slices wider than NR on either tile (a slice of at most NR columns
         # takes the narrow path, which asks for nothing): the next block's are asked for
         assert prefetched
+
+
+@pytest.mark.parametrize("name,M,N,K,ta,tb,in_workspace", [
+    ("ser", 37, 200, 130, 1, 0, True), ("ser", 300, 70, 40, 0, 1, True), ("ser", 256, 1024, 256, 1, 0, True),
+    ("ser", 30, 20, 50, 1, 0, False),     # at most NR columns, A transposed: the narrow path writes C
+    ("ser", 13, 200, 300, 1, 0, False),   # K over two blocks: C holds the first block's sums
+    ("par", 30, 200, 12, 0, 0, True), ("par", 200, 40, 9, 1, 1, True),  # split over N, over M
+    ("par", 70, 65, 40, 1, 0, False), ("par", 7, 5, 97, 0, 1, False)])  # K over blocks; split over K
+def test_a_private_product_reaches_the_epilogue_from_the_workspace(epilogue_gemms, name, M, N, K, ta, tb,
+                                                                   in_workspace):
+    """With private_product set, each block's product reaches the epilogue (through its
+    pointer and row stride) exactly once and correct; a product final after one K block never
+    touches C, any other is computed in C as before."""
+    rng = np.random.default_rng(M + N * K)
+    A = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+    B = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+    C = np.full((M, N), 5.0, np.float32)
+    expected = 0.5 * (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
+    seen = np.zeros((M, N), np.int32)
+    got = np.full((M, N), np.nan, np.float32)
+
+    def hook(context, row0, rows, col0, cols, product, ld):
+        assert cols <= ld
+        got[row0:row0 + rows, col0:col0 + cols] = product_block(product, ld, rows, cols)
+        seen[row0:row0 + rows, col0:col0 + cols] += 1
+
+    epilogue_gemms[name](ta, tb, M, N, K, 0.5, A.ctypes.data, A.shape[1], B.ctypes.data, B.shape[1], 0.0,
+                         C.ctypes.data, N, EPILOGUE(hook), 0, EPILOGUE(), 1)
+    assert np.all(seen == 1), "some element was finished twice or never"
+    tol_ok(got, expected)
+    if in_workspace:
+        assert np.all(C == 5.0), "C was written"
+    else:
+        tol_ok(C, expected)
 
 
 def test_empty_is_a_noop(kernels):

@@ -87,6 +87,10 @@ class Epilogue:
         # its variable's buffer; never output 0, which holds the product first). Every member is
         # bound before the first store, so the operand's element is read before it is written.
         self.in_place = {k: i - n for k, i in attrs.get("in_place", {}).items()}
+        # output 0 is only the product, read by nothing after this node (fusion.py: an optimizer
+        # update fused into a weight gradient): never rewritten here, and the SGEMM may keep it
+        # in its workspace instead of writing it at all (gemm.py)
+        self.private_product = bool(attrs.get("private_product"))
         self.pointers = list(k.outputs) + list(k.inputs[n:])  # what a part function must receive
 
     def _operand(self, i, t, constants):
@@ -101,10 +105,11 @@ class Epilogue:
         return Load(f"in{i}", index, t.dtype)
 
     def block_functions(self, k):
-        """For the SGEMM: ``void epilogue(i8* context, i64 row0, i64 rows, i64 col0, i64 cols)``
-        in k's module, the context it needs (this kernel's output and operand pointers), and a
-        function of the same type that only asks for the cache lines of the block's elements of
-        the state the epilogue updates in place (null when it updates none)."""
+        """For the SGEMM: ``void epilogue(i8* context, i64 row0, i64 rows, i64 col0, i64 cols,
+        float* product, i64 ld)`` in k's module, the context it needs (this kernel's output and
+        operand pointers), a function of the same type that only asks for the cache lines of
+        the block's elements of the state the epilogue updates in place (null when it updates
+        none), and whether only the epilogue reads the product (i32)."""
         b = k.b
         types = list(self.out_types) + self.extra_types
         slots = ir.ArrayType(i8p, len(self.pointers))
@@ -115,16 +120,17 @@ class Epilogue:
         def block_function(suffix, body):
             fn = ir.Function(k.module, EPILOGUE_FN_TYPE, name=f"{k.function.name}.{suffix}")
             fn.linkage = "internal"
-            ctx, row0, rows, col0, cols = fn.args
+            ctx, row0, rows, col0, cols, product, ld = fn.args
             fb = ir.IRBuilder(fn.append_basic_block("entry"))
             table = fb.bitcast(ctx, slots.as_pointer())
             pointers = [fb.bitcast(fb.load(fb.gep(table, [c64(0), ir.Constant(i32, j)], inbounds=True)),
                                    MEM_TYPE[t.dtype].as_pointer()) for j, t in enumerate(types)]
-            body(fb, pointers, row0, rows, col0, cols)
+            body(fb, pointers, row0, rows, col0, cols, product, ld)
             fb.ret_void()
             return fn
 
         finish = block_function("epilogue", self.emit)
+        private = ir.Constant(i32, int(self.private_product))
         # the state an update rewrites in place (a variable, its optimizer slots) is read once a
         # step and has left the caches since; an activation operand (a residual) was just written
         # and is still in them, and asking for it only evicted the product's operands (TX's
@@ -132,9 +138,9 @@ class Epilogue:
         streamed = [len(self.out_types) + i for i in sorted(set(self.in_place.values()))
                     if isinstance(self.operands[i], Load) and self.operands[i].index is FLAT]
         if not streamed:
-            return finish, b.bitcast(context, i8p), ir.Constant(EPILOGUE_FN_TYPE.as_pointer(), None)
+            return finish, b.bitcast(context, i8p), ir.Constant(EPILOGUE_FN_TYPE.as_pointer(), None), private
 
-        def ask(fb, pointers, row0, rows, col0, cols):
+        def ask(fb, pointers, row0, rows, col0, cols, product, ld):
             with for_range(fb, rows, name="pr") as r:
                 base = fb.add(fb.mul(fb.add(row0, r), c64(self.width)), col0)
                 last = fb.add(base, fb.sub(cols, c64(1)))
@@ -143,21 +149,27 @@ class Epilogue:
                         prefetch(fb, pointers[j], e)
                     prefetch(fb, pointers[j], last)
 
-        return finish, b.bitcast(context, i8p), block_function("prefetch", ask)
+        return finish, b.bitcast(context, i8p), block_function("prefetch", ask), private
 
-    def emit(self, b, pointers, first_row, rows, first_col=None, cols=None):
+    def emit(self, b, pointers, first_row, rows, first_col=None, cols=None, product=None, ld=None):
         """Finish rows [first_row, first_row + rows) of the product (i64 values or ints), or of
-        those rows the columns [first_col, first_col + cols)."""
+        those rows the columns [first_col, first_col + cols); the product is read from output 0
+        or, given ``product`` and ``ld``, from ``product[r * ld + c]`` for the block's row r and
+        column c (the SGEMM's block, wherever it computed it)."""
         width = self.width
         first_row = c64(first_row) if isinstance(first_row, int) else first_row
         first_col = c64(0) if first_col is None else first_col
         cols = c64(width) if cols is None else (c64(cols) if isinstance(cols, int) else cols)
         with for_range(b, rows, name="er") as r:
             row_base = b.mul(b.add(first_row, r), c64(width))
+            block_row = None if product is None else b.gep(product, [b.mul(r, ld)], inbounds=True)
             with for_range(b, b.add(first_col, cols), start=first_col, name="ec") as c:
                 flat = b.add(row_base, c)
-                for target, dtype, value in self.values(b, pointers, load(b, pointers[0], flat, "float32"), c, flat):
-                    store(b, value, target, flat, dtype)
+                acc = (load(b, pointers[0], flat, "float32") if product is None
+                       else b.load(b.gep(block_row, [b.sub(c, first_col)], inbounds=True)))
+                for k, (target, dtype, value) in enumerate(self.values(b, pointers, acc, c, flat)):
+                    if not (k == 0 and self.private_product):
+                        store(b, value, target, flat, dtype)
 
     def values(self, b, pointers, acc, column, flat):
         """The node's outputs at one element of the product, ``acc`` (at ``column`` and index

@@ -41,15 +41,20 @@ rounded up to whole micro-panels) and aligned to 64 bytes by hand. No workspace
 argument is needed. Tiles with at most W valid columns (of a wider tile) run a
 narrow k loop.
 
-Epilogue hook: ``<name>_epilogue`` (emitted when asked) takes three more arguments,
-``void (*epilogue)(i8* context, i64 row0, i64 rows, i64 col0, i64 cols)``, its
-``i8* context`` and a ``prefetch`` function of the same type (or null), and calls the
-epilogue for each C block ``[row0, row0+rows) x [col0, col0+cols)`` as soon as that block
-is final (after the last KC step), on the thread that computed it, while the block is
-still in L2: a fused contraction finishes its product (bias, activation, optimizer update)
-there instead of in a second, single-threaded pass over memory. Every element of C is in
-exactly one such block. With ``prefetch``, the blocks are finished in strips and each tile
-first asks for its share of the next strip's epilogue state (see _emit_serial).
+Epilogue hook: ``<name>_epilogue`` (emitted when asked) takes four more arguments,
+``void (*epilogue)(i8* context, i64 row0, i64 rows, i64 col0, i64 cols, float* product,
+i64 ld)``, its ``i8* context``, a ``prefetch`` function of the same type (or null) and an
+``i32 private_product``, and calls the epilogue for each C block ``[row0, row0+rows) x
+[col0, col0+cols)`` as soon as that block is final (after the last KC step), on the thread
+that computed it, while the block is still in L2: a fused contraction finishes its product
+(bias, activation, optimizer update) there instead of in a second, single-threaded pass
+over memory. Every element of C is in exactly one such block; ``product`` points at the
+block's first element of the product, rows ``ld`` floats apart. With ``prefetch``, the
+blocks are finished in strips and each tile first asks for its share of the next strip's
+epilogue state (see _emit_serial). A nonzero ``private_product`` says that nothing but the
+epilogue reads the product (an optimizer update fused into a weight gradient): a product
+whose K fits one KC block (and beta is 0) is then computed strip by strip into the
+workspace, and C is left as it was.
 
 Narrow products (N <= NR) read A in place instead of packing it (_emit_narrow).
 
@@ -87,11 +92,12 @@ void = ir.VoidType()
 GEMM_ARG_TYPES = (i32, i32, i64, i64, i64, f32, fptr, i64, fptr, i64, f32, fptr, i64)
 GEMM_FN_TYPE = ir.FunctionType(void, list(GEMM_ARG_TYPES))
 _ARG_NAMES = ("trans_a", "trans_b", "M", "N", "K", "alpha", "A", "lda", "B", "ldb", "beta", "C", "ldc")
-#: void epilogue(i8* context, i64 row0, i64 rows, i64 col0, i64 cols)
-EPILOGUE_FN_TYPE = ir.FunctionType(void, [i8p, i64, i64, i64, i64])
-#: the epilogue, its context, and the function that prefetches a block's epilogue operands
-_EPI_ARG_TYPES = (EPILOGUE_FN_TYPE.as_pointer(), i8p, EPILOGUE_FN_TYPE.as_pointer())
-_EPI_ARG_NAMES = ("epilogue", "context", "prefetch")
+#: void epilogue(i8* context, i64 row0, i64 rows, i64 col0, i64 cols, float* product, i64 ld)
+EPILOGUE_FN_TYPE = ir.FunctionType(void, [i8p, i64, i64, i64, i64, fptr, i64])
+#: the epilogue, its context, the function that prefetches a block's epilogue operands, and
+#: whether only the epilogue reads the product (the module docstring)
+_EPI_ARG_TYPES = (EPILOGUE_FN_TYPE.as_pointer(), i8p, EPILOGUE_FN_TYPE.as_pointer(), i32)
+_EPI_ARG_NAMES = ("epilogue", "context", "prefetch", "private_product")
 #: the GEMM arguments, then the epilogue and its context
 GEMM_EPILOGUE_FN_TYPE = ir.FunctionType(void, list(GEMM_ARG_TYPES) + list(_EPI_ARG_TYPES))
 
@@ -502,23 +508,30 @@ def _emit_scale(module, name):
     return fn
 
 
-def _ws_floats(b, M, N, K, MR, NR, KC, MC, NC):
-    """Floats of packing workspace one slice of an M x N x K problem needs
-    (A block + B panel, each rounded to whole 64-byte lines)."""
+def _ws_floats(b, M, N, K, MR, NR, KC, MC, NC, private_product=None):
+    """(offset of the B panel, offset of the product strip, floats in all) of the workspace one
+    slice of an M x N x K problem needs: A block + B panel, each rounded to whole 64-byte lines,
+    and, when ``private_product`` (i32) is nonzero, one strip of the product (_emit_serial)."""
     def roundup(x, m):
         return b.mul(b.sdiv(b.add(x, _c64(m - 1)), _c64(m)), _c64(m))
 
     kc_max = _min(b, K, _c64(KC))
     a_sz = roundup(b.mul(_min(b, roundup(M, MR), _c64(MC)), kc_max), 16)
     b_sz = roundup(b.mul(kc_max, _min(b, roundup(N, NR), _c64(NC))), 16)
-    return a_sz, b.add(a_sz, b_sz)
+    c_off = b.add(a_sz, b_sz)
+    if private_product is None:
+        return a_sz, c_off, c_off
+    c_sz = b.mul(_min(b, roundup(M, MR), _c64(MC)), _c64(STRIP_PANELS * NR))
+    private = b.icmp_signed("!=", private_product, ir.Constant(i32, 0))
+    return a_sz, c_off, b.add(c_off, b.select(private, c_sz, _c64(0)))
 
 
 def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC, narrow_ukr=None):
     """``void serial(<gemm args>, float* ws, epilogue, context, i64 row0, i64 col0)``: the
     single-threaded driver (M, N, K >= 1, alpha != 0); ``ws`` is a 64-byte aligned workspace
-    of at least ``_ws_floats(M, N, K)`` floats. A non-null ``epilogue`` is called on each
-    final C block, with this call's C origin at (row0, col0) of the whole product.
+    of at least ``_ws_floats(M, N, K, private_product)`` floats. A non-null ``epilogue`` is
+    called on each final C block, with this call's C origin at (row0, col0) of the whole
+    product.
 
     ``narrow_ukr`` (a ``direct_a`` micro-kernel): a product with at most NR columns (a
     10-class output layer) goes through it, A read where it lies: packing A would copy
@@ -526,27 +539,36 @@ def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC, narrow_u
     traffic as the product itself (W5's 256 x 10 x 1024 products: see _emit_narrow)."""
     fn = _internal(module, name, ir.FunctionType(void, list(GEMM_ARG_TYPES) + [fptr, *_EPI_ARG_TYPES, i64, i64]),
                    _ARG_NAMES + ("ws",) + _EPI_ARG_NAMES + ("row0", "col0"))
-    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws, epi, ectx, epf, row0, col0 = fn.args
+    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws, epi, ectx, epf, private, row0, col0 = fn.args
     entry = fn.append_basic_block("entry")
     b = ir.IRBuilder(entry)
     transA = b.icmp_signed("!=", ta, ir.Constant(i32, 0))
     transB = b.icmp_signed("!=", tb, ir.Constant(i32, 0))
     contigA = transA              # op(A)(r, k) contiguous in r when A is stored K x M
     contigB = b.not_(transB)      # op(B)(k, j) contiguous in j when B is stored K x N
-    a_sz, _ = _ws_floats(b, M, N, K, MR, NR, KC, MC, NC)
+    b_off, c_off, _ = _ws_floats(b, M, N, K, MR, NR, KC, MC, NC)
     Ap = ws
-    Bp = _gep(b, ws, a_sz)
+    Bp = _gep(b, ws, b_off)
     has_epilogue = b.icmp_unsigned("!=", b.ptrtoint(epi, i64), _c64(0))
     has_prefetch = b.icmp_unsigned("!=", b.ptrtoint(epf, i64), _c64(0))
-    # strips only when there is state to ask for: else the block is one strip (finishing a
-    # residual epilogue in two calls per block cost TX's 128-wide products ~4 %)
-    strip = b.select(has_prefetch, _c64(STRIP_PANELS * NR), _c64(NC))
 
     beta_is_zero = b.fcmp_ordered("==", beta, _cf(0.0))
     # K in equal blocks of at most KC (784 = 4 x 196, not 3 x 256 + 16: a shallow last block
     # would pay a whole pass of C loads and stores for a few multiply-adds)
     k_blocks = b.sdiv(b.add(K, _c64(KC - 1)), _c64(KC))
     KCb = b.sdiv(b.add(K, b.sub(k_blocks, _c64(1))), k_blocks)
+    # A product only the epilogue reads, final after one K block, goes strip by strip into the
+    # workspace (MC x STRIP_PANELS*NR floats, reused, so it stays in L2) instead of C: C's
+    # lines would otherwise be read for ownership and written back, 8 MB of memory traffic on
+    # W5's 1024 x 1024 weight gradient, a third of what its fused SGD-momentum update moves.
+    in_strip = b.and_(b.and_(has_epilogue, b.icmp_signed("!=", private, ir.Constant(i32, 0))),
+                      b.and_(beta_is_zero, b.icmp_signed("==", k_blocks, _c64(1))))
+    strip_ld = _c64(STRIP_PANELS * NR)
+    Cs = _gep(b, ws, c_off)
+    # strips only when there is state to ask for or the product goes into one: else the block
+    # is one strip (finishing a residual epilogue in two calls per block cost TX's 128-wide
+    # products ~4 %)
+    strip = b.select(b.or_(has_prefetch, in_strip), strip_ld, _c64(NC))
     if narrow_ukr is not None:
         with b.if_then(_narrow(b, N, transA, MR, NR)):
             _emit_narrow(b, narrow_ukr, pack_b, MR, NR, MC, fn.args, transA, contigB, Bp, KCb, beta_is_zero,
@@ -591,13 +613,17 @@ def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC, narrow_u
                             mr = _min(b, _c64(MR), b.sub(mc, ir_))
                             fetch_mr = _min(b, _c64(MR), b.sub(next_mc, ir_))
                             with b.if_then(b.and_(fetch_panel, b.icmp_signed(">", fetch_mr, _c64(0)))):
+                                # (the prefetch function reads no product)
                                 b.call(epf, [ectx, b.add(row0, b.add(next_ic, ir_)), fetch_mr,
-                                             b.add(col0, b.add(jc, fetch_col)), fetch_nr])
+                                             b.add(col0, b.add(jc, fetch_col)), fetch_nr, C, ldc])
                             ap = _gep(b, Ap, b.mul(ir_, kc))
-                            cp = _gep(b, cblk, b.add(b.mul(ir_, ldc), jr))
-                            b.call(ukr, [kc, ap, bp, cp, ldc, mr, nr, alpha, beta_eff, load_c])
+                            cp = b.select(in_strip, _gep(b, Cs, b.add(b.mul(ir_, strip_ld), b.sub(jr, js))),
+                                          _gep(b, cblk, b.add(b.mul(ir_, ldc), jr)))
+                            b.call(ukr, [kc, ap, bp, cp, b.select(in_strip, strip_ld, ldc), mr, nr, alpha,
+                                         beta_eff, load_c])
                     with b.if_then(final):
-                        b.call(epi, [ectx, b.add(row0, ic), mc, b.add(col0, b.add(jc, js)), scols])
+                        b.call(epi, [ectx, b.add(row0, ic), mc, b.add(col0, b.add(jc, js)), scols,
+                                     b.select(in_strip, Cs, _gep(b, cblk, js)), b.select(in_strip, strip_ld, ldc)])
     b.ret_void()
     return fn
 
@@ -620,7 +646,7 @@ def _emit_narrow(b, ukr, pack_b, MR, NR, MC, args, transA, contigB, Bp, KCb, bet
     every MR-row tile of C then summed over that block straight from A (no A packing; on W5's
     256 x 10 x 1024 forward product on one Zen 2 core, 181 us packed). The epilogue sees each
     MC-row block of C after its last K block."""
-    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws, epi, ectx, epf, row0, col0 = args
+    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws, epi, ectx, epf, _, row0, col0 = args
     row_stride = b.select(transA, _c64(1), lda)  # op(A)(i, k) = A[i*row_stride + k*k_stride]
     k_stride = b.select(transA, lda, _c64(1))
     with for_range(b, K, start=0, step=KCb, name="pc") as pc:
@@ -639,7 +665,7 @@ def _emit_narrow(b, ukr, pack_b, MR, NR, MC, args, transA, contigB, Bp, KCb, bet
                 b.call(ukr, [kc, _gep(b, a_k, b.mul(i0, row_stride)), row_stride, k_stride, Bp,
                              _gep(b, C, b.mul(i0, ldc)), ldc, mr, N, alpha, beta_eff, load_c])
             with b.if_then(final):
-                b.call(epi, [ectx, b.add(row0, ic), mc, col0, N])
+                b.call(epi, [ectx, b.add(row0, ic), mc, col0, N, _gep(b, C, b.mul(ic, ldc)), ldc])
 
 
 # micro-panels of C an epilogue that updates state finishes at a time (see _emit_serial). W5's
@@ -695,7 +721,7 @@ def _emit_part(module, name, serial, MR, NR):
     fn = _internal(module, name, _threads.PART_FN_TYPE, ("ctx", "part", "nparts"))
     ctx, part, nparts = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, split, ws, ws_per, epi, ectx, epf = \
+    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, split, ws, ws_per, epi, ectx, epf, private = \
         _load_context(b, ctx, _CTX_T)
     z = ir.Constant(i32, 0)
     my_ws = _gep(b, ws, b.mul(part, ws_per))
@@ -721,7 +747,8 @@ def _emit_part(module, name, serial, MR, NR):
     with b.if_then(b.icmp_signed("<", m0, m1)):
         aoff = b.select(transA, m0, b.mul(m0, lda))
         b.call(serial, [ta, tb, b.sub(m1, m0), N, K, alpha, _gep(b, A, aoff), lda,
-                        B, ldb, beta, _gep(b, C, b.mul(m0, ldc)), ldc, my_ws, epi, ectx, epf, m0, _c64(0)])
+                        B, ldb, beta, _gep(b, C, b.mul(m0, ldc)), ldc, my_ws, epi, ectx, epf, private, m0,
+                        _c64(0)])
     b.branch(done)
 
     b.position_at_end(on_n)
@@ -729,7 +756,8 @@ def _emit_part(module, name, serial, MR, NR):
     with b.if_then(b.icmp_signed("<", n0, n1)):
         boff = b.select(transB, b.mul(n0, ldb), n0)
         b.call(serial, [ta, tb, M, b.sub(n1, n0), K, alpha, A, lda,
-                        _gep(b, B, boff), ldb, beta, _gep(b, C, n0), ldc, my_ws, epi, ectx, epf, _c64(0), n0])
+                        _gep(b, B, boff), ldb, beta, _gep(b, C, n0), ldc, my_ws, epi, ectx, epf, private, _c64(0),
+                        n0])
     b.branch(done)
 
     b.position_at_end(on_k)
@@ -822,7 +850,7 @@ def emit_gemm(module: ir.Module, name: str = "kc_sgemm", *, nthreads: int | None
 def _emit_body(module, fn, name, serial, part, nthreads, parallel_min, mr, nr, kc, mc, nc):
     """The GEMM with its epilogue hook: the edge cases, the thread split and the workspace."""
     scale = _emit_scale(module, f"{name}.scale")
-    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, epi, ectx, epf = fn.args
+    ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, epi, ectx, epf, private = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     ctx = b.alloca(_CTX_T, name="ctx") if part is not None else None
     empty = b.or_(b.icmp_signed("<=", M, _c64(0)), b.icmp_signed("<=", N, _c64(0)))
@@ -833,7 +861,7 @@ def _emit_body(module, fn, name, serial, part, nthreads, parallel_min, mr, nr, k
     with b.if_then(no_product, likely=False):
         b.call(scale, [M, N, beta, C, ldc])
         with b.if_then(b.icmp_unsigned("!=", b.ptrtoint(epi, i64), _c64(0))):
-            b.call(epi, [ectx, _c64(0), M, _c64(0), N])
+            b.call(epi, [ectx, _c64(0), M, _c64(0), N, C, ldc])
         b.ret_void()
     args = [ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc]
 
@@ -859,25 +887,25 @@ def _emit_body(module, fn, name, serial, part, nthreads, parallel_min, mr, nr, k
     # one workspace for all slices, allocated on the calling thread (a fresh
     # thread's malloc arena would page-fault its buffers in on every call); a K split
     # also holds the partial products of slices 1.. after the packing buffers
-    _, ws_per = _ws_floats(b, M, N, K, mr, nr, kc, mc, nc)
+    _, _, ws_per = _ws_floats(b, M, N, K, mr, nr, kc, mc, nc, private)
     floats = b.mul(ws_per, nparts)
     if part is not None:
         partials = b.mul(b.mul(M, N), b.sub(nparts, _c64(1)))
         floats = b.add(floats, b.select(split_k, partials, _c64(0)))
     raw, ws = _allocate_workspace(b, module, floats)
-    serial_tail = [ws, epi, ectx, epf, _c64(0), _c64(0)]
+    serial_tail = [ws, epi, ectx, epf, private, _c64(0), _c64(0)]
 
     if part is None:
         b.call(serial, args + serial_tail)
     else:
         with b.if_else(b.icmp_signed(">", nparts, _c64(1))) as (par, ser):
             with par:
-                _store_context(b, ctx, args + [split, ws, ws_per, epi, ectx, epf])
+                _store_context(b, ctx, args + [split, ws, ws_per, epi, ectx, epf, private])
                 _threads.emit_parallel_call(b, part, ctx, nparts)
                 with b.if_then(split_k):
                     _add_partials(b, C, ldc, M, N, _gep(b, ws, b.mul(nparts, ws_per)), b.sub(nparts, _c64(1)))
                     with b.if_then(b.icmp_unsigned("!=", b.ptrtoint(epi, i64), _c64(0))):
-                        b.call(epi, [ectx, _c64(0), M, _c64(0), N])
+                        b.call(epi, [ectx, _c64(0), M, _c64(0), N, C, ldc])
             with ser:
                 b.call(serial, args + serial_tail)
     b.call(_free(module), [raw])
@@ -932,7 +960,7 @@ def _emit_batched(module, name, body, serial, nthreads, parallel_min_mnk, mr, nr
         with dealt:
             if T > 1:
                 nparts = _min(b, batch, _c64(T))
-                _, ws_per = _ws_floats(b, M, N, K, mr, nr, kc, mc, nc)
+                _, _, ws_per = _ws_floats(b, M, N, K, mr, nr, kc, mc, nc)
                 raw, ws = _allocate_workspace(b, module, b.mul(ws_per, nparts))
                 ctx = b.alloca(_BATCH_CTX_T, name="ctx")
                 _store_context(b, ctx, list(fn.args) + [ws, ws_per])
