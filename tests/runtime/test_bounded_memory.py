@@ -120,3 +120,27 @@ def test_compiling_leaves_the_collector_as_it_found_it():
         assert gc.get_freeze_count() > 0  # (frozen objects freed meanwhile leave the count)
     finally:
         gc.unfreeze()
+
+
+def test_at_exit_the_heap_is_frozen_after_the_users_handlers(tmp_path):
+    # runtime/collector.py freezes every object at exit so that the interpreter's final
+    # collections scan nothing: the user's atexit handlers, registered after the import, still
+    # run before it with the collector as it was, and a file a module global holds unclosed is
+    # still flushed by its reference count
+    import subprocess
+    import sys
+    import textwrap
+    out = tmp_path / "out.txt"
+    script = textwrap.dedent(f"""
+        import atexit, gc
+        seen = []
+        atexit.register(lambda: print("before the import's handler:", gc.get_freeze_count() > 0, flush=True))
+        import kcompiler.keras
+        atexit.register(lambda: print("user's handler:", gc.get_freeze_count() > 0, flush=True))
+        log = open({str(out)!r}, "w")
+        log.write("written, never closed")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["user's handler: False", "before the import's handler: True"]
+    assert out.read_text() == "written, never closed"

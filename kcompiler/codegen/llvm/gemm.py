@@ -527,7 +527,7 @@ def _ws_floats(b, M, N, K, MR, NR, KC, MC, NC, private_product=None):
 
 
 def _emit_serial(module, name, ukr, pack_a, pack_b, MR, NR, KC, MC, NC, narrow_ukr=None):
-    """``void serial(<gemm args>, float* ws, epilogue, context, i64 row0, i64 col0)``: the
+    """``void serial(<gemm args>, float* ws, <epilogue args>, i64 row0, i64 col0)``: the
     single-threaded driver (M, N, K >= 1, alpha != 0); ``ws`` is a 64-byte aligned workspace
     of at least ``_ws_floats(M, N, K, private_product)`` floats. A non-null ``epilogue`` is
     called on each final C block, with this call's C origin at (row0, col0) of the whole
