@@ -2,6 +2,9 @@
 a program keeps a bounded number of batch-size specialisations (least recently used evicted;
 an evicted one comes back, from the disk cache, and computes the same results)."""
 import gc
+import subprocess
+import sys
+import textwrap
 import weakref
 
 import numpy as np
@@ -127,13 +130,9 @@ def test_at_exit_the_heap_is_frozen_after_the_users_handlers(tmp_path):
     # collections scan nothing: the user's atexit handlers, registered after the import, still
     # run before it with the collector as it was, and a file a module global holds unclosed is
     # still flushed by its reference count
-    import subprocess
-    import sys
-    import textwrap
     out = tmp_path / "out.txt"
     script = textwrap.dedent(f"""
         import atexit, gc
-        seen = []
         atexit.register(lambda: print("before the import's handler:", gc.get_freeze_count() > 0, flush=True))
         import kcompiler.keras
         atexit.register(lambda: print("user's handler:", gc.get_freeze_count() > 0, flush=True))
